@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (see README).
+# Both are idempotent: the virtualenv is built once and rebuilt only when pyproject.toml changes.
+VENV       ?= .venv
+VENV_FLAGS ?=              # e.g. --system-site-packages on a GPU runner whose CUDA torch must be kept
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.parity-installed
+PYTEST_ARGS ?=
+
+# Tiny-model tests are pinned to one thread: on a shared 2-core box two threads can be 10-70x slower,
+# and the thread count changes low-order float bits (see shared/reference/cpu-stack-notes.md).
+export HF_HUB_OFFLINE := 1
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml .ci/install-torch
+	@test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
+	@sh .ci/install-torch $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/parity demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) reports/* .parity-cache demo

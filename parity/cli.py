@@ -1,0 +1,104 @@
+"""`parity` command line. Each subcommand lives in `parity/commands/<name>.py` and is imported only when
+used, so `parity plan` and `parity report` never import torch.
+
+A command module provides:
+    HELP: str                      one line for `parity --help`
+    EXAMPLES: str                  shown at the end of `parity <cmd> --help`
+    add_arguments(parser) -> None
+    run(args) -> int               exit code: 0 ok, 1 some items below their gate, 2 bad input or usage
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from parity.errors import ParityError
+
+# name -> module; order is the order shown in --help (the data flow: set-up, plan, render, compare, report).
+COMMANDS: dict[str, str] = {
+    "demo": "parity.commands.demo",
+    "init": "parity.commands.init",
+    "plan": "parity.commands.plan",
+    "diff": "parity.commands.diff",
+    "run": "parity.commands.run",
+    "compare": "parity.commands.compare",
+    "report": "parity.commands.report",
+    "make-tiny": "parity.commands.make_tiny",
+}
+
+
+def _load(name: str):
+    return importlib.import_module(COMMANDS[name])
+
+
+def _available() -> dict[str, object]:
+    mods = {}
+    for name in COMMANDS:
+        try:
+            mods[name] = _load(name)
+        except ModuleNotFoundError as e:  # a command whose module is not written yet
+            if e.name != COMMANDS[name]:
+                raise
+    return mods
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parity",
+        description="Preview-parity regression harness for FLUX.2-dev LoRAs trained with AI Toolkit.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and the final summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    mods = {only: _load(only)} if only else _available()
+    for name, mod in mods.items():
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=mod.HELP,
+            epilog="examples:\n" + mod.EXAMPLES.strip("\n") if getattr(mod, "EXAMPLES", "") else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="parity: %(message)s", stream=sys.stderr)
+    if not verbose:
+        for noisy in ("diffusers", "transformers", "huggingface_hub", "optimum"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Build only the named subcommand's parser when one is given (fast start, no unrelated imports).
+    only = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only if only in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args._module.run(args) or 0)
+    except ParityError as err:
+        if args.verbose:
+            raise
+        print(f"parity: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("parity: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

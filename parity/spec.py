@@ -1,0 +1,113 @@
+"""Shared vocabulary: knob names, tiers, semantics and the render spec that decides the pixels.
+
+This module is the single place where these names live; results.json, reports and diagnosis all use them.
+It imports nothing heavy (no torch) so the job reader and `parity report` can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+# Knobs a parameter diff is computed over (fixed names, used in results.json and reports).
+KNOBS: tuple[str, ...] = (
+    "steps",             # sample_steps
+    "schedule",          # sigma schedule: AI Toolkit's linear mu vs diffusers' empirical mu (or a static shift)
+    "guidance",          # guidance_scale fed to the guidance embedding
+    "resolution",        # effective width x height after the floors
+    "seed",
+    "generator",         # device of the generator that draws the initial noise
+    "prompt",            # processed prompt (trigger substituted, flags removed, stripped)
+    "lora_scale",        # network_multiplier
+    "lora_application",  # merged | live
+    "checkpoint",        # which LoRA file
+    "quantization",      # transformer / text-encoder weight quantization
+    "dtype",             # compute dtype
+    "text_encoder",      # text-encoder identity
+)
+# Differences a re-render cannot remove; reported apart from real mismatches.
+IRREDUCIBLE_KNOBS: tuple[str, ...] = ("lora_precision", "merge_history", "hardware")
+
+# Verdict tiers, best to worst. A case's gate is a minimum tier.
+TIERS: tuple[str, ...] = ("EXACT", "NEAR", "DRIFT", "DIFFERENT", "ERROR")
+
+
+def tier_rank(tier: str) -> int:
+    """0 for EXACT ... 4 for ERROR; raises ValueError on an unknown tier name."""
+    try:
+        return TIERS.index(tier.upper())
+    except ValueError:
+        raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}") from None
+
+
+def meets_gate(tier: str, minimum: str) -> bool:
+    """True when `tier` is at least as good as `minimum` (ERROR never meets a gate)."""
+    return tier.upper() != "ERROR" and tier_rank(tier) <= tier_rank(minimum)
+
+
+# Sampling semantics a render can follow.
+SEMANTICS: tuple[str, ...] = ("aitk", "diffusers", "aitk-code")
+# Schedules: AI Toolkit's FLUX.1-style linear mu, diffusers' empirical mu, or a fixed static shift "static:S".
+SCHEDULES: tuple[str, ...] = ("aitk", "empirical")
+DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+LORA_APPLICATIONS: tuple[str, ...] = ("merged", "live")
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything that decides the pixels of one render. Width/height are the requested size; the engine
+    floors them to 16 and reports the effective size. `numerics` holds per-detail ablation switches
+    (e.g. {"timestep_path": "diffusers"}), empty for the semantics' own defaults."""
+
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    sample_steps: int
+    guidance_scale: float
+    lora_path: str | None = None
+    network_multiplier: float = 1.0
+    lora_application: str = "merged"
+    dtype: str = "bf16"
+    quantize: str | None = None          # transformer weight qtype, e.g. "qfloat8"; None = unquantized
+    quantize_te: str | None = None       # text-encoder weight qtype
+    semantics: str = "aitk"
+    schedule: str = "aitk"
+    generator: str = "cpu"
+    numerics: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["numerics"] = dict(self.numerics)
+        return d
+
+    def with_(self, **changes: Any) -> "RenderSpec":
+        return replace(self, **changes)
+
+
+# Where a resolved value came from, shown next to it in plans and reports.
+SOURCES: tuple[str, ...] = (
+    "default",   # AI Toolkit's code default (the key was absent)
+    "block",     # the job's sample block (or model/train/network block)
+    "item",      # a per-sample entry of `samples`
+    "flag",      # a --flag inside the prompt text
+    "walk",      # seed walking (seed + prompt index)
+    "carry",     # a per-sample seed carried over to later prompts (walk_seed off)
+    "floor",     # a size floor (8 / min 64 / 16)
+    "request",   # an inference request file
+    "profile",   # a named inference profile's default
+    "override",  # --set KEY=VALUE
+    "case",      # the case file
+    "job",       # derived from the job as a whole (e.g. quantize -> live LoRA)
+)
+
+
+@dataclass
+class ResolvedSpec:
+    """A render spec plus, per RenderSpec field name, the source of its value (see SOURCES)."""
+
+    spec: RenderSpec
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "default")

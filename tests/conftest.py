@@ -1,0 +1,27 @@
+"""Test-wide settings: offline hub, one torch thread (stable timings and bits on a 2-core box)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency; keep pure tests importable anyway
+        return
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny FLUX.2 checkpoint (both on-disk layouts + LoRA files), built once per test session."""
+    from parity.engine.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-flux2")
+    build_tiny(root)
+    return root
