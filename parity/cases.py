@@ -1,0 +1,231 @@
+"""Case files (`cases/*.yaml`): which AI Toolkit job to check, against which inference settings, how strictly.
+
+    name: portrait-v1                 # defaults to the file name
+    job: ../output/portrait-v1        # AI Toolkit output folder (config.yaml, samples/, checkpoints)
+    # or, instead of job: config: ..., samples: ..., lora: ... (a folder of checkpoints or one file)
+    steps: latest                     # latest (default) | all | 2000 | [1000, 2000]
+    base_model: /models/FLUX.2-dev    # else $PARITY_BASE_MODEL, else the job's model.name_or_path
+    text_encoder: /models/Mistral-Small-3.1-24B-Instruct-2503   # else $PARITY_TEXT_ENCODER, else the base model's
+    inference: preview                # preview (default) | a profile name | {profile:, request:, set: {...}}
+    expect:
+      min_tier: NEAR                  # gate: EXACT | NEAR | DRIFT | DIFFERENT
+      ssim: 0.95                      # optional extra floors/ceilings on metrics
+    attribution: true                 # re-render one knob at a time for items below the gate
+
+Paths are resolved relative to the case file. Validation errors name the file, the key and its line.
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from parity.errors import ConfigError
+from parity.spec import TIERS
+
+_TOP_KEYS = {
+    "name", "job", "config", "samples", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
+    "attribution", "description", "device", "dtype",
+}
+_EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs"}
+# Metric thresholds: for these, higher is better (a floor); for the others lower is better (a ceiling).
+_HIGHER_IS_BETTER = {"ssim", "ssim_y", "psnr"}
+
+
+@dataclass
+class Expectation:
+    min_tier: str = "NEAR"
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    def check(self, tier: str, metrics: dict[str, float]) -> list[str]:
+        """Reasons this result fails the expectation (empty list = passes)."""
+        from parity.spec import meets_gate
+
+        reasons = []
+        if not meets_gate(tier, self.min_tier):
+            reasons.append(f"tier {tier} is below the gate {self.min_tier}")
+        for name, limit in self.thresholds.items():
+            value = metrics.get(name)
+            if value is None:
+                continue
+            if name in _HIGHER_IS_BETTER and value < limit:
+                reasons.append(f"{name} {value:.4f} < {limit}")
+            elif name not in _HIGHER_IS_BETTER and value > limit:
+                reasons.append(f"{name} {value:.4f} > {limit}")
+        return reasons
+
+
+@dataclass
+class Case:
+    name: str
+    path: Path                       # the case file
+    job: Path | None = None          # AI Toolkit output folder
+    config: Path | None = None       # explicit config file (instead of job)
+    samples: Path | None = None
+    lora: Path | None = None
+    steps: str | int | list[int] = "latest"
+    base_model: str | None = None
+    text_encoder: str | None = None
+    inference: Any = "preview"       # raw value; parity.diagnose.settings interprets it
+    expect: Expectation = field(default_factory=Expectation)
+    attribution: bool = True
+    device: str | None = None
+    dtype: str | None = None
+
+    @property
+    def job_source(self) -> Path:
+        """The path given to the job reader: the job folder, or the explicit config file."""
+        return self.job if self.job is not None else self.config  # type: ignore[return-value]
+
+    def resolve_base_model(self, job_default: str | None) -> tuple[str | None, str]:
+        """(path, source): the case's base_model, else $PARITY_BASE_MODEL, else the job's model.name_or_path."""
+        if self.base_model:
+            return self.base_model, "case"
+        if os.environ.get("PARITY_BASE_MODEL"):
+            return os.environ["PARITY_BASE_MODEL"], "env PARITY_BASE_MODEL"
+        return job_default, "job"
+
+    def resolve_text_encoder(self) -> tuple[str | None, str]:
+        if self.text_encoder:
+            return self.text_encoder, "case"
+        if os.environ.get("PARITY_TEXT_ENCODER"):
+            return os.environ["PARITY_TEXT_ENCODER"], "env PARITY_TEXT_ENCODER"
+        return None, "base model"
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Map 'a.b' key paths of a composed YAML mapping to 1-based line numbers (for error messages)."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key + "."))
+    return lines
+
+
+def load_case(path: str | Path) -> Case:
+    """Read and validate one case file. Raises ConfigError naming the file, key and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("case file not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read case file: {e}", path) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"malformed YAML{where}: {problem}", path) from None
+    if data is None:
+        raise ConfigError("case file is empty", path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"a case file must be a mapping of keys, got {type(data).__name__}", path)
+    lines = _key_lines(node) if node is not None else {}
+
+    def bad(key: str, message: str) -> ConfigError:
+        line = lines.get(key)
+        return ConfigError(f"{key}{f' (line {line})' if line else ''}: {message}", path)
+
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise bad(unknown[0], f"unknown key; valid keys are {', '.join(sorted(_TOP_KEYS))}")
+    base = path.parent
+
+    def rel_path(key: str) -> Path | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise bad(key, "must be a path")
+        return (base / os.path.expanduser(value)).resolve()
+
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "[]/\\\n"):
+        raise bad("name", "must be a non-empty string without [ ] / \\ or newlines")
+    job, config = rel_path("job"), rel_path("config")
+    if job is None and config is None:
+        raise ConfigError("needs `job:` (an AI Toolkit output folder) or `config:` (its config file)", path)
+    if job is not None and config is not None:
+        raise bad("config", "give either `job:` or `config:`, not both")
+
+    steps = data.get("steps", "latest")
+    if isinstance(steps, bool) or not (
+        steps in ("latest", "all")
+        or isinstance(steps, int)
+        or (isinstance(steps, list) and steps and all(isinstance(s, int) and not isinstance(s, bool) for s in steps))
+    ):
+        raise bad("steps", f"must be latest, all, a step number or a list of step numbers, got {steps!r}")
+
+    def opt_path_or_name(key: str) -> str | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise bad(key, "must be a path")
+        candidate = base / os.path.expanduser(value)
+        # A relative path that exists is taken relative to the case file; otherwise keep it (e.g. a hub id
+        # already in the local cache).
+        return str(candidate.resolve()) if candidate.exists() or value.startswith(".") else value
+
+    expect_raw = data.get("expect", {}) or {}
+    if not isinstance(expect_raw, dict):
+        raise bad("expect", "must be a mapping (min_tier, metric thresholds)")
+    for key in expect_raw:
+        if key not in _EXPECT_KEYS:
+            raise bad(f"expect.{key}", f"unknown key; valid keys are {', '.join(sorted(_EXPECT_KEYS))}")
+    min_tier = str(expect_raw.get("min_tier", "NEAR")).upper()
+    if min_tier not in TIERS or min_tier == "ERROR":
+        raise bad("expect.min_tier", f"must be one of {', '.join(TIERS[:-1])}, got {expect_raw.get('min_tier')!r}")
+    thresholds = {}
+    for key, value in expect_raw.items():
+        if key == "min_tier":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f"expect.{key}", f"must be a number, got {value!r}")
+        thresholds[key] = float(value)
+
+    attribution = data.get("attribution", True)
+    if not isinstance(attribution, bool):
+        raise bad("attribution", "must be true or false")
+    inference = data.get("inference", "preview")
+    if not isinstance(inference, (str, dict)):
+        raise bad("inference", "must be preview, a profile name, or a mapping {profile, request, set}")
+    if isinstance(inference, dict) and isinstance(inference.get("request"), str):
+        inference = dict(inference, request=str((base / inference["request"]).resolve()))
+    for key in ("device", "dtype"):
+        if key in data and not isinstance(data[key], str):
+            raise bad(key, "must be a string")
+
+    return Case(
+        name=name.strip(), path=path.resolve(), job=job, config=config,
+        samples=rel_path("samples"), lora=rel_path("lora"), steps=steps,
+        base_model=opt_path_or_name("base_model"), text_encoder=opt_path_or_name("text_encoder"),
+        inference=inference, expect=Expectation(min_tier, thresholds), attribution=attribution,
+        device=data.get("device"), dtype=data.get("dtype"),
+    )
+
+
+def find_cases(paths: list[str | Path]) -> list[Path]:
+    """Case files under the given files/folders (sorted, *.yaml / *.yml). An empty or missing folder is an error."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not files:
+                raise ConfigError("no case files (*.yaml) in this folder", p)
+            found.extend(files)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ConfigError("no such case file or folder", p)
+    return found
