@@ -175,3 +175,122 @@ def diffusers_to_bfl_transformer(state_dict: dict) -> dict:
             raise KeyError(f"{bfl_module}: missing {missing}")
         out[f"{bfl_module}.{param}"] = torch.cat([parts[p] for p in names], dim=0).contiguous()
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------- VAE
+# BFL `AutoEncoder` (ae.safetensors; AI Toolkit extensions_built_in/diffusion_models/flux2/src/autoencoder.py)
+# <-> diffusers `AutoencoderKLFlux2`. Facts from diffusers' scripts/convert_flux2_to_diffusers.py
+# (`DIFFUSERS_VAE_TO_FLUX2_MAPPING`, `convert_flux2_vae_checkpoint_to_diffusers`):
+#  - quant_conv / post_quant_conv live inside BFL's encoder / decoder; the BN (affine=False) is top-level `bn`;
+#  - BFL numbers decoder `up.N` from the lowest resolution level, i.e. reversed: up.N = up_blocks[n-1-N];
+#  - mid blocks are `mid.block_1`, `mid.attn_1`, `mid.block_2`; the attention uses 1x1 convs ([C, C, 1, 1])
+#    named norm/q/k/v/proj_out where diffusers has Linear group_norm/to_q/to_k/to_v/to_out.0 ([C, C]);
+#  - resnet shortcut `nin_shortcut` is diffusers' `conv_shortcut`; the outer GroupNorm `norm_out` is `conv_norm_out`.
+
+_VAE_TOP_RENAMES: dict[str, str] = {  # diffusers -> BFL
+    "quant_conv": "encoder.quant_conv",
+    "post_quant_conv": "decoder.post_quant_conv",
+    "encoder.conv_norm_out": "encoder.norm_out",
+    "decoder.conv_norm_out": "decoder.norm_out",
+}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _count_blocks(keys, pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = [int(m.group(1)) for k in keys for m in [rx.match(k)] if m]
+    return max(found) + 1 if found else 0
+
+
+def diffusers_to_bfl_vae(state_dict: dict) -> dict:
+    """diffusers `AutoencoderKLFlux2` state dict -> BFL `ae.safetensors` names. Attention Linear weights become
+    1x1 conv weights. Raises KeyError on an unknown key."""
+    n_up = _count_blocks(state_dict, r"^decoder\.up_blocks\.(\d+)\.")
+    out: dict = {}
+    for key, value in state_dict.items():
+        module, param = _split_param(key)
+        if module in _VAE_TOP_RENAMES:
+            out[f"{_VAE_TOP_RENAMES[module]}.{param}"] = value
+            continue
+        if module in ("bn", "encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out"):
+            out[key] = value
+            continue
+        m = re.match(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(.+)$", module)
+        if m and m.group(2) in _VAE_ATTN:
+            if value.ndim == 2:  # Linear [C, C] -> 1x1 conv [C, C, 1, 1]
+                value = value[:, :, None, None]
+            out[f"{m.group(1)}.mid.attn_1.{_VAE_ATTN[m.group(2)]}.{param}"] = value.contiguous()
+            continue
+        m = re.match(r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)$", module)
+        if m:
+            sub = m.group(3).replace("conv_shortcut", "nin_shortcut")
+            out[f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.{sub}.{param}"] = value
+            continue
+        m = re.match(r"^encoder\.down_blocks\.(\d+)\.(resnets\.(\d+)\.(.+)|downsamplers\.0\.conv)$", module)
+        if m:
+            i = m.group(1)
+            if m.group(3) is not None:
+                sub = m.group(4).replace("conv_shortcut", "nin_shortcut")
+                out[f"encoder.down.{i}.block.{m.group(3)}.{sub}.{param}"] = value
+            else:
+                out[f"encoder.down.{i}.downsample.conv.{param}"] = value
+            continue
+        m = re.match(r"^decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)\.(.+)|upsamplers\.0\.conv)$", module)
+        if m:
+            level = n_up - 1 - int(m.group(1))  # BFL counts decoder levels from the bottom
+            if m.group(3) is not None:
+                sub = m.group(4).replace("conv_shortcut", "nin_shortcut")
+                out[f"decoder.up.{level}.block.{m.group(3)}.{sub}.{param}"] = value
+            else:
+                out[f"decoder.up.{level}.upsample.conv.{param}"] = value
+            continue
+        raise KeyError(key)
+    return out
+
+
+def bfl_to_diffusers_vae(state_dict: dict) -> dict:
+    """BFL `ae.safetensors` names -> diffusers `AutoencoderKLFlux2` state dict (inverse of
+    `diffusers_to_bfl_vae`). 1x1 attention conv weights become Linear weights. Raises KeyError on an unknown key."""
+    n_up = _count_blocks(state_dict, r"^decoder\.up\.(\d+)\.")
+    top = {bfl: dif for dif, bfl in _VAE_TOP_RENAMES.items()}
+    attn = {bfl: dif for dif, bfl in _VAE_ATTN.items()}
+    out: dict = {}
+    for key, value in state_dict.items():
+        module, param = _split_param(key)
+        if module in top:
+            out[f"{top[module]}.{param}"] = value
+            continue
+        if module in ("bn", "encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out"):
+            out[key] = value
+            continue
+        m = re.match(r"^(encoder|decoder)\.mid\.attn_1\.(\w+)$", module)
+        if m and m.group(2) in attn:
+            if value.ndim == 4:  # 1x1 conv [C, C, 1, 1] -> Linear [C, C]
+                value = value[:, :, 0, 0]
+            out[f"{m.group(1)}.mid_block.attentions.0.{attn[m.group(2)]}.{param}"] = value.contiguous()
+            continue
+        m = re.match(r"^(encoder|decoder)\.mid\.block_([12])\.(.+)$", module)
+        if m:
+            sub = m.group(3).replace("nin_shortcut", "conv_shortcut")
+            out[f"{m.group(1)}.mid_block.resnets.{int(m.group(2)) - 1}.{sub}.{param}"] = value
+            continue
+        m = re.match(r"^encoder\.down\.(\d+)\.(block\.(\d+)\.(.+)|downsample\.conv)$", module)
+        if m:
+            i = m.group(1)
+            if m.group(3) is not None:
+                sub = m.group(4).replace("nin_shortcut", "conv_shortcut")
+                out[f"encoder.down_blocks.{i}.resnets.{m.group(3)}.{sub}.{param}"] = value
+            else:
+                out[f"encoder.down_blocks.{i}.downsamplers.0.conv.{param}"] = value
+            continue
+        m = re.match(r"^decoder\.up\.(\d+)\.(block\.(\d+)\.(.+)|upsample\.conv)$", module)
+        if m:
+            i = n_up - 1 - int(m.group(1))
+            if m.group(3) is not None:
+                sub = m.group(4).replace("nin_shortcut", "conv_shortcut")
+                out[f"decoder.up_blocks.{i}.resnets.{m.group(3)}.{sub}.{param}"] = value
+            else:
+                out[f"decoder.up_blocks.{i}.upsamplers.0.conv.{param}"] = value
+            continue
+        raise KeyError(key)
+    return out
