@@ -1,0 +1,116 @@
+"""`parity plan JOB_DIR`: the previews AI Toolkit rendered and the exact settings that reproduce each one,
+with where every value came from. Loads no model (no torch)."""
+
+from __future__ import annotations
+
+import json
+
+HELP = "list the previews of an AI Toolkit job and the exact settings that reproduce each one"
+EXAMPLES = """
+  parity plan output/my_lora                 # latest step label
+  parity plan output/my_lora --step all
+  parity plan output/my_lora --step 500 --json
+"""
+
+_COLS = ("step", "index", "prompt", "width", "height", "seed", "sample_steps", "guidance_scale",
+         "network_multiplier", "checkpoint", "preview")
+_SRC_KEYS = ("prompt", "width", "height", "seed", "sample_steps", "guidance_scale", "network_multiplier")
+_ABBREV = {"default": "D", "block": "B", "item": "I", "flag": "F", "walk": "W", "carry": "C", "floor": "L",
+           "job": "J"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("job", metavar="JOB_DIR", help="job output folder ({training_folder}/{name}) or config file")
+    parser.add_argument("--step", default="latest", help="step label N, 'latest' (default) or 'all'")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of items")
+
+
+def item_record(item) -> dict:
+    spec = item.resolved.spec
+    s = item.sample
+    return {
+        "step": item.step,
+        "index": item.index,
+        "group": item.group,
+        "prompt": spec.prompt,
+        "raw_prompt": item.raw_prompt,
+        "width": spec.width,
+        "height": spec.height,
+        "requested_width": item.requested_width,
+        "requested_height": item.requested_height,
+        "seed": spec.seed,
+        "seed_reproducible": s.seed_reproducible,
+        "sample_steps": spec.sample_steps,
+        "guidance_scale": spec.guidance_scale,
+        "network_multiplier": spec.network_multiplier,
+        "lora_application": spec.lora_application,
+        "dtype": spec.dtype,
+        "quantize": spec.quantize,
+        "quantize_te": spec.quantize_te,
+        "checkpoint": None if item.checkpoint is None else str(item.checkpoint),
+        "baseline": item.baseline,
+        "preview": None if item.preview is None else str(item.preview),
+        "preview_format": None if item.preview_format is None else item.preview_format.to_dict(),
+        "superseded": [str(p) for p in item.superseded],
+        "missing": list(item.missing),
+        "notes": list(s.notes),
+        "sources": {k: item.resolved.source(k) for k in (*_SRC_KEYS, "lora_application", "dtype", "quantize")},
+    }
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "-" if v is None else str(v)
+
+
+def _table(job, records: list[dict]) -> str:
+    f = job.facts
+    lines = [
+        f"job {job.name}  config {job.config_path}",
+        f"model {f.name_or_path}  dtype {f.dtype}  quantize {f.qtype if f.quantize else 'no'}  "
+        f"quantize_te {f.qtype if f.quantize_te else 'no'}  network {f.network_type}  train.steps {f.steps}  "
+        f"trigger {f.trigger_word!r}",
+    ]
+    head = ["step", "idx", "prompt", "width", "height", "seed", "steps", "guid", "mult", "lora", "checkpoint",
+            "preview"]
+    rows = []
+    for r in records:
+        src = {k: _ABBREV.get(v, v[:1].upper()) for k, v in r["sources"].items()}
+        prompt = r["prompt"] if len(r["prompt"]) <= 40 else r["prompt"][:37] + "..."
+        seed = _fmt(r["seed"]) if r["seed_reproducible"] else "random"
+        ck = "(baseline)" if r["baseline"] else (r["checkpoint"].rsplit("/", 1)[-1] if r["checkpoint"] else "MISSING")
+        pv = r["preview"].rsplit("/", 1)[-1] if r["preview"] else "MISSING"
+        if r["preview_format"] and r["preview_format"]["format"] == "JPEG":
+            pv += f" (q{r['preview_format']['quality']} {r['preview_format']['subsampling']})"
+        rows.append([
+            str(r["step"]) + ("*" if r["group"] == "first_sample" else ""), str(r["index"]),
+            f"{prompt} [{src['prompt']}]",
+            f"{r['width']} [{src['width']}]", f"{r['height']} [{src['height']}]", f"{seed} [{src['seed']}]",
+            f"{r['sample_steps']} [{src['sample_steps']}]", f"{_fmt(r['guidance_scale'])} [{src['guidance_scale']}]",
+            f"{_fmt(r['network_multiplier'])} [{src['network_multiplier']}]", r["lora_application"], ck, pv,
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append("sources: D default, B block, I item, F flag, W walk, C carry, L floor; * = first_sample")
+    for r in records:
+        for n in r["notes"] + r["missing"]:
+            lines.append(f"  step {r['step']} #{r['index']}: {n}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from parity.job import load_job
+
+    job = load_job(args.job)
+    step = args.step
+    if isinstance(step, str) and step not in ("latest", "all"):
+        step = int(step) if step.lstrip("-").isdigit() else step
+    items = job.items(step, strict=False)
+    records = [item_record(i) for i in items]
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        print(_table(job, records))
+    return 0

@@ -1,0 +1,264 @@
+"""Resolve AI Toolkit's `sample` block into the exact settings of every preview.
+
+Follows SampleConfig/SampleItem (toolkit/config_modules.py L44-119), BaseSDTrainProcess.sample
+(jobs/process/BaseSDTrainProcess.py L282-364), GenerateImageConfig (config_modules.py L1152-1217) and the
+FLUX.2 floor (extensions_built_in/diffusion_models/flux2/flux2_model.py L295-300). Pure data, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from parity.errors import ConfigError
+from parity.job.flags import inject_trigger, parse_prompt_flags
+
+# SampleConfig code defaults (config_modules.py L80-95). These differ from the UI defaults
+# (ui/src/helpers/defaultSamples.ts: 1024 px, seed 42, walk_seed true, guidance 4, 30 steps).
+SAMPLE_DEFAULTS: dict[str, Any] = {
+    "sampler": "ddpm",          # ignored by FLUX.2 (reference §A.2)
+    "sample_every": 100,
+    "sample_start_step": 0,
+    "width": 512,
+    "height": 512,
+    "neg": False,               # FLUX.2 encodes and discards the negative prompt
+    "seed": 0,
+    "walk_seed": False,
+    "guidance_scale": 7,
+    "sample_steps": 20,
+    "network_multiplier": 1,
+    "guidance_rescale": 0.0,
+    "format": "jpg",
+    "num_frames": 1,
+    "fps": 16,
+}
+# Keys a `samples` entry may override (SampleItem, config_modules.py L44-77); others come from the block.
+ITEM_KEYS = ("width", "height", "neg", "guidance_scale", "sample_steps", "network_multiplier", "num_frames", "fps")
+
+# torch.manual_seed accepts [-2**63, 2**64-1]; anything else raises inside AI Toolkit.
+_SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
+FLUX2_DIVISOR = 16  # Flux2Model.get_bucket_divisibility (flux2_model.py L295-300)
+
+
+@dataclass
+class SampleBlock:
+    """One parsed SampleConfig (`sample:` or `first_sample:`), values with their source."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    items: list[dict[str, Any]]          # raw `samples` entries (legacy `prompts` converted to {prompt: ...})
+    items_from: str                      # "samples" | "prompts" | "default"
+    ext: str
+
+    def get(self, key: str) -> Any:
+        return self.values[key]
+
+
+@dataclass
+class ResolvedSample:
+    """The settings one preview was rendered with, AI Toolkit semantics. width/height are effective (after
+    the floors); requested_* are what the config/flags asked for before any floor."""
+
+    index: int
+    group: str                   # "sample" or "first_sample"
+    raw_prompt: str              # prompt as written in the config (after config-level [name] replacement)
+    prompt: str                  # trigger-substituted, flags removed, stripped
+    requested_width: int
+    requested_height: int
+    width: int
+    height: int
+    seed: int
+    seed_reproducible: bool      # False: AI Toolkit drew a random seed (seed -1 before flags)
+    sample_steps: int
+    guidance_scale: float
+    network_multiplier: float
+    neg: Any
+    sources: dict[str, str] = field(default_factory=dict)
+    flags: tuple[tuple[str, str], ...] = ()
+    ignored_flags: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def _int(value: Any, key: str, where: str, path: str | None) -> int:
+    # bool is an int subclass in Python; a YAML `true` as a size or step count is a config mistake.
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}{key} must be an integer, got {value!r}", path)
+    return value
+
+
+def _num(value: Any, key: str, where: str, path: str | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}{key} must be a number, got {value!r}", path)
+    return float(value)
+
+
+def parse_sample_block(raw: Any, *, block_name: str = "sample", path: str | None = None) -> SampleBlock:
+    """Apply SampleConfig's code defaults to one raw block. `first_sample` is a full SampleConfig of its own:
+    it does NOT inherit from `sample` (BaseSDTrainProcess.py L122-125)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"process[0].{block_name} must be a mapping, got {type(raw).__name__}", path)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, default in SAMPLE_DEFAULTS.items():
+        if key in raw:
+            values[key], sources[key] = raw[key], "block"
+        else:
+            values[key], sources[key] = default, "default"
+    ext = values["format"]
+    if not isinstance(ext, str) or not ext:
+        raise ConfigError(f"process[0].{block_name}.format must be a string, got {ext!r}", path)
+    # num_frames > 1 forces animated webp (config_modules.py L100-102)
+    if isinstance(values["num_frames"], int) and values["num_frames"] > 1 and ext != "webp":
+        ext = "webp"
+    # `samples` wins over legacy `prompts` when both are given: kwargs.get('samples', built_from_prompts)
+    # (config_modules.py L106-113).
+    if "samples" in raw:
+        items, items_from = raw["samples"], "samples"
+    else:
+        prompts = raw.get("prompts", [])
+        if not isinstance(prompts, list):
+            raise ConfigError(f"process[0].{block_name}.prompts must be a list, got {type(prompts).__name__}", path)
+        items, items_from = [{"prompt": p} for p in prompts], ("prompts" if "prompts" in raw else "default")
+    if not isinstance(items, list):
+        raise ConfigError(f"process[0].{block_name}.samples must be a list, got {type(items).__name__}", path)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"process[0].{block_name}.samples[{i}] must be a mapping, got {item!r}", path)
+    return SampleBlock(values=values, sources=sources, items=list(items), items_from=items_from, ext=ext)
+
+
+def floor_size(requested: int) -> tuple[int, list[str]]:
+    """AI Toolkit's two size floors: `max(64, v - v % 8)` (config_modules.py L1216-1217, Python modulo, so a
+    negative value also ends at 64), then FLUX.2's `v // 16 * 16` at render time (flux2_model.py L295-300).
+    57 -> 56 -> 64 (minimum); 72 -> 72 -> 64; 1000 -> 1000 -> 992."""
+    steps = []
+    v8 = max(64, requested - requested % 8)
+    if v8 != requested:
+        steps.append(f"{requested}->{v8} (floor 8, min 64)")
+    v16 = v8 // FLUX2_DIVISOR * FLUX2_DIVISOR
+    if v16 != v8:
+        steps.append(f"{v8}->{v16} (FLUX.2 floor 16)")
+    return v16, steps
+
+
+def resolve_samples(
+    block: SampleBlock,
+    *,
+    trigger_word: str | None,
+    group: str = "sample",
+    path: str | None = None,
+) -> list[ResolvedSample]:
+    """Every preview of one sample() call, in prompt-index order, exactly as AI Toolkit builds them."""
+    where_block = "process[0].first_sample" if group == "first_sample" else "process[0].sample"
+    items = block.items
+    # SampleConfig.prompts drops entries whose prompt is None, but sample() then reads samples[i] by the
+    # FILTERED position (config_modules.py L116-119 vs BaseSDTrainProcess.py L300, L335): a prompt-less
+    # entry shifts every later prompt onto the previous entry's settings. Reproduced as is.
+    prompts = [it.get("prompt") for it in items if it.get("prompt") is not None]
+    misaligned = len(prompts) != len(items)
+
+    start_seed = _int(block.get("seed"), "seed", f"{where_block}.", path)
+    walk = bool(block.get("walk_seed"))
+    current, seed_src = start_seed, block.sources["seed"]
+    out: list[ResolvedSample] = []
+    for i, raw_prompt in enumerate(prompts):
+        where = f"{where_block}.samples[{i}]: "
+        notes: list[str] = []
+        item = items[i]
+        if misaligned and item.get("prompt") != raw_prompt:
+            notes.append(f"settings taken from samples[{i}] (a prompt-less entry shifts prompts; AI Toolkit quirk)")
+        if walk:  # seed = start + i (BaseSDTrainProcess.py L300-302)
+            current, seed_src = start_seed + i, "walk"
+        elif seed_src == "item":
+            # walk_seed off: an earlier item's seed stays in `current` for every later prompt (L335-337)
+            seed_src = "carry"
+        if item.get("seed") is not None:
+            current, seed_src = _int(item["seed"], "seed", where, path), "item"
+
+        prompt = inject_trigger(raw_prompt, trigger_word, where=where, path=path) if isinstance(raw_prompt, str) \
+            else raw_prompt
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for key in ITEM_KEYS:
+            if key in item:
+                values[key], sources[key] = item[key], "item"
+            else:
+                values[key], sources[key] = block.get(key), block.sources[key]
+
+        # network_multiplier strings are float()-ed; an unparsable one becomes 1.0 with a printed warning
+        # (SampleItem, config_modules.py L67-73).
+        nm = values["network_multiplier"]
+        if isinstance(nm, str):
+            try:
+                nm = float(nm)
+            except ValueError:
+                notes.append(f"network_multiplier {nm!r} is not a number; AI Toolkit uses 1.0")
+                nm = 1.0
+        seed = current
+        seed_reproducible = True
+        # seed -1 -> random.randint(0, 2**32-1) in GenerateImageConfig.__init__ (config_modules.py L1165-1167),
+        # which runs BEFORE the prompt flags are parsed (L1192): a flag can still replace the random seed,
+        # and "--seed -1" itself is kept as -1 (torch.manual_seed(-1) is valid and deterministic).
+        if seed == -1:
+            seed_reproducible = False
+
+        parsed = parse_prompt_flags(prompt, where=where, path=path)
+        for name, value in parsed.values.items():
+            values[name], sources[name] = value, "flag"
+        seed_src_i = seed_src
+        if "seed" in parsed.values:  # a flag seed is per prompt; it does not change `current`
+            seed, seed_src_i, seed_reproducible = parsed.values["seed"], "flag", True
+        if "network_multiplier" in parsed.values:
+            nm = parsed.values["network_multiplier"]
+
+        req_w = _int(values["width"], "width", where, path)
+        req_h = _int(values["height"], "height", where, path)
+        steps = _int(values["sample_steps"], "sample_steps", where, path)
+        guidance = _num(values["guidance_scale"], "guidance_scale", where, path)
+        nm = _num(nm, "network_multiplier", where, path)
+        if not (_SEED_MIN <= seed <= _SEED_MAX):
+            raise ConfigError(f"{where}seed {seed} is outside torch.manual_seed's range", path)
+        width, w_notes = floor_size(req_w)
+        height, h_notes = floor_size(req_h)
+        sources["width"] = "floor" if w_notes else sources["width"]
+        sources["height"] = "floor" if h_notes else sources["height"]
+        notes += [f"width {n}" for n in w_notes] + [f"height {n}" for n in h_notes]
+        if not seed_reproducible:
+            notes.append("seed -1: AI Toolkit drew a random seed that was not recorded; not reproducible")
+        if parsed.ignored:
+            notes.append("unknown flags ignored: " + ", ".join(f"--{f}" for f in parsed.ignored))
+        out.append(
+            ResolvedSample(
+                index=i,
+                group=group,
+                raw_prompt=raw_prompt,
+                prompt=parsed.prompt,
+                requested_width=req_w,
+                requested_height=req_h,
+                width=width,
+                height=height,
+                seed=seed,
+                seed_reproducible=seed_reproducible,
+                sample_steps=steps,
+                guidance_scale=guidance,
+                network_multiplier=nm,
+                neg=values.get("negative_prompt", values["neg"]),
+                sources={
+                    "prompt": "item" if block.items_from == "samples" else "block",
+                    "width": sources["width"],
+                    "height": sources["height"],
+                    "seed": seed_src_i,
+                    "sample_steps": sources["sample_steps"],
+                    "guidance_scale": sources["guidance_scale"],
+                    "network_multiplier": sources["network_multiplier"],
+                },
+                flags=parsed.flags,
+                ignored_flags=parsed.ignored,
+                notes=notes,
+            )
+        )
+    return out
