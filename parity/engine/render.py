@@ -1,0 +1,282 @@
+"""The renderer: one RenderSpec in, the image and what was actually done out.
+
+    engine = Engine("/models/FLUX.2-dev", text_encoder="/models/Mistral-Small-3.1-24B-Instruct-2503",
+                    cache_dir="~/.cache/parity/embeds")
+    result = engine.render(RenderSpec(prompt="a cat", width=1024, height=1024, seed=42, sample_steps=30,
+                                      guidance_scale=4.0, lora_path="run/my_lora_000001000.safetensors"))
+
+The base transformer is loaded once per (dtype, quantization); LoRA file and multiplier switch without reloading,
+the LoRA-target weights being restored bit-exactly from pristine copies. Embeddings come from a disk cache when
+possible, in which case the text encoder is never constructed. `engine.stats` counts loads so tests can assert it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from parity.engine import numerics, schedule, weights
+from parity.engine.lora import LoraApplier, LoraReport
+from parity.engine.sampling import aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
+from parity.engine.text import HIDDEN_LAYERS, MAX_LENGTH, CacheKey, EmbeddingCache, encode
+from parity.errors import ConfigError, ModelError
+from parity.spec import SEMANTICS, RenderSpec
+
+OFFLOAD_MODES = ("none", "sequential")
+
+
+@dataclass
+class RenderResult:
+    """What one render produced and did. `image` uint8 HxWx3; `image_float` fp32 [0,1] HxWx3."""
+
+    image: "np.ndarray"  # noqa: F821
+    image_float: "np.ndarray"  # noqa: F821
+    width: int
+    height: int
+    sigmas: list[float]
+    mu: float | None
+    noise_sha256: str
+    embedding_sha256: str
+    lora: dict | None
+    timings: dict[str, float]
+    nan_step: int | None
+    semantics: str = "aitk"
+    numerics: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready description (no pixels)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("image", "image_float")}
+
+
+@dataclass
+class EngineStats:
+    transformer_loads: int = 0
+    text_encoder_loads: int = 0
+    vae_loads: int = 0
+    lora_applies: int = 0
+    base_restores: int = 0
+    embedding_cache_hits: int = 0
+    embedding_cache_misses: int = 0
+
+
+def effective_size(width: int, height: int) -> tuple[int, int]:
+    """Floor to multiples of 16, as AI Toolkit's generate_single_image does (flux2_model.py L295-300)."""
+    w, h = int(width) // 16 * 16, int(height) // 16 * 16
+    if w < 16 or h < 16:
+        raise ConfigError(f"image size {width}x{height} is below 16 px after flooring to a multiple of 16")
+    return w, h
+
+
+class Engine:
+    """A FLUX.2 renderer over local weights. `offload`: 'none' keeps every component where it is (CPU tests);
+    'sequential' frees the text encoder after encoding and moves transformer/VAE to `device` only while they run
+    (so an 80 GB GPU renders with the 64 GB bf16 transformer)."""
+
+    def __init__(self, base_model: str | Path, *, text_encoder: str | Path | None = None, device: str = "cpu",
+                 cache_dir: str | Path | None = None, offload: str = "none", layout: str = "auto",
+                 max_length: int = MAX_LENGTH):
+        if offload not in OFFLOAD_MODES:
+            raise ConfigError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, not {offload!r}")
+        self.layout = weights.resolve_base(base_model, text_encoder=text_encoder, layout=layout)
+        self.device = torch.device(device)
+        self.offload = offload
+        self.max_length = max_length
+        self.cache = EmbeddingCache(os.path.expanduser(str(cache_dir)) if cache_dir else None)
+        self.stats = EngineStats()
+        self._memory: dict[tuple, torch.Tensor] = {}  # in-process embedding cache
+        self._transformer = None
+        self._transformer_key: tuple | None = None
+        self._lora: LoraApplier | None = None
+        self._vae = None
+        self._vae_key = None
+        self._te = None
+        self._te_key = None
+        self._tokenizer = None
+        self._te_identity = json.dumps(weights.file_identity(self.layout.text_encoder))
+        self._tok_identity = weights.tokenizer_identity(self.layout.tokenizer)
+
+    # ------------------------------------------------------------------ components
+    def transformer(self, dtype_name: str, quantize: str | None):
+        """The transformer for (dtype, quantization), loaded from disk only when that pair changes."""
+        key = (dtype_name, quantize)
+        if self._transformer_key != key:
+            self._transformer = None
+            self._lora = None
+            gc.collect()
+            model = weights.load_transformer(self.layout, weights.torch_dtype(dtype_name)).eval()
+            if quantize:
+                from parity.engine.quant import quantize_module
+
+                quantize_module(model, quantize)
+            if self.offload == "none":
+                model.to(self.device)
+            self._transformer, self._transformer_key = model, key
+            self._lora = LoraApplier(model)
+            self.stats.transformer_loads += 1
+        return self._transformer
+
+    def vae(self, dtype_name: str):
+        if self._vae_key != dtype_name:
+            self._vae = weights.load_vae(self.layout, weights.torch_dtype(dtype_name))
+            if self.offload == "none":
+                self._vae.to(self.device)
+            self._vae_key = dtype_name
+            self.stats.vae_loads += 1
+        return self._vae
+
+    def _text_encoder(self, dtype_name: str, quantize_te: str | None, te_cast: str):
+        key = (dtype_name, quantize_te, te_cast)
+        if self._te_key != key:
+            self._te = None
+            gc.collect()
+            te = weights.load_text_encoder(self.layout, weights.torch_dtype(dtype_name), te_cast)
+            if quantize_te:
+                from parity.engine.quant import quantize_module
+
+                quantize_module(te, quantize_te)
+            self._te, self._te_key = te.to(self.device), key
+            self.stats.text_encoder_loads += 1
+        if self._tokenizer is None:
+            self._tokenizer = weights.load_tokenizer(self.layout)
+        return self._te, self._tokenizer
+
+    def free_text_encoder(self) -> None:
+        self._te, self._te_key = None, None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ text
+    def cache_key(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str) -> CacheKey:
+        return CacheKey(text_encoder=self._te_identity, tokenizer=self._tok_identity, prompt=prompt,
+                        max_length=self.max_length, layers=HIDDEN_LAYERS, dtype=dtype_name,
+                        quantize_te=quantize_te, te_cast=te_cast)
+
+    def embeddings(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str = "aitk"):
+        """(1, L, 3*hidden) text embedding in the text encoder's dtype: memory, then disk cache, then encode."""
+        key = self.cache_key(prompt, dtype_name, quantize_te, te_cast)
+        mem_key = (key.digest(),)
+        if mem_key in self._memory:
+            return self._memory[mem_key]
+        emb = self.cache.get(key)
+        if emb is None:
+            self.stats.embedding_cache_misses += 1
+            te, tok = self._text_encoder(dtype_name, quantize_te, te_cast)
+            emb = encode(te, tok, prompt, max_length=self.max_length, device=self.device)
+            self.cache.put(key, emb)
+        else:
+            self.stats.embedding_cache_hits += 1
+        self._memory[mem_key] = emb
+        return emb
+
+    def prepare_embeddings(self, specs) -> None:
+        """Encode every prompt of a run first (text encoder once), then free the text encoder when offloading."""
+        for s in specs:
+            sw = numerics.resolve_switches(s.numerics, s.semantics)
+            self.embeddings(s.prompt, s.dtype, s.quantize_te, sw["te_cast"])
+        if self.offload != "none":
+            self.free_text_encoder()
+
+    # ------------------------------------------------------------------ LoRA
+    def _set_lora(self, spec: RenderSpec, switches: dict[str, str]) -> LoraReport | None:
+        applier = self._lora
+        want = None if not spec.lora_path else (str(spec.lora_path), float(spec.network_multiplier),
+                                                spec.lora_application, switches["lora_merge"], switches["lora_live"])
+        have = getattr(applier, "_want", None)
+        if want == have:
+            return getattr(applier, "_report", None)
+        if applier.restore():
+            self.stats.base_restores += 1
+        applier._want, applier._report = None, None
+        if want is None:
+            return None
+        report = applier.apply(spec.lora_path, spec.network_multiplier, spec.lora_application, switches)
+        self.stats.lora_applies += 1
+        applier._want, applier._report = want, report
+        return report
+
+    # ------------------------------------------------------------------ render
+    def render(self, spec: RenderSpec) -> RenderResult:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        if spec.semantics not in SEMANTICS:
+            raise ConfigError(f"unknown semantics {spec.semantics!r}; expected one of {', '.join(SEMANTICS)}")
+        if spec.semantics == "aitk-code":
+            if not os.environ.get("AI_TOOLKIT_PATH"):
+                raise ConfigError("semantics aitk-code needs AI_TOOLKIT_PATH (a checkout of ostris/ai-toolkit); unset")
+            raise ConfigError("semantics aitk-code is not implemented yet; use aitk (the same loop on diffusers "
+                              "components)")
+        if spec.generator != "cpu":
+            raise ConfigError(f"generator {spec.generator!r}: only the CPU generator (AI Toolkit's) is supported")
+        if spec.lora_path and spec.quantize and spec.lora_application == "merged":
+            raise ConfigError("a merged LoRA on a quantized transformer is not what AI Toolkit does "
+                              "(quantize -> live); set lora_application=live")
+        try:
+            switches = numerics.resolve_switches(spec.numerics, spec.semantics)
+            sigmas, mu = None, None
+            width, height = effective_size(spec.width, spec.height)
+            sigmas, mu = schedule.sigmas_for(spec.schedule, width, height, spec.sample_steps,
+                                             self.layout.scheduler_config)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        dtype = weights.torch_dtype(spec.dtype)
+
+        t = time.perf_counter()
+        embeds = self.embeddings(spec.prompt, spec.dtype, spec.quantize_te, switches["te_cast"])
+        if self.offload != "none":
+            self.free_text_encoder()
+        timings["text"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        transformer = self.transformer(spec.dtype, spec.quantize)
+        lora_report = self._set_lora(spec, switches)
+        vae = self.vae(spec.dtype)
+        timings["load"] = time.perf_counter() - t
+
+        noise = make_noise(spec.seed, width, height, dtype)
+        t = time.perf_counter()
+        nan_step = None
+        if self.offload != "none":
+            transformer.to(self.device)
+        try:
+            if spec.semantics == "diffusers":
+                if self.offload != "none":
+                    vae.to(self.device)
+                stock = schedule.parse_schedule(spec.schedule)[0] == "empirical"
+                img_u8, img_f, used = diffusers_render(
+                    transformer, vae, self.layout.scheduler_config, embeds, width=width, height=height,
+                    steps=spec.sample_steps, guidance=spec.guidance_scale, seed=spec.seed,
+                    sigmas=None if stock else sigmas, device=self.device)
+                sigmas = used
+                timings["denoise"] = time.perf_counter() - t
+                if any_nonfinite(img_f):
+                    nan_step = spec.sample_steps - 1
+            else:
+                den = aitk_denoise(transformer, embeds, noise, sigmas, spec.guidance_scale, switches, self.device)
+                nan_step = den.nan_step
+                timings["denoise"] = time.perf_counter() - t
+                if self.offload != "none":
+                    transformer.to("cpu")
+                    vae.to(self.device)
+                t = time.perf_counter()
+                img_u8, img_f = aitk_decode(vae, den.latents, switches)
+                timings["decode"] = time.perf_counter() - t
+        finally:
+            if self.offload != "none":
+                transformer.to("cpu")
+                vae.to("cpu")
+        timings["total"] = time.perf_counter() - t0
+        return RenderResult(
+            image=img_u8, image_float=img_f, width=width, height=height, sigmas=list(sigmas), mu=mu,
+            noise_sha256=numerics.tensor_sha256(noise), embedding_sha256=numerics.tensor_sha256(embeds),
+            lora=None if lora_report is None else lora_report.to_dict(), timings=timings, nan_step=nan_step,
+            semantics=spec.semantics, numerics=switches)
+
+
+__all__ = ["Engine", "EngineStats", "RenderResult", "effective_size", "ModelError"]

@@ -1,0 +1,342 @@
+"""Find and load FLUX.2 weights from local paths only (never downloads).
+
+Layouts (aitk-flux2-previews.md section H):
+  - diffusers: `model_index.json` + transformer/ vae/ text_encoder/ tokenizer/ scheduler/ (a snapshot folder, or a
+    Hugging Face cache folder `models--black-forest-labs--FLUX.2-dev`, whose `snapshots/<rev>` is used);
+  - BFL single files: `flux2-dev.safetensors` + `ae.safetensors` at the root (what AI Toolkit loads,
+    flux2_model.py L50-51), with the text encoder + tokenizer from a separate folder
+    (AI Toolkit: mistralai/Mistral-Small-3.1-24B-Instruct-2503).
+Configs: a folder's own `transformer/config.json` / `vae/config.json` / `scheduler/scheduler_config.json` win; a
+BFL-only folder falls back to the real FLUX.2-dev values below. Only safetensors are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from parity.errors import InputFileError, ModelError
+
+# Real FLUX.2-dev configs (aitk-flux2-previews.md section H; diffusers' convert script L387-405 and
+# AutoencoderKLFlux2 defaults). Used only when the base folder has no config of its own.
+FLUX2_DEV_TRANSFORMER_CONFIG: dict = {
+    "_class_name": "Flux2Transformer2DModel",
+    "patch_size": 1,
+    "in_channels": 128,
+    "out_channels": None,
+    "num_layers": 8,
+    "num_single_layers": 48,
+    "attention_head_dim": 128,
+    "num_attention_heads": 48,
+    "joint_attention_dim": 15360,
+    "timestep_guidance_channels": 256,
+    "mlp_ratio": 3.0,
+    "axes_dims_rope": [32, 32, 32, 32],
+    "rope_theta": 2000,
+    "eps": 1e-6,
+    "guidance_embeds": True,
+}
+FLUX2_DEV_VAE_CONFIG: dict = {
+    "_class_name": "AutoencoderKLFlux2",
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 32,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "force_upcast": True,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+    "mid_block_add_attention": True,
+    "batch_norm_eps": 1e-4,
+    "batch_norm_momentum": 0.1,
+    "patch_size": [2, 2],
+}
+
+BFL_TRANSFORMER_FILE = "flux2-dev.safetensors"
+BFL_VAE_FILE = "ae.safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(name: str):
+    """'fp32' | 'bf16' | 'fp16' -> torch dtype (ValueError otherwise)."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def refuse_pickle(path: str | Path) -> None:
+    """Raise InputFileError for pickle-based weight files (they can run code when loaded)."""
+    if str(path).lower().endswith(PICKLE_SUFFIXES):
+        raise InputFileError(
+            "pickle-based weights are refused: loading them can run arbitrary code; convert to .safetensors", path
+        )
+
+
+def load_safetensors(path: str | Path) -> dict:
+    """Load a safetensors file to CPU tensors; a clear InputFileError for pickles, missing or broken files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.is_file():
+        raise InputFileError("file not found", path)
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputFileError(f"not a readable safetensors file ({exc})", path) from None
+
+
+@dataclass(frozen=True)
+class BaseLayout:
+    """Where each component of a base model lives. `kind` is 'diffusers' or 'bfl'."""
+
+    root: Path
+    kind: str
+    transformer: Path            # transformer/ folder (diffusers) or flux2-dev.safetensors (bfl)
+    vae: Path                    # vae/ folder or ae.safetensors
+    transformer_config: dict
+    vae_config: dict
+    scheduler_config: dict
+    text_encoder: Path | None    # folder with config.json + *.safetensors
+    tokenizer: Path | None       # folder with tokenizer files
+
+
+def _hf_cache_snapshot(path: Path) -> Path:
+    """A Hugging Face cache repo folder (`models--org--name`) -> its snapshot for refs/main (or the only one)."""
+    snaps = path / "snapshots"
+    if not snaps.is_dir():
+        return path
+    ref = path / "refs" / "main"
+    if ref.is_file():
+        cand = snaps / ref.read_text().strip()
+        if cand.is_dir():
+            return cand
+    found = sorted(p for p in snaps.iterdir() if p.is_dir())
+    if len(found) == 1:
+        return found[0]
+    raise ModelError(f"Hugging Face cache folder has {len(found)} snapshots and no refs/main; pass one snapshot", path)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"unreadable config ({exc})", path) from None
+
+
+def _has_weights(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*.safetensors"))
+
+
+def _pickles_only(folder: Path) -> bool:
+    return folder.is_dir() and not _has_weights(folder) and any(
+        p.suffix.lower() in PICKLE_SUFFIXES for p in folder.iterdir())
+
+
+def _text_folders(root: Path | None) -> tuple[Path | None, Path | None]:
+    """(text-encoder folder, tokenizer folder) inside a diffusers root or a plain Mistral folder."""
+    if root is None:
+        return None, None
+    te = root / "text_encoder" if (root / "text_encoder").is_dir() else root
+    tok = root / "tokenizer" if (root / "tokenizer").is_dir() else te
+    return te, tok
+
+
+def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = None,
+                 layout: str = "auto") -> BaseLayout:
+    """Work out the layout of a local base-model folder. layout: 'auto' (diffusers when transformer/ has
+    safetensors, else BFL files), 'diffusers' or 'bfl'. Raises ModelError naming the folder and what is missing."""
+    root = Path(os.path.expanduser(str(base_model)))
+    if root.is_file():
+        refuse_pickle(root)
+        if root.name.endswith(".safetensors"):
+            root = root.parent  # a flux2-dev.safetensors path: use its folder
+    if not root.is_dir():
+        raise ModelError("base model folder not found (weights are never downloaded; give a local path)", root)
+    root = _hf_cache_snapshot(root)
+    has_diffusers = _has_weights(root / "transformer")
+    has_bfl = (root / BFL_TRANSFORMER_FILE).is_file()
+    if layout == "auto":
+        layout = "diffusers" if has_diffusers else "bfl" if has_bfl else ""
+    if layout not in ("diffusers", "bfl"):
+        if _pickles_only(root / "transformer") or any(root.glob("*.ckpt")) or any(root.glob("*.pt")):
+            raise InputFileError("only pickle weights (.ckpt/.pt/.bin) found; they are refused because loading them "
+                                 "can run code: convert to safetensors", root)
+        raise ModelError(f"no FLUX.2 transformer: expected transformer/*.safetensors (diffusers layout) or "
+                         f"{BFL_TRANSFORMER_FILE} + {BFL_VAE_FILE} (BFL layout)", root)
+
+    tcfg = _read_json(root / "transformer" / "config.json") or dict(FLUX2_DEV_TRANSFORMER_CONFIG)
+    vcfg = _read_json(root / "vae" / "config.json") or dict(FLUX2_DEV_VAE_CONFIG)
+    from parity.engine.schedule import FLUX2_SCHEDULER_CONFIG
+
+    scfg = _read_json(root / "scheduler" / "scheduler_config.json") or dict(FLUX2_SCHEDULER_CONFIG)
+
+    if layout == "diffusers":
+        if not has_diffusers:
+            raise ModelError("diffusers layout requested but transformer/ has no .safetensors weights", root)
+        transformer = root / "transformer"
+        vae = root / "vae"
+        if not _has_weights(vae):
+            raise ModelError("missing vae/*.safetensors", root)
+    else:
+        transformer = root / BFL_TRANSFORMER_FILE
+        vae = root / BFL_VAE_FILE
+        if not transformer.is_file():
+            raise ModelError(f"missing {BFL_TRANSFORMER_FILE}", root)
+        if not vae.is_file():
+            raise ModelError(f"missing {BFL_VAE_FILE} (the BFL-format VAE next to {BFL_TRANSFORMER_FILE})", root)
+
+    te_root = Path(os.path.expanduser(str(text_encoder))) if text_encoder else None
+    if te_root is not None and not te_root.is_dir():
+        raise ModelError("text encoder folder not found", te_root)
+    if te_root is None and (root / "text_encoder").is_dir():
+        te_root = root
+    te, tok = _text_folders(te_root)
+    return BaseLayout(root=root, kind=layout, transformer=transformer, vae=vae, transformer_config=tcfg,
+                      vae_config=vcfg, scheduler_config=scfg, text_encoder=te, tokenizer=tok)
+
+
+def _config_kwargs(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def load_transformer(layout: BaseLayout, dtype):
+    """Flux2Transformer2DModel in `dtype` on CPU, from the diffusers folder or the BFL single file (converted by
+    diffusers' own single-file converter, with the local/real config written to a temporary folder)."""
+    import tempfile
+
+    from diffusers import Flux2Transformer2DModel
+
+    if layout.kind == "diffusers":
+        try:
+            return Flux2Transformer2DModel.from_pretrained(str(layout.transformer), dtype=dtype,
+                                                           local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the transformer ({type(exc).__name__}: {exc})", layout.transformer) from None
+    sd = load_safetensors(layout.transformer)
+    prefix = "model.diffusion_model."  # ComfyUI-style prefix: diffusers' converter does not strip it (notes sec. 4)
+    if any(k.startswith(prefix) for k in sd):
+        sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    if "single_stream_modulation.lin.weight" not in sd:
+        raise ModelError("not a FLUX.2 BFL transformer (no single_stream_modulation.lin.weight)", layout.transformer)
+    with tempfile.TemporaryDirectory(prefix="parity-flux2-cfg-") as tmp:
+        cfg_dir = Path(tmp) / "transformer"
+        cfg_dir.mkdir()
+        cfg = dict(layout.transformer_config)
+        cfg["_class_name"] = "Flux2Transformer2DModel"
+        (cfg_dir / "config.json").write_text(json.dumps(cfg))
+        try:
+            return Flux2Transformer2DModel.from_single_file(sd, config=tmp, subfolder="transformer", dtype=dtype,
+                                                            local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the BFL transformer ({type(exc).__name__}: {exc})",
+                             layout.transformer) from None
+
+
+def load_vae(layout: BaseLayout, dtype):
+    """AutoencoderKLFlux2 in `dtype` (BN buffers included, as AI Toolkit's `.to(dtype)` does)."""
+    from diffusers import AutoencoderKLFlux2
+
+    if layout.kind == "diffusers":
+        try:
+            vae = AutoencoderKLFlux2.from_pretrained(str(layout.vae), local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the VAE ({type(exc).__name__}: {exc})", layout.vae) from None
+        return vae.to(dtype).eval()
+    from parity.engine import keymap
+
+    sd = load_safetensors(layout.vae)
+    try:
+        converted = keymap.bfl_to_diffusers_vae(sd)
+    except KeyError as exc:
+        raise ModelError(f"not a FLUX.2 BFL VAE (unknown key {exc})", layout.vae) from None
+    vae = AutoencoderKLFlux2.from_config(_config_kwargs(layout.vae_config))
+    missing, unexpected = vae.load_state_dict(converted, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"VAE keys do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                         layout.vae)
+    return vae.to(dtype).eval()
+
+
+def load_text_encoder(layout: BaseLayout, dtype, cast_path: str = "aitk"):
+    """Mistral3ForConditionalGeneration from the text-encoder folder.
+    te_cast 'aitk': loaded with `dtype` and then `.to(dtype)`, as AI Toolkit's flux2_model.py does; the second cast
+    also rounds the rotary `inv_freq` buffer, which `from_pretrained(dtype=...)` keeps in fp32
+    (bit-exact-numerics.md detail 3). 'diffusers': from_pretrained only."""
+    from transformers import Mistral3ForConditionalGeneration
+
+    folder = layout.text_encoder
+    if folder is None:
+        raise ModelError("no text encoder: the base folder has no text_encoder/ and none was given "
+                         "(AI Toolkit uses mistralai/Mistral-Small-3.1-24B-Instruct-2503)", layout.root)
+    if not _has_weights(folder):
+        if _pickles_only(folder):
+            raise InputFileError("text encoder has only pickle weights; refused (can run code)", folder)
+        raise ModelError("text encoder folder has no .safetensors weights", folder)
+    try:
+        te = Mistral3ForConditionalGeneration.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                              use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot load the text encoder ({type(exc).__name__}: {exc})", folder) from None
+    if cast_path == "aitk":
+        te = te.to(dtype)
+    return te.eval()
+
+
+def load_tokenizer(layout: BaseLayout):
+    """The real PixtralProcessor where it loads (needs torchvision), else AutoTokenizer from the same folder
+    (same token ids; cpu-stack-notes.md section 2)."""
+    folder = layout.tokenizer
+    if folder is None:
+        raise ModelError("no tokenizer folder (tokenizer/ in the base folder or the text-encoder folder)", layout.root)
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        proc = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        if hasattr(proc, "apply_chat_template"):
+            return proc
+    except Exception:  # noqa: BLE001 - PixtralProcessor without torchvision raises assorted errors; fall back
+        pass
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the tokenizer ({type(exc).__name__}: {exc})", folder) from None
+
+
+def file_identity(folder: Path | None, patterns=("*.safetensors",)) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of the weight files of a folder: a cheap identity for cache keys."""
+    if folder is None or not folder.is_dir():
+        return []
+    out = []
+    for pat in patterns:
+        for p in sorted(folder.glob(pat)):
+            st = p.stat()
+            out.append((p.name, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def tokenizer_identity(folder: Path | None) -> str:
+    """sha256 over the tokenizer folder's small files (tokenizer, template, processor configs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if folder is None or not folder.is_dir():
+        return ""
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.endswith(".safetensors") and p.stat().st_size < 64 * 2**20:
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
