@@ -116,6 +116,11 @@ _TOKENIZER_CORPUS = [
 
 TOKENIZER_VOCAB = 512
 
+BFL_TRANSFORMER_FILE = "flux2-dev.safetensors"  # hub repo root names
+BFL_VAE_FILE = "ae.safetensors"
+LORA_FILE = "loras/tiny_lora.safetensors"
+LOKR_FILE = "loras/tiny_lokr.safetensors"
+
 
 # ---------------------------------------------------------------------------------------------- result
 
@@ -269,6 +274,8 @@ def _sensitise_vae(model, g: torch.Generator) -> None:
                 out_c, in_c = mod.weight.shape[:2]
                 mix = torch.randn((out_c, in_c), generator=g) * math.sqrt(2.0 / in_c)
                 mod.weight.copy_(mix[:, :, None, None] * blur)
+        # Default init saturates ~20 % of pixels at 0/255; flat clipped areas hide differences between renders.
+        model.decoder.conv_out.weight.mul_(0.6)
         bn = model.bn
         bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g) * 0.5)
         bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) * 1.5 + 0.5)
@@ -284,10 +291,19 @@ def build_scheduler():
 
 
 def _save_safetensors(path: Path, sd: dict, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    """safetensors file with a canonical header (keys sorted). safetensors itself serialises `__metadata__`
+    from a Rust HashMap, so a file with several metadata entries differs from run to run; re-dumping the
+    header with sorted keys makes the bytes reproducible. The data section is untouched (offsets are relative
+    to the end of the header); the header is space-padded to 8 bytes as safetensors does."""
+    from safetensors.torch import save
 
+    blob = save({k: v.detach().contiguous() for k, v in sd.items()}, metadata=metadata or {"format": "pt"})
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(path), metadata=metadata or {"format": "pt"})
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
 
 
 def build_tiny(out_dir: str | Path, *, seed: int = 0) -> TinyPaths:
@@ -308,18 +324,19 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0) -> TinyPaths:
     )
     pipe.save_pretrained(root, safe_serialization=True)
 
-    bfl_transformer = root / "flux2-dev.safetensors"
-    _save_safetensors(bfl_transformer, keymap.diffusers_to_bfl_transformer(transformer.state_dict()))
-    bfl_vae = root / "ae.safetensors"
-    _save_safetensors(bfl_vae, keymap.diffusers_to_bfl_vae(vae.state_dict()))
+    # Root single files as in the hub repo (AI Toolkit loads these: flux2_model.py L50-51).
+    _save_safetensors(root / BFL_TRANSFORMER_FILE, keymap.diffusers_to_bfl_transformer(transformer.state_dict()))
+    _save_safetensors(root / BFL_VAE_FILE, keymap.diffusers_to_bfl_vae(vae.state_dict()))
 
     shapes = bfl_lora_target_shapes(TRANSFORMER_CONFIG)
-    lora = root / "loras" / "tiny_lora.safetensors"
-    save_aitk_lora(lora, make_lora(shapes, seed=seed + 1, rank=4, kind="lora"), step=100, name="tiny_lora")
-    lokr = root / "loras" / "tiny_lokr.safetensors"
-    save_aitk_lora(lokr, make_lora(shapes, seed=seed + 2, kind="lokr"), step=100, name="tiny_lokr")
+    save_aitk_lora(root / LORA_FILE, make_lora(shapes, seed=seed + 1, rank=4), step=100, name="tiny_lora")
+    save_aitk_lora(root / LOKR_FILE, make_lora(shapes, seed=seed + 2, kind="lokr"), step=100, name="tiny_lokr")
+    return tiny_paths(root, seconds=time.perf_counter() - t0)
 
-    files = tuple(sorted(p for p in root.rglob("*") if p.is_file()))
+
+def tiny_paths(root: str | Path, *, seconds: float = 0.0) -> TinyPaths:
+    """The paths of a tiny checkpoint written by `build_tiny` into `root` (files: every file found there)."""
+    root = Path(root)
     return TinyPaths(
         root=root,
         diffusers_dir=root,
@@ -328,12 +345,12 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0) -> TinyPaths:
         text_encoder_dir=root / "text_encoder",
         tokenizer_dir=root / "tokenizer",
         scheduler_dir=root / "scheduler",
-        bfl_transformer=bfl_transformer,
-        bfl_vae=bfl_vae,
-        lora=lora,
-        lokr=lokr,
-        files=files,
-        seconds=time.perf_counter() - t0,
+        bfl_transformer=root / BFL_TRANSFORMER_FILE,
+        bfl_vae=root / BFL_VAE_FILE,
+        lora=root / LORA_FILE,
+        lokr=root / LOKR_FILE,
+        files=tuple(sorted(p for p in root.rglob("*") if p.is_file())),
+        seconds=seconds,
     )
 
 
