@@ -59,7 +59,6 @@ def test_user_yaml_code_defaults(tmp_path):
     assert (b.prompt, b.width, b.height) == ("my_flux2_lora at the beach", 1024, 768)
     # a config file outside its output folder: the folder is {training_folder}/{name}
     assert job.folder.as_posix().endswith("output/my_flux2_lora")
-    items = job.items  # noqa: F841 - files are only needed for items()
     spec = job.render_spec(a, None, job.lora_application([a, b])).spec
     assert (spec.dtype, spec.quantize, spec.quantize_te, spec.lora_application) == ("fp32", None, None, "merged")
     assert (spec.semantics, spec.schedule, spec.generator) == ("aitk", "aitk", "cpu")

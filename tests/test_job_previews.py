@@ -175,3 +175,12 @@ def test_missing_things_are_errors_that_list_what_exists(tmp_path):
     empty = build(tmp_path / "e", config(), [])
     with pytest.raises(InputFileError, match="no preview files"):
         load_job(empty).items("latest")
+
+
+def test_off_schedule_label_is_noted(tmp_path):
+    # sample_every 50: a label-60 preview can only come from the UI's "sample now" (one update fewer, §B)
+    root = build(tmp_path, config(), [(2000, 60, 0), (2001, 60, 1)], checkpoints=[60])
+    it = load_job(root).items(60)[0]
+    assert any("sample_every=50" in n for n in it.notes)
+    root = build(tmp_path / "b", config(), [(2000, 50, 0), (2001, 50, 1)], checkpoints=[50])
+    assert not load_job(root).items(50)[0].notes

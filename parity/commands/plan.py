@@ -53,7 +53,7 @@ def item_record(item) -> dict:
         "preview_format": None if item.preview_format is None else item.preview_format.to_dict(),
         "superseded": [str(p) for p in item.superseded],
         "missing": list(item.missing),
-        "notes": list(s.notes),
+        "notes": list(item.notes),
         "sources": {k: item.resolved.source(k) for k in (*_SRC_KEYS, "lora_application", "dtype", "quantize")},
     }
 

@@ -41,6 +41,7 @@ class PreviewItem:
     preview_ms: int | None = None
     superseded: tuple[Path, ...] = ()  # older files for the same slot (reruns, UI "sample now")
     missing: tuple[str, ...] = ()      # what is missing (non-strict only)
+    notes: tuple[str, ...] = ()        # quirks that affect this preview (sample notes + label notes)
 
     @property
     def spec(self) -> RenderSpec:
@@ -223,6 +224,14 @@ class Job:
                 raise InputFileError(msg, self.folder)
             missing.append(msg)
         fmt = detect_format(chosen.path) if (chosen and detect) else None
+        notes = list(rs.notes)
+        every, start = self.facts.sample_every, self.facts.sample_start_step
+        if (s not in (0, self.facts.steps) and isinstance(every, int) and every > 0 and isinstance(start, int)
+                and (s % every or s < start)):
+            # not on the schedule (BaseSDTrainProcess.py L2555-2561): most likely the UI's "sample now", which
+            # renders label S after S updates while a scheduled sample/checkpoint at S has S+1 (§B)
+            notes.append(f"label {s} is off the sample_every={every} schedule (UI 'sample now'?): its weights are "
+                         "one update behind a checkpoint saved at the same label")
         return PreviewItem(
             step=s,
             index=rs.index,
@@ -239,6 +248,7 @@ class Job:
             preview_ms=chosen.ms if chosen else None,
             superseded=superseded,
             missing=tuple(missing),
+            notes=tuple(notes),
         )
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parity.errors import ConfigError, InputFileError
+from parity.errors import InputFileError
 
 PREVIEW_EXTS = ("jpg", "jpeg", "png", "webp")
 # ASCII digits only (re.ASCII): `\d` would also accept other scripts' digits. Steps >= 10**9 have more
