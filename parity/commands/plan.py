@@ -91,7 +91,7 @@ def _table(job, records: list[dict]) -> str:
             f"{_fmt(r['network_multiplier'])} [{src['network_multiplier']}]", r["lora_application"], ck, pv,
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.append("sources: D default, B block, I item, F flag, W walk, C carry, L floor; * = first_sample")
     for r in records:
