@@ -193,7 +193,11 @@ def suspect_search(
         result.explained = True
         return result
     cand_of: dict[int, Candidate] = {}
+    seen_specs = {spec}
     for c in queue:
+        if c.apply(spec) in seen_specs:  # e.g. a default set that only changes the seed: already tried
+            continue
+        seen_specs.add(c.apply(spec))
         try:
             s, t = session.score(c.apply(spec))
         except BudgetExhausted:

@@ -1,0 +1,225 @@
+"""Attribution and suspect search with pure fakes: the ranking, memoisation and budget logic.
+
+The fake "renderer" encodes the spec in a small vector and the fake "comparison" scores it against the preview's
+spec with weights chosen here, so every expected ranking follows from these weights, not from the code under test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from parity.diagnose import attribute, causes_list, diagnosis_record, param_diff, suspect_search
+from parity.diagnose.cache import RenderCache
+from parity.spec import RenderSpec, ResolvedSpec
+
+PREVIEW = RenderSpec(prompt="ohwx a cat", width=512, height=512, seed=3, sample_steps=20, guidance_scale=7.0,
+                     lora_path="/l.safetensors", network_multiplier=1.0)
+# Loss per differing knob (seed dominates: a different seed is a different picture).
+WEIGHTS = {"seed": 0.6, "resolution": 1.0, "schedule": 0.3, "steps": 0.15, "guidance": 0.1, "lora_scale": 0.08}
+FIELDS = {"seed": ("seed",), "resolution": ("width", "height"), "schedule": ("schedule", "semantics"),
+          "steps": ("sample_steps",), "guidance": ("guidance_scale",), "lora_scale": ("network_multiplier",)}
+
+
+class FakeEngine:
+    """render(spec) -> the spec itself wrapped in a 0-d object array; counts calls."""
+
+    def __init__(self):
+        self.calls: list[RenderSpec] = []
+
+    def render(self, spec: RenderSpec) -> np.ndarray:
+        self.calls.append(spec)
+        out = np.empty((), dtype=object)
+        out[()] = spec
+        return out
+
+
+def fake_score(truth: RenderSpec, *, interaction: bool = False):
+    """Score 1 - sum of weights of differing knobs. With `interaction`, while the seed differs the other knobs
+    barely matter (each counts a tenth), as in real images where a wrong seed swamps everything else."""
+    def score(image: np.ndarray, preview) -> float:
+        s: RenderSpec = image[()]
+        bad = [k for k, fs in FIELDS.items() if any(getattr(s, f) != getattr(truth, f) for f in fs)]
+        if interaction and "seed" in bad:
+            return max(0.0, 1 - WEIGHTS["seed"] - sum(WEIGHTS[k] / 10 for k in bad if k != "seed"))
+        return max(0.0, 1 - sum(WEIGHTS[k] for k in bad))
+    return score
+
+
+def test_single_knob_is_ranked_first_and_explains():
+    eng = FakeEngine()
+    inf = PREVIEW.with_(guidance_scale=4.0)
+    a = attribute("p.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW))
+    assert a.baseline == pytest.approx(0.9)
+    assert [c.knob for c in a.causes] == ["guidance"]
+    c = a.causes[0]
+    assert (c.value_preview, c.value_inference) == (7.0, 4.0)
+    assert c.ssim_aligned == pytest.approx(1.0) and a.all_aligned == pytest.approx(1.0)
+    assert a.explained is True
+    assert len(eng.calls) == 2  # inference render + the aligned render (all-aligned is the same spec)
+    assert causes_list(a) == [{"knob": "guidance", "value_preview": 7.0, "value_inference": 4.0, "ssim_aligned": 1.0}]
+
+
+def test_ranking_follows_recovered_similarity():
+    eng = FakeEngine()
+    inf = PREVIEW.with_(sample_steps=25, guidance_scale=4.0, schedule="empirical", network_multiplier=0.5)
+    a = attribute("p.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW))
+    # recovered = the knob's weight: schedule 0.3 > steps 0.15 > guidance 0.1 > lora_scale 0.08
+    assert [c.knob for c in a.causes] == ["schedule", "steps", "guidance", "lora_scale"]
+    assert a.causes[0].recovered == pytest.approx(0.3)
+    assert a.explained is True
+    # 1 inference + 1 all-aligned + 4 singles + 4 leave-one-out
+    assert a.extra_renders == 9 and len(eng.calls) == 10
+
+
+def test_interacting_knobs_are_both_named():
+    eng = FakeEngine()
+    inf = PREVIEW.with_(seed=44, guidance_scale=4.0)
+    a = attribute("p.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW, interaction=True))
+    knobs = [c.knob for c in a.causes]
+    assert knobs == ["seed", "guidance"]
+    g = a.causes[1]
+    # aligning guidance alone recovers almost nothing (seed still wrong), but leaving it out costs its weight
+    assert g.recovered == pytest.approx(0.01)
+    assert g.necessity == pytest.approx(0.1)
+    assert a.all_aligned == pytest.approx(1.0) and a.explained
+    assert len(eng.calls) == 4  # with two knobs the leave-one-out renders are the singles, from the cache
+
+
+def test_unexplained_gap():
+    truth = PREVIEW.with_(sample_steps=30)  # the preview was really made with 30 steps; the record says 20
+    a = attribute("p.jpg", PREVIEW, PREVIEW.with_(guidance_scale=4.0), FakeEngine().render, fake_score(truth))
+    assert a.all_aligned == pytest.approx(0.85) and a.explained is False
+
+
+def test_budget_caps_extra_renders_and_names_skipped_knobs():
+    eng = FakeEngine()
+    inf = PREVIEW.with_(sample_steps=25, guidance_scale=4.0, schedule="empirical")
+    a = attribute("p.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW), budget=2)
+    assert a.extra_renders == 2 and len(eng.calls) == 3
+    assert a.all_aligned == pytest.approx(1.0)  # the all-aligned render goes first
+    skipped = {s["knob"] for s in a.skipped}
+    tried = [c.knob for c in a.causes if c.ssim_aligned is not None]
+    assert len(tried) == 1 and skipped == {"schedule", "steps", "guidance"} - set(tried)
+    assert tried == ["schedule"]  # the likeliest large effect first (section G)
+    a0 = attribute("p.jpg", PREVIEW, inf, FakeEngine().render, fake_score(PREVIEW), budget=0)
+    assert a0.all_aligned is None and a0.explained is None and a0.extra_renders == 0
+
+
+def test_items_with_the_same_knob_set_share_renders():
+    eng = FakeEngine()
+    cache = RenderCache()
+    inf = PREVIEW.with_(guidance_scale=4.0, sample_steps=25)
+    a1 = attribute("p.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW), cache=cache)
+    n = len(eng.calls)
+    a2 = attribute("p.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW), cache=cache, budget=0)
+    assert len(eng.calls) == n and a2.extra_renders == 0
+    assert [c.knob for c in a2.causes] == [c.knob for c in a1.causes]
+    # a different preview file of the same spec reuses the renders, re-scoring them only
+    attribute("other.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW), cache=cache)
+    assert len(eng.calls) == n
+
+
+def test_already_at_parity_and_no_differing_knobs():
+    @dataclass
+    class Comp:
+        tier: str
+        metrics: dict
+
+    eng = FakeEngine()
+    a = attribute("p.jpg", PREVIEW, PREVIEW.with_(guidance_scale=4.0), eng.render,
+                  lambda img, p: Comp("NEAR", {"ssim": 0.99}))
+    assert a.causes == [] and a.explained and len(eng.calls) == 1 and "parity" in a.note
+    a = attribute("p.jpg", PREVIEW, PREVIEW, eng.render, lambda img, p: Comp("DRIFT", {"ssim": 0.8}))
+    assert a.causes == [] and a.explained is False and "suspect" in a.note
+
+
+def test_tiers_decide_explained_when_the_score_returns_a_comparison():
+    score = fake_score(PREVIEW)
+
+    def compare(img, p):
+        s = score(img, p)
+        return {"ssim": s, "tier": "EXACT" if s == 1.0 else "DRIFT"}
+
+    a = attribute("p.jpg", PREVIEW, PREVIEW.with_(sample_steps=25), FakeEngine().render, compare)
+    assert a.baseline_tier == "DRIFT" and a.all_aligned_tier == "EXACT" and a.explained
+    assert a.causes[0].tier_aligned == "EXACT"
+
+
+def test_ruled_out_knobs_are_not_rendered_alone():
+    eng = FakeEngine()
+    inf = PREVIEW.with_(guidance_scale=4.0, prompt="ohwx a cat ")
+    a = attribute("p.jpg", PREVIEW, inf, eng.render, fake_score(PREVIEW), ruled_out=["prompt"])
+    assert {"knob": "prompt", "reason": "ruled out by the input hashes"} in a.skipped
+    assert a.causes[0].knob == "guidance"
+
+
+def test_diagnosis_record_has_the_results_fields():
+    inf = PREVIEW.with_(guidance_scale=4.0)
+    diff = param_diff(ResolvedSpec(PREVIEW), ResolvedSpec(inf))
+    a = attribute("p.jpg", PREVIEW, inf, FakeEngine().render, fake_score(PREVIEW))
+    rec = diagnosis_record(diff, a)
+    assert rec["mismatches"] == ["guidance"]
+    assert rec["causes"][0]["knob"] == "guidance"
+    assert set(rec["params"]) == {"preview", "inference"}
+    import json
+    json.dumps(rec)  # JSON-serialisable
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Suspect search
+
+
+def test_suspects_find_guidance():
+    truth = PREVIEW.with_(guidance_scale=7.0)
+    recorded = PREVIEW.with_(guidance_scale=4.0)
+    s = suspect_search("p.jpg", recorded, FakeEngine().render, fake_score(truth), index=0, preview_size=(512, 512))
+    assert s.explained
+    assert [(b.knob, b.value) for b in s.best] == [("guidance", "7")]
+    assert "guidance 7" in s.verdict and "not 4" in s.verdict
+    assert s.tried[0].knob == "guidance" and s.tried[0].score == pytest.approx(1.0)
+
+
+def test_suspects_find_steps_and_seed_walk():
+    truth = PREVIEW.with_(sample_steps=30)
+    s = suspect_search("p.jpg", PREVIEW, FakeEngine().render, fake_score(truth), preview_size=(512, 512))
+    assert [(b.knob, b.value) for b in s.best] == [("steps", "30")] and "not 20" in s.verdict
+    # recorded seed 5 at prompt index 2 with walk on; the preview was rendered with walk off (seed 3)
+    truth = PREVIEW.with_(seed=3)
+    s = suspect_search("p.jpg", PREVIEW.with_(seed=5), FakeEngine().render, fake_score(truth), index=2,
+                       preview_size=(512, 512))
+    assert s.best[0].knob == "seed" and "walk off" in s.best[0].value
+
+
+def test_suspects_combine_two_changes():
+    truth = PREVIEW.with_(sample_steps=30, guidance_scale=3.5)
+    s = suspect_search("p.jpg", PREVIEW, FakeEngine().render, fake_score(truth), preview_size=(512, 512))
+    assert {(b.knob, b.value) for b in s.best} == {("steps", "30"), ("guidance", "3.5")}
+    assert s.explained and s.best_score == pytest.approx(1.0)
+
+
+def test_suspects_nothing_explains_and_budget():
+    truth = PREVIEW.with_(prompt="something else entirely")
+    eng = FakeEngine()
+
+    def score(img, p):
+        return 0.2 if img[()].prompt != truth.prompt else 1.0
+
+    s = suspect_search("p.jpg", PREVIEW, eng.render, score, preview_size=(512, 512))
+    assert not s.explained and s.best == [] and s.verdict.startswith("nothing tried explains it")
+    eng = FakeEngine()
+    s = suspect_search("p.jpg", PREVIEW, eng.render, score, preview_size=(512, 512), budget=4)
+    assert s.extra_renders == 4 and len(eng.calls) == 5 and s.skipped
+    # round robin: with 4 renders, the first candidate of four different knobs
+    assert len({t.knob for t in s.tried}) == 4
+
+
+def test_suspect_size_from_the_preview_file(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "prev.jpg"
+    Image.new("RGB", (768, 512)).save(p)
+    truth = PREVIEW.with_(width=768)
+    s = suspect_search(str(p), PREVIEW, FakeEngine().render, fake_score(truth))
+    assert s.best[0].knob == "resolution" and s.best[0].value == "768x512"
