@@ -1,0 +1,144 @@
+"""Shared by `parity run` and `parity diff`: plan, render, store, report, summarise, exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from parity.cases import Case
+from parity.errors import ParityError
+from parity.spec import TIERS
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--step", dest="steps", default=None, metavar="N|latest|all",
+                   help="training step label(s) to check: latest (default), all, N or N,M")
+    p.add_argument("--base-model", default=None, metavar="DIR",
+                   help="FLUX.2-dev weights (diffusers layout or flux2-dev.safetensors + ae.safetensors)")
+    p.add_argument("--text-encoder", default=None, metavar="DIR", help="Mistral text encoder + tokenizer folder")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--request", default=None, metavar="FILE",
+                     help="inference request in the reference server's JSON format")
+    src.add_argument("--profile", default=None, metavar="NAME",
+                     help="inference profile: preview (default), reference-server, diffusers")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an inference setting, e.g. --set sample_steps=25 (repeatable)")
+    p.add_argument("--min-tier", default=None, help="gate for every item (EXACT, NEAR, DRIFT, DIFFERENT)")
+    p.add_argument("--no-attribution", action="store_true", help="skip one-knob-at-a-time re-renders")
+    p.add_argument("--budget", type=int, default=None, help="max extra renders per item for attribution")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/<time>)")
+    p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write results.json here")
+    p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (deterministic split)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+
+def _steps_value(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text in ("latest", "all"):
+        return text
+    try:
+        parts = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ParityError(f"--step must be latest, all, N or N,M,..., got {text!r}") from None
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _inference_value(args: argparse.Namespace) -> Any:
+    if args.request:
+        return {"request": str(Path(args.request).resolve())}
+    if args.profile:
+        return args.profile
+    return None
+
+
+def default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
+    from parity.report import write_report
+    from parity.report.store import ResultsStore
+    from parity.run import Runner, case_error_record, parse_shard, plan_cases, run_metadata, shard_of, \
+        stderr_progress
+
+    if args.min_tier:
+        tier = args.min_tier.upper()
+        if tier not in TIERS[:-1]:
+            raise ParityError(f"--min-tier must be one of {', '.join(TIERS[:-1])}, got {args.min_tier!r}")
+        for c in cases:
+            c.expect.min_tier = tier
+    if args.text_encoder:
+        for c in cases:
+            c.text_encoder = args.text_encoder
+    planned, case_errors = plan_cases(
+        cases, steps=_steps_value(args.steps), inference=_inference_value(args), overrides=args.overrides,
+        lora=Path(args.lora).resolve() if getattr(args, "lora", None) else None, base_model=args.base_model,
+    )
+    if len(cases) == 1 and case_errors and not planned:
+        raise ParityError(case_errors[0].message)  # a single bad input: exit 2 with its message
+    if args.shard:
+        k, n = parse_shard(args.shard)
+        planned = [p for p in planned if shard_of(p.id, n) == k]
+    out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
+    device = args.device or default_device()
+    progress = stderr_progress(args.quiet)
+    store = ResultsStore(out)
+    meta = dict(run_metadata(device), entry=entry, shard=args.shard,
+                cases=[str(c.path) for c in cases], argv=sys.argv[1:])
+    store.start(meta, resume=args.resume)
+    done = store.done_ids(include_errors=False)
+    todo = [p for p in planned if p.id not in done]
+    for err in case_errors:
+        store.add(case_error_record(err))
+    missing_base = [p for p in todo if not Path(p.base_model).exists()]
+    runner = Runner(out, device=device, attribution=not args.no_attribution, attribution_budget=args.budget,
+                    progress=progress)
+    started = time.perf_counter()
+    try:
+        for p in missing_base:
+            store.add(runner._error_record(p, f"base model not found: {p.base_model}", time.perf_counter()))
+        todo = [p for p in todo if p not in missing_base]
+        runner.run(todo, on_record=store.add)
+    finally:
+        runner.close()
+    results = store.finish(timings={"total_s": time.perf_counter() - started})
+    if not args.quiet and sys.stderr.isatty():
+        print(file=sys.stderr)
+    paths = write_report(results, out)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results.to_dict(), indent=1, default=str))
+    print_summary(results.items, paths)
+    return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+
+
+def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
+    """The table of items with tier and causes, then the counts and the report path."""
+    rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
+    width = max([len(it["id"]) for it in rows] + [4])
+    print(f"{'item':<{width}}  {'tier':<9} {'ssim':>7}  {'gate':<5} cause / mismatches")
+    for it in rows:
+        ssim = (it.get("metrics") or {}).get("ssim")
+        ssim_s = f"{ssim:7.4f}" if isinstance(ssim, (int, float)) else "      -"
+        mark = "ok" if it.get("passed") else "FAIL"
+        if it.get("error"):
+            detail = it["error"]
+        elif it.get("causes"):
+            c = it["causes"][0]
+            detail = f"top cause: {c['knob']} ({c.get('value_preview')} vs {c.get('value_inference')})"
+        else:
+            detail = ", ".join(it.get("mismatches") or []) or ""
+        print(f"{it['id']:<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<5} {detail}")
+    counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
+    print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
+    print(f"report: {paths.index}")

@@ -1,0 +1,40 @@
+"""`parity diff JOB_DIR`: a new LoRA against its own training previews, no case file needed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from parity.commands._execute import add_run_arguments, execute
+
+HELP = "diff a LoRA against its AI Toolkit training previews (table, report, exit 0/1/2)"
+EXAMPLES = """
+  parity diff output/my_lora                               # latest step, the previews' own settings
+  parity diff output/my_lora --step all --base-model /models/FLUX.2-dev
+  parity diff output/my_lora --profile reference-server    # as the reference inference server renders it
+  parity diff output/my_lora --request request.json        # a request in that server's JSON format
+  parity diff output/my_lora --set sample_steps=25 --set guidance_scale=4
+  parity diff output/my_lora --lora other_run.safetensors  # another LoRA file against these previews
+exit codes: 0 every item meets the gate, 1 some do not, 2 bad input or usage
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="AI Toolkit job output folder (config.yaml, samples/, checkpoints) or its config")
+    p.add_argument("--lora", default=None, metavar="FILE", help="LoRA file to test instead of the job's checkpoint")
+    add_run_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from parity.cases import Case
+    from parity.errors import ConfigError
+
+    job = Path(args.job).resolve()
+    if not job.exists():
+        raise ConfigError("no such job folder or config file", args.job)
+    if args.lora and not Path(args.lora).is_file():
+        raise ConfigError("no such LoRA file", args.lora)
+    name = job.name if job.is_dir() else job.parent.name
+    case = Case(name=name, path=(job / "parity-diff.yaml") if job.is_dir() else job,
+                job=job if job.is_dir() else None, config=None if job.is_dir() else job)
+    return execute([case], args, entry="diff")

@@ -1,0 +1,69 @@
+"""`parity init JOB_DIR`: write a starter case file for an AI Toolkit job folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "write a starter case file (cases/<name>.yaml) for an AI Toolkit job folder"
+EXAMPLES = """
+  parity init output/my_lora                     # writes cases/my_lora.yaml
+  parity init output/my_lora --out -             # print it instead
+  parity init output/my_lora --base-model /models/FLUX.2-dev
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="AI Toolkit job output folder")
+    p.add_argument("--out", default=None, help="case file to write (default cases/<name>.yaml; - for stdout)")
+    p.add_argument("--base-model", default=None, metavar="DIR", help="base model folder to record in the case")
+    p.add_argument("--force", action="store_true", help="overwrite an existing case file")
+
+
+def starter_case(job_dir: Path, case_path: Path, base_model: str | None) -> str:
+    from parity.job import load_job
+
+    job = load_job(job_dir)
+    steps = job.steps()
+    rel = os.path.relpath(job_dir.resolve(), case_path.parent.resolve())
+    lines = [
+        f"# parity case for the AI Toolkit job {job.name!r} (written by `parity init`)",
+        f"name: {job.name}",
+        f"job: {rel}",
+        f"# step labels with previews: {', '.join(map(str, steps)) or 'none'}",
+        "steps: latest            # latest | all | a step | a list of steps",
+    ]
+    if base_model:
+        lines.append(f"base_model: {base_model}")
+    else:
+        lines.append(f"# base_model: /models/FLUX.2-dev   # else $PARITY_BASE_MODEL, else {job.facts.name_or_path}")
+    lines += [
+        "inference: preview       # preview | reference-server | diffusers | {request: file.json, set: {...}}",
+        "expect:",
+        "  min_tier: NEAR         # EXACT | NEAR | DRIFT | DIFFERENT",
+        "attribution: true        # re-render one knob at a time for items below the gate",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from parity.errors import ConfigError
+
+    job_dir = Path(args.job)
+    if not job_dir.is_dir():
+        raise ConfigError("not a job folder", args.job)
+    if args.out == "-":
+        sys.stdout.write(starter_case(job_dir, Path.cwd() / "cases" / "x.yaml", args.base_model))
+        return 0
+    from parity.job import load_job
+
+    name = load_job(job_dir).name
+    out = Path(args.out) if args.out else Path("cases") / f"{name}.yaml"
+    if out.exists() and not args.force:
+        raise ConfigError("case file exists; pass --force to overwrite", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(starter_case(job_dir, out, args.base_model))
+    print(f"wrote {out}")
+    return 0

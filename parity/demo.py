@@ -1,0 +1,139 @@
+"""The built-in demo: a tiny FLUX.2, a realistic AI Toolkit job folder, and two cases.
+
+`build_demo(root)` writes
+    root/tiny-flux2/                   the tiny model in both on-disk layouts (parity.engine.tiny)
+    root/output/tiny-portrait/         an AI Toolkit job folder as the trainer leaves it:
+        config.yaml                    the job as users write it (code defaults left implicit on purpose:
+                                       guidance 7 comes from AI Toolkit's code default, not the file)
+        tiny-portrait_000000100.safetensors, tiny-portrait.safetensors   LoRA checkpoints (step 100, final 200)
+        samples/{ms}__{step:09d}_{i}.jpg   previews at steps 0, 100, 200 rendered with AI Toolkit's preview
+                                       semantics and saved as AI Toolkit saves them (Pillow defaults: JPEG q75)
+    root/request.json                  an inference request in the reference server's format for the same prompts
+and the repository ships cases/demo-parity.yaml (previews' own settings: passes) and
+cases/demo-reference-server.yaml (the reference server's defaults: drifts, with its causes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("parity")
+
+JOB_NAME = "tiny-portrait"
+TRAIN_STEPS = 200
+CHECKPOINT_STEPS = (100,)   # plus the final file at TRAIN_STEPS
+SAMPLE_EVERY = 100
+BASE_MS = 1764100000000     # fixed "save time" stamps keep the demo byte-reproducible
+DEMO_VERSION = "1"          # bump to rebuild existing demo folders
+
+PROMPTS = [
+    "[trigger] portrait of a woman, soft window light",
+    "a red fox in deep snow --w 96 --h 64",
+    "[trigger] holding a sign that says hello --seed 1234",
+]
+
+
+def demo_config(training_folder: Path) -> dict:
+    """The job as a user writes it (AI Toolkit's YAML form). Sizes are tiny so the demo runs on a CPU."""
+    return {
+        "job": "extension",
+        "config": {
+            "name": JOB_NAME,
+            "process": [
+                {
+                    "type": "sd_trainer",
+                    "training_folder": str(training_folder),
+                    "device": "cuda:0",
+                    "trigger_word": "p3rs0n",
+                    "network": {"type": "lora", "linear": 4, "linear_alpha": 4},
+                    "save": {"dtype": "bf16", "save_every": 100, "max_step_saves_to_keep": 4},
+                    "datasets": [{"folder_path": "/data/portraits", "caption_ext": "txt", "resolution": [512]}],
+                    "train": {
+                        "batch_size": 1, "steps": TRAIN_STEPS, "gradient_accumulation_steps": 1,
+                        "train_unet": True, "train_text_encoder": False, "noise_scheduler": "flowmatch",
+                        "optimizer": "adamw8bit", "lr": 1e-4, "dtype": "bf16",
+                    },
+                    "model": {"name_or_path": "black-forest-labs/FLUX.2-dev", "arch": "flux2", "quantize": False},
+                    "sample": {
+                        "sampler": "flowmatch",
+                        "sample_every": SAMPLE_EVERY,
+                        "width": 64,
+                        "height": 64,
+                        "prompts": PROMPTS,
+                        "neg": "",
+                        "seed": 42,
+                        "walk_seed": True,
+                        "sample_steps": 8,
+                        # guidance_scale left out: AI Toolkit's code default (7) applies
+                    },
+                }
+            ],
+        },
+        "meta": {"name": "[name]", "version": "1.0"},
+    }
+
+
+def demo_request() -> dict:
+    """What a user sends the reference inference server for the same prompts: sizes given, everything else left
+    to the server's defaults (25 steps, guidance 4.0, seed 42 + i, prompt flags not parsed)."""
+    return {
+        "model": "flux2",
+        "trigger_word": "p3rs0n",
+        "prompts": [{"prompt": p, "width": 64, "height": 64} for p in PROMPTS],
+        "loras": [{"path": f"output/{JOB_NAME}/{JOB_NAME}.safetensors", "network_multiplier": 1.0}],
+    }
+
+
+@dataclass
+class DemoPaths:
+    root: Path
+    base_model: Path
+    job: Path
+    request: Path
+
+
+def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
+    """Build (or reuse) the demo under `root`; idempotent and quick when already built."""
+    root = Path(root).resolve()
+    paths = DemoPaths(root, root / "tiny-flux2", root / "output" / JOB_NAME, root / "request.json")
+    stamp = root / ".built"
+    if stamp.exists() and stamp.read_text().strip() == DEMO_VERSION and not force:
+        return paths
+    import shutil
+
+    from PIL import Image
+
+    from parity.engine import Engine
+    from parity.engine.tiny import TRANSFORMER_CONFIG, build_tiny, make_lora, save_aitk_lora
+    from parity.job import checkpoint_filename, load_job
+    from parity.job.layout import write_config_copy, write_preview
+
+    for sub in ("tiny-flux2", "output"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    log.info("building the tiny FLUX.2 model in %s", paths.base_model)
+    build_tiny(paths.base_model)
+    write_config_copy(paths.job, demo_config(root / "output"))
+    # LoRA checkpoints: one fixed direction whose strength grows with training, as a LoRA's effect does.
+    for step in (*CHECKPOINT_STEPS, TRAIN_STEPS):
+        sd = make_lora(TRANSFORMER_CONFIG, seed=7, strength=step / TRAIN_STEPS)
+        name = checkpoint_filename(JOB_NAME, final=True) if step == TRAIN_STEPS else checkpoint_filename(JOB_NAME, step)
+        save_aitk_lora(paths.job / name, sd, step=step, name=JOB_NAME)
+    paths.request.write_text(json.dumps(demo_request(), indent=2) + "\n")
+
+    job = load_job(paths.job)
+    engine = Engine(paths.base_model, device="cpu")
+    samples = job.resolved_samples()
+    application = job.lora_application(samples)
+    for step in (0, *CHECKPOINT_STEPS, TRAIN_STEPS):
+        lora = None if step == 0 else job.checkpoint_for(step)
+        for s in samples:
+            spec = job.render_spec(s, lora, application).spec
+            log.info("rendering preview step %d prompt %d", step, s.index)
+            image = Image.fromarray(engine.render(spec).image)
+            write_preview(job.samples_dir, image, ms=BASE_MS + step * 1000 + s.index, step=step, index=s.index)
+    stamp.write_text(DEMO_VERSION + "\n")
+    return paths

@@ -1,0 +1,338 @@
+"""pytest plugin (entry point `pytest11: parity`): case files become test items.
+
+    pytest parity                       # every case under cases/ (or --parity-cases / ini `parity_cases`)
+    pytest parity -k p1                 # a subset: ids look like  portrait-v1[step2000-p3]
+    pytest cases/portrait-v1.yaml       # one case
+    pytest parity -n 2                  # pytest-xdist: workers write per-worker results, the controller merges
+
+One item per (case, step, prompt). The base model loads once per session (per worker) and is shared by all
+items; items are ordered to minimise LoRA switches. Metrics and tier go into `user_properties` (JUnit).
+Like pytest-mpl, workers write their own results and the controller merges them once at session end and
+writes one report (`--parity-report-dir`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parity.errors import ParityError
+
+_ENV_WORKER_DIR = "PARITY_PYTEST_RUN_DIR"
+
+
+# -- options -----------------------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("parity", "FLUX.2 preview parity")
+    group.addoption("--parity-cases", action="append", default=None, metavar="PATH",
+                    help="case files or folders to collect (default: ini parity_cases, else cases/)")
+    group.addoption("--parity-base-model", default=None, metavar="DIR",
+                    help="base model folder for every case (else the case's base_model, $PARITY_BASE_MODEL, job)")
+    group.addoption("--parity-device", default=None, help="torch device for rendering (default: cuda if available)")
+    group.addoption("--parity-report-dir", default=None, metavar="DIR",
+                    help="where results.json and the HTML report go (default: reports/pytest-<time>)")
+    group.addoption("--parity-min-tier", default=None,
+                    help="override every case's gate (EXACT, NEAR, DRIFT, DIFFERENT)")
+    group.addoption("--parity-attribution", dest="parity_attribution", action="store_true", default=None,
+                    help="re-render one knob at a time for items below their gate (default on)")
+    group.addoption("--parity-no-attribution", dest="parity_attribution", action="store_false",
+                    help="skip attribution re-renders")
+    group.addoption("--parity-shard", default=None, metavar="K/N",
+                    help="run only shard K of N (deterministic split of items, for CI matrices)")
+    parser.addini("parity_cases", "case files or folders collected by `pytest parity`", type="linelist",
+                  default=[])
+    parser.addini("parity_base_model", "base model folder for every case", default="")
+    parser.addini("parity_device", "torch device for rendering", default="")
+    parser.addini("parity_report_dir", "report directory", default="")
+    parser.addini("parity_min_tier", "gate override for every case", default="")
+    parser.addini("parity_attribution", "attribution re-renders on/off", type="bool", default=True)
+
+
+def _opt(config: pytest.Config, name: str) -> Any:
+    """Precedence: command line > ini > default."""
+    value = config.getoption(f"parity_{name}", default=None)
+    if value is None or value == []:
+        value = config.getini(f"parity_{name}")
+    return value if value not in ("", []) else None
+
+
+def _case_paths(config: pytest.Config) -> list[Path]:
+    given = _opt(config, "cases") or ["cases"]
+    return [(config.rootpath / p).resolve() if not Path(p).is_absolute() else Path(p) for p in given]
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """`pytest parity` means "run the parity suite": replace the bare word by the case folders.
+
+    In this repository `parity/` is also the package folder; elsewhere it usually does not exist at all. Either
+    way the word would otherwise collect nothing (or fail), so it is rewritten in place before collection."""
+    if "parity" not in args:
+        return
+    cases = []
+    for i, a in enumerate(args):
+        if a.startswith("--parity-cases="):
+            cases.append(a.split("=", 1)[1])
+        elif a == "--parity-cases" and i + 1 < len(args):
+            cases.append(args[i + 1])
+    if not cases:
+        cases = ["cases"]
+    pos = args.index("parity")
+    args[pos : pos + 1] = cases
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "parity: a FLUX.2 preview-parity item (collected from a case file)")
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller chose the run folder
+        run_dir = Path(config.workerinput["parity_run_dir"])
+    else:
+        given = _opt(config, "report_dir")
+        run_dir = Path(given) if given else config.rootpath / "reports" / time.strftime("pytest-%Y%m%d-%H%M%S")
+    config.stash[_RUN_DIR] = run_dir.resolve()
+    config.stash[_STATE] = _SessionState()
+
+
+_RUN_DIR = pytest.StashKey[Path]()
+_STATE = pytest.StashKey["_SessionState"]()
+
+
+class _SessionState:
+    def __init__(self) -> None:
+        self.runner = None
+        self.store = None
+        self.records: list[dict[str, Any]] = []
+        self.collected_cases = 0
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # xdist controller -> worker
+    node.workerinput["parity_run_dir"] = str(node.config.stash[_RUN_DIR])
+
+
+# -- collection --------------------------------------------------------------------------------------------
+def _is_case_file(config: pytest.Config, file_path: Path) -> bool:
+    if file_path.suffix not in (".yaml", ".yml"):
+        return False
+    file_path = file_path.resolve()
+    for root in _case_paths(config):
+        if file_path == root or (root.is_dir() and root in file_path.parents):
+            return True
+    # An explicitly named file (pytest cases/foo.yaml) is collected even outside the case folders.
+    return any(Path(a).resolve() == file_path for a in config.args if not a.startswith("-"))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if _is_case_file(parent.config, file_path):
+        return CaseFile.from_parent(parent, path=file_path)
+    return None
+
+
+class CaseFile(pytest.File):
+    def collect(self):
+        from parity.cases import load_case
+        from parity.run import plan_case
+
+        config = self.config
+        try:
+            case = load_case(self.path)
+            if config.getoption("parity_min_tier"):
+                case.expect.min_tier = config.getoption("parity_min_tier").upper()
+            elif _opt(config, "min_tier"):
+                case.expect.min_tier = str(_opt(config, "min_tier")).upper()
+            planned = plan_case(case, base_model=_opt(config, "base_model"))
+        except ParityError as e:
+            yield CaseErrorItem.from_parent(self, name=f"{self.path.stem}[load]", message=str(e))
+            return
+        for p in planned:
+            yield ParityItem.from_parent(self, name=p.id, planned=p)
+
+
+class CaseErrorItem(pytest.Item):
+    """A case that could not be planned: fails with its one-line reason; other cases are unaffected."""
+
+    def __init__(self, *, message: str, **kwargs):
+        super().__init__(**kwargs)
+        self.message = message
+
+    def runtest(self) -> None:
+        raise ParityError(self.message)
+
+    def repr_failure(self, excinfo, style=None):
+        return f"parity: {self.message}"
+
+    def reportinfo(self):
+        return self.path, 0, f"parity case {self.path.name}"
+
+
+class ParityFailure(Exception):
+    pass
+
+
+class ParityItem(pytest.Item):
+    def __init__(self, *, planned, **kwargs):
+        super().__init__(**kwargs)
+        self.planned = planned
+        self.record: dict[str, Any] | None = None
+        self.add_marker(pytest.mark.parity)
+
+    def runtest(self) -> None:
+        base = Path(self.planned.base_model)
+        if not base.exists():
+            pytest.skip(f"base model not found: {self.planned.base_model} (set base_model in the case, "
+                        f"--parity-base-model or $PARITY_BASE_MODEL)")
+        state = self.config.stash[_STATE]
+        runner = _runner(self.config)
+        record = runner.run_item(self.planned)
+        self.record = record
+        state.records.append(record)
+        if state.store is not None:
+            state.store.add(record)
+        for key in ("tier", "passed"):
+            self.user_properties.append((f"parity_{key}", record.get(key)))
+        for name, value in (record.get("metrics") or {}).items():
+            if isinstance(value, (int, float)):
+                self.user_properties.append((f"parity_{name}", round(float(value), 6)))
+        if record.get("mismatches"):
+            self.user_properties.append(("parity_mismatches", ",".join(record["mismatches"])))
+        if record.get("causes"):
+            self.user_properties.append(("parity_top_cause", record["causes"][0].get("knob")))
+        if not record.get("passed"):
+            raise ParityFailure(record)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ParityFailure):
+            return failure_screen(excinfo.value.args[0], self.config.stash[_RUN_DIR])
+        if isinstance(excinfo.value, ParityError):
+            return f"parity: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, 0, f"parity {self.name}"
+
+
+def failure_screen(record: dict[str, Any], run_dir: Path) -> str:
+    """One screen: tier, scores, mismatching knobs with values, the top cause, the report link."""
+    m = record.get("metrics") or {}
+    lines = [f"{record['id']}: tier {record.get('tier')} (gate {record.get('gate')})"]
+    if record.get("error"):
+        lines.append(f"  error: {record['error']}")
+    if m:
+        scores = ", ".join(f"{k} {m[k]:.4f}" for k in ("ssim", "ssim_y", "psnr", "mae", "max_abs")
+                           if isinstance(m.get(k), (int, float)))
+        lines.append(f"  scores: {scores}")
+    for reason in record.get("fail_reasons") or []:
+        lines.append(f"  fails: {reason}")
+    params = record.get("params") or {}
+    for knob in record.get("mismatches") or []:
+        row = params.get(knob) or {}
+        pv, iv = row.get("preview", {}), row.get("inference", {})
+        lines.append(f"  {knob}: preview {pv.get('value')!r} ({pv.get('source')}) "
+                     f"vs inference {iv.get('value')!r} ({iv.get('source')})")
+    if record.get("irreducible"):
+        lines.append(f"  irreducible: {', '.join(record['irreducible'])}")
+    causes = record.get("causes") or []
+    if causes:
+        c = causes[0]
+        lines.append(f"  top cause: {c['knob']} (preview {c.get('value_preview')!r}, inference "
+                     f"{c.get('value_inference')!r}); aligning it gives SSIM {c.get('ssim_aligned')}")
+    lines.append(f"  report: {run_dir / 'index.html'}")
+    return "\n".join(lines)
+
+
+def _runner(config: pytest.Config):
+    state = config.stash[_STATE]
+    if state.runner is None:
+        from parity.report.store import ResultsStore
+        from parity.run import Runner, run_metadata
+
+        run_dir = config.stash[_RUN_DIR]
+        device = _opt(config, "device") or _default_device()
+        worker = getattr(config, "workerinput", {}).get("workerid")
+        if worker and device.startswith("cuda"):
+            device = _worker_device(worker, device)
+        attribution = config.getoption("parity_attribution")
+        if attribution is None:
+            attribution = config.getini("parity_attribution")
+        state.runner = Runner(run_dir, device=device, attribution=bool(attribution))
+        store_dir = run_dir / "workers" / worker if worker else run_dir
+        state.store = ResultsStore(store_dir)
+        state.store.start(dict(run_metadata(device), entry="pytest", worker=worker))
+    return state.runner
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _worker_device(worker: str, device: str) -> str:
+    """With several GPUs each xdist worker (gw0, gw1, ...) takes its own device."""
+    import torch
+
+    n = torch.cuda.device_count()
+    if device != "cuda" or n <= 1:
+        return device
+    return f"cuda:{int(worker.lstrip('gw') or 0) % n}"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]):
+    from parity.run import parse_shard, shard_of
+
+    shard = _opt(config, "shard")
+    if shard:
+        k, n = parse_shard(str(shard))
+        keep, drop = [], []
+        for it in items:
+            (drop if isinstance(it, ParityItem) and shard_of(it.planned.id, n) != k else keep).append(it)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    # Minimise LoRA / precision switches: parity items sorted by their switch key, other items keep their order.
+    parity_positions = [i for i, it in enumerate(items) if isinstance(it, ParityItem)]
+    ordered = sorted((items[i] for i in parity_positions), key=lambda it: it.planned.switch_key)
+    for pos, it in zip(parity_positions, ordered):
+        items[pos] = it
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    if state.runner is not None:
+        state.runner.close()
+    if state.store is not None:
+        state.store.finish()
+    if hasattr(config, "workerinput"):
+        return  # the controller merges and writes the report
+    run_dir = config.stash[_RUN_DIR]
+    from parity.report import write_report
+    from parity.report.store import load, merge
+
+    worker_dirs = sorted((run_dir / "workers").glob("*")) if (run_dir / "workers").is_dir() else []
+    if worker_dirs:
+        # xdist: every worker wrote its own run folder; one merged report for the session.
+        results = merge([load(d) for d in worker_dirs])
+    elif state.store is not None:
+        results = load(run_dir)
+    else:
+        return  # no parity item ran in this session
+    config.stash[_REPORT] = write_report(results, run_dir)
+
+
+_REPORT = pytest.StashKey[Any]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    paths = config.stash.get(_REPORT, None)
+    if paths is None:
+        return
+    terminalreporter.write_sep("-", "parity")
+    terminalreporter.write_line(f"parity report: {paths.index}")

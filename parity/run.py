@@ -1,0 +1,400 @@
+"""Orchestration: cases -> items -> render -> compare -> diagnose -> results.
+
+`plan_cases` turns case files into `PlannedItem`s without loading any model (a case that cannot be read becomes
+one ERROR entry; the other cases go on). `Runner` renders them with one `Engine` per base model (loaded once per
+process and kept across cases), compares on a worker thread while the next item renders, attributes the items
+below their gate one knob at a time, and appends each finished item to the results store atomically.
+
+Both entry points use this module: the CLI (`parity run` / `parity diff`) runs whole lists with `Runner.run`,
+the pytest plugin runs one item per test with `Runner.run_item`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import sys
+import time
+import traceback
+import zlib
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from parity.cases import Case
+from parity.errors import ParityError
+from parity.spec import ResolvedSpec, meets_gate
+
+log = logging.getLogger("parity")
+
+
+@dataclass
+class PlannedItem:
+    """One preview to reproduce: the case it belongs to, the preview's own settings and the settings under test."""
+
+    id: str                         # e.g. "portrait-v1[step2000-p3]"
+    case: Case
+    step: int
+    index: int
+    preview_path: Path | None
+    checkpoint: Path | None
+    preview: ResolvedSpec           # how AI Toolkit rendered the preview
+    inference: ResolvedSpec         # what is under test
+    base_model: str
+    text_encoder: str | None
+    job_facts: dict[str, Any] = field(default_factory=dict)   # save dtype, name, ... (irreducible knobs)
+
+    @property
+    def engine_key(self) -> tuple:
+        return (self.base_model, self.text_encoder)
+
+    @property
+    def switch_key(self) -> tuple:
+        """Sort key that groups items sharing weights state (LoRA file, multiplier, precision) to minimise switches."""
+        s = self.inference.spec
+        return (self.engine_key, s.dtype, s.quantize or "", s.quantize_te or "", s.lora_path or "",
+                s.network_multiplier, s.lora_application, self.id)
+
+
+@dataclass
+class CaseError:
+    """A case that could not be planned (bad file, missing job...). Reported as one ERROR entry."""
+
+    case_name: str
+    case_path: Path
+    message: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.case_name}[load]"
+
+
+def item_id(case_name: str, step: int, index: int) -> str:
+    return f"{case_name}[step{step}-p{index}]"
+
+
+def shard_of(item_id_: str, count: int) -> int:
+    """Deterministic 1-based shard of an item (stable across machines and Python versions)."""
+    return zlib.crc32(item_id_.encode("utf-8")) % count + 1
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ParityError(f"shard must be K/N, e.g. 1/4, got {value!r}") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise ParityError(f"shard {value!r}: need 1 <= K <= N")
+    return k, n
+
+
+def plan_case(
+    case: Case,
+    *,
+    steps: Any = None,
+    inference: Any = None,
+    overrides: list[str] | None = None,
+    lora: Path | None = None,
+    base_model: str | None = None,
+) -> list[PlannedItem]:
+    """Items of one case. `steps`, `inference`, `overrides`, `lora` and `base_model` override the case file
+    (command-line flags). Raises ParityError for a case that cannot be planned."""
+    from parity.diagnose.settings import InferenceSettings, inference_spec, parse_overrides
+    from parity.job import load_job
+
+    job = load_job(case.job_source)
+    wanted = steps if steps is not None else case.steps
+    items = job.items(wanted)
+    settings = InferenceSettings.from_case_value(
+        inference if inference is not None else case.inference, case.path.parent
+    )
+    if overrides:
+        settings = settings.with_overrides(parse_overrides(overrides))
+    base, _ = (base_model, "cli") if base_model else case.resolve_base_model(job.facts.name_or_path)
+    if not base:
+        raise ParityError("no base model: set base_model in the case, $PARITY_BASE_MODEL, or model.name_or_path",
+                          case.path)
+    text_encoder, _ = case.resolve_text_encoder()
+    planned = []
+    for it in items:
+        preview = it.resolved
+        if lora is not None and it.checkpoint is not None:
+            preview = ResolvedSpec(preview.spec.with_(lora_path=str(lora)), dict(preview.sources, lora_path="cli"))
+        infer = inference_spec(preview, it.index, settings)
+        planned.append(
+            PlannedItem(
+                id=item_id(case.name, it.step, it.index), case=case, step=it.step, index=it.index,
+                preview_path=it.preview, checkpoint=it.checkpoint, preview=preview, inference=infer,
+                base_model=str(base), text_encoder=text_encoder, job_facts=dataclasses.asdict(job.facts),
+            )
+        )
+    return planned
+
+
+def plan_cases(cases: Iterable[Case], **kwargs: Any) -> tuple[list[PlannedItem], list[CaseError]]:
+    """Plan every case; a case that fails is reported as a CaseError and the others go on."""
+    planned: list[PlannedItem] = []
+    errors: list[CaseError] = []
+    for case in cases:
+        try:
+            planned.extend(plan_case(case, **kwargs))
+        except ParityError as e:
+            errors.append(CaseError(case.name, case.path, str(e)))
+    return planned, errors
+
+
+def run_metadata(device: str) -> dict[str, Any]:
+    """Versions and machine facts recorded once per run."""
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for mod in ("torch", "diffusers", "transformers", "PIL", "numpy", "optimum.quanto"):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            versions["Pillow" if mod == "PIL" else mod] = getattr(m, "__version__", "?")
+        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+            pass
+    info: dict[str, Any] = {"versions": versions, "device": device, "platform": platform.platform()}
+    try:
+        import torch
+
+        if device.startswith("cuda") and torch.cuda.is_available():
+            info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["torch_threads"] = torch.get_num_threads()
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+class Runner:
+    """Renders planned items. Holds one Engine per (base model, text encoder), created on first use."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        device: str = "cpu",
+        attribution: bool = True,
+        attribution_budget: int | None = None,
+        cache_dir: Path | None = None,
+        progress: Callable[[str], None] | None = None,
+    ):
+        from parity.compare import Comparer
+
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.attribution = attribution
+        self.attribution_budget = attribution_budget
+        self.cache_dir = cache_dir
+        self.engines: dict[tuple, Any] = {}
+        self.comparer = Comparer(max_workers=1)
+        self.progress = progress or (lambda msg: None)
+        (self.out_dir / "renders").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.comparer.close()
+
+    # -- engines -------------------------------------------------------------------------------------------
+    def engine_for(self, item: PlannedItem):
+        key = item.engine_key
+        if key not in self.engines:
+            from parity.engine import Engine
+
+            self.progress(f"loading base model {item.base_model}")
+            self.engines[key] = Engine(item.base_model, text_encoder=item.text_encoder, device=self.device,
+                                       cache_dir=self.cache_dir)
+        return self.engines[key]
+
+    # -- one item ------------------------------------------------------------------------------------------
+    def _render(self, item: PlannedItem):
+        return self.engine_for(item).render(item.inference.spec)
+
+    def _save_render(self, item: PlannedItem, image) -> Path:
+        from PIL import Image
+
+        path = self.out_dir / "renders" / f"{safe_name(item.id)}.png"
+        Image.fromarray(image).save(path)
+        return path
+
+    def _submit_compare(self, item: PlannedItem, image) -> Future:
+        return self.comparer.submit(
+            image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps", name=safe_name(item.id)
+        )
+
+    def run_item(self, item: PlannedItem) -> dict[str, Any]:
+        """Render, compare and (when below the gate) attribute one item; never raises for item-level problems."""
+        started = time.perf_counter()
+        try:
+            result = self._render(item)
+            render_path = self._save_render(item, result.image)
+            comparison = self._submit_compare(item, result.image).result()
+            record = self._record(item, result, render_path, comparison, started)
+            if self._needs_attribution(item, record):
+                self._attribute(item, record)
+            return record
+        except ParityError as e:
+            return self._error_record(item, str(e), started)
+        except Exception as e:  # noqa: BLE001 - one broken item must not cost the others
+            log.debug("item %s failed", item.id, exc_info=True)
+            return self._error_record(item, f"{type(e).__name__}: {e}", started, tb=traceback.format_exc())
+
+    def run(self, items: list[PlannedItem], on_record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+        """Render all items in an order that minimises LoRA/precision switches; compare on a worker thread
+        while the next item renders; attribute the ones below their gate afterwards. `on_record` is called
+        once per finished item (the results store appends it atomically)."""
+        ordered = sorted(items, key=lambda it: it.switch_key)
+        records: list[dict[str, Any]] = []
+        pending: list[tuple[PlannedItem, Any, Path, Future, float]] = []
+        needs_attr: list[tuple[PlannedItem, dict[str, Any]]] = []
+
+        def drain(block: bool) -> None:
+            while pending and (block or pending[0][3].done()):
+                item, result, render_path, fut, started = pending.pop(0)
+                try:
+                    record = self._record(item, result, render_path, fut.result(), started)
+                except Exception as e:  # noqa: BLE001
+                    record = self._error_record(item, f"{type(e).__name__}: {e}", started)
+                if self._needs_attribution(item, record):
+                    needs_attr.append((item, record))
+                else:
+                    records.append(record)
+                    on_record(record)
+
+        for n, item in enumerate(ordered, 1):
+            self.progress(f"[{n}/{len(ordered)}] rendering {item.id}")
+            started = time.perf_counter()
+            try:
+                result = self._render(item)
+                render_path = self._save_render(item, result.image)
+                pending.append((item, result, render_path, self._submit_compare(item, result.image), started))
+            except Exception as e:  # noqa: BLE001
+                msg = str(e) if isinstance(e, ParityError) else f"{type(e).__name__}: {e}"
+                log.debug("item %s failed", item.id, exc_info=True)
+                record = self._error_record(item, msg, started)
+                records.append(record)
+                on_record(record)
+            drain(block=False)
+        drain(block=True)
+        for n, (item, record) in enumerate(needs_attr, 1):
+            self.progress(f"[{n}/{len(needs_attr)}] attributing {item.id}")
+            self._attribute(item, record)
+            records.append(record)
+            on_record(record)
+        return records
+
+    # -- diagnosis -----------------------------------------------------------------------------------------
+    def _needs_attribution(self, item: PlannedItem, record: dict[str, Any]) -> bool:
+        return (
+            self.attribution and item.case.attribution and record["tier"] != "ERROR"
+            and not record["passed"] and bool(record["mismatches"]) and item.preview_path is not None
+        )
+
+    def _attribute(self, item: PlannedItem, record: dict[str, Any]) -> None:
+        from parity.compare import compare
+        from parity.diagnose.attribution import attribute
+
+        engine = self.engine_for(item)
+
+        def render(spec):
+            return engine.render(spec).image
+
+        def score(image, preview_path) -> float:
+            return float(compare(image, preview_path).metrics["ssim"])
+
+        try:
+            attribution = attribute(
+                item.preview_path, item.preview.spec, item.inference.spec, render=render, score=score,
+                budget=self.attribution_budget,
+            )
+            data = attribution.to_dict()
+            record["causes"] = data.get("causes", [])
+            record["attribution"] = data
+        except Exception as e:  # noqa: BLE001 - attribution failing must not lose the item's result
+            log.debug("attribution of %s failed", item.id, exc_info=True)
+            record["attribution"] = {"error": f"{type(e).__name__}: {e}"}
+
+    # -- records -------------------------------------------------------------------------------------------
+    def _base_record(self, item: PlannedItem) -> dict[str, Any]:
+        from parity.diagnose.paramdiff import param_diff
+
+        diff = param_diff(item.preview, item.inference, job_facts=item.job_facts, hardware=self.device)
+        return {
+            "id": item.id,
+            "case": item.case.name,
+            "case_file": str(item.case.path),
+            "step": item.step,
+            "index": item.index,
+            "prompt": item.preview.spec.prompt,
+            "prompt_inference": item.inference.spec.prompt,
+            "gate": item.case.expect.min_tier,
+            "paths": {"preview": str(item.preview_path) if item.preview_path else None,
+                      "checkpoint": str(item.checkpoint) if item.checkpoint else None},
+            "params": diff.params_dict(),
+            "mismatches": diff.mismatches,
+            "irreducible": diff.irreducible,
+            "causes": [],
+            "error": None,
+        }
+
+    def _record(self, item: PlannedItem, result, render_path: Path, comparison, started: float) -> dict[str, Any]:
+        record = self._base_record(item)
+        c = comparison.to_dict()
+        record["paths"].update(render=str(render_path), **{f"heatmap_{k}": str(v) for k, v in
+                                                           (comparison.heatmaps or {}).items()})
+        record.update(
+            tier=comparison.tier,
+            metrics=c.get("metrics", {}),
+            variants=c.get("variants", {}),
+            jpeg=c.get("jpeg"),
+            ceiling=c.get("ceiling"),
+            size_mismatch=c.get("size_mismatch"),
+            error=comparison.error,
+            render={"width": result.width, "height": result.height, "sigmas": list(result.sigmas),
+                    "mu": getattr(result, "mu", None), "noise_sha256": result.noise_sha256,
+                    "embedding_sha256": result.embedding_sha256, "lora": getattr(result, "lora", None),
+                    "nan_step": getattr(result, "nan_step", None)},
+            timings=dict(result.timings, total_s=time.perf_counter() - started),
+        )
+        if getattr(result, "nan_step", None) is not None:
+            record["tier"] = "ERROR"
+            record["error"] = f"render produced NaN/inf at step {result.nan_step}"
+        reasons = item.case.expect.check(record["tier"], record["metrics"])
+        record["passed"] = not reasons
+        record["fail_reasons"] = reasons
+        return record
+
+    def _error_record(self, item: PlannedItem, message: str, started: float, tb: str | None = None):
+        try:
+            record = self._base_record(item)
+        except Exception:  # noqa: BLE001
+            record = {"id": item.id, "case": item.case.name, "step": item.step, "index": item.index,
+                      "prompt": item.preview.spec.prompt, "params": {}, "mismatches": [], "causes": []}
+        record.update(tier="ERROR", passed=False, metrics={}, error=message,
+                      fail_reasons=[message], timings={"total_s": time.perf_counter() - started})
+        if tb:
+            record["traceback"] = tb
+        return record
+
+
+def case_error_record(err: CaseError) -> dict[str, Any]:
+    return {"id": err.id, "case": err.case_name, "case_file": str(err.case_path), "step": None, "index": None,
+            "prompt": "", "tier": "ERROR", "passed": False, "metrics": {}, "params": {}, "mismatches": [],
+            "causes": [], "error": err.message, "fail_reasons": [err.message]}
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of an item id (no path separators, no traversal)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    return out.strip(".") or "item"
+
+
+def stderr_progress(quiet: bool) -> Callable[[str], None]:
+    """Progress lines on stderr when it is a terminal (and not --quiet); silent otherwise."""
+    if quiet or not sys.stderr.isatty():
+        return lambda msg: log.debug(msg)
+
+    def show(msg: str) -> None:
+        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+    return show
