@@ -1,0 +1,307 @@
+"""The report directory: index.html (jinja2, autoescape on, CSS/JS inline, data as an embedded JSON blob),
+results.json, junit.xml, summary.md and thumbs/. Self-contained: no network, relative links only, so it works
+from file:// and from an unzipped CI artifact.
+
+Safety: everything is written under `out_dir` by fixed names (thumbnails are named by a hash, never by a user
+file name), via tmp file + os.replace; a symlinked thumbs/ is refused. User text reaches the page only through
+autoescaped jinja or JS textContent; the JSON blob has `<`, `>`, `&` escaped so `</script>` cannot end it;
+image links are relative paths percent-encoded (so `javascript:` cannot become a scheme).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from parity.errors import ParityError
+from parity.report.junit import junit_xml
+from parity.report.markdown import markdown_summary
+from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, relative_paths,
+                                 write_text_atomic)
+from parity.report.summary import Summary, item_score, summarize
+from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS
+
+THUMB_DIR = "thumbs"
+IMAGE_KEYS: tuple[str, ...] = ("preview", "render", "heatmap_diff", "heatmap_ssim")
+
+
+@dataclass
+class ReportPaths:
+    dir: Path
+    index: Path
+    results: Path
+    junit: Path
+    markdown: Path
+    thumbs: Path
+
+    @property
+    def html(self) -> Path:  # alias of `index`
+        return self.index
+
+
+# ----------------------------------------------------------------------------------------------- paths
+def safe_out_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ParityError("the report output is not a directory", out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve()
+
+
+def safe_target(out: Path, name: str) -> Path:
+    """`out/name`, refusing anything that would land outside `out` (a `..` name, a symlinked parent)."""
+    target = out / name
+    parent = target.parent.resolve()
+    if parent != out and out not in parent.parents:
+        raise ParityError(f"refusing to write {name!r} outside the report directory", out)
+    if target.is_dir() and not target.is_symlink():
+        raise ParityError(f"{name!r} is a directory", out)
+    return target
+
+
+def url_for(abs_path: str | None, out: Path) -> str | None:
+    """A relative, percent-encoded URL from the report directory to `abs_path` (None stays None)."""
+    if not abs_path:
+        return None
+    rel = os.path.relpath(abs_path, out).replace(os.sep, "/")
+    return quote(rel, safe="/")
+
+
+# ----------------------------------------------------------------------------------------------- thumbnails
+def _image_info(path: str) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # missing or unreadable: the card says so
+        return None
+
+
+def make_thumbnail(src: str, dst: Path, size: int) -> tuple[int, int] | None:
+    """Write a JPEG thumbnail of `src` (longest side `size`) to `dst`; returns the source size or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            full = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (size, size))  # decode at 1/2..1/8 scale: most of the time saved
+            im = im.convert("RGB")
+            im.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            tmp = dst.with_name(dst.name + ".tmp")
+            im.save(tmp, "JPEG", quality=82)
+            os.replace(tmp, dst)
+            return full
+    except Exception:
+        return None
+
+
+def _thumb_name(src: str, size: int) -> str:
+    try:
+        st = os.stat(src)
+        stamp = f"{st.st_mtime_ns}:{st.st_size}"
+    except OSError:
+        stamp = "missing"
+    return hashlib.sha1(f"{src}|{stamp}|{size}".encode("utf-8", "surrogatepass")).hexdigest()[:24] + ".jpg"
+
+
+def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, workers: int | None = None
+                     ) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
+    """abs source path -> (thumbnail URL or None, source size or None). Thumbnails are cached by path, mtime
+    and size, so rebuilding a report only makes the missing ones."""
+    tdir = out / THUMB_DIR
+    if tdir.is_symlink():
+        raise ParityError("refusing to write thumbnails through a symlink", tdir)
+    tdir.mkdir(exist_ok=True)
+    sources = sorted({p for it in items for k, p in it["paths"].items() if k in IMAGE_KEYS and isinstance(p, str)})
+    result: dict[str, tuple[str | None, tuple[int, int] | None]] = {}
+
+    def one(src: str) -> tuple[str, tuple[str | None, tuple[int, int] | None]]:
+        name = _thumb_name(src, size)
+        dst = tdir / name
+        if dst.exists():
+            return src, (f"{THUMB_DIR}/{name}", _image_info(src))
+        full = make_thumbnail(src, dst, size)
+        return src, ((f"{THUMB_DIR}/{name}" if full else None), full)
+
+    workers = workers or min(4, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding/encoding
+        for src, val in pool.map(one, sources):
+            result[src] = val
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- plots
+@dataclass
+class Plot:
+    width: int
+    height: int
+    series: list[dict[str, Any]]     # {"label", "cls", "path", "dots": [(x, y)]}
+    yticks: list[tuple[float, str]]  # (y, label)
+    xticks: list[tuple[float, str]]
+    ylabel: str
+
+
+def _yscale(lo: float, h: int, pad: int) -> Any:
+    return lambda v: pad + (1.0 - (v - lo) / (1.0 - lo if lo < 1 else 1.0)) * (h - 2 * pad)
+
+
+def _lo(values: list[float]) -> float:
+    lo = min(values) if values else 0.0
+    return max(0.0, min(0.9, (int(lo * 20) / 20.0)))
+
+
+def score_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18) -> Plot | None:
+    """Score per item, worst first: one dot per item coloured by tier (one <path> per tier keeps the DOM small)."""
+    pts = [(it, item_score(it, s.metric)) for it in s.worst]
+    vals = [v for _, v in pts if v is not None]
+    if not vals:
+        return None
+    lo = _lo(vals)
+    y = _yscale(lo, height, pad)
+    n = max(1, len(pts) - 1)
+    by_tier: dict[str, list[str]] = {}
+    for i, (it, v) in enumerate(pts):
+        if v is None:
+            continue
+        x = 40 + i / n * (width - 50)
+        by_tier.setdefault(it["tier"], []).append(f"M{x:.1f} {y(v):.1f}h0")
+    series = [{"label": t, "cls": f"t-{t}", "path": "".join(by_tier[t])} for t in TIERS if t in by_tier]
+    ticks = [(y(v), f"{v:.2f}") for v in (lo, (lo + 1) / 2, 1.0)]
+    return Plot(width, height, series, ticks, [(40, "worst"), (width - 10, "best")], s.metric)
+
+
+def steps_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18, max_series: int = 8) -> Plot | None:
+    """Mean score per training step, one line per case (the worst `max_series` cases)."""
+    series_src = {c: v for c, v in s.steps.items() if v}
+    steps = sorted({st for v in series_src.values() for st, _, _ in v})
+    if len(steps) < 2:
+        return None
+    cases = sorted(series_src, key=lambda c: min(m for _, m, _ in series_src[c]))[:max_series]
+    lo = _lo([m for c in cases for _, m, _ in series_src[c]])
+    y = _yscale(lo, height, pad)
+    x_of = {st: 40 + i / (len(steps) - 1) * (width - 50) for i, st in enumerate(steps)}
+    series = []
+    for k, c in enumerate(cases):
+        pts = [(x_of[st], y(m)) for st, m, _ in series_src[c]]
+        path = "M" + "L".join(f"{x:.1f} {yy:.1f}" for x, yy in pts)
+        series.append({"label": c or "(no case)", "cls": f"s-{k}", "path": path, "dots": pts})
+    every = max(1, len(steps) // 8)
+    xt = [(x_of[st], f"{st:g}") for i, st in enumerate(steps) if i % every == 0 or i == len(steps) - 1]
+    ticks = [(y(v), f"{v:.2f}") for v in (lo, (lo + 1) / 2, 1.0)]
+    return Plot(width, height, series, ticks, xt, f"mean {s.metric}")
+
+
+# ----------------------------------------------------------------------------------------------- view model
+def script_json(obj: Any) -> str:
+    """JSON safe inside <script type="application/json">: `<`, `>`, `&` and the JS line separators escaped,
+    so no string in it can close the element or open a comment."""
+    return (dumps(obj, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: str) -> dict[str, Any]:
+    v = {k: it.get(k) for k in ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "metrics",
+                                "metric_variants", "jpeg", "ceiling", "size_mismatch", "params", "mismatches",
+                                "irreducible", "causes", "schedule", "timings", "error")}
+    urls: dict[str, str | None] = {}
+    th: dict[str, str | None] = {}
+    dims: dict[str, list[int]] = {}
+    for k in IMAGE_KEYS:
+        p = it["paths"].get(k)
+        if not isinstance(p, str):
+            continue
+        urls[k] = url_for(p, out)
+        t, size = thumbs.get(p, (None, None))
+        th[k] = t
+        if size:
+            dims[k] = list(size)
+    v["u"], v["t"], v["dims"] = urls, th, dims
+    v["score"] = item_score(it, metric)
+    return {k: x for k, x in v.items() if x is not None and x != {} and x != []} | {"id": it["id"], "tier": it["tier"]}
+
+
+def script_hash(js: str) -> str:
+    """CSP source for our one inline script: only it runs; inline event handlers (onerror=...) never do,
+    a second line of defence behind the escaping."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
+
+
+def _static(name: str) -> str:
+    return resources.files("parity.report").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs: dict[str, Any],
+                summary: Summary, *, title: str | None = None) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("parity.report", "templates"),
+        autoescape=True,  # every {{ }} is HTML-escaped; the only |safe values are our own CSS/JS and script_json
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    js = _static("report.js")
+    view_items = [_view_item(it, out, thumbs, summary.metric) for it in items]
+    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(KNOBS),
+            "irreducible": list(IRREDUCIBLE_KNOBS), "metric": summary.metric,
+            "worst": [it["id"] for it in summary.worst]}
+    worst_bad = [it for it in summary.worst if not it.get("passed")][:12] or summary.worst[:12]
+    return env.get_template("index.html.j2").render(
+        title=title or f"parity report {results.run.get('id', '')}".strip(),
+        run=results.run, complete=results.complete, warnings=results.warnings, s=summary, tiers=TIERS,
+        worst=[(it, item_score(it, summary.metric)) for it in worst_bad],
+        score_plot=score_plot(summary), steps_plot=steps_plot(summary),
+        css=_static("report.css"), js=js, script_hash=script_hash(js), data=script_json(blob),
+        quote=lambda x: quote(str(x), safe=""),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
+                 title: str | None = None) -> ReportPaths:
+    """Write index.html, junit.xml, summary.md, thumbs/ and (unless it is the run's own file) results.json into
+    `out_dir`. Item paths are rebased so links work from `out_dir`."""
+    out = safe_out_dir(out_dir)
+    items = [absolute_paths(it, results.base_dir) for it in results.items]
+    summary = summarize(items, results.run)
+    thumbs = build_thumbnails(items, out, thumb_size) if thumbnails else {}
+    paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
+                        junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
+                        thumbs=out / THUMB_DIR)
+
+    own = results.source is not None and paths.results.exists() and _same_file(paths.results, results.source)
+    if not own:
+        doc = {"schema": results.schema, "run": results.run, "items": [relative_paths(it, out) for it in items]}
+        write_text_atomic(paths.results, dumps(doc, indent=1) + "\n")
+    rel_results = Results(run=results.run, items=items, base_dir=None, source=results.source,
+                          warnings=results.warnings)
+    write_text_atomic(paths.junit, junit_xml(rel_results))
+    write_text_atomic(paths.markdown, markdown_summary(rel_results, summary=summary))
+    write_text_atomic(paths.index, render_html(results, items, out, thumbs, summary, title=title))
+    return paths
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def report_json_blob(html_text: str) -> dict[str, Any]:
+    """The data blob embedded in an index.html (for tests and tools)."""
+    start = html_text.index('<script type="application/json" id="parity-data">') + len(
+        '<script type="application/json" id="parity-data">')
+    end = html_text.index("</script>", start)
+    return json.loads(html_text[start:end])

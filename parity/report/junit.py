@@ -1,0 +1,102 @@
+"""JUnit XML: one testsuite per case, one testcase per item (classname = case, name = item id); a <failure> for
+an item below its gate, an <error> for an ERROR item; metrics, tier, gate and causes as <properties>.
+Built with ElementTree (which escapes markup); XML 1.0 forbids most control characters, so user text is
+cleaned of them first."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+from urllib.parse import quote
+
+from parity.report.store import Results, dumps
+from parity.report.summary import item_score, score_metric
+
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_text(value: Any) -> str:
+    """`value` as text that XML 1.0 can hold (forbidden characters replaced by U+FFFD)."""
+    s = value if isinstance(value, str) else dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return _XML_BAD.sub("\ufffd", s)
+
+
+def _seconds(item: dict[str, Any]) -> float:
+    t = item.get("timings") or {}
+    for key in ("total", "total_s", "seconds"):
+        v = t.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    vals = [v for v in t.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return float(sum(vals)) if vals else 0.0
+
+
+def _describe(item: dict[str, Any], metric: str) -> str:
+    s = item_score(item, metric)
+    msg = f"tier {item['tier']} below gate {item.get('gate')}" if item.get("gate") else f"tier {item['tier']}"
+    if s is not None:
+        msg += f" ({metric} {s:.4f})"
+    if item.get("mismatches"):
+        msg += "; mismatched: " + ", ".join(map(str, item["mismatches"]))
+    if item.get("causes"):
+        c = item["causes"][0]
+        msg += f"; top cause: {c.get('knob')} ({c.get('value_preview')!s} vs {c.get('value_inference')!s})"
+    return msg
+
+
+def junit_xml(results: Results, *, report_href: str | None = "index.html") -> str:
+    metric = score_metric(results.run)
+    root = ET.Element("testsuites", name=xml_text(f"parity {results.run.get('id', '')}".strip()))
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for it in results.items:
+        by_case.setdefault(it.get("case") or "", []).append(it)
+    totals = {"tests": 0, "failures": 0, "errors": 0, "time": 0.0}
+    for case, items in sorted(by_case.items()):
+        suite = ET.SubElement(root, "testsuite", name=xml_text(case or "parity"))
+        counts = {"tests": len(items), "failures": 0, "errors": 0, "skipped": 0, "time": 0.0}
+        for it in items:
+            tc = ET.SubElement(suite, "testcase", classname=xml_text(case or "parity"), name=xml_text(it["id"]))
+            secs = _seconds(it)
+            tc.set("time", f"{secs:.3f}")
+            counts["time"] += secs
+            props = ET.SubElement(tc, "properties")
+
+            def prop(name: str, value: Any) -> None:
+                ET.SubElement(props, "property", name=xml_text(name), value=xml_text(value))
+
+            prop("tier", it["tier"])
+            if it.get("gate"):
+                prop("gate", it["gate"])
+            for key in ("step", "index"):
+                if it.get(key) is not None:
+                    prop(key, it[key])
+            for k, v in it.get("metrics", {}).items():
+                prop(f"metric.{k}", v)
+            if it.get("mismatches"):
+                prop("mismatches", ",".join(map(str, it["mismatches"])))
+            if it.get("irreducible"):
+                prop("irreducible", ",".join(map(str, it["irreducible"])))
+            for n, c in enumerate(it.get("causes", []), 1):
+                prop(f"cause.{n}", c)
+            if report_href:
+                prop("report", f"{report_href}#item={quote(it['id'], safe='')}")
+            if it["tier"] == "ERROR":
+                counts["errors"] += 1
+                err = ET.SubElement(tc, "error", message=xml_text((it.get("error") or "ERROR").splitlines()[0]
+                                                                   if it.get("error") else "ERROR"),
+                                    type="ParityError")
+                err.text = xml_text(it.get("error") or "")
+            elif not it.get("passed"):
+                counts["failures"] += 1
+                msg = _describe(it, metric)
+                fail = ET.SubElement(tc, "failure", message=xml_text(msg), type="ParityMismatch")
+                fail.text = xml_text(msg + ("\nprompt: " + it["prompt"] if it.get("prompt") else ""))
+        for k, v in counts.items():
+            suite.set(k, f"{v:.3f}" if k == "time" else str(v))
+            if k in totals:
+                totals[k] += v
+    for k, v in totals.items():
+        root.set(k, f"{v:.3f}" if k == "time" else str(v))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

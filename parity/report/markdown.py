@@ -1,0 +1,87 @@
+"""A markdown summary for a CI job summary ($GITHUB_STEP_SUMMARY) or a PR comment: tier counts, cases, the
+worst items and the top causes. GitHub renders inline HTML and links in markdown, so user text is escaped
+(markup characters as entities or backslash escapes, newlines flattened)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from parity.report.store import Results
+from parity.report.summary import Summary, item_score, summarize
+from parity.spec import TIERS
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")  # emphasis, code, links, table cells; <>& become entities
+
+
+def md_text(value: Any, limit: int = 120) -> str:
+    """User text safe inside a markdown table cell: no HTML, no links, no pipes, one line, at most `limit` chars."""
+    s = " ".join(str(value).split())
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def markdown_summary(results: Results, *, report_href: str | None = "index.html", worst: int = 10,
+                     summary: Summary | None = None) -> str:
+    s = summary or summarize(results.items, results.run)
+    run = results.run
+    lines: list[str] = []
+    status = "✅" if s.failed == 0 and results.complete else "❌" if s.failed else "⚠️"
+    lines.append(f"## {status} parity: {s.passed}/{s.total} items meet their gate")
+    lines.append("")
+    if not results.complete:
+        lines.append(f"> **Incomplete run**: the run did not finish; {s.total} items were recorded.")
+        lines.append("")
+    meta = [f"run `{md_text(run.get('id', ''), 60)}`"] if run.get("id") else []
+    if run.get("device"):
+        meta.append(f"device {md_text(run['device'], 60)}")
+    versions = run.get("versions") or {}
+    if versions:
+        meta.append(", ".join(f"{md_text(k, 30)} {md_text(v, 30)}" for k, v in versions.items()))
+    if meta:
+        lines += [" · ".join(meta), ""]
+    lines += ["| " + " | ".join(TIERS) + " |", "|" + "---:|" * len(TIERS),
+              "| " + " | ".join(str(s.tiers[t]) for t in TIERS) + " |", ""]
+    if len(s.cases) > 1:
+        lines += ["| case | items | pass | fail | " + " | ".join(TIERS) + f" | min {md_text(s.metric)} |",
+                  "|---|---:|---:|---:|" + "---:|" * len(TIERS) + "---:|"]
+        for case, c in s.cases.items():
+            lines.append(f"| {md_text(case or '–', 60)} | {c['n']} | {c['passed']} | {c['failed']} | "
+                         + " | ".join(str(c["tiers"][t]) for t in TIERS) + f" | {_fmt(c['min_score'])} |")
+        lines.append("")
+    bad = [it for it in s.worst if not it.get("passed")][:worst] or s.worst[:worst]
+    if bad:
+        title = "Worst items" if any(not it.get("passed") for it in bad) else "Lowest scores"
+        lines += [f"### {title}", "", f"| item | tier | gate | {md_text(s.metric)} | mismatched knobs | top cause |",
+                  "|---|---|---|---:|---|---|"]
+        for it in bad:
+            name = md_text(it["id"], 80)
+            if report_href:
+                name = f"[{name}]({report_href}#item={quote(it['id'], safe='')})"
+            cause = it["causes"][0] if it.get("causes") else None
+            cause_s = (f"{md_text(cause.get('knob'), 30)}: {md_text(cause.get('value_preview'), 30)} → "
+                       f"{md_text(cause.get('value_inference'), 30)}") if cause else (
+                md_text(it["error"], 80) if it.get("error") else "–")
+            lines.append(f"| {name} | {it['tier']} | {it.get('gate') or '–'} | {_fmt(item_score(it, s.metric))} | "
+                         f"{md_text(', '.join(map(str, it.get('mismatches', []))) or '–', 80)} | {cause_s} |")
+        lines.append("")
+    causes = [(k, v) for k, v in s.knobs.items() if v["mismatch"] or v["top_cause"]]
+    if causes:
+        lines += ["### Knobs", "", "| knob | items mismatched | top cause of |", "|---|---:|---:|"]
+        for k, v in causes[:15]:
+            lines.append(f"| {md_text(k, 40)} | {v['mismatch']} | {v['top_cause']} |")
+        lines.append("")
+    if s.irreducible:
+        lines.append("Irreducible differences (a re-render cannot remove them): "
+                     + ", ".join(f"{md_text(k, 40)} ({n})" for k, n in s.irreducible.items()))
+        lines.append("")
+    if report_href:
+        lines += [f"Full report: [{md_text(report_href)}]({quote(report_href, safe='/:')})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,639 @@
+/* parity report viewer. No dependencies, no network. User data only ever reaches the DOM through
+   textContent / setAttribute (never innerHTML), and image URLs are relative paths checked for a scheme. */
+(function () {
+  'use strict';
+  var DATA = JSON.parse(document.getElementById('parity-data').textContent);
+  var ITEMS = DATA.items;
+  var TIERS = DATA.tiers;
+  var MODES = ['side', 'slider', 'blend', 'blink', 'diff'];
+  var MODE_LABEL = { side: 'side by side', slider: 'slider', blend: 'blend', blink: 'blink', diff: 'difference' };
+  var PAGE = 30;
+  var SVGNS = 'http://www.w3.org/2000/svg';
+
+  var state = {
+    tiers: new Set(TIERS), kase: '', step: '', knob: '', text: '', sort: 'worst',
+    mode: 'side', order: [], pos: {}, shown: 0, current: -1,
+    zoom: { z: 1, x: 0, y: 0 }, heat: 'heatmap_diff', slider: 50, blend: 50, gain: 4, blinkTimer: null
+  };
+
+  // ------------------------------------------------------------------ helpers
+  function el(tag, attrs) {
+    var e = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (k) {
+        var v = attrs[k];
+        if (v === null || v === undefined || v === false) return;
+        if (k === 'class') e.className = v;
+        else if (k === 'text') e.textContent = String(v);
+        else if (k.slice(0, 2) === 'on') e.addEventListener(k.slice(2), v);
+        else e.setAttribute(k, v === true ? '' : String(v));
+      });
+    }
+    for (var i = 2; i < arguments.length; i++) {
+      var kid = arguments[i];
+      if (kid === null || kid === undefined) continue;
+      e.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+    }
+    return e;
+  }
+  function safeUrl(u) {
+    if (typeof u !== 'string' || !u) return null;
+    if (/^[a-z][a-z0-9+.-]*:/i.test(u) || u.slice(0, 2) === '//') return null; // relative paths only
+    return u;
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) return '–';
+    if (typeof v === 'number') {
+      if (Number.isInteger(v)) return String(v);
+      var a = Math.abs(v);
+      return (a !== 0 && (a < 1e-3 || a >= 1e5)) ? v.toExponential(3) : String(+v.toFixed(5));
+    }
+    if (typeof v === 'object') return JSON.stringify(v);
+    return String(v);
+  }
+  function score(it) { return typeof it.score === 'number' ? it.score : null; }
+  function tierRank(t) { return TIERS.indexOf(t); }
+  function badge(t) { return el('span', { class: 'badge t-' + t, text: t }); }
+  function itemHash(it) { return '#item=' + encodeURIComponent(it.id); }
+
+  var byId = {};
+  var groups = {};
+  ITEMS.forEach(function (it, i) {
+    byId[it.id] = i;
+    it._text = [it.id, it.case || '', it.prompt || '', it.error || '', (it.mismatches || []).join(' ')]
+      .join('\n').toLowerCase();
+    var key = (it.case || '') + '\u0000' + (it.index === undefined ? '' : it.index) + '\u0000' + (it.prompt || '');
+    (groups[key] = groups[key] || []).push(i);
+    it._group = key;
+    it._knobs = new Set((it.mismatches || []).concat((it.causes || []).map(function (c) { return String(c.knob); }),
+      it.irreducible || []));
+  });
+  Object.keys(groups).forEach(function (k) {
+    groups[k].sort(function (a, b) { return (ITEMS[a].step || 0) - (ITEMS[b].step || 0); });
+  });
+  var worstRank = {};
+  (DATA.worst || []).forEach(function (id, r) { worstRank[id] = r; });
+
+  // ------------------------------------------------------------------ filtering and sorting
+  function matches(it) {
+    if (!state.tiers.has(it.tier)) return false;
+    if (state.kase !== '' && (it.case || '') !== state.kase) return false;
+    if (state.step !== '' && String(it.step) !== state.step) return false;
+    if (state.knob !== '' && !it._knobs.has(state.knob)) return false;
+    if (state.text && it._text.indexOf(state.text) < 0) return false;
+    return true;
+  }
+  function cmp(a, b) {
+    var A = ITEMS[a], B = ITEMS[b], sa = score(A), sb = score(B);
+    switch (state.sort) {
+      case 'score': return (sa === null ? -1 : sa) - (sb === null ? -1 : sb) || (A.id < B.id ? -1 : 1);
+      case 'score-desc': return (sb === null ? -1 : sb) - (sa === null ? -1 : sa) || (A.id < B.id ? -1 : 1);
+      case 'step': return (A.step || 0) - (B.step || 0) || ((A.case || '') < (B.case || '') ? -1 : (A.case || '') > (B.case || '') ? 1 : 0) ||
+        (A.index || 0) - (B.index || 0);
+      case 'name': return A.id < B.id ? -1 : A.id > B.id ? 1 : 0;
+      default: return worstRank[A.id] - worstRank[B.id];
+    }
+  }
+  function applyFilters(keepCurrent) {
+    var cur = state.current;
+    state.order = [];
+    for (var i = 0; i < ITEMS.length; i++) if (matches(ITEMS[i])) state.order.push(i);
+    state.order.sort(cmp);
+    state.pos = {};
+    state.order.forEach(function (i, p) { state.pos[i] = p; });
+    stopBlink();
+    cards.textContent = '';
+    state.shown = 0;
+    state.current = -1;
+    document.getElementById('count').textContent = 'showing ' + state.order.length + ' of ' + ITEMS.length;
+    if (!state.order.length) cards.append(el('p', { class: 'muted empty', text: 'No item matches the filters.' }));
+    renderMore();
+    if (keepCurrent && cur >= 0 && state.pos[cur] !== undefined) select(cur, false);
+  }
+
+  // ------------------------------------------------------------------ cards
+  var cards = document.getElementById('cards');
+  var sentinel = document.getElementById('sentinel');
+
+  function thumbFigure(it, key, label) {
+    var src = safeUrl((it.t || {})[key]) || safeUrl((it.u || {})[key]);
+    var d = (it.dims || {})[key];
+    var fig = el('figure', { class: 'thumb' });
+    if (src) {
+      var w = 176, h = 176;
+      if (d && d[0] && d[1]) { if (d[0] >= d[1]) h = Math.round(176 * d[1] / d[0]); else w = Math.round(176 * d[0] / d[1]); }
+      fig.append(el('img', { src: src, loading: 'lazy', decoding: 'async', width: w, height: h, alt: label }));
+    } else {
+      fig.append(el('div', { class: 'missing', text: (it.u || {})[key] ? 'unreadable' : 'missing' }));
+    }
+    fig.append(el('figcaption', { text: label }));
+    return fig;
+  }
+  function heatKey(it) {
+    var u = it.u || {};
+    if (state.heat === 'heatmap_ssim' && u.heatmap_ssim) return 'heatmap_ssim';
+    return u.heatmap_diff ? 'heatmap_diff' : 'heatmap_ssim';
+  }
+  function card(i) {
+    var it = ITEMS[i];
+    var sc = score(it);
+    var head = el('header', { class: 'card-head' },
+      badge(it.tier),
+      el('button', { type: 'button', class: 'card-title', text: it.id, title: 'open (Enter)' }),
+      el('span', { class: 'gate ' + (it.passed ? 'pass' : 'fail'), text: it.passed ? 'pass' : 'fail',
+        title: it.gate ? 'gate ' + it.gate : 'no gate' }),
+      el('span', { class: 'num', text: sc === null ? '–' : sc.toFixed(4), title: DATA.metric }),
+      el('span', { class: 'meta', text: [it.case, it.step !== undefined ? 'step ' + it.step : null,
+        it.index !== undefined ? 'prompt ' + it.index : null].filter(function (x) { return x !== null && x !== undefined && x !== ''; }).join(' · ') }),
+      el('a', { class: 'permalink', href: itemHash(it), title: 'permalink', text: '#' }));
+    var c = el('article', { class: 'card t-' + it.tier, 'data-i': i, 'data-tier': it.tier }, head);
+    c.dataset.id = it.id;
+    if (it.prompt) c.append(el('p', { class: 'prompt', text: it.prompt }));
+    var hk = heatKey(it);
+    c.append(el('div', { class: 'thumbs' }, thumbFigure(it, 'preview', 'preview'), thumbFigure(it, 'render', 'render'),
+      thumbFigure(it, hk, hk === 'heatmap_ssim' ? 'SSIM map' : 'difference')));
+    var chips = el('div', { class: 'chips' });
+    (it.mismatches || []).forEach(function (k) { chips.append(el('span', { class: 'chip mis', text: k, title: 'mismatched knob' })); });
+    (it.irreducible || []).forEach(function (k) { chips.append(el('span', { class: 'chip irr', text: k, title: 'irreducible difference' })); });
+    if (it.causes && it.causes.length) {
+      var c0 = it.causes[0];
+      chips.append(el('span', { class: 'cause', text: 'top cause: ' + c0.knob + ' (' + fmt(c0.value_preview) + ' → ' + fmt(c0.value_inference) + ')' }));
+    }
+    if (it.size_mismatch) chips.append(el('span', { class: 'chip mis', text: 'size mismatch' }));
+    if (chips.childNodes.length) c.append(chips);
+    if (it.error) c.append(el('pre', { class: 'error', text: it.error }));
+    c.addEventListener('click', function (ev) {
+      if (ev.target.closest('.detail') || ev.target.closest('a')) return;
+      if (state.current === i) collapse(); else select(i, false);
+    });
+    return c;
+  }
+  function renderMore() {
+    var end = Math.min(state.order.length, state.shown + PAGE);
+    var frag = document.createDocumentFragment();
+    for (var p = state.shown; p < end; p++) frag.append(card(state.order[p]));
+    cards.append(frag);
+    state.shown = end;
+  }
+  function renderUntil(p) { while (state.shown <= p && state.shown < state.order.length) renderMore(); }
+  function cardEl(i) { return cards.querySelector('article[data-i="' + i + '"]'); }
+
+  new IntersectionObserver(function (entries) {
+    if (entries.some(function (e) { return e.isIntersecting; }) && state.shown < state.order.length) {
+      renderMore();
+      // Still visible (short cards)? keep filling on the next frame.
+      requestAnimationFrame(function () {
+        var r = sentinel.getBoundingClientRect();
+        if (r.top < innerHeight + 600 && state.shown < state.order.length) renderMore();
+      });
+    }
+  }, { rootMargin: '800px' }).observe(sentinel);
+
+  // ------------------------------------------------------------------ selection
+  function select(i, scroll) {
+    if (state.pos[i] === undefined) return;
+    collapse();
+    renderUntil(state.pos[i]);
+    var c = cardEl(i);
+    if (!c) return;
+    state.current = i;
+    state.zoom = { z: 1, x: 0, y: 0 };
+    c.classList.add('open');
+    c.append(detail(ITEMS[i]));
+    var h = itemHash(ITEMS[i]);
+    if (location.hash !== h) history.replaceState(null, '', h);
+    if (scroll !== false) c.scrollIntoView({ block: 'start' });
+  }
+  function selectById(id, scroll) {
+    var i = byId[id];
+    if (i === undefined) return false;
+    if (!matches(ITEMS[i])) { resetFilters(); applyFilters(false); }
+    select(i, scroll);
+    return true;
+  }
+  function collapse() {
+    stopBlink();
+    if (state.current < 0) return;
+    var c = cardEl(state.current);
+    if (c) { c.classList.remove('open'); var d = c.querySelector('.detail'); if (d) d.remove(); }
+    state.current = -1;
+  }
+  function move(delta) {
+    if (!state.order.length) return;
+    var p = state.current >= 0 ? state.pos[state.current] + delta : (delta > 0 ? 0 : state.order.length - 1);
+    p = Math.max(0, Math.min(state.order.length - 1, p));
+    select(state.order[p], true);
+  }
+
+  // ------------------------------------------------------------------ detail view
+  function detail(it) {
+    var d = el('div', { class: 'detail' });
+    var bar = el('div', { class: 'toolbar' });
+    MODES.forEach(function (m, k) {
+      bar.append(el('button', { type: 'button', class: 'mode' + (state.mode === m ? ' on' : ''), 'data-mode': m,
+        text: MODE_LABEL[m], title: 'key ' + (k + 1), onclick: function () { setMode(m); } }));
+    });
+    var ctl = el('span', { class: 'modectl' });
+    bar.append(ctl);
+    if ((it.u || {}).heatmap_diff && (it.u || {}).heatmap_ssim) {
+      var hs = el('select', { class: 'heatsel', 'aria-label': 'heatmap' },
+        el('option', { value: 'heatmap_diff', text: 'difference heatmap' }), el('option', { value: 'heatmap_ssim', text: 'SSIM map' }));
+      hs.value = heatKey(it);
+      hs.addEventListener('change', function () { state.heat = hs.value; buildViewer(it, d); });
+      bar.append(hs);
+    }
+    bar.append(el('span', { class: 'zoomctl' },
+      el('button', { type: 'button', text: '−', title: 'zoom out (-)', onclick: function () { zoomBy(1 / 1.5); } }),
+      el('span', { class: 'zoomlabel', text: '1×' }),
+      el('button', { type: 'button', text: '+', title: 'zoom in (+)', onclick: function () { zoomBy(1.5); } }),
+      el('button', { type: 'button', text: 'fit', title: 'fit (0)', onclick: function () { state.zoom = { z: 1, x: 0, y: 0 }; applyZoom(); } })));
+    var links = el('span', { class: 'links' });
+    [['preview', 'preview'], ['render', 'render'], ['heatmap_diff', 'diff map'], ['heatmap_ssim', 'SSIM map']].forEach(function (p) {
+      var u = safeUrl((it.u || {})[p[0]]);
+      if (u) links.append(el('a', { href: u, target: '_blank', rel: 'noopener', text: p[1] }));
+    });
+    bar.append(links);
+    d.append(bar);
+    d.append(el('div', { class: 'viewer' }));
+    if (it.size_mismatch) d.append(el('p', { class: 'warn', text: 'size mismatch: ' + fmt(it.size_mismatch) }));
+    buildViewer(it, d);
+
+    var info = el('div', { class: 'info' });
+    info.append(paramsSection(it));
+    var irr = irreducibleSection(it); if (irr) info.append(irr);
+    info.append(causesSection(it));
+    info.append(metricsSection(it));
+    var sch = scheduleSection(it); if (sch) info.append(sch);
+    d.append(info);
+    var tl = timelineSection(it); if (tl) d.append(tl);
+    return d;
+  }
+
+  function layer(it, key, cls) {
+    var u = safeUrl((it.u || {})[key]);
+    if (!u) return el('div', { class: 'layer missing ' + (cls || ''), text: key + ' missing' });
+    return el('img', { class: 'layer ' + (cls || ''), src: u, alt: key, draggable: 'false' });
+  }
+  function pane(label, kids, extraClass) {
+    var stage = el('div', { class: 'stage' });
+    kids.forEach(function (k) { stage.append(k); });
+    var p = el('div', { class: 'pane ' + (extraClass || '') }, stage, el('div', { class: 'plabel', text: label }));
+    attachZoom(p);
+    return p;
+  }
+  function aspect(it) {
+    var d = (it.dims || {}).preview || (it.dims || {}).render;
+    return d && d[0] && d[1] ? d[0] + ' / ' + d[1] : '1 / 1';
+  }
+  function buildViewer(it, d) {
+    stopBlink();
+    var v = d.querySelector('.viewer');
+    v.textContent = '';
+    v.className = 'viewer mode-' + state.mode;
+    v.style.setProperty('--ar', aspect(it));
+    var ctl = d.querySelector('.modectl');
+    ctl.textContent = '';
+    var hk = heatKey(it), hl = hk === 'heatmap_ssim' ? 'SSIM map' : 'difference heatmap';
+    if (state.mode === 'side') {
+      v.append(pane('preview', [layer(it, 'preview')]), pane('render', [layer(it, 'render')]), pane(hl, [layer(it, hk)]));
+    } else {
+      var top = layer(it, 'render', 'top');
+      var cmpPane = pane('', [layer(it, 'preview'), top], 'compare');
+      var lab = cmpPane.querySelector('.plabel');
+      if (state.mode === 'slider') {
+        var line = el('div', { class: 'split' });
+        cmpPane.querySelector('.stage').append(line);
+        var setS = function (x) {
+          state.slider = Math.max(0, Math.min(100, x));
+          top.style.clipPath = 'inset(0 0 0 ' + state.slider + '%)';
+          line.style.left = state.slider + '%';
+          rng.value = state.slider;
+        };
+        var rng = el('input', { type: 'range', min: 0, max: 100, step: 0.5, value: state.slider, 'aria-label': 'slider position', class: 'slider-range' });
+        rng.addEventListener('input', function () { setS(+rng.value); });
+        cmpPane._slide = function (fx) { setS(fx * 100); };
+        ctl.append(el('label', null, 'preview ◀ ', rng, ' ▶ render'));
+        lab.textContent = 'preview | render';
+        setS(state.slider);
+      } else if (state.mode === 'blend') {
+        var b = el('input', { type: 'range', min: 0, max: 100, value: state.blend, 'aria-label': 'render opacity', class: 'blend-range' });
+        var setB = function () { state.blend = +b.value; top.style.opacity = state.blend / 100; lab.textContent = 'render at ' + state.blend + '% over preview'; };
+        b.addEventListener('input', setB);
+        ctl.append(el('label', null, 'preview ', b, ' render'));
+        setB();
+      } else if (state.mode === 'blink') {
+        var show = function (which) {
+          top.style.visibility = which === 'render' ? 'visible' : 'hidden';
+          cmpPane.dataset.showing = which;
+          lab.textContent = 'blink: ' + which;
+        };
+        show('render');
+        state.blinkTimer = setInterval(function () { show(cmpPane.dataset.showing === 'render' ? 'preview' : 'render'); }, 600);
+        ctl.append(el('span', { class: 'muted', text: 'alternating every 0.6 s' }));
+      } else if (state.mode === 'diff') {
+        top.classList.add('difference');
+        var g = el('input', { type: 'range', min: 1, max: 16, step: 1, value: state.gain, 'aria-label': 'difference gain', class: 'gain-range' });
+        var setG = function () { state.gain = +g.value; cmpPane.querySelector('.stage').style.filter = 'brightness(' + state.gain + ')'; lab.textContent = '|preview − render| × ' + state.gain; };
+        g.addEventListener('input', setG);
+        ctl.append(el('label', null, 'gain ', g));
+        setG();
+      }
+      v.append(cmpPane, pane(hl, [layer(it, hk)]));
+    }
+    applyZoom();
+  }
+  function setMode(m) {
+    state.mode = m;
+    document.querySelectorAll('#modes button, .detail .mode').forEach(function (b) { b.classList.toggle('on', b.dataset.mode === m); });
+    if (state.current >= 0) {
+      var c = cardEl(state.current);
+      if (c && c.querySelector('.detail')) buildViewer(ITEMS[state.current], c.querySelector('.detail'));
+    }
+  }
+  function stopBlink() { if (state.blinkTimer) { clearInterval(state.blinkTimer); state.blinkTimer = null; } }
+
+  // ------------------------------------------------------------------ linked zoom (fractions of the pane, so
+  // panes of different sizes stay in step)
+  function clampZoom() {
+    var z = state.zoom;
+    z.z = Math.max(1, Math.min(32, z.z));
+    z.x = Math.max(1 - z.z, Math.min(0, z.x));
+    z.y = Math.max(1 - z.z, Math.min(0, z.y));
+  }
+  function applyZoom() {
+    clampZoom();
+    var z = state.zoom;
+    var t = 'translate(' + (z.x * 100) + '%,' + (z.y * 100) + '%) scale(' + z.z + ')';
+    document.querySelectorAll('.detail .stage').forEach(function (s) { s.style.transform = t; s.classList.toggle('pixel', z.z >= 2); });
+    document.querySelectorAll('.detail .zoomlabel').forEach(function (l) { l.textContent = (+z.z.toFixed(2)) + '×'; });
+  }
+  function zoomAt(f, fx, fy) {
+    var z = state.zoom, nz = Math.max(1, Math.min(32, z.z * f));
+    z.x = fx - (fx - z.x) * nz / z.z;
+    z.y = fy - (fy - z.y) * nz / z.z;
+    z.z = nz;
+    applyZoom();
+  }
+  function zoomBy(f) { zoomAt(f, 0.5, 0.5); }
+  function attachZoom(p) {
+    p.addEventListener('wheel', function (ev) {
+      ev.preventDefault();
+      var r = p.getBoundingClientRect();
+      zoomAt(ev.deltaY < 0 ? 1.25 : 0.8, (ev.clientX - r.left) / r.width, (ev.clientY - r.top) / r.height);
+    }, { passive: false });
+    p.addEventListener('pointerdown', function (ev) {
+      var r = p.getBoundingClientRect();
+      var slide = p._slide && !ev.shiftKey;
+      var sx = ev.clientX, sy = ev.clientY, ox = state.zoom.x, oy = state.zoom.y;
+      p.setPointerCapture(ev.pointerId);
+      function mv(e) {
+        if (slide) {
+          var z = state.zoom;
+          p._slide(((e.clientX - r.left) / r.width - z.x) / z.z);
+        } else {
+          state.zoom.x = ox + (e.clientX - sx) / r.width;
+          state.zoom.y = oy + (e.clientY - sy) / r.height;
+          applyZoom();
+        }
+      }
+      if (slide) mv(ev);
+      function up() { p.removeEventListener('pointermove', mv); p.removeEventListener('pointerup', up); p.removeEventListener('pointercancel', up); }
+      p.addEventListener('pointermove', mv);
+      p.addEventListener('pointerup', up);
+      p.addEventListener('pointercancel', up);
+    });
+  }
+
+  // ------------------------------------------------------------------ info sections
+  function section(title, cls) { return el('section', { class: 'sec ' + (cls || '') }, el('h3', { text: title })); }
+  function valueCell(side, knob) {
+    var e = (side || {})[knob];
+    if (e === undefined) return el('td', { class: 'muted', text: '–' });
+    var val = (e && typeof e === 'object' && 'value' in e) ? e.value : e;
+    var src = (e && typeof e === 'object') ? e.source : null;
+    return el('td', null, el('span', { class: 'val', text: fmt(val) }), src ? el('span', { class: 'src', text: src }) : null);
+  }
+  function paramsSection(it) {
+    var s = section('Parameters: preview vs inference', 'params');
+    var pv = (it.params || {}).preview || {}, inf = (it.params || {}).inference || {};
+    var irr = new Set(DATA.irreducible.concat(it.irreducible || []));
+    var mis = new Set(it.mismatches || []);
+    var keys = Object.keys(pv).concat(Object.keys(inf)).filter(function (k, i, a) { return a.indexOf(k) === i && !irr.has(k); });
+    var order = DATA.knobs;
+    keys.sort(function (a, b) {
+      var ia = order.indexOf(a), ib = order.indexOf(b);
+      return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || (a < b ? -1 : 1);
+    });
+    keys.sort(function (a, b) { return (mis.has(b) ? 1 : 0) - (mis.has(a) ? 1 : 0); });
+    if (!keys.length) { s.append(el('p', { class: 'muted', text: 'no parameters recorded' })); return s; }
+    var tb = el('tbody');
+    keys.forEach(function (k) {
+      tb.append(el('tr', { class: mis.has(k) ? 'mismatch' : '' }, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k),
+        el('td', { class: 'flag', text: mis.has(k) ? '≠' : '' })));
+    });
+    s.append(el('table', { class: 'kv' }, el('thead', null, el('tr', null, el('th', { text: 'knob' }),
+      el('th', { text: 'preview (source)' }), el('th', { text: 'inference (source)' }), el('th'))), tb));
+    return s;
+  }
+  function irreducibleSection(it) {
+    var list = it.irreducible || [];
+    if (!list.length) return null;
+    var s = section('Irreducible differences', 'irreducible');
+    s.append(el('p', { class: 'muted', text: 'A re-render cannot remove these; they are not counted as mismatches.' }));
+    var pv = (it.params || {}).preview || {}, inf = (it.params || {}).inference || {};
+    var tb = el('tbody');
+    list.forEach(function (k) { tb.append(el('tr', null, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k))); });
+    s.append(el('table', { class: 'kv' }, tb));
+    return s;
+  }
+  function causesSection(it) {
+    var s = section('Ranked causes', 'causes');
+    var cs = it.causes || [];
+    if (!cs.length) { s.append(el('p', { class: 'muted', text: it.passed ? 'none needed' : 'no cause found' })); return s; }
+    var base = score(it);
+    var ol = el('ol');
+    cs.forEach(function (c) {
+      var a = typeof c.ssim_aligned === 'number' ? c.ssim_aligned : null;
+      var li = el('li', null, el('b', { text: String(c.knob) }), ' ', fmt(c.value_preview), ' → ', fmt(c.value_inference));
+      if (a !== null) {
+        li.append(el('span', { class: 'num', text: '  score if aligned ' + a.toFixed(4) + (base !== null ? ' (' + (a - base >= 0 ? '+' : '') + (a - base).toFixed(4) + ')' : '') }));
+        var bar = el('span', { class: 'bar' }, el('span', { style: 'width:' + Math.max(0, Math.min(100, a * 100)).toFixed(1) + '%' }));
+        li.append(bar);
+      }
+      ol.append(li);
+    });
+    s.append(ol);
+    return s;
+  }
+  function metricsSection(it) {
+    var s = section('Metrics', 'metrics');
+    var tb = el('tbody');
+    var vars = it.metric_variants || {};
+    Object.keys(it.metrics || {}).forEach(function (k) {
+      tb.append(el('tr', null, el('th', { text: k }), el('td', { class: 'num', text: fmt(it.metrics[k]) }), el('td', { class: 'muted', text: vars[k] ? fmt(vars[k]) : '' })));
+    });
+    [['tier', it.tier], ['gate', it.gate], ['JPEG', it.jpeg], ['JPEG ceiling', it.ceiling], ['timings (s)', it.timings]].forEach(function (r) {
+      if (r[1] !== undefined && r[1] !== null) tb.append(el('tr', null, el('th', { text: r[0] }), el('td', { colspan: 2, text: fmt(r[1]) })));
+    });
+    s.append(el('table', { class: 'kv' }, tb));
+    return s;
+  }
+  function scheduleSection(it) {
+    var sc = it.schedule;
+    if (!sc || !Array.isArray(sc.preview) || !Array.isArray(sc.inference)) return null;
+    var a = sc.preview, b = sc.inference, n = Math.max(a.length, b.length), differs = a.length !== b.length;
+    for (var i = 0; i < n && !differs; i++) if (Math.abs(a[i] - b[i]) > 1e-6) differs = true;
+    var s = section('Schedule (sigmas)', 'schedule');
+    if (!differs) { s.append(el('p', { class: 'muted', text: 'identical (' + n + ' sigmas)' })); return s; }
+    var extra = Object.keys(sc).filter(function (k) { return k !== 'preview' && k !== 'inference'; });
+    if (extra.length) s.append(el('p', { class: 'muted', text: extra.map(function (k) { return k + ' ' + fmt(sc[k]); }).join(' · ') }));
+    var tb = el('tbody');
+    for (var j = 0; j < n; j++) {
+      var x = a[j], y = b[j], dd = (typeof x === 'number' && typeof y === 'number') ? y - x : null;
+      tb.append(el('tr', { class: dd === null || Math.abs(dd) > 1e-6 ? 'mismatch' : '' }, el('td', { text: j }),
+        el('td', { text: fmt(x) }), el('td', { text: fmt(y) }), el('td', { text: dd === null ? '–' : fmt(dd) })));
+    }
+    s.append(el('div', { class: 'scroll' }, el('table', { class: 'kv sigma' }, el('thead', null, el('tr', null,
+      el('th', { text: 'i' }), el('th', { text: 'preview σ' }), el('th', { text: 'inference σ' }), el('th', { text: 'Δ' }))), tb)));
+    return s;
+  }
+  function timelineSection(it) {
+    var g = groups[it._group] || [];
+    if (g.length < 2) return null;
+    var s = section('Step timeline: the same prompt across training steps', 'timeline');
+    var pts = g.map(function (i) { return score(ITEMS[i]); });
+    var vals = pts.filter(function (v) { return v !== null; });
+    if (vals.length > 1) {
+      var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals);
+      if (hi - lo < 1e-6) { lo -= 0.01; hi += 0.01; }
+      var W = Math.max(160, g.length * 60), H = 46;
+      var svg = document.createElementNS(SVGNS, 'svg');
+      svg.setAttribute('viewBox', '0 0 ' + W + ' ' + H); svg.setAttribute('width', W); svg.setAttribute('height', H);
+      svg.setAttribute('class', 'spark');
+      var dstr = '';
+      g.forEach(function (i, k) {
+        var v = pts[k]; if (v === null) return;
+        var x = 30 + k * 60, y = 6 + (1 - (v - lo) / (hi - lo)) * (H - 12);
+        dstr += (dstr ? 'L' : 'M') + x.toFixed(1) + ' ' + y.toFixed(1);
+        var c = document.createElementNS(SVGNS, 'circle');
+        c.setAttribute('cx', x); c.setAttribute('cy', y.toFixed(1)); c.setAttribute('r', i === state.current ? 4 : 2.5);
+        c.setAttribute('class', 'dot t-' + ITEMS[i].tier);
+        svg.append(c);
+      });
+      var path = document.createElementNS(SVGNS, 'path');
+      path.setAttribute('d', dstr); path.setAttribute('class', 'spark-line');
+      svg.prepend(path);
+      s.append(svg);
+    }
+    var strip = el('div', { class: 'strip' });
+    g.forEach(function (i) {
+      var o = ITEMS[i];
+      var src = safeUrl((o.t || {}).render) || safeUrl((o.u || {}).render);
+      var b = el('button', { type: 'button', class: 'tl t-' + o.tier + (i === state.current ? ' cur' : ''), title: o.id },
+        src ? el('img', { src: src, loading: 'lazy', alt: 'step ' + o.step, width: 56, height: 56 }) : el('span', { class: 'missing', text: '?' }),
+        el('span', { text: 'step ' + fmt(o.step) }), el('span', { class: 'num', text: score(o) === null ? o.tier : score(o).toFixed(3) }));
+      b.addEventListener('click', function (ev) { ev.stopPropagation(); selectById(o.id, true); });
+      strip.append(b);
+    });
+    s.append(strip);
+    return s;
+  }
+
+  // ------------------------------------------------------------------ controls
+  function resetFilters() {
+    state.tiers = new Set(TIERS); state.kase = ''; state.step = ''; state.knob = ''; state.text = '';
+    document.querySelectorAll('input[name=tier]').forEach(function (b) { b.checked = true; });
+    document.getElementById('f-case').value = '';
+    document.getElementById('f-step').value = '';
+    document.getElementById('f-knob').value = '';
+    document.getElementById('f-text').value = '';
+  }
+  var stepSel = document.getElementById('f-step');
+  ITEMS.map(function (it) { return it.step; }).filter(function (s, i, a) { return s !== undefined && a.indexOf(s) === i; })
+    .sort(function (a, b) { return a - b; })
+    .forEach(function (st) { stepSel.append(el('option', { value: String(st), text: 'step ' + st })); });
+  document.querySelectorAll('input[name=tier]').forEach(function (b) {
+    b.addEventListener('change', function () {
+      if (b.checked) state.tiers.add(b.value); else state.tiers.delete(b.value);
+      applyFilters(true);
+    });
+  });
+  document.getElementById('f-case').addEventListener('change', function (e) { state.kase = e.target.value; applyFilters(true); });
+  stepSel.addEventListener('change', function (e) { state.step = e.target.value; applyFilters(true); });
+  document.getElementById('f-knob').addEventListener('change', function (e) { state.knob = e.target.value; applyFilters(true); });
+  var tt = null;
+  document.getElementById('f-text').addEventListener('input', function (e) {
+    clearTimeout(tt);
+    tt = setTimeout(function () { state.text = e.target.value.trim().toLowerCase(); applyFilters(true); }, 120);
+  });
+  document.getElementById('f-sort').addEventListener('change', function (e) { state.sort = e.target.value; applyFilters(true); });
+  var modes = document.getElementById('modes');
+  MODES.forEach(function (m, k) {
+    modes.append(el('button', { type: 'button', class: 'mode' + (m === state.mode ? ' on' : ''), 'data-mode': m,
+      text: MODE_LABEL[m], title: 'view mode (key ' + (k + 1) + ', m cycles)', onclick: function () { setMode(m); } }));
+  });
+  document.querySelectorAll('.tierchip').forEach(function (b) {
+    b.addEventListener('click', function () {
+      state.tiers = new Set([b.dataset.tier]);
+      document.querySelectorAll('input[name=tier]').forEach(function (x) { x.checked = x.value === b.dataset.tier; });
+      applyFilters(false);
+      document.getElementById('controls').scrollIntoView();
+    });
+  });
+  document.querySelectorAll('tr.pick').forEach(function (tr) {
+    tr.addEventListener('click', function () {
+      if (tr.dataset.case !== undefined) { state.kase = tr.dataset.case; document.getElementById('f-case').value = tr.dataset.case; }
+      if (tr.dataset.knob !== undefined) { state.knob = tr.dataset.knob; document.getElementById('f-knob').value = tr.dataset.knob; }
+      applyFilters(false);
+      document.getElementById('controls').scrollIntoView();
+    });
+  });
+  var plotItems = document.querySelector('#plot-items svg');
+  if (plotItems) {
+    plotItems.addEventListener('click', function (ev) {
+      var r = plotItems.getBoundingClientRect(), vb = plotItems.viewBox.baseVal;
+      var x = (ev.clientX - r.left) / r.width * vb.width;
+      var n = DATA.worst.length, k = Math.round((x - 40) / (vb.width - 50) * Math.max(1, n - 1));
+      k = Math.max(0, Math.min(n - 1, k));
+      location.hash = '#item=' + encodeURIComponent(DATA.worst[k]);
+    });
+  }
+  var help = document.getElementById('help');
+  document.getElementById('help-btn').addEventListener('click', function () { help.hidden = !help.hidden; });
+
+  document.addEventListener('keydown', function (ev) {
+    var t = ev.target;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (t && (t.tagName === 'INPUT' || t.tagName === 'SELECT' || t.tagName === 'TEXTAREA')) {
+      if (ev.key === 'Escape') t.blur();
+      return;
+    }
+    var k = ev.key;
+    if (k === 'j' || k === 'ArrowDown' || k === 'ArrowRight') move(1);
+    else if (k === 'k' || k === 'ArrowUp' || k === 'ArrowLeft') move(-1);
+    else if (k === 'm') setMode(MODES[(MODES.indexOf(state.mode) + 1) % MODES.length]);
+    else if (k >= '1' && k <= '5') setMode(MODES[+k - 1]);
+    else if (k === '+' || k === '=') zoomBy(1.5);
+    else if (k === '-') zoomBy(1 / 1.5);
+    else if (k === '0') { state.zoom = { z: 1, x: 0, y: 0 }; applyZoom(); }
+    else if (k === '/') document.getElementById('f-text').focus();
+    else if (k === 'Escape') { collapse(); history.replaceState(null, '', location.pathname + location.search); }
+    else if (k === '?') help.hidden = !help.hidden;
+    else return;
+    ev.preventDefault();
+  });
+
+  function fromHash() {
+    var m = /^#item=(.*)$/.exec(location.hash);
+    if (!m) return false;
+    var id;
+    try { id = decodeURIComponent(m[1]); } catch (e) { return false; }
+    return selectById(id, true);
+  }
+  window.addEventListener('hashchange', fromHash);
+
+  applyFilters(false);
+  fromHash();
+  document.body.dataset.readyMs = String(Math.round(performance.now()));
+  document.body.dataset.ready = '1';
+})();

@@ -1,0 +1,87 @@
+"""Numbers every report output shares (HTML, markdown, JUnit): item score, worst-first order, counts per tier,
+per case and per knob, and score-by-step series. Plain functions over the results dicts."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS, tier_rank
+
+SCORE_METRICS: tuple[str, ...] = ("ssim", "ssim_y")
+
+
+def score_metric(run: dict[str, Any]) -> str:
+    """The metric used as "score" for sorting and plots: the run's `settings.score_metric`, else SSIM."""
+    m = (run.get("settings") or {}).get("score_metric")
+    return m if isinstance(m, str) and m else SCORE_METRICS[0]
+
+
+def item_score(item: dict[str, Any], metric: str = "ssim") -> float | None:
+    """The item's score (higher is better) or None (an ERROR item, a missing or non-finite metric)."""
+    metrics = item.get("metrics") or {}
+    for name in (metric, *SCORE_METRICS):
+        v = metrics.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def worst_first_key(item: dict[str, Any], metric: str = "ssim") -> tuple:
+    """Sort key: failed gates first, then worse tier, then lower score (None lowest), then id."""
+    s = item_score(item, metric)
+    return (bool(item.get("passed")), -tier_rank(item["tier"]), -math.inf if s is None else s, item["id"])
+
+
+@dataclass
+class Summary:
+    total: int
+    passed: int
+    failed: int
+    tiers: dict[str, int]
+    cases: dict[str, dict[str, Any]]              # case -> {"n", "passed", "failed", "tiers": {tier: n}, "min_score"}
+    knobs: dict[str, dict[str, int]]              # knob -> {"mismatch": n, "top_cause": n, "cause": n}
+    irreducible: dict[str, int]
+    worst: list[dict[str, Any]]                   # items, worst first (all of them)
+    steps: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # case -> [(step, mean, min)]
+    metric: str = "ssim"
+
+
+def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
+    metric = score_metric(run)
+    tiers = {t: 0 for t in TIERS}
+    cases: dict[str, dict[str, Any]] = {}
+    knobs: dict[str, dict[str, int]] = defaultdict(lambda: {"mismatch": 0, "top_cause": 0, "cause": 0})
+    irreducible: Counter[str] = Counter()
+    by_step: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    passed = 0
+    for it in items:
+        tiers[it["tier"]] += 1
+        passed += bool(it.get("passed"))
+        c = cases.setdefault(it.get("case") or "", {"n": 0, "passed": 0, "failed": 0,
+                                                      "tiers": {t: 0 for t in TIERS}, "min_score": None})
+        c["n"] += 1
+        c["passed" if it.get("passed") else "failed"] += 1
+        c["tiers"][it["tier"]] += 1
+        s = item_score(it, metric)
+        if s is not None:
+            c["min_score"] = s if c["min_score"] is None else min(c["min_score"], s)
+            if isinstance(it.get("step"), (int, float)):
+                by_step[it.get("case") or ""][float(it["step"])].append(s)
+        for k in dict.fromkeys(str(k) for k in it.get("mismatches", [])):
+            knobs[k]["mismatch"] += 1
+        causes = [c for c in it.get("causes", []) if isinstance(c, dict) and c.get("knob")]
+        for i, cause in enumerate(causes):
+            knobs[str(cause["knob"])]["cause"] += 1
+            if i == 0:
+                knobs[str(cause["knob"])]["top_cause"] += 1
+        irreducible.update(list(dict.fromkeys(str(k) for k in it.get("irreducible", []))))
+    order = {k: i for i, k in enumerate(KNOBS + IRREDUCIBLE_KNOBS)}
+    knobs_sorted = dict(sorted(knobs.items(), key=lambda kv: (-kv[1]["mismatch"], -kv[1]["top_cause"],
+                                                               order.get(kv[0], 99), kv[0])))
+    steps = {case: sorted((st, sum(v) / len(v), min(v)) for st, v in per.items()) for case, per in by_step.items()}
+    return Summary(total=len(items), passed=passed, failed=len(items) - passed, tiers=tiers,
+                   cases=dict(sorted(cases.items())), knobs=knobs_sorted, irreducible=dict(irreducible.most_common()),
+                   worst=sorted(items, key=lambda it: worst_first_key(it, metric)), steps=steps, metric=metric)
