@@ -52,10 +52,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("parity_attribution", "attribution re-renders on/off", type="bool", default=True)
 
 
+_INI_KEYS = ("cases", "base_model", "device", "report_dir", "min_tier")
+
+
 def _opt(config: pytest.Config, name: str) -> Any:
     """Precedence: command line > ini > default."""
     value = config.getoption(f"parity_{name}", default=None)
-    if value is None or value == []:
+    if (value is None or value == []) and name in _INI_KEYS:
         value = config.getini(f"parity_{name}")
     return value if value not in ("", []) else None
 
