@@ -252,10 +252,10 @@ def load_vae(layout: BaseLayout, dtype):
 
     if layout.kind == "diffusers":
         try:
-            vae = AutoencoderKLFlux2.from_pretrained(str(layout.vae), local_files_only=True)
+            vae = AutoencoderKLFlux2.from_pretrained(str(layout.vae), dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"cannot load the VAE ({type(exc).__name__}: {exc})", layout.vae) from None
-        return vae.to(dtype).eval()
+        return _cast_all(vae, dtype).eval()
     from parity.engine import keymap
 
     sd = load_safetensors(layout.vae)
@@ -268,7 +268,18 @@ def load_vae(layout: BaseLayout, dtype):
     if missing or unexpected:
         raise ModelError(f"VAE keys do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}",
                          layout.vae)
-    return vae.to(dtype).eval()
+    return _cast_all(vae, dtype).eval()
+
+
+def _cast_all(model, dtype):
+    """Parameters and floating buffers (the latent BN statistics) in `dtype`, as AI Toolkit's `vae.to(dtype)`."""
+    for name, buf in list(model.named_buffers()):
+        if buf.is_floating_point() and buf.dtype != dtype:
+            mod_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(mod_name) if mod_name else model, attr, buf.to(dtype))
+    if any(p.dtype != dtype for p in model.parameters()):
+        model = model.to(dtype)
+    return model
 
 
 def load_text_encoder(layout: BaseLayout, dtype, cast_path: str = "aitk"):
