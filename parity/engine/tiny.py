@@ -377,19 +377,22 @@ def bfl_lora_target_shapes(transformer_config: dict) -> dict[str, tuple[int, int
 
 
 def lokr_factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
-    """Split `dimension` into (m, n), m <= n, m*n = dimension, as LyCORIS/AI Toolkit's LoKr does
-    (toolkit/models/lokr.py `factorization`): with factor -1, the most balanced split."""
+    """Split `dimension` into (m, n), m <= n, m*n = dimension, as AI Toolkit's LoKr does (toolkit/models/lokr.py
+    `factorization`, from LyCORIS). The sum bound there is the initial m + n = dimension + 1 and never tightens,
+    so the loop walks divisors up to `factor`: with factor -1 the result is the most balanced pair (250 ->
+    (10, 25), 360 -> (18, 20)), not what that function's stale docstring table shows."""
     if factor > 0 and dimension % factor == 0:
         return factor, dimension // factor
     if factor == -1:
         factor = dimension
     m, n = 1, dimension
+    length = m + n
     while m < n:
         new_m = m + 1
         while dimension % new_m != 0:
             new_m += 1
         new_n = dimension // new_m
-        if new_m + new_n > m + n or new_m > factor:
+        if new_m + new_n > length or new_m > factor:
             break
         m, n = new_m, new_n
     return (n, m) if m > n else (m, n)
