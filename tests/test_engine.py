@@ -288,6 +288,33 @@ def test_missing_components_name_the_folder(tmp_path, tiny_model_dir):
         eng.render(SPEC.with_(prompt="uncached prompt"))
 
 
+def test_find_base_model_local_only(tmp_path, monkeypatch, tiny_model_dir):
+    from parity.engine.weights import find_base_model
+
+    monkeypatch.delenv("PARITY_BASE_MODEL", raising=False)
+    assert find_base_model(str(tiny_model_dir)) == Path(tiny_model_dir)
+    monkeypatch.setenv("PARITY_BASE_MODEL", str(tiny_model_dir))
+    assert find_base_model(None, "black-forest-labs/FLUX.2-dev") == Path(tiny_model_dir)
+    monkeypatch.delenv("PARITY_BASE_MODEL")
+    hub = tmp_path / "hub"
+    snap = hub / "models--black-forest-labs--FLUX.2-dev" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("abc")
+    for name in ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"):
+        (snap / name).symlink_to(Path(tiny_model_dir) / name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    found = find_base_model(None, "black-forest-labs/FLUX.2-dev")
+    assert Engine(found).layout.root == snap  # the HF cache repo folder resolves to its refs/main snapshot
+    with pytest.raises(ModelError, match="never downloaded"):
+        find_base_model(None, "someone/other-model")
+
+
+def test_sequential_offload_renders_the_same_image(tiny_model_dir, cache_dir, base_render):
+    eng = Engine(tiny_model_dir, cache_dir=cache_dir, offload="sequential")
+    assert np.array_equal(eng.render(SPEC).image, base_render.image)
+
+
 def test_bad_spec_values_are_config_errors(engine):
     with pytest.raises(ConfigError, match="AI_TOOLKIT_PATH"):
         if os.environ.get("AI_TOOLKIT_PATH"):

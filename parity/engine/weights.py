@@ -351,3 +351,31 @@ def tokenizer_identity(folder: Path | None) -> str:
             h.update(p.name.encode())
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+BASE_MODEL_ENV = "PARITY_BASE_MODEL"
+TEXT_ENCODER_ENV = "PARITY_TEXT_ENCODER"
+
+
+def find_base_model(explicit: str | Path | None = None, job_name_or_path: str | None = None) -> Path:
+    """The local base-model folder: the case's explicit path, else $PARITY_BASE_MODEL, else the job's
+    `model.name_or_path` as a local folder or as a hub id found in the local Hugging Face cache
+    ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub). Never downloads; ModelError when nothing is found."""
+    for cand in (explicit, os.environ.get(BASE_MODEL_ENV), job_name_or_path):
+        if not cand:
+            continue
+        p = Path(os.path.expanduser(str(cand)))
+        if p.exists():
+            return p
+        if cand is job_name_or_path and "/" in str(cand) and not str(cand).startswith(("/", ".", "~")):
+            hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+                os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+            cached = Path(hub) / ("models--" + str(cand).replace("/", "--"))
+            if cached.is_dir():
+                return cached
+            raise ModelError(f"base model {cand!r} is not in the local Hugging Face cache ({hub}); weights are "
+                             f"never downloaded: give a local path or set {BASE_MODEL_ENV}")
+        if cand is explicit or cand is job_name_or_path:
+            raise ModelError("base model folder not found", p)
+    raise ModelError(f"no base model: give one in the case, set {BASE_MODEL_ENV}, or use a job whose "
+                     f"model.name_or_path is a local folder")
