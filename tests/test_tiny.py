@@ -331,6 +331,47 @@ def test_lora_loads_in_diffusers_like_a_merged_update(paths, pipe):
     assert torch.allclose(peft_out, merged_out, atol=1e-4, rtol=1e-4)
 
 
+def test_lokr_changes_the_transformer_as_much_as_the_lora(paths, pipe):
+    """diffusers 0.42.1 cannot load LoKr files; merge delta W = kron(w1, w2) (full rank: scale 1) into the BFL file
+    and load it through diffusers' single-file converter."""
+    from diffusers import Flux2Transformer2DModel
+    from safetensors.torch import load_file
+
+    bfl = load_file(str(paths.bfl_transformer))
+    lokr = load_file(str(paths.lokr))
+    for k in [k for k in lokr if k.endswith(".lokr_w1")]:
+        m = k.removeprefix("diffusion_model.").removesuffix(".lokr_w1")
+        bfl[m + ".weight"] = bfl[m + ".weight"] + torch.kron(lokr[k].float(), lokr[k[:-1] + "2"].float())
+    merged = Flux2Transformer2DModel.from_single_file(
+        bfl, config=str(paths.diffusers_dir), subfolder="transformer", torch_dtype=torch.float32
+    ).eval()
+    g = torch.Generator("cpu").manual_seed(4)
+    inputs = dict(
+        hidden_states=torch.randn((1, 16, 128), generator=g),
+        encoder_hidden_states=torch.randn((1, 8, pipe.transformer.config.joint_attention_dim), generator=g),
+        timestep=torch.tensor([0.5]),
+        guidance=torch.tensor([4.0]),
+        img_ids=torch.zeros((16, 4)),
+        txt_ids=torch.zeros((8, 4)),
+        return_dict=False,
+    )
+    with torch.no_grad():
+        delta = merged(**inputs)[0] - pipe.transformer(**inputs)[0]
+    assert delta.abs().max() > 0.1
+
+
+def test_make_tiny_command_writes_both_layouts(tmp_path, capsys):
+    from parity.cli import main
+
+    assert main(["make-tiny", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "flux2-dev.safetensors" in out and "ae.safetensors" in out and "model_index.json" in out
+    assert (tmp_path / "m" / "transformer" / "config.json").is_file()
+    (tmp_path / "f").write_text("x")
+    assert main(["make-tiny", str(tmp_path / "f")]) == 2  # a file, not a folder: one-line error, exit 2
+    assert "not a folder" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ determinism
 
 
