@@ -168,13 +168,15 @@ def suspect_search(
     preview_size: tuple[int, int] | None = None,
     candidates: dict[str, list[Candidate]] | None = None,
     explained_at: float = 0.98,
+    exhaustive: bool = False,
 ) -> Suspects:
     """Try likely alternatives to the recorded `spec` (steps, guidance, schedule, size, seed walk, LoRA multiplier;
     then the AI Toolkit code/UI default sets; then the per-knob winners combined), ranked by score.
 
     `index` is the prompt index (for the seed-walk alternatives); `preview_size` the preview's pixel size (read from
     the file when None). `budget` caps the renders (the recorded spec's own render is free). Without tiers, a
-    candidate "explains" the preview when its score reaches `explained_at`."""
+    candidate "explains" the preview when its score reaches `explained_at`. The search stops at the first candidate
+    that restores parity unless `exhaustive` (each render of the real model costs GPU minutes)."""
     session = Session(render, score, preview_path, budget=budget, cache=cache)
     base, base_tier = session.score(spec, free=True)
     if preview_size is None:
@@ -205,6 +207,8 @@ def suspect_search(
             continue
         tried.append(Tried(c.knob, c.label, s, t, s - base))
         cand_of[id(tried[-1])] = c
+        if not exhaustive and restores(s, t):
+            break
 
     # Combine the best value of every knob that helped (one render), when no single change explains the preview.
     per_knob: dict[str, Tried] = {}
