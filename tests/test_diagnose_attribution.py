@@ -223,3 +223,14 @@ def test_suspect_size_from_the_preview_file(tmp_path):
     truth = PREVIEW.with_(width=768)
     s = suspect_search(str(p), PREVIEW, FakeEngine().render, fake_score(truth))
     assert s.best[0].knob == "resolution" and s.best[0].value == "768x512"
+
+
+def test_suspect_search_stops_at_the_first_explaining_candidate_unless_exhaustive():
+    truth = PREVIEW.with_(sample_steps=30)
+    eng = FakeEngine()
+    s = suspect_search("p.jpg", PREVIEW, eng.render, fake_score(truth), preview_size=(512, 512))
+    # recorded 20 steps: 30 is the first steps candidate (20 is excluded), tried first -> 2 renders in all
+    assert s.tried[0].value == "30" and len(eng.calls) == 2
+    eng2 = FakeEngine()
+    s2 = suspect_search("p.jpg", PREVIEW, eng2.render, fake_score(truth), preview_size=(512, 512), exhaustive=True)
+    assert len(eng2.calls) > len(eng.calls) and s2.best[0].value == "30"
