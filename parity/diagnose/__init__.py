@@ -39,9 +39,35 @@ def diagnosis_record(diff: ParamDiff, attribution: Attribution | None = None,
     return out
 
 
+def item_diff(item: Any, job: Any, settings: InferenceSettings, *, inference_hardware: str | None = None,
+              inference_extra: dict | None = None, preview_extra: dict | None = None
+              ) -> tuple[InferenceResolved, ParamDiff]:
+    """For a parity.job PreviewItem of `job`: the inference spec under `settings` and the parameter diff.
+
+    Uses the item's raw prompt and the job's trigger word (for the reference-server profile), the requested size,
+    the job's save dtype (lora_precision) and, for merged previews, the earlier sample rounds with a LoRA
+    (step labels between 0 and this one: merge_history; label 0 merges a zero delta, which round-trips exactly)."""
+    facts = getattr(job, "facts", None)
+    inf = inference_spec(item.resolved, item.index, settings, raw_prompt=getattr(item, "raw_prompt", None),
+                         trigger_word=getattr(facts, "trigger_word", None))
+    earlier = None
+    steps = getattr(job, "steps", None)
+    if callable(steps):
+        try:
+            earlier = sum(1 for s in steps() if 0 < s < item.step)
+        except Exception:  # noqa: BLE001 - the count is a hint for the report, never a reason to fail
+            earlier = None
+    req = getattr(item, "requested_width", None), getattr(item, "requested_height", None)
+    diff = param_diff(item.resolved, inf, lora_save_dtype=getattr(facts, "save_dtype", None),
+                      earlier_merges=earlier, inference_hardware=inference_hardware,
+                      preview_requested=req if None not in req else None,
+                      preview_extra=preview_extra, inference_extra=inference_extra)
+    return inf, diff
+
+
 __all__ = [
     "Attribution", "Cause", "HashCheck", "InferenceResolved", "InferenceSettings", "KNOB_FIELDS", "PROFILES",
     "ParamDiff", "RENDERABLE_KNOBS", "RenderCache", "Suspects", "VALID_KEYS", "align", "align_many", "attribute",
-    "causes_list", "check_hashes", "diagnosis_record", "differing_knobs", "inference_spec", "load_request",
+    "causes_list", "check_hashes", "diagnosis_record", "differing_knobs", "inference_spec", "item_diff", "load_request",
     "param_diff", "parse_overrides", "suspect_search",
 ]

@@ -277,8 +277,11 @@ def param_diff(preview: ResolvedSpec, inference: ResolvedSpec, *,
                preview_sigmas: Sequence[float] | None = None, inference_sigmas: Sequence[float] | None = None,
                preview_extra: Mapping[str, Any] | None = None, inference_extra: Mapping[str, Any] | None = None,
                lora_save_dtype: str | None = None, earlier_merges: int | None = None,
-               preview_hardware: str | None = None, inference_hardware: str | None = None) -> ParamDiff:
-    """The per-item parameter table over KNOBS plus the irreducible rows."""
+               preview_hardware: str | None = None, inference_hardware: str | None = None,
+               preview_requested: tuple[int, int] | None = None) -> ParamDiff:
+    """The per-item parameter table over KNOBS plus the irreducible rows. `preview_requested` is the size the job
+    asked for before AI Toolkit's floors (PreviewItem.requested_width/height); the inference side's comes from
+    InferenceResolved.requested_size."""
     rows = []
     for knob in KNOBS:
         pv = knob_value(preview.spec, knob, sigmas=preview_sigmas, extra=preview_extra)
@@ -287,6 +290,8 @@ def param_diff(preview: ResolvedSpec, inference: ResolvedSpec, *,
             req = getattr(inference, "requested_size", None)
             if req is not None:
                 iv["requested"] = list(req)
+            if preview_requested is not None:
+                pv["requested"] = list(preview_requested)
         src_p = _row_source(preview, knob) if KNOB_FIELDS[knob] else (preview_extra or {}).get("text_encoder_source", "case")
         src_i = _row_source(inference, knob) if KNOB_FIELDS[knob] else (inference_extra or {}).get("text_encoder_source", "case")
         rows.append(KnobRow(
