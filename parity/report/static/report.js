@@ -297,15 +297,19 @@
     if (state.mode === 'side') {
       v.append(pane('preview', [layer(it, 'preview')]), pane('render', [layer(it, 'render')]), pane(hl, [layer(it, hk)]));
     } else {
-      var top = layer(it, 'render', 'top');
+      var top = layer(it, 'render', 'over');
       var cmpPane = pane('', [layer(it, 'preview'), top], 'compare');
       var lab = cmpPane.querySelector('.plabel');
       if (state.mode === 'slider') {
+        // The clip goes on a wrapper, so the image keeps one box in every mode.
+        var clipper = el('div', { class: 'clipper' });
+        top.replaceWith(clipper);
+        clipper.append(top);
         var line = el('div', { class: 'split' });
         cmpPane.querySelector('.stage').append(line);
         var setS = function (x) {
           state.slider = Math.max(0, Math.min(100, x));
-          top.style.clipPath = 'inset(0 0 0 ' + state.slider + '%)';
+          clipper.style.clipPath = 'inset(0 0 0 ' + state.slider + '%)';
           line.style.left = state.slider + '%';
           rng.value = state.slider;
         };
