@@ -86,6 +86,9 @@ def test_window_density_brute_force():
     brute = max(m[i:i + n, j:j + n].mean() for i in range(23 - n + 1) for j in range(31 - n + 1))
     assert window_density(m, n) == pytest.approx(brute)
     assert window_density(m, 100) == pytest.approx(m.mean())  # window clamped to the image
+    brute25 = max(m[:, j:j + 25].mean() for j in range(31 - 25 + 1))  # 23x25 windows (height clamped)
+    assert window_density(m, 25) == pytest.approx(brute25)
+    assert window_density(np.zeros((5, 5), bool), 3) == 0.0
 
 
 @pytest.mark.parametrize("q", [20, 50, 75, 90, 95])
