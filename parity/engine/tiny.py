@@ -306,6 +306,19 @@ def _save_safetensors(path: Path, sd: dict, metadata: dict | None = None) -> Non
     path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
 
 
+def _quiet_save(pipe, root: Path) -> None:
+    """save_pretrained without transformers' "Writing model shards" progress bar on stderr."""
+    from transformers.utils import logging as tf_logging
+
+    was_on = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        pipe.save_pretrained(root, safe_serialization=True)
+    finally:
+        if was_on:
+            tf_logging.enable_progress_bar()
+
+
 def build_tiny(out_dir: str | Path, *, seed: int = 0) -> TinyPaths:
     """Write the tiny FLUX.2-dev checkpoint (both layouts + LoRA files) into `out_dir`. Deterministic."""
     from diffusers import Flux2Pipeline
@@ -322,7 +335,7 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0) -> TinyPaths:
     pipe = Flux2Pipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
-    pipe.save_pretrained(root, safe_serialization=True)
+    _quiet_save(pipe, root)
 
     # Root single files as in the hub repo (AI Toolkit loads these: flux2_model.py L50-51).
     _save_safetensors(root / BFL_TRANSFORMER_FILE, keymap.diffusers_to_bfl_transformer(transformer.state_dict()))
