@@ -27,7 +27,7 @@ TRAIN_STEPS = 200
 CHECKPOINT_STEPS = (100,)   # plus the final file at TRAIN_STEPS
 SAMPLE_EVERY = 100
 BASE_MS = 1764100000000     # fixed "save time" stamps keep the demo byte-reproducible
-DEMO_VERSION = "1"          # bump to rebuild existing demo folders
+DEMO_VERSION = "2"          # bump to rebuild existing demo folders
 
 PROMPTS = [
     "[trigger] portrait of a woman, soft window light",
@@ -54,7 +54,8 @@ def demo_config(training_folder: Path) -> dict:
                     "train": {
                         "batch_size": 1, "steps": TRAIN_STEPS, "gradient_accumulation_steps": 1,
                         "train_unet": True, "train_text_encoder": False, "noise_scheduler": "flowmatch",
-                        "optimizer": "adamw8bit", "lr": 1e-4, "dtype": "bf16",
+                        "optimizer": "adamw8bit", "lr": 1e-4,
+                        # dtype left out: AI Toolkit's code default fp32 (bf16 kernels are slow on CPUs)
                     },
                     "model": {"name_or_path": "black-forest-labs/FLUX.2-dev", "arch": "flux2", "quantize": False},
                     "sample": {

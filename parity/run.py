@@ -44,7 +44,7 @@ class PlannedItem:
     inference: ResolvedSpec         # what is under test
     base_model: str
     text_encoder: str | None
-    job_facts: dict[str, Any] = field(default_factory=dict)   # save dtype, name, ... (irreducible knobs)
+    diff: Any = None                # parity.diagnose.ParamDiff: the knob table preview vs inference
 
     @property
     def engine_key(self) -> tuple:
@@ -101,14 +101,14 @@ def plan_case(
 ) -> list[PlannedItem]:
     """Items of one case. `steps`, `inference`, `overrides`, `lora` and `base_model` override the case file
     (command-line flags). Raises ParityError for a case that cannot be planned."""
-    from parity.diagnose.settings import InferenceSettings, inference_spec, parse_overrides
+    from parity.diagnose import InferenceSettings, item_diff, parse_overrides
     from parity.job import load_job
 
     job = load_job(case.job_source)
     wanted = steps if steps is not None else case.steps
     items = job.items(wanted)
     settings = InferenceSettings.from_case_value(
-        inference if inference is not None else case.inference, case.path.parent
+        inference if inference is not None else case.inference, case.path.parent, where=str(case.path)
     )
     if overrides:
         settings = settings.with_overrides(parse_overrides(overrides))
@@ -119,15 +119,16 @@ def plan_case(
     text_encoder, _ = case.resolve_text_encoder()
     planned = []
     for it in items:
-        preview = it.resolved
         if lora is not None and it.checkpoint is not None:
-            preview = ResolvedSpec(preview.spec.with_(lora_path=str(lora)), dict(preview.sources, lora_path="cli"))
-        infer = inference_spec(preview, it.index, settings)
+            # `parity diff --lora FILE`: another LoRA file judged against these previews.
+            it.resolved = ResolvedSpec(it.resolved.spec.with_(lora_path=str(lora)),
+                                       dict(it.resolved.sources, lora_path="cli"))
+        infer, diff = item_diff(it, job, settings)
         planned.append(
             PlannedItem(
                 id=item_id(case.name, it.step, it.index), case=case, step=it.step, index=it.index,
-                preview_path=it.preview, checkpoint=it.checkpoint, preview=preview, inference=infer,
-                base_model=str(base), text_encoder=text_encoder, job_facts=dataclasses.asdict(job.facts),
+                preview_path=it.preview, checkpoint=it.checkpoint, preview=it.resolved, inference=infer,
+                base_model=str(base), text_encoder=text_encoder, diff=diff,
             )
         )
     return planned
@@ -187,6 +188,9 @@ class Runner:
         self.attribution_budget = attribution_budget
         self.cache_dir = cache_dir
         self.engines: dict[tuple, Any] = {}
+        from parity.diagnose import RenderCache
+
+        self.render_cache = RenderCache()  # attribution renders shared by items with the same knob set
         self.comparer = Comparer(max_workers=1)
         self.progress = progress or (lambda msg: None)
         (self.out_dir / "renders").mkdir(parents=True, exist_ok=True)
@@ -218,8 +222,9 @@ class Runner:
         return path
 
     def _submit_compare(self, item: PlannedItem, image) -> Future:
+        # resample=True: a size mismatch still gets a (labelled, at best DRIFT) score, so it can be attributed.
         return self.comparer.submit(
-            image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps", name=safe_name(item.id)
+            image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps", name=safe_name(item.id), resample=True
         )
 
     def run_item(self, item: PlannedItem) -> dict[str, Any]:
@@ -287,38 +292,40 @@ class Runner:
     def _needs_attribution(self, item: PlannedItem, record: dict[str, Any]) -> bool:
         return (
             self.attribution and item.case.attribution and record["tier"] != "ERROR"
-            and not record["passed"] and bool(record["mismatches"]) and item.preview_path is not None
+            and not record["passed"] and item.preview_path is not None
         )
 
     def _attribute(self, item: PlannedItem, record: dict[str, Any]) -> None:
+        """Re-render one knob at a time (or, when the settings agree, try likely alternatives) and rank causes."""
         from parity.compare import compare
-        from parity.diagnose.attribution import attribute
+        from parity.diagnose import attribute, causes_list, suspect_search
 
         engine = self.engine_for(item)
 
         def render(spec):
             return engine.render(spec).image
 
-        def score(image, preview_path) -> float:
-            return float(compare(image, preview_path).metrics["ssim"])
+        def score(image, preview_path):
+            # A Comparison: attribution uses its tier; an aligned resolution must compare at the preview size.
+            return compare(image, preview_path, resample=True)
 
         try:
-            attribution = attribute(
-                item.preview_path, item.preview.spec, item.inference.spec, render=render, score=score,
-                budget=self.attribution_budget,
-            )
-            data = attribution.to_dict()
-            record["causes"] = data.get("causes", [])
-            record["attribution"] = data
+            if record["mismatches"]:
+                attribution = attribute(item.preview_path, item.preview.spec, item.inference.spec, render=render,
+                                        score=score, budget=self.attribution_budget, cache=self.render_cache)
+                record["causes"] = causes_list(attribution)
+                record["attribution"] = attribution.to_dict()
+            else:
+                suspects = suspect_search(item.preview_path, item.inference.spec, render, score, index=item.index,
+                                          budget=self.attribution_budget, cache=self.render_cache)
+                record["suspects"] = suspects.to_dict()
         except Exception as e:  # noqa: BLE001 - attribution failing must not lose the item's result
             log.debug("attribution of %s failed", item.id, exc_info=True)
             record["attribution"] = {"error": f"{type(e).__name__}: {e}"}
 
     # -- records -------------------------------------------------------------------------------------------
     def _base_record(self, item: PlannedItem) -> dict[str, Any]:
-        from parity.diagnose.paramdiff import param_diff
-
-        diff = param_diff(item.preview, item.inference, job_facts=item.job_facts, hardware=self.device)
+        diff = item.diff
         return {
             "id": item.id,
             "case": item.case.name,
@@ -330,9 +337,11 @@ class Runner:
             "gate": item.case.expect.min_tier,
             "paths": {"preview": str(item.preview_path) if item.preview_path else None,
                       "checkpoint": str(item.checkpoint) if item.checkpoint else None},
-            "params": diff.params_dict(),
-            "mismatches": diff.mismatches,
-            "irreducible": diff.irreducible,
+            # params.<side>.<knob> = {"value", "source"}; irreducible knobs by name, their details apart.
+            "params": {side: {r.knob: getattr(r, side) for r in diff.rows} for side in ("preview", "inference")},
+            "mismatches": list(diff.mismatches),
+            "irreducible": [r["knob"] for r in diff.irreducible],
+            "irreducible_details": list(diff.irreducible),
             "causes": [],
             "error": None,
         }

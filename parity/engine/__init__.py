@@ -2,3 +2,12 @@
 
 The only stage that imports torch and diffusers.
 """
+
+
+def __getattr__(name: str):
+    # Lazy: `parity.engine.schedule` and friends stay importable without loading torch/diffusers up front.
+    if name in ("Engine", "RenderResult"):
+        from parity.engine import render
+
+        return getattr(render, name)
+    raise AttributeError(name)
