@@ -94,8 +94,13 @@ def test_html_links_and_thumbnails_resolve_from_another_directory(report, raw):
                     assert max(im.size) <= 176
                     assert (report.dir / url).resolve().parent == report.thumbs
     assert seen_hostile
-    # every thumbnail is inside the report directory, named by hash
-    assert all(re.fullmatch(r"[0-9a-f]{24}\.jpg", p.name) for p in report.thumbs.iterdir())
+    # every thumbnail is inside the report directory, named by hash and the source's size
+    from PIL import Image
+
+    names = [p.name for p in report.thumbs.iterdir()]
+    assert names and all(re.fullmatch(r"[0-9a-f]{24}_64x64\.jpg", n) for n in names), names[:3]
+    assert all(Image.open(raw_src).size == (64, 64) for raw_src in (report.dir / unquote(u) for it in blob["items"]
+                                                                   for u in it.get("u", {}).values()))
     # the results.json copy has paths relative to the report directory
     copy = json.loads(report.results.read_text())
     for it in copy["items"]:
@@ -249,3 +254,33 @@ def test_report_package_imports_without_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "['torch']"  # only the None shim itself
+
+
+def test_thumbnail_budget_and_runner_made_thumbnails(tmp_path):
+    from PIL import Image
+
+    from parity.report.html import ensure_thumbnail
+
+    res = load(synthetic_results(12, tmp_path / "run", image_size=48))
+    out = tmp_path / "out"
+    paths = write_report(res, out, thumb_budget_s=0.0)  # budget spent at once: no new thumbnails
+    blob = report_json_blob(paths.index.read_text())
+    assert all(not any(it.get("t", {}).values()) for it in blob["items"])
+    assert all(it["u"]["preview"] for it in blob["items"])  # cards fall back to the full image
+    # a runner makes thumbnails as it writes images (here: from the PIL image it holds)
+    first = res.items[0]
+    src = res.base_dir / first["paths"]["preview"]
+    with Image.open(src) as im:
+        im.load()
+        name = ensure_thumbnail(src, out, image=im)
+    assert name and name.endswith("_48x48.jpg") and (out / "thumbs" / name).is_file()
+    assert ensure_thumbnail(src, out) == name  # found, not made again
+    blob = report_json_blob(write_report(res, out, thumb_budget_s=0.0).index.read_text())
+    got = {it["id"]: it.get("t", {}).get("preview") for it in blob["items"]}
+    assert got[first["id"]] == f"thumbs/{name}"
+    assert sum(v is not None for v in got.values()) == 1
+    # without a budget every image gets one, and a rebuild finds them all cached
+    blob = report_json_blob(write_report(res, out, thumb_budget_s=None).index.read_text())
+    n_images = sum(len(it["u"]) for it in blob["items"])
+    assert sum(1 for it in blob["items"] for v in it.get("t", {}).values() if v) == n_images
+    assert len(list((out / "thumbs").iterdir())) == n_images

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -24,7 +25,7 @@ from urllib.parse import quote
 from parity.errors import ParityError
 from parity.report.junit import junit_xml
 from parity.report.markdown import markdown_summary
-from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, relative_paths,
+from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, dumps_results, relative_paths,
                                  write_text_atomic)
 from parity.report.summary import Summary, item_score, summarize
 from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS
@@ -76,66 +77,109 @@ def url_for(abs_path: str | None, out: Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- thumbnails
-def _image_info(path: str) -> tuple[int, int] | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # missing or unreadable: the card says so
-        return None
-
-
-def make_thumbnail(src: str, dst: Path, size: int) -> tuple[int, int] | None:
-    """Write a JPEG thumbnail of `src` (longest side `size`) to `dst`; returns the source size or None."""
-    from PIL import Image
-
-    try:
-        with Image.open(src) as im:
-            full = im.size
-            if im.format == "JPEG":
-                im.draft("RGB", (size, size))  # decode at 1/2..1/8 scale: most of the time saved
-            im = im.convert("RGB")
-            im.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            tmp = dst.with_name(dst.name + ".tmp")
-            im.save(tmp, "JPEG", quality=82)
-            os.replace(tmp, dst)
-            return full
-    except Exception:
-        return None
-
-
-def _thumb_name(src: str, size: int) -> str:
+# A thumbnail is thumbs/<key>_<W>x<H>.jpg: key = hash of (source path, mtime, size, thumbnail size), W x H = the
+# source's size (so a rebuild needs no image decoding at all for cached thumbnails).
+def _thumb_key(src: str, size: int) -> str:
     try:
         st = os.stat(src)
         stamp = f"{st.st_mtime_ns}:{st.st_size}"
     except OSError:
         stamp = "missing"
-    return hashlib.sha1(f"{src}|{stamp}|{size}".encode("utf-8", "surrogatepass")).hexdigest()[:24] + ".jpg"
+    return hashlib.sha1(f"{os.path.abspath(src)}|{stamp}|{size}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
-def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, workers: int | None = None
-                     ) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
-    """abs source path -> (thumbnail URL or None, source size or None). Thumbnails are cached by path, mtime
-    and size, so rebuilding a report only makes the missing ones."""
+def _save_thumb(im: Any, tdir: Path, key: str, size: int) -> str:
+    from PIL import Image
+
+    full = im.size
+    if im.format == "JPEG":
+        im.draft("RGB", (size, size))  # decode at 1/2..1/8 scale: most of the time saved
+    im = im.convert("RGB")
+    im.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    name = f"{key}_{full[0]}x{full[1]}.jpg"
+    tmp = tdir / f".{name}.tmp"
+    im.save(tmp, "JPEG", quality=82)
+    os.replace(tmp, tdir / name)
+    return name
+
+
+def ensure_thumbnail(src: str | Path, report_dir: str | Path, size: int = 176, image: Any = None) -> str | None:
+    """Make (or find) the thumbnail of image file `src` in `report_dir`/thumbs and return its name. A runner
+    that has just written `src` can pass the PIL `image` it holds, so no decoding is needed and a later
+    `parity report` finds every thumbnail cached. Returns None for an unreadable image."""
+    from PIL import Image
+
+    tdir = Path(report_dir) / THUMB_DIR
+    if tdir.is_symlink():
+        raise ParityError("refusing to write thumbnails through a symlink", tdir)
+    tdir.mkdir(parents=True, exist_ok=True)
+    key = _thumb_key(str(src), size)
+    for name in os.listdir(tdir):
+        if name.startswith(key + "_"):
+            return name
+    try:
+        if image is not None:
+            return _save_thumb(image.copy(), tdir, key, size)
+        with Image.open(src) as im:
+            return _save_thumb(im, tdir, key, size)
+    except Exception:  # missing, truncated or not an image: the card says so
+        return None
+
+
+def _parse_thumb(name: str) -> tuple[str, tuple[int, int]] | None:
+    stem, _, ext = name.rpartition(".")
+    key, _, dims = stem.partition("_")
+    w, _, h = dims.partition("x")
+    if ext != "jpg" or not (w.isdigit() and h.isdigit()):
+        return None
+    return key, (int(w), int(h))
+
+
+def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, *, budget_s: float | None = None,
+                     workers: int | None = None) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
+    """abs source path -> (thumbnail URL or None, source size or None), for the images of `items` in their
+    order (pass them worst first). Cached thumbnails are reused. With `budget_s`, making new thumbnails stops
+    after that many seconds: the remaining cards show the full image (lazy-loaded), and the next rebuild
+    continues where this one stopped."""
+    from PIL import Image
+
     tdir = out / THUMB_DIR
     if tdir.is_symlink():
         raise ParityError("refusing to write thumbnails through a symlink", tdir)
     tdir.mkdir(exist_ok=True)
-    sources = sorted({p for it in items for k, p in it["paths"].items() if k in IMAGE_KEYS and isinstance(p, str)})
+    cached: dict[str, tuple[str, tuple[int, int]]] = {}
+    for name in os.listdir(tdir):
+        parsed = _parse_thumb(name)
+        if parsed:
+            cached[parsed[0]] = (name, parsed[1])
+    sources = list(dict.fromkeys(p for it in items for k, p in it["paths"].items()
+                                 if k in IMAGE_KEYS and isinstance(p, str)))
     result: dict[str, tuple[str | None, tuple[int, int] | None]] = {}
+    todo: list[tuple[str, str]] = []
+    for src in sources:
+        key = _thumb_key(src, size)
+        if key in cached:
+            name, dims = cached[key]
+            result[src] = (f"{THUMB_DIR}/{name}", dims)
+        else:
+            todo.append((src, key))
+    deadline = None if budget_s is None else time.monotonic() + budget_s
 
-    def one(src: str) -> tuple[str, tuple[str | None, tuple[int, int] | None]]:
-        name = _thumb_name(src, size)
-        dst = tdir / name
-        if dst.exists():
-            return src, (f"{THUMB_DIR}/{name}", _image_info(src))
-        full = make_thumbnail(src, dst, size)
-        return src, ((f"{THUMB_DIR}/{name}" if full else None), full)
+    def one(job: tuple[str, str]) -> tuple[str, tuple[str | None, tuple[int, int] | None]]:
+        src, key = job
+        if deadline is not None and time.monotonic() > deadline:
+            return src, (None, None)
+        try:
+            with Image.open(src) as im:
+                name = _save_thumb(im, tdir, key, size)
+            parsed = _parse_thumb(name)
+            return src, (f"{THUMB_DIR}/{name}", parsed[1] if parsed else None)
+        except Exception:  # missing or unreadable: the card says so
+            return src, (None, None)
 
     workers = workers or min(4, (os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding/encoding
-        for src, val in pool.map(one, sources):
+        for src, val in pool.map(one, todo):
             result[src] = val
     return result
 
@@ -269,13 +313,14 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
 
 # ----------------------------------------------------------------------------------------------- entry point
 def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
-                 title: str | None = None) -> ReportPaths:
+                 thumb_budget_s: float | None = 6.0, title: str | None = None) -> ReportPaths:
     """Write index.html, junit.xml, summary.md, thumbs/ and (unless it is the run's own file) results.json into
-    `out_dir`. Item paths are rebased so links work from `out_dir`."""
+    `out_dir`. Item paths are rebased so links work from `out_dir`. New thumbnails are made worst item first
+    for at most `thumb_budget_s` seconds (None: no limit); cards without one lazy-load the full image."""
     out = safe_out_dir(out_dir)
     items = [absolute_paths(it, results.base_dir) for it in results.items]
     summary = summarize(items, results.run)
-    thumbs = build_thumbnails(items, out, thumb_size) if thumbnails else {}
+    thumbs = build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s) if thumbnails else {}
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
                         junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
                         thumbs=out / THUMB_DIR)
@@ -283,7 +328,7 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
     own = results.source is not None and paths.results.exists() and _same_file(paths.results, results.source)
     if not own:
         doc = {"schema": results.schema, "run": results.run, "items": [relative_paths(it, out) for it in items]}
-        write_text_atomic(paths.results, dumps(doc, indent=1) + "\n")
+        write_text_atomic(paths.results, dumps_results(doc))
     rel_results = Results(run=results.run, items=items, base_dir=None, source=results.source,
                           warnings=results.warnings)
     write_text_atomic(paths.junit, junit_xml(rel_results))

@@ -291,6 +291,13 @@
     v.textContent = '';
     v.className = 'viewer mode-' + state.mode;
     v.style.setProperty('--ar', aspect(it));
+    if (!((it.dims || {}).preview || (it.dims || {}).render)) {
+      // no recorded size (no thumbnail yet): take the aspect ratio from the first image that loads
+      v.addEventListener('load', function (ev) {
+        var im = ev.target;
+        if (im.naturalWidth) v.style.setProperty('--ar', im.naturalWidth + ' / ' + im.naturalHeight);
+      }, { capture: true, once: true });
+    }
     var ctl = d.querySelector('.modectl');
     ctl.textContent = '';
     var hk = heatKey(it), hl = hk === 'heatmap_ssim' ? 'SSIM map' : 'difference heatmap';

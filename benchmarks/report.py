@@ -1,0 +1,111 @@
+"""Benchmark: `parity report` on a results.json of 2,000 synthetic items (target < 10 s) and the time to the
+first screen of the HTML in headless Chromium (target < 2 s). Prints the numbers; not a timed test.
+
+    .venv/bin/python benchmarks/report.py [--items 2000] [--image-size 256] [--keep DIR]
+
+The synthetic run (generated first, not timed) has one JPEG preview, one PNG render and one PNG heatmap per item
+(ERROR items have no render), `--image-size` pixels square. `parity report` is timed twice: cold (every
+thumbnail made) and warm (thumbnails cached, the usual case when a report is rebuilt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def time_cli(results: Path, out: Path) -> float:
+    # A fresh interpreter with torch made unimportable, as a user's `parity report` would run.
+    code = ("import sys; sys.modules['torch'] = None; from parity.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code, "report", str(results), "--out", str(out)],
+                       capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"parity report failed:\n{r.stderr}")
+    return dt
+
+
+def first_screen(index: Path, runs: int = 3) -> list[dict[str, float]] | None:
+    if not (Path("/usr/bin/chromium").exists() and (shutil.which("chromedriver") or Path("/usr/bin/chromedriver").exists())):
+        print("first screen: skipped (no /usr/bin/chromium + chromedriver)")
+        return None
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pytest  # noqa: F401  (test_report_browser uses pytest.skip)
+    from test_report_browser import chromium_driver
+
+    out = []
+    drv = chromium_driver()
+    try:
+        for _ in range(runs):
+            drv.get("about:blank")
+            t0 = time.perf_counter()
+            drv.get(index.as_uri())  # returns after the load event
+            # first screen = script ready, the first cards built and their visible thumbnails decoded
+            while not drv.execute_script(
+                "var b = document.body; if (!b || b.dataset.ready !== '1') return false;"
+                "var imgs = [...document.querySelectorAll('#cards img')].filter(i => i.getBoundingClientRect().top < innerHeight);"
+                "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"):
+                time.sleep(0.01)
+            wall = time.perf_counter() - t0
+            nav = drv.execute_script(
+                "var n = performance.getEntriesByType('navigation')[0];"
+                "var fcp = performance.getEntriesByName('first-contentful-paint')[0];"
+                "return {ready: +document.body.dataset.readyMs, fcp: fcp ? fcp.startTime : null,"
+                " load: n ? n.loadEventEnd : null, cards: document.querySelectorAll('#cards article').length};")
+            out.append({"wall_s": wall, "script_ready_ms": nav["ready"], "fcp_ms": nav["fcp"],
+                        "load_ms": nav["load"], "cards_built": nav["cards"]})
+    finally:
+        drv.quit()
+        shutil.rmtree(drv._parity_profile, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--keep", type=Path, default=None, help="work in DIR and keep it")
+    args = ap.parse_args()
+    from parity.report import synthetic_results
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="parity-bench-report-"))
+    try:
+        t0 = time.perf_counter()
+        results = synthetic_results(args.items, work / "run", image_size=args.image_size)
+        print(f"synthetic run: {args.items} items, {args.image_size}px images, {time.perf_counter() - t0:.1f} s "
+              f"(not timed)")
+        out = work / "report"
+        cold = time_cli(results, out)
+        warm = time_cli(results, out)
+        size = (out / "index.html").stat().st_size
+        n_thumbs = len(list((out / "thumbs").iterdir()))
+        print(f"parity report, cold (makes {n_thumbs} thumbnails): {cold:.2f} s   (target < 10 s)")
+        print(f"parity report, warm (thumbnails cached):        {warm:.2f} s")
+        print(f"index.html: {size / 1e6:.1f} MB, cpu count {os.cpu_count()}")
+        fs = first_screen(out / "index.html")
+        if fs:
+            for r in fs:
+                print(f"first screen in headless Chromium: {r['wall_s']:.2f} s wall (script ready at "
+                      f"{r['script_ready_ms']:.0f} ms, first contentful paint {r['fcp_ms'] or 0:.0f} ms, "
+                      f"{r['cards_built']} cards built)   (target < 2 s)")
+            print(json.dumps({"items": args.items, "report_cold_s": cold, "report_warm_s": warm,
+                              "first_screen_s": min(r["wall_s"] for r in fs)}))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
