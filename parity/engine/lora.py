@@ -255,6 +255,37 @@ class LoraApplier:
         self.current = None
         return wrote
 
+    def replay_rounds(self, history, switches: dict[str, str]) -> int:
+        """Reproduce the base-weight drift of earlier merged sample rounds: for each (lora_path, multiplier) in
+        order, merge then un-merge it as AI Toolkit does after every sample round (toolkit/network_mixins.py
+        L371-462: `merge_in(m)` before sampling, `merge_in(-m)` after, each `W = cast(float(W) + m*dW*scale)`),
+        so the weights keep the rounding residue of each round trip. A None path is the zero LoRA of step 0 (the
+        round trip is exact and is skipped). Pristine copies are kept so `restore` undoes everything.
+        Returns the number of rounds replayed."""
+        done = 0
+        for hpath, hm in history:
+            if hpath is None or float(hm) == 0.0:
+                continue
+            planned = plan(self.model, parse_lora(hpath), hpath)
+            deltas: dict[int, torch.Tensor] = {}
+            for p in planned:
+                lin = self.model.get_submodule(p.module)
+                if is_quantized(lin):
+                    raise ModelError("merge history needs an unquantized transformer", hpath)
+                if id(p.lora) not in deltas:
+                    deltas[id(p.lora)] = p.lora.delta()
+                d = _rows(deltas[id(p.lora)], p).to(lin.weight.device)
+                if p.module not in self.pristine:
+                    self.pristine[p.module] = lin.weight.detach().clone()
+                if p.module not in self.merged:
+                    self.merged.append(p.module)
+                how = switches.get("lora_merge", "aitk")
+                with torch.no_grad():
+                    w = merge_lora_weight(lin.weight.data, d, float(hm), p.lora.scale(), how)
+                    lin.weight.data.copy_(merge_lora_weight(w, d, -float(hm), p.lora.scale(), how))
+            done += 1
+        return done
+
     def apply(self, path: str | Path, multiplier: float, application: str, switches: dict[str, str]) -> LoraReport:
         if application not in ("merged", "live"):
             raise ValueError(f"lora_application must be merged or live, not {application!r}")
@@ -282,10 +313,11 @@ class LoraApplier:
                 with torch.no_grad():
                     lin.weight.data.copy_(merge_lora_weight(lin.weight.data, d, multiplier, scale,
                                                             switches.get("lora_merge", "aitk")))
-                self.merged.append(p.module)
+                if p.module not in self.merged:
+                    self.merged.append(p.module)
             else:
-                self.hooks.append(lin.register_forward_hook(
-                    _live_hook(p, multiplier, scale, switches.get("lora_live", "aitk"), lin.weight.device)))
+                how = switches.get("lokr_live", "aitk") if m.kind == "lokr" else switches.get("lora_live", "aitk")
+                self.hooks.append(lin.register_forward_hook(_live_hook(p, multiplier, scale, how, lin.weight.device)))
         self.current = (str(path), multiplier, application)
         kinds = {m.kind for m in modules.values()}
         return LoraReport(file=str(path), format=kinds.pop(), modules_matched=len(modules), targets=len(planned),
@@ -293,26 +325,40 @@ class LoraApplier:
                           scales=tuple(sorted({m.scale() for m in modules.values()})))
 
 
+def lokr_live_output(base_out: torch.Tensor, x: torch.Tensor, delta_fp32: torch.Tensor, multiplier: float,
+                     scale: float, path: str = "aitk") -> torch.Tensor:
+    """Live LoKr branch added to a Linear's output (delta_fp32: (out, in) kron(w1, w2) rows).
+    aitk: AI Toolkit's LokrModule computes the Kronecker weight and applies it in the base output dtype (bf16),
+    scaled by the multiplier in that dtype, and adds it to the base output (toolkit/models/lokr.py L340-397;
+    aitk-flux2-previews.md section C "LoKr"): `out + F.linear(x.to(dt), (dW*scale).to(dt)) * m`.
+    fp32: the branch computed in fp32 from an fp32 input and rounded once (as the LoRA path does)."""
+    if path == "aitk":
+        dt = base_out.dtype
+        return base_out + torch.nn.functional.linear(x.to(dt), (delta_fp32 * scale).to(dt)) * multiplier
+    return live_lora_output(base_out, torch.nn.functional.linear(x.float(), delta_fp32), multiplier, scale, "aitk")
+
+
 def _live_hook(p: _Planned, multiplier: float, scale: float, path: str, device):
-    """Forward hook adding the fp32 side branch. LoRA: B_rows(A(x_fp32)); LoKr: x_fp32 @ kron(w1,w2)_rows^T
-    (AI Toolkit's LokrModule computes its live delta in the base dtype; issue 11 refines that detail)."""
+    """Forward hook adding the side branch. LoRA: fp32 B_rows(A(x_fp32)) rounded once (`lora_live`); LoKr: the
+    Kronecker weight in the base dtype (`lokr_live`)."""
     m = p.lora
     if m.kind == "lora":
         A = m.tensors["A"].float().to(device)
         B = _rows(m.tensors["B"].float(), p).to(device)
 
-        def branch(x32):
-            return torch.nn.functional.linear(torch.nn.functional.linear(x32, A), B)
+        def add(out, x):
+            branch = torch.nn.functional.linear(torch.nn.functional.linear(x.float(), A), B)
+            return live_lora_output(out, branch, multiplier, scale, path)
     else:
         D = _rows(m.delta(), p).to(device)
 
-        def branch(x32):
-            return torch.nn.functional.linear(x32, D)
+        def add(out, x):
+            return lokr_live_output(out, x, D, multiplier, scale, path)
 
     def hook(module, args, out):
         x = args[0]
         if hasattr(x, "dequantize") and type(x).__name__ != "Tensor":
             x = x.dequantize()
-        return live_lora_output(out, branch(x.float()), multiplier, scale, path)
+        return add(out, x)
 
     return hook

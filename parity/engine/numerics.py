@@ -20,7 +20,16 @@ SWITCHES: dict[str, tuple[str, ...]] = {
     "lora_merge": ("aitk", "bf16_delta"),
     "lora_live": ("aitk", "single_round"),
     "te_cast": ("aitk", "diffusers"),
+    "qk_norm": ("aitk", "diffusers"),
+    "rope": ("aitk", "diffusers"),
+    "vae_silu": ("aitk", "diffusers"),
+    "vae_attention": ("aitk", "diffusers"),
+    "lokr_live": ("aitk", "fp32"),
 }
+
+# switches applied by module hooks installed once per loaded model (see install_* / set_modes below)
+TRANSFORMER_SWITCHES = ("qk_norm", "rope")
+VAE_SWITCHES = ("vae_silu", "vae_attention")
 
 
 def resolve_switches(numerics: Mapping[str, str] | tuple = (), semantics: str = "aitk") -> dict[str, str]:
@@ -117,6 +126,177 @@ def live_lora_output(base_out: torch.Tensor, lora_out_fp32: torch.Tensor, multip
     if path == "aitk":
         return base_out + ((lora_out_fp32 * scale) * multiplier).to(base_out.dtype)
     return (base_out.float() + (lora_out_fp32 * scale) * multiplier).to(base_out.dtype)
+
+
+# ------------------------------------------------------------------------------------------------ transformer
+def qk_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, path: str = "aitk") -> torch.Tensor:
+    """RMSNorm of q or k over the head dimension (last axis), output in x's dtype.
+    aitk: BFL's RMSNorm as AI Toolkit's FLUX.2 model uses it (src/model.py QKNorm, L144-552 region;
+    bit-exact-numerics.md detail 4): normalise in fp32, ROUND to x's dtype, then multiply by the (bf16) scale in
+    x's dtype: two roundings in bf16.
+    diffusers: `torch.nn.RMSNorm` (transformer_flux2.py Flux2Attention.norm_q/norm_k): upcasts internally and
+    rounds once at the end; about 1 element in 4 differs by one bf16 step."""
+    if path == "aitk":
+        xf = x.float()
+        rrms = torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + eps)
+        return (xf * rrms).to(x.dtype) * weight.to(x.dtype)
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+class QKNorm(torch.nn.Module):
+    """Drop-in for the `torch.nn.RMSNorm` q/k norms of Flux2Attention / Flux2ParallelSelfAttention. Keeps the
+    original `weight` Parameter (same state_dict key), so LoRA, quantization and state_dict comparisons see the
+    same model. `mode` is set per render from the `qk_norm` switch."""
+
+    def __init__(self, norm: torch.nn.RMSNorm):
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = float(norm.eps) if norm.eps is not None else float(torch.finfo(norm.weight.dtype).eps)
+        self.mode = "aitk"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return qk_rmsnorm(x, self.weight, self.eps, self.mode)
+
+
+def rope_1d(pos: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (S, dim) fp32, each frequency repeated twice (interleaved pairs), angles computed in `dtype`:
+    omega_j = 1 / theta**(2j/dim), angle = pos * omega (BFL `rope`, src/math.py)."""
+    scale = torch.arange(0, dim, 2, dtype=dtype, device=pos.device) / dim
+    omega = 1.0 / (theta ** scale)
+    ang = pos.to(dtype).unsqueeze(-1) * omega
+    return (ang.cos().repeat_interleave(2, dim=-1).float(), ang.sin().repeat_interleave(2, dim=-1).float())
+
+
+class RopeEmbed(torch.nn.Module):
+    """Drop-in for Flux2PosEmbed: ids (S, 4) -> (cos, sin) each (S, sum(axes_dim)) fp32.
+    aitk: angles and cos/sin computed in fp32, as AI Toolkit's FLUX.2 model does (bit-exact-numerics.md detail 5;
+    aitk-flux2-previews.md section C step 11 "RoPE ... computed in fp32").
+    diffusers: fp64 angles and cos/sin rounded to fp32 (Flux2PosEmbed -> get_1d_rotary_pos_embed(freqs_dtype=
+    float64)). The rotation itself (fp32 products, cast back) is the same arithmetic in both, so only the tables
+    are switched."""
+
+    def __init__(self, orig: torch.nn.Module):
+        super().__init__()
+        self.orig = orig
+        self.theta = orig.theta
+        self.axes_dim = list(orig.axes_dim)
+        self.mode = "aitk"
+
+    def forward(self, ids: torch.Tensor):
+        if self.mode != "aitk":
+            return self.orig(ids)
+        pos = ids.float()
+        parts = [rope_1d(pos[..., i], d, self.theta, torch.float32) for i, d in enumerate(self.axes_dim)]
+        return torch.cat([c for c, _ in parts], dim=-1), torch.cat([s for _, s in parts], dim=-1)
+
+
+def install_transformer_numerics(model) -> int:
+    """Swap the q/k RMSNorms for `QKNorm` and the position embedder for `RopeEmbed` (idempotent). Returns the
+    number of norms swapped."""
+    n = 0
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.RMSNorm) and child_name in ("norm_q", "norm_k", "norm_added_q",
+                                                                      "norm_added_k"):
+                setattr(mod, child_name, QKNorm(child))
+                n += 1
+    if hasattr(model, "pos_embed") and not isinstance(model.pos_embed, RopeEmbed):
+        model.pos_embed = RopeEmbed(model.pos_embed)
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ VAE
+class Swish(torch.nn.Module):
+    """Drop-in for the VAE decoder's nn.SiLU.
+    aitk: BFL's `swish(x) = x * torch.sigmoid(x)` (src/autoencoder.py, used by AI Toolkit's FLUX.2 VAE): the
+    sigmoid is rounded to bf16 before the product (two roundings). diffusers: `F.silu`, one rounding
+    (bit-exact-numerics.md detail 9)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mode = "aitk"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x) if self.mode == "aitk" else torch.nn.functional.silu(x)
+
+
+class VaeAttnProcessor:
+    """Processor for the VAE mid-block attention.
+    aitk: BFL's AttnBlock (src/autoencoder.py): GroupNorm, q/k/v as 1x1 convolutions on (B, C, H, W), each
+    rearranged `b c h w -> b 1 (h w) c` and made contiguous, SDPA, back to (B, C, H, W), 1x1-conv proj_out,
+    `x + proj_out(h)`. The diffusers weights (Linear, (C, C)) are used as (C, C, 1, 1) conv kernels.
+    diffusers: the original AttnProcessor2_0 (Linear layers on (B, HW, C), heads view, to_out) — same maths,
+    other kernels, so different bf16 roundings (bit-exact-numerics.md detail 9)."""
+
+    def __init__(self, orig):
+        self.orig = orig
+        self.mode = "aitk"
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
+        if self.mode != "aitk" or encoder_hidden_states is not None or attention_mask is not None:
+            return self.orig(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        x = hidden_states
+        b, c, h, w = x.shape
+        hn = attn.group_norm(x)
+
+        def conv(lin, t):
+            return torch.nn.functional.conv2d(t, lin.weight.view(*lin.weight.shape, 1, 1), lin.bias)
+
+        q, k, v = (conv(attn.to_q, hn), conv(attn.to_k, hn), conv(attn.to_v, hn))
+        q, k, v = (t.reshape(b, c, h * w).permute(0, 2, 1).unsqueeze(1).contiguous() for t in (q, k, v))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)       # (B, 1, HW, C)
+        o = o.squeeze(1).permute(0, 2, 1).reshape(b, c, h, w)
+        out = x + conv(attn.to_out[0], o)
+        return out / attn.rescale_output_factor if attn.rescale_output_factor != 1.0 else out
+
+
+def install_vae_numerics(vae) -> int:
+    """Swap the decoder's nn.SiLU modules for `Swish` and its attention processors for `VaeAttnProcessor`
+    (idempotent). Returns the number of activations swapped."""
+    n = 0
+    for mod in list(vae.decoder.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.SiLU):
+                setattr(mod, child_name, Swish())
+                n += 1
+    for mod in vae.decoder.modules():
+        if hasattr(mod, "set_processor") and hasattr(mod, "group_norm") and mod.group_norm is not None:
+            proc = mod.processor
+            if not isinstance(proc, VaeAttnProcessor):
+                mod.set_processor(VaeAttnProcessor(proc))
+    return n
+
+
+def set_modes(model, switches: Mapping[str, str]) -> None:
+    """Point every installed numerics module of a transformer or VAE at the render's switch values."""
+    for mod in model.modules():
+        if isinstance(mod, QKNorm):
+            mod.mode = switches["qk_norm"]
+        elif isinstance(mod, RopeEmbed):
+            mod.mode = switches["rope"]
+        elif isinstance(mod, Swish):
+            mod.mode = switches["vae_silu"]
+        proc = getattr(mod, "processor", None)
+        if isinstance(proc, VaeAttnProcessor):
+            proc.mode = switches["vae_attention"]
+
+
+# ------------------------------------------------------------------------------------------------ quantization
+FP8_E4M3_MAX = 448.0
+
+
+def qfloat8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """optimum-quanto qfloat8 weight quantization, re-derived in plain PyTorch: returns (fp8 data (out, in)
+    float8_e4m3fn, scale (out, 1) in the weight dtype, dequantized weight in the weight dtype).
+    scale = max|W_row| / 448 (computed in fp32, stored in the weight dtype); data = fp8(W / scale) (the division
+    in the weight dtype); dequantized = data.to(dtype) * scale, which QLinear uses as an ordinary Linear weight
+    (bias added by the same F.linear). AI Toolkit: `quantize(model, weights=qfloat8)` + `freeze` on every Linear
+    of the transformer and, with quantize_te, of Mistral (toolkit/util/quantize.py L264-476, flux2_model.py
+    L108-111; bit-exact-numerics.md detail 2)."""
+    scale = (weight.abs().amax(dim=1, keepdim=True).float() / FP8_E4M3_MAX).to(weight.dtype)
+    data = (weight / scale).to(torch.float8_e4m3fn)
+    return data, scale, data.to(weight.dtype) * scale
 
 
 def tensor_sha256(t: torch.Tensor) -> str:

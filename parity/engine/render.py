@@ -48,6 +48,7 @@ class RenderResult:
     nan_step: int | None
     semantics: str = "aitk"
     numerics: dict[str, str] = field(default_factory=dict)
+    merge_history: dict | None = None  # see Engine.render(merge_history=...)
 
     def summary(self) -> dict:
         """JSON-ready description (no pixels)."""
@@ -114,6 +115,7 @@ class Engine:
                 from parity.engine.quant import quantize_module
 
                 quantize_module(model, quantize)
+            numerics.install_transformer_numerics(model)  # QK norm + RoPE switches (after quantization)
             if self.offload == "none":
                 model.to(self.device)
             self._transformer, self._transformer_key = model, key
@@ -124,6 +126,7 @@ class Engine:
     def vae(self, dtype_name: str):
         if self._vae_key != dtype_name:
             self._vae = weights.load_vae(self.layout, weights.torch_dtype(dtype_name))
+            numerics.install_vae_numerics(self._vae)  # activation + attention switches
             if self.offload == "none":
                 self._vae.to(self.device)
             self._vae_key = dtype_name
@@ -184,10 +187,11 @@ class Engine:
             self.free_text_encoder()
 
     # ------------------------------------------------------------------ LoRA
-    def _set_lora(self, spec: RenderSpec, switches: dict[str, str]) -> LoraReport | None:
+    def _set_lora(self, spec: RenderSpec, switches: dict[str, str], history: tuple = ()) -> LoraReport | None:
         applier = self._lora
         want = None if not spec.lora_path else (str(spec.lora_path), float(spec.network_multiplier),
-                                                spec.lora_application, switches["lora_merge"], switches["lora_live"])
+                                                spec.lora_application, switches["lora_merge"], switches["lora_live"],
+                                                switches["lokr_live"], history)
         have = getattr(applier, "_want", None)
         if want == have:
             return getattr(applier, "_report", None)
@@ -196,13 +200,38 @@ class Engine:
         applier._want, applier._report = None, None
         if want is None:
             return None
+        if history:
+            applier.replay_rounds(history, switches)
         report = applier.apply(spec.lora_path, spec.network_multiplier, spec.lora_application, switches)
         self.stats.lora_applies += 1
         applier._want, applier._report = want, report
         return report
 
+    @staticmethod
+    def plan_merge_history(spec: RenderSpec, merge_history) -> tuple[tuple, dict | None]:
+        """(rounds to replay, what to report). Replay only applies to a merged LoRA (AI Toolkit un-merges only
+        then); when any needed checkpoint file is missing, nothing is replayed (pristine weights) and the report
+        names the missing files: the knob `merge_history` (parity.spec.IRREDUCIBLE_KNOBS)."""
+        if merge_history is None:
+            return (), None
+        rounds = tuple((None if p is None else str(p), float(m)) for p, m in merge_history)
+        info = {"rounds": len(rounds), "replayed": 0, "missing": [], "applies": True, "note": ""}
+        if not spec.lora_path or spec.lora_application != "merged":
+            info.update(applies=False, note="live or no LoRA: AI Toolkit leaves the base weights untouched")
+            return (), info
+        info["missing"] = [p for p, _ in rounds if p is not None and not Path(p).is_file()]
+        if info["missing"]:
+            info["note"] = (f"{len(info['missing'])} earlier round checkpoint(s) missing: rendered on pristine base "
+                            "weights, so the image may differ by the merge/un-merge drift (knob merge_history)")
+            return (), info
+        info["replayed"] = sum(1 for p, m in rounds if p is not None and m != 0.0)
+        return rounds, info
+
     # ------------------------------------------------------------------ render
-    def render(self, spec: RenderSpec) -> RenderResult:
+    def render(self, spec: RenderSpec, merge_history=None) -> RenderResult:
+        """Render one spec. `merge_history`: optional [(lora_path or None, multiplier), ...], the merged sample
+        rounds AI Toolkit ran before this preview, oldest first (None = the zero LoRA of step 0); their
+        merge/un-merge drift is replayed on the base weights first (see `history_from_job`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         if spec.semantics not in SEMANTICS:
@@ -235,8 +264,11 @@ class Engine:
 
         t = time.perf_counter()
         transformer = self.transformer(spec.dtype, spec.quantize)
-        lora_report = self._set_lora(spec, switches)
+        history, history_info = self.plan_merge_history(spec, merge_history)
+        lora_report = self._set_lora(spec, switches, history)
         vae = self.vae(spec.dtype)
+        numerics.set_modes(transformer, switches)
+        numerics.set_modes(vae, switches)
         timings["load"] = time.perf_counter() - t
 
         noise = make_noise(spec.seed, width, height, dtype)
@@ -276,7 +308,32 @@ class Engine:
             image=img_u8, image_float=img_f, width=width, height=height, sigmas=list(sigmas), mu=mu,
             noise_sha256=numerics.tensor_sha256(noise), embedding_sha256=numerics.tensor_sha256(embeds),
             lora=None if lora_report is None else lora_report.to_dict(), timings=timings, nan_step=nan_step,
-            semantics=spec.semantics, numerics=switches)
+            semantics=spec.semantics, numerics=switches, merge_history=history_info)
 
 
 __all__ = ["Engine", "EngineStats", "RenderResult", "effective_size", "ModelError"]
+
+
+def scheduled_sample_labels(sample_every, sample_start_step, before: int) -> list[int]:
+    """Scheduled sample labels S with 0 < S < `before` (S % sample_every == 0 and S >= sample_start_step;
+    BaseSDTrainProcess.py L2555-2561, aitk-flux2-previews.md section B)."""
+    if not isinstance(sample_every, int) or sample_every <= 0:
+        return []
+    start = sample_start_step if isinstance(sample_start_step, int) else 0
+    return [s for s in range(sample_every, before, sample_every) if s >= start]
+
+
+def history_from_job(job, step: int, multiplier: float = 1.0) -> list[tuple[str | None, float]]:
+    """The merged sample rounds AI Toolkit ran before label `step`, oldest first, for Engine.render(merge_history=).
+    Labels: the baseline (step 0, a zero LoRA: exact round trip), every scheduled label below `step`, and any
+    off-schedule preview label below it (the UI's "sample now" also merges). Each sample() group at a label is one
+    round (`job.groups_at`). A missing checkpoint is given by its expected path, which Engine.render reports as
+    missing (and then renders on pristine weights)."""
+    labels = set(scheduled_sample_labels(job.facts.sample_every, job.facts.sample_start_step, step))
+    labels |= {s for s in job.steps() if 0 < s < step}
+    rounds: list[tuple[str | None, float]] = [(None, multiplier)] * len(job.groups_at(0))
+    for s in sorted(labels):
+        ck = job.checkpoint_for(s)
+        path = str(ck) if ck is not None else str(Path(job.folder) / f"{job.name}_{s:09d}.safetensors")
+        rounds += [(path, multiplier)] * len(job.groups_at(s))
+    return rounds
