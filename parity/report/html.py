@@ -249,7 +249,12 @@ def steps_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18, m
 def script_json(obj: Any) -> str:
     """JSON safe inside <script type="application/json">: `<`, `>`, `&` and the JS line separators escaped,
     so no string in it can close the element or open a comment."""
-    return (dumps(obj, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+    if isinstance(obj, dict) and isinstance(obj.get("items"), list):  # per item: one inf stays a local fallback
+        head = dumps({k: v for k, v in obj.items() if k != "items"}, separators=(",", ":"))
+        text = head[:-1] + ',"items":[' + ",".join(dumps(it, separators=(",", ":")) for it in obj["items"]) + "]}"
+    else:
+        text = dumps(obj, separators=(",", ":"))
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e")
             .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
@@ -313,7 +318,7 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
 
 # ----------------------------------------------------------------------------------------------- entry point
 def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
-                 thumb_budget_s: float | None = 6.0, title: str | None = None) -> ReportPaths:
+                 thumb_budget_s: float | None = 4.0, title: str | None = None) -> ReportPaths:
     """Write index.html, junit.xml, summary.md, thumbs/ and (unless it is the run's own file) results.json into
     `out_dir`. Item paths are rebased so links work from `out_dir`. New thumbnails are made worst item first
     for at most `thumb_budget_s` seconds (None: no limit); cards without one lazy-load the full image."""
