@@ -191,3 +191,42 @@ def test_missing_file_and_empty_dir(tmp_path):
         load(tmp_path / "nope.json")
     with pytest.raises(InputFileError, match="no results.json"):
         load(tmp_path)
+
+
+def test_every_truncation_of_a_journal_loads_or_fails_cleanly(tmp_path):
+    """Cut the journal at every byte (a crash at any moment): load gives a prefix of the items, or a clear
+    InputFileError while even the run record is incomplete."""
+    src = tmp_path / "src"
+    store = ResultsStore(src).start({"id": "t"})
+    for i in range(3):
+        store.add(_item(i, metrics={"ssim": 0.5, "psnr": math.inf}))
+    store.finish()
+    data = (src / JOURNAL_NAME).read_bytes()
+    ids = [_item(i)["id"] for i in range(3)]
+    first_nl = data.index(b"\n")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for n in range(len(data) + 1):
+        (cut / JOURNAL_NAME).write_bytes(data[:n])
+        if n <= first_nl:
+            with pytest.raises(InputFileError):
+                load(cut)
+            continue
+        res = load(cut)
+        got = [it["id"] for it in res.items]
+        assert got == ids[: len(got)]
+        assert res.complete == (n == len(data))
+
+
+def test_a_bad_item_in_the_journal_is_skipped_with_a_warning(tmp_path):
+    store = ResultsStore(tmp_path).start({"id": "t"})
+    store.add(_item(0))
+    store.close()
+    with open(tmp_path / JOURNAL_NAME, "a") as f:
+        f.write(json.dumps({"type": "item", "item": {"id": "bad", "tier": "SUPER"}}) + "\n")
+        f.write("\x00garbage\n")
+        f.write(json.dumps({"type": "item", "item": _item(1)}) + "\n")
+    res = load(tmp_path)
+    assert [it["id"] for it in res.items] == [_item(0)["id"], _item(1)["id"]]
+    assert len(res.warnings) == 2 and any("SUPER" in w for w in res.warnings)
+    assert any("line 4" in w for w in res.warnings)

@@ -251,7 +251,7 @@ def script_json(obj: Any) -> str:
     so no string in it can close the element or open a comment."""
     if isinstance(obj, dict) and isinstance(obj.get("items"), list):  # per item: one inf stays a local fallback
         head = dumps({k: v for k, v in obj.items() if k != "items"}, separators=(",", ":"))
-        text = head[:-1] + ',"items":[' + ",".join(dumps(it, separators=(",", ":")) for it in obj["items"]) + "]}"
+        text = head[:-1] + ("," if head != "{}" else "") + '"items":[' + ",".join(dumps(it, separators=(",", ":")) for it in obj["items"]) + "]}"
     else:
         text = dumps(obj, separators=(",", ":"))
     return (text.replace("<", "\\u003c").replace(">", "\\u003e")

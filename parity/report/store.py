@@ -86,7 +86,8 @@ def dumps_results(doc: dict[str, Any]) -> str:
     head = dumps({k: v for k, v in doc.items() if k != "items"})
     items = doc.get("items", [])
     body = ",\n".join(dumps(it) for it in items)
-    return head[:-1] + (', "items": [\n' + body + "\n]}\n" if items else ', "items": []}\n')
+    sep = ", " if head != "{}" else ""
+    return head[:-1] + (sep + '"items": [\n' + body + "\n]}\n" if items else sep + '"items": []}\n')
 
 
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
@@ -277,7 +278,12 @@ def _parse_journal(path: Path) -> Results:
     if run is None:
         raise InputFileError("no run record (the file is empty or not a parity results journal)", path)
     run["complete"] = complete
-    norm = [normalize_item(it, run, where=path) for it in items.values()]
+    norm = []
+    for it in items.values():  # a journal is read tolerantly: one bad record must not hide the others
+        try:
+            norm.append(normalize_item(it, run, where=path))
+        except InputFileError as e:
+            warnings.append(f"skipped an item: {e.message}")
     return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings)
 
 

@@ -151,7 +151,7 @@
     if (it.prompt) c.append(el('p', { class: 'prompt', text: it.prompt }));
     var hk = heatKey(it);
     c.append(el('div', { class: 'thumbs' }, thumbFigure(it, 'preview', 'preview'), thumbFigure(it, 'render', 'render'),
-      thumbFigure(it, hk, hk === 'heatmap_ssim' ? 'SSIM map' : 'difference')));
+      thumbFigure(it, hk, !(it.u || {})[hk] ? 'heatmap' : hk === 'heatmap_ssim' ? 'SSIM map' : 'difference')));
     var chips = el('div', { class: 'chips' });
     (it.mismatches || []).forEach(function (k) { chips.append(el('span', { class: 'chip mis', text: k, title: 'mismatched knob' })); });
     (it.irreducible || []).forEach(function (k) { chips.append(el('span', { class: 'chip irr', text: k, title: 'irreducible difference' })); });
