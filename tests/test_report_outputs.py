@@ -284,3 +284,27 @@ def test_thumbnail_budget_and_runner_made_thumbnails(tmp_path):
     n_images = sum(len(it["u"]) for it in blob["items"])
     assert sum(1 for it in blob["items"] for v in it.get("t", {}).values() if v) == n_images
     assert len(list((out / "thumbs").iterdir())) == n_images
+
+
+def test_copy_images_makes_a_movable_zippable_report(tmp_path):
+    import zipfile
+
+    res = load(synthetic_results(8, tmp_path / "run", image_size=32, hostile=True))
+    out = tmp_path / "out"
+    write_report(res, out, copy_images=True)
+    archive = tmp_path / "report.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in out.rglob("*"):
+            z.write(p, p.relative_to(out))
+    moved = tmp_path / "elsewhere" / "unzipped"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(moved)
+    blob = report_json_blob((moved / "index.html").read_text())
+    n = 0
+    for it in blob["items"]:
+        for url in list(it.get("u", {}).values()) + [t for t in it.get("t", {}).values() if t]:
+            target = (moved / unquote(url)).resolve()
+            assert moved.resolve() in target.parents and target.is_file(), url
+            n += 1
+    assert n > 8
+    assert all(re.fullmatch(r"[0-9a-f]{24}\.(jpg|png)", p.name) for p in (out / "images").iterdir())

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop making new thumbnails after this long (worst items get theirs first; the rest "
                         "lazy-load full images; a rebuild continues); 0 = no limit (default 4)")
     p.add_argument("--no-thumbnails", action="store_true", help="link full images instead of making thumbnails")
+    p.add_argument("--copy-images", action="store_true",
+                   help="copy images from outside --out into it, so the report directory can be zipped and moved")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when an item is below its gate or the run is incomplete")
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     for w in results.warnings:
         log.warning("%s", w)
     paths = write_report(results, out, thumbnails=not args.no_thumbnails, thumb_size=args.thumb_size,
-                         thumb_budget_s=args.thumb_budget or None, title=args.title)
+                         thumb_budget_s=args.thumb_budget or None, title=args.title,
+                         copy_images=args.copy_images)
     n = len(results.items)
     failed = sum(1 for it in results.items if not it.get("passed"))
     state = "" if results.complete else " (run incomplete)"

@@ -317,13 +317,50 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
 
 
 # ----------------------------------------------------------------------------------------------- entry point
+def copy_images_into(items: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """Copy the images of `items` (absolute paths) into out/images/ under hashed names (never a user file name)
+    and return the items pointing at the copies: a report directory that can be zipped and moved as a whole."""
+    import shutil
+
+    idir = out / "images"
+    if idir.is_symlink():
+        raise ParityError("refusing to copy images through a symlink", idir)
+    idir.mkdir(exist_ok=True)
+    done: dict[str, str] = {}
+    result = []
+    for it in items:
+        it = dict(it)
+        paths = dict(it["paths"])
+        for k in IMAGE_KEYS:
+            src = paths.get(k)
+            if not isinstance(src, str) or not os.path.isfile(src):
+                continue
+            if out in Path(src).resolve().parents:
+                continue  # already inside the report directory
+            if src not in done:
+                ext = os.path.splitext(src)[1].lower()
+                ext = ext if ext in (".jpg", ".jpeg", ".png", ".webp") else ".img"
+                dst = idir / (hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext)
+                if not dst.exists():
+                    shutil.copyfile(src, dst)
+                done[src] = str(dst)
+            paths[k] = done[src]
+        it["paths"] = paths
+        result.append(it)
+    return result
+
+
 def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
-                 thumb_budget_s: float | None = 4.0, title: str | None = None) -> ReportPaths:
+                 thumb_budget_s: float | None = 4.0, title: str | None = None,
+                 copy_images: bool = False) -> ReportPaths:
     """Write index.html, junit.xml, summary.md, thumbs/ and (unless it is the run's own file) results.json into
     `out_dir`. Item paths are rebased so links work from `out_dir`. New thumbnails are made worst item first
-    for at most `thumb_budget_s` seconds (None: no limit); cards without one lazy-load the full image."""
+    for at most `thumb_budget_s` seconds (None: no limit); cards without one lazy-load the full image.
+    `copy_images=True` copies images from outside `out_dir` into it (a report that can be zipped and moved)."""
     out = safe_out_dir(out_dir)
     items = [absolute_paths(it, results.base_dir) for it in results.items]
+    if copy_images:
+        items = copy_images_into(items, out)
     summary = summarize(items, results.run)
     thumbs = build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s) if thumbnails else {}
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
