@@ -45,6 +45,7 @@ class PlannedItem:
     base_model: str
     text_encoder: str | None
     diff: Any = None                # parity.diagnose.ParamDiff: the knob table preview vs inference
+    problem: str | None = None      # why this item cannot run (missing preview/checkpoint): an ERROR entry
 
     @property
     def engine_key(self) -> tuple:
@@ -65,6 +66,7 @@ class CaseError:
     case_name: str
     case_path: Path
     message: str
+    error: ParityError | None = None    # the original error (re-raised as is for a single case: --verbose)
 
     @property
     def id(self) -> str:
@@ -106,7 +108,15 @@ def plan_case(
 
     job = load_job(case.job_source)
     wanted = steps if steps is not None else case.steps
-    items = job.items(wanted)
+    # strict=False: a preview or checkpoint missing for one item makes that item an ERROR, not the whole case.
+    # detect=False then per item: a corrupt preview file fails its own item, not the case.
+    items = job.items(wanted, strict=False, detect=False)
+    if lora is None and case.lora is not None:
+        if not case.lora.is_file():
+            # A folder of checkpoints is not supported yet; a file is the LoRA under test for every item.
+            raise ParityError("lora: no such LoRA file (the path is resolved relative to the case file)"
+                              if not case.lora.exists() else "lora: must be a LoRA file, not a folder", case.lora)
+        lora = case.lora
     settings = InferenceSettings.from_case_value(
         inference if inference is not None else case.inference, case.path.parent, where=str(case.path)
     )
@@ -118,17 +128,30 @@ def plan_case(
                           case.path)
     text_encoder, _ = case.resolve_text_encoder()
     planned = []
+    from parity.job import detect_format
+
     for it in items:
-        if lora is not None and it.checkpoint is not None:
+        unreadable = None
+        if it.preview is not None:
+            try:
+                it.preview_format = detect_format(it.preview)
+            except ParityError as e:
+                unreadable = str(e)
+            except Exception as e:  # noqa: BLE001 - Pillow raises many types for a mangled header
+                unreadable = f"{it.preview}: not a readable image ({type(e).__name__}: {e})"
+        if lora is not None and not it.baseline:
             # `parity diff --lora FILE`: another LoRA file judged against these previews.
             it.resolved = ResolvedSpec(it.resolved.spec.with_(lora_path=str(lora)),
                                        dict(it.resolved.sources, lora_path="cli"))
         infer, diff = item_diff(it, job, settings)
+        missing = [m for m in it.missing if not (lora is not None and m.startswith("no checkpoint"))]
+        problem = "; ".join(f"{job.samples_dir if m.startswith('no preview') else job.folder}: {m}"
+                            for m in missing) or unreadable
         planned.append(
             PlannedItem(
                 id=item_id(case.name, it.step, it.index), case=case, step=it.step, index=it.index,
                 preview_path=it.preview, checkpoint=it.checkpoint, preview=it.resolved, inference=infer,
-                base_model=str(base), text_encoder=text_encoder, diff=diff,
+                base_model=str(base), text_encoder=text_encoder, diff=diff, problem=problem,
             )
         )
     return planned
@@ -142,7 +165,7 @@ def plan_cases(cases: Iterable[Case], **kwargs: Any) -> tuple[list[PlannedItem],
         try:
             planned.extend(plan_case(case, **kwargs))
         except ParityError as e:
-            errors.append(CaseError(case.name, case.path, str(e)))
+            errors.append(CaseError(case.name, case.path, str(e), e))
     return planned, errors
 
 
@@ -179,10 +202,14 @@ class Runner:
         attribution_budget: int | None = None,
         cache_dir: Path | None = None,
         progress: Callable[[str], None] | None = None,
+        determinism: str = "auto",
     ):
         from parity.compare import Comparer
 
+        if determinism not in DETERMINISM_MODES:
+            raise ParityError(f"determinism check must be one of {', '.join(DETERMINISM_MODES)}, got {determinism!r}")
         self.out_dir = Path(out_dir)
+        self.determinism = determinism
         self.device = device
         self.attribution = attribution
         self.attribution_budget = attribution_budget
@@ -230,11 +257,14 @@ class Runner:
     def run_item(self, item: PlannedItem) -> dict[str, Any]:
         """Render, compare and (when below the gate) attribute one item; never raises for item-level problems."""
         started = time.perf_counter()
+        if item.problem:
+            return self._error_record(item, item.problem, started)
         try:
             result = self._render(item)
             render_path = self._save_render(item, result.image)
             comparison = self._submit_compare(item, result.image).result()
             record = self._record(item, result, render_path, comparison, started)
+            self._check_determinism(item, result, record)
             if self._needs_attribution(item, record):
                 self._attribute(item, record)
             return record
@@ -258,6 +288,9 @@ class Runner:
                 item, result, render_path, fut, started = pending.pop(0)
                 try:
                     record = self._record(item, result, render_path, fut.result(), started)
+                    self._check_determinism(item, result, record)
+                except ParityError as e:
+                    record = self._error_record(item, str(e), started)
                 except Exception as e:  # noqa: BLE001
                     record = self._error_record(item, f"{type(e).__name__}: {e}", started)
                 if self._needs_attribution(item, record):
@@ -269,6 +302,11 @@ class Runner:
         for n, item in enumerate(ordered, 1):
             self.progress(f"[{n}/{len(ordered)}] rendering {item.id}")
             started = time.perf_counter()
+            if item.problem:  # a missing preview or checkpoint: nothing to render or compare
+                record = self._error_record(item, item.problem, started)
+                records.append(record)
+                on_record(record)
+                continue
             try:
                 result = self._render(item)
                 render_path = self._save_render(item, result.image)
@@ -288,11 +326,40 @@ class Runner:
             on_record(record)
         return records
 
+    # -- determinism guard ---------------------------------------------------------------------------------
+    def _wants_determinism(self, record: dict[str, Any]) -> bool:
+        if self.determinism == "off" or record.get("tier") == "ERROR":
+            return False
+        # auto: only items below their gate, where a nondeterministic machine would fake a mismatch (saves renders)
+        return self.determinism == "always" or not record.get("passed")
+
+    def _check_determinism(self, item: PlannedItem, result, record: dict[str, Any]) -> None:
+        """Render the same spec again and require identical bytes. If they differ the machine (kernels, threads,
+        device) is nondeterministic: the record says so, with the largest pixel difference, instead of the
+        mismatch passing for a real drift; attribution is skipped (its re-renders would be as noisy)."""
+        if not self._wants_determinism(record):
+            return
+        import numpy as np
+
+        again = self._render(item)
+        a, b = np.asarray(result.image), np.asarray(again.image)
+        same = a.shape == b.shape and bool(np.array_equal(a, b))
+        max_abs = 0 if same else (int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+                                  if a.shape == b.shape else None)
+        record["determinism"] = {"checked": True, "identical": same, "max_abs": max_abs}
+        record["nondeterministic"] = not same
+        if not same:
+            what = f"by up to {max_abs}/255" if max_abs is not None else f"in shape {a.shape} vs {b.shape}"
+            reason = (f"nondeterministic machine: a repeated render of the same settings differed {what}, so "
+                      f"this mismatch may not be a real drift")
+            record["fail_reasons"] = list(record.get("fail_reasons") or []) + [reason]
+            record.setdefault("notes", []).append(reason)
+
     # -- diagnosis -----------------------------------------------------------------------------------------
     def _needs_attribution(self, item: PlannedItem, record: dict[str, Any]) -> bool:
         return (
             self.attribution and item.case.attribution and record["tier"] != "ERROR"
-            and not record["passed"] and item.preview_path is not None
+            and not record["passed"] and item.preview_path is not None and not record.get("nondeterministic")
         )
 
     def _attribute(self, item: PlannedItem, record: dict[str, Any]) -> None:
@@ -392,10 +459,15 @@ def case_error_record(err: CaseError) -> dict[str, Any]:
             "causes": [], "error": err.message, "fail_reasons": [err.message]}
 
 
+DETERMINISM_MODES = ("auto", "always", "off")
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe version of an item id (no path separators, no traversal)."""
-    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-    return out.strip(".") or "item"
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".") or "item"
+    if len(out) > 120:  # file systems cap names at 255 bytes; keep distinct ids distinct with a checksum
+        out = f"{out[:110]}-{zlib.crc32(text.encode('utf-8')):08x}"
+    return out
 
 
 def stderr_progress(quiet: bool) -> Callable[[str], None]:

@@ -35,6 +35,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write results.json here")
     p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (deterministic split)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--determinism-check", default="auto", choices=("auto", "always", "off"),
+                   help="render an item twice and require identical bytes: auto (default) only for items below "
+                        "their gate, always, or off")
 
 
 def _steps_value(text: str | None) -> Any:
@@ -86,7 +89,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         lora=Path(args.lora).resolve() if getattr(args, "lora", None) else None, base_model=args.base_model,
     )
     if len(cases) == 1 and case_errors and not planned:
-        raise ParityError(case_errors[0].message)  # a single bad input: exit 2 with its message
+        raise case_errors[0].error or ParityError(case_errors[0].message)  # a single bad input: exit 2
     if args.shard:
         k, n = parse_shard(args.shard)
         planned = [p for p in planned if shard_of(p.id, n) == k]
@@ -103,7 +106,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         store.add(case_error_record(err))
     missing_base = [p for p in todo if not Path(p.base_model).exists()]
     runner = Runner(out, device=device, attribution=not args.no_attribution, attribution_budget=args.budget,
-                    progress=progress)
+                    progress=progress, determinism=getattr(args, "determinism_check", "auto"))
     started = time.perf_counter()
     try:
         for p in missing_base:
