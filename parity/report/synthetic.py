@@ -85,7 +85,6 @@ def synthetic_results(n: int, out_dir: str | Path, *, image_size: int = 96, seed
     """Write a run of `n` fake items into `out_dir` through ResultsStore (images under out_dir/images/) and
     return the path of its results.json. `hostile=True` puts markup in prompts, ids, a case name and a file
     name; `complete=False` leaves the run unfinished (no finish record)."""
-    import numpy as np
     from PIL import Image
 
     out = Path(out_dir)
