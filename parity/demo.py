@@ -96,6 +96,57 @@ class DemoPaths:
     request: Path
 
 
+def write_job(
+    save_root: Path,
+    base_model: Path,
+    *,
+    config: dict | None = None,
+    checkpoints: dict[int, float] | None = None,
+    preview_steps: tuple[int, ...] | None = None,
+    lora_seed: int = 7,
+    engine=None,
+    base_ms: int = BASE_MS,
+) -> Path:
+    """Write an AI Toolkit job folder as the trainer leaves it: config.yaml, LoRA checkpoints and previews rendered
+    with AI Toolkit's preview semantics (saved like AI Toolkit saves them). Used by the demo and the tests.
+
+    `config` defaults to `demo_config` (its name is set to the folder name); `checkpoints` maps a step label to the
+    LoRA strength at that step (the label equal to train.steps is written as the final `{name}.safetensors`);
+    previews are rendered at label 0 (baseline, no LoRA) and every checkpoint label unless `preview_steps` says."""
+    from PIL import Image
+
+    from parity.engine import Engine
+    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.job import checkpoint_filename, load_job
+    from parity.job.layout import write_config_copy, write_preview
+
+    save_root = Path(save_root)
+    name = save_root.name
+    config = config or demo_config(save_root.parent)
+    config["config"]["name"] = name
+    train_steps = int(config["config"]["process"][0].get("train", {}).get("steps", 1000))
+    write_config_copy(save_root, config)
+    checkpoints = checkpoints if checkpoints is not None else {s: s / TRAIN_STEPS for s in (*CHECKPOINT_STEPS,
+                                                                                               TRAIN_STEPS)}
+    # LoRA checkpoints: one fixed direction whose strength grows with training, as a LoRA's effect does.
+    for step, strength in checkpoints.items():
+        sd = make_lora(TRANSFORMER_CONFIG, seed=lora_seed, strength=strength)
+        fname = checkpoint_filename(name, final=True) if step == train_steps else checkpoint_filename(name, step)
+        save_aitk_lora(save_root / fname, sd, step=step, name=name)
+    job = load_job(save_root)
+    engine = engine or Engine(base_model, device="cpu")
+    samples = job.resolved_samples()
+    application = job.lora_application(samples)
+    for step in preview_steps if preview_steps is not None else (0, *sorted(checkpoints)):
+        lora = None if step == 0 else job.checkpoint_for(step)
+        for s in samples:
+            spec = job.render_spec(s, lora, application).spec
+            log.info("rendering preview step %d prompt %d", step, s.index)
+            image = Image.fromarray(engine.render(spec).image)
+            write_preview(job.samples_dir, image, ms=base_ms + step * 1000 + s.index, step=step, index=s.index)
+    return save_root
+
+
 def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
     """Build (or reuse) the demo under `root`; idempotent and quick when already built."""
     root = Path(root).resolve()
@@ -105,36 +156,14 @@ def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
         return paths
     import shutil
 
-    from PIL import Image
-
-    from parity.engine import Engine
-    from parity.engine.tiny import TRANSFORMER_CONFIG, build_tiny, make_lora, save_aitk_lora
-    from parity.job import checkpoint_filename, load_job
-    from parity.job.layout import write_config_copy, write_preview
+    from parity.engine.tiny import build_tiny
 
     for sub in ("tiny-flux2", "output"):
         shutil.rmtree(root / sub, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     log.info("building the tiny FLUX.2 model in %s", paths.base_model)
     build_tiny(paths.base_model)
-    write_config_copy(paths.job, demo_config(root / "output"))
-    # LoRA checkpoints: one fixed direction whose strength grows with training, as a LoRA's effect does.
-    for step in (*CHECKPOINT_STEPS, TRAIN_STEPS):
-        sd = make_lora(TRANSFORMER_CONFIG, seed=7, strength=step / TRAIN_STEPS)
-        name = checkpoint_filename(JOB_NAME, final=True) if step == TRAIN_STEPS else checkpoint_filename(JOB_NAME, step)
-        save_aitk_lora(paths.job / name, sd, step=step, name=JOB_NAME)
+    write_job(paths.job, paths.base_model, config=demo_config(root / "output"))
     paths.request.write_text(json.dumps(demo_request(), indent=2) + "\n")
-
-    job = load_job(paths.job)
-    engine = Engine(paths.base_model, device="cpu")
-    samples = job.resolved_samples()
-    application = job.lora_application(samples)
-    for step in (0, *CHECKPOINT_STEPS, TRAIN_STEPS):
-        lora = None if step == 0 else job.checkpoint_for(step)
-        for s in samples:
-            spec = job.render_spec(s, lora, application).spec
-            log.info("rendering preview step %d prompt %d", step, s.index)
-            image = Image.fromarray(engine.render(spec).image)
-            write_preview(job.samples_dir, image, ms=BASE_MS + step * 1000 + s.index, step=step, index=s.index)
     stamp.write_text(DEMO_VERSION + "\n")
     return paths
