@@ -230,8 +230,8 @@ def failure_screen(record: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"  fails: {reason}")
     params = record.get("params") or {}
     for knob in record.get("mismatches") or []:
-        row = params.get(knob) or {}
-        pv, iv = row.get("preview", {}), row.get("inference", {})
+        pv = (params.get("preview") or {}).get(knob) or {}
+        iv = (params.get("inference") or {}).get(knob) or {}
         lines.append(f"  {knob}: preview {pv.get('value')!r} ({pv.get('source')}) "
                      f"vs inference {iv.get('value')!r} ({iv.get('source')})")
     if record.get("irreducible"):
@@ -239,8 +239,10 @@ def failure_screen(record: dict[str, Any], run_dir: Path) -> str:
     causes = record.get("causes") or []
     if causes:
         c = causes[0]
+        aligned = c.get("ssim_aligned")
+        aligned_s = f"{aligned:.4f}" if isinstance(aligned, (int, float)) else "n/a"
         lines.append(f"  top cause: {c['knob']} (preview {c.get('value_preview')!r}, inference "
-                     f"{c.get('value_inference')!r}); aligning it gives SSIM {c.get('ssim_aligned')}")
+                     f"{c.get('value_inference')!r}); aligning it gives SSIM {aligned_s}")
     lines.append(f"  report: {run_dir / 'index.html'}")
     return "\n".join(lines)
 
@@ -262,7 +264,8 @@ def _runner(config: pytest.Config):
         state.runner = Runner(run_dir, device=device, attribution=bool(attribution))
         store_dir = run_dir / "workers" / worker if worker else run_dir
         state.store = ResultsStore(store_dir)
-        state.store.start(dict(run_metadata(device), entry="pytest", worker=worker))
+        # A pytest run owns its report folder: a rerun into the same --parity-report-dir starts afresh.
+        state.store.start(dict(run_metadata(device), entry="pytest", worker=worker), overwrite=True)
     return state.runner
 
 
@@ -320,7 +323,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from parity.report.store import load, merge
 
     worker_dirs = sorted((run_dir / "workers").glob("*")) if (run_dir / "workers").is_dir() else []
-    if worker_dirs:
+    if worker_dirs and state.store is None:
         # xdist: every worker wrote its own run folder; one merged report for the session.
         results = merge([load(d) for d in worker_dirs])
     elif state.store is not None:
