@@ -12,9 +12,16 @@ export HF_HUB_OFFLINE := 1
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
+DEMO_STAMP := demo/.built
+
 .PHONY: demo test install bench clean
 
 install: $(STAMP)
+
+# The demo data (tiny model + AI Toolkit job) that cases/demo-*.yaml point at; `pytest parity` runs those cases.
+$(DEMO_STAMP): $(STAMP) parity/demo.py
+	$(VENV)/bin/parity demo --prepare
+	@touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml .ci/install-torch
 	@test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
@@ -25,7 +32,7 @@ $(STAMP): pyproject.toml .ci/install-torch
 demo: $(STAMP)
 	$(VENV)/bin/parity demo
 
-test: $(STAMP)
+test: $(STAMP) $(DEMO_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -261,7 +261,9 @@ def _runner(config: pytest.Config):
         attribution = config.getoption("parity_attribution")
         if attribution is None:
             attribution = config.getini("parity_attribution")
-        state.runner = Runner(run_dir, device=device, attribution=bool(attribution))
+        from parity.commands._execute import embedding_cache_dir
+
+        state.runner = Runner(run_dir, device=device, attribution=bool(attribution), cache_dir=embedding_cache_dir())
         store_dir = run_dir / "workers" / worker if worker else run_dir
         state.store = ResultsStore(store_dir)
         # A pytest run owns its report folder: a rerun into the same --parity-report-dir starts afresh.

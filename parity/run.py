@@ -45,6 +45,7 @@ class PlannedItem:
     base_model: str
     text_encoder: str | None
     diff: Any = None                # parity.diagnose.ParamDiff: the knob table preview vs inference
+    merge_history: list | None = None  # earlier merged sample rounds to replay (parity check of merged previews)
     problem: str | None = None      # why this item cannot run (missing preview/checkpoint): an ERROR entry
 
     @property
@@ -144,6 +145,15 @@ def plan_case(
             it.resolved = ResolvedSpec(it.resolved.spec.with_(lora_path=str(lora)),
                                        dict(it.resolved.sources, lora_path="cli"))
         infer, diff = item_diff(it, job, settings)
+        history = None
+        if (infer.spec == it.resolved.spec and it.resolved.spec.lora_path
+                and it.resolved.spec.lora_application == "merged"):
+            # A parity check of a merged preview: replay AI Toolkit's earlier merge/un-merge rounds, whose rounding
+            # residue the preview was rendered on (bit-exact-numerics.md detail 8). Inference under other settings
+            # runs on pristine weights, as any other stack does.
+            from parity.engine.render import history_from_job
+
+            history = history_from_job(job, it.step, it.resolved.spec.network_multiplier)
         missing = [m for m in it.missing if not (lora is not None and m.startswith("no checkpoint"))]
         problem = "; ".join(f"{job.samples_dir if m.startswith('no preview') else job.folder}: {m}"
                             for m in missing) or unreadable
@@ -152,6 +162,7 @@ def plan_case(
                 id=item_id(case.name, it.step, it.index), case=case, step=it.step, index=it.index,
                 preview_path=it.preview, checkpoint=it.checkpoint, preview=it.resolved, inference=infer,
                 base_model=str(base), text_encoder=text_encoder, diff=diff, problem=problem,
+                merge_history=history,
             )
         )
     return planned
@@ -233,13 +244,31 @@ class Runner:
             from parity.engine import Engine
 
             self.progress(f"loading base model {item.base_model}")
+            # On a GPU the text encoder, transformer and VAE take turns on the device (a 64 GB bf16 transformer
+            # fits one 80 GB card only alone); on the CPU everything stays loaded.
+            offload = "sequential" if self.device.startswith("cuda") else "none"
             self.engines[key] = Engine(item.base_model, text_encoder=item.text_encoder, device=self.device,
-                                       cache_dir=self.cache_dir)
+                                       cache_dir=self.cache_dir, offload=offload)
         return self.engines[key]
+
+    def _prepare_embeddings(self, items: list[PlannedItem]) -> None:
+        """With offloading, encode every prompt of the run first so the text encoder is loaded once, not once per
+        new prompt (attribution re-renders reuse the same embeddings through the cache)."""
+        groups: dict[tuple, list[PlannedItem]] = {}
+        for it in items:
+            if not it.problem:
+                groups.setdefault(it.engine_key, []).append(it)
+        for group in groups.values():
+            try:
+                engine = self.engine_for(group[0])
+                if engine.offload != "none":
+                    engine.prepare_embeddings([it.inference.spec for it in group])
+            except Exception:  # noqa: BLE001 - each item reports its own error when it renders
+                log.debug("embedding preparation failed", exc_info=True)
 
     # -- one item ------------------------------------------------------------------------------------------
     def _render(self, item: PlannedItem):
-        return self.engine_for(item).render(item.inference.spec)
+        return self.engine_for(item).render(item.inference.spec, merge_history=item.merge_history)
 
     def _save_render(self, item: PlannedItem, image) -> Path:
         from PIL import Image
@@ -279,6 +308,7 @@ class Runner:
         while the next item renders; attribute the ones below their gate afterwards. `on_record` is called
         once per finished item (the results store appends it atomically)."""
         ordered = sorted(items, key=lambda it: it.switch_key)
+        self._prepare_embeddings(ordered)
         records: list[dict[str, Any]] = []
         pending: list[tuple[PlannedItem, Any, Path, Future, float]] = []
         needs_attr: list[tuple[PlannedItem, dict[str, Any]]] = []
@@ -432,6 +462,14 @@ class Runner:
                     "nan_step": getattr(result, "nan_step", None)},
             timings=dict(result.timings, total_s=time.perf_counter() - started),
         )
+        history = getattr(result, "merge_history", None)
+        if history:
+            record["render"]["merge_history"] = history
+            if history.get("replayed"):
+                # The earlier rounds were replayed: the drift is reproduced, not an irreducible difference.
+                record["irreducible"] = [k for k in record["irreducible"] if k != "merge_history"]
+                record["irreducible_details"] = [d for d in record["irreducible_details"]
+                                                 if d.get("knob") != "merge_history"]
         if getattr(result, "nan_step", None) is not None:
             record["tier"] = "ERROR"
             record["error"] = f"render produced NaN/inf at step {result.nan_step}"

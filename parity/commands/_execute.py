@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,6 +60,12 @@ def _inference_value(args: argparse.Namespace) -> Any:
     return None
 
 
+def embedding_cache_dir() -> Path:
+    """Prompt embeddings persist across runs here ($PARITY_CACHE_DIR, default .parity-cache/): a warm cache never
+    loads the text encoder (24B parameters on the real model)."""
+    return Path(os.environ.get("PARITY_CACHE_DIR", ".parity-cache")) / "embeddings"
+
+
 def default_device() -> str:
     try:
         import torch
@@ -106,7 +112,8 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         store.add(case_error_record(err))
     missing_base = [p for p in todo if not Path(p.base_model).exists()]
     runner = Runner(out, device=device, attribution=not args.no_attribution, attribution_budget=args.budget,
-                    progress=progress, determinism=getattr(args, "determinism_check", "auto"))
+                    progress=progress, determinism=getattr(args, "determinism_check", "auto"),
+                    cache_dir=embedding_cache_dir())
     started = time.perf_counter()
     try:
         for p in missing_base:
@@ -120,7 +127,9 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         print(file=sys.stderr)
     paths = write_report(results, out)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results.to_dict(), indent=1, default=str))
+        from parity.report.store import dumps
+
+        Path(args.json_out).write_text(dumps(results.to_dict(), indent=1) + "\n")
     print_summary(results.items, paths)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
 

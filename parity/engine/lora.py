@@ -138,8 +138,9 @@ def parse_lora(path: str | Path) -> dict[str, LoraModule]:
             continue
         modules.setdefault(mod, LoraModule(mod)).tensors[role] = value
     if unknown:
-        raise ModelError(f"{len(unknown)} key(s) are not AI Toolkit FLUX.2 LoRA keys, e.g. {unknown[0]!r}; they look "
-                         f"like {_family_hint(sorted(sd))}", path)
+        raise ModelError(f"{len(sd) - len(unknown)} of {len(sd)} keys are AI Toolkit FLUX.2 LoRA keys; "
+                         f"{len(unknown)} key(s) are not, e.g. {unknown[0]!r}; they look like "
+                         f"{_family_hint(sorted(sd))}", path)
     bad = []
     for mod, m in modules.items():
         try:
@@ -147,7 +148,8 @@ def parse_lora(path: str | Path) -> dict[str, LoraModule]:
         except KeyError:
             bad.append(mod)
     if bad:
-        raise ModelError(f"{len(bad)} module(s) are not FLUX.2 transformer modules, e.g. {bad[0]!r}; the file looks "
+        raise ModelError(f"{len(modules) - len(bad)} of {len(modules)} modules match the FLUX.2 transformer; "
+                         f"{len(bad)} module(s) are not FLUX.2 transformer modules, e.g. {bad[0]!r}; the file looks "
                          f"like {_family_hint(sorted(sd))}", path)
     for mod, m in modules.items():
         t = m.tensors
