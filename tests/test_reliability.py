@@ -471,8 +471,8 @@ def _noisy_second_render(monkeypatch):
     real = Engine.render
     seen: dict = {}
 
-    def render(self, spec):
-        res = real(self, spec)
+    def render(self, spec, **kw):
+        res = real(self, spec, **kw)
         key = repr(spec)
         seen[key] = seen.get(key, 0) + 1
         if seen[key] % 2 == 0:

@@ -23,8 +23,8 @@ import torch
 torch.set_num_threads(1)
 from parity.engine import Engine
 real = Engine.render
-def render(self, spec):
-    res = real(self, spec)
+def render(self, spec, **kw):
+    res = real(self, spec, **kw)
     with open(os.environ["PARITY_TEST_COUNT"], "a") as f:
         f.write(spec.prompt + "\n")
     time.sleep(float(os.environ.get("PARITY_TEST_SLEEP", "0")))

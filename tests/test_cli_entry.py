@@ -1,0 +1,54 @@
+"""CLI entry points not covered elsewhere: `parity init` writes a case that plans; `parity diff` exits 0 for a
+parity run and 1 for a drifting one with its cause named; `parity run --shard` halves cover every item once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from parity.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_job(tiny_model_dir, tmp_path_factory) -> Path:
+    from parity.demo import demo_config, write_job
+
+    root = tmp_path_factory.mktemp("cli-job")
+    cfg = demo_config(root)
+    cfg["config"]["process"][0]["sample"].update(width=32, height=32, sample_steps=2, prompts=["a cat", "a dog"])
+    cfg["config"]["process"][0]["train"]["steps"] = 200
+    return write_job(root / "cj", tiny_model_dir, config=cfg, checkpoints={100: 0.5})
+
+
+def test_init_writes_a_case_that_loads_and_plans(small_job, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from parity.cases import load_case
+    from parity.run import plan_case
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", str(small_job), "--base-model", str(tiny_model_dir)]) == 0
+    case = load_case(tmp_path / "cases" / "cj.yaml")
+    assert case.job == small_job.resolve() and case.base_model == str(tiny_model_dir)
+    items = plan_case(case)
+    assert [(p.step, p.index) for p in items] == [(100, 0), (100, 1)]
+    assert main(["init", str(small_job)]) == 2  # exists: refuses to overwrite
+    assert "pass --force" in capsys.readouterr().err
+
+
+def test_diff_exit_codes_and_cause(small_job, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "ok"
+    code = main(["diff", str(small_job), "--base-model", str(tiny_model_dir), "--out", str(out), "-q"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "cj[step100-p0]" in text and f"report: {out / 'index.html'}" in text
+    drift = tmp_path / "drift"
+    code = main(["diff", str(small_job), "--base-model", str(tiny_model_dir), "--set", "guidance_scale=2",
+                 "--out", str(drift), "--json", str(tmp_path / "r.json"), "-q"])
+    text = capsys.readouterr().out
+    assert code == 1, text
+    assert "top cause: guidance (7.0 vs 2.0)" in text
+    items = json.loads((tmp_path / "r.json").read_text())["items"]
+    assert all(it["causes"][0]["knob"] == "guidance" for it in items)
+    assert main(["diff", str(tmp_path / "nope")]) == 2
+    assert "nope: no such job folder" in capsys.readouterr().err
