@@ -52,3 +52,22 @@ def test_diff_exit_codes_and_cause(small_job, tiny_model_dir, tmp_path, capsys):
     assert all(it["causes"][0]["knob"] == "guidance" for it in items)
     assert main(["diff", str(tmp_path / "nope")]) == 2
     assert "nope: no such job folder" in capsys.readouterr().err
+
+
+def test_shards_merge_to_the_unsharded_results(small_job, tiny_model_dir, tmp_path, capsys):
+    from parity.report import load
+
+    base = ["diff", str(small_job), "--base-model", str(tiny_model_dir), "--step", "all", "-q"]
+    assert main([*base, "--out", str(tmp_path / "full")]) == 0
+    for k in (1, 2):
+        main([*base, "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}")])
+    assert main(["report", "merge", str(tmp_path / "s1" / "results.json"), str(tmp_path / "s2" / "results.json"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    shards = [{it["id"] for it in load(tmp_path / f"s{k}").items} for k in (1, 2)]
+    assert shards[0].isdisjoint(shards[1])
+    full = {it["id"]: it for it in load(tmp_path / "full").items}
+    merged = {it["id"]: it for it in load(tmp_path / "merged" / "results.json").items}
+    assert merged.keys() == full.keys() == shards[0] | shards[1] and len(full) == 4
+    for key, it in full.items():
+        assert merged[key]["tier"] == it["tier"] and merged[key]["metrics"] == it["metrics"]
