@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from parity.engine.schedule import aitk_mu  # torch-free at import; the one AI Toolkit mu
 from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, RenderSpec, ResolvedSpec
 
 # Which RenderSpec fields each knob covers. `schedule` covers the whole sampling loop: the sigma schedule (mu/shift)
@@ -55,13 +56,9 @@ def image_tokens(width: int, height: int) -> int:
     return (w // 16) * (h // 16)
 
 
-def aitk_mu(tokens: int) -> float:
-    """AI Toolkit's get_schedule mu: linear through (256 tokens, 0.5) and (4096, 1.15) (sampling.py L294-322)."""
-    return 0.5 + (tokens - 256) * (1.15 - 0.5) / (4096 - 256)
-
-
 def empirical_mu(tokens: int, steps: int) -> float:
-    """diffusers' / BFL's `compute_empirical_mu` (pipeline_flux2.py L159-174): above 4300 tokens the FLUX.1 line
+    """diffusers' / BFL's `compute_empirical_mu` (pipeline_flux2.py L159-174), re-derived here so the parameter
+    table needs neither torch nor diffusers (the engine renders with diffusers' own function): above 4300 tokens the FLUX.1 line
     (0.00016927 L + 0.45666666); at or below, linear in the step count between the values of two fitted lines at
     10 and 200 steps."""
     at_200 = 0.00016927 * tokens + 0.45666666
