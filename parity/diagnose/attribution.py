@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
-from parity.diagnose.paramdiff import KNOB_FIELDS, align_many, differing_knobs, effective_size
+from parity.diagnose.paramdiff import KNOB_FIELDS, align_many, differing_knobs, effective_size, knob_value
 from parity.spec import KNOBS, RenderSpec
 
 # Knobs tried first when the budget cannot cover them all: the large effects of aitk-flux2-previews.md section G
@@ -24,36 +24,18 @@ assert set(PRIOR_ORDER) == {k for k in KNOBS if KNOB_FIELDS[k]}
 
 
 def compact_value(spec: RenderSpec, knob: str) -> Any:
-    """A short JSON value for a knob (the parameter table has the full one)."""
-    if knob == "steps":
-        return spec.sample_steps
+    """A short JSON value for a knob: the schedule and resolution condensed, the rest as in the parameter table."""
     if knob == "schedule":
         text = spec.schedule if spec.semantics == "aitk" else f"{spec.schedule} ({spec.semantics})"
         if spec.numerics:
             text += " [" + ",".join(f"{k}:{v}" for k, v in spec.numerics) + "]"
         return text
-    if knob == "guidance":
-        return spec.guidance_scale
     if knob == "resolution":
         w, h = effective_size(spec.width, spec.height)
         return f"{w}x{h}"
-    if knob == "seed":
-        return spec.seed
-    if knob == "generator":
-        return spec.generator
-    if knob == "prompt":
-        return spec.prompt
-    if knob == "lora_scale":
-        return spec.network_multiplier
-    if knob == "lora_application":
-        return spec.lora_application
-    if knob == "checkpoint":
-        return spec.lora_path
-    if knob == "quantization":
-        return {"transformer": spec.quantize, "text_encoder": spec.quantize_te}
-    if knob == "dtype":
-        return spec.dtype
-    raise KeyError(knob)
+    if knob == "text_encoder":
+        raise KeyError(knob)  # not a RenderSpec field: never attributed by re-rendering
+    return knob_value(spec, knob)
 
 
 @dataclass
