@@ -134,41 +134,14 @@ def index_checkpoints(folder: Path, name: str) -> CheckpointIndex:
 
 # ---- format detection ------------------------------------------------------------------------------------
 
-# IJG standard quantization tables (ITU-T T.81 Annex K), natural order, as libjpeg scales them for
-# `quality` (jcparam.c jpeg_quality_scaling / jpeg_add_quant_table with force_baseline).
-_STD_LUMA = (
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
-)
-_STD_CHROMA = (
-    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
-    47, 66, 99, 99, 99, 99, 99, 99, *([99] * 32),
-)
-
-
-def scaled_tables(quality: int) -> tuple[list[int], list[int]]:
-    scale = 5000 // quality if quality < 50 else 200 - quality * 2
-    def tab(std):
-        return [min(255, max(1, (v * scale + 50) // 100)) for v in std]
-    return tab(_STD_LUMA), tab(_STD_CHROMA)
-
-
-_SCALED = {q: scaled_tables(q) for q in range(1, 101)}
-
 
 def estimate_jpeg_quality(tables: dict[int, list[int]]) -> tuple[int | None, bool]:
-    """(quality, exact): exact when the tables equal libjpeg's scaled standard tables for that quality (what
-    Pillow writes for `quality=q`); otherwise the nearest quality by squared error on the luma table."""
-    if not tables or 0 not in tables:
-        return None, False
-    luma = list(tables[0])
-    chroma = list(tables[1]) if 1 in tables else None
-    for q, (l, c) in _SCALED.items():
-        if luma == l and (chroma is None or chroma == c):
-            return q, True
-    best = min(_SCALED, key=lambda q: sum((a - b) ** 2 for a, b in zip(luma, _SCALED[q][0])))
-    return best, False
+    """(quality, exact) of a JPEG's quantization tables: the libjpeg quality Pillow was given (`exact` when the
+    tables are libjpeg's scaled standard tables for it). One implementation, the comparison's (imported lazily:
+    it pulls numpy, which `parity plan` needs only when it reads previews)."""
+    from parity.compare.jpeg import detect_quality
+
+    return detect_quality(tables or {})
 
 
 @dataclass(frozen=True)
