@@ -27,7 +27,7 @@ TRAIN_STEPS = 200
 CHECKPOINT_STEPS = (100,)   # plus the final file at TRAIN_STEPS
 SAMPLE_EVERY = 100
 BASE_MS = 1764100000000     # fixed "save time" stamps keep the demo byte-reproducible
-DEMO_VERSION = "2"          # bump to rebuild existing demo folders
+DEMO_VERSION = "3"          # bump to rebuild existing demo folders
 
 PROMPTS = [
     "[trigger] portrait of a woman, soft window light",
