@@ -4,14 +4,19 @@ File formats (aitk-flux2-previews.md fact 12, cpu-stack-notes.md section 3): key
 (or `transformer.<BFL module>` before AI Toolkit's save-time rename) with
   - LoRA: `.lora_A.weight` [r, in] / `.lora_B.weight` [out, r] (or `.lora_down` / `.lora_up`), optional `.alpha`
     (scale alpha/r; AI Toolkit drops alpha for FLUX.2, scale 1);
-  - LoKr: `.lokr_w1`, `.lokr_w2` (full) or `.lokr_w1_a/_b`, `.lokr_w2_a/_b` (decomposed), `.alpha`
-    (scale alpha/r for decomposed factors, 1 when both are full: toolkit/models/lokr.py).
+  - LoKr: `.lokr_w1` [out_l, in_m], `.lokr_w2` [out_k, in_n] (full) or `.lokr_w1_a/_b`, `.lokr_w2_a/_b`
+    (decomposed, rank r), `.alpha`; dW = kron(w1, w2) * scale with scale = alpha/r, forced to 1 when both
+    factors are full (toolkit/models/lokr.py L209-215, ai-toolkit 27a03a91). AI Toolkit itself writes FLUX.2 LoKr
+    files with a full `lokr_w1` always (lora_special.py L599-620 never passes decompose_both) and, in its
+    peft format, alpha = rank (lora_special.py L422-433), so its files always have scale 1.
 BFL modules map onto diffusers modules with `keymap.bfl_module_targets` (fused qkv rows split into q/k/v, the final
 adaLN rows swapped). diffusers 0.42.1's own loader drops or mis-maps several of these variants (notes section 3),
 so the mapping is done here and every key must be accounted for.
 
-Modes (toolkit/network_mixins.py): `merged` W = cast(float(W) + m*(B@A)*scale) with fp32 factors; `live`
-y = base(x) + cast((B(A(x_fp32))*scale)*m), used by AI Toolkit whenever the transformer is quantized.
+Modes (toolkit/network_mixins.py): `merged` W = cast(float(W) + m*(B@A)*scale) with fp32 factors (LoKr:
+cast(float(W) + (kron(w1, w2)*scale)*m), lokr.py L264-305); `live` LoRA y = base(x) + cast((B(A(x_fp32))*scale)*m),
+live LoKr the factorized Kronecker product in the base output dtype (lokr.py L340-397, `lokr_live_output`). AI
+Toolkit runs adapters live whenever the transformer is quantized.
 """
 
 from __future__ import annotations
@@ -49,19 +54,25 @@ class LoraModule:
         return "lokr" if any(k.startswith("w") for k in self.tensors) else "lora"
 
     def scale(self) -> float:
-        """alpha / rank (1.0 without alpha, and for full-rank LoKr)."""
+        """LoRA: alpha / rank (1.0 without alpha). LoKr: AI Toolkit's LokrModule rule (toolkit/models/lokr.py
+        L209-215): alpha 0 or absent means alpha = rank; both factors full forces alpha = rank; scale =
+        alpha / rank where rank is the decomposed factors' inner size (w2_a/w2_b, else w1_a/w1_b: L178-198)."""
         alpha = self.tensors.get("alpha")
-        if alpha is None:
-            return 1.0
         if self.kind == "lora":
-            return float(alpha) / self.tensors["A"].shape[0]
+            return 1.0 if alpha is None else float(alpha) / self.tensors["A"].shape[0]
         if "w2_b" in self.tensors:
-            return float(alpha) / self.tensors["w2_b"].shape[0]
-        if "w1_b" in self.tensors:
-            return float(alpha) / self.tensors["w1_b"].shape[0]
-        return 1.0
+            rank = self.tensors["w2_b"].shape[0]
+        elif "w1_b" in self.tensors:
+            rank = self.tensors["w1_b"].shape[0]
+        else:
+            return 1.0
+        if alpha is None or float(alpha) == 0.0:
+            return 1.0
+        return float(alpha) / rank
 
     def factor(self, name: str) -> torch.Tensor:
+        """fp32 LoKr factor: the file tensor, or the product of its decomposed halves in fp32 (lokr.py L250-253
+        for the merge path; L334 for w1 in the live path)."""
         t = self.tensors
         if name in t:
             return t[name].float()
@@ -71,10 +82,54 @@ class LoraModule:
         return a.float() @ b.float()
 
     def delta(self) -> torch.Tensor:
-        """Unscaled fp32 dW (out, in) in BFL row order: B @ A, or kron(w1, w2) for LoKr."""
+        """Unscaled fp32 dW (out, in) in BFL row order: B @ A, or kron(w1, w2) for LoKr (lokr.py make_kron
+        L70-76: kron(w1, w2), w1 the small (out_l, in_m) factor, so row = p*out_k + o, column = q*in_n + s)."""
         if self.kind == "lora":
             return self.tensors["B"].float() @ self.tensors["A"].float()
         return torch.kron(self.factor("w1"), self.factor("w2"))
+
+    def merge_delta(self) -> tuple[torch.Tensor, float]:
+        """(fp32 dW, scale) for `numerics.merge_lora_weight`, which forms `m * dW * scale` in fp32.
+        LoRA: (B @ A, alpha/r), AI Toolkit's `multiplier * (up @ down) * scale` (network_mixins.py L434).
+        LoKr: AI Toolkit scales the Kronecker product first and multiplies by the merge weight after
+        (lokr.py L76 `rebuild*scale` with the fp32 `_runtime_scale`, then L291-294 `weight + lokr_weight *
+        merge_weight`), so the scale is folded in here and 1.0 returned: `m * (kron*s) * 1.0` is bit-identical
+        to AI Toolkit's `(kron*s) * m`, while `(m*kron)*s` can differ by an fp32 ulp."""
+        if self.kind == "lora":
+            return self.delta(), self.scale()
+        return self.delta() * torch.tensor(self.scale(), dtype=torch.float32), 1.0
+
+    def lokr_factors(self) -> "LokrFactors":
+        """fp32 factors the live LoKr path uses, never combined into a full (out, in) matrix."""
+        t = self.tensors
+        if "w2" in t:
+            w2, w2_a, w2_b = t["w2"].float(), None, None
+        else:
+            w2, w2_a, w2_b = None, t["w2_a"].float(), t["w2_b"].float()
+        return LokrFactors(w1=self.factor("w1"), w2=w2, w2_a=w2_a, w2_b=w2_b,
+                           scale=torch.tensor(self.scale(), dtype=torch.float32))
+
+
+@dataclass
+class LokrFactors:
+    """A LoKr module's factors as AI Toolkit's live path holds them (lokr.py `_get_delta_factors`, L331-338):
+    w1 (out_l, in_m) fp32, the product w1_a @ w1_b when decomposed; w2 (out_k, in_n) fp32 when full, else its
+    halves w2_a (out_k, r) and w2_b (r, in_n) kept apart; scale the fp32 0-dim `_runtime_scale`
+    (network_mixins.py L182-195)."""
+
+    w1: torch.Tensor
+    w2: torch.Tensor | None
+    w2_a: torch.Tensor | None
+    w2_b: torch.Tensor | None
+    scale: torch.Tensor
+
+    def to(self, device) -> "LokrFactors":
+        mv = (lambda t: None if t is None else t.to(device))
+        return LokrFactors(mv(self.w1), mv(self.w2), mv(self.w2_a), mv(self.w2_b), self.scale.to(device))
+
+    @property
+    def out_features(self) -> int:
+        return self.w1.shape[0] * (self.w2 if self.w2 is not None else self.w2_a).shape[0]
 
 
 @dataclass
@@ -269,22 +324,23 @@ class LoraApplier:
             if hpath is None or float(hm) == 0.0:
                 continue
             planned = plan(self.model, parse_lora(hpath), hpath)
-            deltas: dict[int, torch.Tensor] = {}
+            deltas: dict[int, tuple[torch.Tensor, float]] = {}
             for p in planned:
                 lin = self.model.get_submodule(p.module)
                 if is_quantized(lin):
                     raise ModelError("merge history needs an unquantized transformer", hpath)
                 if id(p.lora) not in deltas:
-                    deltas[id(p.lora)] = p.lora.delta()
-                d = _rows(deltas[id(p.lora)], p).to(lin.weight.device)
+                    deltas[id(p.lora)] = p.lora.merge_delta()
+                full, scale = deltas[id(p.lora)]
+                d = _rows(full, p).to(lin.weight.device)
                 if p.module not in self.pristine:
                     self.pristine[p.module] = lin.weight.detach().clone()
                 if p.module not in self.merged:
                     self.merged.append(p.module)
                 how = switches.get("lora_merge", "aitk")
                 with torch.no_grad():
-                    w = merge_lora_weight(lin.weight.data, d, float(hm), p.lora.scale(), how)
-                    lin.weight.data.copy_(merge_lora_weight(w, d, -float(hm), p.lora.scale(), how))
+                    w = merge_lora_weight(lin.weight.data, d, float(hm), scale, how)
+                    lin.weight.data.copy_(merge_lora_weight(w, d, -float(hm), scale, how))
             done += 1
         return done
 
@@ -300,7 +356,7 @@ class LoraApplier:
             if application == "merged" and is_quantized(lin):
                 raise ModelError("cannot merge a LoRA into a quantized transformer; AI Toolkit applies it live when "
                                  "quantize is on (use lora_application=live)", path)
-        deltas: dict[int, torch.Tensor] = {}
+        deltas: dict[int, tuple[torch.Tensor, float]] = {}
         for p in planned:
             lin = self.model.get_submodule(p.module)
             m = p.lora
@@ -308,8 +364,9 @@ class LoraApplier:
             if application == "merged":
                 key = id(m)
                 if key not in deltas:  # full-matrix product once, then row slices (as AI Toolkit's fused module)
-                    deltas[key] = m.delta()
-                d = _rows(deltas[key], p).to(lin.weight.device)
+                    deltas[key] = m.merge_delta()
+                full, scale = deltas[key]
+                d = _rows(full, p).to(lin.weight.device)
                 if p.module not in self.pristine:
                     self.pristine[p.module] = lin.weight.detach().clone()
                 with torch.no_grad():
@@ -327,22 +384,51 @@ class LoraApplier:
                           scales=tuple(sorted({m.scale() for m in modules.values()})))
 
 
-def lokr_live_output(base_out: torch.Tensor, x: torch.Tensor, delta_fp32: torch.Tensor, multiplier: float,
-                     scale: float, path: str = "aitk") -> torch.Tensor:
-    """Live LoKr branch added to a Linear's output (delta_fp32: (out, in) kron(w1, w2) rows).
-    aitk: AI Toolkit's LokrModule computes the Kronecker weight and applies it in the base output dtype (bf16),
-    scaled by the multiplier in that dtype, and adds it to the base output (toolkit/models/lokr.py L340-397;
-    aitk-flux2-previews.md section C "LoKr"): `out + F.linear(x.to(dt), (dW*scale).to(dt)) * m`.
-    fp32: the branch computed in fp32 from an fp32 input and rounded once (as the LoRA path does)."""
+def lokr_live_delta(x: torch.Tensor, f: LokrFactors, dtype: torch.dtype) -> torch.Tensor:
+    """LoKr delta (..., out_l*out_k) for input x (..., in_m*in_n), every step in `dtype`, as AI Toolkit's
+    factorized Linear forward computes it (toolkit/models/lokr.py `_call_forward_fast_linear`, L359-386):
+    each factor cast to `dtype` on its own (w1 = w1_a@w1_b formed in fp32 first, L334; w2_a and w2_b never
+    multiplied together), x viewed as (..., in_m, in_n), contracted with w2 (or w2_b then w2_a), then with
+    `w1.to(dtype) * scale` (scale an fp32 0-dim tensor, so the product stays in `dtype`, L385), flattened in
+    (out_l, out_k) order, i.e. kron(w1, w2) rows. Each einsum rounds to `dtype`, which is why this differs from
+    F.linear with a bf16 Kronecker weight. The contractions are laid out as AI Toolkit's (same operand order
+    and output layout) so torch picks the same kernels and the bits agree."""
+    xq = x.to(dtype).unflatten(-1, (f.w1.shape[1], -1))                # (..., in_m, in_n)
+    if f.w2 is not None:
+        u = torch.einsum("...ij,kj->...ik", xq, f.w2.to(dtype))         # (..., in_m, out_k)
+    else:
+        u = torch.einsum("...ij,rj->...ir", xq, f.w2_b.to(dtype))       # (..., in_m, r)
+        u = torch.einsum("...ir,kr->...ik", u, f.w2_a.to(dtype))        # (..., in_m, out_k)
+    w1s = f.w1.to(dtype) * f.scale                                      # (out_l, in_m), in dtype
+    return torch.einsum("...ik,li->...lk", u, w1s).flatten(-2, -1)      # (..., out_l*out_k)
+
+
+def lokr_live_output(base_out: torch.Tensor, x: torch.Tensor, f: LokrFactors, multiplier: float,
+                     path: str = "aitk", index: torch.Tensor | None = None) -> torch.Tensor:
+    """A Linear's output with the live LoKr branch added. `index` picks (and orders) the fused BFL module's
+    outputs this diffusers module produces (q/k/v thirds, swapped adaLN halves); None = all.
+    aitk (toolkit/models/lokr.py L340-397; network_mixins.py L301-302 sends LoKr straight there): the delta in
+    the base output's dtype (`lokr_live_delta`), times the multiplier as a tensor of that dtype (the network's
+    fp32 `torch_multiplier`, network_mixins.py L792-832, averaged and cast: L394-395), added to the base output
+    in that dtype, the sum cast to x's dtype (L397).
+    fp32 (ablation): the same product from an fp32 input in fp32, times the multiplier in fp32, rounded once to
+    the base dtype and added (as the LoRA live branch is)."""
+    dt = base_out.dtype
+    m = torch.tensor(float(multiplier), dtype=torch.float32, device=base_out.device)
     if path == "aitk":
-        dt = base_out.dtype
-        return base_out + torch.nn.functional.linear(x.to(dt), (delta_fp32 * scale).to(dt)) * multiplier
-    return live_lora_output(base_out, torch.nn.functional.linear(x.float(), delta_fp32), multiplier, scale, "aitk")
+        delta = lokr_live_delta(x, f, dt)
+        if index is not None:
+            delta = delta.index_select(-1, index)
+        return (base_out + delta * m.to(dt)).to(x.dtype)
+    delta = lokr_live_delta(x.float(), f, torch.float32)
+    if index is not None:
+        delta = delta.index_select(-1, index)
+    return base_out + (delta * m).to(dt)
 
 
 def _live_hook(p: _Planned, multiplier: float, scale: float, path: str, device):
     """Forward hook adding the side branch. LoRA: fp32 B_rows(A(x_fp32)) rounded once (`lora_live`); LoKr: the
-    Kronecker weight in the base dtype (`lokr_live`)."""
+    factorized Kronecker product in the base dtype (`lokr_live`)."""
     m = p.lora
     if m.kind == "lora":
         A = m.tensors["A"].float().to(device)
@@ -352,10 +438,12 @@ def _live_hook(p: _Planned, multiplier: float, scale: float, path: str, device):
             branch = torch.nn.functional.linear(torch.nn.functional.linear(x.float(), A), B)
             return live_lora_output(out, branch, multiplier, scale, path)
     else:
-        D = _rows(m.delta(), p).to(device)
+        f = m.lokr_factors().to(device)
+        full = _rows(torch.arange(f.out_features), p)
+        index = None if full.equal(torch.arange(f.out_features)) else full.to(device)
 
         def add(out, x):
-            return lokr_live_output(out, x, D, multiplier, scale, path)
+            return lokr_live_output(out, x, f, multiplier, path, index)
 
     def hook(module, args, out):
         x = args[0]
