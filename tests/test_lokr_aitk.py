@@ -293,3 +293,33 @@ def test_merged_rounding_order_matters_somewhere():
     k = torch.randn(4096, generator=g)
     s = torch.tensor(ALPHA / RANK, dtype=torch.float32)
     assert not torch.equal((k * s) * MULT, (MULT * k) * s)
+
+
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_live_delta_bits_at_flux2_qkv_size(decomposed):
+    """FLUX.2-dev's fused qkv (18432 x 3072: factors (128, 144) x (48, 64)) with a few tokens: parity's own einsum
+    layout gives AI Toolkit's bits at real sizes too, where other kernel blockings could be chosen."""
+    from parity.engine.lora import LokrFactors, lokr_live_delta
+
+    g = torch.Generator().manual_seed(1)
+    (ol, ok), (im, inn) = aitk_factorization(18432), aitk_factorization(3072)
+    f = {"w1": torch.randn(ol, im, generator=g), "alpha": torch.tensor(16.0)}
+    if decomposed:
+        f |= {"w2_a": torch.randn(ok, 16, generator=g) * 0.1, "w2_b": torch.randn(16, inn, generator=g) * 0.1}
+    else:
+        f["w2"] = torch.randn(ok, inn, generator=g) * 0.1
+    x = torch.randn(1, 24, 3072, generator=g).to(torch.bfloat16)
+    ours = LokrFactors(w1=f["w1"], w2=f.get("w2"), w2_a=f.get("w2_a"), w2_b=f.get("w2_b"),
+                       scale=torch.tensor(aitk_scale(f), dtype=torch.float32))
+    want = aitk_live_delta(x, f, torch.bfloat16, 1.0)
+    assert torch.equal(lokr_live_delta(x, ours, torch.bfloat16), want)
+
+
+def test_zero_multiplier_leaves_the_output_alone(lokr_file):
+    """network_mixins.py L289-295: multiplier 0 skips the adapter."""
+    model = _model(torch.bfloat16)
+    xs = _inputs(torch.bfloat16)
+    with torch.no_grad():
+        base = {n: model.get_submodule(n)(xs[b]) for n, (b, _) in _row_map().items()}
+        LoraApplier(model).apply(lokr_file, 0.0, "live", {})
+        assert all(torch.equal(model.get_submodule(n)(xs[b]), base[n]) for n, (b, _) in _row_map().items())

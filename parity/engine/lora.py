@@ -413,6 +413,8 @@ def lokr_live_output(base_out: torch.Tensor, x: torch.Tensor, f: LokrFactors, mu
     in that dtype, the sum cast to x's dtype (L397).
     fp32 (ablation): the same product from an fp32 input in fp32, times the multiplier in fp32, rounded once to
     the base dtype and added (as the LoRA live branch is)."""
+    if float(multiplier) == 0.0:  # network_mixins.py L289-295: a zero multiplier skips the adapter entirely
+        return base_out
     dt = base_out.dtype
     m = torch.tensor(float(multiplier), dtype=torch.float32, device=base_out.device)
     if path == "aitk":
