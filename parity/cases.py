@@ -11,6 +11,9 @@
       min_tier: NEAR                  # gate: EXACT | NEAR | DRIFT | DIFFERENT
       ssim: 0.95                      # optional extra floors/ceilings on metrics
     attribution: true                 # re-render one knob at a time for items below the gate
+    tiers: {near_ssim_y: 0.995}       # optional overrides of the tier thresholds (parity.compare.tiers.Thresholds)
+    preview_hardware: NVIDIA H100 80GB HBM3   # what rendered the previews; default: the training device, unknown
+    noise_floor: true                 # judge irreducible-only DRIFT items against a measured noise floor
 
 Paths are resolved relative to the case file. Validation errors name the file, the key and its line.
 This module does not import torch.
@@ -30,7 +33,7 @@ from parity.spec import TIERS
 
 _TOP_KEYS = {
     "name", "job", "config", "samples", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
-    "attribution", "description", "device", "dtype",
+    "attribution", "description", "device", "dtype", "tiers", "preview_hardware", "noise_floor",
 }
 _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs"}
 # Metric thresholds: for these, higher is better (a floor); for the others lower is better (a ceiling).
@@ -76,6 +79,9 @@ class Case:
     attribution: bool = True
     device: str | None = None
     dtype: str | None = None
+    tiers: dict[str, float] = field(default_factory=dict)  # tier threshold overrides (validated on load)
+    preview_hardware: str | None = None  # device that rendered the previews (None: the training device, unknown)
+    noise_floor: bool = True
 
     @property
     def job_source(self) -> Path:
@@ -202,16 +208,30 @@ def load_case(path: str | Path) -> Case:
         raise bad("inference", "must be preview, a profile name, or a mapping {profile, request, set}")
     if isinstance(inference, dict) and isinstance(inference.get("request"), str):
         inference = dict(inference, request=str((base / inference["request"]).resolve()))
-    for key in ("device", "dtype"):
+    for key in ("device", "dtype", "preview_hardware"):
         if key in data and not isinstance(data[key], str):
             raise bad(key, "must be a string")
+    noise_floor = data.get("noise_floor", True)
+    if not isinstance(noise_floor, bool):
+        raise bad("noise_floor", "must be true or false")
+    tiers = data.get("tiers") or {}
+    if not isinstance(tiers, dict):
+        raise bad("tiers", "must be a mapping of tier thresholds, e.g. {near_ssim_y: 0.995}")
+    for key in tiers:
+        from parity.compare.tiers import Thresholds  # lazy: the comparison package loads numpy and Pillow
+
+        try:
+            Thresholds.from_mapping({key: tiers[key]})
+        except ConfigError as e:
+            raise bad(f"tiers.{key}", e.message) from None
 
     return Case(
         name=name.strip(), path=path.resolve(), job=job, config=config,
         samples=rel_path("samples"), lora=rel_path("lora"), steps=steps,
         base_model=opt_path_or_name("base_model"), text_encoder=opt_path_or_name("text_encoder"),
         inference=inference, expect=Expectation(min_tier, thresholds), attribution=attribution,
-        device=data.get("device"), dtype=data.get("dtype"),
+        device=data.get("device"), dtype=data.get("dtype"), tiers=dict(tiers),
+        preview_hardware=data.get("preview_hardware"), noise_floor=noise_floor,
     )
 
 

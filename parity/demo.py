@@ -106,17 +106,20 @@ def write_job(
     lora_seed: int = 7,
     engine=None,
     base_ms: int = BASE_MS,
+    lora_dtype: str = "bf16",
 ) -> Path:
     """Write an AI Toolkit job folder as the trainer leaves it: config.yaml, LoRA checkpoints and previews rendered
     with AI Toolkit's preview semantics (saved like AI Toolkit saves them). Used by the demo and the tests.
 
     `config` defaults to `demo_config` (its name is set to the folder name); `checkpoints` maps a step label to the
     LoRA strength at that step (the label equal to train.steps is written as the final `{name}.safetensors`);
-    previews are rendered at label 0 (baseline, no LoRA) and every checkpoint label unless `preview_steps` says."""
+    previews are rendered at label 0 (baseline, no LoRA) and every checkpoint label unless `preview_steps` says.
+    `lora_dtype` ("bf16" or "fp32") is the precision the checkpoints are written in."""
     from PIL import Image
 
     from parity.engine import Engine
     from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.engine.weights import torch_dtype
     from parity.job import checkpoint_filename, load_job
     from parity.job.layout import write_config_copy, write_preview
 
@@ -130,7 +133,8 @@ def write_job(
                                                                                                TRAIN_STEPS)}
     # LoRA checkpoints: one fixed direction whose strength grows with training, as a LoRA's effect does.
     for step, strength in checkpoints.items():
-        sd = make_lora(TRANSFORMER_CONFIG, seed=lora_seed, strength=strength)
+        sd = make_lora(TRANSFORMER_CONFIG, seed=lora_seed, strength=strength,
+                       dtype=torch_dtype(lora_dtype))
         fname = checkpoint_filename(name, final=True) if step == train_steps else checkpoint_filename(name, step)
         save_aitk_lora(save_root / fname, sd, step=step, name=name)
     job = load_job(save_root)

@@ -230,6 +230,7 @@ class Runner:
 
         self.render_cache = RenderCache()  # attribution renders shared by items with the same knob set
         self.comparer = Comparer(max_workers=1)
+        self.hardware = hardware_name(device)  # irreducible knob `hardware`: what renders here
         self.progress = progress or (lambda msg: None)
         (self.out_dir / "renders").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
@@ -277,10 +278,18 @@ class Runner:
         Image.fromarray(image).save(path)
         return path
 
+    @staticmethod
+    def _thresholds(item: PlannedItem):
+        """Tier thresholds of the item's case (its `tiers:` overrides on the defaults)."""
+        from parity.compare import Thresholds
+
+        return Thresholds.from_mapping(item.case.tiers, source=str(item.case.path))
+
     def _submit_compare(self, item: PlannedItem, image) -> Future:
         # resample=True: a size mismatch still gets a (labelled, at best DRIFT) score, so it can be attributed.
         return self.comparer.submit(
-            image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps", name=safe_name(item.id), resample=True
+            image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps", name=safe_name(item.id), resample=True,
+            thresholds=self._thresholds(item),
         )
 
     def run_item(self, item: PlannedItem) -> dict[str, Any]:
@@ -294,6 +303,8 @@ class Runner:
             comparison = self._submit_compare(item, result.image).result()
             record = self._record(item, result, render_path, comparison, started)
             self._check_determinism(item, result, record)
+            if self._wants_noise_floor(item, record):
+                self._judge_noise_floor(item, result.image, record)
             if self._needs_attribution(item, record):
                 self._attribute(item, record)
             return record
@@ -311,7 +322,8 @@ class Runner:
         self._prepare_embeddings(ordered)
         records: list[dict[str, Any]] = []
         pending: list[tuple[PlannedItem, Any, Path, Future, float]] = []
-        needs_attr: list[tuple[PlannedItem, dict[str, Any]]] = []
+        # items needing more renders (noise floor, attribution) once everything is rendered: (item, record, image)
+        deferred: list[tuple[PlannedItem, dict[str, Any], Any]] = []
 
         def drain(block: bool) -> None:
             while pending and (block or pending[0][3].done()):
@@ -323,8 +335,8 @@ class Runner:
                     record = self._error_record(item, str(e), started)
                 except Exception as e:  # noqa: BLE001
                     record = self._error_record(item, f"{type(e).__name__}: {e}", started)
-                if self._needs_attribution(item, record):
-                    needs_attr.append((item, record))
+                if self._wants_noise_floor(item, record) or self._needs_attribution(item, record):
+                    deferred.append((item, record, result.image))
                 else:
                     records.append(record)
                     on_record(record)
@@ -349,9 +361,13 @@ class Runner:
                 on_record(record)
             drain(block=False)
         drain(block=True)
-        for n, (item, record) in enumerate(needs_attr, 1):
-            self.progress(f"[{n}/{len(needs_attr)}] attributing {item.id}")
-            self._attribute(item, record)
+        for n, (item, record, image) in enumerate(deferred, 1):
+            if self._wants_noise_floor(item, record):
+                self.progress(f"[{n}/{len(deferred)}] measuring the noise floor of {item.id}")
+                self._judge_noise_floor(item, image, record)
+            if self._needs_attribution(item, record):
+                self.progress(f"[{n}/{len(deferred)}] attributing {item.id}")
+                self._attribute(item, record)
             records.append(record)
             on_record(record)
         return records
@@ -385,6 +401,48 @@ class Runner:
             record["fail_reasons"] = list(record.get("fail_reasons") or []) + [reason]
             record.setdefault("notes", []).append(reason)
 
+    # -- noise floor ---------------------------------------------------------------------------------------
+    def _wants_noise_floor(self, item: PlannedItem, record: dict[str, Any]) -> bool:
+        """DRIFT with every knob matching and some irreducible difference: the only items a measured floor can
+        judge fairly (parity.compare.tiers.decide_floor_tier)."""
+        return (
+            item.case.noise_floor and record.get("tier") == "DRIFT" and not record.get("mismatches")
+            and bool(record.get("irreducible")) and not record.get("nondeterministic")
+            and item.preview_path is not None and "noise_floor" not in record
+        )
+
+    def _judge_noise_floor(self, item: PlannedItem, image, record: dict[str, Any]) -> None:
+        """Render the item's noise twin (parity.diagnose.floor), score render vs twin encoded like the preview, and
+        re-judge the tier against it. A failure is recorded and leaves the tier as it was."""
+        from parity.compare import decide_floor_tier, twin_metrics
+        from parity.diagnose.floor import floor_record, noise_twin
+
+        t = self._thresholds(item)
+        before = record["tier"]
+        try:
+            twin = noise_twin(item.inference.spec, record["irreducible"], merge_history=item.merge_history,
+                              work_dir=self.out_dir / "noise-floor")
+            if not twin.measured:
+                record["noise_floor"] = floor_record(twin, None, tier_before=before, tier=before,
+                                                     reason="no irreducible difference could be sampled",
+                                                     ratio=t.noise_floor_ratio)
+                return
+            twin_image = self.engine_for(item).render(twin.spec, merge_history=twin.merge_history).image
+            m = twin_metrics(image, twin_image, item.preview_path, thresholds=t)
+            tier, reason = decide_floor_tier(before, record["metrics"], m, t, knobs=twin.knobs,
+                                             resampled=bool(record.get("size_mismatch")))
+        except Exception as e:  # noqa: BLE001 - the measurement is extra evidence; never lose the item for it
+            log.debug("noise floor of %s failed", item.id, exc_info=True)
+            record["noise_floor"] = {"knobs": [], "tier_before": before, "tier": before, "applied": False,
+                                     "error": f"{type(e).__name__}: {e}"}
+            return
+        record["noise_floor"] = floor_record(twin, m, tier_before=before, tier=tier, reason=reason,
+                                             ratio=t.noise_floor_ratio)
+        if tier != before:
+            record["tier"], record["reason"] = tier, reason
+            reasons = item.case.expect.check(tier, record["metrics"])
+            record["passed"], record["fail_reasons"] = not reasons, reasons
+
     # -- diagnosis -----------------------------------------------------------------------------------------
     def _needs_attribution(self, item: PlannedItem, record: dict[str, Any]) -> bool:
         return (
@@ -398,13 +456,14 @@ class Runner:
         from parity.diagnose import attribute, causes_list, suspect_search
 
         engine = self.engine_for(item)
+        thresholds = self._thresholds(item)
 
         def render(spec):
             return engine.render(spec).image
 
         def score(image, preview_path):
             # A Comparison: attribution uses its tier; an aligned resolution must compare at the preview size.
-            return compare(image, preview_path, resample=True)
+            return compare(image, preview_path, resample=True, thresholds=thresholds)
 
         try:
             if record["mismatches"]:
@@ -422,7 +481,13 @@ class Runner:
 
     # -- records -------------------------------------------------------------------------------------------
     def _base_record(self, item: PlannedItem) -> dict[str, Any]:
+        from parity.diagnose.paramdiff import hardware_row
+
         diff = item.diff
+        irreducible = [r for r in diff.irreducible if r["knob"] != "hardware"]
+        hw = hardware_row(item.case.preview_hardware, self.hardware)
+        if hw is not None:
+            irreducible.append(hw)
         return {
             "id": item.id,
             "case": item.case.name,
@@ -437,8 +502,8 @@ class Runner:
             # params.<side>.<knob> = {"value", "source"}; irreducible knobs by name, their details apart.
             "params": {side: {r.knob: getattr(r, side) for r in diff.rows} for side in ("preview", "inference")},
             "mismatches": list(diff.mismatches),
-            "irreducible": [r["knob"] for r in diff.irreducible],
-            "irreducible_details": list(diff.irreducible),
+            "irreducible": [r["knob"] for r in irreducible],
+            "irreducible_details": irreducible,
             "causes": [],
             "error": None,
         }
@@ -450,6 +515,7 @@ class Runner:
                                                            (comparison.heatmaps or {}).items()})
         record.update(
             tier=comparison.tier,
+            reason=c.get("reason", ""),
             metrics=c.get("metrics", {}),
             variants=c.get("variants", {}),
             jpeg=c.get("jpeg"),
@@ -498,6 +564,20 @@ def case_error_record(err: CaseError) -> dict[str, Any]:
 
 
 DETERMINISM_MODES = ("auto", "always", "off")
+
+
+def hardware_name(device: str) -> str:
+    """The device renders run on, as the `hardware` knob names it: "cpu", or the CUDA device's name (what
+    torch.cuda.get_device_name reports, e.g. "NVIDIA H100 80GB HBM3"), which a case's `preview_hardware` can match."""
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(torch.device(device))
+        except Exception:  # noqa: BLE001 - fall back to the device string
+            pass
+    return device.split(":")[0]
 
 
 def safe_name(text: str) -> str:

@@ -187,6 +187,16 @@ def test_permalink_opens_its_item(driver, report):
     assert driver.execute_script("return decodeURIComponent(location.hash.slice(6))") == now
 
 
+def test_noise_floor_section_explains_the_verdict(driver, report):
+    paths, raw = report
+    target = next(it for it in raw["items"] if it.get("noise_floor"))
+    open_report(driver, paths, "#item=" + quote(target["id"], safe=""))
+    text = driver.execute_script("var s = document.querySelector('.card.open .sec.noisefloor'); return s && s.innerText")
+    assert text and "Noise floor" in text and "DRIFT → NEAR" in text and "rounding cells" in text
+    chips = driver.execute_script("return document.querySelector('.card.open .chips').innerText")
+    assert "within noise floor" in chips
+
+
 def test_hostile_prompt_is_text_and_nothing_fires(driver, report):
     paths, raw = report
     hostile = next(it for it in raw["items"] if it["prompt"] == HOSTILE_PROMPT)

@@ -204,6 +204,25 @@ def compare(
     return out
 
 
+def twin_metrics(render: np.ndarray, twin: np.ndarray, preview_path: str | Path, *,
+                 thresholds: Thresholds | None = None) -> dict[str, float]:
+    """Metrics of `render` against `twin` (another render of the same item), both encoded the way the preview was,
+    so they live in the same space as the item's own scores (noise-floor measurement). Raises ParityError when the
+    preview cannot be read and ValueError on malformed arrays or different sizes."""
+    t = thresholds or Thresholds()
+    a, b = _check_render(render), _check_render(twin)
+    if a.shape != b.shape:
+        raise ValueError(f"twin render {b.shape[1]}x{b.shape[0]} differs in size from the render "
+                         f"{a.shape[1]}x{a.shape[0]}")
+    pv = load_image(preview_path)
+    if (a.shape[1], a.shape[0]) != pv.size:  # the item's scores were resampled: measure in the same space
+        a, b = _resample(a, pv.size), _resample(b, pv.size)
+    a, _ = encode_matched(a, pv)
+    b, _ = encode_matched(b, pv)
+    m, _, _ = _core_metrics(a, b, t, full=False)
+    return m
+
+
 class Comparer:
     """Runs compare() on worker threads so comparing one item never blocks rendering the next
     (numpy, scipy and Pillow release the GIL in the heavy parts)."""

@@ -14,6 +14,11 @@ Order of the decision (docs/metrics.md has the calibration behind each default):
               `tolerance` levels (catches a broken face in an otherwise matching image).
 5. DRIFT      everything else: same composition, visibly different.
 A resampled comparison (sizes differed) is never better than DRIFT.
+
+Noise floor (`decide_floor_tier`): an item whose settings all match and whose only differences are irreducible
+(parity.spec.IRREDUCIBLE_KNOBS: LoRA file precision, merge history, hardware) cannot be pushed below their noise by
+any re-render. The runner measures that noise on the item itself (the render against a twin render that differs
+by a sample of the irreducible difference) and a DRIFT within `noise_floor_ratio` times it becomes NEAR, labelled.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Thresholds:
     different_phash: int = 20         # DIFFERENT: pHash Hamming distance at least this (of 64 bits) ...
     different_phash_ssim_y: float = 0.90  # ... while luma SSIM is below this
     different_ssim_y: float = 0.30    # DIFFERENT: luma SSIM below this, whatever pHash says
+    noise_floor_ratio: float = 2.0    # NEAR (irreducible-only items): loss at most this x the measured noise
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,8 +68,8 @@ class Thresholds:
     def validate(self, source: str | None = None) -> None:
         if self.window < 1 or self.tolerance < 0 or self.exact_max_abs < 0:
             raise ConfigError("window must be >= 1, tolerance and exact_max_abs >= 0", source)
-        if self.near_ceiling_ratio < 0:
-            raise ConfigError("near_ceiling_ratio must be >= 0", source)
+        if self.near_ceiling_ratio < 0 or self.noise_floor_ratio < 0:
+            raise ConfigError("near_ceiling_ratio and noise_floor_ratio must be >= 0", source)
         for k in ("near_ssim_y", "near_window_density", "different_ssim_y", "different_phash_ssim_y"):
             if not -1.0 <= getattr(self, k) <= 1.0:
                 raise ConfigError(f"threshold {k} must lie in [-1, 1]", source)
@@ -98,3 +104,27 @@ def decide_tier(m: Mapping[str, float], t: Thresholds, *, ceiling_ssim_y: float 
     if m["window_density"] > t.near_window_density:
         why.append(f"{win} > {t.near_window_density} (pixels over {t.tolerance} levels)")
     return "DRIFT", "; ".join(why)
+
+
+def decide_floor_tier(tier: str, m: Mapping[str, float], floor: Mapping[str, float], t: Thresholds, *,
+                      knobs: tuple[str, ...] | list[str] = (), resampled: bool = False) -> tuple[str, str]:
+    """(tier, reason) for an item whose only differences are the irreducible `knobs`, judged against `floor`: the
+    metrics (ssim_y, window_density) of the render against its noise twin, encoded like the preview.
+
+    Only DRIFT can move, and only to NEAR: EXACT and NEAR need no help, DIFFERENT is another picture whatever the
+    noise, and a resampled comparison stays DRIFT. NEAR when the luma-SSIM loss is at most `noise_floor_ratio` x
+    the twin's loss and the worst window is at most that ratio x the twin's (or within `near_window_density`).
+    A twin identical to the render (zero loss) measures no noise and lifts nothing."""
+    names = ", ".join(knobs) or "irreducible differences"
+    if tier != "DRIFT" or resampled:
+        return tier, ""
+    loss, floor_loss = 1.0 - float(m["ssim_y"]), 1.0 - float(floor["ssim_y"])
+    if floor_loss <= 0.0:
+        return "DRIFT", f"noise floor of {names}: the twin render equals this render, so no noise was measured"
+    allowed = t.noise_floor_ratio * floor_loss
+    win_allowed = max(t.near_window_density, t.noise_floor_ratio * float(floor["window_density"]))
+    head = (f"noise floor of {names}: SSIM-Y loss {loss:.5f} vs {t.noise_floor_ratio:g} x measured {floor_loss:.5f}"
+            f"; worst window {float(m['window_density']):.3f} vs {win_allowed:.3f}")
+    if loss <= allowed and float(m["window_density"]) <= win_allowed:
+        return "NEAR", f"within the {head}"
+    return "DRIFT", f"above the {head}"

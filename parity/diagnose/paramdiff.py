@@ -262,12 +262,23 @@ def irreducible_rows(preview: RenderSpec, *, lora_save_dtype: str | None = None,
         out.append({"knob": "merge_history", "preview": f"{earlier_merges} earlier merge/un-merge round(s)",
                     "inference": "pristine base weights",
                     "note": "bf16 merge/un-merge round trips drift the base weights slightly between previews"})
-    if inference_hardware is not None and preview_hardware != inference_hardware:
-        out.append({"knob": "hardware", "preview": preview_hardware or "training device (unknown)",
-                    "inference": inference_hardware,
-                    "note": "different devices or kernels round differently"})
+    row = hardware_row(preview_hardware, inference_hardware)
+    if row is not None:
+        out.append(row)
     assert all(r["knob"] in IRREDUCIBLE_KNOBS for r in out)
     return out
+
+
+def hardware_row(preview_hardware: str | None, inference_hardware: str | None) -> dict[str, Any] | None:
+    """The `hardware` irreducible row, or None when ours is not given or both name the same device (compared
+    case-insensitively). An unknown preview device (AI Toolkit does not record it; previews render on the training
+    device, in practice a CUDA GPU) differs from any device we name."""
+    if inference_hardware is None:
+        return None
+    if preview_hardware is not None and preview_hardware.strip().lower() == inference_hardware.strip().lower():
+        return None
+    return {"knob": "hardware", "preview": preview_hardware or "training device (unknown)",
+            "inference": inference_hardware, "note": "different devices or kernels round differently"}
 
 
 def param_diff(preview: ResolvedSpec, inference: ResolvedSpec, *,

@@ -261,7 +261,7 @@ def script_json(obj: Any) -> str:
 def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: str) -> dict[str, Any]:
     v = {k: it.get(k) for k in ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "metrics",
                                 "metric_variants", "jpeg", "ceiling", "size_mismatch", "params", "mismatches",
-                                "irreducible", "causes", "schedule", "timings", "error")}
+                                "irreducible", "causes", "schedule", "timings", "error", "reason", "noise_floor")}
     urls: dict[str, str | None] = {}
     th: dict[str, str | None] = {}
     dims: dict[str, list[int]] = {}

@@ -77,6 +77,12 @@ def junit_xml(results: Results, *, report_href: str | None = "index.html") -> st
                 prop("mismatches", ",".join(map(str, it["mismatches"])))
             if it.get("irreducible"):
                 prop("irreducible", ",".join(map(str, it["irreducible"])))
+            nf = it.get("noise_floor")
+            if isinstance(nf, dict) and nf.get("metrics"):
+                prop("noise_floor", f"{'within' if nf.get('applied') else 'above'}: "
+                                    f"{nf.get('reason') or ''}")
+            if it.get("reason"):
+                prop("tier_reason", it["reason"])
             for n, c in enumerate(it.get("causes", []), 1):
                 prop(f"cause.{n}", c)
             if report_href:

@@ -82,6 +82,10 @@ def markdown_summary(results: Results, *, report_href: str | None = "index.html"
         lines.append("Irreducible differences (a re-render cannot remove them): "
                      + ", ".join(f"{md_text(k, 40)} ({n})" for k, n in s.irreducible.items()))
         lines.append("")
+    if s.noise_floor.get("measured"):
+        lines.append(f"Noise floor: {s.noise_floor['measured']} DRIFT item(s) differing only irreducibly were judged "
+                     f"against a measured noise floor; {s.noise_floor['lifted']} lay within it (NEAR).")
+        lines.append("")
     if report_href:
         lines += [f"Full report: [{md_text(report_href)}]({quote(report_href, safe='/:')})", ""]
     return "\n".join(lines)

@@ -47,6 +47,7 @@ class Summary:
     worst: list[dict[str, Any]]                   # items, worst first (all of them)
     steps: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # case -> [(step, mean, min)]
     metric: str = "ssim"
+    noise_floor: dict[str, int] = field(default_factory=dict)  # {"measured": n, "lifted": n} (irreducible-only items)
 
 
 def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
@@ -57,7 +58,12 @@ def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
     irreducible: Counter[str] = Counter()
     by_step: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     passed = 0
+    floor = {"measured": 0, "lifted": 0}
     for it in items:
+        nf = it.get("noise_floor")
+        if isinstance(nf, dict) and nf.get("metrics"):
+            floor["measured"] += 1
+            floor["lifted"] += bool(nf.get("applied"))
         tiers[it["tier"]] += 1
         passed += bool(it.get("passed"))
         c = cases.setdefault(it.get("case") or "", {"n": 0, "passed": 0, "failed": 0,
@@ -84,4 +90,5 @@ def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
     steps = {case: sorted((st, sum(v) / len(v), min(v)) for st, v in per.items()) for case, per in by_step.items()}
     return Summary(total=len(items), passed=passed, failed=len(items) - passed, tiers=tiers,
                    cases=dict(sorted(cases.items())), knobs=knobs_sorted, irreducible=dict(irreducible.most_common()),
-                   worst=sorted(items, key=lambda it: worst_first_key(it, metric)), steps=steps, metric=metric)
+                   worst=sorted(items, key=lambda it: worst_first_key(it, metric)), steps=steps, metric=metric,
+                   noise_floor=floor)

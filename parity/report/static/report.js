@@ -155,6 +155,7 @@
     var chips = el('div', { class: 'chips' });
     (it.mismatches || []).forEach(function (k) { chips.append(el('span', { class: 'chip mis', text: k, title: 'mismatched knob' })); });
     (it.irreducible || []).forEach(function (k) { chips.append(el('span', { class: 'chip irr', text: k, title: 'irreducible difference' })); });
+    if (it.noise_floor && it.noise_floor.applied) chips.append(el('span', { class: 'chip irr', text: 'within noise floor', title: it.noise_floor.reason || '' }));
     if (it.causes && it.causes.length) {
       var c0 = it.causes[0];
       chips.append(el('span', { class: 'cause', text: 'top cause: ' + c0.knob + ' (' + fmt(c0.value_preview) + ' → ' + fmt(c0.value_inference) + ')' }));
@@ -261,6 +262,7 @@
     var info = el('div', { class: 'info' });
     info.append(paramsSection(it));
     var irr = irreducibleSection(it); if (irr) info.append(irr);
+    var nf = noiseFloorSection(it); if (nf) info.append(nf);
     info.append(causesSection(it));
     info.append(metricsSection(it));
     var sch = scheduleSection(it); if (sch) info.append(sch);
@@ -454,6 +456,23 @@
     var pv = (it.params || {}).preview || {}, inf = (it.params || {}).inference || {};
     var tb = el('tbody');
     list.forEach(function (k) { tb.append(el('tr', null, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k))); });
+    s.append(el('table', { class: 'kv' }, tb));
+    return s;
+  }
+  function noiseFloorSection(it) {
+    var nf = it.noise_floor;
+    if (!nf) return null;
+    var s = section('Noise floor', 'noisefloor');
+    var verdict = nf.error ? 'not measured: ' + nf.error
+      : !nf.metrics ? 'not measured: ' + (nf.reason || '')
+      : (nf.applied ? 'Judged against the measured noise floor: ' + nf.tier_before + ' → ' + nf.tier + '. '
+                    : 'Measured, and the difference is above it: the tier stays ' + nf.tier + '. ') + (nf.reason || '');
+    s.append(el('p', { text: verdict }));
+    var tb = el('tbody');
+    (nf.twin || []).forEach(function (t) { tb.append(el('tr', null, el('th', { text: t.knob }), el('td', { text: t.how }))); });
+    (nf.unmeasured || []).forEach(function (t) { tb.append(el('tr', null, el('th', { text: t.knob }), el('td', { class: 'muted', text: 'not sampled: ' + t.why }))); });
+    if (nf.metrics) tb.append(el('tr', null, el('th', { text: 'render vs twin' }),
+      el('td', { class: 'num', text: 'SSIM-Y ' + Number(nf.metrics.ssim_y).toFixed(5) + ', worst window ' + Number(nf.metrics.window_density).toFixed(3) + ', ratio allowed ' + nf.ratio })));
     s.append(el('table', { class: 'kv' }, tb));
     return s;
   }
