@@ -189,15 +189,16 @@ LORA_SWITCHES = {"lora_merge": ("bf16_delta", "merged", "tiny_lora"),
 
 def test_rope_switch_changes_the_bf16_transformer_output(eng):
     """On the tiny model at test sizes the fp32/fp64 RoPE tables differ by ~1 fp32 ulp and do not flip a final
-    pixel (measured: 0 at 48x32 and 128x96); the transformer's bf16 prediction does change."""
+    pixel (measured: 0 at 48x32 and 128x96). The transformer's bf16 prediction changes once positions are as large
+    as a real 1024 px render's (a 64x64 latent grid): the angles are no longer exact in fp32 there."""
     from parity.engine.sampling import image_ids, text_ids
 
     model = eng.transformer("bf16", None)
     g = torch.Generator().manual_seed(4)
-    img = torch.randn(1, 24 * 16, 128, generator=g).to(torch.bfloat16)
-    txt = torch.randn(1, 300, model.config.joint_attention_dim, generator=g).to(torch.bfloat16)
+    img = torch.randn(1, 64 * 64, 128, generator=g).to(torch.bfloat16)
+    txt = torch.randn(1, 64, model.config.joint_attention_dim, generator=g).to(torch.bfloat16)
     args = dict(hidden_states=img, encoder_hidden_states=txt, timestep=torch.full((1,), 0.7, dtype=torch.bfloat16),
-                img_ids=image_ids(16, 24), txt_ids=text_ids(300), guidance=torch.full((1,), 4.0,
+                img_ids=image_ids(64, 64), txt_ids=text_ids(64), guidance=torch.full((1,), 4.0,
                                                                                      dtype=torch.bfloat16),
                 return_dict=False)
     outs = {}
@@ -230,19 +231,6 @@ def test_lora_switches_change_the_bf16_render(eng, tiny_model_dir, switch):
     a = eng.render(spec)
     b = eng.render(spec.with_(numerics=((switch, value),)))
     assert not np.array_equal(a.image_float, b.image_float), switch
-
-
-def test_lokr_live_branch_is_bf16_arithmetic():
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(5, 24, generator=g).to(torch.bfloat16)
-    base = torch.randn(5, 12, generator=g).to(torch.bfloat16)
-    d = torch.randn(12, 24, generator=g) * 0.05
-    from parity.engine.lora import lokr_live_output
-
-    got = lokr_live_output(base, x, d, 0.8, 1.0, "aitk")
-    want = base + (x @ d.to(torch.bfloat16).T) * 0.8  # all in bf16
-    assert torch.equal(got, want)
-    assert not torch.equal(got, lokr_live_output(base, x, d, 0.8, 1.0, "fp32"))
 
 
 # ------------------------------------------------------------------------------------------------ EXACT re-runs
