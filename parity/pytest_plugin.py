@@ -236,6 +236,9 @@ def failure_screen(record: dict[str, Any], run_dir: Path) -> str:
                      f"vs inference {iv.get('value')!r} ({iv.get('source')})")
     if record.get("irreducible"):
         lines.append(f"  irreducible: {', '.join(record['irreducible'])}")
+    floor = record.get("noise_floor") or {}
+    if floor.get("reason") or floor.get("error"):
+        lines.append(f"  noise floor: {floor.get('reason') or 'not measured: ' + str(floor.get('error'))}")
     causes = record.get("causes") or []
     if causes:
         c = causes[0]

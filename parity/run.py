@@ -415,20 +415,24 @@ class Runner:
         """Render the item's noise twin (parity.diagnose.floor), score render vs twin encoded like the preview, and
         re-judge the tier against it. A failure is recorded and leaves the tier as it was."""
         from parity.compare import decide_floor_tier, twin_metrics
-        from parity.diagnose.floor import floor_record, noise_twin
+        from parity.diagnose.floor import TWINS, floor_record, noise_twin, worst_twin
 
         t = self._thresholds(item)
         before = record["tier"]
         try:
-            twin = noise_twin(item.inference.spec, record["irreducible"], merge_history=item.merge_history,
-                              work_dir=self.out_dir / "noise-floor")
+            # several dithered draws when the LoRA's rounding is sampled; the other twins are deterministic
+            draws = TWINS if "lora_precision" in record["irreducible"] else 1
+            twins = [noise_twin(item.inference.spec, record["irreducible"], merge_history=item.merge_history,
+                                work_dir=self.out_dir / "noise-floor", seed=seed) for seed in range(draws)]
+            twin = twins[0]
             if not twin.measured:
                 record["noise_floor"] = floor_record(twin, None, tier_before=before, tier=before,
                                                      reason="no irreducible difference could be sampled",
                                                      ratio=t.noise_floor_ratio)
                 return
-            twin_image = self.engine_for(item).render(twin.spec, merge_history=twin.merge_history).image
-            m = twin_metrics(image, twin_image, item.preview_path, thresholds=t)
+            per_twin = [twin_metrics(image, self.engine_for(item).render(tw.spec, merge_history=tw.merge_history)
+                                     .image, item.preview_path, thresholds=t) for tw in twins]
+            m = worst_twin(per_twin)
             tier, reason = decide_floor_tier(before, record["metrics"], m, t, knobs=twin.knobs,
                                              resampled=bool(record.get("size_mismatch")))
         except Exception as e:  # noqa: BLE001 - the measurement is extra evidence; never lose the item for it
@@ -437,7 +441,7 @@ class Runner:
                                      "error": f"{type(e).__name__}: {e}"}
             return
         record["noise_floor"] = floor_record(twin, m, tier_before=before, tier=tier, reason=reason,
-                                             ratio=t.noise_floor_ratio)
+                                             ratio=t.noise_floor_ratio, draws=[x["ssim_y"] for x in per_twin])
         if tier != before:
             record["tier"], record["reason"] = tier, reason
             reasons = item.case.expect.check(tier, record["metrics"])

@@ -28,6 +28,9 @@ from parity.spec import RenderSpec
 
 # Rounding-only numerics switches (same math, other kernel or precision): the hardware proxy flips these.
 KERNEL_SWITCHES: tuple[str, ...] = ("qk_norm", "rope", "vae_silu", "vae_attention")
+# Dithered twins drawn when lora_precision is sampled; the floor is the larger loss. One draw is a noisy estimate
+# (benchmarks/noise_floor.py: real/one-twin loss reached 1.9 in bf16, the max of two stays lower).
+TWINS = 2
 
 
 @dataclass
@@ -105,10 +108,19 @@ def noise_twin(spec: RenderSpec, irreducible: Sequence[str], *, merge_history: l
     return twin
 
 
+def worst_twin(per_twin: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The floor from several twins' metrics: the largest noise each metric saw (lowest SSIM-Y, highest window
+    density, max |diff| and MAE)."""
+    return {"ssim_y": min(m["ssim_y"] for m in per_twin),
+            "window_density": max(m["window_density"] for m in per_twin),
+            "max_abs": max(m["max_abs"] for m in per_twin), "mae": max(m["mae"] for m in per_twin)}
+
+
 def floor_record(twin: NoiseTwin, metrics: dict[str, float] | None, *, tier_before: str, tier: str, reason: str,
-                 ratio: float) -> dict[str, Any]:
-    """The `noise_floor` field of an item in results.json (docs/results-schema.md)."""
+                 ratio: float, draws: Sequence[float] = ()) -> dict[str, Any]:
+    """The `noise_floor` field of an item in results.json (docs/results-schema.md). `draws`: SSIM-Y of each twin."""
     return {
+        "draws": [float(d) for d in draws],
         "knobs": twin.knobs,
         "twin": list(twin.measured),
         "unmeasured": list(twin.unmeasured),
