@@ -31,7 +31,7 @@ def summary(script: str, out: str) -> str:
     m = re.search(r"^RESULT (.*)$", out, re.M)
     if not m:  # compare.py / report.py print tables: keep their key lines
         keep = [ln.strip() for ln in out.splitlines() if re.search(r"pairs/s|parity |first screen|x  ", ln)]
-        return "; ".join(keep[-4:])[:300]
+        return re.sub(r"\s{2,}", " ", "; ".join(keep[-4:]))[:300]  # table columns -> one readable line
     r = json.loads(m.group(1))
     if script == "overhead.py":
         return "; ".join(f"{k}: harness {v['harness_s']:.2f} s vs bare {v['bare_s']:.2f} s = {v['ratio']:.2f}"
