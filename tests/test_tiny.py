@@ -555,6 +555,20 @@ def test_make_lora_is_seeded_and_strength_scales_only_b(tmp_path):
         make_lora(TRANSFORMER_CONFIG, seed=0, kind="loha")
 
 
+def _transformer_inputs(pipe) -> dict:
+    """Fixed random transformer inputs (16 image + 8 text tokens) for the LoRA/LoKr merge checks."""
+    g = torch.Generator("cpu").manual_seed(4)
+    return dict(
+        hidden_states=torch.randn((1, 16, 128), generator=g),
+        encoder_hidden_states=torch.randn((1, 8, pipe.transformer.config.joint_attention_dim), generator=g),
+        timestep=torch.tensor([0.5]),
+        guidance=torch.tensor([4.0]),
+        img_ids=torch.zeros((16, 4)),
+        txt_ids=torch.zeros((8, 4)),
+        return_dict=False,
+    )
+
+
 def test_lora_loads_in_diffusers_like_a_merged_update(paths, pipe):
     """diffusers' PEFT path on the diffusers layout == W + B@A merged into the BFL file and converted by diffusers'
     single-file converter (two independent routes)."""
@@ -569,16 +583,7 @@ def test_lora_loads_in_diffusers_like_a_merged_update(paths, pipe):
     merged = Flux2Transformer2DModel.from_single_file(
         bfl, config=str(paths.diffusers_dir), subfolder="transformer", torch_dtype=torch.float32
     ).eval()
-    g = torch.Generator("cpu").manual_seed(4)
-    inputs = dict(
-        hidden_states=torch.randn((1, 16, 128), generator=g),
-        encoder_hidden_states=torch.randn((1, 8, pipe.transformer.config.joint_attention_dim), generator=g),
-        timestep=torch.tensor([0.5]),
-        guidance=torch.tensor([4.0]),
-        img_ids=torch.zeros((16, 4)),
-        txt_ids=torch.zeros((8, 4)),
-        return_dict=False,
-    )
+    inputs = _transformer_inputs(pipe)
     with torch.no_grad():
         base = pipe.transformer(**inputs)[0]
         pipe.load_lora_weights(str(paths.lora), adapter_name="check")
@@ -607,16 +612,7 @@ def test_lokr_changes_the_transformer_as_much_as_the_lora(paths, pipe):
     merged = Flux2Transformer2DModel.from_single_file(
         bfl, config=str(paths.diffusers_dir), subfolder="transformer", torch_dtype=torch.float32
     ).eval()
-    g = torch.Generator("cpu").manual_seed(4)
-    inputs = dict(
-        hidden_states=torch.randn((1, 16, 128), generator=g),
-        encoder_hidden_states=torch.randn((1, 8, pipe.transformer.config.joint_attention_dim), generator=g),
-        timestep=torch.tensor([0.5]),
-        guidance=torch.tensor([4.0]),
-        img_ids=torch.zeros((16, 4)),
-        txt_ids=torch.zeros((8, 4)),
-        return_dict=False,
-    )
+    inputs = _transformer_inputs(pipe)
     with torch.no_grad():
         delta = merged(**inputs)[0] - pipe.transformer(**inputs)[0]
     assert delta.abs().max() > 0.1
