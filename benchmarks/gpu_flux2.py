@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     from parity.engine.schedule import FLUX2_SCHEDULER_CONFIG, sigmas_for
 
     if a.tiny:
-        from parity.engine.tiny import TRANSFORMER_CONFIG as cfg
+        from parity.tiny import TRANSFORMER_CONFIG as cfg
 
         torch.set_num_threads(1)
         device = torch.device(a.device or "cpu")

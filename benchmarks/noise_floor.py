@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from parity.compare import metrics as M
     from parity.engine import Engine
     from parity.engine.dither import dither_lora_file
-    from parity.engine.tiny import TRANSFORMER_CONFIG, build_tiny, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, build_tiny, make_lora, save_aitk_lora
     from parity.spec import RenderSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="parity-floor-"))

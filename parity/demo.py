@@ -1,7 +1,7 @@
 """The built-in demo: a tiny FLUX.2, a realistic AI Toolkit job folder, and two cases.
 
 `build_demo(root)` writes
-    root/tiny-flux2/                   the tiny model in both on-disk layouts (parity.engine.tiny)
+    root/tiny-flux2/                   the tiny model in both on-disk layouts (parity.tiny)
     root/output/tiny-portrait/         an AI Toolkit job folder as the trainer leaves it:
         config.yaml                    the job as users write it (code defaults left implicit on purpose:
                                        guidance 7 comes from AI Toolkit's code default, not the file)
@@ -118,7 +118,7 @@ def write_job(
     from PIL import Image
 
     from parity.engine import Engine
-    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
     from parity.engine.weights import torch_dtype
     from parity.job import checkpoint_filename, load_job
     from parity.job.layout import write_config_copy, write_preview
@@ -160,7 +160,7 @@ def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
         return paths
     import shutil
 
-    from parity.engine.tiny import build_tiny
+    from parity.tiny import build_tiny
 
     for sub in ("tiny-flux2", "output"):
         shutil.rmtree(root / sub, ignore_errors=True)

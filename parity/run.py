@@ -151,7 +151,7 @@ def plan_case(
             # A parity check of a merged preview: replay AI Toolkit's earlier merge/un-merge rounds, whose rounding
             # residue the preview was rendered on (bit-exact-numerics.md detail 8). Inference under other settings
             # runs on pristine weights, as any other stack does.
-            from parity.engine.render import history_from_job
+            from parity.job.history import history_from_job
 
             history = history_from_job(job, it.step, it.resolved.spec.network_multiplier)
         missing = [m for m in it.missing if not (lora is not None and m.startswith("no checkpoint"))]

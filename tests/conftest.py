@@ -20,7 +20,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """The tiny FLUX.2 checkpoint (both on-disk layouts + LoRA files), built once per test session."""
-    from parity.engine.tiny import build_tiny
+    from parity.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("tiny-flux2")
     build_tiny(root)

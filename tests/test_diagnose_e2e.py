@@ -21,7 +21,7 @@ PARITY = ("EXACT", "NEAR")
 def rig(tiny_model_dir, tmp_path_factory):
     from parity.compare import compare
     from parity.engine.render import Engine
-    from parity.engine.tiny import tiny_paths
+    from parity.tiny import tiny_paths
 
     paths = tiny_paths(tiny_model_dir)
     engine = Engine(paths.diffusers_dir)

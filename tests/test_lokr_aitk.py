@@ -160,7 +160,7 @@ def lokr_file(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ tests
 def test_tiny_factory_factorization_matches_aitk():
-    from parity.engine.tiny import lokr_factorization
+    from parity.tiny import lokr_factorization
 
     for d in range(1, 400):
         for factor in (-1, 2, 4, 8, 16):

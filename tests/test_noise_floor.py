@@ -93,7 +93,7 @@ def test_dither_lora_file_keeps_keys_and_metadata(tmp_path):
     from safetensors import safe_open
 
     from parity.engine.dither import dither_lora_file
-    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
 
     src = save_aitk_lora(tmp_path / "l.safetensors", make_lora(TRANSFORMER_CONFIG, seed=1), step=5, name="l")
     info = dither_lora_file(src, tmp_path / "d.safetensors", seed=3)
@@ -113,7 +113,7 @@ def test_dither_lora_file_keeps_keys_and_metadata(tmp_path):
 
 def test_twin_plans(tmp_path):
     from parity.diagnose.floor import KERNEL_SWITCHES, noise_twin
-    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
     from parity.spec import RenderSpec
 
     lora = save_aitk_lora(tmp_path / "l.safetensors", make_lora(TRANSFORMER_CONFIG, seed=1), step=5, name="l")
@@ -144,7 +144,7 @@ def jobs(tiny_model_dir, tmp_path_factory):
     from parity.demo import demo_config, write_job
     from parity.engine import Engine
     from parity.engine.weights import load_safetensors
-    from parity.engine.tiny import save_aitk_lora
+    from parity.tiny import save_aitk_lora
 
     root = tmp_path_factory.mktemp("floor")
     engine = Engine(tiny_model_dir, device="cpu")

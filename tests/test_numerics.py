@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from parity.engine import numerics, weights
-from parity.engine.render import Engine, history_from_job, scheduled_sample_labels
+from parity.engine.render import Engine
+from parity.job.history import history_from_job, scheduled_sample_labels
 from parity.spec import RenderSpec
 
 # small and few steps: bf16 kernels are slow on CPU

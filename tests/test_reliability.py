@@ -26,7 +26,7 @@ def write_job(job_dir: Path, base: Path, prompts=PROMPTS, *, engine=None) -> Pat
 
     from parity.demo import demo_config
     from parity.engine import Engine
-    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
     from parity.job import checkpoint_filename, load_job
     from parity.job.layout import write_config_copy, write_preview
 
@@ -243,7 +243,7 @@ def _foreign_lora(kind: str, path: Path) -> Path:
 def _shape_mismatch_lora(path: Path) -> Path:
     import torch
 
-    from parity.engine.tiny import TRANSFORMER_CONFIG, bfl_lora_target_shapes, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, bfl_lora_target_shapes, make_lora, save_aitk_lora
 
     shapes = {k: (o, i * 2) for k, (o, i) in bfl_lora_target_shapes(TRANSFORMER_CONFIG).items()}  # wrong width
     return save_aitk_lora(path, make_lora(shapes, seed=1, dtype=torch.float32), step=1, name="x")
@@ -252,7 +252,7 @@ def _shape_mismatch_lora(path: Path) -> Path:
 def _rank_mismatch_lora(path: Path) -> Path:
     import torch
 
-    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
 
     sd = make_lora(TRANSFORMER_CONFIG, seed=1, dtype=torch.float32)
     k = next(k for k in sd if k.endswith("lora_A.weight"))
@@ -358,7 +358,7 @@ def test_bad_base_model_case_is_error_other_case_runs(kind, capsys, tmp_path, go
 def test_nan_render_is_error_with_step(capsys, tmp_path, good_job, tiny_model_dir):
     import torch
 
-    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
 
     sd = make_lora(TRANSFORMER_CONFIG, seed=3, dtype=torch.float32)
     sd = {k: torch.full_like(v, math.inf) if k.endswith("lora_B.weight") else v for k, v in sd.items()}

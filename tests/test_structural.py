@@ -20,7 +20,7 @@ def _job(tmp: Path, name: str, base: Path, seed_lora: int) -> Path:
     needs files to compare against; whether they match does not matter here)."""
     from PIL import Image
 
-    from parity.engine.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
     from parity.job import checkpoint_filename
     from parity.job.layout import write_config_copy, write_preview
 
@@ -155,7 +155,7 @@ def test_step_flops_matches_torch_flop_counter_on_linear_layers():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gpu_flux2 import bare_loop, build_random, step_flops
 
-    from parity.engine.tiny import TRANSFORMER_CONFIG as cfg
+    from parity.tiny import TRANSFORMER_CONFIG as cfg
 
     model = build_random(cfg, torch.device("cpu"), torch.float32)
     embeds = torch.randn(1, 32, cfg["joint_attention_dim"])

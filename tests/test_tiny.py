@@ -6,7 +6,7 @@ the "faithful to the classes" section holds the written files to the real classe
 shapes, dtypes) as their state_dict() drawn from their default distributions, from_pretrained loads every tensor
 unchanged with no missing/unexpected key, the JSON files equal what save_pretrained writes for the same config,
 and the tokenizer behaves as a PreTrainedTokenizerFast built the old way. The reference pipeline there is built
-with the real classes, independently of parity.engine.tiny.
+with the real classes, independently of parity.tiny.
 
 Other cross-checks use independent code paths: diffusers' own `Flux2Pipeline.from_pretrained` and its single-file
 converter (`Flux2Transformer2DModel.from_single_file`), diffusers' PEFT LoRA loader, optimum-quanto, and
@@ -31,7 +31,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from parity.engine import keymap  # noqa: E402
-from parity.engine.tiny import (  # noqa: E402
+from parity.tiny import (  # noqa: E402
     SCHEDULER_CONFIG,
     TRANSFORMER_CONFIG,
     VAE_CONFIG,
@@ -239,7 +239,7 @@ def test_vae_keymap_roundtrip_and_unknown_keys(pipe):
 # ------------------------------------------------------------------------------------------ faithful to the classes
 
 # The inputs the factory gave transformers' classes when it still built the model with them (change together with
-# parity.engine.tiny.TEXT_ENCODER_CONFIG, whose full JSON transformers must derive from these).
+# parity.tiny.TEXT_ENCODER_CONFIG, whose full JSON transformers must derive from these).
 _OLD_TEXT_INPUTS = {
     "model_type": "mistral", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 32,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 2048,
@@ -265,7 +265,7 @@ def _old_way_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from parity.engine.tiny import _TOKENIZER_CORPUS, CHAT_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_VOCAB
+    from parity.tiny import _TOKENIZER_CORPUS, CHAT_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_VOCAB
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -637,7 +637,7 @@ def test_builds_are_byte_identical_across_processes(tiny_model_dir, tmp_path):
     """The session fixture built in this process; build again in a fresh interpreter and compare every byte."""
     out = tmp_path / "again"
     code = (
-        "import sys, time; t = time.perf_counter(); from parity.engine.tiny import build_tiny; "
+        "import sys, time; t = time.perf_counter(); from parity.tiny import build_tiny; "
         "p = build_tiny(sys.argv[1]); print(f'{p.seconds:.2f} {time.perf_counter() - t:.2f}')"
     )
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ def run(args) -> int:
     out = Path(args.dir)
     if out.exists() and not out.is_dir():
         raise InputFileError("exists and is not a folder", out)
-    from parity.engine.tiny import build_tiny
+    from parity.tiny import build_tiny
 
     paths = build_tiny(out, seed=args.seed)
     quiet = getattr(args, "quiet", False)

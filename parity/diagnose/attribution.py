@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
-from parity.diagnose.paramdiff import KNOB_FIELDS, align_many, differing_knobs, effective_size, knob_value
+from parity.diagnose.paramdiff import KNOB_FIELDS, align_many, differing_knobs, knob_value
+from parity.job.sizes import effective_size
 from parity.spec import KNOBS, RenderSpec
 
 # Knobs tried first when the budget cannot cover them all: the large effects of aitk-flux2-previews.md section G

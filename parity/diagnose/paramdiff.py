@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from parity.engine.schedule import aitk_mu  # torch-free at import; the one AI Toolkit mu
+from parity.job.sizes import effective_size
 from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, RenderSpec, ResolvedSpec
 
 # Which RenderSpec fields each knob covers. `schedule` covers the whole sampling loop: the sigma schedule (mu/shift)
@@ -44,11 +45,6 @@ _SOURCE_PRECEDENCE = ("override", "flag", "request", "item", "carry", "walk", "f
 
 # ----------------------------------------------------------------------------------------------------------------
 # Schedule numbers (pure Python, float64).
-
-
-def effective_size(width: int, height: int) -> tuple[int, int]:
-    """FLUX.2 renders at the size floored to 16 (flux2_model.py L295-300; the engine does the same)."""
-    return (width // 16) * 16, (height // 16) * 16
 
 
 def image_tokens(width: int, height: int) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
-from parity.diagnose.paramdiff import effective_size
+from parity.job.sizes import effective_size
 from parity.spec import RenderSpec
 
 # Candidate values, most likely first (section A.2 / D.1 / G): AI Toolkit code default, UI default, the reference

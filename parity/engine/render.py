@@ -26,6 +26,7 @@ from parity.engine.lora import LoraApplier, LoraReport
 from parity.engine.sampling import aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
 from parity.engine.text import HIDDEN_LAYERS, MAX_LENGTH, CacheKey, EmbeddingCache, encode
 from parity.errors import ConfigError, ModelError
+from parity.job.sizes import effective_size
 from parity.spec import SEMANTICS, RenderSpec
 
 OFFLOAD_MODES = ("none", "sequential")
@@ -64,14 +65,6 @@ class EngineStats:
     base_restores: int = 0
     embedding_cache_hits: int = 0
     embedding_cache_misses: int = 0
-
-
-def effective_size(width: int, height: int) -> tuple[int, int]:
-    """Floor to multiples of 16, as AI Toolkit's generate_single_image does (flux2_model.py L295-300)."""
-    w, h = int(width) // 16 * 16, int(height) // 16 * 16
-    if w < 16 or h < 16:
-        raise ConfigError(f"image size {width}x{height} is below 16 px after flooring to a multiple of 16")
-    return w, h
 
 
 class Engine:
@@ -231,7 +224,7 @@ class Engine:
     def render(self, spec: RenderSpec, merge_history=None) -> RenderResult:
         """Render one spec. `merge_history`: optional [(lora_path or None, multiplier), ...], the merged sample
         rounds AI Toolkit ran before this preview, oldest first (None = the zero LoRA of step 0); their
-        merge/un-merge drift is replayed on the base weights first (see `history_from_job`)."""
+        merge/un-merge drift is replayed on the base weights first (see `parity.job.history.history_from_job`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         if spec.semantics not in SEMANTICS:
@@ -250,6 +243,8 @@ class Engine:
             switches = numerics.resolve_switches(spec.numerics, spec.semantics)
             sigmas, mu = None, None
             width, height = effective_size(spec.width, spec.height)
+            if width < 16 or height < 16:
+                raise ValueError(f"image size {spec.width}x{spec.height} is below 16 px after flooring to a multiple of 16")
             sigmas, mu = schedule.sigmas_for(spec.schedule, width, height, spec.sample_steps,
                                              self.layout.scheduler_config)
         except ValueError as exc:
@@ -311,29 +306,5 @@ class Engine:
             semantics=spec.semantics, numerics=switches, merge_history=history_info)
 
 
-__all__ = ["Engine", "EngineStats", "RenderResult", "effective_size", "ModelError"]
+__all__ = ["Engine", "EngineStats", "RenderResult", "ModelError"]
 
-
-def scheduled_sample_labels(sample_every, sample_start_step, before: int) -> list[int]:
-    """Scheduled sample labels S with 0 < S < `before` (S % sample_every == 0 and S >= sample_start_step;
-    BaseSDTrainProcess.py L2555-2561, aitk-flux2-previews.md section B)."""
-    if not isinstance(sample_every, int) or sample_every <= 0:
-        return []
-    start = sample_start_step if isinstance(sample_start_step, int) else 0
-    return [s for s in range(sample_every, before, sample_every) if s >= start]
-
-
-def history_from_job(job, step: int, multiplier: float = 1.0) -> list[tuple[str | None, float]]:
-    """The merged sample rounds AI Toolkit ran before label `step`, oldest first, for Engine.render(merge_history=).
-    Labels: the baseline (step 0, a zero LoRA: exact round trip), every scheduled label below `step`, and any
-    off-schedule preview label below it (the UI's "sample now" also merges). Each sample() group at a label is one
-    round (`job.groups_at`). A missing checkpoint is given by its expected path, which Engine.render reports as
-    missing (and then renders on pristine weights)."""
-    labels = set(scheduled_sample_labels(job.facts.sample_every, job.facts.sample_start_step, step))
-    labels |= {s for s in job.steps() if 0 < s < step}
-    rounds: list[tuple[str | None, float]] = [(None, multiplier)] * len(job.groups_at(0))
-    for s in sorted(labels):
-        ck = job.checkpoint_for(s)
-        path = str(ck) if ck is not None else str(Path(job.folder) / f"{job.name}_{s:09d}.safetensors")
-        rounds += [(path, multiplier)] * len(job.groups_at(s))
-    return rounds

@@ -12,6 +12,7 @@ from typing import Any
 
 from parity.errors import ConfigError
 from parity.job.flags import inject_trigger, parse_prompt_flags
+from parity.job.sizes import FLUX2_DIVISOR
 
 # SampleConfig code defaults (config_modules.py L80-95). These differ from the UI defaults
 # (ui/src/helpers/defaultSamples.ts: 1024 px, seed 42, walk_seed true, guidance 4, 30 steps).
@@ -37,7 +38,6 @@ ITEM_KEYS = ("width", "height", "neg", "guidance_scale", "sample_steps", "networ
 
 # torch.manual_seed accepts [-2**63, 2**64-1]; anything else raises inside AI Toolkit.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
-FLUX2_DIVISOR = 16  # Flux2Model.get_bucket_divisibility (flux2_model.py L295-300)
 
 
 @dataclass

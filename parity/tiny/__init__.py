@@ -1,0 +1,7 @@
+"""Tiny, deterministic, randomly initialised FLUX.2 checkpoints in the real on-disk layouts, for tests, the demo
+and `parity make-tiny`. Not part of the render path: the engine loads these files exactly as it loads real weights."""
+
+from parity.tiny.flux2 import *  # noqa: F401,F403
+from parity.tiny.flux2 import (  # noqa: F401  (names tests and benchmarks use that are not in __all__)
+    _TOKENIZER_CORPUS, CHAT_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_VOCAB,
+)
