@@ -14,7 +14,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 DEMO_STAMP := demo/.built
 
-.PHONY: demo test install bench clean
+.PHONY: demo test quick mutation install bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ demo: $(STAMP)
 
 test: $(STAMP) $(DEMO_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Seconds-long local loop: the numerics details at tensor level and two golden renders of AI Toolkit's own previews.
+quick: $(STAMP)
+	$(PY) -m pytest -q -m quick $(PYTEST_ARGS)
+
+# Does the suite notice a changed numerics detail or job rule? (benchmarks/mutation.py; ~1-2 min per mutation)
+mutation: $(STAMP)
+	$(PY) benchmarks/mutation.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
