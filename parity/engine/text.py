@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger("parity")
 
 HIDDEN_LAYERS = (10, 20, 30)
 MAX_LENGTH = 512
@@ -105,14 +109,29 @@ class EmbeddingCache:
         self.hits += 1
         return t
 
-    def put(self, key: CacheKey, embeds: torch.Tensor) -> None:
+    def put(self, key: CacheKey, embeds: torch.Tensor) -> bool:
+        """Write the entry atomically: a private temporary file in the same folder, then `os.replace`, so any
+        number of processes (two runs on one PARITY_CACHE_DIR, pytest -n) can write and read the same key at once
+        and a reader sees either no file or a whole one. The cache is an accelerator: a failed write (disk full,
+        read-only folder) is logged and returns False, never fails the render."""
         path = self._path(key)
         if path is None:
-            return
+            return False
+        import tempfile
+
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"prompt_embeds": embeds.contiguous()}, str(tmp),
-                  metadata={"key": json.dumps(key.__dict__ | {"layers": list(key.layers)})})
-        tmp.replace(path)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}-", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            save_file({"prompt_embeds": embeds.contiguous()}, tmp,
+                      metadata={"key": json.dumps(key.__dict__ | {"layers": list(key.layers)})})
+            os.replace(tmp, path)
+            return True
+        except OSError as exc:
+            log.warning("embedding cache: could not write %s (%s); continuing without caching it", path, exc)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            return False
