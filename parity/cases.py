@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from parity import yamlsafe
 from parity.errors import ConfigError
 from parity.spec import TIERS
 
@@ -125,8 +126,8 @@ def load_case(path: str | Path) -> Case:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read case file: {e}", path) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yamlsafe.compose(text, path, loader=yaml.SafeLoader, duplicates="error")
+        data = yamlsafe.construct(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

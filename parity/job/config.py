@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from parity import yamlsafe
 from parity.errors import ConfigError
 
 
@@ -77,15 +78,18 @@ def read_config_file(path: Path) -> tuple[dict, str]:
 
         text = _ENV.sub(env, text)
     if suffix in (".json", ".jsonc"):
+        yamlsafe.check_size(text, path)
         try:
             # plain json.loads, as AI Toolkit (toolkit/config.py L128-129): no comments even in .jsonc
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", path) from None
+        except RecursionError:
+            raise ConfigError("JSON nested too deeply to read", path) from None
         kind = "job_json"
     elif suffix in (".yaml", ".yml"):
         try:
-            data = yaml.load(text, Loader=_AitkLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yamlsafe.load(text, path, loader=_AitkLoader, duplicates="warn")  # a SafeLoader subclass
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
