@@ -361,7 +361,8 @@ def test_nan_render_is_error_with_step(capsys, tmp_path, good_job, tiny_model_di
     from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
 
     sd = make_lora(TRANSFORMER_CONFIG, seed=3, dtype=torch.float32)
-    sd = {k: torch.full_like(v, math.inf) if k.endswith("lora_B.weight") else v for k, v in sd.items()}
+    # finite in the file (so parse_lora accepts it) but overflowing once multiplied: the render itself goes inf
+    sd = {k: torch.full_like(v, 3e38) if k.endswith("lora_B.weight") else v for k, v in sd.items()}
     lora = save_aitk_lora(tmp_path / "inf.safetensors", sd, step=1, name="inf")
     cases = tmp_path / "cases"
     good_case(cases, good_job, tiny_model_dir)
@@ -374,6 +375,27 @@ def test_nan_render_is_error_with_step(capsys, tmp_path, good_job, tiny_model_di
     assert len(bad) == 3
     for v in bad:
         assert v["tier"] == "ERROR" and "NaN/inf at step 0" in v["error"], v["error"]
+
+
+@pytest.mark.parametrize("kind", ["nan", "int8", "bool", "complex"])
+def test_a_lora_file_with_bad_tensors_names_file_and_key(tmp_path, kind):
+    import torch
+
+    from parity.engine.lora import parse_lora
+    from parity.errors import ModelError
+    from parity.tiny import TRANSFORMER_CONFIG, make_lora, save_aitk_lora
+
+    sd = make_lora(TRANSFORMER_CONFIG, seed=3, dtype=torch.float32)
+    key = sorted(k for k in sd if k.endswith("lora_A.weight"))[0]
+    v = sd[key]
+    sd[key] = {"nan": v.clone().index_fill_(1, torch.tensor([0]), math.nan), "int8": v.to(torch.int8),
+               "bool": v > 0, "complex": v.to(torch.complex64)}[kind]
+    lora = save_aitk_lora(tmp_path / f"{kind}.safetensors", sd, step=1, name=kind)
+    with pytest.raises(ModelError) as e:
+        parse_lora(lora)
+    msg = str(e.value)
+    assert f"{kind}.safetensors" in msg and key in msg
+    assert ("NaN/inf" in msg) if kind == "nan" else ("has dtype" in msg)
 
 
 # ----------------------------------------------------------------------------------------------- case files

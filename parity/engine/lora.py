@@ -166,6 +166,24 @@ def _family_hint(keys: list[str]) -> str:
     return "not a FLUX.2 AI Toolkit LoRA"
 
 
+# What AI Toolkit saves (save.dtype float16 / bfloat16 / float32); fp64 reads fine too. Integer, bool, complex
+# or fp8 tensors are not a LoRA AI Toolkit wrote, and would silently cast to nonsense.
+_LORA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _checked_tensor(key: str, value: torch.Tensor, path) -> torch.Tensor:
+    """The tensor if it is a finite float tensor, else ModelError naming the file and the key (a NaN LoRA would
+    otherwise only surface as "render produced NaN/inf" with no file named)."""
+    if value.dtype not in _LORA_DTYPES:
+        raise ModelError(f"tensor {key!r} has dtype {str(value.dtype).replace('torch.', '')}; a LoRA holds "
+                         "float16, bfloat16 or float32 tensors", path)
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ModelError(f"tensor {key!r} holds {bad} NaN/inf value(s) of {value.numel()}: the checkpoint is "
+                         "corrupt (a diverged training step?)", path)
+    return value
+
+
 def parse_lora(path: str | Path) -> dict[str, LoraModule]:
     """Read an AI Toolkit LoRA/LoKr file into BFL modules. ModelError (naming the file) on unknown keys."""
     sd = load_safetensors(path)
@@ -191,7 +209,7 @@ def parse_lora(path: str | Path) -> dict[str, LoraModule]:
         else:
             unknown.append(key)
             continue
-        modules.setdefault(mod, LoraModule(mod)).tensors[role] = value
+        modules.setdefault(mod, LoraModule(mod)).tensors[role] = _checked_tensor(key, value, path)
     if unknown:
         raise ModelError(f"{len(sd) - len(unknown)} of {len(sd)} keys are AI Toolkit FLUX.2 LoRA keys; "
                          f"{len(unknown)} key(s) are not, e.g. {unknown[0]!r}; they look like "
