@@ -252,13 +252,22 @@ _FLOAT_KEYS = {"guidance": "guidance_scale", "guidance_scale": "guidance_scale",
 @hsettings(max_examples=150, deadline=None)
 @given(key=st.sampled_from(sorted(_INT_KEYS)), n=st.integers(min_value=1, max_value=10**9))
 def test_hyp_int_overrides_round_trip(key, n):
-    assert parse_overrides([f"{key}={n}"]) == {_INT_KEYS[key]: n}
+    canon = _INT_KEYS[key]
+    if canon in ("width", "height") and not 16 <= n <= 4096 or canon == "sample_steps" and n > 1000:
+        with pytest.raises(ConfigError, match="a value parity can render"):
+            parse_overrides([f"{key}={n}"])
+    else:
+        assert parse_overrides([f"{key}={n}"]) == {canon: n}
 
 
 @hsettings(max_examples=150, deadline=None)
 @given(key=st.sampled_from(sorted(_FLOAT_KEYS)), x=st.floats(allow_nan=False, allow_infinity=False, width=64))
 def test_hyp_float_overrides_round_trip(key, x):
-    assert parse_overrides([f"{key}={x!r}"]) == {_FLOAT_KEYS[key]: x}
+    if abs(x) > 100:
+        with pytest.raises(ConfigError, match="a value parity can render"):
+            parse_overrides([f"{key}={x!r}"])
+    else:
+        assert parse_overrides([f"{key}={x!r}"]) == {_FLOAT_KEYS[key]: x}
 
 
 @hsettings(max_examples=200, deadline=None)
@@ -281,3 +290,17 @@ def test_hyp_any_string_parses_or_raises_a_parity_error(text):
     assert len(out) == 1
     (k, v), = out.items()
     assert k in VALID_KEYS
+
+
+@pytest.mark.parametrize("pair,fragment", [
+    ("sample_steps=1000000000", "sample_steps 1000000000 is outside 1..1000"),
+    ("width=100000000", "width 100000000 is outside 16..4096"),
+    ("guidance_scale=inf", "expected a finite number"),
+    ("network_multiplier=1e300", "network_multiplier 1e+300 is outside"),
+])
+def test_set_values_beyond_parity_limits_are_usage_errors(pair, fragment):
+    from parity.diagnose.settings import parse_overrides
+    from parity.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment.replace("+", r"\+")):
+        parse_overrides([pair])

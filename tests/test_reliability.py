@@ -116,7 +116,21 @@ BAD_CONFIGS = {
     "flux1": (lambda t: t.replace("arch: flux2", "arch: flux").replace("FLUX.2-dev", "FLUX.1-dev"), ["FLUX.1"]),
     "no-prompts": (lambda t: _drop_key(t, "prompts", sub="sample"), ["no prompts"]),
     "python-tag": (lambda t: "!!python/object/apply:os.system ['echo pwned']\n", ["python/object"]),
+    # out-of-range values (issue 17 finding 1): refused at the edge, naming the key, never a crash deep inside
+    "steps-0": (lambda t: _set_sample(t, sample_steps=0), ["sample_steps 0 is outside 1..1000"]),
+    "steps-1e9": (lambda t: _set_sample(t, sample_steps=10**9), ["sample_steps 1000000000 is outside"]),
+    "width-100000": (lambda t: _set_sample(t, width=100000), ["width 100000 is outside 16..4096"]),
+    "pixels": (lambda t: _set_sample(t, width=4096, height=4096 + 64), ["height 4160 is outside"]),
+    "guidance-nan": (lambda t: _set_sample(t, guidance_scale=float("nan")), ["guidance_scale nan is outside"]),
 }
+
+
+def _set_sample(text: str, **values) -> str:
+    import yaml
+
+    data = yaml.safe_load(text)
+    data["config"]["process"][0]["sample"].update(values)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _drop_key(text: str, key: str, sub: str | None = None) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from parity import limits
 from parity.errors import ConfigError
 from parity.spec import DTYPES, LORA_APPLICATIONS, SCHEDULES, SEMANTICS, RenderSpec, ResolvedSpec
 
@@ -121,6 +122,18 @@ def _is_none_word(value: Any) -> bool:
     return value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "none", "null", "false", "off", "no"))
 
 
+_LIMIT_ARGS = {"width": "width", "height": "height", "sample_steps": "steps", "guidance_scale": "guidance",
+               "network_multiplier": "multiplier"}
+
+
+def _check_limits(key: str, v: Any, value: Any, where: str | None) -> None:
+    """parity's render limits (parity/limits.py), so `--set sample_steps=1000000000` is a usage error up front."""
+    if key in _LIMIT_ARGS:
+        bad = limits.problem(**{_LIMIT_ARGS[key]: v})
+        if bad:
+            raise _bad(key, value, f"a value parity can render ({bad})", where)
+
+
 def coerce_value(key: str, value: Any, where: str | None = None) -> Any:
     """Type-check one setting value (a string from the command line or a YAML/JSON scalar) for canonical `key`."""
     if key in ("width", "height", "sample_steps", "resolution_divisor", "seed"):
@@ -129,9 +142,12 @@ def coerce_value(key: str, value: Any, where: str | None = None) -> Any:
             raise _bad(key, value, "a seed >= 0 (-1 means a random seed, which cannot reproduce a preview)", where)
         if key in ("width", "height", "sample_steps", "resolution_divisor") and v < 1:
             raise _bad(key, value, "a positive integer", where)
+        _check_limits(key, v, value, where)
         return v
     if key in ("guidance_scale", "network_multiplier"):
-        return _as_float(key, value, where)
+        v = _as_float(key, value, where)
+        _check_limits(key, v, value, where)
+        return v
     if key == "dtype":
         v = str(value).strip().lower()
         v = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "half": "fp16", "float": "fp32"}.get(v, v)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity import limits
 from parity.errors import ConfigError
 from parity.job.flags import inject_trigger, parse_prompt_flags
 from parity.job.sizes import FLUX2_DIVISOR
@@ -224,6 +225,9 @@ def resolve_samples(
             raise ConfigError(f"{where}seed {seed} is outside torch.manual_seed's range", path)
         width, w_notes = floor_size(req_w)
         height, h_notes = floor_size(req_h)
+        bad = limits.problem(width=width, height=height, steps=steps, guidance=guidance, multiplier=nm)
+        if bad:
+            raise ConfigError(f"{where}{bad}", path)
         sources["width"] = "floor" if w_notes else sources["width"]
         sources["height"] = "floor" if h_notes else sources["height"]
         notes += [f"width {n}" for n in w_notes] + [f"height {n}" for n in h_notes]
