@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from parity import limits
 from parity.errors import InputFileError
 
 from .jpeg import JpegInfo, jpeg_info
@@ -94,10 +95,15 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         raise InputFileError("image file not found", p)
     if p.is_dir():
         raise InputFileError("is a directory, expected an image file", p)
+    if not p.is_file():  # a FIFO or device would block or stream forever on open
+        raise InputFileError("not a regular file, expected an image file", p)
     try:
         with Image.open(p) as im:
             fmt = im.format or "unknown"
             mode = im.mode
+            if im.width * im.height > limits.MAX_PIXELS:  # refuse before decoding: the header is enough
+                raise InputFileError(f"image is {im.width}x{im.height}; parity compares images of at most "
+                                     f"{limits.MAX_PIXELS} pixels (what it can render)", p)
             im.load()  # decode now: truncation and corrupt data surface here, not later
             info = jpeg_info(im) if fmt in ("JPEG", "MPO") else None
             try:

@@ -91,6 +91,9 @@ def index_previews(samples_dir: Path) -> PreviewIndex:
                 p.name, "sub-folder")
             idx.ignored.append((p, reason))
             continue
+        if not p.is_file():  # a FIFO, socket or device named like a preview: opening it could block forever
+            idx.ignored.append((p, "not a regular file"))
+            continue
         parsed = parse_preview_filename(p.name)
         if parsed is None:
             idx.ignored.append((p, "name is not {ms}__{step:09d}_{i}.{jpg|jpeg|png|webp}"))
