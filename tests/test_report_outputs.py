@@ -308,3 +308,34 @@ def test_copy_images_makes_a_movable_zippable_report(tmp_path):
             n += 1
     assert n > 8
     assert all(re.fullmatch(r"[0-9a-f]{24}\.(jpg|png)", p.name) for p in (out / "images").iterdir())
+
+
+def test_copy_images_copies_only_images_this_run_could_have_made(tmp_path, caplog):
+    """results.json is input: paths in it that point outside the run (or at non-images) are never copied
+    (issue 17, finding 7)."""
+    import logging
+
+    res = load(synthetic_results(3, tmp_path / "run", image_size=32))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    fake_png = tmp_path / "run" / "renders" / "not_an_image.png"   # inside the run, but not an image
+    fake_png.parent.mkdir(exist_ok=True)
+    fake_png.write_text("hello")
+    outside_png = tmp_path / "elsewhere.png"                     # an image, but nothing this run made
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(outside_png)
+    hostile = {"/etc/passwd": "preview", str(secret): "render", str(fake_png): "heatmap_diff",
+               str(outside_png): "render"}
+    items = []
+    for it, (path, key) in zip(res.items * 2, hostile.items()):
+        it = dict(it, id=f"{it['id']}-{key}", paths=dict(it["paths"], **{key: path}))
+        items.append(it)
+    res.items[:] = items
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="parity"):
+        write_report(res, out, copy_images=True)
+    copied = [p.read_bytes() for p in (out / "images").iterdir()]
+    assert copied and not any(b"root:" in c or c in (b"hello", outside_png.read_bytes()) for c in copied)
+    for path in hostile:
+        assert f"{path}: not copied" in caplog.text, path

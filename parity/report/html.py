@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, 
                                  write_text_atomic)
 from parity.report.summary import Summary, item_score, summarize
 from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS
+
+log = logging.getLogger("parity")
 
 THUMB_DIR = "thumbs"
 IMAGE_KEYS: tuple[str, ...] = ("preview", "render", "heatmap_diff", "heatmap_ssim")
@@ -317,9 +320,41 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
 
 
 # ----------------------------------------------------------------------------------------------- entry point
-def copy_images_into(items: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
+
+
+def copyable_image(key: str, src: str, run_dir: Path | None) -> str | None:
+    """Why `src` must not be copied into a report, or None when it may. results.json is input like any other: a
+    path in it is copied only when it is what this run could have produced there, a regular image file (by its
+    first bytes, not its name), inside the run's own folder or, for a preview, an AI Toolkit preview file
+    (`samples/{ms}__{step:09d}_{i}.ext`). So `"preview": "/etc/passwd"` copies nothing."""
+    from parity.job.previews import parse_preview_filename
+
+    p = Path(src)
+    if not p.is_file():
+        return "not a regular file"
+    real = p.resolve()
+    in_run = run_dir is not None and run_dir.resolve() in real.parents
+    is_preview = real.parent.name == "samples" and parse_preview_filename(real.name) is not None
+    if not in_run and not (key == "preview" and is_preview):
+        return ("neither an AI Toolkit preview file (samples/{ms}__{step:09d}_{i}.ext) nor inside the run's folder"
+                if key == "preview" else "not inside the run's folder")
+    try:
+        with open(real, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if not head.startswith(_IMAGE_MAGIC) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
+        return "not a PNG, JPEG or WebP image"
+    return None
+
+
+def copy_images_into(items: list[dict[str, Any]], out: Path, run_dir: Path | None = None,
+                     refused: list[str] | None = None) -> list[dict[str, Any]]:
     """Copy the images of `items` (absolute paths) into out/images/ under hashed names (never a user file name)
-    and return the items pointing at the copies: a report directory that can be zipped and moved as a whole."""
+    and return the items pointing at the copies: a report directory that can be zipped and moved as a whole.
+    Only what `copyable_image` allows is copied (`run_dir`: the folder of the results file); each refusal is
+    appended to `refused` as one line and the item keeps its original path."""
     import shutil
 
     idir = out / "images"
@@ -337,6 +372,11 @@ def copy_images_into(items: list[dict[str, Any]], out: Path) -> list[dict[str, A
                 continue
             if out in Path(src).resolve().parents:
                 continue  # already inside the report directory
+            why = copyable_image(k, src, run_dir)
+            if why is not None:
+                if refused is not None:
+                    refused.append(f"{it.get('id', '?')}: {k} {src}: not copied: {why}")
+                continue
             if src not in done:
                 ext = os.path.splitext(src)[1].lower()
                 ext = ext if ext in (".jpg", ".jpeg", ".png", ".webp") else ".img"
@@ -360,7 +400,10 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
     out = safe_out_dir(out_dir)
     items = [absolute_paths(it, results.base_dir) for it in results.items]
     if copy_images:
-        items = copy_images_into(items, out)
+        refused: list[str] = []
+        items = copy_images_into(items, out, results.base_dir, refused)
+        for line in refused:
+            log.warning("%s", line)
     summary = summarize(items, results.run)
     thumbs = build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s) if thumbnails else {}
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
