@@ -6,6 +6,9 @@ A command module provides:
     EXAMPLES: str                  shown at the end of `parity <cmd> --help`
     add_arguments(parser) -> None
     run(args) -> int               exit code: 0 ok, 1 some items below their gate, 2 bad input or usage
+
+Exit codes (docs/errors.md): 0 every item meets its gate, 1 some item does not, 2 bad input, usage or
+environment (disk full, permissions), 3 an internal error (a bug: the message says so), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from parity.errors import ParityError
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
 
 # name -> module; order is the order shown in --help (the data flow: set-up, plan, render, compare, report).
 COMMANDS: dict[str, str] = {
@@ -94,10 +101,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"parity: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("parity: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `parity plan ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:  # disk full, permissions, a vanished folder: the environment, not the input's content
+        if args.verbose:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"parity: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - anything else is a bug in parity or a dependency
+        if args.verbose:
+            raise
+        print(f"parity: internal error: {type(err).__name__}: {err} (a bug: rerun with --verbose for the traceback "
+              "and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

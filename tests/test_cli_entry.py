@@ -71,3 +71,40 @@ def test_shards_merge_to_the_unsharded_results(small_job, tiny_model_dir, tmp_pa
     assert merged.keys() == full.keys() == shards[0] | shards[1] and len(full) == 4
     for key, it in full.items():
         assert merged[key]["tier"] == it["tier"] and merged[key]["metrics"] == it["metrics"]
+
+
+def test_exit_codes_tell_a_crash_from_bad_input(capsys, monkeypatch, tmp_path):
+    """2: bad input / environment (one line); 3: an internal error, said to be a bug (issue 17)."""
+    import parity.commands.plan as plan_cmd
+    from parity.cli import main
+
+    def boom(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(plan_cmd, "run", boom)
+    assert main(["plan", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError" in err and "a bug" in err and "Traceback" not in err
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "results.jsonl"))
+
+    monkeypatch.setattr(plan_cmd, "run", disk_full)
+    assert main(["plan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"parity: error: {tmp_path / 'results.jsonl'}: No space left on device"
+
+
+
+def test_output_into_a_closed_pipe_is_quiet(capsys, monkeypatch, tmp_path):
+    """`parity plan ... | head`: the reader went away; exit 0 without a traceback."""
+    import parity.commands.plan as plan_cmd
+    from parity.cli import main
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(plan_cmd, "run", closed)
+    monkeypatch.setattr("os.dup2", lambda *a: None)  # keep pytest's own stdout intact
+    assert main(["plan", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
