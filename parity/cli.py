@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print("parity: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `parity plan ... | head`: the reader left; nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:  # point stdout at /dev/null so the interpreter's final flush does not raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (captured)
+            pass
         return 0
     except OSError as err:  # disk full, permissions, a vanished folder: the environment, not the input's content
         if args.verbose:
