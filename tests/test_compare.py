@@ -276,9 +276,15 @@ def test_heatmaps_written_only_when_asked(tmp_path, nat):
     assert c.heatmaps == {}
     c = compare(u8(r), p, heatmap_dir=tmp_path / "hm", name="item/1")
     assert set(c.heatmaps) == {"diff", "ssim"}
-    for path in c.heatmaps.values():
+    for kind, path in c.heatmaps.items():
         with Image.open(path) as im:
-            assert im.format == "PNG" and im.width >= 128 and im.height > 96  # image + colour bar
+            # exactly the render's size, so it lines up with preview and render under linked zoom
+            assert im.format == "PNG" and im.size == (nat.shape[1], nat.shape[0])
+            assert "levels" in im.text["parity:scale"] if kind == "diff" else "SSIM" in im.text["parity:scale"]
+            hm = np.asarray(im.convert("RGB")).astype(int)
+        # the changed square is where the diff map is bright
+        inside, outside = hm[22:38, 22:38].sum(-1).mean(), hm[60:, 60:].sum(-1).mean()
+        assert inside > outside + 100, (kind, inside, outside)
 
 
 def test_thresholds_configurable():

@@ -167,6 +167,31 @@ def test_zoom_moves_all_panes_together(driver, report):
     assert len(transforms) == 3 and len(set(transforms)) == 1 and "scale(1.5)" in transforms[0]
 
 
+def test_heatmap_lines_up_with_the_images_and_its_legend_sits_beside_it(driver, report):
+    paths, raw = report
+    _open_first_with_render(driver, raw, paths)
+    driver.find_element("tag name", "body").send_keys("1")  # side by side
+    for _ in range(100):
+        sizes = driver.execute_script(
+            "return [...document.querySelectorAll('.card.open .pane img.layer')].map("
+            "i => [i.naturalWidth, i.naturalHeight, Math.round(i.getBoundingClientRect().width),"
+            " Math.round(i.getBoundingClientRect().height)])")
+        if len(sizes) == 3 and all(s[0] for s in sizes):
+            break
+        time.sleep(0.05)
+    assert len(sizes) == 3 and len({tuple(s) for s in sizes}) == 1, sizes   # same pixels, same box
+    legend = driver.execute_script(
+        "var l = document.querySelector('.card.open .viewer .hlegend');"
+        "return l && {ticks: [...l.querySelectorAll('.hticks span')].map(s => s.textContent),"
+        " title: l.querySelector('.htitle').textContent, bar: getComputedStyle(l.querySelector('.hbar')).backgroundImage}")
+    assert legend and legend["ticks"] == ["0", "8", "16", "24", "32+"], legend
+    assert "levels" in legend["title"] and legend["bar"].startswith("linear-gradient")
+    # below the heatmap, not over it
+    assert driver.execute_script(
+        "var p = document.querySelector('.card.open .panecol .pane').getBoundingClientRect();"
+        "return document.querySelector('.card.open .hlegend').getBoundingClientRect().top >= p.bottom - 1")
+
+
 def test_permalink_opens_its_item(driver, report):
     paths, raw = report
     target = raw["items"][-3]

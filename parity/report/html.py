@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from parity.compare.heatmap import css_gradient, diff_legend, ssim_legend
 from parity.errors import ParityError
 from parity.report.junit import junit_xml
 from parity.report.markdown import markdown_summary
@@ -305,7 +306,8 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
     )
     js = _static("report.js")
     view_items = [_view_item(it, out, thumbs, summary.metric) for it in items]
-    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(KNOBS),
+    legends = {"heatmap_diff": diff_legend(), "heatmap_ssim": ssim_legend(), "gradient": css_gradient()}
+    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(KNOBS), "legends": legends,
             "irreducible": list(IRREDUCIBLE_KNOBS), "metric": summary.metric,
             "worst": [it["id"] for it in summary.worst]}
     worst_bad = [it for it in summary.worst if not it.get("passed")][:12] or summary.worst[:12]

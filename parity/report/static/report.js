@@ -271,6 +271,21 @@
     return d;
   }
 
+  // The heatmap's scale, drawn beside it (the PNG itself has the render's exact size, so panes line up).
+  function heatLegend(hk) {
+    var lg = (DATA.legends || {})[hk];
+    if (!lg) return null;
+    var bar = el('div', { class: 'hbar' });
+    bar.style.background = DATA.legends.gradient;
+    var ticks = el('div', { class: 'hticks' });
+    lg.ticks.forEach(function (t) {
+      var s = el('span', { text: t[1] });
+      s.style.left = (t[0] * 100) + '%';
+      ticks.append(s);
+    });
+    return el('div', { class: 'hlegend' }, bar, ticks, el('div', { class: 'htitle', text: lg.title }));
+  }
+
   function layer(it, key, cls) {
     var u = safeUrl((it.u || {})[key]);
     if (!u) return el('div', { class: 'layer missing ' + (cls || ''), text: key + ' missing' });
@@ -304,7 +319,9 @@
     ctl.textContent = '';
     var hk = heatKey(it), hl = hk === 'heatmap_ssim' ? 'SSIM map' : 'difference heatmap';
     if (state.mode === 'side') {
-      v.append(pane('preview', [layer(it, 'preview')]), pane('render', [layer(it, 'render')]), pane(hl, [layer(it, hk)]));
+      var hp = pane(hl, [layer(it, hk)]), lg = heatLegend(hk);
+      v.append(pane('preview', [layer(it, 'preview')]), pane('render', [layer(it, 'render')]),
+        lg ? el('div', { class: 'panecol' }, hp, lg) : hp);
     } else {
       var top = layer(it, 'render', 'over');
       var cmpPane = pane('', [layer(it, 'preview'), top], 'compare');
