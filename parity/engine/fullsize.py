@@ -129,6 +129,15 @@ def _kwargs(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
+def _known_args(cls, cfg: dict) -> dict:
+    """The config keys the class accepts: config.json files carry extras (`force_upcast`, `_diffusers_version`)
+    that from_pretrained ignores too."""
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in cfg.items() if k in accepted}
+
+
 def meta_transformer(cfg: dict | str):
     """Flux2Transformer2DModel on the meta device from a config dict or a TRANSFORMER_CONFIGS name."""
     import torch
@@ -136,7 +145,7 @@ def meta_transformer(cfg: dict | str):
 
     cfg = TRANSFORMER_CONFIGS[cfg] if isinstance(cfg, str) else cfg
     with torch.device("meta"):
-        return Flux2Transformer2DModel(**_kwargs(cfg))
+        return Flux2Transformer2DModel(**_known_args(Flux2Transformer2DModel, cfg))
 
 
 def text_encoder_class(cfg: dict):
@@ -169,3 +178,12 @@ def meta_text_encoder(cfg: dict | str):
     conf = text_encoder_config(cfg)
     with torch.device("meta"):
         return text_encoder_class(cfg)(conf)
+
+
+def meta_vae(cfg: dict):
+    """AutoencoderKLFlux2 on the meta device from a vae/config.json dict."""
+    import torch
+    from diffusers import AutoencoderKLFlux2
+
+    with torch.device("meta"):
+        return AutoencoderKLFlux2(**_known_args(AutoencoderKLFlux2, cfg))
