@@ -21,6 +21,7 @@ from parity.errors import ParityError
 COMMANDS: dict[str, str] = {
     "demo": "parity.commands.demo",
     "init": "parity.commands.init",
+    "doctor": "parity.commands.doctor",
     "plan": "parity.commands.plan",
     "diff": "parity.commands.diff",
     "run": "parity.commands.run",

@@ -127,4 +127,5 @@ def encode_activation_bytes(te_cfg: dict, max_length: int, dtype: str) -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"
+    """Bytes for people: GiB, or MiB below one GiB (tiny models)."""
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2 ** 20:.1f} MiB"
