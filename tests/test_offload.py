@@ -77,7 +77,7 @@ def test_merged_lora_pristine_copies_count_where_the_transformer_is():
     merged = offload.plan_offload(merged_needs, int(141e9))
     assert plain.mode == "none" and merged.mode == "sequential" and merged.fits
     assert merged_needs.lora_pristine > 60e9
-    assert offload.host_bytes(merged_needs, merged) > merged_needs.transformer + merged_needs.lora_pristine
+    assert offload.host_bytes(merged_needs, merged) >= merged_needs.transformer + merged_needs.lora_pristine
     live = _needs(None, lora_params=195_000_000, lora_application="live")
     assert live.lora_pristine == 0 and live.lora_device == 195_000_000 * 4
 

@@ -101,7 +101,8 @@ def host_bytes(needs: Needs, plan: OffloadPlan) -> int:
     LoRA's pristine copies live there too; the text encoder is read into host memory before it moves."""
     if plan.mode == "none":
         return max(needs.text_encoder * needs.encode, needs.transformer)  # the largest component while loading
-    return needs.transformer + needs.vae + needs.lora_pristine + needs.text_encoder * needs.encode
+    # The text encoder is loaded, used and freed before the transformer is loaded (render.py).
+    return max(needs.text_encoder * needs.encode, needs.transformer + needs.vae + needs.lora_pristine)
 
 
 def check_fits(plan: OffloadPlan, what: str) -> None:
