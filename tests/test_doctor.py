@@ -155,6 +155,8 @@ def test_full_size_dev_on_24_gb_explains_what_does_not_fit_and_what_would(dev_ba
     assert "FAIL" not in out.split("case dev-lora:")[0], out
     assert "all 331 tensors present" in out and "all 160 modules map onto the base model" in out
     assert "ok    dev-lora: architecture" in out
+    assert f"{dev_base} (diffusers layout, from job); text encoder {dev_base / 'text_encoder'} (from base model folder)" \
+        in out
     assert "DOES NOT FIT: denoise needs 61." in out  # 64.45 GB bf16 transformer + activations, in GiB
     # A merged LoRA keeps ~58 GiB of pristine copies beside the transformer, so even 141 GB needs sequential.
     assert "bf16: sequential on a100-80gb 80 GB, h100 80 GB, h200 141 GB" in out
@@ -217,3 +219,22 @@ def test_truncated_file_is_named(tmp_path):
         f.truncate(path.stat().st_size - 1)
     with pytest.raises(InputFileError, match=r"x\.safetensors.*truncated"):
         read_header(path)
+
+
+def test_bad_usage_exits_2(tmp_path, capsys):
+    assert main(["doctor", str(tmp_path / "nowhere")]) == 2
+    assert "no such case file, folder or job" in capsys.readouterr().err
+    assert main(["doctor", str(ROOT / "cases"), "--card", "tpu-v9"]) == 2
+    assert "unknown card 'tpu-v9'" in capsys.readouterr().err
+
+
+def test_architecture_check_names_the_model_the_job_trained_on():
+    """A FLUX.2-dev base for a klein 4B job fails with both names; a tiny config only warns. (Klein jobs reach the
+    doctor once the job reader accepts them: issue 18.)"""
+    from parity.doctor import architecture_check
+    from parity.tiny import TRANSFORMER_CONFIG
+
+    bad = architecture_check(DEV, "flux2_klein_4b")
+    assert bad.status == "fail" and "flux2-dev but the job trained on flux2-klein-4b" in bad.detail
+    assert architecture_check(fullsize.TRANSFORMER_CONFIGS["flux2-klein-9b"], "flux2_klein_9b").status == "ok"
+    assert architecture_check(dict(TRANSFORMER_CONFIG), "flux2").status == "warn"

@@ -92,6 +92,15 @@ def _base_checks(layout, arch: str, loras: list[str]) -> tuple[list[Check], dict
     return checks, needed
 
 
+def _quanto_check(vers: dict) -> Check:
+    """A quantized render needs optimum-quanto (AI Toolkit's qfloat8)."""
+    have = vers.get("optimum.quanto", "missing")
+    if have == "missing":
+        return Check("quantization", "fail", "the case renders with qfloat8 but optimum-quanto is not installed "
+                     "(pip install optimum-quanto)")
+    return Check("quantization", "ok", f"optimum-quanto {have}")
+
+
 def _lora_params(path: str | None) -> int:
     from parity.doctor.headers import read_header
 
@@ -127,15 +136,22 @@ def _case(case, device: Device, base_model: str | None, report: DoctorReport) ->
         report.checks.append(Check(f"case {case.name}", "fail", e.message, str(e.path or case.path)))
     if not items:
         return
-    arch = load_job(case.job_source).facts.arch
+    facts = load_job(case.job_source).facts
+    arch = facts.arch
     base, te = items[0].base_model, items[0].text_encoder
+    base_src = "--base-model" if base_model else case.resolve_base_model(facts.name_or_path)[1]
     try:
         layout = weights.resolve_base(base, text_encoder=te)
     except ParityError as exc:
-        report.checks.append(Check(f"{case.name}: base model", "fail", str(exc), base))
+        report.checks.append(Check(f"{case.name}: base model", "fail", f"{exc} (from {base_src})", base))
         return
+    te_src = case.resolve_text_encoder()[1] if te else "base model folder"
+    report.checks.append(Check(f"{case.name}: base model", "ok", f"{layout.root} ({layout.kind} layout, from "
+                               f"{base_src}); text encoder {layout.text_encoder} (from {te_src})"))
     loras = sorted({it.inference.spec.lora_path for it in items if it.inference.spec.lora_path})
     checks, _ = _base_checks(layout, arch, loras)
+    if any(it.inference.spec.quantize or it.inference.spec.quantize_te for it in items):
+        checks.append(_quanto_check(report.environment.versions))
     report.checks += [Check(f"{case.name}: {c.name}", c.status, c.detail, c.where) for c in checks]
     te_cfg = _read_config(layout.text_encoder) or fullsize.TEXT_ENCODER_CONFIGS[fullsize.family(arch).text_encoder]
     runnable = [it for it in items if not it.problem]

@@ -38,15 +38,17 @@ class CasePlan:
         }
 
 
-def render_shape(items, lora_params: int) -> offload.RenderShape:
-    """The heaviest render of a case's items (largest image; their shared precision is the first item's)."""
+def render_shape(items, lora_params: int, tcfg: dict) -> offload.RenderShape:
+    """The heaviest render of a case's items (largest image; their shared precision is the first item's).
+    A model without a guidance embedding (klein) runs real CFG: counted as a batch of two."""
     specs = [it.inference.spec for it in items]
     s = specs[0]
     width = max(sp.width for sp in specs)
     height = max(sp.height for sp in specs)
     return offload.RenderShape(dtype=s.dtype, quantize=s.quantize, quantize_te=s.quantize_te, width=width,
                                height=height, lora_params=lora_params if any(sp.lora_path for sp in specs) else 0,
-                               lora_application=s.lora_application)
+                               lora_application=s.lora_application,
+                               cfg_batch=1 if tcfg.get("guidance_embeds", True) else 2)
 
 
 def alternatives(tcfg: dict, te_cfg, vae_cfg: dict, shape: offload.RenderShape, qtypes=(None, "qfloat8")) -> list[dict]:
@@ -120,7 +122,7 @@ def time_estimate(tcfg: dict, shape: offload.RenderShape, items, device: Device,
 
 def case_plan(name: str, base: str, layout, te_cfg, items, device: Device, lora_params: int) -> CasePlan:
     tcfg, vcfg = layout.transformer_config, layout.vae_config
-    shape = render_shape(items, lora_params)
+    shape = render_shape(items, lora_params, tcfg)
     needs = offload.render_needs(tcfg, te_cfg, vcfg, shape)
     plan = offload.plan_offload(needs, device.memory_bytes) if device.kind == "cuda" else \
         offload.plan_offload(needs, device.memory_bytes, mode="none")
