@@ -255,7 +255,8 @@ def report(r: dict, repeat: int) -> None:
           f"{r['steps']} steps, best of {repeat}")
     print(f"matmul peak ({r['matmul_n']}^3 {r['dtype']}): {r['matmul_peak_tflops']:.1f} TFLOP/s")
     print(f"FLOPs/step: formula {r['flops_per_step'] / 1e12:.3f} TFLOP (linear layers "
-          f"{r['flops_per_step_linear'] / 1e12:.3f}), torch flop counter {r['flops_per_step_counted'] / 1e12:.3f} TFLOP")
+          f"{r['flops_per_step_linear'] / 1e12:.3f}), torch flop counter "
+          f"{r['flops_per_step_counted'] / 1e12:.3f} TFLOP")
     print(f"engine loop: {r['s_per_step']:.3f} s/step -> {r['achieved_tflops']:.1f} TFLOP/s = "
           f"{r['mfu_vs_matmul_peak']:.0%} of the matmul peak")
     print(f"bare loop:   {r['s_per_step_bare']:.3f} s/step; overhead ratio engine/bare {r['overhead_ratio']:.3f}")

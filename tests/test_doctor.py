@@ -49,12 +49,14 @@ def bfl_dev_tensors(cfg: dict = DEV) -> dict[str, tuple[int, ...]]:
          "final_layer.adaLN_modulation.1.weight": (2 * d, d)}
     for n in range(cfg["num_layers"]):
         for s in ("img", "txt"):
-            t |= {f"double_blocks.{n}.{s}_attn.qkv.weight": (3 * d, d), f"double_blocks.{n}.{s}_attn.proj.weight": (d, d),
+            t |= {f"double_blocks.{n}.{s}_attn.qkv.weight": (3 * d, d),
+                  f"double_blocks.{n}.{s}_attn.proj.weight": (d, d),
                   f"double_blocks.{n}.{s}_attn.norm.query_norm.scale": (hd,),
                   f"double_blocks.{n}.{s}_attn.norm.key_norm.scale": (hd,),
                   f"double_blocks.{n}.{s}_mlp.0.weight": (2 * mlp, d), f"double_blocks.{n}.{s}_mlp.2.weight": (d, mlp)}
     for n in range(cfg["num_single_layers"]):
-        t |= {f"single_blocks.{n}.linear1.weight": (3 * d + 2 * mlp, d), f"single_blocks.{n}.linear2.weight": (d, d + mlp),
+        t |= {f"single_blocks.{n}.linear1.weight": (3 * d + 2 * mlp, d),
+              f"single_blocks.{n}.linear2.weight": (d, d + mlp),
               f"single_blocks.{n}.norm.query_norm.scale": (hd,), f"single_blocks.{n}.norm.key_norm.scale": (hd,)}
     return t
 
@@ -126,8 +128,9 @@ def dev_base(tmp_path_factory) -> Path:
                       {k: ("BF16", tuple(v.shape)) for k, v in sd.items()})
     (base / "vae").mkdir()
     (base / "vae" / "config.json").write_text(json.dumps(FLUX2_DEV_VAE_CONFIG))
+    vae = fullsize.meta_vae(FLUX2_DEV_VAE_CONFIG).state_dict()
     write_header_only(base / "vae" / "diffusion_pytorch_model.safetensors",
-                      {k: ("F32", tuple(v.shape)) for k, v in fullsize.meta_vae(FLUX2_DEV_VAE_CONFIG).state_dict().items()})
+                      {k: ("F32", tuple(v.shape)) for k, v in vae.items()})
     write_text_encoder(base / "text_encoder")
     return base
 
@@ -155,8 +158,8 @@ def test_full_size_dev_on_24_gb_explains_what_does_not_fit_and_what_would(dev_ba
     assert "FAIL" not in out.split("case dev-lora:")[0], out
     assert "all 331 tensors present" in out and "all 160 modules map onto the base model" in out
     assert "ok    dev-lora: architecture" in out
-    assert f"{dev_base} (diffusers layout, from job); text encoder {dev_base / 'text_encoder'} (from base model folder)" \
-        in out
+    te = dev_base / "text_encoder"
+    assert f"{dev_base} (diffusers layout, from job); text encoder {te} (from base model folder)" in out
     assert "DOES NOT FIT: denoise needs 61." in out  # 64.45 GB bf16 transformer + activations, in GiB
     # A merged LoRA keeps ~58 GiB of pristine copies beside the transformer, so even 141 GB needs sequential.
     assert "bf16: sequential on a100-80gb 80 GB, h100 80 GB, h200 141 GB" in out

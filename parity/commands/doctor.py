@@ -29,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _is_job(path: Path) -> bool:
-    return path.is_dir() and any((path / n).is_file() for n in ("config.yaml", ".job_config.json")) or \
-        path.suffix in (".json",) and path.is_file()
+    """An AI Toolkit job folder (config.yaml / .job_config.json inside) or a UI job JSON; .yaml files are cases."""
+    if path.is_dir():
+        return any((path / n).is_file() for n in ("config.yaml", ".job_config.json"))
+    return path.is_file() and path.suffix == ".json"
 
 
 def load_targets(targets: list[str], text_encoder: str | None):
@@ -42,8 +44,8 @@ def load_targets(targets: list[str], text_encoder: str | None):
         path = Path(t).resolve()
         if _is_job(path):
             job = path if path.is_dir() else None
-            cases.append(Case(name=path.name if job else path.parent.name, path=(job or path.parent) / "parity-diff.yaml",
-                              job=job, config=None if job else path))
+            cases.append(Case(name=path.name if job else path.parent.name,
+                              path=(job or path.parent) / "parity-diff.yaml", job=job, config=None if job else path))
         elif path.exists():
             cases += [load_case(c) for c in find_cases([t])]
         else:

@@ -159,7 +159,8 @@ def _case(case, device: Device, base_model: str | None, report: DoctorReport) ->
                                   _lora_params(loras[0] if loras else None)))
 
 
-def examine(cases, device: Device, *, base_model: str | None = None, out_dirs: list[Path] | None = None) -> DoctorReport:
+def examine(cases, device: Device, *, base_model: str | None = None,
+            out_dirs: list[Path] | None = None) -> DoctorReport:
     """The doctor's whole verdict for `cases` on `device` (nothing rendered, no weight data read)."""
     env = Environment(versions=versions(), device=device, host_memory_bytes=host_memory())
     env.checks.append(determinism_check(device))

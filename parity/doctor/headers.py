@@ -103,7 +103,8 @@ class Completeness:
             return f"all {self.expected} tensors present with the configured shapes ({dt}){extra}"
         parts = []
         if self.missing:
-            parts.append(f"{len(self.missing)} of {self.expected} tensors missing, e.g. {', '.join(self.missing[:limit])}")
+            parts.append(f"{len(self.missing)} of {self.expected} tensors missing, "
+                         f"e.g. {', '.join(self.missing[:limit])}")
         if self.wrong_shape:
             parts.append(f"{len(self.wrong_shape)} with the wrong shape, e.g. {'; '.join(self.wrong_shape[:limit])}")
         return "; ".join(parts)
