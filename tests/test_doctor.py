@@ -241,3 +241,19 @@ def test_architecture_check_names_the_model_the_job_trained_on():
     assert bad.status == "fail" and "flux2-dev but the job trained on flux2-klein-4b" in bad.detail
     assert architecture_check(fullsize.TRANSFORMER_CONFIGS["flux2-klein-9b"], "flux2_klein_9b").status == "ok"
     assert architecture_check(dict(TRANSFORMER_CONFIG), "flux2").status == "warn"
+
+
+def test_text_encoder_names_for_klein_encoders_and_card_names():
+    """Qwen3-4B ties lm_head to the embeddings (the checkpoint need not store it); Qwen3-8B does not. Device names
+    as torch reports them find their card (closest memory among the same model)."""
+    from parity.doctor.environment import card_by_name
+    from parity.doctor.inputs import expected_text_encoder
+
+    small = expected_text_encoder(fullsize.TEXT_ENCODER_CONFIGS["qwen3-4b"])
+    large = expected_text_encoder(fullsize.TEXT_ENCODER_CONFIGS["qwen3-8b"])
+    assert "lm_head.weight" not in small and large["lm_head.weight"] == (151936, 4096)
+    assert len(small) == 36 * 11 + 2 and len(large) == len(small) + 1  # 11 tensors per Qwen3 layer, embed, norm
+    assert card_by_name("NVIDIA H100 80GB HBM3").key == "h100"
+    assert card_by_name("NVIDIA A100-SXM4-80GB", 85_899_345_920).key == "a100-80gb"
+    assert card_by_name("NVIDIA A100-SXM4-40GB", 42_949_672_960).key == "a100-40gb"
+    assert card_by_name("NVIDIA H200 NVL").key == "h200" and card_by_name("Tesla T4") is None

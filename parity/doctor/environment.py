@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,9 +61,22 @@ def host_memory() -> int:
     return 0
 
 
-def card_by_name(name: str) -> Card | None:
-    key = name.lower().replace(" ", "").replace("nvidia", "")
-    return CARDS.get(key) or next((c for c in CARDS.values() if c.name.lower() == name.lower()), None)
+_MODEL_WORD = {"rtx4090": "4090", "l4": "l4", "a100-40gb": "a100", "l40s": "l40s", "a100-80gb": "a100",
+               "h100": "h100", "h200": "h200"}
+
+
+def card_by_name(name: str, memory_bytes: int | None = None) -> Card | None:
+    """A named card from a key (`h100`) or a device name as torch reports it ("NVIDIA H100 80GB HBM3",
+    "NVIDIA A100-SXM4-80GB"): the model word must appear; among several, the closest memory size wins."""
+    if name.lower() in CARDS:
+        return CARDS[name.lower()]
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    found = [c for c in CARDS.values() if _MODEL_WORD[c.key] in words]
+    if not found:
+        return None
+    if memory_bytes is None:
+        return found[0]
+    return min(found, key=lambda c: abs(c.memory_gb * 1e9 - memory_bytes))
 
 
 def resolve_device(device: str, gpu_memory_gb: float | None, card: str | None) -> Device:
@@ -84,7 +98,7 @@ def resolve_device(device: str, gpu_memory_gb: float | None, card: str | None) -
 
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.device(device))
-        c = card_by_name(props.name)
+        c = card_by_name(props.name, props.total_memory)
         return Device("cuda", props.name, props.total_memory, c.bf16_tflops if c else None, "this machine", c)
     return Device("cpu", "cpu", host_memory(), None, "this machine")
 

@@ -99,7 +99,8 @@ def time_estimate(tcfg: dict, shape: offload.RenderShape, items, device: Device,
     """Seconds per item and per run from the transformer's FLOPs, the device's peak and the stated assumptions."""
     cfg_forwards = 1 if tcfg.get("guidance_embeds", True) else 2
     flops = resources.step_flops(tcfg, resources.image_tokens(shape.width, shape.height), shape.max_length)
-    peak, peak_source = device.peak_tflops, "datasheet dense bf16"
+    peak = device.peak_tflops
+    peak_source = f"datasheet dense bf16 of {device.card.key}" if device.card else "datasheet dense bf16"
     if peak is None and device.kind == "cpu":
         peak, peak_source = cpu_matmul_tflops(), "measured fp32 matmul, this CPU, current threads"
     steps = [it.inference.spec.sample_steps for it in items] or [0]

@@ -13,6 +13,7 @@ weight is loaded. parity doctor prints the same plan.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from parity.engine.resources import GIB, gib
@@ -186,6 +187,19 @@ def render_needs(transformer_cfg: dict, te_cfg: dict | None, vae_cfg: dict, shap
     )
 
 
+def _lora_params(path) -> int:
+    """Parameters in a LoRA file, from its safetensors header (0 without a file or a readable header)."""
+    if not path:
+        return 0
+    from parity.doctor.headers import read_header
+    from parity.errors import ParityError
+
+    try:
+        return sum(math.prod(t.shape) for t in read_header(path).values())
+    except ParityError:
+        return 0  # the LoRA loader reports a broken file with its own message
+
+
 def check_engine(engine, spec) -> None:
     """Before the engine loads weights for `spec` on a CUDA device: ModelError when its offload mode cannot fit."""
     if engine.device.type != "cuda":
@@ -198,7 +212,9 @@ def check_engine(engine, spec) -> None:
     if engine.layout.text_encoder is not None and (engine.layout.text_encoder / "config.json").is_file():
         te_cfg = json.loads((engine.layout.text_encoder / "config.json").read_text())
     shape = RenderShape(dtype=spec.dtype, quantize=spec.quantize, quantize_te=spec.quantize_te, width=spec.width,
-                        height=spec.height, max_length=engine.max_length, lora_params=0)
+                        height=spec.height, max_length=engine.max_length, lora_params=_lora_params(spec.lora_path),
+                        lora_application=spec.lora_application,
+                        cfg_batch=1 if engine.layout.transformer_config.get("guidance_embeds", True) else 2)
     needs = render_needs(engine.layout.transformer_config, te_cfg, engine.layout.vae_config, shape)
     total = torch.cuda.get_device_properties(engine.device).total_memory
     check_fits(plan_offload(needs, total, mode=engine.offload), str(engine.layout.root))
