@@ -257,3 +257,25 @@ def test_text_encoder_names_for_klein_encoders_and_card_names():
     assert card_by_name("NVIDIA A100-SXM4-80GB", 85_899_345_920).key == "a100-80gb"
     assert card_by_name("NVIDIA A100-SXM4-40GB", 42_949_672_960).key == "a100-40gb"
     assert card_by_name("NVIDIA H200 NVL").key == "h200" and card_by_name("Tesla T4") is None
+
+
+def test_hub_text_encoder_names_load_onto_the_full_size_model_as_transformers_renames_them():
+    """Loading the real Mistral-Small-3.1 configuration: transformers' own checkpoint renaming (what
+    from_pretrained applies) maps every hub-format name onto the full-size meta model, and the doctor's
+    canonical names agree with it."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    from parity.doctor.inputs import canonical_te_name
+
+    model = fullsize.meta_text_encoder("mistral-small-3.1-24b")
+    sd = model.state_dict()
+    conv = get_model_conversion_mapping(model)
+    renamings = [c for c in conv if isinstance(c, WeightRenaming)]
+    converters = [c for c in conv if isinstance(c, WeightConverter)]
+    for key in sd:
+        hub = hub_mistral_names(key)
+        loaded, _ = rename_source_key(hub, renamings, converters, model.base_model_prefix, sd)
+        assert loaded == key, (hub, loaded)
+        assert canonical_te_name(hub) == canonical_te_name(key)
+    assert sum(hub_mistral_names(k) != k for k in sd) == len(sd)  # every name differs between the two formats
