@@ -70,26 +70,24 @@ def architecture_check(tcfg: dict, arch: str) -> Check:
                  f"(model.arch {arch})")
 
 
-def _base_checks(layout, arch: str, loras: list[str]) -> tuple[list[Check], dict]:
-    """Input checks of one base model and the LoRA files used with it; also the diffusers shapes LoRAs map onto."""
+def _base_checks(layout, arch: str, loras: list[str]) -> list[Check]:
+    """Input checks of one base model and the LoRA files used with it."""
+    from parity.doctor.inputs import expected_transformer
+
     checks = [architecture_check(layout.transformer_config, arch)]
-    needed: dict = {}
-    for fn in (check_transformer, check_vae):
+    try:
+        needed = expected_transformer(layout.transformer_config, "diffusers")
+    except (TypeError, ValueError, KeyError) as exc:  # a config.json the model class cannot be built from
+        return checks + [Check("transformer config", "fail", f"cannot build the model ({type(exc).__name__}: {exc})",
+                               str(layout.root))]
+    for name, fn in (("transformer weights", check_transformer), ("VAE weights", check_vae),
+                     ("text encoder weights", check_text_encoder)):
         try:
             result = fn(layout)
         except ParityError as exc:
-            checks.append(Check(fn.__name__.replace("check_", "") + " weights", "fail", str(exc)))
-            continue
-        if isinstance(result, tuple):
-            result, needed = result
-        checks.append(result)
-    try:
-        checks += check_text_encoder(layout)
-    except ParityError as exc:
-        checks.append(Check("text encoder weights", "fail", str(exc)))
-    if needed:
-        checks += [check_lora(Path(p), needed) for p in loras]
-    return checks, needed
+            result = Check(name, "fail", str(exc))
+        checks += result if isinstance(result, list) else [result]
+    return checks + [check_lora(Path(p), needed) for p in loras]
 
 
 def _quanto_check(vers: dict) -> Check:
@@ -101,22 +99,6 @@ def _quanto_check(vers: dict) -> Check:
     return Check("quantization", "ok", f"optimum-quanto {have}")
 
 
-def _lora_params(path: str | None) -> int:
-    from parity.doctor.headers import read_header
-
-    if not path:
-        return 0
-    try:
-        return sum(_prod(t.shape) for t in read_header(path).values())
-    except ParityError:
-        return 0
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _disk_need(plans: list[CasePlan], n_prompts: int) -> int:
@@ -149,14 +131,16 @@ def _case(case, device: Device, base_model: str | None, report: DoctorReport) ->
     report.checks.append(Check(f"{case.name}: base model", "ok", f"{layout.root} ({layout.kind} layout, from "
                                f"{base_src}); text encoder {layout.text_encoder} (from {te_src})"))
     loras = sorted({it.inference.spec.lora_path for it in items if it.inference.spec.lora_path})
-    checks, _ = _base_checks(layout, arch, loras)
+    checks = _base_checks(layout, arch, loras)
     if any(it.inference.spec.quantize or it.inference.spec.quantize_te for it in items):
         checks.append(_quanto_check(report.environment.versions))
     report.checks += [Check(f"{case.name}: {c.name}", c.status, c.detail, c.where) for c in checks]
     te_cfg = _read_config(layout.text_encoder) or fullsize.TEXT_ENCODER_CONFIGS[fullsize.family(arch).text_encoder]
     runnable = [it for it in items if not it.problem]
+    from parity.engine.offload import lora_file_params
+
     report.plans.append(case_plan(case.name, str(layout.root), layout, te_cfg, runnable or items, device,
-                                  _lora_params(loras[0] if loras else None)))
+                                  lora_file_params(loras[0] if loras else None)))
 
 
 def examine(cases, device: Device, *, base_model: str | None = None,

@@ -53,16 +53,14 @@ def _strip_bfl_prefix(found: dict) -> dict:
     return {k[len(_BFL_PREFIX):] if k.startswith(_BFL_PREFIX) else k: v for k, v in found.items()}
 
 
-def check_transformer(layout) -> tuple[Check, dict[str, tuple[int, ...]]]:
-    """(verdict, the diffusers names/shapes the config needs: what LoRA files are checked against)."""
-    needed = expected_transformer(layout.transformer_config, "diffusers")
+def check_transformer(layout) -> Check:
+    """Every tensor the transformer config needs, in the layout's names, with its shape."""
     path = layout.transformer
     if layout.kind == "bfl":
-        found = _strip_bfl_prefix(read_header(path))
-        c = compare(expected_transformer(layout.transformer_config, "bfl"), found)
+        c = compare(expected_transformer(layout.transformer_config, "bfl"), _strip_bfl_prefix(read_header(path)))
     else:
-        c = compare(needed, folder_tensors(path))
-    return _verdict("transformer weights", c, path), needed
+        c = compare(expected_transformer(layout.transformer_config, "diffusers"), folder_tensors(path))
+    return _verdict("transformer weights", c, path)
 
 
 def check_vae(layout) -> Check:

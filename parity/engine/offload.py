@@ -187,17 +187,18 @@ def render_needs(transformer_cfg: dict, te_cfg: dict | None, vae_cfg: dict, shap
     )
 
 
-def _lora_params(path) -> int:
-    """Parameters in a LoRA file, from its safetensors header (0 without a file or a readable header)."""
+def lora_file_params(path) -> int:
+    """Parameters in a LoRA file, from its safetensors header only (0 without a file or a readable header: the
+    LoRA loader reports a broken file with its own message)."""
     if not path:
         return 0
-    from parity.doctor.headers import read_header
-    from parity.errors import ParityError
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return sum(math.prod(t.shape) for t in read_header(path).values())
-    except ParityError:
-        return 0  # the LoRA loader reports a broken file with its own message
+        with safe_open(str(path), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except (SafetensorError, OSError, ValueError):
+        return 0
 
 
 def check_engine(engine, spec) -> None:
@@ -212,7 +213,7 @@ def check_engine(engine, spec) -> None:
     if engine.layout.text_encoder is not None and (engine.layout.text_encoder / "config.json").is_file():
         te_cfg = json.loads((engine.layout.text_encoder / "config.json").read_text())
     shape = RenderShape(dtype=spec.dtype, quantize=spec.quantize, quantize_te=spec.quantize_te, width=spec.width,
-                        height=spec.height, max_length=engine.max_length, lora_params=_lora_params(spec.lora_path),
+                        height=spec.height, max_length=engine.max_length, lora_params=lora_file_params(spec.lora_path),
                         lora_application=spec.lora_application,
                         cfg_batch=1 if engine.layout.transformer_config.get("guidance_embeds", True) else 2)
     needs = render_needs(engine.layout.transformer_config, te_cfg, engine.layout.vae_config, shape)
