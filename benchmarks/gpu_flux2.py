@@ -1,18 +1,19 @@
-"""FLUX.2-dev at full size on one lent GPU (H100/H200), random bf16 weights, no downloads; or tiny on a CPU.
+"""The prepared GPU check: one run on a lent H100/H200 (about 3-5 minutes), or `--tiny` on a CPU (the test).
 
-    python benchmarks/gpu_flux2.py                 # GPU: full FLUX.2-dev transformer, 1024x1024, 4 steps
-    python benchmarks/gpu_flux2.py --tiny          # CPU: parity's tiny transformer config, 64x64 (the test)
+    python benchmarks/gpu_flux2.py --json gpu.json     # GPU: all three parts below at full size
+    python benchmarks/gpu_flux2.py --tiny              # CPU: the same parts at tiny size (CI)
 
-What it does (one prepared run; about 2-4 minutes on an H100 including the build):
-  1. builds Flux2Transformer2DModel from parity.engine.weights.FLUX2_DEV_TRANSFORMER_CONFIG (8 double + 48 single
-     blocks, 48 heads x 128, joint dim 15360; ~32B parameters, ~64 GB in bf16) on the meta device, then
-     to_empty(device) and normal_ in place: nothing is allocated on the CPU, nothing is downloaded;
-  2. random text embeddings (1, 512, 15360) stand in for the 24B text encoder (skipped);
-  3. times the engine's own denoising loop (parity.engine.sampling.aitk_denoise: AI Toolkit schedule, guidance
-     embedding, Euler in the latent dtype, NaN watch) against a bare loop written here that only calls the
-     transformer and does the Euler update, same inputs, interleaved, best of --repeat;
-  4. measures the card's bf16 matmul peak (a large torch.matmul) and reports achieved TFLOP/s per step against
-     it, the analytic FLOPs per step (cross-checked with torch.utils.flop_counter on one step), peak GPU memory.
+1. determinism (the GPU-vs-CPU floor): the demo's tiny FLUX.2 item rendered by the engine in bf16 twice on the
+   device with torch.use_deterministic_algorithms(True) (CUBLAS_WORKSPACE_CONFIG=:4096:8 is set before CUDA starts),
+   then once on the CPU; reports whether the two device renders are bit-identical and how far the device is
+   from the CPU (max pixel difference, SSIM): the hardware part of parity's noise floor;
+2. full-size transformer benchmark: Flux2Transformer2DModel from the pinned FLUX.2-dev config
+   (parity.engine.fullsize; ~32B parameters, ~64 GB in bf16) built on the meta device, then to_empty(device) and
+   normal_ in place (nothing allocated on the CPU, nothing downloaded); random text embeddings (1, 512, 15360) stand
+   in for the text encoder; the engine's own denoising loop (parity.engine.sampling.aitk_denoise) timed against a
+   bare loop written here, interleaved, best of --repeat; the card's bf16 matmul peak; achieved TFLOP/s from the
+   analytic FLOPs per step (cross-checked with torch.utils.flop_counter); peak GPU memory;
+3. `parity doctor cases/ --json` on this machine: the plan the doctor makes for the demo cases on this device.
 The VAE decode is not timed (it is ~1 % of a 25-step render at 1024 px).
 """
 
@@ -21,31 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: deterministic cuBLAS
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def step_flops(cfg: dict, n_img: int, n_txt: int, *, attention: bool = True) -> float:
-    """FLOPs (2 x multiply-adds) of one Flux2 transformer forward, from the config alone.
-
-    Per token and block, the linear layers cost 13 D^2 MACs with mlp_ratio 3 (D = heads x head_dim):
-      double block, per stream: qkv 3 D^2 + out D^2 + SwiGLU in 2*3D*D + out 3D*D;
-      single block: fused qkv+mlp-in (3D + 2*3D) x D + fused out (D + 3D) x D;
-    attention: Q K^T and A V over all N = n_img + n_txt tokens, 2 N^2 D MACs per block.
-    Plus x_embedder, context_embedder and proj_out. Modulation/time embeddings are per image, not per token
-    (negligible)."""
-    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    r = cfg.get("mlp_ratio", 3.0)
-    n = n_img + n_txt
-    per_token = (4 + 3 * r) * d * d        # qkv + out + SwiGLU (2rD x D in, rD x D out) = 13 D^2 at r = 3
-    blocks = cfg["num_layers"] + cfg["num_single_layers"]
-    macs = blocks * (per_token * n + (2 * n * n * d if attention else 0))
-    macs += n_img * cfg["in_channels"] * d + n_txt * cfg["joint_attention_dim"] * d
-    macs += n_img * d * (cfg.get("out_channels") or cfg["in_channels"])
-    return 2.0 * macs
+from parity.engine.resources import step_flops  # noqa: E402  (one FLOPs formula, shared with parity doctor)
 
 
 def build_random(cfg: dict, device, dtype, seed: int = 0):
@@ -119,6 +107,165 @@ def bare_loop(model, embeds, noise, sigmas, guidance):
     return x
 
 
+def setup(a) -> dict:
+    """Device, dtype and sizes of the transformer benchmark: full FLUX.2-dev on CUDA, or tiny on the CPU."""
+    import torch
+
+    if a.tiny:
+        from parity.tiny import TRANSFORMER_CONFIG as cfg
+
+        torch.set_num_threads(1)
+        device = torch.device(a.device or "cpu")
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        return dict(cfg=cfg, device=device, dtype=dtype, size=a.size or 64, steps=a.steps or 2,
+                    text_len=a.text_len or 32, mm_n=256, mm_iters=5)
+    from parity.engine.fullsize import TRANSFORMER_CONFIGS
+
+    device = torch.device(a.device or "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --tiny on a CPU")
+    return dict(cfg=TRANSFORMER_CONFIGS["flux2-dev"], device=device, dtype=torch.bfloat16, size=a.size or 1024,
+                steps=a.steps or 4, text_len=a.text_len or 512, mm_n=8192, mm_iters=20)
+
+
+def determinism(device) -> dict:
+    """Part 1: the demo item in bf16, twice on `device` with deterministic algorithms, once on the CPU."""
+    import numpy as np
+    import torch
+
+    from parity.compare.metrics import ssim
+    from parity.demo import build_demo
+    from parity.engine import Engine
+    from parity.spec import RenderSpec
+
+    paths = build_demo(ROOT / "demo")
+    lora = sorted(paths.job.glob("*.safetensors"))[-1]
+    spec = RenderSpec(prompt="a portrait of a woman, studio light", width=64, height=64, seed=42, sample_steps=8,
+                      guidance_scale=4.0, dtype="bf16", lora_path=str(lora))
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        t0 = time.perf_counter()
+        on_device = Engine(paths.base_model, device=str(device))
+        first, second = on_device.render(spec).image, on_device.render(spec).image
+        t_device = time.perf_counter() - t0
+    finally:
+        torch.use_deterministic_algorithms(before)
+    cpu = Engine(paths.base_model, device="cpu").render(spec).image
+    diff = np.abs(first.astype(int) - cpu.astype(int))
+    return {"device": str(device), "bit_identical_twice": bool(np.array_equal(first, second)),
+            "max_abs_vs_cpu": int(diff.max()), "pixels_differing_vs_cpu": int((diff > 0).any(-1).sum()),
+            "ssim_vs_cpu": float(ssim(first, cpu).ssim), "seconds_device": t_device}
+
+
+def transformer_benchmark(a, s: dict) -> dict:
+    """Part 2: engine loop vs bare loop on the random-weight transformer; FLOPs, peak, memory."""
+    import torch
+
+    from parity.engine.numerics import resolve_switches
+    from parity.engine.sampling import aitk_denoise, make_noise
+    from parity.engine.schedule import FLUX2_SCHEDULER_CONFIG, sigmas_for
+
+    cfg, device, dtype, size, steps = s["cfg"], s["device"], s["dtype"], s["size"], s["steps"]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    peak = matmul_peak(device, dtype, s["mm_n"], s["mm_iters"])
+    t_peak, t0 = time.perf_counter() - t0, time.perf_counter()
+    model = build_random(cfg, device, dtype)
+    sync(device)
+    t_build = time.perf_counter() - t0
+    g = torch.Generator("cpu").manual_seed(0)
+    embeds = (torch.randn(1, s["text_len"], cfg["joint_attention_dim"], generator=g) * 0.5).to(device, dtype)
+    noise = make_noise(42, size, size, dtype)
+    sigmas, _ = sigmas_for("aitk", size, size, steps, FLUX2_SCHEDULER_CONFIG)
+    switches = resolve_switches((), "aitk")
+    counted = counted_flops(model, embeds, noise, sigmas)
+
+    def harness():
+        aitk_denoise(model, embeds, noise, sigmas, 4.0, switches, device)
+        sync(device)
+
+    def bare():
+        bare_loop(model, embeds, noise, sigmas, 4.0)
+        sync(device)
+
+    times = interleaved(harness, bare, a.repeat)
+    n_img = (size // 16) ** 2
+    flops = step_flops(cfg, n_img, s["text_len"])
+    s_step = min(times["harness"]) / steps
+    achieved = flops / s_step / 1e12
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    return {
+        "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tiny": a.tiny,
+        "dtype": str(dtype).replace("torch.", ""), "size": size, "steps": steps, "text_len": s["text_len"],
+        "n_img": n_img, "params_b": params / 1e9, "build_s": t_build, "matmul_peak_tflops": peak,
+        "matmul_n": s["mm_n"], "matmul_s": t_peak, "flops_per_step": flops,
+        "flops_per_step_linear": step_flops(cfg, n_img, s["text_len"], attention=False),
+        "flops_per_step_counted": counted, "s_per_step": s_step, "s_per_step_bare": min(times["bare"]) / steps,
+        "achieved_tflops": achieved, "mfu_vs_matmul_peak": achieved / peak,
+        "overhead_ratio": min(times["harness"]) / min(times["bare"]), "peak_gpu_mem_gib": mem, "all": times,
+    }
+
+
+def counted_flops(model, embeds, noise, sigmas) -> float:
+    """One step under torch's own FLOP counter (catches a wrong architecture assumption in the formula)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        bare_loop(model, embeds, noise, sigmas[:2], 4.0)
+    return counter.get_total_flops()
+
+
+def interleaved(harness, bare, repeat: int) -> dict[str, list[float]]:
+    harness(), bare()  # warm-up (kernels, allocator)
+    times: dict[str, list[float]] = {"harness": [], "bare": []}
+    for _ in range(repeat):
+        for name, fn in (("harness", harness), ("bare", bare)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def doctor(device) -> dict:
+    """Part 3: `parity doctor cases/ --json` in a fresh process on this machine's device."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "parity.cli", "doctor", str(ROOT / "cases"), "--json",
+                        "--device", str(device)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    try:
+        rep = json.loads(r.stdout)
+    except ValueError:
+        return {"exit_code": r.returncode, "error": r.stderr[-500:]}
+    return {"exit_code": r.returncode, "ready": rep["ready"], "device": rep["device"], "versions": rep["versions"],
+            "checks": {c["name"]: c["status"] for c in rep["checks"]},
+            "plans": {c["case"]: c["plan"]["mode"] for c in rep["cases"]}}
+
+
+def report(r: dict, repeat: int) -> None:
+    d = r["determinism"]
+    print(f"determinism on {d['device']}: bf16 twice bit-identical {d['bit_identical_twice']}; vs CPU max "
+          f"{d['max_abs_vs_cpu']} levels, {d['pixels_differing_vs_cpu']} pixels differ, SSIM {d['ssim_vs_cpu']:.5f}")
+    print(f"{r['card']}: Flux2 transformer {r['params_b']:.2f}B params ({r['dtype']}, random), built in "
+          f"{r['build_s']:.1f} s; {r['size']}x{r['size']} ({r['n_img']} image + {r['text_len']} text tokens), "
+          f"{r['steps']} steps, best of {repeat}")
+    print(f"matmul peak ({r['matmul_n']}^3 {r['dtype']}): {r['matmul_peak_tflops']:.1f} TFLOP/s")
+    print(f"FLOPs/step: formula {r['flops_per_step'] / 1e12:.3f} TFLOP (linear layers "
+          f"{r['flops_per_step_linear'] / 1e12:.3f}), torch flop counter "
+          f"{r['flops_per_step_counted'] / 1e12:.3f} TFLOP")
+    print(f"engine loop: {r['s_per_step']:.3f} s/step -> {r['achieved_tflops']:.1f} TFLOP/s = "
+          f"{r['mfu_vs_matmul_peak']:.0%} of the matmul peak")
+    print(f"bare loop:   {r['s_per_step_bare']:.3f} s/step; overhead ratio engine/bare {r['overhead_ratio']:.3f}")
+    if r["peak_gpu_mem_gib"] is not None:
+        print(f"peak GPU memory: {r['peak_gpu_mem_gib']:.1f} GiB")
+    doc = r["doctor"]
+    print(f"parity doctor: exit {doc['exit_code']}, ready {doc.get('ready')}, plans {doc.get('plans')}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="parity's tiny transformer on the CPU (a quick check)")
@@ -129,94 +276,15 @@ def main(argv=None) -> int:
     ap.add_argument("--text-len", type=int, default=None, help="text tokens (512 full, 32 tiny)")
     ap.add_argument("--json", default=None, help="also write the result here")
     a = ap.parse_args(argv)
-    import torch
+    s = setup(a)
+    det = determinism(s["device"])
+    result = {"benchmark": "gpu_flux2", **transformer_benchmark(a, s), "determinism": det}
+    if s["device"].type == "cuda":
+        import torch
 
-    from parity.engine.numerics import resolve_switches
-    from parity.engine.sampling import aitk_denoise, make_noise
-    from parity.engine.schedule import FLUX2_SCHEDULER_CONFIG, sigmas_for
-
-    if a.tiny:
-        from parity.tiny import TRANSFORMER_CONFIG as cfg
-
-        torch.set_num_threads(1)
-        device = torch.device(a.device or "cpu")
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-        size, steps, text_len, mm_n, mm_iters = a.size or 64, a.steps or 2, a.text_len or 32, 256, 5
-    else:
-        from parity.engine.weights import FLUX2_DEV_TRANSFORMER_CONFIG as cfg
-
-        device = torch.device(a.device or "cuda")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("no CUDA device: run with --tiny on a CPU")
-        dtype = torch.bfloat16
-        size, steps, text_len, mm_n, mm_iters = a.size or 1024, a.steps or 4, a.text_len or 512, 8192, 20
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.cuda.reset_peak_memory_stats(device)
-
-    t0 = time.perf_counter()
-    peak = matmul_peak(device, dtype, mm_n, mm_iters)
-    t_peak = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = build_random(cfg, device, dtype)
-    sync(device)
-    t_build = time.perf_counter() - t0
-    params = sum(p.numel() for p in model.parameters())
-
-    g = torch.Generator("cpu").manual_seed(0)
-    embeds = (torch.randn(1, text_len, cfg["joint_attention_dim"], generator=g) * 0.5).to(device, dtype)
-    noise = make_noise(42, size, size, dtype)
-    sigmas, _ = sigmas_for("aitk", size, size, steps, FLUX2_SCHEDULER_CONFIG)
-    switches = resolve_switches((), "aitk")
-    n_img = (size // 16) ** 2
-    flops = step_flops(cfg, n_img, text_len)
-
-    # One counted step: torch's own FLOP counter vs the formula (catches a wrong architecture assumption).
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        bare_loop(model, embeds, noise, sigmas[:2], 4.0)
-    counted = counter.get_total_flops()
-
-    def harness():
-        r = aitk_denoise(model, embeds, noise, sigmas, 4.0, switches, device)
-        sync(device)
-        return r
-
-    def bare():
-        bare_loop(model, embeds, noise, sigmas, 4.0)
-        sync(device)
-
-    harness(), bare()  # warm-up (kernels, allocator)
-    times = {"harness": [], "bare": []}
-    for _ in range(a.repeat):
-        for name, fn in (("harness", harness), ("bare", bare)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    best = {k: min(v) for k, v in times.items()}
-    s_step = best["harness"] / steps
-    achieved = flops / s_step / 1e12
-    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    result = {
-        "benchmark": "gpu_flux2", "card": card, "tiny": a.tiny, "dtype": str(dtype).replace("torch.", ""),
-        "size": size, "steps": steps, "text_len": text_len, "params_b": params / 1e9, "build_s": t_build,
-        "matmul_peak_tflops": peak, "matmul_n": mm_n, "matmul_s": t_peak, "flops_per_step": flops,
-        "flops_per_step_counted": counted, "s_per_step": s_step, "s_per_step_bare": best["bare"] / steps,
-        "achieved_tflops": achieved, "mfu_vs_matmul_peak": achieved / peak,
-        "overhead_ratio": best["harness"] / best["bare"], "peak_gpu_mem_gib": mem, "all": times,
-    }
-    print(f"{card}: Flux2 transformer {params / 1e9:.2f}B params ({result['dtype']}, random), built in "
-          f"{t_build:.1f} s; {size}x{size} ({n_img} image + {text_len} text tokens), {steps} steps, best of {a.repeat}")
-    print(f"matmul peak ({mm_n}^3 {result['dtype']}): {peak:.1f} TFLOP/s")
-    print(f"FLOPs/step: formula {flops / 1e12:.3f} TFLOP (linear layers {step_flops(cfg, n_img, text_len, attention=False) / 1e12:.3f}), "
-          f"torch flop counter {counted / 1e12:.3f} TFLOP (it misses the CPU flash-attention kernel)")
-    print(f"engine loop: {s_step:.3f} s/step -> {achieved:.1f} TFLOP/s = {achieved / peak:.0%} of the matmul peak")
-    print(f"bare loop:   {best['bare'] / steps:.3f} s/step; overhead ratio engine/bare {result['overhead_ratio']:.3f}")
-    if mem is not None:
-        print(f"peak GPU memory: {mem:.1f} GiB")
+        torch.cuda.empty_cache()
+    result["doctor"] = doctor(s["device"])
+    report(result, a.repeat)
     print("RESULT " + json.dumps(result))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1))

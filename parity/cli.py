@@ -28,6 +28,7 @@ EXIT_INTERNAL = 3
 COMMANDS: dict[str, str] = {
     "demo": "parity.commands.demo",
     "init": "parity.commands.init",
+    "doctor": "parity.commands.doctor",
     "plan": "parity.commands.plan",
     "diff": "parity.commands.diff",
     "run": "parity.commands.run",

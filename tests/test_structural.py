@@ -143,6 +143,11 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     res = json.loads(out.read_text())
     assert res["card"] == "cpu" and res["s_per_step"] > 0 and res["matmul_peak_tflops"] > 0
     assert 0.2 < res["overhead_ratio"] < 5
+    # The GPU check's other parts run end to end too: deterministic twin renders and parity doctor on the machine.
+    det, doc = res["determinism"], res["doctor"]
+    assert det["bit_identical_twice"] is True and det["device"] == "cpu" and det["max_abs_vs_cpu"] == 0
+    assert doc["exit_code"] == 0 and doc["ready"] is True and set(doc["plans"]) == {"demo-parity",
+                                                                                  "demo-reference-server"}
 
 
 def test_step_flops_matches_torch_flop_counter_on_linear_layers():

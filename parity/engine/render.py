@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from parity.engine import numerics, schedule, weights
+from parity.engine import offload as offload_policy
 from parity.engine.lora import LoraApplier, LoraReport
 from parity.engine.sampling import aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
 from parity.engine.text import HIDDEN_LAYERS, MAX_LENGTH, CacheKey, EmbeddingCache, encode
@@ -250,6 +251,7 @@ class Engine:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         dtype = weights.torch_dtype(spec.dtype)
+        offload_policy.check_engine(self, spec)  # a clear error before any weight is loaded (no-op off CUDA)
 
         t = time.perf_counter()
         embeds = self.embeddings(spec.prompt, spec.dtype, spec.quantize_te, switches["te_cast"])
