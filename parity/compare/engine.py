@@ -47,8 +47,9 @@ class Comparison:
     thresholds: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (non-finite floats become null: PSNR of identical images is infinite)."""
-        return _jsonable({
+        """Plain Python values (numpy scalars converted). Non-finite floats stay floats (PSNR of identical images is
+        inf); writers turn them into JSON with parity.jsonio, the one policy for every file."""
+        return _plain({
             "name": self.name,
             "preview": self.preview,
             "tier": self.tier,
@@ -67,13 +68,13 @@ class Comparison:
         })
 
 
-def _jsonable(x):
+def _plain(x):
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [_plain(v) for v in x]
     if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
+        return float(x)
     if isinstance(x, np.integer):
         return int(x)
     return x

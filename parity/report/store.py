@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from parity.errors import InputFileError, ParityError
-from parity.spec import TIERS, meets_gate
+from parity.jsonio import dumps, number, to_jsonable  # noqa: F401 - dumps/to_jsonable re-exported
+from parity.record import ItemRecord
 
 SCHEMA = "parity.results/1"
 JOURNAL_NAME = "results.jsonl"
@@ -43,43 +44,6 @@ def now_iso() -> str:
 
 
 # ----------------------------------------------------------------------------------------------- JSON helpers
-def to_jsonable(obj: Any) -> Any:
-    """A copy of `obj` that strict JSON can hold: non-finite floats become "inf"/"-inf"/"nan", tuples lists,
-    Paths strings, dict keys strings."""
-    t = type(obj)
-    if t is str or t is int or t is bool or obj is None:
-        return obj
-    if t is float:
-        if math.isfinite(obj):
-            return obj
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if t is dict:
-        return {k if type(k) is str else str(k): to_jsonable(v) for k, v in obj.items()}
-    if t is list or t is tuple:
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return to_jsonable(float(obj))
-    if isinstance(obj, (str, int)):
-        return obj
-    if isinstance(obj, dict):
-        return to_jsonable(dict(obj))
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars, without importing numpy
-        return to_jsonable(obj.item())
-    return str(obj)
-
-
-def dumps(obj: Any, **kw: Any) -> str:
-    """Strict JSON text of `obj` (see to_jsonable); the C encoder's fast path when `obj` is already clean."""
-    try:
-        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kw)
-    except (ValueError, TypeError):
-        return json.dumps(to_jsonable(obj), ensure_ascii=False, allow_nan=False, **kw)
-
-
 def dumps_results(doc: dict[str, Any]) -> str:
     """A results document as text: compact JSON with one item per line (diff- and grep-friendly, and fast: the
     C encoder does not run with `indent`)."""
@@ -88,14 +52,6 @@ def dumps_results(doc: dict[str, Any]) -> str:
     body = ",\n".join(dumps(it) for it in items)
     sep = ", " if head != "{}" else ""
     return head[:-1] + (sep + '"items": [\n' + body + "\n]}\n" if items else sep + '"items": []}\n')
-
-
-_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
-              "NaN": math.nan}
-
-
-def _metric_value(v: Any) -> Any:
-    return _NONFINITE.get(v, v) if isinstance(v, str) else v
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -154,6 +110,10 @@ class Results:
     def by_id(self) -> dict[str, dict[str, Any]]:
         return {it["id"]: it for it in self.items}
 
+    def records(self) -> list[ItemRecord]:
+        """The items as typed records (they were validated when loaded or added)."""
+        return [ItemRecord.from_dict(it) for it in self.items]
+
 
 def _check_type(value: Any, types: type | tuple[type, ...], what: str, where: str | Path | None) -> None:
     if not isinstance(value, types):
@@ -161,61 +121,15 @@ def _check_type(value: Any, types: type | tuple[type, ...], what: str, where: st
         raise InputFileError(f"{what} should be {names}, got {type(value).__name__}", where)
 
 
-def normalize_item(item: dict[str, Any], run: dict[str, Any] | None = None, *,
+def normalize_item(item: dict[str, Any] | ItemRecord, run: dict[str, Any] | None = None, *,
                    where: str | Path | None = None) -> dict[str, Any]:
-    """A complete item dict: missing optional fields filled with empty values, the tier upper-cased and checked,
-    `gate` (the item's, else the run's `settings.gate`) and `passed` derived. Raises InputFileError naming
-    `where` for a malformed item (no id, unknown tier, wrong types)."""
-    _check_type(item, dict, "an item", where)
-    it = dict(item)
-    iid = it.get("id")
-    if not isinstance(iid, str) or not iid:
-        raise InputFileError("an item has no string 'id'", where)
-    label = f"item {iid!r}"
-    tier = it.get("tier")
-    if tier is None and it.get("error"):
-        tier = "ERROR"
-    if not isinstance(tier, str) or tier.upper() not in TIERS:
-        raise InputFileError(f"{label}: tier {tier!r} is not one of {', '.join(TIERS)}", where)
-    it["tier"] = tier.upper()
-    for key, typ, default in (("case", str, ""), ("prompt", str, ""), ("paths", dict, {}), ("metrics", dict, {}),
-                              ("metric_variants", dict, {}), ("params", dict, {}), ("mismatches", list, []),
-                              ("irreducible", list, []), ("causes", list, []), ("timings", dict, {})):
-        if it.get(key) is None:
-            it[key] = copy.copy(default)
-        _check_type(it[key], typ, f"{label}: '{key}'", where)
-    for key in ("step", "index"):
-        if it.get(key) is not None and not isinstance(it[key], (int, float)) or isinstance(it.get(key), bool):
-            raise InputFileError(f"{label}: '{key}' should be a number", where)
-        it.setdefault(key, None)
-    it["paths"] = {k: v for k, v in it["paths"].items() if v is not None}
-    for k, v in it["paths"].items():
-        if isinstance(v, list):  # e.g. thumbnails lists are allowed, each a string
-            for x in v:
-                _check_type(x, str, f"{label}: paths.{k}[]", where)
-        elif not isinstance(v, (str, dict)):
-            _check_type(v, str, f"{label}: paths.{k}", where)
-    it["metrics"] = {str(k): _metric_value(v) for k, v in it["metrics"].items()}
-    params = it["params"]
-    for side in ("preview", "inference"):
-        if params.get(side) is None:
-            params[side] = {}
-        _check_type(params[side], dict, f"{label}: params.{side}", where)
-    for c in it["causes"]:
-        _check_type(c, dict, f"{label}: a cause", where)
-    err = it.get("error")
-    if err is not None and not isinstance(err, str):
-        it["error"] = str(err)
-    it.setdefault("error", None)
-    gate = it.get("gate") or ((run or {}).get("settings") or {}).get("gate")
-    if gate is not None:
-        if not isinstance(gate, str) or gate.upper() not in TIERS:
-            raise InputFileError(f"{label}: gate {gate!r} is not one of {', '.join(TIERS)}", where)
-        gate = gate.upper()
-    it["gate"] = gate
-    if not isinstance(it.get("passed"), bool):
-        it["passed"] = meets_gate(it["tier"], gate) if gate else it["tier"] != "ERROR"
-    return it
+    """A complete item dict, validated through the typed record (parity.record.ItemRecord.from_dict): missing
+    optional fields filled, the tier checked, `gate` (the item's, else the run's `settings.gate`) and `passed`
+    derived. Raises InputFileError naming `where` for a malformed item (no id, unknown tier, wrong types)."""
+    if isinstance(item, ItemRecord):
+        item = item.to_dict()
+    gate = ((run or {}).get("settings") or {}).get("gate")
+    return ItemRecord.from_dict(item, default_gate=gate, where=where).to_dict()
 
 
 def _normalize_run(run: Any, where: str | Path | None) -> dict[str, Any]:
@@ -392,11 +306,11 @@ class ResultsStore:
         self.write_snapshot()
         return self
 
-    def add(self, item: dict[str, Any]) -> dict[str, Any]:
+    def add(self, item: ItemRecord | dict[str, Any]) -> dict[str, Any]:
         """Record one finished item durably (fsync'd before returning). Returns the normalised item."""
         if self._fd is None:
             raise RuntimeError("ResultsStore.add() before start()")
-        clean = to_jsonable(item)
+        clean = to_jsonable(item.to_dict() if isinstance(item, ItemRecord) else item)
         norm = normalize_item(clean, self.run, where=self.journal)
         self._append({"type": "item", "item": clean})
         self._items.pop(norm["id"], None)
