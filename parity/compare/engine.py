@@ -9,7 +9,6 @@ the JPEG ceiling (render vs its own re-encode) is recorded next to the scores fo
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
