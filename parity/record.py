@@ -37,7 +37,7 @@ class Cause:
 
     @classmethod
     def from_dict(cls, d: Any, label: str, where: str | Path | None) -> "Cause":
-        _check_type(d, dict, f"{label}: a cause", where)
+        check_type(d, dict, f"{label}: a cause", where)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         return cls(knob=str(d.get("knob", "")), value_preview=d.get("value_preview"),
                    value_inference=d.get("value_inference"), ssim_aligned=number(d.get("ssim_aligned")),
@@ -62,9 +62,9 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, d: Any, label: str, where: str | Path | None) -> "Schedule":
-        _check_type(d, dict, f"{label}: 'schedule'", where)
+        check_type(d, dict, f"{label}: 'schedule'", where)
         for side in ("preview", "inference"):
-            _check_type(d.get(side), list, f"{label}: schedule.{side}", where)
+            check_type(d.get(side), list, f"{label}: schedule.{side}", where)
         return cls(preview=list(d["preview"]), inference=list(d["inference"]),
                    mu_preview=d.get("mu_preview"), mu_inference=d.get("mu_inference"))
 
@@ -83,7 +83,7 @@ class Determinism:
 
     @classmethod
     def from_dict(cls, d: Any, label: str, where: str | Path | None) -> "Determinism":
-        _check_type(d, dict, f"{label}: 'determinism'", where)
+        check_type(d, dict, f"{label}: 'determinism'", where)
         return cls(checked=bool(d.get("checked")), identical=bool(d.get("identical")), max_abs=d.get("max_abs"))
 
 
@@ -149,7 +149,7 @@ class ItemRecord:
         """Validate and complete one results.json item: missing optional fields get empty values, the tier is
         upper-cased and checked, `gate` defaults to `default_gate` (the run's) and `passed` is derived when absent.
         Raises InputFileError naming `where` for a malformed item (no id, unknown tier or gate, wrong types)."""
-        _check_type(item, dict, "an item", where)
+        check_type(item, dict, "an item", where)
         iid = item.get("id")
         if not isinstance(iid, str) or not iid:
             raise InputFileError("an item has no string 'id'", where)
@@ -187,7 +187,7 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
     for key, typ, empty in _CONTAINERS:
         v = item.get(key)
         out[key] = copy.deepcopy(v) if v is not None else copy.copy(empty)
-        _check_type(out[key], typ, f"{label}: '{key}'", where)
+        check_type(out[key], typ, f"{label}: '{key}'", where)
     for key in ("step", "index"):
         v = item.get(key)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
@@ -196,7 +196,7 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
     out["paths"] = _paths(out["paths"], label, where)
     out["metrics"] = {str(k): number(v) for k, v in out["metrics"].items()}
     out["params"] = _params(out["params"], label, where)
-    _check_type(item.get("causes") or [], list, f"{label}: 'causes'", where)
+    check_type(item.get("causes") or [], list, f"{label}: 'causes'", where)
     out["causes"] = [Cause.from_dict(c, label, where) for c in item.get("causes") or []]
     out["schedule"] = Schedule.from_dict(item["schedule"], label, where) if item.get("schedule") else None
     out["determinism"] = (Determinism.from_dict(item["determinism"], label, where)
@@ -236,9 +236,9 @@ def _paths(paths: dict[str, Any], label: str, where: str | Path | None) -> dict[
     for k, v in paths.items():
         if isinstance(v, list):
             for x in v:
-                _check_type(x, str, f"{label}: paths.{k}[]", where)
+                check_type(x, str, f"{label}: paths.{k}[]", where)
         elif not isinstance(v, (str, dict)):
-            _check_type(v, str, f"{label}: paths.{k}", where)
+            check_type(v, str, f"{label}: paths.{k}", where)
     return paths
 
 
@@ -246,11 +246,11 @@ def _params(params: dict[str, Any], label: str, where: str | Path | None) -> dic
     for side in ("preview", "inference"):
         if params.get(side) is None:
             params[side] = {}
-        _check_type(params[side], dict, f"{label}: params.{side}", where)
+        check_type(params[side], dict, f"{label}: params.{side}", where)
     return params
 
 
-def _check_type(value: Any, types: type | tuple[type, ...], what: str, where: str | Path | None) -> None:
+def check_type(value: Any, types: type | tuple[type, ...], what: str, where: str | Path | None) -> None:
     if not isinstance(value, types):
         names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
         raise InputFileError(f"{what} should be {names}, got {type(value).__name__}", where)
