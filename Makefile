@@ -14,7 +14,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 DEMO_STAMP := demo/.built
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-quick install bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(DEMO_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The quick local run: leaves out the tests marked slow (they start other Python processes).
+test-quick: $(STAMP) $(DEMO_STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -132,6 +132,7 @@ def test_warm_run_never_constructs_text_encoder(tiny_model_dir, tmp_path, monkey
     assert built == [1]
 
 
+@pytest.mark.slow  # another Python process
 def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     import json
 
