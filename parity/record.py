@@ -79,7 +79,7 @@ class Determinism:
     max_abs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"checked": self.checked, "identical": self.identical, "max_abs": self.max_abs}
 
     @classmethod
     def from_dict(cls, d: Any, label: str, where: str | Path | None) -> "Determinism":
@@ -133,13 +133,11 @@ class ItemRecord:
     def to_dict(self) -> dict[str, Any]:
         """The results.json item (plain values; non-finite floats are left to parity.jsonio when written)."""
         d: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
+        for name in _FIELD_NAMES:
+            v = getattr(self, name)
+            if name in _WRITTEN_WHEN_SET and (v is None or v == []):
                 continue
-            v = getattr(self, f.name)
-            if f.name in _WRITTEN_WHEN_SET and (v is None or v == []):
-                continue
-            d[f.name] = _plain(v)
+            d[name] = _plain(v)
         d.update(self.extra)
         return d
 
@@ -160,9 +158,8 @@ class ItemRecord:
         passed = item.get("passed")
         if not isinstance(passed, bool):
             passed = meets_gate(tier, gate) if gate else tier != "ERROR"
-        known = {f.name for f in dataclasses.fields(cls)}
         return cls(id=iid, tier=tier, gate=gate, passed=passed, **values,
-                   extra={k: copy.deepcopy(v) for k, v in item.items() if k not in known})
+                   extra={k: v for k, v in item.items() if k not in _KNOWN})
 
 
 # Optional fields: left out of the file when unset, so records stay as short as what happened to the item.
@@ -186,7 +183,7 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
     out: dict[str, Any] = {}
     for key, typ, empty in _CONTAINERS:
         v = item.get(key)
-        out[key] = copy.deepcopy(v) if v is not None else copy.copy(empty)
+        out[key] = v if v is not None else copy.copy(empty)
         check_type(out[key], typ, f"{label}: '{key}'", where)
     for key in ("step", "index"):
         v = item.get(key)
@@ -209,7 +206,7 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
     out["reason"] = out["reason"] or ""
     for key in ("jpeg", "ceiling", "size_mismatch", "render", "nondeterministic", "noise_floor", "attribution",
                 "suspects"):
-        out[key] = copy.deepcopy(item.get(key))
+        out[key] = item.get(key)
     return out
 
 
@@ -243,6 +240,7 @@ def _paths(paths: dict[str, Any], label: str, where: str | Path | None) -> dict[
 
 
 def _params(params: dict[str, Any], label: str, where: str | Path | None) -> dict[str, Any]:
+    params = dict(params)
     for side in ("preview", "inference"):
         if params.get(side) is None:
             params[side] = {}
@@ -257,14 +255,17 @@ def check_type(value: Any, types: type | tuple[type, ...], what: str, where: str
 
 
 def _plain(v: Any) -> Any:
-    """Nested record parts as plain dicts/lists (copies: a written record never aliases the live one)."""
+    """Typed record parts (Cause, Schedule, Determinism) as plain dicts; other values as they are (the writers
+    serialise them at once, so the shallow result never outlives a later change to the record)."""
     if hasattr(v, "to_dict"):
         return v.to_dict()
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+    if type(v) is list:
+        return [x.to_dict() if hasattr(x, "to_dict") else x for x in v]
     return v
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ItemRecord) if f.name != "extra")
+_KNOWN = frozenset(_FIELD_NAMES) | {"extra"}
 
 
 def record_fields() -> tuple[str, ...]:
