@@ -132,7 +132,10 @@ class Runner:
         for n, item in enumerate(ordered, 1):
             self.progress(f"[{n}/{len(ordered)}] rendering {item.id}")
             out = self._start(item)
-            finish(out) if isinstance(out, ItemRecord) else pending.append(out)
+            if isinstance(out, ItemRecord):
+                finish(out)
+            else:
+                pending.append(out)
             while pending and pending[0].comparison.done():
                 settle(pending.pop(0))
         while pending:
