@@ -14,7 +14,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 DEMO_STAMP := demo/.built
 
-.PHONY: demo test quick mutation install bench clean
+.PHONY: demo test test-quick quick mutation install bench clean
 
 install: $(STAMP)
 
@@ -35,7 +35,11 @@ demo: $(STAMP)
 test: $(STAMP) $(DEMO_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Seconds-long local loop: the numerics details at tensor level and two golden renders of AI Toolkit's own previews.
+# The quick local run: leaves out the tests marked slow (they start other Python processes).
+test-quick: $(STAMP) $(DEMO_STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Seconds-long engine loop: the numerics details at tensor level and two golden renders of AI Toolkit's own previews.
 quick: $(STAMP)
 	$(PY) -m pytest -q -m quick $(PYTEST_ARGS)
 

@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     from parity.engine import Engine
     from parity.report import write_report
     from parity.report.store import ResultsStore
-    from parity.run import Runner, run_metadata, safe_name
+    from parity.run import Runner, safe_name
+    from parity.session import run_metadata
 
     root = demo_root(a.demo)
     steps = a.step if a.step in ("all", "latest") else int(a.step)

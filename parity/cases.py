@@ -2,7 +2,7 @@
 
     name: portrait-v1                 # defaults to the file name
     job: ../output/portrait-v1        # AI Toolkit output folder (config.yaml, samples/, checkpoints)
-    # or, instead of job: config: ..., samples: ..., lora: ... (a folder of checkpoints or one file)
+    # or, instead of job: config: ...  (the job's config file);  lora: FILE  (one LoRA under test for every item)
     steps: latest                     # latest (default) | all | 2000 | [1000, 2000]
     base_model: /models/FLUX.2-dev    # else $PARITY_BASE_MODEL, else the job's model.name_or_path
     text_encoder: /models/Mistral-Small-3.1-24B-Instruct-2503   # else $PARITY_TEXT_ENCODER, else the base model's
@@ -33,8 +33,8 @@ from parity.errors import ConfigError
 from parity.spec import TIERS
 
 _TOP_KEYS = {
-    "name", "job", "config", "samples", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
-    "attribution", "description", "device", "dtype", "tiers", "preview_hardware", "noise_floor",
+    "name", "job", "config", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
+    "attribution", "description", "tiers", "preview_hardware", "noise_floor",
 }
 _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs"}
 # Metric thresholds: for these, higher is better (a floor); for the others lower is better (a ceiling).
@@ -70,16 +70,13 @@ class Case:
     path: Path                       # the case file
     job: Path | None = None          # AI Toolkit output folder
     config: Path | None = None       # explicit config file (instead of job)
-    samples: Path | None = None
-    lora: Path | None = None
+    lora: Path | None = None         # one LoRA file under test for every item (instead of the job's checkpoints)
     steps: str | int | list[int] = "latest"
     base_model: str | None = None
     text_encoder: str | None = None
     inference: Any = "preview"       # raw value; parity.diagnose.settings interprets it
     expect: Expectation = field(default_factory=Expectation)
     attribution: bool = True
-    device: str | None = None
-    dtype: str | None = None
     tiers: dict[str, float] = field(default_factory=dict)  # tier threshold overrides (validated on load)
     preview_hardware: str | None = None  # device that rendered the previews (None: the training device, unknown)
     noise_floor: bool = True
@@ -116,9 +113,41 @@ def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
     return lines
 
 
+# Keys older case files may carry that never did anything: refused with where the setting lives now.
+_REMOVED_KEYS = {
+    "device": "the render device is chosen per run (--device, --parity-device)",
+    "dtype": "set the precision under test with inference: {set: {dtype: bf16}}",
+    "samples": "previews are read from the job folder's samples/ (job:)",
+}
+
+
 def load_case(path: str | Path) -> Case:
     """Read and validate one case file. Raises ConfigError naming the file, key and line."""
     path = Path(path)
+    data, lines = _read_yaml(path)
+    v = _Validator(path, data, lines)
+    for key in sorted(set(data) & set(_REMOVED_KEYS)):
+        raise v.bad(key, f"not a case key: {_REMOVED_KEYS[key]}")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise v.bad(unknown[0], f"unknown key; valid keys are {', '.join(sorted(_TOP_KEYS))}")
+    job, config = v.rel_path("job"), v.rel_path("config")
+    if job is None and config is None:
+        raise ConfigError("needs `job:` (an AI Toolkit output folder) or `config:` (its config file)", path)
+    if job is not None and config is not None:
+        raise v.bad("config", "give either `job:` or `config:`, not both")
+    if "preview_hardware" in data and not isinstance(data["preview_hardware"], str):
+        raise v.bad("preview_hardware", "must be a string")
+    return Case(
+        name=v.name(), path=path.resolve(), job=job, config=config, lora=v.rel_path("lora"), steps=v.steps(),
+        base_model=v.path_or_name("base_model"), text_encoder=v.path_or_name("text_encoder"),
+        inference=v.inference(), expect=v.expect(), attribution=v.flag("attribution"), tiers=v.tiers(),
+        preview_hardware=data.get("preview_hardware"), noise_floor=v.flag("noise_floor"),
+    )
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The case file's mapping and the line of every key path ('a.b')."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -137,103 +166,100 @@ def load_case(path: str | Path) -> Case:
         raise ConfigError("case file is empty", path)
     if not isinstance(data, dict):
         raise ConfigError(f"a case file must be a mapping of keys, got {type(data).__name__}", path)
-    lines = _key_lines(node) if node is not None else {}
+    return data, _key_lines(node) if node is not None else {}
 
-    def bad(key: str, message: str) -> ConfigError:
-        line = lines.get(key)
-        return ConfigError(f"{key}{f' (line {line})' if line else ''}: {message}", path)
 
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise bad(unknown[0], f"unknown key; valid keys are {', '.join(sorted(_TOP_KEYS))}")
-    base = path.parent
+class _Validator:
+    """Reads one value of a case file each; errors name the file, the key and its line."""
 
-    def rel_path(key: str) -> Path | None:
-        value = data.get(key)
+    def __init__(self, path: Path, data: dict[str, Any], lines: dict[str, int]):
+        self.path, self.data, self.lines, self.base = path, data, lines, path.parent
+
+    def bad(self, key: str, message: str) -> ConfigError:
+        line = self.lines.get(key)
+        return ConfigError(f"{key}{f' (line {line})' if line else ''}: {message}", self.path)
+
+    def rel_path(self, key: str) -> Path | None:
+        value = self.data.get(key)
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise bad(key, "must be a path")
-        return (base / os.path.expanduser(value)).resolve()
+            raise self.bad(key, "must be a path")
+        return (self.base / os.path.expanduser(value)).resolve()
 
-    name = data.get("name", path.stem)
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "[]/\\\n"):
-        raise bad("name", "must be a non-empty string without [ ] / \\ or newlines")
-    job, config = rel_path("job"), rel_path("config")
-    if job is None and config is None:
-        raise ConfigError("needs `job:` (an AI Toolkit output folder) or `config:` (its config file)", path)
-    if job is not None and config is not None:
-        raise bad("config", "give either `job:` or `config:`, not both")
-
-    steps = data.get("steps", "latest")
-    if isinstance(steps, bool) or not (
-        steps in ("latest", "all")
-        or isinstance(steps, int)
-        or (isinstance(steps, list) and steps and all(isinstance(s, int) and not isinstance(s, bool) for s in steps))
-    ):
-        raise bad("steps", f"must be latest, all, a step number or a list of step numbers, got {steps!r}")
-
-    def opt_path_or_name(key: str) -> str | None:
-        value = data.get(key)
+    def path_or_name(self, key: str) -> str | None:
+        value = self.data.get(key)
         if value is None:
             return None
         if not isinstance(value, str):
-            raise bad(key, "must be a path")
-        candidate = base / os.path.expanduser(value)
+            raise self.bad(key, "must be a path")
+        candidate = self.base / os.path.expanduser(value)
         # A relative path that exists is taken relative to the case file; otherwise keep it (e.g. a hub id
         # already in the local cache).
         return str(candidate.resolve()) if candidate.exists() or value.startswith(".") else value
 
-    expect_raw = data.get("expect", {}) or {}
-    if not isinstance(expect_raw, dict):
-        raise bad("expect", "must be a mapping (min_tier, metric thresholds)")
-    for key in expect_raw:
-        if key not in _EXPECT_KEYS:
-            raise bad(f"expect.{key}", f"unknown key; valid keys are {', '.join(sorted(_EXPECT_KEYS))}")
-    min_tier = str(expect_raw.get("min_tier", "NEAR")).upper()
-    if min_tier not in TIERS or min_tier == "ERROR":
-        raise bad("expect.min_tier", f"must be one of {', '.join(TIERS[:-1])}, got {expect_raw.get('min_tier')!r}")
-    thresholds = {}
-    for key, value in expect_raw.items():
-        if key == "min_tier":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(f"expect.{key}", f"must be a number, got {value!r}")
-        thresholds[key] = float(value)
+    def name(self) -> str:
+        name = self.data.get("name", self.path.stem)
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in "[]/\\\n"):
+            raise self.bad("name", "must be a non-empty string without [ ] / \\ or newlines")
+        return name.strip()
 
-    attribution = data.get("attribution", True)
-    if not isinstance(attribution, bool):
-        raise bad("attribution", "must be true or false")
-    inference = data.get("inference", "preview")
-    if not isinstance(inference, (str, dict)):
-        raise bad("inference", "must be preview, a profile name, or a mapping {profile, request, set}")
-    if isinstance(inference, dict) and isinstance(inference.get("request"), str):
-        inference = dict(inference, request=str((base / inference["request"]).resolve()))
-    for key in ("device", "dtype", "preview_hardware"):
-        if key in data and not isinstance(data[key], str):
-            raise bad(key, "must be a string")
-    noise_floor = data.get("noise_floor", True)
-    if not isinstance(noise_floor, bool):
-        raise bad("noise_floor", "must be true or false")
-    tiers = data.get("tiers") or {}
-    if not isinstance(tiers, dict):
-        raise bad("tiers", "must be a mapping of tier thresholds, e.g. {near_ssim_y: 0.995}")
-    for key in tiers:
-        from parity.compare.tiers import Thresholds  # lazy: the comparison package loads numpy and Pillow
+    def steps(self) -> str | int | list[int]:
+        steps = self.data.get("steps", "latest")
+        if isinstance(steps, bool) or not (
+            steps in ("latest", "all")
+            or isinstance(steps, int)
+            or (isinstance(steps, list) and steps and all(isinstance(s, int) and not isinstance(s, bool)
+                                                          for s in steps))
+        ):
+            raise self.bad("steps", f"must be latest, all, a step number or a list of step numbers, got {steps!r}")
+        return steps
 
-        try:
-            Thresholds.from_mapping({key: tiers[key]})
-        except ConfigError as e:
-            raise bad(f"tiers.{key}", e.message) from None
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key, True)
+        if not isinstance(value, bool):
+            raise self.bad(key, "must be true or false")
+        return value
 
-    return Case(
-        name=name.strip(), path=path.resolve(), job=job, config=config,
-        samples=rel_path("samples"), lora=rel_path("lora"), steps=steps,
-        base_model=opt_path_or_name("base_model"), text_encoder=opt_path_or_name("text_encoder"),
-        inference=inference, expect=Expectation(min_tier, thresholds), attribution=attribution,
-        device=data.get("device"), dtype=data.get("dtype"), tiers=dict(tiers),
-        preview_hardware=data.get("preview_hardware"), noise_floor=noise_floor,
-    )
+    def expect(self) -> Expectation:
+        raw = self.data.get("expect", {}) or {}
+        if not isinstance(raw, dict):
+            raise self.bad("expect", "must be a mapping (min_tier, metric thresholds)")
+        for key in raw:
+            if key not in _EXPECT_KEYS:
+                raise self.bad(f"expect.{key}", f"unknown key; valid keys are {', '.join(sorted(_EXPECT_KEYS))}")
+        min_tier = str(raw.get("min_tier", "NEAR")).upper()
+        if min_tier not in TIERS or min_tier == "ERROR":
+            raise self.bad("expect.min_tier", f"must be one of {', '.join(TIERS[:-1])}, got {raw.get('min_tier')!r}")
+        thresholds = {}
+        for key, value in raw.items():
+            if key == "min_tier":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.bad(f"expect.{key}", f"must be a number, got {value!r}")
+            thresholds[key] = float(value)
+        return Expectation(min_tier, thresholds)
+
+    def inference(self) -> Any:
+        inference = self.data.get("inference", "preview")
+        if not isinstance(inference, (str, dict)):
+            raise self.bad("inference", "must be preview, a profile name, or a mapping {profile, request, set}")
+        if isinstance(inference, dict) and isinstance(inference.get("request"), str):
+            inference = dict(inference, request=str((self.base / inference["request"]).resolve()))
+        return inference
+
+    def tiers(self) -> dict[str, float]:
+        tiers = self.data.get("tiers") or {}
+        if not isinstance(tiers, dict):
+            raise self.bad("tiers", "must be a mapping of tier thresholds, e.g. {near_ssim_y: 0.995}")
+        for key in tiers:
+            from parity.compare.tiers import Thresholds  # lazy: the comparison package loads numpy and Pillow
+
+            try:
+                Thresholds.from_mapping({key: tiers[key]})
+            except ConfigError as e:
+                raise self.bad(f"tiers.{key}", e.message) from None
+        return dict(tiers)
 
 
 def find_cases(paths: list[str | Path]) -> list[Path]:

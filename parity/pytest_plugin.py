@@ -13,7 +13,6 @@ writes one report (`--parity-report-dir`).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from typing import Any
 import pytest
 
 from parity.errors import ParityError
-
-_ENV_WORKER_DIR = "PARITY_PYTEST_RUN_DIR"
+from parity.record import ItemRecord
 
 
 # -- options -----------------------------------------------------------------------------------------------
@@ -104,10 +102,7 @@ _STATE = pytest.StashKey["_SessionState"]()
 
 class _SessionState:
     def __init__(self) -> None:
-        self.runner = None
-        self.store = None
-        self.records: list[dict[str, Any]] = []
-        self.collected_cases = 0
+        self.session = None  # parity.session.Session, opened by the first parity item that runs
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -137,14 +132,13 @@ class CaseFile(pytest.File):
     def collect(self):
         from parity.cases import load_case
         from parity.run import plan_case
+        from parity.session import gate_tier
 
         config = self.config
         try:
             case = load_case(self.path)
-            if config.getoption("parity_min_tier"):
-                case.expect.min_tier = config.getoption("parity_min_tier").upper()
-            elif _opt(config, "min_tier"):
-                case.expect.min_tier = str(_opt(config, "min_tier")).upper()
+            if _opt(config, "min_tier"):
+                case.expect.min_tier = gate_tier(_opt(config, "min_tier"), "--parity-min-tier")
             planned = plan_case(case, base_model=_opt(config, "base_model"))
         except ParityError as e:
             yield CaseErrorItem.from_parent(self, name=f"{self.path.stem}[load]", message=str(e))
@@ -178,31 +172,21 @@ class ParityItem(pytest.Item):
     def __init__(self, *, planned, **kwargs):
         super().__init__(**kwargs)
         self.planned = planned
-        self.record: dict[str, Any] | None = None
+        self.record = None  # parity.record.ItemRecord once run
         self.add_marker(pytest.mark.parity)
 
     def runtest(self) -> None:
-        base = Path(self.planned.base_model)
-        if not base.exists():
-            pytest.skip(f"base model not found: {self.planned.base_model} (set base_model in the case, "
-                        f"--parity-base-model or $PARITY_BASE_MODEL)")
-        state = self.config.stash[_STATE]
-        runner = _runner(self.config)
-        record = runner.run_item(self.planned)
+        from parity.session import missing_base_model
+
+        why = missing_base_model(self.planned)
+        if why:
+            pytest.skip(f"{why} (set base_model in the case, --parity-base-model or $PARITY_BASE_MODEL)")
+        session = _session(self.config)
+        record = session.runner.run_item(self.planned)
         self.record = record
-        state.records.append(record)
-        if state.store is not None:
-            state.store.add(record)
-        for key in ("tier", "passed"):
-            self.user_properties.append((f"parity_{key}", record.get(key)))
-        for name, value in (record.get("metrics") or {}).items():
-            if isinstance(value, (int, float)):
-                self.user_properties.append((f"parity_{name}", round(float(value), 6)))
-        if record.get("mismatches"):
-            self.user_properties.append(("parity_mismatches", ",".join(record["mismatches"])))
-        if record.get("causes"):
-            self.user_properties.append(("parity_top_cause", record["causes"][0].get("knob")))
-        if not record.get("passed"):
+        session.store.add(record)
+        self.user_properties.extend(junit_properties(record))
+        if not record.passed:
             raise ParityFailure(record)
 
     def repr_failure(self, excinfo, style=None):
@@ -216,71 +200,70 @@ class ParityItem(pytest.Item):
         return self.path, 0, f"parity {self.name}"
 
 
-def failure_screen(record: dict[str, Any], run_dir: Path) -> str:
+def junit_properties(record: ItemRecord) -> list[tuple[str, Any]]:
+    """Tier, verdict, numeric metrics, mismatches and the top cause as JUnit `user_properties`."""
+    props: list[tuple[str, Any]] = [("parity_tier", record.tier), ("parity_passed", record.passed)]
+    props += [(f"parity_{name}", round(float(value), 6)) for name, value in record.metrics.items()
+              if isinstance(value, (int, float))]
+    if record.mismatches:
+        props.append(("parity_mismatches", ",".join(record.mismatches)))
+    if record.causes:
+        props.append(("parity_top_cause", record.causes[0].knob))
+    return props
+
+
+def failure_screen(record: ItemRecord, run_dir: Path) -> str:
     """One screen: tier, scores, mismatching knobs with values, the top cause, the report link."""
-    m = record.get("metrics") or {}
-    lines = [f"{record['id']}: tier {record.get('tier')} (gate {record.get('gate')})"]
-    if record.get("error"):
-        lines.append(f"  error: {record['error']}")
+    lines = [f"{record.id}: tier {record.tier} (gate {record.gate})"]
+    if record.error:
+        lines.append(f"  error: {record.error}")
+    m = record.metrics
     if m:
         scores = ", ".join(f"{k} {m[k]:.4f}" for k in ("ssim", "ssim_y", "psnr", "mae", "max_abs")
                            if isinstance(m.get(k), (int, float)))
         lines.append(f"  scores: {scores}")
-    for reason in record.get("fail_reasons") or []:
-        lines.append(f"  fails: {reason}")
-    params = record.get("params") or {}
-    for knob in record.get("mismatches") or []:
-        pv = (params.get("preview") or {}).get(knob) or {}
-        iv = (params.get("inference") or {}).get(knob) or {}
-        lines.append(f"  {knob}: preview {pv.get('value')!r} ({pv.get('source')}) "
-                     f"vs inference {iv.get('value')!r} ({iv.get('source')})")
-    if record.get("irreducible"):
-        lines.append(f"  irreducible: {', '.join(record['irreducible'])}")
-    floor = record.get("noise_floor") or {}
+    lines += [f"  fails: {reason}" for reason in record.fail_reasons]
+    lines += [_knob_line(record, knob) for knob in record.mismatches]
+    if record.irreducible:
+        lines.append(f"  irreducible: {', '.join(record.irreducible)}")
+    floor = record.noise_floor or {}
     if floor.get("reason") or floor.get("error"):
         lines.append(f"  noise floor: {floor.get('reason') or 'not measured: ' + str(floor.get('error'))}")
-    causes = record.get("causes") or []
-    if causes:
-        c = causes[0]
-        aligned = c.get("ssim_aligned")
-        aligned_s = f"{aligned:.4f}" if isinstance(aligned, (int, float)) else "n/a"
-        lines.append(f"  top cause: {c['knob']} (preview {c.get('value_preview')!r}, inference "
-                     f"{c.get('value_inference')!r}); aligning it gives SSIM {aligned_s}")
+    if record.causes:
+        c = record.causes[0]
+        aligned = f"{c.ssim_aligned:.4f}" if isinstance(c.ssim_aligned, (int, float)) else "n/a"
+        lines.append(f"  top cause: {c.knob} (preview {c.value_preview!r}, inference "
+                     f"{c.value_inference!r}); aligning it gives SSIM {aligned}")
     lines.append(f"  report: {run_dir / 'index.html'}")
     return "\n".join(lines)
 
 
-def _runner(config: pytest.Config):
+def _knob_line(record: ItemRecord, knob: str) -> str:
+    pv = record.params.get("preview", {}).get(knob) or {}
+    iv = record.params.get("inference", {}).get(knob) or {}
+    return (f"  {knob}: preview {pv.get('value')!r} ({pv.get('source')}) "
+            f"vs inference {iv.get('value')!r} ({iv.get('source')})")
+
+
+def _session(config: pytest.Config):
+    """The session's runner and store (parity.session), opened by the first item that runs."""
     state = config.stash[_STATE]
-    if state.runner is None:
-        from parity.report.store import ResultsStore
-        from parity.run import Runner, run_metadata
+    if state.session is None:
+        from parity.session import Session, default_device
 
         run_dir = config.stash[_RUN_DIR]
-        device = _opt(config, "device") or _default_device()
+        device = _opt(config, "device") or default_device()
         worker = getattr(config, "workerinput", {}).get("workerid")
         if worker and device.startswith("cuda"):
             device = _worker_device(worker, device)
         attribution = config.getoption("parity_attribution")
         if attribution is None:
             attribution = config.getini("parity_attribution")
-        from parity.commands._execute import embedding_cache_dir
-
-        state.runner = Runner(run_dir, device=device, attribution=bool(attribution), cache_dir=embedding_cache_dir())
-        store_dir = run_dir / "workers" / worker if worker else run_dir
-        state.store = ResultsStore(store_dir)
         # A pytest run owns its report folder: a rerun into the same --parity-report-dir starts afresh.
-        state.store.start(dict(run_metadata(device), entry="pytest", worker=worker), overwrite=True)
-    return state.runner
-
-
-def _default_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+        state.session = Session.open(run_dir, dict(entry="pytest", worker=worker), device=device,
+                                     store_dir=run_dir / "workers" / worker if worker else run_dir,
+                                     attribution=bool(attribution), overwrite=True)
+    return state.session
 
 
 def _worker_device(worker: str, device: str) -> str:
@@ -317,10 +300,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = config.stash.get(_STATE, None)
     if state is None:
         return
-    if state.runner is not None:
-        state.runner.close()
-    if state.store is not None:
-        state.store.finish()
+    if state.session is not None:
+        state.session.close()
+        state.session.store.finish()
     if hasattr(config, "workerinput"):
         return  # the controller merges and writes the report
     run_dir = config.stash[_RUN_DIR]
@@ -328,10 +310,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from parity.report.store import load, merge
 
     worker_dirs = sorted((run_dir / "workers").glob("*")) if (run_dir / "workers").is_dir() else []
-    if worker_dirs and state.store is None:
+    if worker_dirs and state.session is None:
         # xdist: every worker wrote its own run folder; one merged report for the session.
         results = merge([load(d) for d in worker_dirs])
-    elif state.store is not None:
+    elif state.session is not None:
         results = load(run_dir)
     else:
         return  # no parity item ran in this session

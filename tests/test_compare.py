@@ -319,6 +319,7 @@ def test_comparer_runs_in_background(tmp_path, nat):
     assert [c.name for c in results] == ["i0", "i1", "i2"]
 
 
+@pytest.mark.slow  # another Python process
 def test_package_imports_without_torch():
     code = ("import sys; import parity.compare, parity.commands.compare; "
             "assert 'torch' not in sys.modules, 'torch imported'")

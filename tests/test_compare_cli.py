@@ -20,7 +20,7 @@ def test_compare_json(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     for k in ("tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "size_mismatch"):
         assert k in d
-    assert d["tier"] == "EXACT" and d["ssim"] == 1.0 and d["psnr"] is None and d["size_mismatch"] is None
+    assert d["tier"] == "EXACT" and d["ssim"] == 1.0 and d["psnr"] == "inf" and d["size_mismatch"] is None
     assert d["jpeg"]["quality"] == 75 and "ssim" in d["variants"]
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from parity.diagnose import attribute, causes_list, diagnosis_record, param_diff, suspect_search
+from parity.diagnose import attribute, causes_list, param_diff, suspect_search
 from parity.diagnose.cache import RenderCache
 from parity.spec import RenderSpec, ResolvedSpec
 
@@ -155,16 +155,20 @@ def test_ruled_out_knobs_are_not_rendered_alone():
     assert a.causes[0].knob == "guidance"
 
 
-def test_diagnosis_record_has_the_results_fields():
+def test_causes_list_entries_are_item_record_causes():
+    import json
+
+    from parity.record import ItemRecord
+
     inf = PREVIEW.with_(guidance_scale=4.0)
     diff = param_diff(ResolvedSpec(PREVIEW), ResolvedSpec(inf))
     a = attribute("p.jpg", PREVIEW, inf, FakeEngine().render, fake_score(PREVIEW))
-    rec = diagnosis_record(diff, a)
-    assert rec["mismatches"] == ["guidance"]
-    assert rec["causes"][0]["knob"] == "guidance"
-    assert set(rec["params"]) == {"preview", "inference"}
-    import json
-    json.dumps(rec)  # JSON-serialisable
+    rec = ItemRecord.from_dict({"id": "x", "tier": "DRIFT", "mismatches": list(diff.mismatches),
+                                "causes": causes_list(a)})
+    assert rec.mismatches == ["guidance"]
+    assert rec.causes[0].knob == "guidance" and rec.causes[0].extra == {}  # exactly the record's cause fields
+    assert rec.causes[0].value_preview == 7.0 and rec.causes[0].value_inference == 4.0
+    json.dumps(rec.to_dict())  # JSON-serialisable
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -379,6 +379,7 @@ print("SHA", hashlib.sha256(r.image_float.tobytes()).hexdigest())
 """
 
 
+@pytest.mark.slow  # another Python process
 def test_renders_are_bit_identical_across_processes(tiny_model_dir, cache_dir, base_render):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     spec = json.dumps(SPEC.to_dict() | {"numerics": []})

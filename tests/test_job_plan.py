@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from parity.cli import main
@@ -86,6 +87,7 @@ def test_plan_errors_exit_2(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "nope")]) == 2
 
 
+@pytest.mark.slow  # another Python process
 def test_plan_subprocess(tmp_path):
     root = make_job(tmp_path)
     # plan must not import torch (design: only parity/engine may)

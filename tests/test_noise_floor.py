@@ -181,7 +181,7 @@ def _run(case_paths, out_dir):
     assert not errors
     runner = Runner(out_dir, attribution=False, determinism="off")
     try:
-        return {r["id"]: r for r in runner.run(items, lambda r: None)}
+        return {r.id: r.to_dict() for r in runner.run(items, lambda r: None)}
     finally:
         runner.close()
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs parity in other Python processes
+
 pytest_plugins = ["pytester"]
 
 SIZE, STEPS = 32, 2

@@ -430,6 +430,7 @@ def test_missing_cases_folder(capsys, tmp_path):
     ("!!python/object/apply:os.system ['touch /tmp/parity-pwned']\n", ["python/object"]),
     (b"\xff\xfe\x00bad", ["cannot read case file"]),
     ("job: x\nbogus: 1\n", ["bogus (line 2): unknown key"]),
+    ("job: x\ndevice: cuda\n", ["device (line 2): not a case key: the render device is chosen per run"]),
 ])
 def test_bad_case_file_reported_others_run(text, fragments, capsys, tmp_path, good_job, tiny_model_dir):
     cases = tmp_path / "cases"

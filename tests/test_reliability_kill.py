@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from test_reliability import write_job
+
+pytestmark = pytest.mark.slow  # every test here runs parity in other Python processes
 
 PROMPTS = ["a cat", "a dog --seed 7", "[trigger] a tree", "a house", "a boat"]
 

@@ -206,6 +206,7 @@ def _cli(*args):
                           timeout=120)
 
 
+@pytest.mark.slow  # another Python process
 def test_cli_report_without_torch(run, raw, tmp_path):
     out = tmp_path / "rep"
     r = _cli("report", run, "--out", out)
@@ -218,6 +219,7 @@ def test_cli_report_without_torch(run, raw, tmp_path):
     assert r.returncode == 1  # some items are below their gate
 
 
+@pytest.mark.slow  # another Python process
 def test_cli_merge_and_errors(tmp_path):
     full = load(synthetic_results(9, tmp_path / "full", image_size=32, seed=1))
     shards = []
@@ -247,6 +249,7 @@ def test_cli_merge_and_errors(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # another Python process
 def test_report_package_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; import parity.report, parity.commands.report; "
             "import parity.report.html, parity.report.synthetic; "

@@ -115,6 +115,7 @@ def _run_writer(run_dir, n, resume):
     return subprocess.Popen([sys.executable, "-c", _WRITER, str(run_dir), str(n), "1" if resume else "0"])
 
 
+@pytest.mark.slow  # another Python process
 def test_sigkill_loses_at_most_the_item_in_flight_and_resume_completes(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = _run_writer(killed, 60, False)

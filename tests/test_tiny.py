@@ -633,6 +633,7 @@ def test_make_tiny_command_writes_both_layouts(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ determinism
 
 
+@pytest.mark.slow  # another Python process
 def test_builds_are_byte_identical_across_processes(tiny_model_dir, tmp_path):
     """The session fixture built in this process; build again in a fresh interpreter and compare every byte."""
     out = tmp_path / "again"
@@ -651,6 +652,7 @@ def test_builds_are_byte_identical_across_processes(tiny_model_dir, tmp_path):
     assert first == second
 
 
+@pytest.mark.slow  # another Python process
 def test_make_tiny_is_quick_and_imports_neither_diffusers_nor_transformers(tmp_path):
     """Issue 2: `parity make-tiny DIR` in under 10 s on the 2-core machine. A fresh interpreter runs the command
     and reports which heavy packages it imported; the wall time includes interpreter start-up and `import torch`

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -60,31 +59,45 @@ def _inference_value(args: argparse.Namespace) -> Any:
     return None
 
 
-def embedding_cache_dir() -> Path:
-    """Prompt embeddings persist across runs here ($PARITY_CACHE_DIR, default .parity-cache/): a warm cache never
-    loads the text encoder (24B parameters on the real model)."""
-    return Path(os.environ.get("PARITY_CACHE_DIR", ".parity-cache")) / "embeddings"
-
-
-def default_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
 def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.report import write_report
-    from parity.report.store import ResultsStore
-    from parity.run import Runner, case_error_record, parse_shard, plan_cases, run_metadata, shard_of, \
-        stderr_progress
+    from parity.run import case_error_record, stderr_progress
+    from parity.session import Session
+
+    planned, case_errors = _plan(cases, args)
+    out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
+    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:])
+    session = Session.open(out, meta, device=args.device, attribution=not args.no_attribution, budget=args.budget,
+                           determinism=getattr(args, "determinism_check", "auto"),
+                           progress=stderr_progress(args.quiet), resume=args.resume)
+    done = session.store.done_ids(include_errors=False)
+    for err in case_errors:
+        session.store.add(case_error_record(err))
+    started = time.perf_counter()
+    try:
+        todo = session.record_unrunnable(p for p in planned if p.id not in done)
+        session.runner.run(todo, on_record=session.store.add)
+    finally:
+        session.close()
+    results = session.store.finish(timings={"total_s": time.perf_counter() - started})
+    if not args.quiet and sys.stderr.isatty():
+        print(file=sys.stderr)
+    paths = write_report(results, out)
+    if args.json_out:
+        from parity.jsonio import dumps
+
+        Path(args.json_out).write_text(dumps(results.to_dict(), indent=1) + "\n")
+    print_summary(results.items, paths)
+    return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+
+
+def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """The command line's overrides applied to the cases, then planned (and sharded)."""
+    from parity.run import parse_shard, plan_cases, shard_of
+    from parity.session import gate_tier
 
     if args.min_tier:
-        tier = args.min_tier.upper()
-        if tier not in TIERS[:-1]:
-            raise ParityError(f"--min-tier must be one of {', '.join(TIERS[:-1])}, got {args.min_tier!r}")
+        tier = gate_tier(args.min_tier, "--min-tier")
         for c in cases:
             c.expect.min_tier = tier
     if args.text_encoder:
@@ -99,39 +112,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     if args.shard:
         k, n = parse_shard(args.shard)
         planned = [p for p in planned if shard_of(p.id, n) == k]
-    out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
-    device = args.device or default_device()
-    progress = stderr_progress(args.quiet)
-    store = ResultsStore(out)
-    meta = dict(run_metadata(device), entry=entry, shard=args.shard,
-                cases=[str(c.path) for c in cases], argv=sys.argv[1:])
-    store.start(meta, resume=args.resume)
-    done = store.done_ids(include_errors=False)
-    todo = [p for p in planned if p.id not in done]
-    for err in case_errors:
-        store.add(case_error_record(err))
-    missing_base = [p for p in todo if not Path(p.base_model).exists()]
-    runner = Runner(out, device=device, attribution=not args.no_attribution, attribution_budget=args.budget,
-                    progress=progress, determinism=getattr(args, "determinism_check", "auto"),
-                    cache_dir=embedding_cache_dir())
-    started = time.perf_counter()
-    try:
-        for p in missing_base:
-            store.add(runner._error_record(p, f"base model not found: {p.base_model}", time.perf_counter()))
-        todo = [p for p in todo if p not in missing_base]
-        runner.run(todo, on_record=store.add)
-    finally:
-        runner.close()
-    results = store.finish(timings={"total_s": time.perf_counter() - started})
-    if not args.quiet and sys.stderr.isatty():
-        print(file=sys.stderr)
-    paths = write_report(results, out)
-    if args.json_out:
-        from parity.report.store import dumps
-
-        Path(args.json_out).write_text(dumps(results.to_dict(), indent=1) + "\n")
-    print_summary(results.items, paths)
-    return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+    return planned, case_errors
 
 
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:

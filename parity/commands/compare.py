@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 HELP = "compare one render with one preview (JPEG-matched SSIM, pixel diffs, tier)"
 EXAMPLES = """
@@ -30,6 +29,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from parity.compare import Thresholds, compare, load_image
+    from parity.jsonio import dumps
     from parity.spec import meets_gate, tier_rank
 
     tier_rank(args.gate)  # validates the name early
@@ -41,7 +41,7 @@ def run(args) -> int:
     if args.json:
         flat = {"tier": d["tier"], **{k: d["metrics"].get(k) for k in TOP_LEVEL},
                 "size_mismatch": d["size_mismatch"], **d}
-        print(json.dumps(flat, indent=2))
+        print(dumps(flat, indent=2))  # strict JSON: an infinite PSNR is "inf" (parity.jsonio)
     else:
         print(_text(c))
     if c.tier == "ERROR":

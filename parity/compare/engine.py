@@ -9,7 +9,6 @@ the JPEG ceiling (render vs its own re-encode) is recorded next to the scores fo
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +46,9 @@ class Comparison:
     thresholds: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (non-finite floats become null: PSNR of identical images is infinite)."""
-        return _jsonable({
+        """Plain Python values (numpy scalars converted). Non-finite floats stay floats (PSNR of identical images is
+        inf); writers turn them into JSON with parity.jsonio, the one policy for every file."""
+        return _plain({
             "name": self.name,
             "preview": self.preview,
             "tier": self.tier,
@@ -67,13 +67,13 @@ class Comparison:
         })
 
 
-def _jsonable(x):
+def _plain(x):
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [_plain(v) for v in x]
     if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
+        return float(x)
     if isinstance(x, np.integer):
         return int(x)
     return x
@@ -142,31 +142,54 @@ def compare(
         return out
     out.notes = list(pv.notes)
     out.jpeg = pv.jpeg.to_dict() if pv.jpeg else None
-    rh, rw = render.shape[:2]
-    if (rw, rh) != pv.size:
-        out.size_mismatch = {"render": [rw, rh], "preview": list(pv.size)}
-        if not resample:
-            out.error = out.reason = (
-                f"size mismatch: render {rw}x{rh}, preview {pv.size[0]}x{pv.size[1]} (not resized; "
-                "a resampled score is available on request)")
-            return out
-        render = _resample(render, pv.size)
-        render_float = None
-        out.resampled = True
-        out.variants["resampled"] = (f"render resampled {rw}x{rh} -> {pv.size[0]}x{pv.size[1]} with Pillow "
-                                     f"{'BOX (area)' if pv.size[0] * pv.size[1] < rw * rh else 'BICUBIC'}; "
-                                     "scores are not pixel-exact comparisons")
+    sized = _match_size(out, render, pv, resample)
+    if sized is None:
+        return out
+    if sized is not render:
+        render, render_float = sized, None
     if min(pv.size) < M.WIN:
         out.error = out.reason = f"{pv.path}: image {pv.size[0]}x{pv.size[1]} is smaller than the 11x11 SSIM window"
         return out
-
     matched, why_not = encode_matched(render, pv)
     out.encode_matched = why_not is None
     out.variants["encode"] = (
         f"render re-encoded with Pillow JPEG {pv.jpeg.describe()} like the preview, decoded, then compared"
         if why_not is None else why_not)
-    want_maps = heatmap_dir is not None
-    m, s, px = _core_metrics(matched, pv.rgb, t, full=want_maps)
+    s, px = _score(out, matched, pv, t, render_float, full=heatmap_dir is not None, flip=flip)
+    if out.encode_matched:
+        cm, _, _ = _core_metrics(render, matched, t, full=False)
+        out.ceiling = {k: cm[k] for k in ("ssim", "ssim_y", "psnr", "mae", "max_abs")}
+    out.tier, out.reason = decide_tier(
+        out.metrics, t, ceiling_ssim_y=out.ceiling["ssim_y"] if out.ceiling else None, resampled=out.resampled)
+    if heatmap_dir is not None:
+        _write_heatmaps(out, s, px, pv, Path(heatmap_dir), name or Path(preview_path).stem)
+    return out
+
+
+def _match_size(out: Comparison, render: np.ndarray, pv: LoadedImage, resample: bool) -> np.ndarray | None:
+    """The render at the preview's size: itself, a labelled resampled copy (`resample`), or None (an ERROR
+    recorded in `out`) when the sizes differ and resampling was not asked for."""
+    rh, rw = render.shape[:2]
+    if (rw, rh) == pv.size:
+        return render
+    out.size_mismatch = {"render": [rw, rh], "preview": list(pv.size)}
+    if not resample:
+        out.error = out.reason = (
+            f"size mismatch: render {rw}x{rh}, preview {pv.size[0]}x{pv.size[1]} (not resized; "
+            "a resampled score is available on request)")
+        return None
+    out.resampled = True
+    out.variants["resampled"] = (f"render resampled {rw}x{rh} -> {pv.size[0]}x{pv.size[1]} with Pillow "
+                                 f"{'BOX (area)' if pv.size[0] * pv.size[1] < rw * rh else 'BICUBIC'}; "
+                                 "scores are not pixel-exact comparisons")
+    return _resample(render, pv.size)
+
+
+def _score(out: Comparison, matched: np.ndarray, pv: LoadedImage, t: Thresholds, render_float: np.ndarray | None,
+           *, full: bool, flip: bool):
+    """Every metric of the encode-matched render against the preview into `out.metrics`, each with its exact
+    variant in `out.variants`. Returns the SSIM and pixel results (their maps feed the heatmaps)."""
+    m, s, px = _core_metrics(matched, pv.rgb, t, full=full)
     m["phash_distance"] = float(M.phash_distance(matched, pv.rgb))
     if flip:
         try:
@@ -178,8 +201,8 @@ def compare(
             m["flip"] = f
     if render_float is not None:
         rf = np.asarray(render_float, dtype=np.float64)
-        if rf.shape != render.shape:
-            raise ValueError(f"render_float shape {rf.shape} differs from render {render.shape}")
+        if rf.shape != matched.shape:
+            raise ValueError(f"render_float shape {rf.shape} differs from render {matched.shape}")
         m["mae_float"] = float(np.abs(rf * 255.0 - pv.rgb).mean())
     out.metrics = m
     for k in m:
@@ -187,21 +210,16 @@ def compare(
     out.variants["share_over_tol"] += f" (tolerance {t.tolerance})"
     out.variants["window_density"] = out.variants["window_density"].replace("NxN", f"{t.window}x{t.window}") + (
         f", tolerance {t.tolerance}")
-    if out.encode_matched:
-        cm, _, _ = _core_metrics(render, matched, t, full=False)
-        out.ceiling = {k: cm[k] for k in ("ssim", "ssim_y", "psnr", "mae", "max_abs")}
-    out.tier, out.reason = decide_tier(
-        m, t, ceiling_ssim_y=out.ceiling["ssim_y"] if out.ceiling else None, resampled=out.resampled)
-    if want_maps:
-        from .heatmap import diff_heatmap, ssim_heatmap
+    return s, px
 
-        d = Path(heatmap_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        stem = name or Path(preview_path).stem
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
-        out.heatmaps["diff"] = str(diff_heatmap(px.diff_max, d / f"{stem}.diff.png"))
-        out.heatmaps["ssim"] = str(ssim_heatmap(s.map, pv.rgb.shape[:2], d / f"{stem}.ssim.png"))
-    return out
+
+def _write_heatmaps(out: Comparison, s: Any, px: Any, pv: LoadedImage, d: Path, stem: str) -> None:
+    from .heatmap import diff_heatmap, ssim_heatmap
+
+    d.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    out.heatmaps["diff"] = str(diff_heatmap(px.diff_max, d / f"{stem}.diff.png"))
+    out.heatmaps["ssim"] = str(ssim_heatmap(s.map, pv.rgb.shape[:2], d / f"{stem}.ssim.png"))
 
 
 def twin_metrics(render: np.ndarray, twin: np.ndarray, preview_path: str | Path, *,

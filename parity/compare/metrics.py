@@ -37,7 +37,7 @@ VARIANTS = {
     "= skimage structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, "
     "data_range=255, channel_axis=-1))",
     "ssim_y": "as ssim, on BT.601 luma Y = 0.299R+0.587G+0.114B (unrounded float, 0-255)",
-    "psnr": "10*log10(255^2/MSE), MSE over all pixels and RGB channels; null when identical (infinite)",
+    "psnr": "10*log10(255^2/MSE), MSE over all pixels and RGB channels; infinite when identical (written 'inf' in JSON)",
     "mae": "mean |a-b| over all pixels and RGB channels, levels 0-255",
     "max_abs": "max |a-b| over all pixels and RGB channels, levels 0-255",
     "share_over_tol": "share of pixels whose max-over-RGB |a-b| exceeds the tolerance (levels)",

@@ -139,50 +139,71 @@ def attribute(
         result.explained = False
         return result
 
-    def value_pair(k: str) -> tuple[Any, Any]:
-        return compact_value(preview_spec, k), compact_value(inference_spec, k)
-
     order = [k for k in PRIOR_ORDER if k in diff]
-    singles = [k for k in order if k not in ruled_out]
-    causes: dict[str, Cause] = {k: Cause(k, *value_pair(k), ssim_aligned=None) for k in order}
-    all_spec = align_many(inference_spec, preview_spec, order)
-
+    causes: dict[str, Cause] = {k: Cause(k, compact_value(preview_spec, k), compact_value(inference_spec, k),
+                                         ssim_aligned=None) for k in order}
+    aligned = _Aligner(session, inference_spec, preview_spec)
     # 1. all aligned first: the single most informative render (does the table explain the gap at all?)
     try:
-        result.all_aligned, result.all_aligned_tier = session.score(all_spec)
+        result.all_aligned, result.all_aligned_tier = aligned.score(order)
         result.explained = _restores(result.all_aligned, result.all_aligned_tier, explained_at)
     except BudgetExhausted:
         result.skipped.append({"knob": "all_aligned", "reason": "render budget exhausted"})
-
     # 2. one knob at a time, most likely large effects first
-    for k in order:
-        if k in ruled_out:
-            result.skipped.append({"knob": k, "reason": "ruled out by the input hashes"})
-            continue
-        try:
-            s, t = session.score(align_many(inference_spec, preview_spec, [k]))
-        except BudgetExhausted:
-            result.skipped.append({"knob": k, "reason": "render budget exhausted"})
-            continue
-        causes[k].ssim_aligned, causes[k].tier_aligned, causes[k].recovered = s, t, s - base_score
-
+    result.skipped += _one_at_a_time(aligned, order, causes, ruled_out, base_score)
     # 3. all aligned but one (free from the cache when two knobs differ)
     if leave_one_out and len(order) >= 2 and result.all_aligned is not None:
-        for k in singles:
-            others = [o for o in order if o != k]
-            try:
-                s, _ = session.score(align_many(inference_spec, preview_spec, others))
-            except BudgetExhausted:
-                continue
-            causes[k].ssim_without, causes[k].necessity = s, result.all_aligned - s
+        _leave_one_out(aligned, order, causes, ruled_out, result.all_aligned)
+    result.causes = _ranked(causes)
+    result.extra_renders = session.extra_renders
+    return result
 
+
+class _Aligner:
+    """Scores the inference spec with some knobs aligned to the preview's values."""
+
+    def __init__(self, session: Session, inference_spec: RenderSpec, preview_spec: RenderSpec):
+        self.session, self.inference, self.preview = session, inference_spec, preview_spec
+
+    def score(self, knobs: Sequence[str]) -> tuple[float, str | None]:
+        return self.session.score(align_many(self.inference, self.preview, list(knobs)))
+
+
+def _one_at_a_time(aligned: _Aligner, order: list[str], causes: dict[str, Cause], ruled_out: Sequence[str],
+                   base_score: float) -> list[dict[str, str]]:
+    """Each knob aligned alone: how much of the gap it recovers. Returns the knobs skipped, with why."""
+    skipped = []
+    for k in order:
+        if k in ruled_out:
+            skipped.append({"knob": k, "reason": "ruled out by the input hashes"})
+            continue
+        try:
+            s, t = aligned.score([k])
+        except BudgetExhausted:
+            skipped.append({"knob": k, "reason": "render budget exhausted"})
+            continue
+        causes[k].ssim_aligned, causes[k].tier_aligned, causes[k].recovered = s, t, s - base_score
+    return skipped
+
+
+def _leave_one_out(aligned: _Aligner, order: list[str], causes: dict[str, Cause], ruled_out: Sequence[str],
+                   all_aligned: float) -> None:
+    """Every knob but one aligned: how much is lost without it (its necessity)."""
+    for k in (k for k in order if k not in ruled_out):
+        try:
+            s, _ = aligned.score([o for o in order if o != k])
+        except BudgetExhausted:
+            continue
+        causes[k].ssim_without, causes[k].necessity = s, all_aligned - s
+
+
+def _ranked(causes: dict[str, Cause]) -> list[Cause]:
+    """Tried knobs by weight (ties in prior order), then the untried ones."""
     prior = {k: i for i, k in enumerate(PRIOR_ORDER)}
     tried = [c for c in causes.values() if c.ssim_aligned is not None or c.ssim_without is not None]
     untried = [c for c in causes.values() if c not in tried]
     tried.sort(key=lambda c: (-c.weight, prior[c.knob]))
-    result.causes = tried + untried
-    result.extra_renders = session.extra_renders
-    return result
+    return tried + untried
 
 
 def causes_list(attribution: Attribution) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ with the likely alternatives one knob at a time, rank them by score, combine the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.job.sizes import effective_size
@@ -194,6 +194,21 @@ def suspect_search(
         result.verdict = "the recorded settings already reproduce the preview"
         result.explained = True
         return result
+    cand_of = _try_each(session, spec, queue, base, restores, exhaustive, result)
+    combo = _combine_winners(session, spec, cand_of, restores, result)
+    tried.sort(key=lambda x: -x.score)
+    result.extra_renders = session.extra_renders
+    _conclude(result, spec, base, combo, restores)
+    return result
+
+
+Restores = Callable[[float, "str | None"], bool]
+
+
+def _try_each(session: Session, spec: RenderSpec, queue: list[Candidate], base: float, restores: Restores,
+              exhaustive: bool, result: Suspects) -> dict[int, Candidate]:
+    """Render every candidate once (until one restores parity unless `exhaustive`) into `result.tried`.
+    Returns the candidate behind each tried entry (by id)."""
     cand_of: dict[int, Candidate] = {}
     seen_specs = {spec}
     for c in queue:
@@ -205,40 +220,51 @@ def suspect_search(
         except BudgetExhausted:
             result.skipped.append(f"{c.knob}={c.label}")
             continue
-        tried.append(Tried(c.knob, c.label, s, t, s - base))
-        cand_of[id(tried[-1])] = c
+        result.tried.append(Tried(c.knob, c.label, s, t, s - base))
+        cand_of[id(result.tried[-1])] = c
         if not exhaustive and restores(s, t):
             break
+    return cand_of
 
-    # Combine the best value of every knob that helped (one render), when no single change explains the preview.
+
+def _combine_winners(session: Session, spec: RenderSpec, cand_of: dict[int, Candidate], restores: Restores,
+                     result: Suspects) -> tuple[list[Tried], float, str | None] | None:
+    """The best value of every knob that helped, combined in one render, when no single change explains the
+    preview: (winners, score, tier), or None."""
     per_knob: dict[str, Tried] = {}
-    for tr in tried:
-        if tr.knob != "defaults" and tr.gain > MIN_GAIN and (tr.knob not in per_knob or tr.score > per_knob[tr.knob].score):
+    for tr in result.tried:
+        if tr.knob != "defaults" and tr.gain > MIN_GAIN and (tr.knob not in per_knob
+                                                             or tr.score > per_knob[tr.knob].score):
             per_knob[tr.knob] = tr
-    best_single = max(tried, key=lambda x: x.score, default=None)
-    combo: tuple[list[Tried], float, str | None] | None = None
-    if len(per_knob) >= 2 and not (best_single and restores(best_single.score, best_single.tier)):
-        winners = sorted(per_knob.values(), key=lambda x: -x.score)
-        combined = spec
-        for w in winners:
-            combined = cand_of[id(w)].apply(combined)
-        try:
-            s, t = session.score(combined)
-            combo = (winners, s, t)
-        except BudgetExhausted:
-            result.skipped.append("combination of " + ", ".join(f"{w.knob}={w.value}" for w in winners))
+    best_single = max(result.tried, key=lambda x: x.score, default=None)
+    if len(per_knob) < 2 or (best_single and restores(best_single.score, best_single.tier)):
+        return None
+    winners = sorted(per_knob.values(), key=lambda x: -x.score)
+    combined = spec
+    for w in winners:
+        combined = cand_of[id(w)].apply(combined)
+    try:
+        s, t = session.score(combined)
+    except BudgetExhausted:
+        result.skipped.append("combination of " + ", ".join(f"{w.knob}={w.value}" for w in winners))
+        return None
+    return winners, s, t
 
-    tried.sort(key=lambda x: -x.score)
-    result.extra_renders = session.extra_renders
+
+def _conclude(result: Suspects, spec: RenderSpec, base: float,
+              combo: tuple[list[Tried], float, str | None] | None, restores: Restores) -> None:
+    """The best finding (a single change or the combination) and the verdict in words."""
+    best_single = max(result.tried, key=lambda x: x.score, default=None)
     if combo is not None and (best_single is None or combo[1] > best_single.score):
         result.best, result.best_score, result.best_tier = combo[0], combo[1], combo[2]
     elif best_single is not None:
         result.best, result.best_score, result.best_tier = [best_single], best_single.score, best_single.tier
     if not result.best or result.best_score is None or result.best_score - base <= MIN_GAIN:
         result.best = []
-        result.verdict = (f"nothing tried explains it: {len(tried)} alternative(s) scored at most "
-                          f"{max((x.score for x in tried), default=base):.3f} vs {base:.3f} for the recorded settings")
-        return result
+        result.verdict = (f"nothing tried explains it: {len(result.tried)} alternative(s) scored at most "
+                          f"{max((x.score for x in result.tried), default=base):.3f} vs {base:.3f} for the recorded "
+                          "settings")
+        return
     result.explained = restores(result.best_score, result.best_tier)
     looks = ", ".join(f"{w.knob} {w.value}" if w.knob != "defaults" else w.value for w in result.best)
     nots = ", ".join(f"not {_current_label(spec, w.knob)}" for w in result.best if w.knob != "defaults")
@@ -248,4 +274,3 @@ def suspect_search(
     else:
         result.verdict = (f"closest: {looks}" + (f" ({nots})" if nots else "") +
                           f", {evidence}; nothing tried fully explains the preview")
-    return result

@@ -313,7 +313,8 @@ class LoraApplier:
         self.pristine: dict[str, torch.Tensor] = {}
         self.hooks: list = []
         self.merged: list[str] = []
-        self.current: tuple | None = None
+        self.key: tuple | None = None          # the caller's key of what is applied now (None: pristine weights)
+        self.report: LoraReport | None = None  # what `apply` reported for it
 
     def restore(self) -> bool:
         """Undo the current LoRA; True when base weights were written back."""
@@ -327,7 +328,7 @@ class LoraApplier:
                 lin.weight.data.copy_(self.pristine[name])
             wrote = True
         self.merged = []
-        self.current = None
+        self.key, self.report = None, None
         return wrote
 
     def replay_rounds(self, history, switches: dict[str, str]) -> int:
@@ -362,7 +363,10 @@ class LoraApplier:
             done += 1
         return done
 
-    def apply(self, path: str | Path, multiplier: float, application: str, switches: dict[str, str]) -> LoraReport:
+    def apply(self, path: str | Path, multiplier: float, application: str, switches: dict[str, str],
+              state_key: tuple | None = None) -> LoraReport:
+        """Apply one LoRA file (after `restore`); `state_key` names this state for the caller (`self.key`), so it
+        can skip re-applying the same file, multiplier and switches."""
         if application not in ("merged", "live"):
             raise ValueError(f"lora_application must be merged or live, not {application!r}")
         modules = parse_lora(path)
@@ -395,11 +399,12 @@ class LoraApplier:
             else:
                 how = switches.get("lokr_live", "aitk") if m.kind == "lokr" else switches.get("lora_live", "aitk")
                 self.hooks.append(lin.register_forward_hook(_live_hook(p, multiplier, scale, how, lin.weight.device)))
-        self.current = (str(path), multiplier, application)
         kinds = {m.kind for m in modules.values()}
-        return LoraReport(file=str(path), format=kinds.pop(), modules_matched=len(modules), targets=len(planned),
-                          application=application, multiplier=float(multiplier),
-                          scales=tuple(sorted({m.scale() for m in modules.values()})))
+        self.key = state_key
+        self.report = LoraReport(file=str(path), format=kinds.pop(), modules_matched=len(modules),
+                                 targets=len(planned), application=application, multiplier=float(multiplier),
+                                 scales=tuple(sorted({m.scale() for m in modules.values()})))
+        return self.report
 
 
 def lokr_live_delta(x: torch.Tensor, f: LokrFactors, dtype: torch.dtype) -> torch.Tensor:

@@ -186,19 +186,16 @@ class Engine:
         want = None if not spec.lora_path else (str(spec.lora_path), float(spec.network_multiplier),
                                                 spec.lora_application, switches["lora_merge"], switches["lora_live"],
                                                 switches["lokr_live"], history)
-        have = getattr(applier, "_want", None)
-        if want == have:
-            return getattr(applier, "_report", None)
+        if want == applier.key:
+            return applier.report
         if applier.restore():
             self.stats.base_restores += 1
-        applier._want, applier._report = None, None
         if want is None:
             return None
         if history:
             applier.replay_rounds(history, switches)
-        report = applier.apply(spec.lora_path, spec.network_multiplier, spec.lora_application, switches)
+        report = applier.apply(spec.lora_path, spec.network_multiplier, spec.lora_application, switches, state_key=want)
         self.stats.lora_applies += 1
-        applier._want, applier._report = want, report
         return report
 
     @staticmethod

@@ -6,7 +6,6 @@ section C steps 7-14) with each numerical detail delegated to `numerics` so it c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -127,4 +126,4 @@ def any_nonfinite(arr) -> bool:
 
 
 __all__ = ["make_noise", "pack", "unpack", "image_ids", "text_ids", "aitk_denoise", "aitk_decode",
-           "diffusers_render", "math"]
+           "diffusers_render"]

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from parity.compare.heatmap import css_gradient, diff_legend, ssim_legend
 from parity.errors import ParityError
+from parity.record import VIEW_FIELDS
 from parity.report.junit import junit_xml
 from parity.report.markdown import markdown_summary
 from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, dumps_results, relative_paths,
@@ -263,9 +264,7 @@ def script_json(obj: Any) -> str:
 
 
 def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: str) -> dict[str, Any]:
-    v = {k: it.get(k) for k in ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "metrics",
-                                "metric_variants", "jpeg", "ceiling", "size_mismatch", "params", "mismatches",
-                                "irreducible", "causes", "schedule", "timings", "error", "reason", "noise_floor")}
+    v = {k: it.get(k) for k in VIEW_FIELDS}  # record fields static/report.js reads (parity.record)
     urls: dict[str, str | None] = {}
     th: dict[str, str | None] = {}
     dims: dict[str, list[int]] = {}

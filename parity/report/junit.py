@@ -45,6 +45,54 @@ def _describe(item: dict[str, Any], metric: str) -> str:
     return msg
 
 
+def _testcase(suite: ET.Element, case: str, it: dict[str, Any], metric: str,
+              report_href: str | None) -> tuple[float, str | None]:
+    """One <testcase> with its properties and <error>/<failure>. Returns (seconds, "errors" | "failures" | None)."""
+    tc = ET.SubElement(suite, "testcase", classname=xml_text(case or "parity"), name=xml_text(it["id"]))
+    secs = _seconds(it)
+    tc.set("time", f"{secs:.3f}")
+    _properties(ET.SubElement(tc, "properties"), it, report_href)
+    if it["tier"] == "ERROR":
+        err = ET.SubElement(tc, "error", message=xml_text((it.get("error") or "ERROR").splitlines()[0]
+                                                           if it.get("error") else "ERROR"),
+                            type="ParityError")
+        err.text = xml_text(it.get("error") or "")
+        return secs, "errors"
+    if not it.get("passed"):
+        msg = _describe(it, metric)
+        fail = ET.SubElement(tc, "failure", message=xml_text(msg), type="ParityMismatch")
+        fail.text = xml_text(msg + ("\nprompt: " + it["prompt"] if it.get("prompt") else ""))
+        return secs, "failures"
+    return secs, None
+
+
+def _properties(props: ET.Element, it: dict[str, Any], report_href: str | None) -> None:
+    def prop(name: str, value: Any) -> None:
+        ET.SubElement(props, "property", name=xml_text(name), value=xml_text(value))
+
+    prop("tier", it["tier"])
+    if it.get("gate"):
+        prop("gate", it["gate"])
+    for key in ("step", "index"):
+        if it.get(key) is not None:
+            prop(key, it[key])
+    for k, v in it.get("metrics", {}).items():
+        prop(f"metric.{k}", v)
+    if it.get("mismatches"):
+        prop("mismatches", ",".join(map(str, it["mismatches"])))
+    if it.get("irreducible"):
+        prop("irreducible", ",".join(map(str, it["irreducible"])))
+    nf = it.get("noise_floor")
+    if isinstance(nf, dict) and nf.get("metrics"):
+        prop("noise_floor", f"{'within' if nf.get('applied') else 'above'}: {nf.get('reason') or ''}")
+    if it.get("reason"):
+        prop("tier_reason", it["reason"])
+    for n, c in enumerate(it.get("causes", []), 1):
+        prop(f"cause.{n}", c)
+    if report_href:
+        prop("report", f"{report_href}#item={quote(it['id'], safe='')}")
+
+
 def junit_xml(results: Results, *, report_href: str | None = "index.html") -> str:
     metric = score_metric(results.run)
     root = ET.Element("testsuites", name=xml_text(f"parity {results.run.get('id', '')}".strip()))
@@ -56,48 +104,10 @@ def junit_xml(results: Results, *, report_href: str | None = "index.html") -> st
         suite = ET.SubElement(root, "testsuite", name=xml_text(case or "parity"))
         counts = {"tests": len(items), "failures": 0, "errors": 0, "skipped": 0, "time": 0.0}
         for it in items:
-            tc = ET.SubElement(suite, "testcase", classname=xml_text(case or "parity"), name=xml_text(it["id"]))
-            secs = _seconds(it)
-            tc.set("time", f"{secs:.3f}")
+            secs, outcome = _testcase(suite, case, it, metric, report_href)
             counts["time"] += secs
-            props = ET.SubElement(tc, "properties")
-
-            def prop(name: str, value: Any) -> None:
-                ET.SubElement(props, "property", name=xml_text(name), value=xml_text(value))
-
-            prop("tier", it["tier"])
-            if it.get("gate"):
-                prop("gate", it["gate"])
-            for key in ("step", "index"):
-                if it.get(key) is not None:
-                    prop(key, it[key])
-            for k, v in it.get("metrics", {}).items():
-                prop(f"metric.{k}", v)
-            if it.get("mismatches"):
-                prop("mismatches", ",".join(map(str, it["mismatches"])))
-            if it.get("irreducible"):
-                prop("irreducible", ",".join(map(str, it["irreducible"])))
-            nf = it.get("noise_floor")
-            if isinstance(nf, dict) and nf.get("metrics"):
-                prop("noise_floor", f"{'within' if nf.get('applied') else 'above'}: "
-                                    f"{nf.get('reason') or ''}")
-            if it.get("reason"):
-                prop("tier_reason", it["reason"])
-            for n, c in enumerate(it.get("causes", []), 1):
-                prop(f"cause.{n}", c)
-            if report_href:
-                prop("report", f"{report_href}#item={quote(it['id'], safe='')}")
-            if it["tier"] == "ERROR":
-                counts["errors"] += 1
-                err = ET.SubElement(tc, "error", message=xml_text((it.get("error") or "ERROR").splitlines()[0]
-                                                                   if it.get("error") else "ERROR"),
-                                    type="ParityError")
-                err.text = xml_text(it.get("error") or "")
-            elif not it.get("passed"):
-                counts["failures"] += 1
-                msg = _describe(it, metric)
-                fail = ET.SubElement(tc, "failure", message=xml_text(msg), type="ParityMismatch")
-                fail.text = xml_text(msg + ("\nprompt: " + it["prompt"] if it.get("prompt") else ""))
+            if outcome:
+                counts[outcome] += 1
         for k, v in counts.items():
             suite.set(k, f"{v:.3f}" if k == "time" else str(v))
             if k in totals:

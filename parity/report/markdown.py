@@ -28,6 +28,24 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.4f}"
 
 
+def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None) -> list[str]:
+    """The worst items (or lowest scores when all pass) with their tier, score, mismatches and top cause."""
+    title = "Worst items" if any(not it.get("passed") for it in bad) else "Lowest scores"
+    lines = [f"### {title}", "", f"| item | tier | gate | {md_text(metric)} | mismatched knobs | top cause |",
+             "|---|---|---|---:|---|---|"]
+    for it in bad:
+        name = md_text(it["id"], 80)
+        if report_href:
+            name = f"[{name}]({report_href}#item={quote(it['id'], safe='')})"
+        cause = it["causes"][0] if it.get("causes") else None
+        cause_s = (f"{md_text(cause.get('knob'), 30)}: {md_text(cause.get('value_preview'), 30)} → "
+                   f"{md_text(cause.get('value_inference'), 30)}") if cause else (
+            md_text(it["error"], 80) if it.get("error") else "–")
+        lines.append(f"| {name} | {it['tier']} | {it.get('gate') or '–'} | {_fmt(item_score(it, metric))} | "
+                     f"{md_text(', '.join(map(str, it.get('mismatches', []))) or '–', 80)} | {cause_s} |")
+    return lines + [""]
+
+
 def markdown_summary(results: Results, *, report_href: str | None = "index.html", worst: int = 10,
                      summary: Summary | None = None) -> str:
     s = summary or summarize(results.items, results.run)
@@ -58,20 +76,7 @@ def markdown_summary(results: Results, *, report_href: str | None = "index.html"
         lines.append("")
     bad = [it for it in s.worst if not it.get("passed")][:worst] or s.worst[:worst]
     if bad:
-        title = "Worst items" if any(not it.get("passed") for it in bad) else "Lowest scores"
-        lines += [f"### {title}", "", f"| item | tier | gate | {md_text(s.metric)} | mismatched knobs | top cause |",
-                  "|---|---|---|---:|---|---|"]
-        for it in bad:
-            name = md_text(it["id"], 80)
-            if report_href:
-                name = f"[{name}]({report_href}#item={quote(it['id'], safe='')})"
-            cause = it["causes"][0] if it.get("causes") else None
-            cause_s = (f"{md_text(cause.get('knob'), 30)}: {md_text(cause.get('value_preview'), 30)} → "
-                       f"{md_text(cause.get('value_inference'), 30)}") if cause else (
-                md_text(it["error"], 80) if it.get("error") else "–")
-            lines.append(f"| {name} | {it['tier']} | {it.get('gate') or '–'} | {_fmt(item_score(it, s.metric))} | "
-                         f"{md_text(', '.join(map(str, it.get('mismatches', []))) or '–', 80)} | {cause_s} |")
-        lines.append("")
+        lines += _worst_table(bad, s.metric, report_href)
     causes = [(k, v) for k, v in s.knobs.items() if v["mismatch"] or v["top_cause"]]
     if causes:
         lines += ["### Knobs", "", "| knob | items mismatched | top cause of |", "|---|---:|---:|"]

@@ -136,6 +136,47 @@ def synthetic_results(n: int, out_dir: str | Path, *, image_size: int = 96, seed
     return out / "results.json"
 
 
+def _render_and_score(preview: Any, tier: str, drift: float, nrng: Any, rnd: random.Random, img_dir: Path,
+                      stem: str, paths: dict[str, str]) -> dict[str, Any]:
+    """A drifted render and its diff heatmap written beside the preview (paths added); returns its metrics."""
+    import numpy as np
+    from PIL import Image
+
+    render = preview.copy()
+    if drift:
+        shift = int(drift // 10)
+        if shift:
+            render = np.roll(render, shift, axis=1)
+        render = render + nrng.normal(0, drift, render.shape)
+    render = np.clip(render, 0, 255).astype(np.uint8)
+    Image.fromarray(render).save(img_dir / f"{stem}_render.png", compress_level=1)
+    diff = np.abs(render.astype(np.int16) - preview.astype(np.int16)).mean(-1)
+    heat = np.clip(diff * 6, 0, 255).astype(np.uint8)
+    hm = np.stack([heat, np.clip(255 - np.abs(heat.astype(np.int16) * 2 - 255), 0, 255).astype(np.uint8),
+                   255 - heat], -1)
+    Image.fromarray(hm).save(img_dir / f"{stem}_diff.png", compress_level=1)
+    paths.update(render=f"images/{stem}_render.png", heatmap_diff=f"images/{stem}_diff.png")
+    ssim = {"EXACT": 1.0, "NEAR": rnd.uniform(0.965, 0.995), "DRIFT": rnd.uniform(0.8, 0.94),
+            "DIFFERENT": rnd.uniform(0.25, 0.6)}[tier]
+    mae = float(diff.mean())
+    metrics = {"ssim": round(ssim, 5), "ssim_y": round(min(1.0, ssim + 0.01), 5),
+               "psnr": math.inf if tier == "EXACT" else round(20 * math.log10(255 / max(mae, 1e-3)), 3),
+               "mae": round(mae, 4), "max_abs": int(diff.max())}
+    return metrics
+
+
+def _noise_floor(irreducible: list[str], ssim_y: float) -> dict[str, Any]:
+    """A `noise_floor` record that lifted a DRIFT item to NEAR (as parity.diagnose.floor.floor_record writes)."""
+    loss = 1.0 - ssim_y
+    return {
+        "knobs": list(irreducible), "twin": [{"knob": k, "how": "LoRA values moved within their bfloat16 "
+                                                                "rounding cells"} for k in irreducible],
+        "unmeasured": [], "metrics": {"ssim_y": round(1.0 - loss / 1.5, 5), "window_density": 0.0},
+        "ratio": 2.0, "tier_before": "DRIFT", "tier": "NEAR", "applied": True,
+        "reason": f"within the noise floor of {', '.join(irreducible)}: SSIM-Y loss {loss:.5f} vs 2 x measured "
+                  f"{loss / 1.5:.5f}; worst window 0.000 vs 0.150"}
+
+
 def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: random.Random, img_dir: Path,
           out: Path, size: int, bases: dict, ci: int, *, hostile_file: bool) -> dict[str, Any]:
     import numpy as np
@@ -158,26 +199,7 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
         error = rnd.choice(["render produced NaN at denoising step 7 of 20",
                             f"images/{stem}.safetensors: truncated file (expected 19.2 MB, found 4.1 MB)"])
     else:
-        render = preview.copy()
-        if drift:
-            shift = int(drift // 10)
-            if shift:
-                render = np.roll(render, shift, axis=1)
-            render = render + nrng.normal(0, drift, render.shape)
-        render = np.clip(render, 0, 255).astype(np.uint8)
-        Image.fromarray(render).save(img_dir / f"{stem}_render.png", compress_level=1)
-        diff = np.abs(render.astype(np.int16) - preview.astype(np.int16)).mean(-1)
-        heat = np.clip(diff * 6, 0, 255).astype(np.uint8)
-        hm = np.stack([heat, np.clip(255 - np.abs(heat.astype(np.int16) * 2 - 255), 0, 255).astype(np.uint8),
-                       255 - heat], -1)
-        Image.fromarray(hm).save(img_dir / f"{stem}_diff.png", compress_level=1)
-        paths.update(render=f"images/{stem}_render.png", heatmap_diff=f"images/{stem}_diff.png")
-        ssim = {"EXACT": 1.0, "NEAR": rnd.uniform(0.965, 0.995), "DRIFT": rnd.uniform(0.8, 0.94),
-                "DIFFERENT": rnd.uniform(0.25, 0.6)}[tier]
-        mae = float(diff.mean())
-        metrics = {"ssim": round(ssim, 5), "ssim_y": round(min(1.0, ssim + 0.01), 5),
-                   "psnr": math.inf if tier == "EXACT" else round(20 * math.log10(255 / max(mae, 1e-3)), 3),
-                   "mae": round(mae, 4), "max_abs": int(diff.max())}
+        metrics = _render_and_score(preview, tier, drift, nrng, rnd, img_dir, stem, paths)
     mismatches: list[str] = []
     if tier in ("DRIFT", "DIFFERENT"):
         pool = ["schedule", "guidance", "steps", "seed", "lora_scale", "resolution", "generator", "dtype"]
@@ -206,13 +228,6 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
     if tier == "NEAR" and irreducible and not mismatches and pi % 2 == 0:
         # judged against a measured noise floor (parity.compare.tiers.decide_floor_tier); no rnd draws, so the
         # sequence of the other items is unchanged
-        loss = 1.0 - metrics["ssim_y"]
-        item["noise_floor"] = {
-            "knobs": list(irreducible), "twin": [{"knob": k, "how": "LoRA values moved within their bfloat16 "
-                                                                    "rounding cells"} for k in irreducible],
-            "unmeasured": [], "metrics": {"ssim_y": round(1.0 - loss / 1.5, 5), "window_density": 0.0},
-            "ratio": 2.0, "tier_before": "DRIFT", "tier": "NEAR", "applied": True,
-            "reason": f"within the noise floor of {', '.join(irreducible)}: SSIM-Y loss {loss:.5f} vs 2 x measured "
-                      f"{loss / 1.5:.5f}; worst window 0.000 vs 0.150"}
+        item["noise_floor"] = _noise_floor(irreducible, metrics["ssim_y"])
     assert item["tier"] in TIERS and all(k in IRREDUCIBLE_KNOBS for k in irreducible)
     return item

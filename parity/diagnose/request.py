@@ -1,0 +1,148 @@
+"""Request files in the reference inference server's JSON format (runcomfy-com/ai-toolkit-inference, model
+`flux2`; aitk-flux2-previews.md section D.4): parsed and checked against the server's own schema limits."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from parity.errors import ConfigError
+
+# Request schema limits (src/schemas/request.py, section D.4).
+_LIMITS = {
+    "width": (64, 4096),
+    "height": (64, 4096),
+    "guidance_scale": (0.0, 20.0),
+    "sample_steps": (1, 150),
+    "network_multiplier": (-2.0, 2.0),
+}
+
+
+@dataclass(frozen=True)
+class RequestPrompt:
+    prompt: str
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    sample_steps: int | None = None
+    guidance_scale: float | None = None
+    neg: str | None = None
+    trigger_word: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    path: str
+    model: str
+    prompts: tuple[RequestPrompt, ...]
+    trigger_word: str | None = None
+    lora_path: str | None = None
+    network_multiplier: float | None = None
+
+
+def _req_int(obj: Mapping, key: str, where: str, path: str, lo: int | None, hi: int | None) -> int | None:
+    if key not in obj or obj[key] is None:
+        return None
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{where}.{key}: expected an integer, got {v!r}", path)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"{lo}..{hi}"
+        raise ConfigError(f"{where}.{key}: {v} is outside the allowed range {rng}", path)
+    return v
+
+
+def _req_float(obj: Mapping, key: str, where: str, path: str, lo: float, hi: float) -> float | None:
+    if key not in obj or obj[key] is None:
+        return None
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{where}.{key}: expected a number, got {v!r}", path)
+    if v < lo or v > hi:
+        raise ConfigError(f"{where}.{key}: {v} is outside the allowed range {lo:g}..{hi:g}", path)
+    return float(v)
+
+
+def _req_str(obj: Mapping, key: str, where: str, path: str) -> str | None:
+    if key not in obj or obj[key] is None:
+        return None
+    if not isinstance(obj[key], str):
+        raise ConfigError(f"{where}.{key}: expected a string, got {obj[key]!r}", path)
+    return obj[key]
+
+
+def parse_request(data: Any, path: str | Path, base_dir: str | Path | None = None) -> Request:
+    """Validate a request object (already JSON-decoded) against the server's schema (section D.4)."""
+    path = str(path)
+    base = Path(base_dir) if base_dir is not None else Path(path).parent
+    if not isinstance(data, Mapping):
+        raise ConfigError("request: expected a JSON object with model, prompts and loras", path)
+    model = data.get("model")
+    if not isinstance(model, str):
+        raise ConfigError("model: required, expected the string \"flux2\"", path)
+    if model != "flux2":
+        hint = " (flux2_diffusers wraps diffusers' pipeline with divisor 32: use the diffusers profile with --set resolution_divisor=32)" if model == "flux2_diffusers" else ""
+        raise ConfigError(f"model: {model!r} is not supported; parity checks FLUX.2 (\"flux2\"){hint}", path)
+    trigger = _req_str(data, "trigger_word", "request", path)
+    prompts_raw = data.get("prompts")
+    if not isinstance(prompts_raw, list) or not prompts_raw:
+        raise ConfigError("prompts: required, expected a list with at least one prompt", path)
+    prompts = []
+    for i, p in enumerate(prompts_raw):
+        where = f"prompts[{i}]"
+        if not isinstance(p, Mapping):
+            raise ConfigError(f"{where}: expected an object with at least \"prompt\"", path)
+        text = p.get("prompt")
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}.prompt: required, expected a string", path)
+        seed = _req_int(p, "seed", where, path, -1, None)
+        if seed == -1:
+            # base.py L812-814: -1 draws a random seed; such a render can never be compared with a preview.
+            raise ConfigError(f"{where}.seed: -1 asks the server for a random seed, which cannot reproduce a preview", path)
+        prompts.append(RequestPrompt(
+            prompt=text,
+            width=_req_int(p, "width", where, path, *_LIMITS["width"]),
+            height=_req_int(p, "height", where, path, *_LIMITS["height"]),
+            seed=seed,
+            sample_steps=_req_int(p, "sample_steps", where, path, *_LIMITS["sample_steps"]),
+            guidance_scale=_req_float(p, "guidance_scale", where, path, *_LIMITS["guidance_scale"]),
+            neg=_req_str(p, "neg", where, path),
+            trigger_word=_req_str(p, "trigger_word", where, path),
+        ))
+    loras = data.get("loras")
+    if not isinstance(loras, list):
+        raise ConfigError("loras: required, expected a list of {path, network_multiplier} (may be empty)", path)
+    lora_path = multiplier = None
+    if len(loras) > 1:
+        raise ConfigError(f"loras: {len(loras)} LoRAs given; parity checks one LoRA per request", path)
+    if loras:
+        lo = loras[0]
+        if not isinstance(lo, Mapping):
+            raise ConfigError("loras[0]: expected an object with path and network_multiplier", path)
+        lp = lo.get("path")
+        if not isinstance(lp, str) or not lp:
+            raise ConfigError("loras[0].path: required, expected a file path", path)
+        if "://" in lp:
+            raise ConfigError("loras[0].path: URLs are not fetched; download the LoRA and give its local path", path)
+        lora_path = str(Path(lp) if Path(lp).is_absolute() else (base / lp))
+        multiplier = _req_float(lo, "network_multiplier", "loras[0]", path, *_LIMITS["network_multiplier"])
+    return Request(path=path, model=model, prompts=tuple(prompts), trigger_word=trigger,
+                   lora_path=lora_path, network_multiplier=multiplier)
+
+
+def load_request(path: str | Path, base_dir: str | Path | None = None) -> Request:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("request file not found", p) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the request file: {e}", p) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", p) from None
+    return parse_request(data, p, base_dir if base_dir is not None else p.parent)

@@ -1,0 +1,63 @@
+"""Files of a run directory written whole: results.json text (one item per line) and atomic replacement."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from parity.jsonio import dumps
+
+SCHEMA = "parity.results/1"
+JOURNAL_NAME = "results.jsonl"
+SNAPSHOT_NAME = "results.json"
+PATH_KEYS: tuple[str, ...] = ("preview", "render", "heatmap_diff", "heatmap_ssim")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def dumps_results(doc: dict[str, Any]) -> str:
+    """A results document as text: compact JSON with one item per line (diff- and grep-friendly, and fast: the
+    C encoder does not run with `indent`)."""
+    head = dumps({k: v for k, v in doc.items() if k != "items"})
+    items = doc.get("items", [])
+    body = ",\n".join(dumps(it) for it in items)
+    sep = ", " if head != "{}" else ""
+    return head[:-1] + (sep + '"items": [\n' + body + "\n]}\n" if items else sep + '"items": []}\n')
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary sibling + fsync + os.replace: readers see the old or the new file,
+    never half of one. os.replace swaps the directory entry, so a symlink at `path` is replaced, not followed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)

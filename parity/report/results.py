@@ -1,0 +1,176 @@
+"""A run's results in memory (`Results`) and reading them back: results.json, the journal, or a run folder.
+
+Reading is tolerant where a crash can leave marks (a torn last journal line, an incomplete snapshot with its
+journal beside it) and strict about everything else: each item is validated as a parity.record.ItemRecord, and
+every problem is an InputFileError naming the file. The format is docs/results-schema.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parity.errors import InputFileError, ParityError
+from parity.record import ItemRecord, check_type
+
+from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME
+
+@dataclass
+class Results:
+    """A run and its items as plain dicts (the results.json shape). `base_dir` is the directory item paths are
+    relative to (None when they are absolute, e.g. after a merge). `warnings` lists what loading skipped."""
+
+    run: dict[str, Any]
+    items: list[dict[str, Any]]
+    base_dir: Path | None = None
+    source: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.run.get("complete"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "run": self.run, "items": self.items}
+
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        return {it["id"]: it for it in self.items}
+
+    def records(self) -> list[ItemRecord]:
+        """The items as typed records (they were validated when loaded or added)."""
+        return [ItemRecord.from_dict(it) for it in self.items]
+
+
+def normalize_item(item: dict[str, Any] | ItemRecord, run: dict[str, Any] | None = None, *,
+                   where: str | Path | None = None) -> dict[str, Any]:
+    """A complete item dict, validated through the typed record (parity.record.ItemRecord.from_dict): missing
+    optional fields filled, the tier checked, `gate` (the item's, else the run's `settings.gate`) and `passed`
+    derived. Raises InputFileError naming `where` for a malformed item (no id, unknown tier, wrong types)."""
+    if isinstance(item, ItemRecord):
+        item = item.to_dict()
+    gate = ((run or {}).get("settings") or {}).get("gate")
+    return ItemRecord.from_dict(item, default_gate=gate, where=where).to_dict()
+
+
+def _normalize_run(run: Any, where: str | Path | None) -> dict[str, Any]:
+    if run is None:
+        run = {}
+    check_type(run, dict, "'run'", where)
+    run = dict(run)
+    run.setdefault("id", "")
+    run["complete"] = bool(run.get("complete", False))
+    return run
+
+
+def _parse_journal(path: Path) -> Results:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputFileError(f"cannot read the results journal ({e.strerror})", path) from None
+    lines = data.split(b"\n")
+    warnings: list[str] = []
+    if lines and lines[-1].strip():
+        warnings.append("ignored a torn last line (the run was interrupted while writing it)")
+    lines = lines[:-1]  # whatever follows the last newline is torn (or empty)
+    run: dict[str, Any] | None = None
+    items: dict[str, dict[str, Any]] = {}
+    complete = False
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            warnings.append(f"line {n}: not valid JSON, skipped")
+            continue
+        if not isinstance(rec, dict):
+            warnings.append(f"line {n}: not a record, skipped")
+            continue
+        kind = rec.get("type")
+        if kind == "run":
+            if rec.get("schema") != SCHEMA:
+                raise InputFileError(f"unsupported schema {rec.get('schema')!r} (expected {SCHEMA!r})", path)
+            run = _normalize_run(rec.get("run"), path)
+        elif kind == "item":
+            item = rec.get("item")
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                items.pop(item["id"], None)  # a retried item moves to where it finished last
+                items[item["id"]] = item
+            else:
+                warnings.append(f"line {n}: item record without an id, skipped")
+        elif kind == "finish":
+            complete = True
+            if run is not None:
+                for key in ("finished", "timings"):
+                    if rec.get(key) is not None:
+                        run[key] = rec[key]
+        elif kind == "resume":
+            complete = False
+            if run is not None:
+                run.setdefault("resumed", []).append(rec.get("at"))
+    if run is None:
+        raise InputFileError("no run record (the file is empty or not a parity results journal)", path)
+    run["complete"] = complete
+    norm = []
+    for it in items.values():  # a journal is read tolerantly: one bad record must not hide the others
+        try:
+            norm.append(normalize_item(it, run, where=path))
+        except InputFileError as e:
+            warnings.append(f"skipped an item: {e.message}")
+    return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings)
+
+
+def _parse_snapshot(path: Path) -> Results:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputFileError("not UTF-8 text (is this a results.json?)", path) from None
+    except OSError as e:
+        raise InputFileError(f"cannot read results ({e.strerror or e})", path) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputFileError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}", path) from None
+    if not isinstance(doc, dict) or "items" not in doc:
+        raise InputFileError("not a parity results file (no 'items')", path)
+    if doc.get("schema") != SCHEMA:
+        raise InputFileError(f"unsupported schema {doc.get('schema')!r} (expected {SCHEMA!r})", path)
+    run = _normalize_run(doc.get("run"), path)
+    check_type(doc["items"], list, "'items'", path)
+    items = [normalize_item(it, run, where=path) for it in doc["items"]]
+    seen: set[str] = set()
+    for it in items:
+        if it["id"] in seen:
+            raise InputFileError(f"item id {it['id']!r} appears twice", path)
+        seen.add(it["id"])
+    return Results(run=run, items=items, base_dir=path.parent, source=path)
+
+
+def load(path: str | Path) -> Results:
+    """Read a run from results.json, results.jsonl or a run directory. An incomplete results.json with a journal
+    beside it is read from the journal (which holds every finished item). Raises InputFileError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        journal, snap = path / JOURNAL_NAME, path / SNAPSHOT_NAME
+        if journal.exists():
+            return _parse_journal(journal)
+        if snap.exists():
+            return _parse_snapshot(snap)
+        raise InputFileError(f"no {SNAPSHOT_NAME} or {JOURNAL_NAME} in this directory", path)
+    if not path.exists():
+        raise InputFileError("no such results file", path)
+    if path.suffix == ".jsonl":
+        return _parse_journal(path)
+    res = _parse_snapshot(path)
+    journal = path.with_name(JOURNAL_NAME)
+    if not res.complete and journal.exists():
+        try:
+            jres = _parse_journal(journal)
+        except ParityError:
+            return res
+        if jres.run.get("id") == res.run.get("id") and len(jres.items) >= len(res.items):
+            return jres
+    return res

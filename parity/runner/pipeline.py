@@ -1,0 +1,167 @@
+"""The runner: per item render -> compare -> record, then the follow-up policies.
+
+`Runner.run` renders a list in an order that minimises LoRA/precision switches and compares on a worker thread
+while the next item renders; `Runner.run_item` does the same steps for one item (the pytest plugin). Both go
+through the same three stages (`_start`, `_finish`, `_follow_up`) and the same exception-to-record mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from parity.errors import ParityError
+from parity.record import ItemRecord
+
+from .engines import EnginePool
+from .policies import Attribution, DeterminismGuard, NoiseFloor, thresholds_of
+from .records import error_record, failure_message, rendered_record
+
+log = logging.getLogger("parity")
+
+
+@dataclass
+class _Rendered:
+    """An item rendered, its comparison submitted to the worker thread."""
+
+    item: Any                  # PlannedItem
+    result: Any                # parity.engine.RenderResult
+    render_path: Path
+    comparison: Future
+    started: float
+
+
+class Runner:
+    """Renders planned items (parity.run.PlannedItem) into item records (parity.record.ItemRecord)."""
+
+    def __init__(self, out_dir: Path, *, device: str = "cpu", attribution: bool = True,
+                 attribution_budget: int | None = None, cache_dir: Path | None = None,
+                 progress: Callable[[str], None] | None = None, determinism: str = "auto"):
+        from parity.compare import Comparer
+        from parity.run import hardware_name
+
+        self.out_dir = Path(out_dir)
+        self.progress = progress or (lambda msg: None)
+        self.pool = EnginePool(device, cache_dir, self.progress)
+        self.engines = self.pool.engines  # (base model, text encoder) -> Engine; benchmarks inject their own
+        self.guard = DeterminismGuard(determinism, self.pool)
+        # applied in this order once the first pass is done: a lifted tier can make attribution unnecessary
+        self.follow_ups = (NoiseFloor(self.pool, self.out_dir / "noise-floor"),
+                           Attribution(self.pool, enabled=attribution, budget=attribution_budget))
+        self.comparer = Comparer(max_workers=1)
+        self.hardware = hardware_name(device)  # irreducible knob `hardware`: what renders here
+        for sub in ("renders", "heatmaps"):
+            (self.out_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.comparer.close()
+
+    # -- the per-item stages -------------------------------------------------------------------------------
+    def _start(self, item: Any) -> _Rendered | ItemRecord:
+        """Render, save the PNG, submit the comparison; an ERROR record when the item cannot be rendered."""
+        started = time.perf_counter()
+        if item.problem:  # a missing preview or checkpoint: nothing to render or compare
+            return error_record(item, item.problem, started, self.hardware)
+        try:
+            result = self.pool.render(item)
+            path = self._save_render(item, result.image)
+            return _Rendered(item, result, path, self._submit_compare(item, result.image), started)
+        except Exception as e:  # noqa: BLE001 - one broken item must not cost the others
+            return self._failed(item, e, started)
+
+    def _finish(self, r: _Rendered) -> ItemRecord:
+        """The comparison's result as a record, checked by the determinism guard."""
+        try:
+            rec = rendered_record(r.item, r.result, r.render_path, r.comparison.result(), r.started, self.hardware)
+            if self.guard.wants(r.item, rec):
+                self.guard.apply(r.item, rec, r.result.image)
+            return rec
+        except Exception as e:  # noqa: BLE001
+            return self._failed(r.item, e, r.started)
+
+    def _follow_up(self, item: Any, rec: ItemRecord, image: Any, label: str = "") -> None:
+        for policy in self.follow_ups:
+            if policy.wants(item, rec):
+                self.progress(f"{label}{_DOING[type(policy).__name__]} {item.id}")
+                policy.apply(item, rec, image)
+
+    def _wants_follow_up(self, item: Any, rec: ItemRecord) -> bool:
+        return any(p.wants(item, rec) for p in self.follow_ups)
+
+    def _failed(self, item: Any, e: Exception, started: float) -> ItemRecord:
+        log.debug("item %s failed", item.id, exc_info=True)
+        tb = None if isinstance(e, _EXPECTED) else traceback.format_exc()
+        return error_record(item, failure_message(e), started, self.hardware, tb=tb)
+
+    # -- entry points ----------------------------------------------------------------------------------------
+    def run_item(self, item: Any) -> ItemRecord:
+        """Render, compare and follow up one item; never raises for item-level problems."""
+        out = self._start(item)
+        if isinstance(out, ItemRecord):
+            return out
+        rec = self._finish(out)
+        if rec.tier != "ERROR":
+            self._follow_up(item, rec, out.result.image)
+        return rec
+
+    def run(self, items: list[Any], on_record: Callable[[ItemRecord], None]) -> list[ItemRecord]:
+        """Render all items; compare on a worker thread while the next renders; follow-ups once all have
+        rendered. `on_record` is called once per finished item (the results store appends it atomically)."""
+        ordered = sorted(items, key=lambda it: it.switch_key)
+        self.pool.prepare_embeddings(ordered)
+        done: list[ItemRecord] = []
+        deferred: list[tuple[Any, ItemRecord, Any]] = []  # (item, record, image) awaiting follow-ups
+
+        def finish(rec: ItemRecord) -> None:
+            done.append(rec)
+            on_record(rec)
+
+        def settle(r: _Rendered) -> None:
+            rec = self._finish(r)
+            if rec.tier != "ERROR" and self._wants_follow_up(r.item, rec):
+                deferred.append((r.item, rec, r.result.image))
+            else:
+                finish(rec)
+
+        pending: list[_Rendered] = []
+        for n, item in enumerate(ordered, 1):
+            self.progress(f"[{n}/{len(ordered)}] rendering {item.id}")
+            out = self._start(item)
+            if isinstance(out, ItemRecord):
+                finish(out)
+            else:
+                pending.append(out)
+            while pending and pending[0].comparison.done():
+                settle(pending.pop(0))
+        while pending:
+            settle(pending.pop(0))
+        for n, (item, rec, image) in enumerate(deferred, 1):
+            self._follow_up(item, rec, image, label=f"[{n}/{len(deferred)}] ")
+            finish(rec)
+        return done
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _save_render(self, item: Any, image: Any) -> Path:
+        from PIL import Image
+
+        from parity.run import safe_name
+
+        path = self.out_dir / "renders" / f"{safe_name(item.id)}.png"
+        Image.fromarray(image).save(path)
+        return path
+
+    def _submit_compare(self, item: Any, image: Any) -> Future:
+        from parity.run import safe_name
+
+        # resample=True: a size mismatch still gets a (labelled, at best DRIFT) score, so it can be attributed.
+        return self.comparer.submit(image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps",
+                                    name=safe_name(item.id), resample=True, thresholds=thresholds_of(item))
+
+
+_EXPECTED = (ParityError,)  # errors that name their file and problem: no traceback needed
+_DOING = {"NoiseFloor": "measuring the noise floor of", "Attribution": "attributing"}

@@ -1,0 +1,108 @@
+"""Setting up a run, shared by the CLI (`parity run` / `parity diff`) and the pytest plugin: the device, the
+embedding cache folder, the results store with the run's metadata, the gate override, and the records of items
+that cannot run here (a missing base model). Neither entry point reaches into the other's helpers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from parity.errors import ParityError
+from parity.spec import TIERS
+
+
+def default_device() -> str:
+    """cuda when torch sees a GPU, else cpu."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def embedding_cache_dir() -> Path:
+    """Prompt embeddings persist across runs here ($PARITY_CACHE_DIR, default .parity-cache/): a warm cache never
+    loads the text encoder (24B parameters on the real model)."""
+    return Path(os.environ.get("PARITY_CACHE_DIR", ".parity-cache")) / "embeddings"
+
+
+def run_metadata(device: str) -> dict[str, Any]:
+    """Versions and machine facts recorded once per run."""
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for mod in ("torch", "diffusers", "transformers", "PIL", "numpy", "optimum.quanto"):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            versions["Pillow" if mod == "PIL" else mod] = getattr(m, "__version__", "?")
+        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+            pass
+    info: dict[str, Any] = {"versions": versions, "device": device, "platform": platform.platform()}
+    try:
+        import torch
+
+        if device.startswith("cuda") and torch.cuda.is_available():
+            info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["torch_threads"] = torch.get_num_threads()
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def gate_tier(text: str, option: str) -> str:
+    """A gate given on the command line (`option` names where), checked: EXACT, NEAR, DRIFT or DIFFERENT."""
+    tier = str(text).upper()
+    if tier not in TIERS[:-1]:
+        raise ParityError(f"{option} must be one of {', '.join(TIERS[:-1])}, got {text!r}")
+    return tier
+
+
+def missing_base_model(item: Any) -> str | None:
+    """Why a planned item cannot render on this machine (its base model folder is not here), or None."""
+    return None if Path(item.base_model).exists() else f"base model not found: {item.base_model}"
+
+
+@dataclass
+class Session:
+    """One run's runner and results store. `open` starts both; `close` releases the runner; `finish` writes the
+    final results."""
+
+    runner: Any     # parity.runner.Runner
+    store: Any      # parity.report.store.ResultsStore
+    device: str
+
+    @classmethod
+    def open(cls, out_dir: Path, meta: dict[str, Any], *, device: str | None = None, store_dir: Path | None = None,
+             attribution: bool = True, budget: int | None = None, determinism: str = "auto",
+             progress: Callable[[str], None] | None = None, resume: bool = False,
+             overwrite: bool = False) -> "Session":
+        """Renders go under `out_dir`; results under `store_dir` (default `out_dir`; xdist workers write their
+        own). `meta` adds to run_metadata (entry point, shard, ...)."""
+        from parity.report.store import ResultsStore
+        from parity.runner import Runner
+
+        device = device or default_device()
+        store = ResultsStore(store_dir or out_dir)
+        store.start(dict(run_metadata(device), **meta), resume=resume, overwrite=overwrite)
+        runner = Runner(out_dir, device=device, attribution=attribution, attribution_budget=budget,
+                        progress=progress, determinism=determinism, cache_dir=embedding_cache_dir())
+        return cls(runner=runner, store=store, device=device)
+
+    def record_unrunnable(self, items: Iterable[Any]) -> list[Any]:
+        """Record an ERROR for each item whose base model is missing; return the others."""
+        from parity.runner import error_record
+
+        runnable = []
+        for it in items:
+            why = missing_base_model(it)
+            if why:
+                self.store.add(error_record(it, why, time.perf_counter(), self.runner.hardware))
+            else:
+                runnable.append(it)
+        return runnable
+
+    def close(self) -> None:
+        self.runner.close()
