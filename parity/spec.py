@@ -75,6 +75,12 @@ class RenderSpec:
     schedule: str = "aitk"
     generator: str = "cpu"
     numerics: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Reference images (FLUX.2 `control_img_list`, flux2_model.py L302-319), resolved paths in the order AI
+    # Toolkit appends them: ctrl_img (else ctrl_img_1), ctrl_img_2, ctrl_img_3. Empty: plain text-to-image.
+    control_images: tuple[str, ...] = ()
+    # Negative prompt: only used by models that run true CFG (FLUX.2 [klein] base; src/pipeline.py L318-330);
+    # FLUX.2-dev is guidance-distilled and never reads it.
+    negative_prompt: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -85,6 +86,34 @@ class Job:
             return "live"
         return "merged" if len({s.network_multiplier for s in samples}) <= 1 else "live"
 
+    def working_dirs(self) -> list[Path]:
+        """Where AI Toolkit may have run (its relative paths, e.g. ctrl_img, are opened from its working
+        directory): the folder D with D/training_folder == this job's parent folder when training_folder is
+        relative, then the config file's folder, then the job folder."""
+        out: list[Path] = []
+        tf = self.facts.training_folder
+        if isinstance(tf, str) and tf and not Path(tf).is_absolute():
+            parts = Path(tf).parts
+            parent = self.folder.resolve().parent
+            tail = parent.parts[len(parent.parts) - len(parts):]
+            if tuple(tail) == tuple(parts):
+                out.append(Path(*parent.parts[: len(parent.parts) - len(parts)]))
+        out += [self.config_path.resolve().parent, self.folder.resolve()]
+        return list(dict.fromkeys(out))
+
+    def resolve_reference(self, written: str) -> str:
+        """A ctrl_img path as AI Toolkit opens it: absolute as is; relative from its working directory (the
+        first candidate of `working_dirs` where the file exists, else the first candidate, so a missing file
+        is reported at the path AI Toolkit would have opened)."""
+        p = Path(os.path.expanduser(written))
+        if p.is_absolute():
+            return str(p)
+        dirs = self.working_dirs()
+        for d in dirs:
+            if (d / p).is_file():
+                return str(d / p)
+        return str(dirs[0] / p)
+
     def render_spec(self, s: ResolvedSample, lora_path: Path | None, application: str) -> ResolvedSpec:
         f = self.facts
         spec = RenderSpec(
@@ -104,6 +133,8 @@ class Job:
             semantics="aitk",
             schedule="aitk",
             generator="cpu",
+            control_images=tuple(self.resolve_reference(p) for p in s.control_images),
+            negative_prompt=s.neg if isinstance(s.neg, str) else "",
         )
         sources = dict(s.sources)
         sources.update(

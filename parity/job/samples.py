@@ -74,6 +74,9 @@ class ResolvedSample:
     network_multiplier: float
     neg: Any
     sources: dict[str, str] = field(default_factory=dict)
+    # reference images as written (paths not yet resolved), in the order AI Toolkit passes them:
+    # ctrl_img (else ctrl_img_1), ctrl_img_2, ctrl_img_3 (flux2_model.py L302-319)
+    control_images: tuple[str, ...] = ()
     flags: tuple[tuple[str, str], ...] = ()
     ignored_flags: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
@@ -129,6 +132,25 @@ def parse_sample_block(raw: Any, *, block_name: str = "sample", path: str | None
         if not isinstance(item, dict):
             raise ConfigError(f"process[0].{block_name}.samples[{i}] must be a mapping, got {item!r}", path)
     return SampleBlock(values=values, sources=sources, items=list(items), items_from=items_from, ext=ext)
+
+
+CTRL_KEYS = ("ctrl_img", "ctrl_img_1", "ctrl_img_2", "ctrl_img_3")
+
+
+def control_images(item: dict, flag_ctrl: str | None, where: str, path: str | None) -> tuple[str, ...]:
+    """The reference images of one sample, in AI Toolkit's order. SampleItem reads ctrl_img* from the item only
+    (no block-level value) and `ctrl_img_1` defaults to `ctrl_img` (config_modules.py L60-65); a `--ctrl_img`
+    flag replaces ctrl_img only (L1452-1453); Flux2Model.generate_single_image then takes ctrl_img if set, else
+    ctrl_img_1, then ctrl_img_2 and ctrl_img_3 (flux2_model.py L302-319)."""
+    vals = {}
+    for key in CTRL_KEYS:
+        v = item.get(key)
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"{where}{key} must be an image path, got {v!r}", path)
+        vals[key] = v or None  # "" is falsy in the UI's form; AI Toolkit would fail opening it
+    ctrl = flag_ctrl if flag_ctrl is not None else vals["ctrl_img"]
+    first = ctrl if ctrl is not None else (vals["ctrl_img_1"] or vals["ctrl_img"])
+    return tuple(p for p in (first, vals["ctrl_img_2"], vals["ctrl_img_3"]) if p)
 
 
 def floor_size(requested: int) -> tuple[int, list[str]]:
@@ -247,6 +269,7 @@ def resolve_samples(
                 guidance_scale=guidance,
                 network_multiplier=nm,
                 neg=values.get("negative_prompt", values["neg"]),
+                control_images=control_images(item, parsed.values.get("ctrl_img"), where, path),
                 sources={
                     "prompt": "item" if block.items_from == "samples" else "block",
                     "width": sources["width"],
