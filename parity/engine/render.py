@@ -25,7 +25,7 @@ from parity.engine import numerics, schedule, weights
 from parity.engine.lora import LoraApplier, LoraReport
 from parity.engine.refs import encode_references
 from parity.engine.sampling import Guidance, aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
-from parity.engine.text import HIDDEN_LAYERS, MAX_LENGTH, CacheKey, EmbeddingCache, encode
+from parity.engine.text import MAX_LENGTH, CacheKey, EmbeddingCache, encode, hidden_layers
 from parity.errors import ConfigError, ModelError
 from parity.job.sizes import effective_size
 from parity.spec import SEMANTICS, RenderSpec
@@ -156,7 +156,7 @@ class Engine:
     # ------------------------------------------------------------------ text
     def cache_key(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str) -> CacheKey:
         return CacheKey(text_encoder=self._te_identity, tokenizer=self._tok_identity, prompt=prompt,
-                        max_length=self.max_length, layers=HIDDEN_LAYERS, dtype=dtype_name,
+                        max_length=self.max_length, layers=hidden_layers(self.layout.klein), dtype=dtype_name,
                         quantize_te=quantize_te, te_cast=te_cast)
 
     def embeddings(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str = "aitk"):
@@ -169,7 +169,8 @@ class Engine:
         if emb is None:
             self.stats.embedding_cache_misses += 1
             te, tok = self._text_encoder(dtype_name, quantize_te, te_cast)
-            emb = encode(te, tok, prompt, max_length=self.max_length, device=self.device)
+            emb = encode(te, tok, prompt, max_length=self.max_length, device=self.device,
+                         layers=hidden_layers(self.layout.klein), klein=self.layout.klein)
             self.cache.put(key, emb)
         else:
             self.stats.embedding_cache_hits += 1
@@ -181,6 +182,8 @@ class Engine:
         for s in specs:
             sw = numerics.resolve_switches(s.numerics, s.semantics)
             self.embeddings(s.prompt, s.dtype, s.quantize_te, sw["te_cast"])
+            if not self.guidance_distilled and s.guidance_scale > 1.0:
+                self.embeddings(s.negative_prompt, s.dtype, s.quantize_te, sw["te_cast"])
         if self.offload != "none":
             self.free_text_encoder()
 
@@ -254,6 +257,9 @@ class Engine:
                 raise ConfigError("semantics aitk-code needs AI_TOOLKIT_PATH (a checkout of ostris/ai-toolkit); unset")
             raise ConfigError("semantics aitk-code is not implemented yet; use aitk (the same loop on diffusers "
                               "components)")
+        if spec.arch.startswith("flux2_klein") != self.layout.klein:
+            raise ModelError(f"the job is {spec.arch!r} but the base model is {self.layout.arch!r}: parity would "
+                             "render another model; point base_model at the matching checkpoint", self.layout.root)
         if spec.semantics == "diffusers" and (spec.control_images or not self.guidance_distilled):
             raise ConfigError("semantics diffusers renders plain FLUX.2-dev text-to-image only; reference images "
                               "and [klein] CFG need semantics aitk")

@@ -149,7 +149,9 @@ class JobFacts:
     dtype: str                  # train.dtype (code default fp32, config_modules.py L395), normalised
     quantize: bool
     quantize_te: bool           # defaults to quantize; FLUX.2 quantizes Mistral with `qtype`, not qtype_te
-    qtype: str | None           # effective transformer/TE qtype, None when not quantized
+    qtype: str | None           # effective transformer qtype, None when not quantized
+    qtype_te: str | None        # effective text-encoder qtype: `qtype` for FLUX.2-dev (flux2_model.py L108-111),
+                                # `qtype_te` for [klein] (flux2_klein_model.py L46-48); None when not quantized
     accuracy_recovery_adapter: str | None
     layer_offloading: bool
     network_type: str
@@ -190,8 +192,17 @@ def _section(proc: dict, key: str, path: Path) -> dict:
     return value
 
 
+# The FLUX.2 family members parity renders: FLUX.2-dev (Flux2Model) and FLUX.2 [klein] base 4B / 9B
+# (Flux2Klein4BModel / Flux2Klein9BModel, extensions_built_in/diffusion_models/flux2/flux2_klein_model.py L68-91).
+FLUX2_ARCHES: tuple[str, ...] = ("flux2", "flux2_klein_4b", "flux2_klein_9b")
+
+
+def is_klein(arch: str) -> bool:
+    return arch.startswith("flux2_klein")
+
+
 def check_arch(model: dict, path: Path) -> str:
-    """Only FLUX.2-dev (`arch: flux2`) is supported. A `:tag` suffix is stripped and `flex1` means FLUX.1
+    """Only the FLUX.2 family (FLUX2_ARCHES) is supported. A `:tag` suffix is stripped and `flex1` means FLUX.1
     (config_modules.py L766-771); with no arch, AI Toolkit derives one from legacy is_* flags, else sd1
     (L800-822)."""
     arch = model.get("arch")
@@ -208,10 +219,11 @@ def check_arch(model: dict, path: Path) -> str:
                 break
         else:
             arch = "sd1"
-    if arch != "flux2":
+    if arch not in FLUX2_ARCHES:
         what = "FLUX.1" if arch == "flux" else repr(arch)
         raise ConfigError(
-            f"not a FLUX.2-dev job: model.arch is {what} (found {model.get('arch')!r}); parity supports 'flux2' only",
+            f"not a FLUX.2 job: model.arch is {what} (found {model.get('arch')!r}); parity supports "
+            f"{', '.join(repr(a) for a in FLUX2_ARCHES)}",
             path,
         )
     return arch
@@ -229,6 +241,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
     quantize = bool(model.get("quantize", False))
     quantize_te = bool(model.get("quantize_te", quantize))  # config_modules.py: quantize_te defaults to quantize
     qtype = model.get("qtype", "qfloat8")
+    qtype_te = model.get("qtype_te", "qfloat8")
     ara = model.get("accuracy_recovery_adapter")
     if isinstance(qtype, str) and "|" in qtype:  # "qtype|ara_path" (config_modules.py L747-749)
         qtype, ara = qtype.split("|", 1)
@@ -247,6 +260,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         "quantize": "block" if "quantize" in model else "default",
         "quantize_te": "block" if "quantize_te" in model else ("block" if "quantize" in model else "default"),
         "qtype": "block" if "qtype" in model else "default",
+        "qtype_te": "block" if ("qtype_te" if is_klein(arch) else "qtype") in model else "default",
         "trigger_word": "block" if "trigger_word" in proc else "default",
         "steps": "block" if "steps" in train else "default",
     }
@@ -261,6 +275,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         quantize=quantize,
         quantize_te=quantize_te,
         qtype=qtype if (quantize or quantize_te) else None,
+        qtype_te=(qtype_te if is_klein(arch) else qtype) if quantize_te else None,
         accuracy_recovery_adapter=ara,
         layer_offloading=layer_offloading,
         network_type=str(net_type).lower(),

@@ -127,14 +127,15 @@ class Job:
             network_multiplier=s.network_multiplier,
             lora_application=application,
             dtype=f.dtype,
-            # FLUX.2 quantizes the text encoder with `qtype`, not `qtype_te` (flux2_model.py L108-111)
+            # FLUX.2-dev quantizes the text encoder with `qtype`, [klein] with `qtype_te` (JobFacts.qtype_te)
             quantize=f.qtype if f.quantize else None,
-            quantize_te=f.qtype if f.quantize_te else None,
+            quantize_te=f.qtype_te,
             semantics="aitk",
             schedule="aitk",
             generator="cpu",
             control_images=tuple(self.resolve_reference(p) for p in s.control_images),
             negative_prompt=s.neg if isinstance(s.neg, str) else "",
+            arch=f.arch,
         )
         sources = dict(s.sources)
         sources.update(
