@@ -165,7 +165,15 @@ class JobFacts:
     disable_sampling: bool
     save_every: Any
     use_ema: bool
+    # sample prompts pre-encoded once from the `sample` block (train.unload_text_encoder, train.
+    # cache_text_embeddings or a dataset's cache_text_embeddings: SDTrainer.py L351-365, BaseSDTrainProcess.py
+    # L153-186); sample() then takes embedding i from that cache for every group (base_model.py L544-546)
+    caches_sample_prompts: bool
+    pretrained_lora_path: str | None  # network.pretrained_lora_path: loaded before the baseline (L2052-2056)
     sources: dict[str, str]     # "block" or "default" for dtype, quantize, quantize_te, qtype, trigger_word, steps
+
+
+PROCESS_TYPES: tuple[str, ...] = ("sd_trainer", "diffusion_trainer", "ui_trainer")
 
 
 def process_of(data: dict, path: Path) -> dict:
@@ -176,9 +184,11 @@ def process_of(data: dict, path: Path) -> dict:
     if not isinstance(proc, dict):
         raise ConfigError("config.process[0] must be a mapping", path)
     ptype = proc.get("type")
-    if ptype not in ("sd_trainer", "diffusion_trainer"):
+    # sd_trainer (YAML), diffusion_trainer and ui_trainer (the UI; UITrainer subclasses SDTrainer and keeps its
+    # sample(): extensions_built_in/sd_trainer/__init__.py L23-37) all render previews the same way
+    if ptype not in PROCESS_TYPES:
         raise ConfigError(
-            f"config.process[0].type is {ptype!r}; expected 'sd_trainer' (YAML) or 'diffusion_trainer' (UI)", path
+            f"config.process[0].type is {ptype!r}; expected one of {', '.join(map(repr, PROCESS_TYPES))}", path
         )
     return proc
 
@@ -227,6 +237,13 @@ def check_arch(model: dict, path: Path) -> str:
             path,
         )
     return arch
+
+
+def caches_sample_prompts(train: dict, datasets) -> bool:
+    """Whether SDTrainer pre-encodes the sample prompts (SDTrainer.py L351-365)."""
+    if train.get("unload_text_encoder") or train.get("cache_text_embeddings"):
+        return True
+    return any(isinstance(d, dict) and d.get("cache_text_embeddings") for d in (datasets or []))
 
 
 def job_facts(data: dict, path: Path) -> JobFacts:
@@ -291,5 +308,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         save_every=save.get("save_every", 1000),
         use_ema=bool((train.get("ema_config") or {}).get("use_ema", False))
         if isinstance(train.get("ema_config") or {}, dict) else False,
+        caches_sample_prompts=caches_sample_prompts(train, proc.get("datasets")),
+        pretrained_lora_path=network.get("pretrained_lora_path") or None,
         sources=sources,
     )

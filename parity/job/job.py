@@ -68,6 +68,8 @@ class Job:
         """The prompts of the `sample` block (group "sample") or of `first_sample` (group "first_sample")."""
         if group in self._resolved:
             return list(self._resolved[group])
+        if group == "final":  # the final sample() at label 0 when train.steps is 0: the `sample` block again
+            return self.resolved_samples("sample")
         block = self.sample_block if group == "sample" else self.first_sample_block
         if block is None:
             return []
@@ -75,14 +77,35 @@ class Job:
         out = resolve_samples(block, trigger_word=self.facts.trigger_word, group=group, path=str(self.config_path))
         if not out:
             raise ConfigError(f"process[0].{where} has no prompts (nothing AI Toolkit would render)", self.config_path)
+        if group == "first_sample" and self.facts.caches_sample_prompts:
+            out = self._cached_prompts(out)
         self._resolved[group] = out
         return list(out)
+
+    def _cached_prompts(self, first: list[ResolvedSample]) -> list[ResolvedSample]:
+        """With sample prompts pre-encoded (JobFacts.caches_sample_prompts), sample() reads embedding i from the
+        cache of the `sample` block for first_sample too (base_model.py L544-546): the prompt and negative prompt
+        of first_sample item i are those of sample item i; every other setting stays first_sample's."""
+        from dataclasses import replace
+
+        cached = self.resolved_samples("sample")
+        if len(first) > len(cached):
+            raise ConfigError(f"first_sample has {len(first)} prompts but the text embeddings are cached from the "
+                              f"{len(cached)} of `sample` (unload_text_encoder / cache_text_embeddings): AI Toolkit "
+                              "fails with an IndexError on prompt " + str(len(cached)), self.config_path)
+        note = ("text embeddings cached (unload_text_encoder / cache_text_embeddings): the prompt rendered is the "
+                "`sample` block's prompt {i}, not first_sample's (base_model.py L544-546)")
+        return [replace(s, prompt=c.prompt, neg=c.neg, sources={**s.sources, "prompt": "job"},
+                        notes=[*s.notes, note.format(i=s.index)]) if (s.prompt, s.neg) != (c.prompt, c.neg) else s
+                for s, c in zip(first, cached)]
 
     def lora_application(self, samples: list[ResolvedSample]) -> str:
         """`merged` only when the network can merge (not quantized, no layer offloading; BaseSDTrainProcess.py
         L1995-2005) AND every sample of the sample() call shares one network_multiplier (base_model.py
         L426-433); otherwise the LoRA runs live (unmerged fp32 branch)."""
         if self.facts.quantize or self.facts.layer_offloading:
+            return "live"
+        if self.facts.network_type == "dora":  # merge_in returns early for DoRA (network_mixins.py L894-896)
             return "live"
         return "merged" if len({s.network_multiplier for s in samples}) <= 1 else "live"
 
@@ -176,6 +199,18 @@ class Job:
         """Step labels that have at least one preview file, ascending."""
         return self.previews.steps()
 
+    def pretrained_lora(self) -> tuple[Path | None, str | None]:
+        """network.pretrained_lora_path as AI Toolkit loads it before the baseline when it exists
+        (BaseSDTrainProcess.py L856-859, L2052-2056): (path, None), or (None, why) when it is not found here."""
+        written = self.facts.pretrained_lora_path
+        if not written:
+            return None, None
+        p = Path(self.resolve_reference(written))
+        if p.is_file():
+            return p, None
+        return None, (f"network.pretrained_lora_path {written!r} not found (looked in {p.parent}); AI Toolkit "
+                      "loads it before the baseline when it exists")
+
     def checkpoint_for(self, step: int) -> Path | None:
         """Label S -> `{name}_{S:09d}.safetensors`; label == train.steps -> `{name}.safetensors` (the numbered
         file if only that exists). None when neither exists. Label 0 is the baseline: no LoRA."""
@@ -194,11 +229,27 @@ class Job:
             groups = ["first_sample"] if self.first_sample_block is not None else []
             if not f.skip_first_sample:
                 groups.append("sample")
+            if f.steps == 0:  # no training step: the final sample() after the loop runs at label 0
+                groups.append("final")  # (BaseSDTrainProcess.py L2820-2821), skip_first_sample or not
             return groups
         return ["sample"]
 
-    def _select_steps(self, step: StepArg) -> list[int]:
-        have = self.steps()
+    def expected_steps(self) -> list[int]:
+        """The labels training will write previews at: 0 when a sample() runs there (baseline, first_sample, or
+        the final one of a 0-step job), every scheduled label below train.steps, and the final label
+        (BaseSDTrainProcess.py L2472-2481, L2555-2561, L2820-2821). Empty when sampling is disabled."""
+        from parity.job.history import scheduled_sample_labels
+
+        f = self.facts
+        if f.disable_sampling:
+            return []
+        labels = set(scheduled_sample_labels(f.sample_every, f.sample_start_step, f.steps)) | {f.steps}
+        if self.groups_at(0):
+            labels.add(0)
+        return sorted(labels)
+
+    def _select_steps(self, step: StepArg, expected: bool = False) -> list[int]:
+        have = self.expected_steps() if expected else self.steps()
         listing = ", ".join(map(str, have)) or "none"
         if isinstance(step, str):
             if step == "all":
@@ -219,11 +270,15 @@ class Job:
                 raise InputFileError(f"no previews at step {s} (step labels found: {listing})", self.samples_dir)
         return wanted
 
-    def items(self, step: StepArg = "latest", *, strict: bool = True, detect: bool = True) -> list[PreviewItem]:
+    def items(self, step: StepArg = "latest", *, strict: bool = True, detect: bool = True,
+              expected: bool = False) -> list[PreviewItem]:
         """Items to reproduce at the chosen step label(s). strict: a missing preview or checkpoint raises
-        InputFileError listing what exists; otherwise the item records it in `missing`."""
+        InputFileError listing what exists; otherwise the item records it in `missing`. expected: choose among
+        the labels training will write (`expected_steps`) instead of the previews present (for plans made
+        before or during training; implies non-strict)."""
         out: list[PreviewItem] = []
-        for s in self._select_steps(step):
+        strict = strict and not expected
+        for s in self._select_steps(step, expected):
             groups = self.groups_at(s)
             per_group = {g: self.resolved_samples(g) for g in groups}
             for g, samples in per_group.items():
@@ -249,6 +304,12 @@ class Job:
             missing.append(msg)
         baseline = s == 0 and g in ("sample", "first_sample")
         ckpt = None if baseline else self.checkpoint_for(s)
+        if baseline and self.facts.pretrained_lora_path:
+            ckpt, msg = self.pretrained_lora()
+            if msg:
+                if strict:
+                    raise InputFileError(msg, self.config_path)
+                missing.append(msg)
         if ckpt is None and not baseline:
             want = self.name + (".safetensors" if s == self.facts.steps else f"_{s:09d}.safetensors")
             msg = f"no checkpoint {want} for step {s}; checkpoints: {self.checkpoints.listing()}"

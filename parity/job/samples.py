@@ -7,6 +7,7 @@ FLUX.2 floor (extensions_built_in/diffusion_models/flux2/flux2_model.py L295-300
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,14 @@ def _int(value: Any, key: str, where: str, path: str | None) -> int:
     return value
 
 
+def _size(value: Any, key: str, where: str, path: str | None) -> int | float:
+    """width/height: an int, or a float that AI Toolkit floors like any number (`max(64, v - v % 8)`,
+    config_modules.py L1216-1217; 1000.5 -> 1000.0 -> 992 at render time). Anything else is a config mistake."""
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value) if value.is_integer() else value
+    return _int(value, key, where, path)
+
+
 def _num(value: Any, key: str, where: str, path: str | None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}{key} must be a number, got {value!r}", path)
@@ -153,18 +162,18 @@ def control_images(item: dict, flag_ctrl: str | None, where: str, path: str | No
     return tuple(p for p in (first, vals["ctrl_img_2"], vals["ctrl_img_3"]) if p)
 
 
-def floor_size(requested: int) -> tuple[int, list[str]]:
+def floor_size(requested: int | float) -> tuple[int, list[str]]:
     """AI Toolkit's two size floors: `max(64, v - v % 8)` (config_modules.py L1216-1217, Python modulo, so a
     negative value also ends at 64), then FLUX.2's `v // 16 * 16` at render time (flux2_model.py L295-300).
     57 -> 56 -> 64 (minimum); 72 -> 72 -> 64; 1000 -> 1000 -> 992."""
     steps = []
     v8 = max(64, requested - requested % 8)
     if v8 != requested:
-        steps.append(f"{requested}->{v8} (floor 8, min 64)")
+        steps.append(f"{requested:g}->{v8:g} (floor 8, min 64)")
     v16 = v8 // FLUX2_DIVISOR * FLUX2_DIVISOR
     if v16 != v8:
-        steps.append(f"{v8}->{v16} (FLUX.2 floor 16)")
-    return v16, steps
+        steps.append(f"{v8:g}->{v16:g} (FLUX.2 floor 16)")
+    return int(v16), steps
 
 
 def resolve_samples(
@@ -237,8 +246,8 @@ def resolve_samples(
         if "network_multiplier" in parsed.values:
             nm = parsed.values["network_multiplier"]
 
-        req_w = _int(values["width"], "width", where, path)
-        req_h = _int(values["height"], "height", where, path)
+        req_w = _size(values["width"], "width", where, path)
+        req_h = _size(values["height"], "height", where, path)
         steps = _int(values["sample_steps"], "sample_steps", where, path)
         guidance = _num(values["guidance_scale"], "guidance_scale", where, path)
         nm = _num(nm, "network_multiplier", where, path)
