@@ -202,3 +202,30 @@ def test_klein_oracle_structure_and_loose_image_agreement():
         own = ssim(r.image, pngs[k]).ssim
         others = [ssim(r.image, p).ssim for j, p in enumerate(pngs) if j != k and p.shape == r.image.shape]
         assert own > 0.85 and all(own > o + 0.1 for o in others), (own, others)
+
+
+# ------------------------------------------------------------------------------------------------ reference server
+def _request(tmp_path: Path, model: str, **prompt) -> Path:
+    p = tmp_path / "req.json"
+    p.write_text(json.dumps({"model": model, "loras": [], "prompts": [{"prompt": "a fox", "seed": 3, **prompt}]}))
+    return p
+
+
+def test_reference_server_klein_model_ids_carry_arch_and_negative_prompt(tmp_path):
+    """runcomfy-com/ai-toolkit-inference: ModelType flux2_klein_4b / flux2_klein_9b (src/schemas/models.py), whose
+    pipelines subclass its FLUX.2 pipeline without guidance distillation; the call passes negative_prompt=neg or ""."""
+    from parity.diagnose.settings import InferenceSettings, inference_spec
+    from parity.spec import ResolvedSpec
+
+    prev = ResolvedSpec(_spec(prompt="a fox", negative_prompt="job neg"))
+    for model in ("flux2_klein_4b", "flux2_klein_9b"):
+        s = inference_spec(prev, 0, InferenceSettings.from_case_value(str(_request(tmp_path, model, neg="ugly"))))
+        assert (s.spec.arch, s.spec.negative_prompt) == (model, "ugly")
+    s = inference_spec(prev, 0, InferenceSettings.from_case_value(str(_request(tmp_path, "flux2_klein_4b"))))
+    assert s.spec.negative_prompt == ""
+    prof = inference_spec(prev, 0, InferenceSettings.profile("reference-server"), raw_prompt="a fox").spec
+    assert (prof.arch, prof.negative_prompt, prof.sample_steps) == ("flux2_klein_4b", "job neg", 25)
+    with pytest.raises(ConfigError, match="flux2_klein_4b"):
+        InferenceSettings.from_case_value(str(_request(tmp_path, "flux2_klein_base")))
+    with pytest.raises(ConfigError, match="ctrl_img"):
+        InferenceSettings.from_case_value(str(_request(tmp_path, "flux2", ctrl_img="a.png")))
