@@ -229,3 +229,36 @@ def test_reference_server_klein_model_ids_carry_arch_and_negative_prompt(tmp_pat
         InferenceSettings.from_case_value(str(_request(tmp_path, "flux2_klein_base")))
     with pytest.raises(ConfigError, match="ctrl_img"):
         InferenceSettings.from_case_value(str(_request(tmp_path, "flux2", ctrl_img="a.png")))
+
+
+# ------------------------------------------------------------------------------------------------ tiny factory
+def test_tiny_klein_files_fit_the_real_classes(klein_dir):
+    """The import-free writer against transformers' / diffusers' own classes: same tensor names and shapes."""
+    from diffusers import Flux2Transformer2DModel
+    from safetensors.torch import load_file
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from parity.tiny.klein import TEXT_ENCODER_CONFIG, TRANSFORMER_CONFIG
+
+    te_file = load_file(klein_dir / "text_encoder" / "model.safetensors")
+    cfg = Qwen3Config(**{k: v for k, v in TEXT_ENCODER_CONFIG.items() if k not in ("architectures", "dtype")})
+    real = {k: tuple(v.shape) for k, v in Qwen3ForCausalLM(cfg).state_dict().items() if k != "lm_head.weight"}
+    assert {k: tuple(v.shape) for k, v in te_file.items()} == real
+    tr_file = load_file(klein_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    model = Flux2Transformer2DModel(**{k: v for k, v in TRANSFORMER_CONFIG.items()})
+    assert {k: tuple(v.shape) for k, v in tr_file.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert not any("guidance_embedder" in k for k in tr_file)
+
+
+def test_make_tiny_klein_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from parity.engine import weights
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-m", "parity.cli", "make-tiny", str(tmp_path / "k"), "--klein"], check=True,
+                   env=env, capture_output=True)
+    for layout in ("diffusers", "bfl"):
+        lay = weights.resolve_base(tmp_path / "k", layout=layout)
+        assert lay.arch == "flux2_klein_4b" and lay.klein
