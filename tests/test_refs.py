@@ -204,3 +204,16 @@ def test_ctrl_oracle_every_lossless_png_within_one_level():
         assert len(it.spec.control_images) == ref["n_ref_images"]
         assert r.transformer_calls == f["transformer_calls"]
         assert r.sigmas[:-1] == pytest.approx(f["timesteps"], abs=0)
+
+
+def test_report_links_the_reference_images_next_to_the_preview(tmp_path):
+    from parity.report.html import _view_item
+
+    ref = tmp_path / "refs" / "a b.png"
+    item = {"id": "c[step0-p0]", "tier": "EXACT", "paths": {"preview": str(tmp_path / "p.jpg")},
+            "params": {"preview": {"reference_images": {"value": [str(ref)], "source": "item"}}}}
+    v = _view_item(item, tmp_path / "report", {}, "ssim")
+    assert v["u"]["refs"] == ["../refs/a%20b.png"]
+    plain = _view_item({**item, "params": {"preview": {"reference_images": {"value": [], "source": "default"}}}},
+                       tmp_path / "report", {}, "ssim")
+    assert "refs" not in plain["u"]

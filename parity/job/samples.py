@@ -287,6 +287,9 @@ def resolve_samples(
                     "sample_steps": sources["sample_steps"],
                     "guidance_scale": sources["guidance_scale"],
                     "network_multiplier": sources["network_multiplier"],
+                    "negative_prompt": sources.get("negative_prompt", sources["neg"]),
+                    "control_images": ("flag" if "ctrl_img" in parsed.values else "item")
+                    if any(item.get(k) for k in CTRL_KEYS) or "ctrl_img" in parsed.values else "default",
                 },
                 flags=parsed.flags,
                 ignored_flags=parsed.ignored,
