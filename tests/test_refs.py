@@ -217,3 +217,10 @@ def test_report_links_the_reference_images_next_to_the_preview(tmp_path):
     plain = _view_item({**item, "params": {"preview": {"reference_images": {"value": [], "source": "default"}}}},
                        tmp_path / "report", {}, "ssim")
     assert "refs" not in plain["u"]
+
+
+def test_control_video_is_refused_for_flux2():
+    # toolkit/models/base_model.py L556-590 knows control videos; FLUX.2 (flux2_model.py L302-319) opens every
+    # path with PIL, so AI Toolkit cannot have rendered such a preview
+    with pytest.raises(Exception, match="control video"):
+        control_images({"ctrl_img": "clip.MP4"}, None, "", None)

@@ -144,6 +144,8 @@ def parse_sample_block(raw: Any, *, block_name: str = "sample", path: str | None
 
 
 CTRL_KEYS = ("ctrl_img", "ctrl_img_1", "ctrl_img_2", "ctrl_img_3")
+# base_model.py L556-590 treats these as control videos; FLUX.2's generate_single_image does not
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".wmv", ".m4v", ".flv")
 
 
 def control_images(item: dict, flag_ctrl: str | None, where: str, path: str | None) -> tuple[str, ...]:
@@ -159,7 +161,12 @@ def control_images(item: dict, flag_ctrl: str | None, where: str, path: str | No
         vals[key] = v or None  # "" is falsy in the UI's form; AI Toolkit would fail opening it
     ctrl = flag_ctrl if flag_ctrl is not None else vals["ctrl_img"]
     first = ctrl if ctrl is not None else (vals["ctrl_img_1"] or vals["ctrl_img"])
-    return tuple(p for p in (first, vals["ctrl_img_2"], vals["ctrl_img_3"]) if p)
+    out = tuple(p for p in (first, vals["ctrl_img_2"], vals["ctrl_img_3"]) if p)
+    for p in out:
+        if p.lower().endswith(VIDEO_EXTS):  # FLUX.2 opens every control path with PIL: no preview was rendered
+            raise ConfigError(f"{where}control video {p!r}: AI Toolkit's FLUX.2 sample path opens reference images "
+                              "with PIL (flux2_model.py L302-319) and fails on a video", path)
+    return out
 
 
 def floor_size(requested: int | float) -> tuple[int, list[str]]:
