@@ -78,6 +78,19 @@ def test_klein_text_encoder_quantizes_with_qtype_te(tmp_path):
     assert (d.quantize, d.quantize_te) == ("qfloat8", "qfloat8")
 
 
+@pytest.mark.parametrize("model,numerics", [
+    ({"arch": "flux2_klein_4b"}, ()),
+    ({"arch": "flux2_klein_4b", "low_vram": True}, (("te_cast", "diffusers"),)),
+    ({"arch": "flux2_klein_9b", "quantize_te": True}, (("te_cast", "diffusers"),)),
+    ({"arch": "flux2", "low_vram": True, "quantize_te": True}, ()),
+])
+def test_klein_text_encoder_cast_follows_low_vram_and_quantize_te(tmp_path, model, numerics):
+    # flux2_klein_model.py L41-53: `.to(device, dtype)` only in the `elif not low_vram` branch after quantize_te;
+    # flux2_model.py L98-104: FLUX.2-dev always casts
+    job = load_job(_klein_config(tmp_path, model))
+    assert job.render_spec(job.resolved_samples()[0], None, "live").spec.numerics == numerics
+
+
 def test_other_arches_are_still_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a FLUX.2 job"):
         load_job(_klein_config(tmp_path, {"arch": "flux"}))

@@ -154,6 +154,7 @@ class JobFacts:
                                 # `qtype_te` for [klein] (flux2_klein_model.py L46-48); None when not quantized
     accuracy_recovery_adapter: str | None
     layer_offloading: bool
+    low_vram: bool              # model.low_vram: for [klein] it skips the text encoder's `.to(device, dtype)`
     network_type: str
     save_dtype: str             # save.dtype (code default float16), normalised
     trigger_word: str | None
@@ -295,6 +296,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         qtype_te=(qtype_te if is_klein(arch) else qtype) if quantize_te else None,
         accuracy_recovery_adapter=ara,
         layer_offloading=layer_offloading,
+        low_vram=bool(model.get("low_vram", False)),
         network_type=str(net_type).lower(),
         # informational (previews use the fp32 training weights); keep unknown spellings as written
         save_dtype=_DTYPES.get(save.get("dtype", "float16"), str(save.get("dtype"))),

@@ -137,6 +137,16 @@ class Job:
                 return str(d / p)
         return str(dirs[0] / p)
 
+    def _numerics(self) -> tuple[tuple[str, str], ...]:
+        """[klein] loads Qwen3 with `from_pretrained(torch_dtype=dtype)` and casts it again with `.to(device,
+        dtype)` only when neither quantize_te nor low_vram is set (flux2_klein_model.py L41-53); without that
+        second cast the rotary `inv_freq` buffer stays fp32: the te_cast switch's from_pretrained-only path.
+        FLUX.2-dev always casts (flux2_model.py L98-104)."""
+        f = self.facts
+        if f.arch != "flux2" and (f.quantize_te or f.low_vram):
+            return (("te_cast", "diffusers"),)
+        return ()
+
     def render_spec(self, s: ResolvedSample, lora_path: Path | None, application: str) -> ResolvedSpec:
         f = self.facts
         spec = RenderSpec(
@@ -157,6 +167,7 @@ class Job:
             schedule="aitk",
             generator="cpu",
             control_images=tuple(self.resolve_reference(p) for p in s.control_images),
+            numerics=self._numerics(),
             negative_prompt=s.neg if isinstance(s.neg, str) else "",
             arch=f.arch,
         )
