@@ -224,3 +224,49 @@ def test_control_video_is_refused_for_flux2():
     # path with PIL, so AI Toolkit cannot have rendered such a preview
     with pytest.raises(Exception, match="control video"):
         control_images({"ctrl_img": "clip.MP4"}, None, "", None)
+
+
+def test_job_with_references_is_exact_through_parity_diff_and_a_swapped_reference_is_caught(tiny_model_dir,
+                                                                                             tmp_path):
+    """End to end: an AI Toolkit job whose prompts have one, two and no reference images, previews rendered by
+    the engine and saved as AI Toolkit saves them; `parity diff` reproduces every preview EXACT. Replacing one
+    reference image file afterwards changes only the item that uses it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from parity.demo import demo_config, write_job
+
+    rng = np.random.default_rng(3)
+    refs = {}
+    for name in ("a", "b", "c"):
+        refs[name] = tmp_path / "refs" / f"{name}.png"
+        refs[name].parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(refs[name])
+    cfg = demo_config(tmp_path / "output")
+    sample = cfg["config"]["process"][0]["sample"]
+    sample.update(width=64, height=80, sample_steps=4)
+    sample["samples"] = [{"prompt": "[trigger] a box, reference", "ctrl_img": str(refs["a"])},
+                         {"prompt": "two references", "ctrl_img_1": str(refs["a"]), "ctrl_img_2": str(refs["b"])},
+                         {"prompt": "no reference"}]
+    job = write_job(tmp_path / "output" / "refs-job", tiny_model_dir, config=cfg, checkpoints={200: 1.0},
+                    preview_steps=(200,))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def diff(out: str) -> dict:
+        r = subprocess.run([sys.executable, "-m", "parity.cli", "diff", str(job), "--base-model", str(tiny_model_dir),
+                            "--no-attribution", "--out", str(tmp_path / out), "--json", str(tmp_path / f"{out}.json")],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode in (0, 1), r.stderr
+        items = json.loads((tmp_path / f"{out}.json").read_text())["items"]
+        return {it["index"]: it for it in items}
+
+    first = diff("run1")
+    assert [first[i]["tier"] for i in range(3)] == ["EXACT"] * 3
+    assert [len(first[i]["params"]["preview"]["reference_images"]["value"]) for i in range(3)] == [1, 2, 0]
+    shutil.copy(refs["c"], refs["b"])   # the second reference of prompt 1 is now another image
+    second = diff("run2")
+    assert second[0]["tier"] == "EXACT" and second[2]["tier"] == "EXACT"
+    assert second[1]["tier"] in ("DRIFT", "DIFFERENT"), second[1]["tier"]
