@@ -275,3 +275,36 @@ def test_make_tiny_klein_cli(tmp_path):
     for layout in ("diffusers", "bfl"):
         lay = weights.resolve_base(tmp_path / "k", layout=layout)
         assert lay.arch == "flux2_klein_4b" and lay.klein
+
+
+def test_ui_klein_preset_job_plans_as_ai_toolkit_renders_it(tmp_path):
+    """The UI's FLUX.2-klein-base-4B preset (ui/src/app/jobs/new/options.tsx `flux2_klein_4b`: quantize,
+    quantize_te, low_vram, qfloat8) in the UI's job JSON: quantized transformer with qtype, Qwen3 with qtype_te and no
+    second cast, LoRA live (quantized), true CFG with the block's negative prompt, walk seeds."""
+    job_json = {
+        "job": "extension",
+        "config": {"name": "klein_ui", "process": [{
+            "type": "ui_trainer", "training_folder": str(tmp_path), "trigger_word": None,
+            "network": {"type": "lora", "linear": 32, "linear_alpha": 32},
+            "save": {"dtype": "bf16", "save_every": 250},
+            "train": {"steps": 3000, "dtype": "bf16", "unload_text_encoder": False},
+            "model": {"name_or_path": "black-forest-labs/FLUX.2-klein-base-4B", "arch": "flux2_klein_4b",
+                      "quantize": True, "qtype": "qfloat8", "quantize_te": True, "qtype_te": "qfloat8",
+                      "low_vram": True, "model_kwargs": {"match_target_res": False}},
+            "sample": {"sampler": "flowmatch", "sample_every": 250, "width": 1024, "height": 1024, "neg": "",
+                       "seed": 42, "walk_seed": True, "guidance_scale": 4, "sample_steps": 25,
+                       "samples": [{"prompt": "woman with red hair"}, {"prompt": "a bear", "ctrl_img_1": "/r/a.png"}]},
+        }]},
+        "meta": {"name": "[name]", "version": "1.0"},
+    }
+    folder = tmp_path / "klein_ui"
+    (folder / "samples").mkdir(parents=True)
+    (folder / ".job_config.json").write_text(json.dumps(job_json))
+    job = load_job(folder)
+    assert job.expected_steps()[:3] == [0, 250, 500] and job.expected_steps()[-1] == 3000
+    items = job.items(250, expected=True)
+    specs = [i.spec for i in items]
+    assert [s.seed for s in specs] == [42, 43]
+    assert {(s.arch, s.quantize, s.quantize_te, s.lora_application, s.negative_prompt, s.numerics) for s in specs} \
+        == {("flux2_klein_4b", "qfloat8", "qfloat8", "live", "", (("te_cast", "diffusers"),))}
+    assert specs[1].control_images == ("/r/a.png",) and specs[0].control_images == ()
