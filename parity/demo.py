@@ -12,8 +12,9 @@
     root/tiny-flux2-klein/             a tiny FLUX.2 [klein] base (parity.tiny.klein)
     root/output/tiny-klein/            a klein job: true CFG with a negative prompt, one prompt with a reference
                                        image (ctrl/ref.png in the job folder), previews at steps 0 and 200
-and the repository ships cases/demo-parity.yaml (previews' own settings: passes) and
-cases/demo-reference-server.yaml (the reference server's defaults: drifts, with its causes).
+and the repository ships cases/demo-parity.yaml (previews' own settings: passes),
+cases/demo-reference-server.yaml (the reference server's defaults: drifts, with its causes) and
+cases/demo-klein.yaml (the [klein] job with its own settings: passes).
 """
 
 from __future__ import annotations
