@@ -1,4 +1,4 @@
-"""The built-in demo: a tiny FLUX.2, a realistic AI Toolkit job folder, and two cases.
+"""The built-in demo: a tiny FLUX.2 (and a tiny FLUX.2 [klein]), realistic AI Toolkit job folders, and three cases.
 
 `build_demo(root)` writes
     root/tiny-flux2/                   the tiny model in both on-disk layouts (parity.tiny)
@@ -9,8 +9,12 @@
         samples/{ms}__{step:09d}_{i}.jpg   previews at steps 0, 100, 200 rendered with AI Toolkit's preview
                                        semantics and saved as AI Toolkit saves them (Pillow defaults: JPEG q75)
     root/request.json                  an inference request in the reference server's format for the same prompts
-and the repository ships cases/demo-parity.yaml (previews' own settings: passes) and
-cases/demo-reference-server.yaml (the reference server's defaults: drifts, with its causes).
+    root/tiny-flux2-klein/             a tiny FLUX.2 [klein] base (parity.tiny.klein)
+    root/output/tiny-klein/            a klein job: true CFG with a negative prompt, one prompt with a reference
+                                       image (ctrl/ref.png in the job folder), previews at steps 0 and 200
+and the repository ships cases/demo-parity.yaml (previews' own settings: passes),
+cases/demo-reference-server.yaml (the reference server's defaults: drifts, with its causes) and
+cases/demo-klein.yaml (the [klein] job with its own settings: passes).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ TRAIN_STEPS = 200
 CHECKPOINT_STEPS = (100,)   # plus the final file at TRAIN_STEPS
 SAMPLE_EVERY = 100
 BASE_MS = 1764100000000     # fixed "save time" stamps keep the demo byte-reproducible
-DEMO_VERSION = "3"          # bump to rebuild existing demo folders
+DEMO_VERSION = "4"          # bump to rebuild existing demo folders
+KLEIN_JOB_NAME = "tiny-klein"
 
 PROMPTS = [
     "[trigger] portrait of a woman, soft window light",
@@ -77,6 +82,33 @@ def demo_config(training_folder: Path) -> dict:
     }
 
 
+def klein_demo_config(training_folder: Path) -> dict:
+    """A FLUX.2 [klein] base job (`arch: flux2_klein_4b`): guidance 4 runs true CFG, prompt 1 has a negative
+    prompt, prompt 2 a reference image (a path relative to the job folder)."""
+    cfg = demo_config(training_folder)
+    proc = cfg["config"]["process"][0]
+    proc["model"] = {"name_or_path": "black-forest-labs/FLUX.2-klein-base-4B", "arch": "flux2_klein_4b",
+                     "quantize": False}
+    proc["sample"].pop("prompts")
+    proc["sample"].update(guidance_scale=4.0, samples=[
+        {"prompt": "[trigger] portrait of a woman, soft window light"},
+        {"prompt": "a red fox in deep snow", "neg": "blurry, watermark"},
+        {"prompt": "[trigger] the same woman, in the style of the reference", "ctrl_img": "ctrl/ref.png"},
+    ])
+    return cfg
+
+
+def _write_reference(path: Path) -> None:
+    """A smooth 80x96 colour field as the demo's reference image (deterministic)."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:96, 0:80]
+    rgb = np.stack([x * 3, y * 2, 255 - x * 2 - y], axis=-1).clip(0, 255).astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+
+
 def demo_request() -> dict:
     """What a user sends the reference inference server for the same prompts: sizes given, everything else left
     to the server's defaults (25 steps, guidance 4.0, seed 42 + i, prompt flags not parsed)."""
@@ -94,6 +126,8 @@ class DemoPaths:
     base_model: Path
     job: Path
     request: Path
+    klein_base_model: Path
+    klein_job: Path
 
 
 def write_job(
@@ -154,7 +188,8 @@ def write_job(
 def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
     """Build (or reuse) the demo under `root`; idempotent and quick when already built."""
     root = Path(root).resolve()
-    paths = DemoPaths(root, root / "tiny-flux2", root / "output" / JOB_NAME, root / "request.json")
+    paths = DemoPaths(root, root / "tiny-flux2", root / "output" / JOB_NAME, root / "request.json",
+                      root / "tiny-flux2-klein", root / "output" / KLEIN_JOB_NAME)
     stamp = root / ".built"
     if stamp.exists() and stamp.read_text().strip() == DEMO_VERSION and not force:
         return paths
@@ -162,12 +197,19 @@ def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
 
     from parity.tiny import build_tiny
 
-    for sub in ("tiny-flux2", "output"):
+    for sub in ("tiny-flux2", "tiny-flux2-klein", "output"):
         shutil.rmtree(root / sub, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     log.info("building the tiny FLUX.2 model in %s", paths.base_model)
     build_tiny(paths.base_model)
     write_job(paths.job, paths.base_model, config=demo_config(root / "output"))
     paths.request.write_text(json.dumps(demo_request(), indent=2) + "\n")
+    from parity.tiny import build_tiny_klein
+
+    log.info("building the tiny FLUX.2 [klein] in %s", paths.klein_base_model)
+    build_tiny_klein(paths.klein_base_model)
+    _write_reference(paths.klein_job / "ctrl" / "ref.png")
+    write_job(paths.klein_job, paths.klein_base_model, config=klein_demo_config(root / "output"),
+              checkpoints={TRAIN_STEPS: 1.0})
     stamp.write_text(DEMO_VERSION + "\n")
     return paths

@@ -24,6 +24,8 @@ KNOBS: tuple[str, ...] = (
     "quantization",      # transformer / text-encoder weight quantization
     "dtype",             # compute dtype
     "text_encoder",      # text-encoder identity
+    "reference_images",  # FLUX.2 reference images (ctrl_img*), in the order they are appended
+    "negative_prompt",   # the unconditional prompt of true CFG ([klein] base); FLUX.2-dev never reads it
 )
 # Differences a re-render cannot remove; reported apart from real mismatches.
 IRREDUCIBLE_KNOBS: tuple[str, ...] = ("lora_precision", "merge_history", "hardware")
@@ -75,10 +77,20 @@ class RenderSpec:
     schedule: str = "aitk"
     generator: str = "cpu"
     numerics: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Reference images (FLUX.2 `control_img_list`, flux2_model.py L302-319), resolved paths in the order AI
+    # Toolkit appends them: ctrl_img (else ctrl_img_1), ctrl_img_2, ctrl_img_3. Empty: plain text-to-image.
+    control_images: tuple[str, ...] = ()
+    # Negative prompt: only used by models that run true CFG (FLUX.2 [klein] base; src/pipeline.py L318-330);
+    # FLUX.2-dev is guidance-distilled and never reads it.
+    negative_prompt: str = ""
+    # The FLUX.2 family member the job trains (model.arch): "flux2" (FLUX.2-dev), "flux2_klein_4b",
+    # "flux2_klein_9b". The engine refuses a base model of another family rather than render something else.
+    arch: str = "flux2"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["numerics"] = dict(self.numerics)
+        d["control_images"] = list(self.control_images)
         return d
 
     def with_(self, **changes: Any) -> "RenderSpec":

@@ -138,13 +138,13 @@ def test_dtype_spellings(tmp_path, spelling, dtype):
     ({"arch": "flux"}, "FLUX.1"),
     ({"arch": "flex1"}, "FLUX.1"),
     ({"arch": None, "is_flux": True}, "FLUX.1"),
-    ({"arch": "flux2_klein_4b"}, "'flux2_klein_4b'"),
+    ({"arch": "flux2_klein_base"}, "'flux2_klein_base'"),
     ({"arch": "qwen_image:x"}, "'qwen_image'"),
     ({"arch": None}, "'sd1'"),
 ])
 def test_non_flux2_jobs_are_rejected_naming_the_arch(tmp_path, model, found):
     (tmp_path / "j.json").write_text(json.dumps(ui_job(**model)))
-    with pytest.raises(ConfigError, match="not a FLUX.2-dev job") as e:
+    with pytest.raises(ConfigError, match="not a FLUX.2 job") as e:
         load_job(tmp_path / "j.json")
     assert found in str(e.value)
 
@@ -169,7 +169,7 @@ def test_malformed_json_reports_line_and_column(tmp_path):
     ({"config": {"name": "x"}}, "'job'"),
     ({"job": "extension", "config": {"process": []}}, "config.name"),
     ({"job": "extension", "config": {"name": "x", "process": []}}, "non-empty list"),
-    ({"job": "extension", "config": {"name": "x", "process": [{"type": "ui_trainer"}]}}, "'ui_trainer'"),
+    ({"job": "extension", "config": {"name": "x", "process": [{"type": "ui_traner"}]}}, "'ui_traner'"),
 ])
 def test_structural_errors(tmp_path, data, needle):
     (tmp_path / "j.json").write_text(json.dumps(data))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "build a tiny FLUX.2 + a realistic AI Toolkit job, run a passing and a drifting case, write the report"
+HELP = "build tiny FLUX.2 and [klein] models + AI Toolkit jobs, run passing cases and a drifting one, write the report"
 EXAMPLES = """
   parity demo                   # build demo/ (once), run cases/demo-*.yaml, print the report path
   parity demo --prepare         # only build demo/ (used by `make test`)
@@ -44,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
     shutil.rmtree(run_args.out, ignore_errors=True)  # the demo report is rebuilt each time
     code = execute(cases, run_args, entry="demo")
-    print("demo: demo-parity passes; demo-reference-server drifts and names its causes "
+    print("demo: demo-parity and demo-klein pass; demo-reference-server drifts and names its causes "
           "(exit code 1 is expected for it)")
     return 0 if code in (0, 1) else code

@@ -47,6 +47,9 @@ def item_record(item) -> dict:
         "dtype": spec.dtype,
         "quantize": spec.quantize,
         "quantize_te": spec.quantize_te,
+        "arch": spec.arch,
+        "control_images": list(spec.control_images),
+        "negative_prompt": spec.negative_prompt if spec.arch != "flux2" else None,
         "checkpoint": None if item.checkpoint is None else str(item.checkpoint),
         "baseline": item.baseline,
         "preview": None if item.preview is None else str(item.preview),
@@ -68,8 +71,8 @@ def _table(job, records: list[dict]) -> str:
     f = job.facts
     lines = [
         f"job {job.name}  config {job.config_path}",
-        f"model {f.name_or_path}  dtype {f.dtype}  quantize {f.qtype if f.quantize else 'no'}  "
-        f"quantize_te {f.qtype if f.quantize_te else 'no'}  network {f.network_type}  train.steps {f.steps}  "
+        f"model {f.name_or_path} ({f.arch})  dtype {f.dtype}  quantize {f.qtype if f.quantize else 'no'}  "
+        f"quantize_te {f.qtype_te or 'no'}  network {f.network_type}  train.steps {f.steps}  "
         f"trigger {f.trigger_word!r}",
     ]
     head = ["step", "idx", "prompt", "width", "height", "seed", "steps", "guid", "mult", "lora", "checkpoint",
@@ -79,8 +82,9 @@ def _table(job, records: list[dict]) -> str:
         src = {k: _ABBREV.get(v, v[:1].upper()) for k, v in r["sources"].items()}
         prompt = r["prompt"] if len(r["prompt"]) <= 40 else r["prompt"][:37] + "..."
         seed = _fmt(r["seed"]) if r["seed_reproducible"] else "random"
-        ck = "(baseline)" if r["baseline"] else (r["checkpoint"].rsplit("/", 1)[-1] if r["checkpoint"] else "MISSING")
-        pv = r["preview"].rsplit("/", 1)[-1] if r["preview"] else "MISSING"
+        todo = "(to come)" if r.get("expected") else "MISSING"
+        ck = "(baseline)" if r["baseline"] else (r["checkpoint"].rsplit("/", 1)[-1] if r["checkpoint"] else todo)
+        pv = r["preview"].rsplit("/", 1)[-1] if r["preview"] else todo
         if r["preview_format"] and r["preview_format"]["format"] == "JPEG":
             pv += f" (q{r['preview_format']['quality']} {r['preview_format']['subsampling']})"
         rows.append([
@@ -95,6 +99,11 @@ def _table(job, records: list[dict]) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.append("sources: D default, B block, I item, F flag, W walk, C carry, L floor; * = first_sample")
     for r in records:
+        if r["control_images"]:
+            lines.append(f"  step {r['step']} #{r['index']}: reference images " + ", ".join(r["control_images"]))
+        if r["negative_prompt"] is not None:
+            lines.append(f"  step {r['step']} #{r['index']}: negative prompt {r['negative_prompt']!r} (true CFG)")
+    for r in records:
         for n in r["notes"] + r["missing"]:
             lines.append(f"  step {r['step']} #{r['index']}: {n}")
     return "\n".join(lines)
@@ -107,10 +116,18 @@ def run(args) -> int:
     step = args.step
     if isinstance(step, str) and step not in ("latest", "all"):
         step = int(step) if step.lstrip("-").isdigit() else step
-    items = job.items(step, strict=False)
+    # before any preview exists, plan what training will write (Job.expected_steps) instead of failing
+    expected = not job.steps()
+    items = job.items(step if not expected or step != "latest" else "all", strict=False, expected=expected)
     records = [item_record(i) for i in items]
+    if expected:  # nothing is missing yet: say what will be written
+        for r in records:
+            r["missing"], r["expected"] = [], True
     if args.json:
         print(json.dumps(records, indent=2))
     else:
+        if expected:
+            print(f"no previews yet in {job.samples_dir}: the previews training will write "
+                  f"(labels {', '.join(map(str, job.expected_steps())) or 'none'})")
         print(_table(job, records))
     return 0

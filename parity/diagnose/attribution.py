@@ -20,7 +20,8 @@ from parity.spec import KNOBS, RenderSpec
 # Knobs tried first when the budget cannot cover them all: the large effects of aitk-flux2-previews.md section G
 # (wrong checkpoint, seed, size, generator, schedule), then the moderate ones, then the small ones.
 PRIOR_ORDER: tuple[str, ...] = ("checkpoint", "seed", "resolution", "generator", "schedule", "steps", "guidance",
-                                "lora_scale", "prompt", "quantization", "dtype", "lora_application")
+                                "lora_scale", "prompt", "reference_images", "negative_prompt", "quantization", "dtype",
+                                "lora_application")
 assert set(PRIOR_ORDER) == {k for k in KNOBS if KNOB_FIELDS[k]}
 
 

@@ -34,6 +34,8 @@ KNOB_FIELDS: dict[str, tuple[str, ...]] = {
     "quantization": ("quantize", "quantize_te"),
     "dtype": ("dtype",),
     "text_encoder": (),
+    "reference_images": ("control_images",),
+    "negative_prompt": ("negative_prompt",),
 }
 assert tuple(KNOB_FIELDS) == KNOBS, "KNOB_FIELDS must cover parity.spec.KNOBS in order"
 RENDERABLE_KNOBS: tuple[str, ...] = tuple(k for k in KNOBS if KNOB_FIELDS[k])
@@ -137,7 +139,17 @@ def knob_value(spec: RenderSpec, knob: str, *, sigmas: Sequence[float] | None = 
         return spec.dtype
     if knob == "text_encoder":
         return (extra or {}).get("text_encoder")
+    if knob == "reference_images":
+        return list(spec.control_images)
+    if knob == "negative_prompt":
+        return spec.negative_prompt if uses_negative_prompt(spec) else None
     raise KeyError(f"unknown knob {knob!r}")
+
+
+def uses_negative_prompt(spec: RenderSpec) -> bool:
+    """Only true CFG reads the negative prompt: a [klein] base model with guidance_scale > 1 (src/pipeline.py
+    L298-302); FLUX.2-dev is guidance-distilled and encodes it for nothing."""
+    return spec.arch != "flux2" and spec.guidance_scale > 1.0
 
 
 def knob_differs(preview: RenderSpec, inference: RenderSpec, knob: str, *,
@@ -159,6 +171,11 @@ def knob_differs(preview: RenderSpec, inference: RenderSpec, knob: str, *,
         return getattr(preview, field_) != getattr(inference, field_)
     if knob == "checkpoint":
         return not _same_path(preview.lora_path, inference.lora_path)
+    if knob == "negative_prompt":
+        return knob_value(preview, knob) != knob_value(inference, knob)
+    if knob == "reference_images":
+        a, b = preview.control_images, inference.control_images
+        return len(a) != len(b) or not all(_same_path(x, y) for x, y in zip(a, b))
     if knob == "text_encoder":
         a = (preview_extra or {}).get("text_encoder")
         b = (inference_extra or {}).get("text_encoder")

@@ -47,7 +47,9 @@ def _reference_server(prev: ResolvedSpec, index: int, raw_prompt: str | None,
                       trigger_word: str | None) -> tuple[RenderSpec, dict[str, str]]:
     """The job's own prompt (processed as the server does) with the server's defaults for everything else."""
     prompt = replace_trigger_server(raw_prompt, trigger_word) if raw_prompt is not None else prev.spec.prompt
-    spec = server_spec(prompt, None, index, prev.spec.lora_path, None)
+    # the job's own model and negative prompt go with its prompts (the server passes negative_prompt=neg or "")
+    spec = server_spec(prompt, None, index, prev.spec.lora_path, None).with_(
+        arch=prev.spec.arch, negative_prompt=prev.spec.negative_prompt)
     sources = {k: "profile" for k in SPEC_FIELDS}
     sources["prompt"] = "item" if raw_prompt is not None else prev.source("prompt")
     sources["seed"] = "walk"

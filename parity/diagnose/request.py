@@ -33,6 +33,12 @@ class RequestPrompt:
     trigger_word: str | None = None
 
 
+# The reference server's FLUX.2-family model ids (src/schemas/models.py ModelType; src/pipelines/flux2_klein.py:
+# the klein pipelines subclass its flux2 pipeline with Qwen3, no guidance distillation, the same 25 / 4.0 / 16
+# defaults). They equal AI Toolkit's arch names, so a request's model is the RenderSpec arch.
+SERVER_MODELS: tuple[str, ...] = ("flux2", "flux2_klein_4b", "flux2_klein_9b")
+
+
 @dataclass(frozen=True)
 class Request:
     path: str
@@ -83,9 +89,10 @@ def parse_request(data: Any, path: str | Path, base_dir: str | Path | None = Non
     model = data.get("model")
     if not isinstance(model, str):
         raise ConfigError("model: required, expected the string \"flux2\"", path)
-    if model != "flux2":
+    if model not in SERVER_MODELS:
         hint = " (flux2_diffusers wraps diffusers' pipeline with divisor 32: use the diffusers profile with --set resolution_divisor=32)" if model == "flux2_diffusers" else ""
-        raise ConfigError(f"model: {model!r} is not supported; parity checks FLUX.2 (\"flux2\"){hint}", path)
+        raise ConfigError(f"model: {model!r} is not supported; parity checks "
+                          f"{', '.join(repr(m) for m in SERVER_MODELS)}{hint}", path)
     trigger = _req_str(data, "trigger_word", "request", path)
     prompts_raw = data.get("prompts")
     if not isinstance(prompts_raw, list) or not prompts_raw:
@@ -98,6 +105,10 @@ def parse_request(data: Any, path: str | Path, base_dir: str | Path | None = Non
         text = p.get("prompt")
         if not isinstance(text, str):
             raise ConfigError(f"{where}.prompt: required, expected a string", path)
+        given = [k for k in ("ctrl_img", "ctrl_img_1", "ctrl_img_2", "ctrl_img_3") if p.get(k)]
+        if given:
+            # how the server turns these into reference images is not modelled: refuse rather than drop them
+            raise ConfigError(f"{where}.{given[0]}: reference images in requests are not supported by parity yet", path)
         seed = _req_int(p, "seed", where, path, -1, None)
         if seed == -1:
             # base.py L812-814: -1 draws a random seed; such a render can never be compared with a preview.

@@ -184,7 +184,8 @@ def _request_spec(req: Request, index: int) -> tuple[RenderSpec, dict[str, str]]
             f"at index {index} (prompt i of the request pairs with sample i of the job)", req.path)
     p = req.prompts[index]
     prompt = replace_trigger_server(p.prompt, p.trigger_word or req.trigger_word)
-    spec = server_spec(prompt, p, index, req.lora_path, req.network_multiplier)
+    spec = server_spec(prompt, p, index, req.lora_path, req.network_multiplier).with_(
+        arch=req.model, negative_prompt=p.neg or "")
     sources = {k: "profile" for k in SPEC_FIELDS}
     sources["prompt"] = "request"
     for k in ("width", "height", "sample_steps", "guidance_scale"):

@@ -252,15 +252,17 @@ class VaeAttnProcessor:
 
 
 def install_vae_numerics(vae) -> int:
-    """Swap the decoder's nn.SiLU modules for `Swish` and its attention processors for `VaeAttnProcessor`
-    (idempotent). Returns the number of activations swapped."""
+    """Swap the decoder's and encoder's nn.SiLU modules for `Swish` and their attention processors for
+    `VaeAttnProcessor` (idempotent). Returns the number of activations swapped."""
     n = 0
-    for mod in list(vae.decoder.modules()):
+    # the encoder too: BFL's Encoder uses the same swish and AttnBlock, and it runs for reference images
+    coders = [vae.decoder] + ([vae.encoder] if getattr(vae, "encoder", None) is not None else [])
+    for mod in [m for c in coders for m in c.modules()]:
         for child_name, child in list(mod.named_children()):
             if isinstance(child, torch.nn.SiLU):
                 setattr(mod, child_name, Swish())
                 n += 1
-    for mod in vae.decoder.modules():
+    for mod in [m for c in coders for m in c.modules()]:
         if hasattr(mod, "set_processor") and hasattr(mod, "group_norm") and mod.group_norm is not None:
             proc = mod.processor
             if not isinstance(proc, VaeAttnProcessor):

@@ -24,8 +24,9 @@ import torch
 from parity.engine import numerics, schedule, weights
 from parity.engine import offload as offload_policy
 from parity.engine.lora import LoraApplier, LoraReport
-from parity.engine.sampling import aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
-from parity.engine.text import HIDDEN_LAYERS, MAX_LENGTH, CacheKey, EmbeddingCache, encode
+from parity.engine.refs import encode_references
+from parity.engine.sampling import Guidance, aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
+from parity.engine.text import MAX_LENGTH, CacheKey, EmbeddingCache, encode, hidden_layers
 from parity.errors import ConfigError, ModelError
 from parity.job.sizes import effective_size
 from parity.spec import SEMANTICS, RenderSpec
@@ -51,6 +52,10 @@ class RenderResult:
     semantics: str = "aitk"
     numerics: dict[str, str] = field(default_factory=dict)
     merge_history: dict | None = None  # see Engine.render(merge_history=...)
+    transformer_calls: int = 0         # forward passes (2 per step under CFG)
+    cfg: bool = False                  # true CFG with the negative prompt ([klein] base)
+    reference_tokens: int = 0          # reference-image tokens appended to the image tokens
+    reference_shapes: list = field(default_factory=list)  # latent [h, w] per reference image
 
     def summary(self) -> dict:
         """JSON-ready description (no pixels)."""
@@ -152,7 +157,7 @@ class Engine:
     # ------------------------------------------------------------------ text
     def cache_key(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str) -> CacheKey:
         return CacheKey(text_encoder=self._te_identity, tokenizer=self._tok_identity, prompt=prompt,
-                        max_length=self.max_length, layers=HIDDEN_LAYERS, dtype=dtype_name,
+                        max_length=self.max_length, layers=hidden_layers(self.layout.klein), dtype=dtype_name,
                         quantize_te=quantize_te, te_cast=te_cast)
 
     def embeddings(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str = "aitk"):
@@ -165,7 +170,8 @@ class Engine:
         if emb is None:
             self.stats.embedding_cache_misses += 1
             te, tok = self._text_encoder(dtype_name, quantize_te, te_cast)
-            emb = encode(te, tok, prompt, max_length=self.max_length, device=self.device)
+            emb = encode(te, tok, prompt, max_length=self.max_length, device=self.device,
+                         layers=hidden_layers(self.layout.klein), klein=self.layout.klein)
             self.cache.put(key, emb)
         else:
             self.stats.embedding_cache_hits += 1
@@ -177,6 +183,8 @@ class Engine:
         for s in specs:
             sw = numerics.resolve_switches(s.numerics, s.semantics)
             self.embeddings(s.prompt, s.dtype, s.quantize_te, sw["te_cast"])
+            if not self.guidance_distilled and s.guidance_scale > 1.0:
+                self.embeddings(s.negative_prompt, s.dtype, s.quantize_te, sw["te_cast"])
         if self.offload != "none":
             self.free_text_encoder()
 
@@ -218,6 +226,21 @@ class Engine:
         info["replayed"] = sum(1 for p, m in rounds if p is not None and m != 0.0)
         return rounds, info
 
+    # ------------------------------------------------------------------ guidance
+    @property
+    def guidance_distilled(self) -> bool:
+        """FLUX.2-dev has a guidance embedding and no CFG; [klein] base has none and runs true CFG
+        (flux2_model.py L61 vs flux2_klein_model.py L15; transformer config `guidance_embeds`)."""
+        return bool(self.layout.transformer_config.get("guidance_embeds", True))
+
+    def guidance(self, spec: RenderSpec, switches: dict[str, str]) -> Guidance:
+        """CFG only when the model is not guidance-distilled and guidance_scale > 1 (src/pipeline.py L298-302);
+        the negative prompt is then encoded like the prompt (base_model.py L603-608)."""
+        if self.guidance_distilled or not spec.guidance_scale > 1.0:
+            return Guidance(spec.guidance_scale)
+        neg = self.embeddings(spec.negative_prompt, spec.dtype, spec.quantize_te, switches["te_cast"])
+        return Guidance(spec.guidance_scale, cfg=True, negative=neg)
+
     # ------------------------------------------------------------------ render
     def render(self, spec: RenderSpec, merge_history=None) -> RenderResult:
         """Render one spec. `merge_history`: optional [(lora_path or None, multiplier), ...], the merged sample
@@ -232,6 +255,12 @@ class Engine:
                 raise ConfigError("semantics aitk-code needs AI_TOOLKIT_PATH (a checkout of ostris/ai-toolkit); unset")
             raise ConfigError("semantics aitk-code is not implemented yet; use aitk (the same loop on diffusers "
                               "components)")
+        if spec.arch.startswith("flux2_klein") != self.layout.klein:
+            raise ModelError(f"the job is {spec.arch!r} but the base model is {self.layout.arch!r}: parity would "
+                             "render another model; point base_model at the matching checkpoint", self.layout.root)
+        if spec.semantics == "diffusers" and (spec.control_images or not self.guidance_distilled):
+            raise ConfigError("semantics diffusers renders plain FLUX.2-dev text-to-image only; reference images "
+                              "and [klein] CFG need semantics aitk")
         if spec.generator != "cpu":
             raise ConfigError(f"generator {spec.generator!r}: only the CPU generator (AI Toolkit's) is supported")
         if spec.lora_path and spec.quantize and spec.lora_application == "merged":
@@ -267,7 +296,11 @@ class Engine:
 
         noise = make_noise(spec.seed, width, height, dtype)
         t = time.perf_counter()
-        nan_step = None
+        refs = encode_references(vae, spec.control_images)  # after the noise draw, as src/pipeline.py L343-366
+        guidance = self.guidance(spec, switches)
+        timings["refs"] = time.perf_counter() - t
+        t = time.perf_counter()
+        nan_step, calls = None, 0
         if self.offload != "none":
             transformer.to(self.device)
         try:
@@ -284,8 +317,8 @@ class Engine:
                 if any_nonfinite(img_f):
                     nan_step = spec.sample_steps - 1
             else:
-                den = aitk_denoise(transformer, embeds, noise, sigmas, spec.guidance_scale, switches, self.device)
-                nan_step = den.nan_step
+                den = aitk_denoise(transformer, embeds, noise, sigmas, guidance, switches, self.device, refs=refs)
+                nan_step, calls = den.nan_step, den.calls
                 timings["denoise"] = time.perf_counter() - t
                 if self.offload != "none":
                     transformer.to("cpu")
@@ -302,7 +335,9 @@ class Engine:
             image=img_u8, image_float=img_f, width=width, height=height, sigmas=list(sigmas), mu=mu,
             noise_sha256=numerics.tensor_sha256(noise), embedding_sha256=numerics.tensor_sha256(embeds),
             lora=None if lora_report is None else lora_report.to_dict(), timings=timings, nan_step=nan_step,
-            semantics=spec.semantics, numerics=switches, merge_history=history_info)
+            semantics=spec.semantics, numerics=switches, merge_history=history_info, transformer_calls=calls,
+            cfg=guidance.cfg, reference_tokens=0 if refs is None else refs.count,
+            reference_shapes=[] if refs is None else [list(x) for x in refs.per_image])
 
 
 __all__ = ["Engine", "EngineStats", "RenderResult", "ModelError"]

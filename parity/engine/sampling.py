@@ -49,33 +49,68 @@ def text_ids(length: int) -> torch.Tensor:
 class DenoiseResult:
     latents: torch.Tensor        # (1, 128, h, w) in the latent dtype
     nan_step: int | None
+    calls: int = 0               # transformer forward passes (2 per step under CFG)
 
 
 def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """How the transformer is guided. `cfg`: True for the models AI Toolkit runs with true CFG (FLUX.2 [klein]
+    base: `is_guidance_distilled=False`, flux2_klein_model.py L15) AND guidance_scale > 1 (src/pipeline.py
+    L298-302); then `negative` (1, L, D) is the unconditional context."""
+
+    scale: float
+    cfg: bool = False
+    negative: torch.Tensor | None = None
+
+
+def _transformer_call(transformer, img, embeds, t_vec, ids_img, ids_txt, g):
+    return transformer(hidden_states=img, encoder_hidden_states=embeds, timestep=t_vec, img_ids=ids_img,
+                       txt_ids=ids_txt, guidance=g, return_dict=False)[0]
+
+
 @torch.no_grad()
 def aitk_denoise(transformer, prompt_embeds: torch.Tensor, noise: torch.Tensor, sigmas: list[float],
-                 guidance: float, switches: dict[str, str], device="cpu") -> DenoiseResult:
-    """AI Toolkit's loop: one transformer call per step (guidance-distilled: no CFG, guidance only through the
-    guidance embedding, `full((B,), g, dtype)` -> the model's `g*1000`), Euler update in the latent dtype."""
+                 guidance: float | Guidance, switches: dict[str, str], device="cpu", refs=None) -> DenoiseResult:
+    """AI Toolkit's loop (src/pipeline.py L368-431). Guidance-distilled FLUX.2-dev: one transformer call per
+    step, guidance only through the guidance embedding (`full((B,), g, dtype)` -> the model's `g*1000`).
+    [klein] base with CFG: a conditional call, then an unconditional call with the negative context, combined
+    `uncond + g * (cond - uncond)` in the latent dtype. `refs` (parity.engine.refs.ReferenceTokens): reference
+    tokens appended after the image tokens every call, the prediction sliced back to the image tokens.
+    Euler update in the latent dtype. `calls` on the result counts transformer forward passes."""
+    gd = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
     dtype = noise.dtype
     _, _, h, w = noise.shape
     img = pack(noise).to(device)
+    n_img = img.shape[1]
     embeds = prompt_embeds.to(device=device, dtype=dtype)  # base_model.py L697-700: embeds in the model dtype
+    neg = gd.negative.to(device=device, dtype=dtype) if gd.cfg else None
     ids_img = image_ids(h, w).to(device)
     ids_txt = text_ids(embeds.shape[1]).to(device)
-    g = torch.full((1,), guidance, dtype=dtype, device=device)
-    nan_step = None
+    ids_neg = text_ids(neg.shape[1]).to(device) if neg is not None else None
+    if refs is not None:
+        ids_img = torch.cat((ids_img, refs.ids.to(device)), dim=1)
+    g = torch.full((1,), gd.scale, dtype=dtype, device=device)
+    nan_step, calls = None, 0
     for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         t_vec = numerics.timestep_input(t_cur, dtype, switches["timestep_path"]).to(device)
-        pred = transformer(hidden_states=img, encoder_hidden_states=embeds, timestep=t_vec, img_ids=ids_img,
-                           txt_ids=ids_txt, guidance=g, return_dict=False)[0]
+        # torch.cat promotes the bf16 reference tokens to the latent dtype (fp32 runs), as AI Toolkit's cat does
+        x_in = img if refs is None else torch.cat((img, refs.tokens.to(device)), dim=1)
+        pred = _transformer_call(transformer, x_in, embeds, t_vec, ids_img, ids_txt, g)
+        calls += 1
+        if neg is not None:
+            pred_uncond = _transformer_call(transformer, x_in, neg, t_vec, ids_img, ids_neg, g)
+            calls += 1
+            pred = pred_uncond + gd.scale * (pred - pred_uncond)
+        if refs is not None:
+            pred = pred[:, :n_img]
         img = numerics.euler_step(img, pred, t_cur, t_next, switches["euler"])
         if nan_step is None and not _finite(img):
             nan_step = i
-    return DenoiseResult(unpack(img, h, w), nan_step)
+    return DenoiseResult(unpack(img, h, w), nan_step, calls)
 
 
 @torch.no_grad()
@@ -125,5 +160,5 @@ def any_nonfinite(arr) -> bool:
     return not bool(np.isfinite(arr).all())
 
 
-__all__ = ["make_noise", "pack", "unpack", "image_ids", "text_ids", "aitk_denoise", "aitk_decode",
+__all__ = ["Guidance", "make_noise", "pack", "unpack", "image_ids", "text_ids", "aitk_denoise", "aitk_decode",
            "diffusers_render"]

@@ -25,7 +25,12 @@ import torch
 log = logging.getLogger("parity")
 
 HIDDEN_LAYERS = (10, 20, 30)
+QWEN3_HIDDEN_LAYERS = (9, 18, 27)  # FLUX.2 [klein]: OUTPUT_LAYERS_QWEN3 (src/pipeline.py L39)
 MAX_LENGTH = 512
+
+
+def hidden_layers(klein: bool) -> tuple[int, ...]:
+    return QWEN3_HIDDEN_LAYERS if klein else HIDDEN_LAYERS
 
 
 def system_message() -> str:
@@ -52,11 +57,20 @@ def tokenize(tokenizer, prompt: str, max_length: int = MAX_LENGTH) -> dict:
     )
 
 
+def tokenize_qwen(tokenizer, prompt: str, max_length: int = MAX_LENGTH) -> dict:
+    """FLUX.2 [klein]: one user message, no system message, the chat template rendered as text with
+    `add_generation_prompt=True, enable_thinking=False`, then tokenized padded/truncated to max_length
+    (src/pipeline.py `_get_qwen_prompt_embeds` L148-198)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=False)
+    return tokenizer(text, return_tensors="pt", padding="max_length", truncation=True, max_length=max_length)
+
+
 @torch.no_grad()
 def encode(text_encoder, tokenizer, prompt: str, *, max_length: int = MAX_LENGTH,
-           layers: tuple[int, ...] = HIDDEN_LAYERS, device="cpu") -> torch.Tensor:
-    """(1, max_length, len(layers)*hidden) in the text encoder's dtype."""
-    inputs = tokenize(tokenizer, prompt, max_length)
+           layers: tuple[int, ...] = HIDDEN_LAYERS, device="cpu", klein: bool = False) -> torch.Tensor:
+    """(1, max_length, len(layers)*hidden) in the text encoder's dtype. klein: Qwen3 template and layers."""
+    inputs = tokenize_qwen(tokenizer, prompt, max_length) if klein else tokenize(tokenizer, prompt, max_length)
     out = text_encoder(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
                        output_hidden_states=True, use_cache=False)
     hs = torch.stack([out.hidden_states[k] for k in layers], dim=1)  # (B, 3, L, D)

@@ -59,6 +59,29 @@ FLUX2_DEV_VAE_CONFIG: dict = {
     "patch_size": [2, 2],
 }
 
+# FLUX.2 [klein] base configs, from AI Toolkit's Klein4BParams / Klein9BParams (src/model.py L23-48): hidden
+# size = heads x 128, context_in_dim = 3 x the Qwen3 hidden size, no guidance embedding.
+KLEIN_TRANSFORMER_CONFIGS: dict[str, dict] = {
+    "flux2_klein_4b": FLUX2_DEV_TRANSFORMER_CONFIG | {"num_layers": 5, "num_single_layers": 20,
+                                                      "num_attention_heads": 24, "joint_attention_dim": 7680,
+                                                      "guidance_embeds": False},
+    "flux2_klein_9b": FLUX2_DEV_TRANSFORMER_CONFIG | {"num_layers": 8, "num_single_layers": 24,
+                                                      "num_attention_heads": 32, "joint_attention_dim": 12288,
+                                                      "guidance_embeds": False},
+}
+# The single files AI Toolkit loads per arch (flux2_model.py L60, flux2_klein_model.py L72, L86).
+BFL_FILES: dict[str, str] = {
+    "flux2": "flux2-dev.safetensors",
+    "flux2_klein_4b": "flux-2-klein-base-4b.safetensors",
+    "flux2_klein_9b": "flux-2-klein-base-9b.safetensors",
+}
+# The text encoder AI Toolkit loads per family (flux2_model.py L49; flux2_klein_model.py L70, L84).
+TEXT_ENCODERS: dict[str, str] = {
+    "flux2": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+    "flux2_klein_4b": "Qwen/Qwen3-4B",
+    "flux2_klein_9b": "Qwen/Qwen3-8B",
+}
+
 BFL_TRANSFORMER_FILE = "flux2-dev.safetensors"
 BFL_VAE_FILE = "ae.safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -103,13 +126,18 @@ class BaseLayout:
 
     root: Path
     kind: str
-    transformer: Path            # transformer/ folder (diffusers) or flux2-dev.safetensors (bfl)
+    transformer: Path            # transformer/ folder (diffusers) or the BFL single file (BFL_FILES)
     vae: Path                    # vae/ folder or ae.safetensors
     transformer_config: dict
     vae_config: dict
     scheduler_config: dict
     text_encoder: Path | None    # folder with config.json + *.safetensors
     tokenizer: Path | None       # folder with tokenizer files
+    arch: str = "flux2"          # "flux2" | "flux2_klein_4b" | "flux2_klein_9b" (see detect_arch)
+
+    @property
+    def klein(self) -> bool:
+        return self.arch.startswith("flux2_klein")
 
 
 def _hf_cache_snapshot(path: Path) -> Path:
@@ -155,6 +183,29 @@ def _text_folders(root: Path | None) -> tuple[Path | None, Path | None]:
     return te, tok
 
 
+def _bfl_file(root: Path) -> tuple[str | None, Path | None]:
+    """(arch, path) of the first BFL single file present at the root, FLUX.2-dev first."""
+    for arch, name in BFL_FILES.items():
+        if (root / name).is_file():
+            return arch, root / name
+    return None, None
+
+
+def detect_arch(root: Path, tcfg: dict | None, bfl_arch: str | None) -> str:
+    """Which FLUX.2 family member a base folder holds: the BFL file name, else the diffusers pipeline class
+    (`Flux2KleinPipeline`) or a transformer without guidance embedding ([klein] base); the 4B/9B split by the
+    context width when it is a real one (tiny test models are named by their file or default to 4B)."""
+    if bfl_arch is not None and not (root / "transformer").is_dir():
+        return bfl_arch
+    index = _read_json(root / "model_index.json") or {}
+    klein = "Klein" in str(index.get("_class_name", "")) or (tcfg is not None and not tcfg.get("guidance_embeds", True))
+    if not klein:
+        return bfl_arch if bfl_arch is not None else "flux2"
+    if bfl_arch is not None and bfl_arch != "flux2":
+        return bfl_arch
+    return "flux2_klein_9b" if (tcfg or {}).get("joint_attention_dim") == 12288 else "flux2_klein_4b"
+
+
 def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = None,
                  layout: str = "auto") -> BaseLayout:
     """Work out the layout of a local base-model folder. layout: 'auto' (diffusers when transformer/ has
@@ -168,7 +219,8 @@ def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = No
         raise ModelError("base model folder not found (weights are never downloaded; give a local path)", root)
     root = _hf_cache_snapshot(root)
     has_diffusers = _has_weights(root / "transformer")
-    has_bfl = (root / BFL_TRANSFORMER_FILE).is_file()
+    bfl_arch, bfl_path = _bfl_file(root)
+    has_bfl = bfl_path is not None
     if layout == "auto":
         layout = "diffusers" if has_diffusers else "bfl" if has_bfl else ""
     if layout not in ("diffusers", "bfl"):
@@ -176,9 +228,11 @@ def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = No
             raise InputFileError("only pickle weights (.ckpt/.pt/.bin) found; they are refused because loading them "
                                  "can run code: convert to safetensors", root)
         raise ModelError(f"no FLUX.2 transformer: expected transformer/*.safetensors (diffusers layout) or "
-                         f"{BFL_TRANSFORMER_FILE} + {BFL_VAE_FILE} (BFL layout)", root)
+                         f"one of {', '.join(BFL_FILES.values())} + {BFL_VAE_FILE} (BFL layout)", root)
 
-    tcfg = _read_json(root / "transformer" / "config.json") or dict(FLUX2_DEV_TRANSFORMER_CONFIG)
+    own_tcfg = _read_json(root / "transformer" / "config.json")
+    arch = detect_arch(root, own_tcfg, bfl_arch)
+    tcfg = own_tcfg or dict(KLEIN_TRANSFORMER_CONFIGS.get(arch, FLUX2_DEV_TRANSFORMER_CONFIG))
     vcfg = _read_json(root / "vae" / "config.json") or dict(FLUX2_DEV_VAE_CONFIG)
     from parity.engine.schedule import FLUX2_SCHEDULER_CONFIG
 
@@ -192,12 +246,12 @@ def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = No
         if not _has_weights(vae):
             raise ModelError("missing vae/*.safetensors", root)
     else:
-        transformer = root / BFL_TRANSFORMER_FILE
+        transformer = bfl_path if bfl_path is not None else root / BFL_TRANSFORMER_FILE
         vae = root / BFL_VAE_FILE
         if not transformer.is_file():
-            raise ModelError(f"missing {BFL_TRANSFORMER_FILE}", root)
+            raise ModelError(f"missing {BFL_TRANSFORMER_FILE} (or a FLUX.2 [klein] base file)", root)
         if not vae.is_file():
-            raise ModelError(f"missing {BFL_VAE_FILE} (the BFL-format VAE next to {BFL_TRANSFORMER_FILE})", root)
+            raise ModelError(f"missing {BFL_VAE_FILE} (the BFL-format VAE next to {transformer.name})", root)
 
     te_root = Path(os.path.expanduser(str(text_encoder))) if text_encoder else None
     if te_root is not None and not te_root.is_dir():
@@ -206,7 +260,7 @@ def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = No
         te_root = root
     te, tok = _text_folders(te_root)
     return BaseLayout(root=root, kind=layout, transformer=transformer, vae=vae, transformer_config=tcfg,
-                      vae_config=vcfg, scheduler_config=scfg, text_encoder=te, tokenizer=tok)
+                      vae_config=vcfg, scheduler_config=scfg, text_encoder=te, tokenizer=tok, arch=arch)
 
 
 def _config_kwargs(cfg: dict) -> dict:
@@ -282,24 +336,35 @@ def _cast_all(model, dtype):
     return model
 
 
+def _text_encoder_class(folder: Path, klein: bool):
+    """Qwen3ForCausalLM for [klein] (flux2_klein_model.py L41-44), Mistral3ForConditionalGeneration for FLUX.2-dev;
+    a folder whose config names the other family is a ModelError (it would encode something else)."""
+    from transformers import Mistral3ForConditionalGeneration, Qwen3ForCausalLM
+
+    mtype = (_read_json(folder / "config.json") or {}).get("model_type")
+    want = "qwen3" if klein else "mistral3"
+    if mtype is not None and mtype != want:
+        raise ModelError(f"text encoder is {mtype!r} but this base model needs {want!r} "
+                         f"({'Qwen3 for FLUX.2 [klein]' if klein else 'Mistral Small 3.1 for FLUX.2-dev'})", folder)
+    return Qwen3ForCausalLM if klein else Mistral3ForConditionalGeneration
+
+
 def load_text_encoder(layout: BaseLayout, dtype, cast_path: str = "aitk"):
-    """Mistral3ForConditionalGeneration from the text-encoder folder.
+    """Mistral3ForConditionalGeneration (FLUX.2-dev) or Qwen3ForCausalLM ([klein]) from the text-encoder folder.
     te_cast 'aitk': loaded with `dtype` and then `.to(dtype)`, as AI Toolkit's flux2_model.py does; the second cast
     also rounds the rotary `inv_freq` buffer, which `from_pretrained(dtype=...)` keeps in fp32
     (bit-exact-numerics.md detail 3). 'diffusers': from_pretrained only."""
-    from transformers import Mistral3ForConditionalGeneration
-
     folder = layout.text_encoder
     if folder is None:
         raise ModelError("no text encoder: the base folder has no text_encoder/ and none was given "
-                         "(AI Toolkit uses mistralai/Mistral-Small-3.1-24B-Instruct-2503)", layout.root)
+                         f"(AI Toolkit uses {TEXT_ENCODERS[layout.arch]})", layout.root)
     if not _has_weights(folder):
         if _pickles_only(folder):
             raise InputFileError("text encoder has only pickle weights; refused (can run code)", folder)
         raise ModelError("text encoder folder has no .safetensors weights", folder)
+    cls = _text_encoder_class(folder, layout.klein)
     try:
-        te = Mistral3ForConditionalGeneration.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
-                                                              use_safetensors=True)
+        te = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"cannot load the text encoder ({type(exc).__name__}: {exc})", folder) from None
     if cast_path == "aitk":

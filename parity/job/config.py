@@ -153,9 +153,12 @@ class JobFacts:
     dtype: str                  # train.dtype (code default fp32, config_modules.py L395), normalised
     quantize: bool
     quantize_te: bool           # defaults to quantize; FLUX.2 quantizes Mistral with `qtype`, not qtype_te
-    qtype: str | None           # effective transformer/TE qtype, None when not quantized
+    qtype: str | None           # effective transformer qtype, None when not quantized
+    qtype_te: str | None        # effective text-encoder qtype: `qtype` for FLUX.2-dev (flux2_model.py L108-111),
+                                # `qtype_te` for [klein] (flux2_klein_model.py L46-48); None when not quantized
     accuracy_recovery_adapter: str | None
     layer_offloading: bool
+    low_vram: bool              # model.low_vram: for [klein] it skips the text encoder's `.to(device, dtype)`
     network_type: str
     save_dtype: str             # save.dtype (code default float16), normalised
     trigger_word: str | None
@@ -167,7 +170,15 @@ class JobFacts:
     disable_sampling: bool
     save_every: Any
     use_ema: bool
+    # sample prompts pre-encoded once from the `sample` block (train.unload_text_encoder, train.
+    # cache_text_embeddings or a dataset's cache_text_embeddings: SDTrainer.py L351-365, BaseSDTrainProcess.py
+    # L153-186); sample() then takes embedding i from that cache for every group (base_model.py L544-546)
+    caches_sample_prompts: bool
+    pretrained_lora_path: str | None  # network.pretrained_lora_path: loaded before the baseline (L2052-2056)
     sources: dict[str, str]     # "block" or "default" for dtype, quantize, quantize_te, qtype, trigger_word, steps
+
+
+PROCESS_TYPES: tuple[str, ...] = ("sd_trainer", "diffusion_trainer", "ui_trainer")
 
 
 def process_of(data: dict, path: Path) -> dict:
@@ -178,9 +189,11 @@ def process_of(data: dict, path: Path) -> dict:
     if not isinstance(proc, dict):
         raise ConfigError("config.process[0] must be a mapping", path)
     ptype = proc.get("type")
-    if ptype not in ("sd_trainer", "diffusion_trainer"):
+    # sd_trainer (YAML), diffusion_trainer and ui_trainer (the UI; UITrainer subclasses SDTrainer and keeps its
+    # sample(): extensions_built_in/sd_trainer/__init__.py L23-37) all render previews the same way
+    if ptype not in PROCESS_TYPES:
         raise ConfigError(
-            f"config.process[0].type is {ptype!r}; expected 'sd_trainer' (YAML) or 'diffusion_trainer' (UI)", path
+            f"config.process[0].type is {ptype!r}; expected one of {', '.join(map(repr, PROCESS_TYPES))}", path
         )
     return proc
 
@@ -194,8 +207,17 @@ def _section(proc: dict, key: str, path: Path) -> dict:
     return value
 
 
+# The FLUX.2 family members parity renders: FLUX.2-dev (Flux2Model) and FLUX.2 [klein] base 4B / 9B
+# (Flux2Klein4BModel / Flux2Klein9BModel, extensions_built_in/diffusion_models/flux2/flux2_klein_model.py L68-91).
+FLUX2_ARCHES: tuple[str, ...] = ("flux2", "flux2_klein_4b", "flux2_klein_9b")
+
+
+def is_klein(arch: str) -> bool:
+    return arch.startswith("flux2_klein")
+
+
 def check_arch(model: dict, path: Path) -> str:
-    """Only FLUX.2-dev (`arch: flux2`) is supported. A `:tag` suffix is stripped and `flex1` means FLUX.1
+    """Only the FLUX.2 family (FLUX2_ARCHES) is supported. A `:tag` suffix is stripped and `flex1` means FLUX.1
     (config_modules.py L766-771); with no arch, AI Toolkit derives one from legacy is_* flags, else sd1
     (L800-822)."""
     arch = model.get("arch")
@@ -212,13 +234,21 @@ def check_arch(model: dict, path: Path) -> str:
                 break
         else:
             arch = "sd1"
-    if arch != "flux2":
+    if arch not in FLUX2_ARCHES:
         what = "FLUX.1" if arch == "flux" else repr(arch)
         raise ConfigError(
-            f"not a FLUX.2-dev job: model.arch is {what} (found {model.get('arch')!r}); parity supports 'flux2' only",
+            f"not a FLUX.2 job: model.arch is {what} (found {model.get('arch')!r}); parity supports "
+            f"{', '.join(repr(a) for a in FLUX2_ARCHES)}",
             path,
         )
     return arch
+
+
+def caches_sample_prompts(train: dict, datasets) -> bool:
+    """Whether SDTrainer pre-encodes the sample prompts (SDTrainer.py L351-365)."""
+    if train.get("unload_text_encoder") or train.get("cache_text_embeddings"):
+        return True
+    return any(isinstance(d, dict) and d.get("cache_text_embeddings") for d in (datasets or []))
 
 
 def job_facts(data: dict, path: Path) -> JobFacts:
@@ -233,6 +263,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
     quantize = bool(model.get("quantize", False))
     quantize_te = bool(model.get("quantize_te", quantize))  # config_modules.py: quantize_te defaults to quantize
     qtype = model.get("qtype", "qfloat8")
+    qtype_te = model.get("qtype_te", "qfloat8")
     ara = model.get("accuracy_recovery_adapter")
     if isinstance(qtype, str) and "|" in qtype:  # "qtype|ara_path" (config_modules.py L747-749)
         qtype, ara = qtype.split("|", 1)
@@ -251,6 +282,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         "quantize": "block" if "quantize" in model else "default",
         "quantize_te": "block" if "quantize_te" in model else ("block" if "quantize" in model else "default"),
         "qtype": "block" if "qtype" in model else "default",
+        "qtype_te": "block" if ("qtype_te" if is_klein(arch) else "qtype") in model else "default",
         "trigger_word": "block" if "trigger_word" in proc else "default",
         "steps": "block" if "steps" in train else "default",
     }
@@ -265,8 +297,10 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         quantize=quantize,
         quantize_te=quantize_te,
         qtype=qtype if (quantize or quantize_te) else None,
+        qtype_te=(qtype_te if is_klein(arch) else qtype) if quantize_te else None,
         accuracy_recovery_adapter=ara,
         layer_offloading=layer_offloading,
+        low_vram=bool(model.get("low_vram", False)),
         network_type=str(net_type).lower(),
         # informational (previews use the fp32 training weights); keep unknown spellings as written
         save_dtype=_DTYPES.get(save.get("dtype", "float16"), str(save.get("dtype"))),
@@ -280,5 +314,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         save_every=save.get("save_every", 1000),
         use_ema=bool((train.get("ema_config") or {}).get("use_ema", False))
         if isinstance(train.get("ema_config") or {}, dict) else False,
+        caches_sample_prompts=caches_sample_prompts(train, proc.get("datasets")),
+        pretrained_lora_path=network.get("pretrained_lora_path") or None,
         sources=sources,
     )

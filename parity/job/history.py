@@ -23,7 +23,11 @@ def history_from_job(job, step: int, multiplier: float = 1.0) -> list[tuple[str 
     missing (and then renders on pristine weights)."""
     labels = set(scheduled_sample_labels(job.facts.sample_every, job.facts.sample_start_step, step))
     labels |= {s for s in job.steps() if 0 < s < step}
-    rounds: list[tuple[str | None, float]] = [(None, multiplier)] * len(job.groups_at(0))
+    # label 0: the zero LoRA, or network.pretrained_lora_path when AI Toolkit loaded one (BaseSDTrainProcess.py
+    # L2052-2056); when train.steps is 0 nothing comes after label 0
+    pre = job.pretrained_lora()[0] if getattr(job.facts, "pretrained_lora_path", None) else None
+    rounds: list[tuple[str | None, float]] = [(None if pre is None else str(pre), multiplier)] * len(
+        [g for g in job.groups_at(0) if g != "final"])
     for s in sorted(labels):
         ck = job.checkpoint_for(s)
         path = str(ck) if ck is not None else str(Path(job.folder) / f"{job.name}_{s:09d}.safetensors")

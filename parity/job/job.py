@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -67,6 +68,8 @@ class Job:
         """The prompts of the `sample` block (group "sample") or of `first_sample` (group "first_sample")."""
         if group in self._resolved:
             return list(self._resolved[group])
+        if group == "final":  # the final sample() at label 0 when train.steps is 0: the `sample` block again
+            return self.resolved_samples("sample")
         block = self.sample_block if group == "sample" else self.first_sample_block
         if block is None:
             return []
@@ -74,8 +77,27 @@ class Job:
         out = resolve_samples(block, trigger_word=self.facts.trigger_word, group=group, path=str(self.config_path))
         if not out:
             raise ConfigError(f"process[0].{where} has no prompts (nothing AI Toolkit would render)", self.config_path)
+        if group == "first_sample" and self.facts.caches_sample_prompts:
+            out = self._cached_prompts(out)
         self._resolved[group] = out
         return list(out)
+
+    def _cached_prompts(self, first: list[ResolvedSample]) -> list[ResolvedSample]:
+        """With sample prompts pre-encoded (JobFacts.caches_sample_prompts), sample() reads embedding i from the
+        cache of the `sample` block for first_sample too (base_model.py L544-546): the prompt and negative prompt
+        of first_sample item i are those of sample item i; every other setting stays first_sample's."""
+        from dataclasses import replace
+
+        cached = self.resolved_samples("sample")
+        if len(first) > len(cached):
+            raise ConfigError(f"first_sample has {len(first)} prompts but the text embeddings are cached from the "
+                              f"{len(cached)} of `sample` (unload_text_encoder / cache_text_embeddings): AI Toolkit "
+                              "fails with an IndexError on prompt " + str(len(cached)), self.config_path)
+        note = ("text embeddings cached (unload_text_encoder / cache_text_embeddings): the prompt rendered is the "
+                "`sample` block's prompt {i}, not first_sample's (base_model.py L544-546)")
+        return [replace(s, prompt=c.prompt, neg=c.neg, sources={**s.sources, "prompt": "job"},
+                        notes=[*s.notes, note.format(i=s.index)]) if (s.prompt, s.neg) != (c.prompt, c.neg) else s
+                for s, c in zip(first, cached)]
 
     def lora_application(self, samples: list[ResolvedSample]) -> str:
         """`merged` only when the network can merge (not quantized, no layer offloading; BaseSDTrainProcess.py
@@ -83,7 +105,47 @@ class Job:
         L426-433); otherwise the LoRA runs live (unmerged fp32 branch)."""
         if self.facts.quantize or self.facts.layer_offloading:
             return "live"
+        if self.facts.network_type == "dora":  # merge_in returns early for DoRA (network_mixins.py L894-896)
+            return "live"
         return "merged" if len({s.network_multiplier for s in samples}) <= 1 else "live"
+
+    def working_dirs(self) -> list[Path]:
+        """Where AI Toolkit may have run (its relative paths, e.g. ctrl_img, are opened from its working
+        directory): the folder D with D/training_folder == this job's parent folder when training_folder is
+        relative, then the config file's folder, then the job folder."""
+        out: list[Path] = []
+        tf = self.facts.training_folder
+        if isinstance(tf, str) and tf and not Path(tf).is_absolute():
+            parts = Path(tf).parts
+            parent = self.folder.resolve().parent
+            tail = parent.parts[len(parent.parts) - len(parts):]
+            if tuple(tail) == tuple(parts):
+                out.append(Path(*parent.parts[: len(parent.parts) - len(parts)]))
+        out += [self.config_path.resolve().parent, self.folder.resolve()]
+        return list(dict.fromkeys(out))
+
+    def resolve_reference(self, written: str) -> str:
+        """A ctrl_img path as AI Toolkit opens it: absolute as is; relative from its working directory (the
+        first candidate of `working_dirs` where the file exists, else the first candidate, so a missing file
+        is reported at the path AI Toolkit would have opened)."""
+        p = Path(os.path.expanduser(written))
+        if p.is_absolute():
+            return str(p)
+        dirs = self.working_dirs()
+        for d in dirs:
+            if (d / p).is_file():
+                return str(d / p)
+        return str(dirs[0] / p)
+
+    def _numerics(self) -> tuple[tuple[str, str], ...]:
+        """[klein] loads Qwen3 with `from_pretrained(torch_dtype=dtype)` and casts it again with `.to(device,
+        dtype)` only when neither quantize_te nor low_vram is set (flux2_klein_model.py L41-53); without that
+        second cast the rotary `inv_freq` buffer stays fp32: the te_cast switch's from_pretrained-only path.
+        FLUX.2-dev always casts (flux2_model.py L98-104)."""
+        f = self.facts
+        if f.arch != "flux2" and (f.quantize_te or f.low_vram):
+            return (("te_cast", "diffusers"),)
+        return ()
 
     def render_spec(self, s: ResolvedSample, lora_path: Path | None, application: str) -> ResolvedSpec:
         f = self.facts
@@ -98,12 +160,16 @@ class Job:
             network_multiplier=s.network_multiplier,
             lora_application=application,
             dtype=f.dtype,
-            # FLUX.2 quantizes the text encoder with `qtype`, not `qtype_te` (flux2_model.py L108-111)
+            # FLUX.2-dev quantizes the text encoder with `qtype`, [klein] with `qtype_te` (JobFacts.qtype_te)
             quantize=f.qtype if f.quantize else None,
-            quantize_te=f.qtype if f.quantize_te else None,
+            quantize_te=f.qtype_te,
             semantics="aitk",
             schedule="aitk",
             generator="cpu",
+            control_images=tuple(self.resolve_reference(p) for p in s.control_images),
+            numerics=self._numerics(),
+            negative_prompt=s.neg if isinstance(s.neg, str) else "",
+            arch=f.arch,
         )
         sources = dict(s.sources)
         sources.update(
@@ -144,6 +210,18 @@ class Job:
         """Step labels that have at least one preview file, ascending."""
         return self.previews.steps()
 
+    def pretrained_lora(self) -> tuple[Path | None, str | None]:
+        """network.pretrained_lora_path as AI Toolkit loads it before the baseline when it exists
+        (BaseSDTrainProcess.py L856-859, L2052-2056): (path, None), or (None, why) when it is not found here."""
+        written = self.facts.pretrained_lora_path
+        if not written:
+            return None, None
+        p = Path(self.resolve_reference(written))
+        if p.is_file():
+            return p, None
+        return None, (f"network.pretrained_lora_path {written!r} not found (looked in {p.parent}); AI Toolkit "
+                      "loads it before the baseline when it exists")
+
     def checkpoint_for(self, step: int) -> Path | None:
         """Label S -> `{name}_{S:09d}.safetensors`; label == train.steps -> `{name}.safetensors` (the numbered
         file if only that exists). None when neither exists. Label 0 is the baseline: no LoRA."""
@@ -162,11 +240,27 @@ class Job:
             groups = ["first_sample"] if self.first_sample_block is not None else []
             if not f.skip_first_sample:
                 groups.append("sample")
+            if f.steps == 0:  # no training step: the final sample() after the loop runs at label 0
+                groups.append("final")  # (BaseSDTrainProcess.py L2820-2821), skip_first_sample or not
             return groups
         return ["sample"]
 
-    def _select_steps(self, step: StepArg) -> list[int]:
-        have = self.steps()
+    def expected_steps(self) -> list[int]:
+        """The labels training will write previews at: 0 when a sample() runs there (baseline, first_sample, or
+        the final one of a 0-step job), every scheduled label below train.steps, and the final label
+        (BaseSDTrainProcess.py L2472-2481, L2555-2561, L2820-2821). Empty when sampling is disabled."""
+        from parity.job.history import scheduled_sample_labels
+
+        f = self.facts
+        if f.disable_sampling:
+            return []
+        labels = set(scheduled_sample_labels(f.sample_every, f.sample_start_step, f.steps)) | {f.steps}
+        if self.groups_at(0):
+            labels.add(0)
+        return sorted(labels)
+
+    def _select_steps(self, step: StepArg, expected: bool = False) -> list[int]:
+        have = self.expected_steps() if expected else self.steps()
         listing = ", ".join(map(str, have)) or "none"
         if isinstance(step, str):
             if step == "all":
@@ -187,11 +281,15 @@ class Job:
                 raise InputFileError(f"no previews at step {s} (step labels found: {listing})", self.samples_dir)
         return wanted
 
-    def items(self, step: StepArg = "latest", *, strict: bool = True, detect: bool = True) -> list[PreviewItem]:
+    def items(self, step: StepArg = "latest", *, strict: bool = True, detect: bool = True,
+              expected: bool = False) -> list[PreviewItem]:
         """Items to reproduce at the chosen step label(s). strict: a missing preview or checkpoint raises
-        InputFileError listing what exists; otherwise the item records it in `missing`."""
+        InputFileError listing what exists; otherwise the item records it in `missing`. expected: choose among
+        the labels training will write (`expected_steps`) instead of the previews present (for plans made
+        before or during training; implies non-strict)."""
         out: list[PreviewItem] = []
-        for s in self._select_steps(step):
+        strict = strict and not expected
+        for s in self._select_steps(step, expected):
             groups = self.groups_at(s)
             per_group = {g: self.resolved_samples(g) for g in groups}
             for g, samples in per_group.items():
@@ -217,6 +315,12 @@ class Job:
             missing.append(msg)
         baseline = s == 0 and g in ("sample", "first_sample")
         ckpt = None if baseline else self.checkpoint_for(s)
+        if baseline and self.facts.pretrained_lora_path:
+            ckpt, msg = self.pretrained_lora()
+            if msg:
+                if strict:
+                    raise InputFileError(msg, self.config_path)
+                missing.append(msg)
         if ckpt is None and not baseline:
             want = self.name + (".safetensors" if s == self.facts.steps else f"_{s:09d}.safetensors")
             msg = f"no checkpoint {want} for step {s}; checkpoints: {self.checkpoints.listing()}"

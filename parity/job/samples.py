@@ -7,6 +7,7 @@ FLUX.2 floor (extensions_built_in/diffusion_models/flux2/flux2_model.py L295-300
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,9 @@ class ResolvedSample:
     network_multiplier: float
     neg: Any
     sources: dict[str, str] = field(default_factory=dict)
+    # reference images as written (paths not yet resolved), in the order AI Toolkit passes them:
+    # ctrl_img (else ctrl_img_1), ctrl_img_2, ctrl_img_3 (flux2_model.py L302-319)
+    control_images: tuple[str, ...] = ()
     flags: tuple[tuple[str, str], ...] = ()
     ignored_flags: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
@@ -87,6 +91,14 @@ def _int(value: Any, key: str, where: str, path: str | None) -> int:
             return int(value)
         raise ConfigError(f"{where}{key} must be an integer, got {value!r}", path)
     return value
+
+
+def _size(value: Any, key: str, where: str, path: str | None) -> int | float:
+    """width/height: an int, or a float that AI Toolkit floors like any number (`max(64, v - v % 8)`,
+    config_modules.py L1216-1217; 1000.5 -> 1000.0 -> 992 at render time). Anything else is a config mistake."""
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value) if value.is_integer() else value
+    return _int(value, key, where, path)
 
 
 def _num(value: Any, key: str, where: str, path: str | None) -> float:
@@ -132,18 +144,44 @@ def parse_sample_block(raw: Any, *, block_name: str = "sample", path: str | None
     return SampleBlock(values=values, sources=sources, items=list(items), items_from=items_from, ext=ext)
 
 
-def floor_size(requested: int) -> tuple[int, list[str]]:
+CTRL_KEYS = ("ctrl_img", "ctrl_img_1", "ctrl_img_2", "ctrl_img_3")
+# base_model.py L556-590 treats these as control videos; FLUX.2's generate_single_image does not
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".wmv", ".m4v", ".flv")
+
+
+def control_images(item: dict, flag_ctrl: str | None, where: str, path: str | None) -> tuple[str, ...]:
+    """The reference images of one sample, in AI Toolkit's order. SampleItem reads ctrl_img* from the item only
+    (no block-level value) and `ctrl_img_1` defaults to `ctrl_img` (config_modules.py L60-65); a `--ctrl_img`
+    flag replaces ctrl_img only (L1452-1453); Flux2Model.generate_single_image then takes ctrl_img if set, else
+    ctrl_img_1, then ctrl_img_2 and ctrl_img_3 (flux2_model.py L302-319)."""
+    vals = {}
+    for key in CTRL_KEYS:
+        v = item.get(key)
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"{where}{key} must be an image path, got {v!r}", path)
+        vals[key] = v or None  # "" is falsy in the UI's form; AI Toolkit would fail opening it
+    ctrl = flag_ctrl if flag_ctrl is not None else vals["ctrl_img"]
+    first = ctrl if ctrl is not None else (vals["ctrl_img_1"] or vals["ctrl_img"])
+    out = tuple(p for p in (first, vals["ctrl_img_2"], vals["ctrl_img_3"]) if p)
+    for p in out:
+        if p.lower().endswith(VIDEO_EXTS):  # FLUX.2 opens every control path with PIL: no preview was rendered
+            raise ConfigError(f"{where}control video {p!r}: AI Toolkit's FLUX.2 sample path opens reference images "
+                              "with PIL (flux2_model.py L302-319) and fails on a video", path)
+    return out
+
+
+def floor_size(requested: int | float) -> tuple[int, list[str]]:
     """AI Toolkit's two size floors: `max(64, v - v % 8)` (config_modules.py L1216-1217, Python modulo, so a
     negative value also ends at 64), then FLUX.2's `v // 16 * 16` at render time (flux2_model.py L295-300).
     57 -> 56 -> 64 (minimum); 72 -> 72 -> 64; 1000 -> 1000 -> 992."""
     steps = []
     v8 = max(64, requested - requested % 8)
     if v8 != requested:
-        steps.append(f"{requested}->{v8} (floor 8, min 64)")
+        steps.append(f"{requested:g}->{v8:g} (floor 8, min 64)")
     v16 = v8 // FLUX2_DIVISOR * FLUX2_DIVISOR
     if v16 != v8:
-        steps.append(f"{v8}->{v16} (FLUX.2 floor 16)")
-    return v16, steps
+        steps.append(f"{v8:g}->{v16:g} (FLUX.2 floor 16)")
+    return int(v16), steps
 
 
 def resolve_samples(
@@ -216,8 +254,8 @@ def resolve_samples(
         if "network_multiplier" in parsed.values:
             nm = parsed.values["network_multiplier"]
 
-        req_w = _int(values["width"], "width", where, path)
-        req_h = _int(values["height"], "height", where, path)
+        req_w = _size(values["width"], "width", where, path)
+        req_h = _size(values["height"], "height", where, path)
         steps = _int(values["sample_steps"], "sample_steps", where, path)
         guidance = _num(values["guidance_scale"], "guidance_scale", where, path)
         nm = _num(nm, "network_multiplier", where, path)
@@ -251,6 +289,7 @@ def resolve_samples(
                 guidance_scale=guidance,
                 network_multiplier=nm,
                 neg=values.get("negative_prompt", values["neg"]),
+                control_images=control_images(item, parsed.values.get("ctrl_img"), where, path),
                 sources={
                     "prompt": "item" if block.items_from == "samples" else "block",
                     "width": sources["width"],
@@ -259,6 +298,9 @@ def resolve_samples(
                     "sample_steps": sources["sample_steps"],
                     "guidance_scale": sources["guidance_scale"],
                     "network_multiplier": sources["network_multiplier"],
+                    "negative_prompt": sources.get("negative_prompt", sources["neg"]),
+                    "control_images": ("flag" if "ctrl_img" in parsed.values else "item")
+                    if any(item.get(k) for k in CTRL_KEYS) or "ctrl_img" in parsed.values else "default",
                 },
                 flags=parsed.flags,
                 ignored_flags=parsed.ignored,

@@ -277,6 +277,11 @@ def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: st
         th[k] = t
         if size:
             dims[k] = list(size)
+    # reference images (FLUX.2 ctrl_img*) the preview was conditioned on: linked next to the preview
+    refs = (((it.get("params") or {}).get("preview") or {}).get("reference_images") or {}).get("value") or []
+    ref_urls = [url_for(p, out) for p in refs if isinstance(p, str)]
+    if ref_urls:
+        urls["refs"] = ref_urls
     v["u"], v["t"], v["dims"] = urls, th, dims
     v["score"] = item_score(it, metric)
     return {k: x for k, x in v.items() if x is not None and x != {} and x != []} | {"id": it["id"], "tier": it["tier"]}

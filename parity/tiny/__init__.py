@@ -5,3 +5,4 @@ from parity.tiny.flux2 import *  # noqa: F401,F403
 from parity.tiny.flux2 import (  # noqa: F401  (names tests and benchmarks use that are not in __all__)
     _TOKENIZER_CORPUS, CHAT_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_VOCAB,
 )
+from parity.tiny.klein import TinyKleinPaths, build_tiny_klein  # noqa: F401,E402

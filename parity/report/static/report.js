@@ -253,6 +253,10 @@
       var u = safeUrl((it.u || {})[p[0]]);
       if (u) links.append(el('a', { href: u, target: '_blank', rel: 'noopener', text: p[1] }));
     });
+    ((it.u || {}).refs || []).forEach(function (r, i) {
+      var u = safeUrl(r);
+      if (u) links.append(el('a', { href: u, target: '_blank', rel: 'noopener', class: 'ref', text: 'reference ' + (i + 1) }));
+    });
     bar.append(links);
     d.append(bar);
     d.append(el('div', { class: 'viewer' }));
