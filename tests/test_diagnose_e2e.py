@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from parity.diagnose import RenderCache, attribute, diagnosis_record, param_diff, suspect_search  # noqa: E402
+from parity.diagnose import RenderCache, attribute, causes_list, param_diff, suspect_search  # noqa: E402
 from parity.spec import RenderSpec, ResolvedSpec  # noqa: E402
 
 PARITY = ("EXACT", "NEAR")
@@ -70,8 +70,8 @@ def test_one_changed_knob_is_ranked_first_and_aligning_restores_parity(rig, knob
     # the diff names exactly this knob
     diff = param_diff(ResolvedSpec(preview), ResolvedSpec(inference))
     assert diff.mismatches == [knob]
-    rec = diagnosis_record(diff, a)
-    assert rec["causes"][0]["knob"] == knob and rec["causes"][0]["ssim_aligned"] >= 0.99
+    causes = causes_list(a)
+    assert causes[0]["knob"] == knob and causes[0]["ssim_aligned"] >= 0.99
 
 
 def test_two_changed_knobs_are_both_named_and_all_aligned_restores_parity(rig):
