@@ -117,9 +117,11 @@ MUTATIONS = [
     Mutation("aitk_mu", "schedule (AI Toolkit mu)", "parity/engine/schedule.py",
              "AITK_MAX_SEQ, AITK_MAX_SHIFT = 4096, 1.15\n", "AITK_MAX_SEQ, AITK_MAX_SHIFT = 4096, 1.16\n",
              "max shift 1.16 instead of 1.15"),
-    Mutation("floor8", "size floor 8 / min 64", "parity/job/samples.py",
-             "    v8 = max(64, requested - requested % 8)\n", "    v8 = max(64, requested)\n",
-             "no floor to a multiple of 8"),
+    # (AI Toolkit's floor to 8 can never change a render: FLUX.2 floors to 16 afterwards. Only its minimum of 64
+    # px can, so that is what is mutated.)
+    Mutation("min64", "size floor 8 / min 64", "parity/job/samples.py",
+             "    v8 = max(64, requested - requested % 8)\n", "    v8 = max(16, requested - requested % 8)\n",
+             "minimum side 16 instead of 64"),
     Mutation("floor16", "FLUX.2 size floor 16", "parity/job/sizes.py",
              "    return int(width) // FLUX2_DIVISOR * FLUX2_DIVISOR, int(height) // FLUX2_DIVISOR * FLUX2_DIVISOR\n",
              "    return int(width) // 8 * 8, int(height) // 8 * 8\n",
