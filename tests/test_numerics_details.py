@@ -114,3 +114,13 @@ def test_live_lora_adds_the_fp32_branch_rounded_once_to_the_bf16_output(tiny_mod
         with torch.no_grad():
             got = lin(x)
         assert torch.equal(got, base + ((branch * scale) * MULTIPLIER).to(BF16)), p.module
+
+
+def test_render_size_is_floored_to_16_as_flux2_model_does(bf16_engine):
+    """flux2_model.py L295-300: `width // 16 * 16` at render time, also for sizes that did not come through the job
+    reader's floors (--set width=..., request files)."""
+    from parity.spec import RenderSpec
+
+    r = bf16_engine.render(RenderSpec(prompt="a red fox in the snow", width=100, height=72, seed=1, sample_steps=2,
+                                      guidance_scale=3.5, dtype="bf16"))
+    assert (r.width, r.height) == (96, 64) and r.image.shape == (64, 96, 3)
