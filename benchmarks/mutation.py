@@ -137,8 +137,8 @@ MUTATIONS = [
     Mutation("trigger", "[trigger]", "parity/job/flags.py",
              "    a = prompt.replace(\"[name]\", trigger).replace(\"[trigger]\", trigger)\n"
              "    b = prompt.replace(\"[trigger]\", trigger).replace(\"[name]\", trigger)\n",
-             "    a = b = prompt.replace(\"[trigger]\", trigger)\n",
-             "[name] no longer replaced by the trigger"),
+             "    a = b = prompt.replace(\"[name]\", trigger)\n",
+             "[trigger] no longer replaced by the trigger word"),
 ]
 
 

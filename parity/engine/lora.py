@@ -177,7 +177,9 @@ def _checked_tensor(key: str, value: torch.Tensor, path) -> torch.Tensor:
     if value.dtype not in _LORA_DTYPES:
         raise ModelError(f"tensor {key!r} has dtype {str(value.dtype).replace('torch.', '')}; a LoRA holds "
                          "float16, bfloat16 or float32 tensors", path)
-    if not bool(torch.isfinite(value).all()):
+    # alpha is a hyperparameter, not a weight: AI Toolkit writes 9999999999 for full-rank LoKr factors, which a
+    # float16 file stores as inf (lokr.py L209-215 treats it as "alpha = rank")
+    if not key.endswith(".alpha") and not bool(torch.isfinite(value).all()):
         bad = int((~torch.isfinite(value)).sum())
         raise ModelError(f"tensor {key!r} holds {bad} NaN/inf value(s) of {value.numel()}: the checkpoint is "
                          "corrupt (a diverged training step?)", path)
