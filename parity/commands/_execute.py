@@ -37,6 +37,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--determinism-check", default="auto", choices=("auto", "always", "off"),
                    help="render an item twice and require identical bytes: auto (default) only for items below "
                         "their gate, always, or off")
+    from parity.commands.report import add_report_arguments
+
+    add_report_arguments(p)
 
 
 def _steps_value(text: str | None) -> Any:
@@ -64,6 +67,9 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.run import case_error_record, stderr_progress
     from parity.session import Session
 
+    from parity.report.html import report_href
+
+    report_href(args.report_url)  # a bad --report-url is a usage error before any rendering
     planned, case_errors = _plan(cases, args)
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:])
@@ -82,7 +88,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    paths = write_report(results, out)
+    paths = write_report(results, out, copy_images=not args.link_images, report_url=args.report_url)
     if args.json_out:
         from parity.jsonio import dumps
 
