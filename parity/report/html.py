@@ -162,11 +162,13 @@ def _parse_thumb(name: str) -> tuple[str, tuple[int, int]] | None:
 
 
 def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, *, budget_s: float | None = None,
-                     workers: int | None = None) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
+                     workers: int | None = None, origin: dict[str, str] | None = None,
+                     ) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
     """abs source path -> (thumbnail URL or None, source size or None), for the images of `items` in their
     order (pass them worst first). Cached thumbnails are reused. With `budget_s`, making new thumbnails stops
     after that many seconds: the remaining cards show the full image (lazy-loaded), and the next rebuild
-    continues where this one stopped."""
+    continues where this one stopped. `origin` maps an image copied into the report to its original, whose
+    thumbnail (made by the runner, or by an earlier report) it shares."""
     from PIL import Image
 
     tdir = out / THUMB_DIR
@@ -183,7 +185,7 @@ def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, *, budge
     result: dict[str, tuple[str | None, tuple[int, int] | None]] = {}
     todo: list[tuple[str, str]] = []
     for src in sources:
-        key = _thumb_key(src, size)
+        key = _thumb_key((origin or {}).get(src, src), size)
         if key in cached:
             name, dims = cached[key]
             result[src] = (f"{THUMB_DIR}/{name}", dims)
@@ -458,7 +460,9 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
         for line in refused:
             log.warning("%s", line)
     summary = summarize(items, results.run)
-    thumbs = build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s) if thumbnails else {}
+    origin = {dst: src for src, dst in copies.items()}
+    thumbs = (build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s, origin=origin)
+              if thumbnails else {})
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
                         junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
                         thumbs=out / THUMB_DIR)
