@@ -99,7 +99,8 @@ def report_href(report_url: str | None) -> str:
     if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.scheme == "file"):
         raise ParityError(f"--report-url must be an http(s):// or file:// address of the report folder, "
                           f"got {report_url!r}")
-    return report_url if parts.path.endswith(".html") else report_url.rstrip("/") + "/index.html"
+    url = report_url if parts.path.endswith(".html") else report_url.rstrip("/") + "/index.html"
+    return quote(url, safe=":/?#[]@!$&'()*+,;=%~")  # a space or a markdown ( ) must not end the link
 
 
 # ----------------------------------------------------------------------------------------------- thumbnails
