@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,9 @@ class Plot:
     yticks: list[tuple[float, str]]  # (y, label)
     xticks: list[tuple[float, str]]
     ylabel: str
+    left: float = 36                                               # x where the plotting area starts
+    bands: list[tuple[float, float]] = field(default_factory=list)  # (top, bottom) of each lane (steps_plot)
+    lane_labels: list[tuple[float, str]] = field(default_factory=list)  # (y, label) left of each lane
 
 
 def _yscale(lo: float, h: int, pad: int) -> Any:
@@ -253,25 +256,45 @@ def score_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18) -
     return Plot(width, height, series, ticks, [(40, "worst"), (width - 10, "best")], s.metric)
 
 
-def steps_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18, max_series: int = 8) -> Plot | None:
-    """Mean score per training step, one line per case (the worst `max_series` cases)."""
+def _step_ticks(steps: list[float], x_of: dict[float, float], min_gap: float = 44) -> list[tuple[float, str]]:
+    """At most ~8 step labels, never closer than `min_gap` px (the last step is kept, the one before it dropped)."""
+    every = max(1, len(steps) // 8)
+    picked = [st for i, st in enumerate(steps) if i % every == 0]
+    if picked[-1] != steps[-1]:
+        if x_of[steps[-1]] - x_of[picked[-1]] < min_gap:
+            picked.pop()
+        picked.append(steps[-1])
+    return [(x_of[st], f"{st:g}") for st in picked]
+
+
+def steps_plot(s: Summary, width: int = 520, lane_h: int = 30, max_series: int = 8) -> Plot | None:
+    """Mean score per training step as small multiples: one lane per case (the worst `max_series`), all on one
+    score scale and one step axis, so five or fifty cases and any number of steps stay readable (overlaid lines
+    of many cases were a tangle)."""
     series_src = {c: v for c, v in s.steps.items() if v}
     steps = sorted({st for v in series_src.values() for st, _, _ in v})
     if len(steps) < 2:
         return None
     cases = sorted(series_src, key=lambda c: min(m for _, m, _ in series_src[c]))[:max_series]
     lo = _lo([m for c in cases for _, m, _ in series_src[c]])
-    y = _yscale(lo, height, pad)
-    x_of = {st: 40 + i / (len(steps) - 1) * (width - 50) for i, st in enumerate(steps)}
-    series = []
+    left, right, top = 128, width - 10, 4
+    x_of = {st: left + i / (len(steps) - 1) * (right - left) for i, st in enumerate(steps)}
+    series, bands, labels = [], [], []
     for k, c in enumerate(cases):
+        y0 = top + k * lane_h
+        y = lambda v, y0=y0: y0 + 3 + (1.0 - (v - lo) / (1.0 - lo if lo < 1 else 1.0)) * (lane_h - 8)  # noqa: E731
         pts = [(x_of[st], y(m)) for st, m, _ in series_src[c]]
         path = "M" + "L".join(f"{x:.1f} {yy:.1f}" for x, yy in pts)
-        series.append({"label": c or "(no case)", "cls": f"s-{k}", "path": path, "dots": pts})
-    every = max(1, len(steps) // 8)
-    xt = [(x_of[st], f"{st:g}") for i, st in enumerate(steps) if i % every == 0 or i == len(steps) - 1]
-    ticks = [(y(v), f"{v:.2f}") for v in (lo, (lo + 1) / 2, 1.0)]
-    return Plot(width, height, series, ticks, xt, f"mean {s.metric}")
+        worst = min(m for _, m, _ in series_src[c])
+        name = c or "(no case)"
+        name = name if len(name) <= 16 else name[:15] + "…"
+        series.append({"label": c or "(no case)", "cls": f"s-{k}", "path": path,
+                       "dots": pts if len(steps) <= 40 else []})  # dots only while they do not merge
+        bands.append((y0, y0 + lane_h - 2))
+        labels.append((y0 + lane_h / 2 + 3, f"{name} ≥{worst:.2f}"))
+    height = top + len(cases) * lane_h + 14
+    return Plot(width, height, series, [], _step_ticks(steps, x_of), f"mean {s.metric}", left=left, bands=bands,
+                lane_labels=labels)
 
 
 # ----------------------------------------------------------------------------------------------- view model
