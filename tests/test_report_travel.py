@@ -210,3 +210,55 @@ def test_link_images_keeps_absolute_links_to_the_originals(tmp_path):
     assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls)
     assert all(Path(unquote(u)).is_file() and (tmp_path / "run") in Path(unquote(u)).parents for u in urls)
     assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
+
+
+# ----------------------------------------------------------------------------------------------- charts
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """Five cases, one prompt each, 100 training steps: the step timeline and the steps chart at their widest."""
+    d = tmp_path_factory.mktemp("long-run")
+    return load(synthetic_results(500, d / "run", image_size=24, cases=5, prompts=1)), d
+
+
+def test_steps_chart_gives_each_case_its_own_lane(long_run):
+    from parity.report.html import steps_plot
+    from parity.report.summary import summarize
+
+    res, _ = long_run
+    plot = steps_plot(summarize(res.items, res.run))
+    cases = {it["case"] for it in res.items}
+    assert len(plot.series) == len(plot.bands) == len(cases) == 5
+    for (t0, b0), (t1, _) in zip(plot.bands, plot.bands[1:]):
+        assert b0 < t1  # lanes do not overlap
+    for sr, (top, bottom) in zip(plot.series, plot.bands):
+        ys = [float(p.split(" ")[1]) for p in sr["path"][1:].split("L")]
+        assert 90 <= len(ys) <= 100 and all(top <= y <= bottom for y in ys), sr["label"]  # ERROR: no score
+    xs = [x for x, _ in plot.xticks]
+    assert all(b - a >= 40 for a, b in zip(xs, xs[1:])), plot.xticks  # step labels never overprint
+    assert plot.xticks[-1][1] == f"{max(it['step'] for it in res.items):g}"
+    assert all(x <= plot.width for x in xs)
+
+
+@pytest.mark.browser
+def test_no_horizontal_scroll_with_a_100_step_timeline(long_run):
+    from urllib.parse import quote
+
+    from test_report_browser import chromium_driver, open_report
+
+    res, d = long_run
+    paths = write_report(res, d / "report")
+    drv = chromium_driver(1280, 900)
+    try:
+        open_report(drv, paths)
+        assert drv.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        worst = min(res.items, key=lambda it: it["step"] if it["case"] == res.items[0]["case"] else 1e9)
+        open_report(drv, paths, "#item=" + quote(worst["id"], safe=""))
+        n = drv.execute_script("return document.querySelectorAll('.card.open .timeline .strip .tl').length")
+        assert n == 100
+        spark = drv.execute_script("var s = document.querySelector('.card.open .timeline svg.spark');"
+                                   "return s && s.getBoundingClientRect().right")
+        assert spark and spark <= drv.execute_script("return window.innerWidth")
+        assert drv.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    finally:
+        drv.quit()
+        shutil.rmtree(drv._parity_profile, ignore_errors=True)
