@@ -277,7 +277,7 @@ def steps_plot(s: Summary, width: int = 520, lane_h: int = 30, max_series: int =
         return None
     cases = sorted(series_src, key=lambda c: min(m for _, m, _ in series_src[c]))[:max_series]
     lo = _lo([m for c in cases for _, m, _ in series_src[c]])
-    left, right, top = 128, width - 10, 4
+    left, right, top = 128, width - 24, 4  # right: room for the last step label, centred on its x
     x_of = {st: left + i / (len(steps) - 1) * (right - left) for i, st in enumerate(steps)}
     series, bands, labels = [], [], []
     for k, c in enumerate(cases):
@@ -291,7 +291,7 @@ def steps_plot(s: Summary, width: int = 520, lane_h: int = 30, max_series: int =
         series.append({"label": c or "(no case)", "cls": f"s-{k}", "path": path,
                        "dots": pts if len(steps) <= 40 else []})  # dots only while they do not merge
         bands.append((y0, y0 + lane_h - 2))
-        labels.append((y0 + lane_h / 2 + 3, f"{name} ≥{worst:.2f}"))
+        labels.append((y0 + lane_h / 2 + 3, f"{name} min {worst:.2f}"))
     height = top + len(cases) * lane_h + 14
     return Plot(width, height, series, [], _step_ticks(steps, x_of), f"mean {s.metric}", left=left, bands=bands,
                 lane_labels=labels)
