@@ -109,8 +109,14 @@ def test_moved_report_and_moved_merge_show_every_image(demo, tmp_path):
         # two runs with relative --out, from a working directory that is neither the repo nor the report's parent
         for job, base, out in ((demo.job, demo.base_model, "reports/portrait"),
                                (demo.klein_job, demo.klein_base_model, "reports/klein")):
-            r = _cli("diff", job, "--base-model", base, "--out", out, "--no-attribution", "-q", cwd=work)
+            r = _cli("diff", job, "--base-model", base, "--out", out, "--no-attribution", "-q",
+                     "--json", f"copies/{Path(out).name}.json", cwd=work)
             assert r.returncode == 0, r.stdout + r.stderr
+            # --json FILE: a results file elsewhere has its paths relative to its own folder (or absolute)
+            copy = json.loads((work / "copies" / f"{Path(out).name}.json").read_text())
+            for it in copy["items"]:
+                for key in ("preview", "render", "heatmap_diff"):
+                    assert (work / "copies" / it["paths"][key]).is_file(), (key, it["paths"][key])
         # upload + download as artifacts: the folders move, the working directory is gone
         moved = tmp_path / "downloaded"
         shutil.move(str(work / "reports"), str(moved))

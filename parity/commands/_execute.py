@@ -90,11 +90,21 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         print(file=sys.stderr)
     paths = write_report(results, out, copy_images=not args.link_images, report_url=args.report_url)
     if args.json_out:
-        from parity.jsonio import dumps
-
-        Path(args.json_out).write_text(dumps(results.to_dict(), indent=1) + "\n")
+        _write_json_copy(results, Path(args.json_out))
     print_summary(results.items, paths)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+
+
+def _write_json_copy(results: Any, path: Path) -> None:
+    """`--json FILE`: the results, item paths rebased to FILE's folder (relative inside it, else absolute)."""
+    from parity.jsonio import dumps
+    from parity.report.store import absolute_paths, relative_paths
+
+    doc = results.to_dict()
+    doc["items"] = [relative_paths(absolute_paths(it, results.base_dir), path.resolve().parent)
+                    for it in results.items]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(doc, indent=1) + "\n")
 
 
 def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
