@@ -326,8 +326,7 @@ def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: st
         if size:
             dims[k] = list(size)
     # reference images (FLUX.2 ctrl_img*) the preview was conditioned on: linked next to the preview
-    refs = (((it.get("params") or {}).get("preview") or {}).get("reference_images") or {}).get("value") or []
-    ref_urls = [url_for(copies.get(p, p), out) for p in refs if isinstance(p, str)]
+    ref_urls = [url_for(copies.get(p, p), out) for p in _reference_images(it)]
     if ref_urls:
         urls["refs"] = ref_urls
     v["u"], v["t"], v["dims"] = urls, th, dims
