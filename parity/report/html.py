@@ -311,7 +311,7 @@ def script_json(obj: Any) -> str:
 
 
 def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: str,
-               copies: dict[str, str]) -> dict[str, Any]:
+               copies: dict[str, str] | None = None) -> dict[str, Any]:
     v = {k: it.get(k) for k in VIEW_FIELDS}  # record fields static/report.js reads (parity.record)
     urls: dict[str, str | None] = {}
     th: dict[str, str | None] = {}
@@ -326,7 +326,7 @@ def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: st
         if size:
             dims[k] = list(size)
     # reference images (FLUX.2 ctrl_img*) the preview was conditioned on: linked next to the preview
-    ref_urls = [url_for(copies.get(p, p), out) for p in _reference_images(it)]
+    ref_urls = [url_for((copies or {}).get(p, p), out) for p in _reference_images(it)]
     if ref_urls:
         urls["refs"] = ref_urls
     v["u"], v["t"], v["dims"] = urls, th, dims
