@@ -69,7 +69,8 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
 
     from parity.report.html import report_href
 
-    report_href(args.report_url)  # a bad --report-url is a usage error before any rendering
+    report_url, link_images = getattr(args, "report_url", None), getattr(args, "link_images", False)  # demo: none
+    report_href(report_url)  # a bad --report-url is a usage error before any rendering
     planned, case_errors = _plan(cases, args)
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:])
@@ -88,7 +89,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    paths = write_report(results, out, copy_images=not args.link_images, report_url=args.report_url)
+    paths = write_report(results, out, copy_images=not link_images, report_url=report_url)
     if args.json_out:
         _write_json_copy(results, Path(args.json_out))
     print_summary(results.items, paths)
