@@ -213,7 +213,8 @@ def test_report_links_the_reference_images_next_to_the_preview(tmp_path):
     item = {"id": "c[step0-p0]", "tier": "EXACT", "paths": {"preview": str(tmp_path / "p.jpg")},
             "params": {"preview": {"reference_images": {"value": [str(ref)], "source": "item"}}}}
     v = _view_item(item, tmp_path / "report", {}, "ssim")
-    assert v["u"]["refs"] == ["../refs/a%20b.png"]
+    # outside the report folder: linked by absolute path (a report copies it into images/ unless --link-images)
+    assert v["u"]["refs"] == [str(ref).replace(" ", "%20")]
     plain = _view_item({**item, "params": {"preview": {"reference_images": {"value": [], "source": "default"}}}},
                        tmp_path / "report", {}, "ssim")
     assert "refs" not in plain["u"]

@@ -37,6 +37,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--determinism-check", default="auto", choices=("auto", "always", "off"),
                    help="render an item twice and require identical bytes: auto (default) only for items below "
                         "their gate, always, or off")
+    from parity.commands.report import add_report_arguments
+
+    add_report_arguments(p)
 
 
 def _steps_value(text: str | None) -> Any:
@@ -64,6 +67,10 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.run import case_error_record, stderr_progress
     from parity.session import Session
 
+    from parity.report.html import report_href
+
+    report_url, link_images = getattr(args, "report_url", None), getattr(args, "link_images", False)  # demo: none
+    report_href(report_url)  # a bad --report-url is a usage error before any rendering
     planned, case_errors = _plan(cases, args)
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:])
@@ -82,13 +89,23 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    paths = write_report(results, out)
+    paths = write_report(results, out, copy_images=not link_images, report_url=report_url)
     if args.json_out:
-        from parity.jsonio import dumps
-
-        Path(args.json_out).write_text(dumps(results.to_dict(), indent=1) + "\n")
+        _write_json_copy(results, Path(args.json_out))
     print_summary(results.items, paths)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+
+
+def _write_json_copy(results: Any, path: Path) -> None:
+    """`--json FILE`: the results, item paths rebased to FILE's folder (relative inside it, else absolute)."""
+    from parity.jsonio import dumps
+    from parity.report.store import absolute_paths, relative_paths
+
+    doc = results.to_dict()
+    doc["items"] = [relative_paths(absolute_paths(it, results.base_dir), path.resolve().parent)
+                    for it in results.items]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(doc, indent=1) + "\n")
 
 
 def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:

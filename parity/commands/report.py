@@ -16,6 +16,9 @@ EXAMPLES = """
   parity report reports/run1/results.json --out /tmp/r1   # write the report elsewhere (links are rebased)
   parity report merge shard0/results.json shard1/results.json --out reports/merged
   parity report reports/run1 --strict                     # exit 1 when an item is below its gate
+  parity report reports/run1 --report-url https://ci.example.com/artifacts/run1   # absolute links in summary.md
+exit codes: 0 written (merge: and every item meets its gate), 1 merge or --strict: an item is below its gate,
+2 bad input or usage
 """
 log = logging.getLogger("parity.report")
 
@@ -31,10 +34,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop making new thumbnails after this long (worst items get theirs first; the rest "
                         "lazy-load full images; a rebuild continues); 0 = no limit (default 4)")
     p.add_argument("--no-thumbnails", action="store_true", help="link full images instead of making thumbnails")
-    p.add_argument("--copy-images", action="store_true",
-                   help="copy images from outside --out into it, so the report directory can be zipped and moved")
+    add_report_arguments(p)
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when an item is below its gate or the run is incomplete")
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the report's images live and where it will be hosted (shared with `parity run` / `parity diff`)."""
+    img = p.add_mutually_exclusive_group()
+    img.add_argument("--copy-images", dest="link_images", action="store_false", default=False,
+                     help="copy the images shown into the report folder, so it can be zipped and moved (default)")
+    img.add_argument("--link-images", dest="link_images", action="store_true", default=False,
+                     help="keep linking the original previews by absolute path instead of copying them (huge "
+                          "runs; the report then works only where the originals are)")
+    p.add_argument("--report-url", default=None, metavar="BASE",
+                   help="address the report folder will be served from: summary.md and junit.xml link there "
+                        "(absolute links, e.g. for a CI job summary) instead of to index.html beside them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     inputs = list(args.inputs)
-    if inputs[0] == "merge" and not Path("merge").exists():
+    merging = inputs[0] == "merge" and not Path("merge").exists()
+    if merging:
         shards = inputs[1:]
         if not shards:
             raise ParityError("`parity report merge` needs at least one results file")
@@ -62,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s", w)
     paths = write_report(results, out, thumbnails=not args.no_thumbnails, thumb_size=args.thumb_size,
                          thumb_budget_s=args.thumb_budget or None, title=args.title,
-                         copy_images=args.copy_images)
+                         copy_images=not args.link_images, report_url=args.report_url)
     n = len(results.items)
     failed = sum(1 for it in results.items if not it.get("passed"))
     state = "" if results.complete else " (run incomplete)"
@@ -70,4 +86,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {paths.index}\n  {paths.junit}\n  {paths.markdown}")
     if args.strict and (failed or not results.complete):
         return 1
+    if merging and failed:
+        return 1  # a merged CI run is judged like the shards were
     return 0

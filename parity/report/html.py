@@ -1,11 +1,13 @@
 """The report directory: index.html (jinja2, autoescape on, CSS/JS inline, data as an embedded JSON blob),
-results.json, junit.xml, summary.md and thumbs/. Self-contained: no network, relative links only, so it works
-from file:// and from an unzipped CI artifact.
+results.json, junit.xml, summary.md, thumbs/ and images/. Self-contained by default: the images it shows are
+copied into images/ (`link_images=True` keeps referencing the originals, by absolute path, for huge runs), no
+network, links relative to the report folder, so it works from file://, from a web server and from an unzipped CI
+artifact wherever it is moved. Files are written world-readable (0644).
 
 Safety: everything is written under `out_dir` by fixed names (thumbnails are named by a hash, never by a user
 file name), via tmp file + os.replace; a symlinked thumbs/ is refused. User text reaches the page only through
 autoescaped jinja or JS textContent; the JSON blob has `<`, `>`, `&` escaped so `</script>` cannot end it;
-image links are relative paths percent-encoded (so `javascript:` cannot become a scheme).
+image links are percent-encoded paths, relative or starting with one `/` (so `javascript:` cannot become a scheme).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -74,11 +76,31 @@ def safe_target(out: Path, name: str) -> Path:
 
 
 def url_for(abs_path: str | None, out: Path) -> str | None:
-    """A relative, percent-encoded URL from the report directory to `abs_path` (None stays None)."""
+    """A percent-encoded URL for `abs_path` from the report directory (None stays None): relative inside it,
+    the absolute path outside it (a `../..` link breaks as soon as the folder moves; an absolute one only when
+    the originals do)."""
     if not abs_path:
         return None
-    rel = os.path.relpath(abs_path, out).replace(os.sep, "/")
-    return quote(rel, safe="/")
+    path = os.path.normpath(os.path.abspath(abs_path))
+    base = str(out)
+    if path == base or path.startswith(base.rstrip(os.sep) + os.sep):
+        return quote(os.path.relpath(path, base).replace(os.sep, "/"), safe="/")
+    return "/" + quote(path.replace(os.sep, "/").lstrip("/"), safe="/")  # one leading / : never `//host`
+
+
+def report_href(report_url: str | None) -> str:
+    """Where summary.md and junit.xml link the report: `index.html` beside them, or the hosted report's address
+    under `report_url` (`--report-url`; absolute, so the links also work in a CI job summary)."""
+    from urllib.parse import urlsplit
+
+    if report_url is None:
+        return "index.html"
+    parts = urlsplit(report_url)
+    if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.scheme == "file"):
+        raise ParityError(f"--report-url must be an http(s):// or file:// address of the report folder, "
+                          f"got {report_url!r}")
+    url = report_url if parts.path.endswith(".html") else report_url.rstrip("/") + "/index.html"
+    return quote(url, safe=":/?#[]@!$&'()*+,;=%~")  # a space or a markdown ( ) must not end the link
 
 
 # ----------------------------------------------------------------------------------------------- thumbnails
@@ -141,11 +163,13 @@ def _parse_thumb(name: str) -> tuple[str, tuple[int, int]] | None:
 
 
 def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, *, budget_s: float | None = None,
-                     workers: int | None = None) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
+                     workers: int | None = None, origin: dict[str, str] | None = None,
+                     ) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
     """abs source path -> (thumbnail URL or None, source size or None), for the images of `items` in their
     order (pass them worst first). Cached thumbnails are reused. With `budget_s`, making new thumbnails stops
     after that many seconds: the remaining cards show the full image (lazy-loaded), and the next rebuild
-    continues where this one stopped."""
+    continues where this one stopped. `origin` maps an image copied into the report to its original, whose
+    thumbnail (made by the runner, or by an earlier report) it shares."""
     from PIL import Image
 
     tdir = out / THUMB_DIR
@@ -162,7 +186,7 @@ def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, *, budge
     result: dict[str, tuple[str | None, tuple[int, int] | None]] = {}
     todo: list[tuple[str, str]] = []
     for src in sources:
-        key = _thumb_key(src, size)
+        key = _thumb_key((origin or {}).get(src, src), size)
         if key in cached:
             name, dims = cached[key]
             result[src] = (f"{THUMB_DIR}/{name}", dims)
@@ -198,6 +222,9 @@ class Plot:
     yticks: list[tuple[float, str]]  # (y, label)
     xticks: list[tuple[float, str]]
     ylabel: str
+    left: float = 36                                               # x where the plotting area starts
+    bands: list[tuple[float, float]] = field(default_factory=list)  # (top, bottom) of each lane (steps_plot)
+    lane_labels: list[tuple[float, str]] = field(default_factory=list)  # (y, label) left of each lane
 
 
 def _yscale(lo: float, h: int, pad: int) -> Any:
@@ -229,25 +256,45 @@ def score_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18) -
     return Plot(width, height, series, ticks, [(40, "worst"), (width - 10, "best")], s.metric)
 
 
-def steps_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18, max_series: int = 8) -> Plot | None:
-    """Mean score per training step, one line per case (the worst `max_series` cases)."""
+def _step_ticks(steps: list[float], x_of: dict[float, float], min_gap: float = 44) -> list[tuple[float, str]]:
+    """At most ~8 step labels, never closer than `min_gap` px (the last step is kept, the one before it dropped)."""
+    every = max(1, len(steps) // 8)
+    picked = [st for i, st in enumerate(steps) if i % every == 0]
+    if picked[-1] != steps[-1]:
+        if x_of[steps[-1]] - x_of[picked[-1]] < min_gap:
+            picked.pop()
+        picked.append(steps[-1])
+    return [(x_of[st], f"{st:g}") for st in picked]
+
+
+def steps_plot(s: Summary, width: int = 520, lane_h: int = 30, max_series: int = 8) -> Plot | None:
+    """Mean score per training step as small multiples: one lane per case (the worst `max_series`), all on one
+    score scale and one step axis, so five or fifty cases and any number of steps stay readable (overlaid lines
+    of many cases were a tangle)."""
     series_src = {c: v for c, v in s.steps.items() if v}
     steps = sorted({st for v in series_src.values() for st, _, _ in v})
     if len(steps) < 2:
         return None
     cases = sorted(series_src, key=lambda c: min(m for _, m, _ in series_src[c]))[:max_series]
     lo = _lo([m for c in cases for _, m, _ in series_src[c]])
-    y = _yscale(lo, height, pad)
-    x_of = {st: 40 + i / (len(steps) - 1) * (width - 50) for i, st in enumerate(steps)}
-    series = []
+    left, right, top = 128, width - 24, 4  # right: room for the last step label, centred on its x
+    x_of = {st: left + i / (len(steps) - 1) * (right - left) for i, st in enumerate(steps)}
+    series, bands, labels = [], [], []
     for k, c in enumerate(cases):
+        y0 = top + k * lane_h
+        y = lambda v, y0=y0: y0 + 3 + (1.0 - (v - lo) / (1.0 - lo if lo < 1 else 1.0)) * (lane_h - 8)  # noqa: E731
         pts = [(x_of[st], y(m)) for st, m, _ in series_src[c]]
         path = "M" + "L".join(f"{x:.1f} {yy:.1f}" for x, yy in pts)
-        series.append({"label": c or "(no case)", "cls": f"s-{k}", "path": path, "dots": pts})
-    every = max(1, len(steps) // 8)
-    xt = [(x_of[st], f"{st:g}") for i, st in enumerate(steps) if i % every == 0 or i == len(steps) - 1]
-    ticks = [(y(v), f"{v:.2f}") for v in (lo, (lo + 1) / 2, 1.0)]
-    return Plot(width, height, series, ticks, xt, f"mean {s.metric}")
+        worst = min(m for _, m, _ in series_src[c])
+        name = c or "(no case)"
+        name = name if len(name) <= 16 else name[:15] + "…"
+        series.append({"label": c or "(no case)", "cls": f"s-{k}", "path": path,
+                       "dots": pts if len(steps) <= 40 else []})  # dots only while they do not merge
+        bands.append((y0, y0 + lane_h - 2))
+        labels.append((y0 + lane_h / 2 + 3, f"{name} min {worst:.2f}"))
+    height = top + len(cases) * lane_h + 14
+    return Plot(width, height, series, [], _step_ticks(steps, x_of), f"mean {s.metric}", left=left, bands=bands,
+                lane_labels=labels)
 
 
 # ----------------------------------------------------------------------------------------------- view model
@@ -263,7 +310,8 @@ def script_json(obj: Any) -> str:
             .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: str) -> dict[str, Any]:
+def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: str,
+               copies: dict[str, str] | None = None) -> dict[str, Any]:
     v = {k: it.get(k) for k in VIEW_FIELDS}  # record fields static/report.js reads (parity.record)
     urls: dict[str, str | None] = {}
     th: dict[str, str | None] = {}
@@ -278,8 +326,7 @@ def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: st
         if size:
             dims[k] = list(size)
     # reference images (FLUX.2 ctrl_img*) the preview was conditioned on: linked next to the preview
-    refs = (((it.get("params") or {}).get("preview") or {}).get("reference_images") or {}).get("value") or []
-    ref_urls = [url_for(p, out) for p in refs if isinstance(p, str)]
+    ref_urls = [url_for((copies or {}).get(p, p), out) for p in _reference_images(it)]
     if ref_urls:
         urls["refs"] = ref_urls
     v["u"], v["t"], v["dims"] = urls, th, dims
@@ -298,7 +345,7 @@ def _static(name: str) -> str:
 
 
 def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs: dict[str, Any],
-                summary: Summary, *, title: str | None = None) -> str:
+                summary: Summary, *, title: str | None = None, copies: dict[str, str] | None = None) -> str:
     import jinja2
 
     env = jinja2.Environment(
@@ -309,7 +356,7 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
         lstrip_blocks=True,
     )
     js = _static("report.js")
-    view_items = [_view_item(it, out, thumbs, summary.metric) for it in items]
+    view_items = [_view_item(it, out, thumbs, summary.metric, copies or {}) for it in items]
     legends = {"heatmap_diff": diff_legend(), "heatmap_ssim": ssim_legend(), "gradient": css_gradient()}
     blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(KNOBS), "legends": legends,
             "irreducible": list(IRREDUCIBLE_KNOBS), "metric": summary.metric,
@@ -329,20 +376,28 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
 
 
-def copyable_image(key: str, src: str, run_dir: Path | None) -> str | None:
+def _reference_images(it: dict[str, Any]) -> list[str]:
+    """The FLUX.2 reference images (ctrl_img*) an item's preview was conditioned on (absolute paths)."""
+    refs = (((it.get("params") or {}).get("preview") or {}).get("reference_images") or {}).get("value") or []
+    return [p for p in refs if isinstance(p, str)]
+
+
+def copyable_image(key: str, src: str, run_dir: Path | list[Path] | None) -> str | None:
     """Why `src` must not be copied into a report, or None when it may. results.json is input like any other: a
     path in it is copied only when it is what this run could have produced there, a regular image file (by its
-    first bytes, not its name), inside the run's own folder or, for a preview, an AI Toolkit preview file
-    (`samples/{ms}__{step:09d}_{i}.ext`). So `"preview": "/etc/passwd"` copies nothing."""
+    first bytes, not its name), inside the run's own folder(s) (`run_dir`: one, or a merge's shard folders) or,
+    for a preview, an AI Toolkit preview file (`samples/{ms}__{step:09d}_{i}.ext`), or for a reference image
+    (`reference_image`: a ctrl_img the job names, anywhere) an image. So `"preview": "/etc/passwd"` copies nothing."""
     from parity.job.previews import parse_preview_filename
 
     p = Path(src)
     if not p.is_file():
         return "not a regular file"
     real = p.resolve()
-    in_run = run_dir is not None and run_dir.resolve() in real.parents
+    dirs = [run_dir] if isinstance(run_dir, Path) else list(run_dir or [])
+    in_run = any(d.resolve() in real.parents for d in dirs)
     is_preview = real.parent.name == "samples" and parse_preview_filename(real.name) is not None
-    if not in_run and not (key == "preview" and is_preview):
+    if not in_run and not (key == "preview" and is_preview) and key != "reference_image":
         return ("neither an AI Toolkit preview file (samples/{ms}__{step:09d}_{i}.ext) nor inside the run's folder"
                 if key == "preview" else "not inside the run's folder")
     try:
@@ -355,63 +410,82 @@ def copyable_image(key: str, src: str, run_dir: Path | None) -> str | None:
     return None
 
 
-def copy_images_into(items: list[dict[str, Any]], out: Path, run_dir: Path | None = None,
-                     refused: list[str] | None = None) -> list[dict[str, Any]]:
-    """Copy the images of `items` (absolute paths) into out/images/ under hashed names (never a user file name)
-    and return the items pointing at the copies: a report directory that can be zipped and moved as a whole.
-    Only what `copyable_image` allows is copied (`run_dir`: the folder of the results file); each refusal is
-    appended to `refused` as one line and the item keeps its original path."""
+def _copy_one(src: str, idir: Path) -> str:
+    """Copy `src` to idir/<hash of its path>.<ext> (never a user file name); returns the copy's path."""
     import shutil
 
+    ext = os.path.splitext(src)[1].lower()
+    ext = ext if ext in (".jpg", ".jpeg", ".png", ".webp") else ".img"
+    dst = idir / (hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext)
+    if not dst.exists():
+        tmp = idir / f".{dst.name}.tmp"
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    return str(dst)
+
+
+def copy_images_into(items: list[dict[str, Any]], out: Path, run_dir: Path | list[Path] | None = None,
+                     refused: list[str] | None = None,
+                     copies: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Copy the images of `items` (absolute paths) into out/images/ under hashed names (never a user file name)
+    and return the items pointing at the copies: a report directory that can be zipped and moved as a whole.
+    Only what `copyable_image` allows is copied (`run_dir`: the folder(s) of the results); each refusal is
+    appended to `refused` as one line and the item keeps its original path. Reference images (which live in the
+    item's params, not its paths) are copied too; `copies` receives every source -> copy."""
     idir = out / "images"
     if idir.is_symlink():
         raise ParityError("refusing to copy images through a symlink", idir)
     idir.mkdir(exist_ok=True)
-    done: dict[str, str] = {}
+    done: dict[str, str] = copies if copies is not None else {}
+
+    def take(it: dict[str, Any], key: str, src: str) -> str:
+        if src in done or out in Path(src).resolve().parents:  # copied already, or inside the report
+            return done.get(src, src)
+        why = copyable_image(key, src, run_dir)
+        if why is not None:
+            if refused is not None:
+                refused.append(f"{it.get('id', '?')}: {key} {src}: not copied: {why}")
+            return src
+        done[src] = _copy_one(src, idir)
+        return done[src]
+
     result = []
     for it in items:
-        it = dict(it)
         paths = dict(it["paths"])
         for k in IMAGE_KEYS:
             src = paths.get(k)
-            if not isinstance(src, str) or not os.path.isfile(src):
-                continue
-            if out in Path(src).resolve().parents:
-                continue  # already inside the report directory
-            why = copyable_image(k, src, run_dir)
-            if why is not None:
-                if refused is not None:
-                    refused.append(f"{it.get('id', '?')}: {k} {src}: not copied: {why}")
-                continue
-            if src not in done:
-                ext = os.path.splitext(src)[1].lower()
-                ext = ext if ext in (".jpg", ".jpeg", ".png", ".webp") else ".img"
-                dst = idir / (hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext)
-                if not dst.exists():
-                    shutil.copyfile(src, dst)
-                done[src] = str(dst)
-            paths[k] = done[src]
-        it["paths"] = paths
-        result.append(it)
+            if isinstance(src, str) and os.path.isfile(src):
+                paths[k] = take(it, k, src)
+        for ref in _reference_images(it):
+            if os.path.isfile(ref):
+                take(it, "reference_image", ref)
+        result.append(dict(it, paths=paths))
     return result
 
 
 def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
                  thumb_budget_s: float | None = 4.0, title: str | None = None,
-                 copy_images: bool = False) -> ReportPaths:
+                 copy_images: bool = True, report_url: str | None = None) -> ReportPaths:
     """Write index.html, junit.xml, summary.md, thumbs/ and (unless it is the run's own file) results.json into
     `out_dir`. Item paths are rebased so links work from `out_dir`. New thumbnails are made worst item first
     for at most `thumb_budget_s` seconds (None: no limit); cards without one lazy-load the full image.
-    `copy_images=True` copies images from outside `out_dir` into it (a report that can be zipped and moved)."""
+    `copy_images` (default) copies images from outside `out_dir` into it (a report that can be zipped and moved);
+    False links the originals by absolute path. `report_url`: where the report will be hosted (absolute links in
+    summary.md and junit.xml)."""
+    href = report_href(report_url)  # checked before anything is written
     out = safe_out_dir(out_dir)
     items = [absolute_paths(it, results.base_dir) for it in results.items]
+    copies: dict[str, str] = {}
     if copy_images:
         refused: list[str] = []
-        items = copy_images_into(items, out, results.base_dir, refused)
+        items = copy_images_into(items, out, results.own_dirs, refused, copies)
         for line in refused:
             log.warning("%s", line)
     summary = summarize(items, results.run)
-    thumbs = build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s) if thumbnails else {}
+    origin = {dst: src for src, dst in copies.items()}
+    thumbs = (build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s, origin=origin)
+              if thumbnails else {})
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
                         junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
                         thumbs=out / THUMB_DIR)
@@ -422,9 +496,9 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
         write_text_atomic(paths.results, dumps_results(doc))
     rel_results = Results(run=results.run, items=items, base_dir=None, source=results.source,
                           warnings=results.warnings)
-    write_text_atomic(paths.junit, junit_xml(rel_results))
-    write_text_atomic(paths.markdown, markdown_summary(rel_results, summary=summary))
-    write_text_atomic(paths.index, render_html(results, items, out, thumbs, summary, title=title))
+    write_text_atomic(paths.junit, junit_xml(rel_results, report_href=href))
+    write_text_atomic(paths.markdown, markdown_summary(rel_results, summary=summary, report_href=href))
+    write_text_atomic(paths.index, render_html(results, items, out, thumbs, summary, title=title, copies=copies))
     return paths
 
 

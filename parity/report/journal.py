@@ -72,6 +72,10 @@ class ResultsStore:
         if self._fd is None:
             raise RuntimeError("ResultsStore.add() before start()")
         clean = to_jsonable(item.to_dict() if isinstance(item, ItemRecord) else item)
+        # On disk a path is relative to this folder, or absolute where it leaves it (docs/results-schema.md): the
+        # runner hands absolute paths (a relative --out must not leave them relative to the working directory);
+        # a relative path given here is already relative to this folder.
+        clean = relative_paths(absolute_paths(clean, self.run_dir), self.run_dir)
         norm = normalize_item(clean, self.run, where=self.journal)
         self._append({"type": "item", "item": clean})
         self._items.pop(norm["id"], None)

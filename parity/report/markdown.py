@@ -92,5 +92,5 @@ def markdown_summary(results: Results, *, report_href: str | None = "index.html"
                      f"against a measured noise floor; {s.noise_floor['lifted']} lay within it (NEAR).")
         lines.append("")
     if report_href:
-        lines += [f"Full report: [{md_text(report_href)}]({quote(report_href, safe='/:')})", ""]
+        lines += [f"Full report: [{md_text(report_href)}]({quote(report_href, safe='/:%#?=&~')})", ""]
     return "\n".join(lines)

@@ -30,13 +30,19 @@ def absolute_paths(item: dict[str, Any], base_dir: Path | None) -> dict[str, Any
     return out
 
 
+def _inside(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
 def relative_paths(item: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """A copy of `item` whose absolute paths are made relative to `base_dir` (with / separators)."""
+    """A copy of `item` whose absolute paths inside `base_dir` are made relative to it (with / separators);
+    paths outside it stay absolute, so the folder can move without its links turning into wrong `../..` paths."""
     base = os.path.abspath(base_dir)
 
     def fix(p: Any) -> Any:
         if isinstance(p, str) and p and os.path.isabs(p):
-            return os.path.relpath(p, base).replace(os.sep, "/")
+            p = os.path.normpath(p)
+            return os.path.relpath(p, base).replace(os.sep, "/") if _inside(p, base) else p
         if isinstance(p, list):
             return [fix(x) for x in p]
         if isinstance(p, dict):
@@ -92,4 +98,6 @@ def merge(results_list: Iterable[Results]) -> Results:
     if len(set(versions)) > 1:
         warnings.append("shards ran with different versions: " + "; ".join(dict.fromkeys(versions)))
         first["versions_differ"] = True
-    return Results(run=first, items=list(items.values()), base_dir=None, source=None, warnings=warnings)
+    run_dirs = [d for res in results_list for d in res.own_dirs]
+    return Results(run=first, items=list(items.values()), base_dir=None, source=None, warnings=warnings,
+                   run_dirs=run_dirs)

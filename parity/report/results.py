@@ -20,7 +20,8 @@ from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME
 @dataclass
 class Results:
     """A run and its items as plain dicts (the results.json shape). `base_dir` is the directory item paths are
-    relative to (None when they are absolute, e.g. after a merge). `warnings` lists what loading skipped."""
+    relative to (None when they are absolute, e.g. after a merge). `warnings` lists what loading skipped.
+    Relative item paths are always relative to the results file's folder; paths leaving it are absolute."""
 
     run: dict[str, Any]
     items: list[dict[str, Any]]
@@ -28,6 +29,12 @@ class Results:
     source: Path | None = None
     warnings: list[str] = field(default_factory=list)
     schema: str = SCHEMA
+    run_dirs: list[Path] = field(default_factory=list)  # after a merge: the shards' folders (images may be copied)
+
+    @property
+    def own_dirs(self) -> list[Path]:
+        """The folders this run wrote into: its own, or every merged shard's."""
+        return list(self.run_dirs) or ([self.base_dir] if self.base_dir is not None else [])
 
     @property
     def complete(self) -> bool:

@@ -81,10 +81,12 @@ def _params(step: int, index: int, prompt: str, mismatches: list[str], irreducib
 
 
 def synthetic_results(n: int, out_dir: str | Path, *, image_size: int = 96, seed: int = 0, hostile: bool = False,
-                      complete: bool = True, cases: int | None = None, gate: str = "NEAR") -> Path:
+                      complete: bool = True, cases: int | None = None, gate: str = "NEAR",
+                      prompts: int | None = None) -> Path:
     """Write a run of `n` fake items into `out_dir` through ResultsStore (images under out_dir/images/) and
     return the path of its results.json. `hostile=True` puts markup in prompts, ids, a case name and a file
-    name; `complete=False` leaves the run unfinished (no finish record)."""
+    name; `complete=False` leaves the run unfinished (no finish record). `prompts` fixes the prompts per case
+    (default up to 4), so e.g. `prompts=1` makes every case a long step timeline."""
     from PIL import Image
 
     out = Path(out_dir)
@@ -95,7 +97,7 @@ def synthetic_results(n: int, out_dir: str | Path, *, image_size: int = 96, seed
     if hostile:
         case_names[-1] = "<b>case</b>&amp;"
     per_case = max(1, math.ceil(n / len(case_names)))
-    n_prompts = min(4, per_case)
+    n_prompts = min(prompts or 4, per_case)
     n_steps = max(1, math.ceil(per_case / n_prompts))
     steps = [s * 250 for s in range(n_steps)]
     store = ResultsStore(out, snapshot_every=1e9)

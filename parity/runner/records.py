@@ -7,6 +7,7 @@ to the item's one-line error.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from parity.record import ItemRecord, Schedule
 def failure_message(e: BaseException) -> str:
     """A ParityError already names the file and the problem; anything else gets its type."""
     return str(e) if isinstance(e, ParityError) else f"{type(e).__name__}: {e}"
+
+
+def _abs(path: Any) -> str | None:
+    """An absolute path (the store makes it relative to the results folder): a relative `--out` must not leave
+    paths relative to whatever the working directory was."""
+    return os.path.abspath(path) if path else None
 
 
 def base_record(item: Any, hardware: str) -> ItemRecord:
@@ -34,8 +41,7 @@ def base_record(item: Any, hardware: str) -> ItemRecord:
     return ItemRecord(
         id=item.id, case=item.case.name, case_file=str(item.case.path), step=item.step, index=item.index,
         prompt=item.preview.spec.prompt, prompt_inference=item.inference.spec.prompt, gate=item.case.expect.min_tier,
-        paths={"preview": str(item.preview_path) if item.preview_path else None,
-               "checkpoint": str(item.checkpoint) if item.checkpoint else None},
+        paths={"preview": _abs(item.preview_path), "checkpoint": _abs(item.checkpoint)},
         params=params, mismatches=list(diff.mismatches), irreducible=[r["knob"] for r in irreducible],
         irreducible_details=irreducible, schedule=schedule_of(params),
     )
@@ -56,8 +62,8 @@ def rendered_record(item: Any, result: Any, render_path: Path, comparison: Any, 
     """The record of a rendered and compared item, judged against its case's gate."""
     rec = base_record(item, hardware)
     c = comparison.to_dict()
-    rec.paths.update(render=str(render_path),
-                     **{f"heatmap_{k}": str(v) for k, v in (comparison.heatmaps or {}).items()})
+    rec.paths.update(render=_abs(render_path),
+                     **{f"heatmap_{k}": _abs(v) for k, v in (comparison.heatmaps or {}).items()})
     rec.tier, rec.reason, rec.error = comparison.tier, c.get("reason", ""), comparison.error
     rec.metrics, rec.metric_variants = c.get("metrics", {}), c.get("variants", {})
     rec.jpeg, rec.ceiling, rec.size_mismatch = c.get("jpeg"), c.get("ceiling"), c.get("size_mismatch")

@@ -557,14 +557,15 @@
     if (vals.length > 1) {
       var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals);
       if (hi - lo < 1e-6) { lo -= 0.01; hi += 0.01; }
-      var W = Math.max(160, g.length * 60), H = 46;
+      // a fixed drawing width scaled to the page (CSS width 100%): 100 steps must not widen the page
+      var W = Math.min(640, Math.max(160, g.length * 60)), H = 46, dx = (W - 60) / Math.max(1, g.length - 1);
       var svg = document.createElementNS(SVGNS, 'svg');
-      svg.setAttribute('viewBox', '0 0 ' + W + ' ' + H); svg.setAttribute('width', W); svg.setAttribute('height', H);
+      svg.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
       svg.setAttribute('class', 'spark');
       var dstr = '';
       g.forEach(function (i, k) {
         var v = pts[k]; if (v === null) return;
-        var x = 30 + k * 60, y = 6 + (1 - (v - lo) / (hi - lo)) * (H - 12);
+        var x = 30 + k * dx, y = 6 + (1 - (v - lo) / (hi - lo)) * (H - 12);
         dstr += (dstr ? 'L' : 'M') + x.toFixed(1) + ' ' + y.toFixed(1);
         var c = document.createElementNS(SVGNS, 'circle');
         c.setAttribute('cx', x); c.setAttribute('cy', y.toFixed(1)); c.setAttribute('r', i === state.current ? 4 : 2.5);
