@@ -149,18 +149,18 @@ class Runner:
     def _save_render(self, item: Any, image: Any) -> Path:
         from PIL import Image
 
-        from parity.run import safe_name
+        from parity.run import item_file_name
 
-        path = self.out_dir / "renders" / f"{safe_name(item.id)}.png"
+        path = self.out_dir / "renders" / f"{item_file_name(item.id)}.png"
         Image.fromarray(image).save(path)
         return path
 
     def _submit_compare(self, item: Any, image: Any) -> Future:
-        from parity.run import safe_name
+        from parity.run import item_file_name
 
         # resample=True: a size mismatch still gets a (labelled, at best DRIFT) score, so it can be attributed.
         return self.comparer.submit(image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps",
-                                    name=safe_name(item.id), resample=True, thresholds=thresholds_of(item))
+                                    name=item_file_name(item.id), resample=True, thresholds=thresholds_of(item))
 
 
 _EXPECTED = (ParityError,)  # errors that name their file and problem: no traceback needed
