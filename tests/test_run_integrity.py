@@ -40,3 +40,46 @@ def test_cases_whose_names_collide_keep_their_own_renders(capsys, tmp_path, good
     assert len(set(renders)) == len(renders)
     assert len(set(heatmaps)) == len(heatmaps)
     assert len(list((out / "renders").glob("*.png"))) == len(items)
+
+
+# ----------------------------------------------------------------------------------------------- folder lock
+_HOLDER = r"""
+import sys
+sys.modules["torch"] = None  # the store needs no torch
+from parity.report import ResultsStore
+store = ResultsStore(sys.argv[1]).start({"id": "holder"})
+print("ready", flush=True)
+sys.stdin.readline()  # hold the folder until the test says so
+store.finish()
+"""
+
+
+def _holder(out: Path):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+@pytest.mark.slow  # another Python process
+def test_second_run_on_one_out_is_refused_while_the_first_holds_it(capsys, tmp_path, good_job, tiny_model_dir):
+    out = tmp_path / "out"
+    p = _holder(out)
+    try:
+        rc, so, se = cli(capsys, "diff", good_job, "--base-model", tiny_model_dir, "--out", out, "--resume",
+                         "--no-attribution", "-q")
+        assert rc == 2 and "another parity run" in se and f"pid {p.pid}" in se, se
+        assert_clean(so, se)
+        journal = (out / "results.jsonl").read_text()
+        assert journal.count('"type": "run"') + journal.count('"type":"run"') == 1
+        assert '"type": "resume"' not in journal and '"type":"resume"' not in journal  # the refused run wrote nothing
+    finally:
+        p.communicate("go\n", timeout=60)
+    assert p.returncode == 0
+    # once the holder is gone (even without a clean exit the kernel drops the flock) the folder can be resumed
+    rc, so, se = cli(capsys, "diff", good_job, "--base-model", tiny_model_dir, "--out", out, "--resume",
+                     "--no-attribution", "-q")
+    assert rc == 0, se

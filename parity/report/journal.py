@@ -13,6 +13,7 @@ from parity.jsonio import dumps, to_jsonable
 from parity.record import ItemRecord
 
 from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME, dumps_results, now_iso, write_text_atomic
+from .lock import RunLock
 from .merging import absolute_paths, relative_paths
 from .results import Results, _parse_journal, normalize_item
 
@@ -36,12 +37,21 @@ class ResultsStore:
         self._items: dict[str, dict[str, Any]] = {}
         self._fd: int | None = None
         self._last_snapshot = 0.0
+        self._lock = RunLock(self.run_dir)
 
     # -- life cycle
     def start(self, run_meta: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> "ResultsStore":
         """Open the run. With an existing journal: `resume=True` keeps its items (cutting off a torn last line),
         `overwrite=True` discards it, otherwise ParityError (a night's results are never dropped silently)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire(now_iso())  # before reading the journal: a second writer is refused, not interleaved
+        try:
+            return self._start(run_meta, resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, run_meta: dict[str, Any], *, resume: bool, overwrite: bool) -> "ResultsStore":
         if self.journal.exists() and self.journal.stat().st_size > 0 and not overwrite:
             if not resume:
                 raise ParityError("results of an earlier run are here; pass --resume to continue it or choose "
@@ -98,6 +108,7 @@ class ResultsStore:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> "ResultsStore":
         return self
