@@ -83,3 +83,26 @@ def test_second_run_on_one_out_is_refused_while_the_first_holds_it(capsys, tmp_p
     rc, so, se = cli(capsys, "diff", good_job, "--base-model", tiny_model_dir, "--out", out, "--resume",
                      "--no-attribution", "-q")
     assert rc == 0, se
+
+
+# ----------------------------------------------------------------------------------------------- resume settings
+def test_resume_with_other_settings_is_refused_unless_forced(capsys, tmp_path, good_job, tiny_model_dir):
+    out = tmp_path / "out"
+    common = ["diff", good_job, "--base-model", tiny_model_dir, "--out", out, "--no-attribution", "-q"]
+    rc, so, se = cli(capsys, *common)
+    assert rc == 0, se
+    journal_before = (out / "results.jsonl").read_bytes()
+
+    rc, so, se = cli(capsys, *common, "--resume", "--set", "guidance_scale=4")
+    assert rc == 2 and "other settings than the interrupted run" in se, se
+    assert "overrides: [] -> ['guidance_scale=4']" in se and "--force-resume" in se, se
+    assert_clean(so, se)
+    assert (out / "results.jsonl").read_bytes() == journal_before  # refused before writing anything
+
+    rc, so, se = cli(capsys, *common, "--resume")  # the same settings resume
+    assert rc == 0, se
+    rc, so, se = cli(capsys, *common, "--resume", "--set", "guidance_scale=4", "--force-resume")
+    assert rc in (0, 1) and "other settings" not in se, se
+    run = load_results(out).run  # the journal records the forced change
+    assert run["inputs"]["overrides"] == ["guidance_scale=4"]
+    assert run["forced_resume"] == ["overrides: [] -> ['guidance_scale=4']"]

@@ -34,6 +34,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write results.json here")
     p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (deterministic split)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: continue even though the run settings differ from the interrupted run's "
+                        "(the report then mixes both)")
     p.add_argument("--determinism-check", default="auto", choices=("auto", "always", "off"),
                    help="render an item twice and require identical bytes: auto (default) only for items below "
                         "their gate, always, or off")
@@ -62,14 +65,17 @@ def _inference_value(args: argparse.Namespace) -> Any:
 def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.report import write_report
     from parity.run import case_error_record, stderr_progress
-    from parity.session import Session
+    from parity.session import Session, default_device
 
     planned, case_errors = _plan(cases, args)
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
-    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:])
-    session = Session.open(out, meta, device=args.device, attribution=not args.no_attribution, budget=args.budget,
+    device = args.device or default_device()
+    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:],
+                inputs=run_inputs(cases, args, device))
+    session = Session.open(out, meta, device=device, attribution=not args.no_attribution, budget=args.budget,
                            determinism=getattr(args, "determinism_check", "auto"),
-                           progress=stderr_progress(args.quiet), resume=args.resume)
+                           progress=stderr_progress(args.quiet), resume=args.resume,
+                           force_resume=getattr(args, "force_resume", False))
     done = session.store.done_ids(include_errors=False)
     for err in case_errors:
         session.store.add(case_error_record(err))
@@ -89,6 +95,17 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         Path(args.json_out).write_text(dumps(results.to_dict(), indent=1) + "\n")
     print_summary(results.items, paths)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+
+
+def run_inputs(cases: list[Case], args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """What decides a run's results, recorded in the run block: `--resume` refuses to continue a run whose
+    inputs differ (parity.report.journal.input_differences), so one report never mixes two settings."""
+    lora = getattr(args, "lora", None)
+    return {"cases": sorted(str(c.path) for c in cases), "steps": args.steps, "base_model": args.base_model,
+            "text_encoder": args.text_encoder, "request": _inference_value(args), "overrides": sorted(args.overrides),
+            "min_tier": args.min_tier, "lora": str(Path(lora).resolve()) if lora else None, "shard": args.shard,
+            "device": device, "attribution": not args.no_attribution, "budget": args.budget,
+            "determinism_check": getattr(args, "determinism_check", "auto")}
 
 
 def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:

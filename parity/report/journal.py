@@ -17,6 +17,14 @@ from .lock import RunLock
 from .merging import absolute_paths, relative_paths
 from .results import Results, _parse_journal, normalize_item
 
+def input_differences(old: Any, new: Any) -> list[str]:
+    """The run inputs (the `inputs` block of the run record) that differ, as "key: old -> new"; none when either
+    run did not record its inputs (written by an older version, or not by the command line)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 class ResultsStore:
     """Writes one run's results into `run_dir` as items finish (see the module docstring for the format).
 
@@ -40,30 +48,41 @@ class ResultsStore:
         self._lock = RunLock(self.run_dir)
 
     # -- life cycle
-    def start(self, run_meta: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> "ResultsStore":
+    def start(self, run_meta: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
+              force: bool = False) -> "ResultsStore":
         """Open the run. With an existing journal: `resume=True` keeps its items (cutting off a torn last line),
-        `overwrite=True` discards it, otherwise ParityError (a night's results are never dropped silently)."""
+        `overwrite=True` discards it, otherwise ParityError (a night's results are never dropped silently).
+        A resume whose `inputs` differ from the journal's run is refused unless `force`."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(now_iso())  # before reading the journal: a second writer is refused, not interleaved
         try:
-            return self._start(run_meta, resume=resume, overwrite=overwrite)
+            return self._start(run_meta, resume=resume, overwrite=overwrite, force=force)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, run_meta: dict[str, Any], *, resume: bool, overwrite: bool) -> "ResultsStore":
+    def _start(self, run_meta: dict[str, Any], *, resume: bool, overwrite: bool, force: bool) -> "ResultsStore":
         if self.journal.exists() and self.journal.stat().st_size > 0 and not overwrite:
             if not resume:
                 raise ParityError("results of an earlier run are here; pass --resume to continue it or choose "
                                   "another output directory", self.journal)
             self._cut_torn_tail()
             old = _parse_journal(self.journal)
+            changed = input_differences(old.run.get("inputs"), to_jsonable(run_meta).get("inputs"))
+            if changed and not force:
+                raise ParityError(f"--resume with other settings than the interrupted run ({'; '.join(changed)}); "
+                                  f"resume with the same options, pass --force-resume to mix them, or choose "
+                                  f"another output directory", self.journal)
             self.run = old.run
             self.run.update({k: v for k, v in to_jsonable(run_meta).items() if k not in ("id", "started")})
             self.run["complete"] = False
             self._items = {it["id"]: it for it in old.items}
             self._open()
-            self._append({"type": "resume", "at": now_iso()})
+            resumed: dict[str, Any] = {"type": "resume", "at": now_iso()}
+            if changed:  # forced: the journal says which settings the later items used
+                resumed.update(inputs=self.run.get("inputs"), changed=changed)
+                self.run.setdefault("forced_resume", []).extend(changed)
+            self._append(resumed)
         else:
             self.run = dict(to_jsonable(run_meta))
             self.run.setdefault("id", self.run_dir.name)

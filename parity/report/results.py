@@ -111,6 +111,9 @@ def _parse_journal(path: Path) -> Results:
             complete = False
             if run is not None:
                 run.setdefault("resumed", []).append(rec.get("at"))
+                if isinstance(rec.get("changed"), list):  # a --force-resume with other settings
+                    run["inputs"] = rec.get("inputs")
+                    run.setdefault("forced_resume", []).extend(str(c) for c in rec["changed"])
     if run is None:
         raise InputFileError("no run record (the file is empty or not a parity results journal)", path)
     run["complete"] = complete
