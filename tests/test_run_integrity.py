@@ -106,3 +106,90 @@ def test_resume_with_other_settings_is_refused_unless_forced(capsys, tmp_path, g
     run = load_results(out).run  # the journal records the forced change
     assert run["inputs"]["overrides"] == ["guidance_scale=4"]
     assert run["forced_resume"] == ["overrides: [] -> ['guidance_scale=4']"]
+
+
+# ----------------------------------------------------------------------------------------------- parity report
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A synthetic run with its report built once; results.json as a dict to mutate."""
+    from parity.report.synthetic import synthetic_results
+
+    out = tmp_path_factory.mktemp("rep") / "run"
+    synthetic_results(4, out)
+    (out / "results.jsonl").unlink(missing_ok=True)  # results.json alone is what `parity report` reads here
+    assert cli_quiet("report", out / "results.json", "--no-thumbnails") == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def cli_quiet(*argv) -> int:
+    from parity.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def _report_files(out: Path) -> dict[str, bytes]:
+    return {n: (out / n).read_bytes() for n in ("index.html", "junit.xml", "summary.md")}
+
+
+def _with(doc: dict, where: str, key: str, value) -> dict:
+    import copy
+
+    d = copy.deepcopy(doc)
+    (d["run"] if where == "run" else d["items"][0])[key] = value
+    return d
+
+
+@pytest.mark.parametrize("where,key,value,fragment", [
+    ("run", "versions", ["torch", "2.4"], "'run.versions' should be dict, got list"),
+    ("run", "settings", "fast", "'run.settings' should be dict, got str"),
+    ("run", "timings", {"total_s": "slow"}, "'run.timings.total_s' should be a number"),
+    ("item", "step", 10**400, "'step' 100000000000... (401 digits) is outside"),
+    ("item", "index", float("nan"), "'index' nan is outside"),
+], ids=["versions-list", "settings-str", "timing-str", "huge-step", "nan-index"])
+def test_report_refuses_malformed_results_before_writing(capsys, report_run, tmp_path, where, key, value, fragment):
+    out, doc = report_run
+    before = _report_files(out)
+    (out / "results.json").write_text(json.dumps(_with(doc, where, key, value)))
+    try:
+        rc, so, se = cli(capsys, "report", out / "results.json", "--no-thumbnails")
+    finally:
+        (out / "results.json").write_text(json.dumps(doc))
+    assert rc == 2 and fragment in se and "results.json" in se, se
+    assert len(se.strip().splitlines()) == 1 and "internal error" not in se
+    assert _report_files(out) == before  # nothing replaced
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    leaf = (st.none() | st.booleans() | st.integers(min_value=-10**30, max_value=10**30) | st.floats()
+            | st.text(max_size=8))
+    return st.recursive(leaf, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
+                                                                                         max_size=3), max_leaves=6)
+
+
+def test_report_on_any_field_value_is_a_report_or_one_clear_error(report_run, tmp_path_factory):
+    """Any JSON value in any run or item field: `parity report` builds the report (exit 0/1) or refuses with
+    exit 2, never an internal error, and a refusal leaves the existing report files as they were."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    src, doc = report_run
+    run_keys = st.sampled_from([("run", k) for k in doc["run"]])
+    item_keys = st.sampled_from([("item", k) for k in doc["items"][0] if k != "id"])
+
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(run_keys | item_keys, _json_values())
+    def check(where_key, value):
+        import shutil
+
+        out = tmp_path_factory.mktemp("fuzz")
+        shutil.copytree(src, out, dirs_exist_ok=True)
+        before = _report_files(out)
+        (out / "results.json").write_text(json.dumps(_with(doc, *where_key, value)))
+        rc = cli_quiet("report", out / "results.json", "--no-thumbnails")
+        assert rc in (0, 1, 2), (where_key, value)
+        if rc == 2:
+            assert _report_files(out) == before
+
+    check()

@@ -55,10 +55,35 @@ def normalize_item(item: dict[str, Any] | ItemRecord, run: dict[str, Any] | None
     return ItemRecord.from_dict(item, default_gate=gate, where=where).to_dict()
 
 
+# The run block's known fields and their types (docs/results-schema.md); None is allowed for each. Checked when a
+# file is read, so a malformed block is one error before the report writes anything.
+_NUMBER = (int, float)
+_RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "started": str, "finished": str, "complete": bool, "versions": dict, "device": str,
+    "base_model": (dict, str), "loras": dict, "settings": dict, "timings": dict, "shard": (dict, str),
+    "shards": list, "resumed": list, "versions_differ": bool, "inputs": dict, "cases": list, "argv": list,
+    "platform": str, "device_name": str, "entry": str, "forced_resume": list}
+# {name: value} blocks whose values are shown as they are (strings) or as seconds (numbers)
+_RUN_MAPS: dict[str, type | tuple[type, ...]] = {"versions": (str, *_NUMBER), "timings": _NUMBER, "loras": str}
+
+
+def _check_run_fields(run: dict[str, Any], where: str | Path | None) -> None:
+    for key, types in _RUN_FIELDS.items():
+        if run.get(key) is not None:
+            check_type(run[key], types, f"'run.{key}'", where)
+    for key, types in _RUN_MAPS.items():
+        for name, v in (run.get(key) or {}).items():
+            if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+                raise InputFileError(f"'run.{key}.{name}' should be "
+                                     f"{'a number' if types is _NUMBER else 'a string'}, got {type(v).__name__}",
+                                     where)
+
+
 def _normalize_run(run: Any, where: str | Path | None) -> dict[str, Any]:
     if run is None:
         run = {}
     check_type(run, dict, "'run'", where)
+    _check_run_fields(run, where)
     run = dict(run)
     run.setdefault("id", "")
     run["complete"] = bool(run.get("complete", False))
