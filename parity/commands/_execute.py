@@ -81,8 +81,10 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         session.store.add(case_error_record(err))
     started = time.perf_counter()
     try:
-        todo = session.record_unrunnable(p for p in planned if p.id not in done)
-        session.runner.run(todo, on_record=session.store.add)
+        compared = session.store.compared_records()  # a resumed run's items awaiting only their follow-ups
+        todo = session.record_unrunnable(p for p in planned if p.id not in done or p.id in compared)
+        session.runner.run(todo, on_record=session.store.add, compared=compared,
+                           on_compared=lambda rec, pending: session.store.add(rec, pending=pending))
     finally:
         session.close()
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})

@@ -43,6 +43,7 @@ class ResultsStore:
         self.snapshot_every = snapshot_every
         self.run: dict[str, Any] = {}
         self._items: dict[str, dict[str, Any]] = {}
+        self._pending: set[str] = set()  # ids whose latest record is a first pass awaiting follow-ups
         self._fd: int | None = None
         self._last_snapshot = 0.0
         self._lock = RunLock(self.run_dir)
@@ -77,6 +78,7 @@ class ResultsStore:
             self.run.update({k: v for k, v in to_jsonable(run_meta).items() if k not in ("id", "started")})
             self.run["complete"] = False
             self._items = {it["id"]: it for it in old.items}
+            self._pending = set(old.pending) & set(self._items)
             self._open()
             resumed: dict[str, Any] = {"type": "resume", "at": now_iso()}
             if changed:  # forced: the journal says which settings the later items used
@@ -88,7 +90,7 @@ class ResultsStore:
             self.run.setdefault("id", self.run_dir.name)
             self.run.setdefault("started", now_iso())
             self.run["complete"] = False
-            self._items = {}
+            self._items, self._pending = {}, set()
             if self.journal.exists():
                 self.journal.unlink()
             self._open()
@@ -96,13 +98,19 @@ class ResultsStore:
         self.write_snapshot()
         return self
 
-    def add(self, item: ItemRecord | dict[str, Any]) -> dict[str, Any]:
-        """Record one finished item durably (fsync'd before returning). Returns the normalised item."""
+    def add(self, item: ItemRecord | dict[str, Any], pending: list[str] | None = None) -> dict[str, Any]:
+        """Record one finished item durably (fsync'd before returning). Returns the normalised item. `pending`
+        names follow-ups still to run (a first-pass record: compared, not yet attributed); a later record of the
+        same id replaces it."""
         if self._fd is None:
             raise RuntimeError("ResultsStore.add() before start()")
         clean = to_jsonable(item.to_dict() if isinstance(item, ItemRecord) else item)
         norm = normalize_item(clean, self.run, where=self.journal)
-        self._append({"type": "item", "item": clean})
+        self._append({"type": "item", "item": clean, **({"pending": list(pending)} if pending else {})})
+        if pending:
+            self._pending.add(norm["id"])
+        else:
+            self._pending.discard(norm["id"])
         self._items.pop(norm["id"], None)
         self._items[norm["id"]] = norm
         if time.monotonic() - self._last_snapshot >= self.snapshot_every:
@@ -141,6 +149,10 @@ class ResultsStore:
     def done_ids(self, *, include_errors: bool = True) -> set[str]:
         """Ids already recorded (for --resume); `include_errors=False` leaves ERROR items out so they are retried."""
         return {i for i, it in self._items.items() if include_errors or it["tier"] != "ERROR"}
+
+    def compared_records(self) -> dict[str, ItemRecord]:
+        """First-pass records of an interrupted run (compared, follow-ups not done), by id, for --resume."""
+        return {i: ItemRecord.from_dict(self._items[i]) for i in self._pending}
 
     def results(self) -> Results:
         return Results(run=dict(self.run), items=list(self._items.values()), base_dir=self.run_dir,

@@ -28,6 +28,7 @@ class Results:
     source: Path | None = None
     warnings: list[str] = field(default_factory=list)
     schema: str = SCHEMA
+    pending: list[str] = field(default_factory=list)  # journal: ids whose last record awaits its follow-ups
 
     @property
     def complete(self) -> bool:
@@ -102,6 +103,7 @@ def _parse_journal(path: Path) -> Results:
     lines = lines[:-1]  # whatever follows the last newline is torn (or empty)
     run: dict[str, Any] | None = None
     items: dict[str, dict[str, Any]] = {}
+    pending: set[str] = set()
     complete = False
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
@@ -124,6 +126,7 @@ def _parse_journal(path: Path) -> Results:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 items.pop(item["id"], None)  # a retried item moves to where it finished last
                 items[item["id"]] = item
+                (pending.add if rec.get("pending") else pending.discard)(item["id"])
             else:
                 warnings.append(f"line {n}: item record without an id, skipped")
         elif kind == "finish":
@@ -148,7 +151,8 @@ def _parse_journal(path: Path) -> Results:
             norm.append(normalize_item(it, run, where=path))
         except InputFileError as e:
             warnings.append(f"skipped an item: {e.message}")
-    return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings)
+    return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings,
+                   pending=sorted(pending & {it["id"] for it in norm}))
 
 
 def _parse_snapshot(path: Path) -> Results:
