@@ -193,3 +193,17 @@ def test_report_on_any_field_value_is_a_report_or_one_clear_error(report_run, tm
             assert _report_files(out) == before
 
     check()
+
+
+# ----------------------------------------------------------------------------------------------- parity plan
+def test_plan_shows_terminal_control_codes_escaped(capsys, tmp_path, tiny_model_dir):
+    from test_reliability import write_job
+
+    hostile = "a cat \x1b]0;owned\x07\x1b[2J\rred\x9b31m"
+    job = write_job(tmp_path / "jobs" / "ctl", tiny_model_dir, prompts=[hostile, "a dog"])
+    rc, so, se = cli(capsys, "plan", job)
+    assert rc == 0, se
+    assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) < 0xa0 for c in so), repr(so)
+    assert "a cat \\x1b]0;owned\\x07" in so
+    rc, so, se = cli(capsys, "plan", job, "--json")  # JSON escapes them itself, and keeps the prompt exact
+    assert json.loads(so)[0]["prompt"].startswith(hostile)
