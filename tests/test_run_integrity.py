@@ -207,3 +207,31 @@ def test_plan_shows_terminal_control_codes_escaped(capsys, tmp_path, tiny_model_
     assert "a cat \\x1b]0;owned\\x07" in so
     rc, so, se = cli(capsys, "plan", job, "--json")  # JSON escapes them itself, and keeps the prompt exact
     assert json.loads(so)[0]["prompt"].startswith(hostile)
+
+
+# ----------------------------------------------------------------------------------------------- bad flags
+@pytest.mark.parametrize("flags,fragment", [
+    (["--device", "bogus"], "is not a torch device"),
+    (["--device", "cuda:7"], "CUDA"),
+    (["--budget", "-3"], "--budget must be 0 or more"),
+    (["--json", "{tmp}/no/such/dir/r.json"], "no such folder"),
+    (["--json", "{tmp}"], "--json is a folder"),
+    (["--step", "soon"], "--step must be"),
+    (["--min-tier", "GOOD"], "--min-tier must be one of"),
+    (["--set", "sample_steps=0"], "sample_steps"),
+], ids=["device", "cuda-index", "budget", "json-dir", "json-folder", "step", "min-tier", "set"])
+def test_bad_flag_is_a_usage_error_before_any_model_loads(flags, fragment, capsys, tmp_path, good_job,
+                                                         tiny_model_dir, monkeypatch):
+    import torch
+
+    from parity.engine import Engine
+
+    if flags[0] == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    monkeypatch.setattr(Engine, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
+    out = tmp_path / "out"
+    rc, so, se = cli(capsys, "diff", good_job, "--base-model", tiny_model_dir, "--out", out, "--no-attribution",
+                     *[f.format(tmp=tmp_path) for f in flags])
+    assert rc == 2 and fragment in se and len(se.strip().splitlines()) == 1, se
+    assert_clean(so, se)
+    assert not out.exists()

@@ -67,6 +67,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.run import case_error_record, stderr_progress
     from parity.session import Session, default_device
 
+    check_run_arguments(args)
     planned, case_errors = _plan(cases, args)
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     device = args.device or default_device()
@@ -97,6 +98,36 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         Path(args.json_out).write_text(dumps(results.to_dict(), indent=1) + "\n")
     print_summary(results.items, paths)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Flags that cannot work are a usage error (exit 2) before any model loads, not one ERROR per item."""
+    if args.budget is not None and args.budget < 0:
+        raise ParityError(f"--budget must be 0 or more, got {args.budget}")
+    if args.device:
+        _check_device(args.device)
+    for flag, value in (("--out", args.out), ("--json", args.json_out)):
+        if value and Path(value).exists() and Path(value).is_dir() != (flag == "--out"):
+            raise ParityError(f"{flag} {'is not a folder' if flag == '--out' else 'is a folder'}", value)
+    if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
+        raise ParityError("--json: no such folder for this file", args.json_out)
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ParityError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParityError(f"--device {name}: no CUDA device is available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ParityError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ParityError(f"--device {name}: MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ParityError(f"--device {name}: parity renders on cpu, cuda or mps")
 
 
 def run_inputs(cases: list[Case], args: argparse.Namespace, device: str) -> dict[str, Any]:
