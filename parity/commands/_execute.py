@@ -166,9 +166,11 @@ def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[
 
 
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
-    """The table of items with tier and causes, then the counts and the report path."""
+    """The table of items with tier and causes, then the counts and the report path (control codes escaped)."""
+    from parity.commands.plan import printable
+
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
-    width = max([len(it["id"]) for it in rows] + [4])
+    width = max([len(printable(it["id"])) for it in rows] + [4])
     print(f"{'item':<{width}}  {'tier':<9} {'ssim':>7}  {'gate':<5} cause / mismatches")
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
@@ -181,7 +183,7 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
             detail = f"top cause: {c['knob']} ({c.get('value_preview')} vs {c.get('value_inference')})"
         else:
             detail = ", ".join(it.get("mismatches") or []) or ""
-        print(f"{it['id']:<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<5} {detail}")
+        print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<5} {printable(detail)}")
     counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
     print(f"report: {paths.index}")
