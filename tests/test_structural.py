@@ -147,8 +147,8 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     # The GPU check's other parts run end to end too: deterministic twin renders and parity doctor on the machine.
     det, doc = res["determinism"], res["doctor"]
     assert det["bit_identical_twice"] is True and det["device"] == "cpu" and det["max_abs_vs_cpu"] == 0
-    assert doc["exit_code"] == 0 and doc["ready"] is True and set(doc["plans"]) == {
-        "demo-parity", "demo-reference-server", "demo-klein"}
+    assert doc["exit_code"] == 0 and doc["ready"] is True and set(doc["plans"]) == {"demo-parity",
+                                                                                  "demo-reference-server"}
 
 
 def test_step_flops_matches_torch_flop_counter_on_linear_layers():
