@@ -171,6 +171,8 @@ VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed"
                "jpeg", "ceiling", "size_mismatch", "params", "mismatches", "irreducible", "causes", "schedule",
                "timings", "error", "reason", "noise_floor")
 
+_MAX_LABEL = 2**53  # step and prompt index: exact JSON integers
+
 # (field, type, empty value) of the plain-container fields a loaded item is checked for
 _CONTAINERS: tuple[tuple[str, type, Any], ...] = (
     ("case", str, ""), ("prompt", str, ""), ("paths", dict, {}), ("metrics", dict, {}), ("metric_variants", dict, {}),
@@ -189,6 +191,9 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
         v = item.get(key)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
             raise InputFileError(f"{label}: '{key}' should be a number", where)
+        if v is not None and not abs(v) <= _MAX_LABEL:  # also NaN; a huge int overflows float formatting
+            text = repr(v) if len(repr(v)) <= 24 else f"{repr(v)[:12]}... ({len(repr(v))} digits)"
+            raise InputFileError(f"{label}: '{key}' {text} is outside -2**53..2**53", where)
         out[key] = v
     out["paths"] = _paths(out["paths"], label, where)
     out["metrics"] = {str(k): number(v) for k, v in out["metrics"].items()}

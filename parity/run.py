@@ -7,6 +7,7 @@ metadata) is parity.session's, shared by the CLI and the pytest plugin.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import zlib
@@ -210,6 +211,13 @@ def safe_name(text: str) -> str:
     if len(out) > 120:  # file systems cap names at 255 bytes; keep distinct ids distinct with a checksum
         out = f"{out[:110]}-{zlib.crc32(text.encode('utf-8')):08x}"
     return out
+
+
+def item_file_name(item_id: str) -> str:
+    """The file stem of an item's render and heatmaps: its safe name plus a short hash of the exact id, so ids
+    that differ only in characters safe_name folds (`demo x` / `demo_x`) never share a file."""
+    digest = hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:10]
+    return f"{safe_name(item_id)[:100]}-{digest}"
 
 
 def stderr_progress(quiet: bool) -> Callable[[str], None]:

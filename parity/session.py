@@ -78,7 +78,7 @@ class Session:
     def open(cls, out_dir: Path, meta: dict[str, Any], *, device: str | None = None, store_dir: Path | None = None,
              attribution: bool = True, budget: int | None = None, determinism: str = "auto",
              progress: Callable[[str], None] | None = None, resume: bool = False,
-             overwrite: bool = False) -> "Session":
+             overwrite: bool = False, force_resume: bool = False) -> "Session":
         """Renders go under `out_dir`; results under `store_dir` (default `out_dir`; xdist workers write their
         own). `meta` adds to run_metadata (entry point, shard, ...)."""
         from parity.report.store import ResultsStore
@@ -86,7 +86,7 @@ class Session:
 
         device = device or default_device()
         store = ResultsStore(store_dir or out_dir)
-        store.start(dict(run_metadata(device), **meta), resume=resume, overwrite=overwrite)
+        store.start(dict(run_metadata(device), **meta), resume=resume, overwrite=overwrite, force=force_resume)
         runner = Runner(out_dir, device=device, attribution=attribution, attribution_budget=budget,
                         progress=progress, determinism=determinism, cache_dir=embedding_cache_dir())
         return cls(runner=runner, store=store, device=device)

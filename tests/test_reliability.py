@@ -324,15 +324,37 @@ def test_bad_lora_case_is_error_other_case_runs(kind, capsys, tmp_path, good_job
             assert f in msg, (f, msg)
 
 
-def test_pickle_lora_refused_by_diff(capsys, tmp_path, good_job, tiny_model_dir):
-    ck = tmp_path / "evil.pt"
-    ck.write_bytes(b"\x80\x04K\x01.")
+@pytest.mark.parametrize("kind,fragment", [
+    ("evil.pt", "pickle-based weights are refused"),
+    ("pickled.safetensors", "not a safetensors file"),  # a pickle under a safetensors name: refused by its header
+    ("unreadable.safetensors", "cannot read"),
+    ("dangling.safetensors", "no such LoRA file"),
+    ("fifo.safetensors", "not a regular file"),  # never opened: reading a FIFO would hang
+])
+def test_bad_lora_given_to_diff_is_a_usage_error_before_any_model_loads(kind, fragment, capsys, tmp_path,
+                                                                        good_job, tiny_model_dir, monkeypatch):
+    import os
+
+    ck = tmp_path / kind
+    if kind.startswith("fifo"):
+        os.mkfifo(ck)
+    elif kind.startswith("dangling"):
+        ck.symlink_to(tmp_path / "gone.safetensors")
+    else:
+        ck.write_bytes(b"\x80\x04K\x01.")
+    if kind.startswith("unreadable"):
+        if os.geteuid() == 0:
+            pytest.skip("root reads a file of mode 000")
+        ck.chmod(0)
+    from parity.engine import Engine
+
+    monkeypatch.setattr(Engine, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
     out = tmp_path / "out"
     rc, so, se = cli(capsys, "diff", good_job, "--lora", ck, "--base-model", tiny_model_dir, "--out", out,
                      "--no-attribution")
-    assert rc == 1 and "Traceback" not in so + se
-    errs = [it["error"] for it in load_results(out).items]
-    assert errs and all("pickle-based weights are refused" in e and str(ck) in e for e in errs), errs
+    assert rc == 2 and "Traceback" not in so + se
+    assert error_lines(se) and fragment in se and str(ck) in se, se
+    assert not out.exists()  # refused before the run started
 
 
 def _tiny_copy(tiny: Path, dest: Path) -> Path:

@@ -109,3 +109,80 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir)
            or '"type":"item"' in ln]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == len(PROMPTS)
     assert len(renders_before) >= len(done)
+
+
+# Counts first-pass renders (EnginePool.render(item), the runner's own render of an item) apart from the
+# follow-ups' renders (attribution renders through the engine directly), and slows the follow-ups down.
+CHILD_FIRST_PASS = r"""
+import os, sys, time
+import torch
+torch.set_num_threads(1)
+from parity.engine import Engine
+from parity.runner.engines import EnginePool
+real_pool, real_engine = EnginePool.render, Engine.render
+def pool_render(self, item, *a, **kw):
+    if not a and not kw:
+        with open(os.environ["PARITY_TEST_COUNT"], "a") as f:
+            f.write(item.id + "\n")
+    return real_pool(self, item, *a, **kw)
+def engine_render(self, spec, **kw):
+    time.sleep(float(os.environ.get("PARITY_TEST_SLEEP", "0")))
+    return real_engine(self, spec, **kw)
+EnginePool.render, Engine.render = pool_render, engine_render
+from parity.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _first_pass_child(args, count_file: Path, sleep: float) -> subprocess.Popen:
+    env = dict(os.environ, PARITY_TEST_COUNT=str(count_file), PARITY_TEST_SLEEP=str(sleep), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-c", CHILD_FIRST_PASS, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _causes(results) -> dict:
+    return {it["id"]: [c["knob"] for c in it.get("causes") or []] for it in results.items}
+
+
+def test_sigkill_during_attribution_keeps_every_compared_item_and_resume_only_follows_up(tmp_path,
+                                                                                         tiny_model_dir):
+    """Items below their gate are journaled as soon as they are compared (a first pass), before attribution: a
+    kill during attribution keeps all of them, and --resume attributes them from the saved renders without
+    rendering any item's first pass again (issue 17 finding 4)."""
+    from parity.report import load
+
+    job = write_job(tmp_path / "jobs" / "attrj", tiny_model_dir, prompts=PROMPTS)
+    # sample_steps 3 against previews rendered with 2: every item is below its gate and gets attributed
+    common = ["diff", job, "--base-model", tiny_model_dir, "--set", "sample_steps=3", "--determinism-check", "off",
+              "-q"]
+    p = _first_pass_child([*common, "--out", tmp_path / "ref"], tmp_path / "ref-count", 0.0)
+    so, se = p.communicate(timeout=300)
+    assert p.returncode == 1, se
+    reference = load(tmp_path / "ref")
+    assert all(not it["passed"] and it.get("causes") for it in reference.items), _causes(reference)
+
+    out, count = tmp_path / "run", tmp_path / "count"
+    journal = out / "results.jsonl"
+    p = _first_pass_child([*common, "--out", out], count, 0.5)
+    deadline = time.monotonic() + 240
+    while _item_lines(journal) < len(PROMPTS) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL  # killed during the follow-ups, not after the run ended
+
+    partial = load(out)
+    assert sorted(partial.pending) == sorted(it["id"] for it in reference.items)  # every item compared, kept
+    for it in partial.items:
+        ref = reference.by_id()[it["id"]]
+        assert (it["tier"], it["metrics"]) == (ref["tier"], ref["metrics"])
+
+    count.unlink()
+    p = _first_pass_child([*common, "--out", out, "--resume"], count, 0.0)
+    so, se = p.communicate(timeout=300)
+    assert p.returncode == 1, se
+    assert not count.exists() or count.read_text() == ""  # no item's first pass rendered again
+    final = load(out)
+    assert final.complete and final.pending == []
+    assert _summary(final) == _summary(reference) and _causes(final) == _causes(reference)

@@ -87,7 +87,9 @@ def test_resume_cuts_torn_tail_and_keeps_done_items(tmp_path):
 
 
 def test_overwrite_discards_old_journal(tmp_path):
-    ResultsStore(tmp_path).start({"id": "a"}).add(_item(0))
+    old = ResultsStore(tmp_path).start({"id": "a"})
+    old.add(_item(0))
+    old.close()  # the earlier run ended (a run still holding the folder is refused: test_run_integrity.py)
     store = ResultsStore(tmp_path).start({"id": "b"}, overwrite=True)
     assert store.done_ids() == set()
     store.finish()

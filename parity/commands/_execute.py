@@ -34,6 +34,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write results.json here")
     p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (deterministic split)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: continue even though the run settings differ from the interrupted run's "
+                        "(the report then mixes both)")
     p.add_argument("--determinism-check", default="auto", choices=("auto", "always", "off"),
                    help="render an item twice and require identical bytes: auto (default) only for items below "
                         "their gate, always, or off")
@@ -65,25 +68,31 @@ def _inference_value(args: argparse.Namespace) -> Any:
 def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.report import write_report
     from parity.run import case_error_record, stderr_progress
-    from parity.session import Session
+    from parity.session import Session, default_device
 
     from parity.report.html import report_href
 
     report_url, link_images = getattr(args, "report_url", None), getattr(args, "link_images", False)  # demo: none
     report_href(report_url)  # a bad --report-url is a usage error before any rendering
+    check_run_arguments(args)
     planned, case_errors = _plan(cases, args)
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
-    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:])
-    session = Session.open(out, meta, device=args.device, attribution=not args.no_attribution, budget=args.budget,
+    device = args.device or default_device()
+    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:],
+                inputs=run_inputs(cases, args, device))
+    session = Session.open(out, meta, device=device, attribution=not args.no_attribution, budget=args.budget,
                            determinism=getattr(args, "determinism_check", "auto"),
-                           progress=stderr_progress(args.quiet), resume=args.resume)
+                           progress=stderr_progress(args.quiet), resume=args.resume,
+                           force_resume=getattr(args, "force_resume", False))
     done = session.store.done_ids(include_errors=False)
     for err in case_errors:
         session.store.add(case_error_record(err))
     started = time.perf_counter()
     try:
-        todo = session.record_unrunnable(p for p in planned if p.id not in done)
-        session.runner.run(todo, on_record=session.store.add)
+        compared = session.store.compared_records()  # a resumed run's items awaiting only their follow-ups
+        todo = session.record_unrunnable(p for p in planned if p.id not in done or p.id in compared)
+        session.runner.run(todo, on_record=session.store.add, compared=compared,
+                           on_compared=lambda rec, pending: session.store.add(rec, pending=pending))
     finally:
         session.close()
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})
@@ -106,6 +115,47 @@ def _write_json_copy(results: Any, path: Path) -> None:
                     for it in results.items]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps(doc, indent=1) + "\n")
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Flags that cannot work are a usage error (exit 2) before any model loads, not one ERROR per item."""
+    if args.budget is not None and args.budget < 0:
+        raise ParityError(f"--budget must be 0 or more, got {args.budget}")
+    if args.device:
+        _check_device(args.device)
+    for flag, value in (("--out", args.out), ("--json", args.json_out)):
+        if value and Path(value).exists() and Path(value).is_dir() != (flag == "--out"):
+            raise ParityError(f"{flag} {'is not a folder' if flag == '--out' else 'is a folder'}", value)
+    if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
+        raise ParityError("--json: no such folder for this file", args.json_out)
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ParityError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParityError(f"--device {name}: no CUDA device is available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ParityError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ParityError(f"--device {name}: MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ParityError(f"--device {name}: parity renders on cpu, cuda or mps")
+
+
+def run_inputs(cases: list[Case], args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """What decides a run's results, recorded in the run block: `--resume` refuses to continue a run whose
+    inputs differ (parity.report.journal.input_differences), so one report never mixes two settings."""
+    lora = getattr(args, "lora", None)
+    return {"cases": sorted(str(c.path) for c in cases), "steps": args.steps, "base_model": args.base_model,
+            "text_encoder": args.text_encoder, "request": _inference_value(args), "overrides": sorted(args.overrides),
+            "min_tier": args.min_tier, "lora": str(Path(lora).resolve()) if lora else None, "shard": args.shard,
+            "device": device, "attribution": not args.no_attribution, "budget": args.budget,
+            "determinism_check": getattr(args, "determinism_check", "auto")}
 
 
 def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
@@ -133,9 +183,11 @@ def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[
 
 
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
-    """The table of items with tier and causes, then the counts and the report path."""
+    """The table of items with tier and causes, then the counts and the report path (control codes escaped)."""
+    from parity.commands.plan import printable
+
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
-    width = max([len(it["id"]) for it in rows] + [4])
+    width = max([len(printable(it["id"])) for it in rows] + [4])
     print(f"{'item':<{width}}  {'tier':<9} {'ssim':>7}  {'gate':<5} cause / mismatches")
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
@@ -148,7 +200,7 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
             detail = f"top cause: {c['knob']} ({c.get('value_preview')} vs {c.get('value_inference')})"
         else:
             detail = ", ".join(it.get("mismatches") or []) or ""
-        print(f"{it['id']:<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<5} {detail}")
+        print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<5} {printable(detail)}")
     counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
     print(f"report: {paths.index}")

@@ -32,9 +32,24 @@ def run(args: argparse.Namespace) -> int:
     job = Path(args.job).resolve()
     if not job.exists():
         raise ConfigError("no such job folder or config file", args.job)
-    if args.lora and not Path(args.lora).is_file():
-        raise ConfigError("no such LoRA file", args.lora)
+    if args.lora:
+        check_lora_file(Path(args.lora))
     name = job.name if job.is_dir() else job.parent.name
     case = Case(name=name, path=(job / "parity-diff.yaml") if job.is_dir() else job,
                 job=job if job.is_dir() else None, config=None if job.is_dir() else job)
     return execute([case], args, entry="diff")
+
+
+def check_lora_file(path: Path) -> None:
+    """--lora is checked before any model loads, so a wrong file is a usage error (exit 2), not one ERROR per
+    item: a regular, readable safetensors file (header only; never a pickle, whose loading can run code)."""
+    from parity.doctor.headers import read_header
+    from parity.engine.weights import refuse_pickle
+    from parity.errors import ConfigError
+
+    if not path.exists():
+        raise ConfigError("no such LoRA file", path)
+    if not path.is_file():
+        raise ConfigError("the LoRA is not a regular file", path)
+    refuse_pickle(path)
+    read_header(path)  # unreadable, truncated or not safetensors: InputFileError naming the file

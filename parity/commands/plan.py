@@ -4,6 +4,7 @@ with where every value came from. Loads no model (no torch)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 HELP = "list the previews of an AI Toolkit job and the exact settings that reproduce each one"
 EXAMPLES = """
@@ -129,5 +130,23 @@ def run(args) -> int:
         if expected:
             print(f"no previews yet in {job.samples_dir}: the previews training will write "
                   f"(labels {', '.join(map(str, job.expected_steps())) or 'none'})")
-        print(_table(job, records))
+        table = _table(job, [_printable(r) for r in records])
+        print("\n".join(printable(line) for line in table.split("\n")))
     return 0
+
+
+def printable(text: str) -> str:
+    """`text` with terminal control characters (escape sequences, carriage returns, newlines) shown escaped, as
+    Python writes them (\\x1b): a prompt in a job config must not drive the user's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _printable(value: Any) -> Any:
+    """Every string in a plan record made printable (JSON output needs none: json.dumps escapes controls)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value

@@ -13,8 +13,17 @@ from parity.jsonio import dumps, to_jsonable
 from parity.record import ItemRecord
 
 from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME, dumps_results, now_iso, write_text_atomic
+from .lock import RunLock
 from .merging import absolute_paths, relative_paths
 from .results import Results, _parse_journal, normalize_item
+
+def input_differences(old: Any, new: Any) -> list[str]:
+    """The run inputs (the `inputs` block of the run record) that differ, as "key: old -> new"; none when either
+    run did not record its inputs (written by an older version, or not by the command line)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
 
 class ResultsStore:
     """Writes one run's results into `run_dir` as items finish (see the module docstring for the format).
@@ -34,32 +43,54 @@ class ResultsStore:
         self.snapshot_every = snapshot_every
         self.run: dict[str, Any] = {}
         self._items: dict[str, dict[str, Any]] = {}
+        self._pending: set[str] = set()  # ids whose latest record is a first pass awaiting follow-ups
         self._fd: int | None = None
         self._last_snapshot = 0.0
+        self._lock = RunLock(self.run_dir)
 
     # -- life cycle
-    def start(self, run_meta: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> "ResultsStore":
+    def start(self, run_meta: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
+              force: bool = False) -> "ResultsStore":
         """Open the run. With an existing journal: `resume=True` keeps its items (cutting off a torn last line),
-        `overwrite=True` discards it, otherwise ParityError (a night's results are never dropped silently)."""
+        `overwrite=True` discards it, otherwise ParityError (a night's results are never dropped silently).
+        A resume whose `inputs` differ from the journal's run is refused unless `force`."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire(now_iso())  # before reading the journal: a second writer is refused, not interleaved
+        try:
+            return self._start(run_meta, resume=resume, overwrite=overwrite, force=force)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, run_meta: dict[str, Any], *, resume: bool, overwrite: bool, force: bool) -> "ResultsStore":
         if self.journal.exists() and self.journal.stat().st_size > 0 and not overwrite:
             if not resume:
                 raise ParityError("results of an earlier run are here; pass --resume to continue it or choose "
                                   "another output directory", self.journal)
             self._cut_torn_tail()
             old = _parse_journal(self.journal)
+            changed = input_differences(old.run.get("inputs"), to_jsonable(run_meta).get("inputs"))
+            if changed and not force:
+                raise ParityError(f"--resume with other settings than the interrupted run ({'; '.join(changed)}); "
+                                  f"resume with the same options, pass --force-resume to mix them, or choose "
+                                  f"another output directory", self.journal)
             self.run = old.run
             self.run.update({k: v for k, v in to_jsonable(run_meta).items() if k not in ("id", "started")})
             self.run["complete"] = False
             self._items = {it["id"]: it for it in old.items}
+            self._pending = set(old.pending) & set(self._items)
             self._open()
-            self._append({"type": "resume", "at": now_iso()})
+            resumed: dict[str, Any] = {"type": "resume", "at": now_iso()}
+            if changed:  # forced: the journal says which settings the later items used
+                resumed.update(inputs=self.run.get("inputs"), changed=changed)
+                self.run.setdefault("forced_resume", []).extend(changed)
+            self._append(resumed)
         else:
             self.run = dict(to_jsonable(run_meta))
             self.run.setdefault("id", self.run_dir.name)
             self.run.setdefault("started", now_iso())
             self.run["complete"] = False
-            self._items = {}
+            self._items, self._pending = {}, set()
             if self.journal.exists():
                 self.journal.unlink()
             self._open()
@@ -67,8 +98,10 @@ class ResultsStore:
         self.write_snapshot()
         return self
 
-    def add(self, item: ItemRecord | dict[str, Any]) -> dict[str, Any]:
-        """Record one finished item durably (fsync'd before returning). Returns the normalised item."""
+    def add(self, item: ItemRecord | dict[str, Any], pending: list[str] | None = None) -> dict[str, Any]:
+        """Record one finished item durably (fsync'd before returning). Returns the normalised item. `pending`
+        names follow-ups still to run (a first-pass record: compared, not yet attributed); a later record of the
+        same id replaces it."""
         if self._fd is None:
             raise RuntimeError("ResultsStore.add() before start()")
         clean = to_jsonable(item.to_dict() if isinstance(item, ItemRecord) else item)
@@ -77,7 +110,11 @@ class ResultsStore:
         # a relative path given here is already relative to this folder.
         clean = relative_paths(absolute_paths(clean, self.run_dir), self.run_dir)
         norm = normalize_item(clean, self.run, where=self.journal)
-        self._append({"type": "item", "item": clean})
+        self._append({"type": "item", "item": clean, **({"pending": list(pending)} if pending else {})})
+        if pending:
+            self._pending.add(norm["id"])
+        else:
+            self._pending.discard(norm["id"])
         self._items.pop(norm["id"], None)
         self._items[norm["id"]] = norm
         if time.monotonic() - self._last_snapshot >= self.snapshot_every:
@@ -102,6 +139,7 @@ class ResultsStore:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> "ResultsStore":
         return self
@@ -115,6 +153,10 @@ class ResultsStore:
     def done_ids(self, *, include_errors: bool = True) -> set[str]:
         """Ids already recorded (for --resume); `include_errors=False` leaves ERROR items out so they are retried."""
         return {i for i, it in self._items.items() if include_errors or it["tier"] != "ERROR"}
+
+    def compared_records(self) -> dict[str, ItemRecord]:
+        """First-pass records of an interrupted run (compared, follow-ups not done), by id, for --resume."""
+        return {i: ItemRecord.from_dict(self._items[i]) for i in self._pending}
 
     def results(self) -> Results:
         return Results(run=dict(self.run), items=list(self._items.values()), base_dir=self.run_dir,

@@ -30,6 +30,7 @@ class Results:
     warnings: list[str] = field(default_factory=list)
     schema: str = SCHEMA
     run_dirs: list[Path] = field(default_factory=list)  # after a merge: the shards' folders (images may be copied)
+    pending: list[str] = field(default_factory=list)  # journal: ids whose last record awaits its follow-ups
 
     @property
     def own_dirs(self) -> list[Path]:
@@ -62,10 +63,35 @@ def normalize_item(item: dict[str, Any] | ItemRecord, run: dict[str, Any] | None
     return ItemRecord.from_dict(item, default_gate=gate, where=where).to_dict()
 
 
+# The run block's known fields and their types (docs/results-schema.md); None is allowed for each. Checked when a
+# file is read, so a malformed block is one error before the report writes anything.
+_NUMBER = (int, float)
+_RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "started": str, "finished": str, "complete": bool, "versions": dict, "device": str,
+    "base_model": (dict, str), "loras": dict, "settings": dict, "timings": dict, "shard": (dict, str),
+    "shards": list, "resumed": list, "versions_differ": bool, "inputs": dict, "cases": list, "argv": list,
+    "platform": str, "device_name": str, "entry": str, "forced_resume": list}
+# {name: value} blocks whose values are shown as they are (strings) or as seconds (numbers)
+_RUN_MAPS: dict[str, type | tuple[type, ...]] = {"versions": (str, *_NUMBER), "timings": _NUMBER, "loras": str}
+
+
+def _check_run_fields(run: dict[str, Any], where: str | Path | None) -> None:
+    for key, types in _RUN_FIELDS.items():
+        if run.get(key) is not None:
+            check_type(run[key], types, f"'run.{key}'", where)
+    for key, types in _RUN_MAPS.items():
+        for name, v in (run.get(key) or {}).items():
+            if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+                raise InputFileError(f"'run.{key}.{name}' should be "
+                                     f"{'a number' if types is _NUMBER else 'a string'}, got {type(v).__name__}",
+                                     where)
+
+
 def _normalize_run(run: Any, where: str | Path | None) -> dict[str, Any]:
     if run is None:
         run = {}
     check_type(run, dict, "'run'", where)
+    _check_run_fields(run, where)
     run = dict(run)
     run.setdefault("id", "")
     run["complete"] = bool(run.get("complete", False))
@@ -84,6 +110,7 @@ def _parse_journal(path: Path) -> Results:
     lines = lines[:-1]  # whatever follows the last newline is torn (or empty)
     run: dict[str, Any] | None = None
     items: dict[str, dict[str, Any]] = {}
+    pending: set[str] = set()
     complete = False
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
@@ -106,6 +133,7 @@ def _parse_journal(path: Path) -> Results:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 items.pop(item["id"], None)  # a retried item moves to where it finished last
                 items[item["id"]] = item
+                (pending.add if rec.get("pending") else pending.discard)(item["id"])
             else:
                 warnings.append(f"line {n}: item record without an id, skipped")
         elif kind == "finish":
@@ -118,6 +146,9 @@ def _parse_journal(path: Path) -> Results:
             complete = False
             if run is not None:
                 run.setdefault("resumed", []).append(rec.get("at"))
+                if isinstance(rec.get("changed"), list):  # a --force-resume with other settings
+                    run["inputs"] = rec.get("inputs")
+                    run.setdefault("forced_resume", []).extend(str(c) for c in rec["changed"])
     if run is None:
         raise InputFileError("no run record (the file is empty or not a parity results journal)", path)
     run["complete"] = complete
@@ -127,7 +158,8 @@ def _parse_journal(path: Path) -> Results:
             norm.append(normalize_item(it, run, where=path))
         except InputFileError as e:
             warnings.append(f"skipped an item: {e.message}")
-    return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings)
+    return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings,
+                   pending=sorted(pending & {it["id"] for it in norm}))
 
 
 def _parse_snapshot(path: Path) -> Results:

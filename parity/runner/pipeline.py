@@ -90,9 +90,6 @@ class Runner:
                 self.progress(f"{label}{_DOING[type(policy).__name__]} {item.id}")
                 policy.apply(item, rec, image)
 
-    def _wants_follow_up(self, item: Any, rec: ItemRecord) -> bool:
-        return any(p.wants(item, rec) for p in self.follow_ups)
-
     def _failed(self, item: Any, e: Exception, started: float) -> ItemRecord:
         log.debug("item %s failed", item.id, exc_info=True)
         tb = None if isinstance(e, _EXPECTED) else traceback.format_exc()
@@ -109,11 +106,16 @@ class Runner:
             self._follow_up(item, rec, out.result.image)
         return rec
 
-    def run(self, items: list[Any], on_record: Callable[[ItemRecord], None]) -> list[ItemRecord]:
+    def run(self, items: list[Any], on_record: Callable[[ItemRecord], None],
+            on_compared: Callable[[ItemRecord, list[str]], None] | None = None,
+            compared: dict[str, ItemRecord] | None = None) -> list[ItemRecord]:
         """Render all items; compare on a worker thread while the next renders; follow-ups once all have
-        rendered. `on_record` is called once per finished item (the results store appends it atomically)."""
+        rendered. `on_record` is called once per finished item (the results store appends it atomically).
+        `on_compared(record, pending)` gets each record that awaits follow-ups (`pending` names them) as soon as it
+        is compared: journaled as a first pass, a kill loses at most the item in flight. `compared` holds such
+        first-pass records of an interrupted run by id: those items only get their follow-ups, on the saved render
+        (an item whose render cannot be read is rendered again)."""
         ordered = sorted(items, key=lambda it: it.switch_key)
-        self.pool.prepare_embeddings(ordered)
         done: list[ItemRecord] = []
         deferred: list[tuple[Any, ItemRecord, Any]] = []  # (item, record, image) awaiting follow-ups
 
@@ -123,11 +125,30 @@ class Runner:
 
         def settle(r: _Rendered) -> None:
             rec = self._finish(r)
-            if rec.tier != "ERROR" and self._wants_follow_up(r.item, rec):
-                deferred.append((r.item, rec, r.result.image))
-            else:
-                finish(rec)
+            pending = self._pending_follow_ups(r.item, rec) if rec.tier != "ERROR" else []
+            if not pending:
+                return finish(rec)
+            if on_compared is not None:
+                on_compared(rec, pending)
+            deferred.append((r.item, rec, r.result.image))
 
+        first_pass = []
+        for item in ordered:
+            resumed = self._resumed(item, (compared or {}).get(item.id))
+            if resumed is not None:
+                deferred.append(resumed)
+            else:
+                first_pass.append(item)
+        self._first_pass(first_pass, settle, finish)
+        for n, (item, rec, image) in enumerate(deferred, 1):
+            self._follow_up(item, rec, image, label=f"[{n}/{len(deferred)}] ")
+            finish(rec)
+        return done
+
+    def _first_pass(self, ordered: list[Any], settle: Callable[[_Rendered], None],
+                    finish: Callable[[ItemRecord], None]) -> None:
+        """Render each item in order, settling comparisons as they complete (the worker overlaps the renders)."""
+        self.pool.prepare_embeddings(ordered)
         pending: list[_Rendered] = []
         for n, item in enumerate(ordered, 1):
             self.progress(f"[{n}/{len(ordered)}] rendering {item.id}")
@@ -140,28 +161,50 @@ class Runner:
                 settle(pending.pop(0))
         while pending:
             settle(pending.pop(0))
-        for n, (item, rec, image) in enumerate(deferred, 1):
-            self._follow_up(item, rec, image, label=f"[{n}/{len(deferred)}] ")
-            finish(rec)
-        return done
+
+    def _pending_follow_ups(self, item: Any, rec: ItemRecord) -> list[str]:
+        return [_NAMES[type(p).__name__] for p in self.follow_ups if p.wants(item, rec)]
+
+    def _resumed(self, item: Any, rec: ItemRecord | None) -> tuple[Any, ItemRecord, Any] | None:
+        """(item, first-pass record, its saved render) when an interrupted run compared the item and its
+        follow-ups are still wanted; None when the item must be rendered again."""
+        if rec is None or not self._pending_follow_ups(item, rec):
+            return None
+        image = _read_render(rec.paths.get("render"))
+        return None if image is None else (item, rec, image)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _save_render(self, item: Any, image: Any) -> Path:
         from PIL import Image
 
-        from parity.run import safe_name
+        from parity.run import item_file_name
 
-        path = self.out_dir / "renders" / f"{safe_name(item.id)}.png"
+        path = self.out_dir / "renders" / f"{item_file_name(item.id)}.png"
         Image.fromarray(image).save(path)
         return path
 
     def _submit_compare(self, item: Any, image: Any) -> Future:
-        from parity.run import safe_name
+        from parity.run import item_file_name
 
         # resample=True: a size mismatch still gets a (labelled, at best DRIFT) score, so it can be attributed.
         return self.comparer.submit(image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps",
-                                    name=safe_name(item.id), resample=True, thresholds=thresholds_of(item))
+                                    name=item_file_name(item.id), resample=True, thresholds=thresholds_of(item))
 
 
 _EXPECTED = (ParityError,)  # errors that name their file and problem: no traceback needed
+_NAMES = {"NoiseFloor": "noise_floor", "Attribution": "attribution"}
 _DOING = {"NoiseFloor": "measuring the noise floor of", "Attribution": "attributing"}
+
+
+def _read_render(path: Any) -> Any:
+    """An item's saved render (H, W, 3) uint8, or None when it is missing or unreadable (rendered again then)."""
+    import numpy as np
+    from PIL import Image
+
+    if not isinstance(path, str) or not Path(path).is_file():
+        return None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError):
+        return None
