@@ -126,8 +126,6 @@ def check_run_arguments(args: argparse.Namespace) -> None:
     for flag, value in (("--out", args.out), ("--json", args.json_out)):
         if value and Path(value).exists() and Path(value).is_dir() != (flag == "--out"):
             raise ParityError(f"{flag} {'is not a folder' if flag == '--out' else 'is a folder'}", value)
-    if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
-        raise ParityError("--json: no such folder for this file", args.json_out)
 
 
 def _check_device(name: str) -> None:

@@ -156,7 +156,8 @@ class ResultsStore:
 
     def compared_records(self) -> dict[str, ItemRecord]:
         """First-pass records of an interrupted run (compared, follow-ups not done), by id, for --resume."""
-        return {i: ItemRecord.from_dict(self._items[i]) for i in self._pending}
+        # paths on disk are relative to this folder; the runner reads the saved render back by them
+        return {i: ItemRecord.from_dict(absolute_paths(self._items[i], self.run_dir)) for i in self._pending}
 
     def results(self) -> Results:
         return Results(run=dict(self.run), items=list(self._items.values()), base_dir=self.run_dir,
