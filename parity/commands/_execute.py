@@ -119,19 +119,21 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     """The table of items with tier and causes, then the counts and the report path."""
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
     width = max([len(it["id"]) for it in rows] + [4])
-    print(f"{'item':<{width}}  {'tier':<9} {'ssim':>7}  {'gate':<5} cause / mismatches")
+    print(f"{'item':<{width}}  {'tier':<9} {'ssim':>7}  {'gate':<8} cause / mismatches")
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
         ssim_s = f"{ssim:7.4f}" if isinstance(ssim, (int, float)) else "      -"
-        mark = "ok" if it.get("passed") else "FAIL"
+        mark = "expected" if it.get("expected") and it.get("passed") else "ok" if it.get("passed") else "FAIL"
         if it.get("error"):
             detail = it["error"]
         elif it.get("causes"):
+            from parity.values import cause_text
+
             c = it["causes"][0]
-            detail = f"top cause: {c['knob']} ({c.get('value_preview')} vs {c.get('value_inference')})"
+            detail = "top cause: " + cause_text(c["knob"], c.get("value_preview"), c.get("value_inference"))
         else:
             detail = ", ".join(it.get("mismatches") or []) or ""
-        print(f"{it['id']:<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<5} {detail}")
+        print(f"{it['id']:<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {detail}")
     counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
     print(f"report: {paths.index}")
