@@ -91,6 +91,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "parity: a FLUX.2 preview-parity item (collected from a case file)")
+    from parity.cli import quiet_third_party
+
+    # Third-party logs and loading bars stay out of the test output unless pytest logs at DEBUG.
+    quiet_third_party(debug=str(config.getoption("log_level", default=None) or "").upper() == "DEBUG")
     if hasattr(config, "workerinput"):  # an xdist worker: the controller chose the run folder
         run_dir = Path(config.workerinput["parity_run_dir"])
     else:

@@ -55,13 +55,17 @@ def _inference_value(args: argparse.Namespace) -> Any:
     if args.request:
         return {"request": str(Path(args.request).resolve())}
     if args.profile:
+        from parity.diagnose import InferenceSettings
+
+        InferenceSettings.profile(args.profile, "--profile")  # a bad name blames the option, not a case file
         return args.profile
     return None
 
 
 def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.report import write_report
-    from parity.run import case_error_record, stderr_progress
+    from parity.run import case_error_record
+    from parity.runner.progress import Progress
     from parity.session import Session
 
     planned, case_errors = _plan(cases, args)
@@ -69,19 +73,19 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:])
     session = Session.open(out, meta, device=args.device, attribution=not args.no_attribution, budget=args.budget,
                            determinism=getattr(args, "determinism_check", "auto"),
-                           progress=stderr_progress(args.quiet), resume=args.resume)
+                           progress=(progress := Progress.for_stderr(args.quiet)).note, resume=args.resume)
     done = session.store.done_ids(include_errors=False)
     for err in case_errors:
         session.store.add(case_error_record(err))
     started = time.perf_counter()
     try:
         todo = session.record_unrunnable(p for p in planned if p.id not in done)
-        session.runner.run(todo, on_record=session.store.add)
+        progress.start(len(todo))
+        session.runner.run(todo, on_record=lambda rec: (session.store.add(rec), progress.finished(rec)))
     finally:
+        progress.close()
         session.close()
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})
-    if not args.quiet and sys.stderr.isatty():
-        print(file=sys.stderr)
     paths = write_report(results, out)
     if args.json_out:
         from parity.jsonio import dumps
