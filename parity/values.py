@@ -64,6 +64,8 @@ def knob_text(knob: str, v: Any) -> str:
     if knob == "resolution" and isinstance(v, dict) and "effective" in v:
         eff, req = v.get("effective"), v.get("requested")
         return size_text(eff) + (f" (requested {size_text(req)})" if req and list(req) != list(eff) else "")
+    if knob == "resolution" and isinstance(v, (list, tuple)):
+        return size_text(v)
     if knob == "schedule" and isinstance(v, dict):
         return schedule_text(v)
     if knob == "quantization" and isinstance(v, dict):
