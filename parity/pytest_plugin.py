@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _pytest._code.code import TerminalRepr  # the base class of pytest's own failure output
 
 from parity.errors import ParityError
 from parity.record import ItemRecord
@@ -176,6 +178,19 @@ class ParityFailure(Exception):
     pass
 
 
+class FailureScreen(TerminalRepr):
+    """The failure screen, with its one-line headline where pytest's short summary looks for it (`reprcrash`);
+    a plain string would put the whole screen there on CI."""
+
+    def __init__(self, text: str, message: str):
+        self.text = text
+        self.reprcrash = SimpleNamespace(message=message, path="", lineno=0)
+
+    def toterminal(self, tw) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+
 class ParityItem(pytest.Item):
     def __init__(self, *, planned, **kwargs):
         super().__init__(**kwargs)
@@ -204,7 +219,8 @@ class ParityItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ParityFailure):
-            return failure_screen(excinfo.value.args[0], self.config.stash[_RUN_DIR])
+            record = excinfo.value.args[0]
+            return FailureScreen(failure_screen(record, self.config.stash[_RUN_DIR]), headline(record))
         if isinstance(excinfo.value, ParityError):
             return f"parity: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
@@ -234,10 +250,11 @@ def junit_properties(record: ItemRecord) -> list[tuple[str, Any]]:
 
 
 def headline(record: ItemRecord) -> str:
-    """The failure's first line (pytest's short summary shows it): tier, gate and the top cause or error."""
+    """The failure in one line (pytest's short summary shows it after the item id): tier, gate and the top cause,
+    the mismatching knobs or the error."""
     from parity.values import cause_text
 
-    line = f"{record.id}: tier {record.tier} (gate {record.gate})"
+    line = f"tier {record.tier} (gate {record.gate})"
     if record.error:
         return f"{line}: {record.error.splitlines()[0]}"
     if record.causes:
@@ -252,9 +269,7 @@ def failure_screen(record: ItemRecord, run_dir: Path) -> str:
     """One screen: tier, scores, mismatching knobs with values, the top cause, the report link."""
     from parity.values import cause_text, size_mismatch_text
 
-    lines = [headline(record)]
-    if record.error:
-        lines.append(f"  error: {record.error}")
+    lines = [f"{record.id}: {headline(record)}"]
     if record.size_mismatch:
         lines.append(f"  size mismatch: {size_mismatch_text(record.size_mismatch)} (render resampled to score)")
     m = record.metrics
@@ -262,7 +277,7 @@ def failure_screen(record: ItemRecord, run_dir: Path) -> str:
         scores = ", ".join(f"{k} {m[k]:.4f}" for k in ("ssim", "ssim_y", "psnr", "mae", "max_abs")
                            if isinstance(m.get(k), (int, float)))
         lines.append(f"  scores: {scores}")
-    lines += [f"  fails: {reason}" for reason in record.fail_reasons]
+    lines += [f"  fails: {reason}" for reason in record.fail_reasons if reason != record.error]
     lines += [_knob_line(record, knob) for knob in record.mismatches]
     if record.irreducible:
         lines.append(f"  irreducible: {', '.join(record.irreducible)}")
