@@ -169,13 +169,13 @@ class ItemRecord:
 
 
 # Optional fields: left out of the file when unset, so records stay as short as what happened to the item.
-_WRITTEN_WHEN_SET = ("expected", "case_file", "prompt_inference", "render", "determinism", "nondeterministic", "noise_floor",
-                     "attribution", "suspects", "notes", "traceback")
+_WRITTEN_WHEN_SET = ("expected", "case_file", "prompt_inference", "render", "determinism", "nondeterministic",
+                     "noise_floor", "attribution", "suspects", "notes", "traceback")
 
 # Fields the HTML report's item view carries (parity.report.html; read by static/report.js).
-VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "expected", "metrics", "metric_variants",
-               "jpeg", "ceiling", "size_mismatch", "params", "mismatches", "irreducible", "causes", "schedule",
-               "timings", "error", "reason", "noise_floor")
+VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "expected", "metrics",
+               "metric_variants", "jpeg", "ceiling", "size_mismatch", "params", "mismatches", "irreducible",
+               "irreducible_details", "causes", "schedule", "timings", "error", "reason", "noise_floor")
 
 # (field, type, empty value) of the plain-container fields a loaded item is checked for
 _CONTAINERS: tuple[tuple[str, type, Any], ...] = (

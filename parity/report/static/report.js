@@ -576,8 +576,14 @@
     var s = section('Irreducible differences', 'irreducible');
     s.append(el('p', { class: 'muted', text: 'A re-render cannot remove these; they are not counted as mismatches.' }));
     var pv = (it.params || {}).preview || {}, inf = (it.params || {}).inference || {};
+    var det = {};  // knob -> {preview, inference, note}: the runner's words for each side
+    (it.irreducible_details || []).forEach(function (d) { if (d && d.knob) det[d.knob] = d; });
     var tb = el('tbody');
-    list.forEach(function (k) { tb.append(el('tr', null, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k))); });
+    list.forEach(function (k) {
+      var d = det[k];
+      tb.append(d ? el('tr', { title: d.note || '' }, el('th', { text: k }), el('td', { text: plainText(d.preview) }), el('td', { text: plainText(d.inference) }))
+        : el('tr', null, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k)));
+    });
     s.append(el('table', { class: 'kv' }, tb));
     return s;
   }
