@@ -8,11 +8,10 @@ metadata) is parity.session's, shared by the CLI and the pytest plugin.
 from __future__ import annotations
 
 import logging
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from parity.cases import Case
 from parity.errors import ParityError
@@ -210,17 +209,6 @@ def safe_name(text: str) -> str:
     if len(out) > 120:  # file systems cap names at 255 bytes; keep distinct ids distinct with a checksum
         out = f"{out[:110]}-{zlib.crc32(text.encode('utf-8')):08x}"
     return out
-
-
-def stderr_progress(quiet: bool) -> Callable[[str], None]:
-    """Progress lines on stderr when it is a terminal (and not --quiet); silent otherwise."""
-    if quiet or not sys.stderr.isatty():
-        return lambda msg: log.debug(msg)
-
-    def show(msg: str) -> None:
-        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
-
-    return show
 
 
 # The runner and the session set-up live in their own modules; these names stay importable from here.

@@ -144,7 +144,7 @@ def test_progress_lines_count_and_estimate_without_a_terminal():
     out = io.StringIO()
     p = Progress(stream=out, live=False, clock=lambda: now[0])
     p.start(4)
-    p.note("rendering x")  # the live line only: nothing in a log
+    p.note("[1/4] rendering x")  # what starts: its own line in a log
     now[0] = 110.0
     p.finished(SimpleNamespace(id="a[step1-p0]", tier="NEAR", passed=True, expected=None))
     now[0] = 250.0
@@ -152,6 +152,7 @@ def test_progress_lines_count_and_estimate_without_a_terminal():
     p.finished(SimpleNamespace(id="a[step1-p2]", tier="DIFFERENT", passed=False, expected=None))
     # 10 s for one item -> 30 s for the 3 left; 150 s for two -> 75 s per item, 150 s left; 3 done -> 50 s left
     assert out.getvalue().splitlines() == [
+        "parity: [1/4] rendering x  (0/4 done, elapsed 0s, ETA ?)",
         "[1/4] a[step1-p0]  NEAR  elapsed 10s, ETA 30s",
         "[2/4] a[step1-p1]  DRIFT (expected)  elapsed 2m30s, ETA 2m30s",
         "[3/4] a[step1-p2]  DIFFERENT FAIL  elapsed 2m30s, ETA 50s",
@@ -193,6 +194,7 @@ def test_redirected_run_prints_item_lines_and_an_expected_drift_passes(small_job
     for n, line in enumerate(lines, 1):
         assert re.fullmatch(rf"\[{n}/2\] drift\[step100-p\d\]  \w+ \(expected\)  elapsed \d+s, ETA \d+s", line), line
     assert "\r" not in r.stderr and "\033[" not in r.stderr  # no terminal control codes in a log
+    assert "parity: [1/2] rendering drift[step100-p" in r.stderr
     items = json.loads((out / "results.json").read_text())["items"]
     assert all(it["passed"] and it["expected"].startswith("expected: mismatches steps") for it in items)
     assert "expected" in r.stdout  # the table's verdict column
@@ -201,7 +203,7 @@ def test_redirected_run_prints_item_lines_and_an_expected_drift_passes(small_job
     r2 = subprocess.run([sys.executable, "-m", "parity.cli", "-q", "run", str(case), "--out", str(tmp_path / "r2"),
                          "--no-attribution"], capture_output=True, text=True, env=_env(), timeout=600, cwd=tmp_path)
     assert r2.returncode == 1 and "FAIL" in r2.stdout
-    assert not [ln for ln in r2.stderr.splitlines() if ln.startswith("[")]  # --quiet: no progress lines
+    assert not [ln for ln in r2.stderr.splitlines() if ln.startswith(("[", "parity: ["))]  # --quiet: no progress
 
 
 # -- small CLI fixes -----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Progress of a run that works both on a terminal and in CI.
 
 Not a terminal (a CI log, `2> log`): one line per finished item, `[3/12] id  DRIFT (expected)  elapsed 41s,
-ETA 2m03s`, flushed at once, so a long run is never silent. A terminal: one live line, rewritten in place, with
+ETA 2m03s`, and a `parity: ...` line when a model loads or an item starts rendering or attributing, each flushed at
+once, so a long run is never silent. A terminal: one live line, rewritten in place, with
 what is running now and the same counts and ETA. `--quiet`: nothing. The ETA is the mean time per finished item
 so far times the items left (items render one after another, so it is honest after the first few).
 """
@@ -63,10 +64,16 @@ class Progress:
         self.total, self.done, self.started = total, 0, self.clock()
 
     def note(self, msg: str) -> None:
-        if self.quiet or not self.live:
+        """What starts now (loading a model, rendering, attributing). In a log it gets its own `parity:` line:
+        items below their gate finish only after their follow-up re-renders, so without these a drifting run
+        would print nothing until the end of its first pass."""
+        if self.quiet:
             return
-        self._write(f"\r\033[K{msg}  ({self.done}/{self.total} done, "
-                    f"{counts_text(self.done, self.total, self.clock() - self.started)})", end="")
+        text = f"{msg}  ({self.done}/{self.total} done, {counts_text(self.done, self.total, self.clock() - self.started)})"
+        if self.live:
+            self._write(f"\r\033[K{text}", end="")
+        else:
+            self._write(f"parity: {text}")
 
     def finished(self, rec: Any) -> None:
         self.done += 1
