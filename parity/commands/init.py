@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ EXAMPLES = """
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="AI Toolkit job output folder")
     p.add_argument("--out", default=None,
-                   help="case file to write (default: stdout when it is redirected, else cases/<name>.yaml; - for "
+                   help="case file to write (default: stdout when it is redirected to a file or pipe, else cases/<name>.yaml; - for "
                         "stdout)")
     p.add_argument("--base-model", default=None, metavar="DIR", help="base model folder to record in the case")
     p.add_argument("--force", action="store_true", help="overwrite an existing case file")
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     job_dir = Path(args.job)
     if not job_dir.is_dir():
         raise ConfigError("not a job folder", args.job)
-    if args.out == "-" or (args.out is None and not sys.stdout.isatty()):
+    if args.out == "-" or (args.out is None and _stdout_redirected()):
         # Paths in the case are relative to the file it lands in: the redirect target when stdout is a file.
         sys.stdout.write(starter_case(job_dir, _stdout_file() or Path.cwd() / "cases" / "x.yaml", args.base_model))
         return 0
@@ -71,6 +72,15 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(starter_case(job_dir, out, args.base_model))
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _stdout_redirected() -> bool:
+    """stdout is a file or a pipe (`> cases/x.yaml`, `| tee`), not a terminal or an in-process capture."""
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (io.UnsupportedOperation is both)
+        return False
+    return not sys.stdout.isatty() and (stat.S_ISREG(mode) or stat.S_ISFIFO(mode))
 
 
 def _stdout_file() -> Path | None:
