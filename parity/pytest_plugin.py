@@ -270,6 +270,8 @@ def failure_screen(record: ItemRecord, run_dir: Path) -> str:
     from parity.values import cause_text, size_mismatch_text
 
     lines = [f"{record.id}: {headline(record)}"]
+    if record.error and "\n" in record.error.strip():
+        lines.append(f"  error: {record.error}")  # the headline holds only its first line
     if record.size_mismatch:
         lines.append(f"  size mismatch: {size_mismatch_text(record.size_mismatch)} (render resampled to score)")
     m = record.metrics
@@ -383,4 +385,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if paths is None:
         return
     terminalreporter.write_sep("-", "parity")
+    expected = [(r.nodeid, dict(r.user_properties).get("parity_expected"))
+                for r in terminalreporter.stats.get("passed", []) if dict(r.user_properties).get("parity_expected")]
+    if expected:  # passing, like xfail, but the drift is real: say so next to the report
+        terminalreporter.write_line(f"parity: {len(expected)} item(s) pass with expected differences "
+                                    "(expect.mismatches / expect.tier):")
+        for nodeid, why in expected:
+            terminalreporter.write_line(f"  {nodeid}: {why}")
     terminalreporter.write_line(f"parity report: {paths.index}")

@@ -110,6 +110,8 @@ def test_expected_mismatch_passes_and_a_new_one_fails(pytester, plugin_job, tiny
     r = pytester.runpytest_subprocess("parity", "-p", "no:cacheprovider", "-k", "drift", "--parity-no-attribution",
                                       f"--parity-report-dir={report}")
     r.assert_outcomes(passed=2)
+    assert "parity: 2 item(s) pass with expected differences" in r.stdout.str()
+    assert "cases/drift.yaml::drift[step100-p0]: expected: mismatches steps" in r.stdout.str()
     items = json.loads((report / "results.json").read_text())["items"]
     assert all(it["tier"] != "NEAR" and it["expected"] for it in items)  # the drift is still in the report
     drift.write_text(drift.read_text().replace("[steps]", "[seed]"))

@@ -59,7 +59,7 @@ def load_targets(targets: list[str], text_encoder: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from parity.commands._execute import default_device
+    from parity.session import default_device
     from parity.doctor import examine
     from parity.doctor.environment import resolve_device
     from parity.doctor.text import render_text

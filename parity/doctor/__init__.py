@@ -152,7 +152,7 @@ def examine(cases, device: Device, *, base_model: str | None = None,
     for case in cases:
         _case(case, device, base_model, report)
     prompts = sum(p.items for p in report.plans)
-    from parity.commands._execute import embedding_cache_dir
+    from parity.session import embedding_cache_dir
 
     env.checks.append(disk_check([embedding_cache_dir(), *(out_dirs or [Path("reports")])],
                                  _disk_need(report.plans, prompts)))
