@@ -148,7 +148,8 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     det, doc = res["determinism"], res["doctor"]
     assert det["bit_identical_twice"] is True and det["device"] == "cpu" and det["max_abs_vs_cpu"] == 0
     assert doc["exit_code"] == 0 and doc["ready"] is True and set(doc["plans"]) == {"demo-parity",
-                                                                                  "demo-reference-server"}
+                                                                                  "demo-reference-server",
+                                                                                  "demo-klein"}
 
 
 def test_step_flops_matches_torch_flop_counter_on_linear_layers():
