@@ -10,6 +10,8 @@
     expect:
       min_tier: NEAR                  # gate: EXACT | NEAR | DRIFT | DIFFERENT
       ssim: 0.95                      # optional extra floors/ceilings on metrics
+      mismatches: [steps, guidance]   # known differences: below the gate only through these knobs = expected
+      tier: DRIFT                     # optional: the worst tier an expected difference may reach
     attribution: true                 # re-render one knob at a time for items below the gate
     tiers: {near_ssim_y: 0.995}       # optional overrides of the tier thresholds (parity.compare.tiers.Thresholds)
     preview_hardware: NVIDIA H100 80GB HBM3   # what rendered the previews; default: the training device, unknown
@@ -36,15 +38,27 @@ _TOP_KEYS = {
     "name", "job", "config", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
     "attribution", "description", "tiers", "preview_hardware", "noise_floor",
 }
-_EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs"}
+_EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "mismatches", "tier"}
 # Metric thresholds: for these, higher is better (a floor); for the others lower is better (a ceiling).
 _HIGHER_IS_BETTER = {"ssim", "ssim_y", "psnr"}
 
 
 @dataclass
 class Expectation:
+    """The gate (`min_tier`, metric floors/ceilings) and the differences known in advance.
+
+    Like pytest's xfail: an item below its gate still passes, marked *expected*, when every knob it mismatches is
+    listed in `mismatches` and (if given) its tier is no worse than `tier`; a mismatch not listed, a worse tier
+    or an ERROR fails it."""
+
     min_tier: str = "NEAR"
     thresholds: dict[str, float] = field(default_factory=dict)
+    mismatches: tuple[str, ...] | None = None   # knobs expected to differ (parity.spec.KNOBS)
+    tier: str | None = None                     # the worst tier an expected difference may reach
+
+    @property
+    def states_expected(self) -> bool:
+        return self.mismatches is not None or self.tier is not None
 
     def check(self, tier: str, metrics: dict[str, float]) -> list[str]:
         """Reasons this result fails the expectation (empty list = passes)."""
@@ -62,6 +76,31 @@ class Expectation:
             elif name not in _HIGHER_IS_BETTER and value > limit:
                 reasons.append(f"{name} {value:.4f} > {limit}")
         return reasons
+
+    def expected(self, tier: str, mismatches: list[str]) -> tuple[str | None, list[str]]:
+        """For an item that fails `check`: (why its failure is expected, None) or (None, what is not expected).
+        The second list names what makes it a real failure (an unlisted knob, a worse tier, an ERROR)."""
+        from parity.spec import meets_gate
+
+        if not self.states_expected:
+            return None, []
+        if tier == "ERROR":
+            return None, ["an ERROR is never an expected difference"]
+        new: list[str] = []
+        if self.mismatches is not None:
+            unlisted = [k for k in mismatches if k not in self.mismatches]
+            if unlisted:
+                new.append(f"unexpected mismatch: {', '.join(unlisted)} (expect.mismatches lists "
+                           f"{', '.join(self.mismatches) or 'none'})")
+            elif not mismatches and self.tier is None:
+                new.append("below the gate with no mismatching knob (expect.mismatches explains only a listed knob)")
+        if self.tier is not None and not meets_gate(tier, self.tier):
+            new.append(f"tier {tier} is worse than the expected {self.tier} (expect.tier)")
+        if new:
+            return None, new
+        what = [f"mismatches {', '.join(mismatches)}"] if mismatches else []
+        what += [f"tier {tier} within expect.tier {self.tier}"] if self.tier is not None else []
+        return "expected: " + "; ".join(what), []
 
 
 @dataclass
@@ -224,21 +263,40 @@ class _Validator:
     def expect(self) -> Expectation:
         raw = self.data.get("expect", {}) or {}
         if not isinstance(raw, dict):
-            raise self.bad("expect", "must be a mapping (min_tier, metric thresholds)")
+            raise self.bad("expect", "must be a mapping (min_tier, metric thresholds, mismatches, tier)")
         for key in raw:
             if key not in _EXPECT_KEYS:
                 raise self.bad(f"expect.{key}", f"unknown key; valid keys are {', '.join(sorted(_EXPECT_KEYS))}")
-        min_tier = str(raw.get("min_tier", "NEAR")).upper()
-        if min_tier not in TIERS or min_tier == "ERROR":
-            raise self.bad("expect.min_tier", f"must be one of {', '.join(TIERS[:-1])}, got {raw.get('min_tier')!r}")
+        min_tier = self._tier("min_tier", raw.get("min_tier", "NEAR"))
+        tier = self._tier("tier", raw["tier"]) if raw.get("tier") is not None else None
         thresholds = {}
         for key, value in raw.items():
-            if key == "min_tier":
+            if key in ("min_tier", "tier", "mismatches"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.bad(f"expect.{key}", f"must be a number, got {value!r}")
             thresholds[key] = float(value)
-        return Expectation(min_tier, thresholds)
+        return Expectation(min_tier, thresholds, mismatches=self._knobs(raw), tier=tier)
+
+    def _tier(self, key: str, value: Any) -> str:
+        tier = str(value).upper()
+        if tier not in TIERS or tier == "ERROR":
+            raise self.bad(f"expect.{key}", f"must be one of {', '.join(TIERS[:-1])}, got {value!r}")
+        return tier
+
+    def _knobs(self, raw: dict[str, Any]) -> tuple[str, ...] | None:
+        """expect.mismatches: a list of knob names (parity.spec.KNOBS), or None when absent."""
+        from parity.spec import KNOBS
+
+        if "mismatches" not in raw:
+            return None
+        value = raw["mismatches"]
+        if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+            raise self.bad("expect.mismatches", f"must be a list of knob names, got {value!r}")
+        unknown = [k for k in value if k not in KNOBS]
+        if unknown:
+            raise self.bad("expect.mismatches", f"unknown knob {unknown[0]!r}; knobs are {', '.join(KNOBS)}")
+        return tuple(value)
 
     def inference(self) -> Any:
         inference = self.data.get("inference", "preview")

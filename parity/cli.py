@@ -53,7 +53,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and the final summary")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and full tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="parity's debug logs and full tracebacks")
+    parser.add_argument("--debug", action="store_true",
+                        help="like -v, plus third-party debug logs and loading bars (PIL, diffusers, transformers)")
+    parser.add_argument("--version", action="version", version=f"parity {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     mods = {only: _load(only)} if only else _available()
     for name, mod in mods.items():
@@ -66,17 +69,42 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("parity")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+# Third-party loggers quiet at every level but --debug (PIL logs every PNG chunk at DEBUG).
+NOISY_LOGGERS = ("PIL", "diffusers", "transformers", "huggingface_hub", "optimum", "urllib3", "filelock",
+                 "safetensors", "accelerate", "matplotlib", "asyncio")
+
+
+def quiet_third_party(debug: bool) -> None:
+    """Third-party loggers at ERROR and their loading bars off, unless `debug`. The bars of transformers and
+    diffusers follow huggingface_hub's switch, read when they are imported: set it before any of them loads."""
+    if debug:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _setup_logging(verbose: bool, quiet: bool, debug: bool = False) -> None:
+    level = logging.DEBUG if verbose or debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="parity: %(message)s", stream=sys.stderr)
-    if not verbose:
-        for noisy in ("diffusers", "transformers", "huggingface_hub", "optimum"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_third_party(debug)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    _setup_logging(args.verbose, args.quiet)
+    args.verbose = args.verbose or getattr(args, "debug", False)
+    _setup_logging(args.verbose, args.quiet, getattr(args, "debug", False))
     try:
         return int(args._module.run(args) or 0)
     except ParityError as err:

@@ -101,6 +101,7 @@ class ItemRecord:
     tier: str = "ERROR"
     gate: str | None = None
     passed: bool = False
+    expected: str | None = None               # below the gate through differences the case expects (passes)
     reason: str = ""                          # why this tier, in words
     fail_reasons: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)         # non-finite values are floats here
@@ -129,6 +130,11 @@ class ItemRecord:
     notes: list[str] = field(default_factory=list)
     traceback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields of a loaded file, kept as they were
+
+    @property
+    def below_gate(self) -> bool:
+        """Failing, or passing only as an expected difference: the items follow-ups (attribution) explain."""
+        return not self.passed or bool(self.expected)
 
     def to_dict(self) -> dict[str, Any]:
         """The results.json item (plain values; non-finite floats are left to parity.jsonio when written)."""
@@ -163,13 +169,13 @@ class ItemRecord:
 
 
 # Optional fields: left out of the file when unset, so records stay as short as what happened to the item.
-_WRITTEN_WHEN_SET = ("case_file", "prompt_inference", "render", "determinism", "nondeterministic", "noise_floor",
-                     "attribution", "suspects", "notes", "traceback")
+_WRITTEN_WHEN_SET = ("expected", "case_file", "prompt_inference", "render", "determinism", "nondeterministic",
+                     "noise_floor", "attribution", "suspects", "notes", "traceback")
 
 # Fields the HTML report's item view carries (parity.report.html; read by static/report.js).
-VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "metrics", "metric_variants",
-               "jpeg", "ceiling", "size_mismatch", "params", "mismatches", "irreducible", "causes", "schedule",
-               "timings", "error", "reason", "noise_floor")
+VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "expected", "metrics",
+               "metric_variants", "jpeg", "ceiling", "size_mismatch", "params", "mismatches", "irreducible",
+               "irreducible_details", "causes", "schedule", "timings", "error", "reason", "noise_floor")
 
 _MAX_LABEL = 2**53  # step and prompt index: exact JSON integers
 
@@ -205,7 +211,7 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
                           if item.get("determinism") is not None else None)
     err = item.get("error")
     out["error"] = None if err is None else str(err)
-    for key in ("reason", "case_file", "prompt_inference", "traceback"):
+    for key in ("reason", "expected", "case_file", "prompt_inference", "traceback"):
         v = item.get(key)
         out[key] = v if v is None or isinstance(v, str) else str(v)
     out["reason"] = out["reason"] or ""

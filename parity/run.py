@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from parity.cases import Case
 from parity.errors import ParityError
@@ -219,16 +218,6 @@ def item_file_name(item_id: str) -> str:
     digest = hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:10]
     return f"{safe_name(item_id)[:100]}-{digest}"
 
-
-def stderr_progress(quiet: bool) -> Callable[[str], None]:
-    """Progress lines on stderr when it is a terminal (and not --quiet); silent otherwise."""
-    if quiet or not sys.stderr.isatty():
-        return lambda msg: log.debug(msg)
-
-    def show(msg: str) -> None:
-        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
-
-    return show
 
 
 # The runner and the session set-up live in their own modules; these names stay importable from here.

@@ -62,7 +62,10 @@ def gate_tier(text: str, option: str) -> str:
 
 def missing_base_model(item: Any) -> str | None:
     """Why a planned item cannot render on this machine (its base model folder is not here), or None."""
-    return None if Path(item.base_model).exists() else f"base model not found: {item.base_model}"
+    if Path(item.base_model).exists():
+        return None
+    return (f"base model not found: {item.base_model} (set base_model in the case file, --base-model / "
+            "--parity-base-model or $PARITY_BASE_MODEL; pytest: --parity-skip-missing-model to skip instead)")
 
 
 @dataclass

@@ -47,7 +47,7 @@ def test_diff_exit_codes_and_cause(small_job, tiny_model_dir, tmp_path, capsys):
                  "--out", str(drift), "--json", str(tmp_path / "r.json"), "-q"])
     text = capsys.readouterr().out
     assert code == 1, text
-    assert "top cause: guidance (7.0 vs 2.0)" in text
+    assert "top cause: guidance 7 -> 2" in text
     items = json.loads((tmp_path / "r.json").read_text())["items"]
     assert all(it["causes"][0]["knob"] == "guidance" for it in items)
     assert main(["diff", str(tmp_path / "nope")]) == 2

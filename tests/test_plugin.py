@@ -62,26 +62,62 @@ def test_collection_ids_and_k_selection(pytester, plugin_job, tiny_model_dir):
                                                                    "cases/drift.yaml::drift[step100-p1]"]
 
 
-def test_run_failure_screen_junit_and_report(pytester, plugin_job, tiny_model_dir):
+def test_run_failure_screen_junit_and_report(pytester, plugin_job, tiny_model_dir, monkeypatch):
     _cases(pytester, plugin_job, tiny_model_dir, base_ok=False)
+    monkeypatch.setenv("CI", "true")  # pytest prints the short summary's message untrimmed on CI
     report = pytester.path / "rep"
     result = pytester.runpytest_subprocess("parity", "-p", "no:cacheprovider", f"--parity-report-dir={report}",
-                                           "--junitxml=junit.xml", "--parity-no-attribution", "-rs")
-    # good: 4 pass; drift: 2 fail (1 step instead of 2); nobase: 2 skip with the reason
-    result.assert_outcomes(passed=4, failed=2, skipped=2)
+                                           "--junitxml=junit.xml", "--parity-no-attribution", "-rfs")
+    # good: 4 pass; drift: 2 fail (1 step instead of 2); nobase: 2 fail (a CI runner without the model is red)
+    result.assert_outcomes(passed=4, failed=4)
     out = result.stdout.str()
     assert "drift[step100-p0]: tier" in out and "(gate NEAR)" in out
     assert "steps: preview 2 (block) vs inference 1 (override)" in out
-    assert "base model not found" in out
+    assert "base model not found" in out and "--parity-skip-missing-model" in out
+    # pytest's short summary line carries what mismatched, not only the tier
+    assert any(line.startswith("FAILED cases/drift.yaml::drift[step100-p0] - tier ") and
+               line.endswith("(gate NEAR); mismatched: steps") for line in result.stdout.lines), out
+    assert any(line.startswith("FAILED cases/nobase.yaml::nobase[step100-p0] - tier ERROR (gate NEAR): base model "
+                               "not found") for line in result.stdout.lines), out
+    assert "{" not in out.split("short test summary")[0].split("FAILURES")[-1]  # no raw JSON on the screen
     assert f"report: {report / 'index.html'}" in out
     assert (report / "index.html").exists() and (report / "results.json").exists()
     results = json.loads((report / "results.json").read_text())
-    assert len(results["items"]) == 6
+    assert len(results["items"]) == 8
+    assert {it["tier"] for it in results["items"] if it["case"] == "nobase"} == {"ERROR"}
     cases = {c.get("name"): c for c in ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")}
     props = {p.get("name"): p.get("value") for p in cases["good[step100-p0]"].iter("property")}
     assert props["parity_tier"] in ("EXACT", "NEAR") and float(props["parity_ssim"]) > 0.99
     dprops = {p.get("name"): p.get("value") for p in cases["drift[step100-p0]"].iter("property")}
     assert dprops["parity_mismatches"] == "steps"
+
+
+def test_missing_base_model_skips_only_when_asked(pytester, plugin_job, tiny_model_dir):
+    _cases(pytester, plugin_job, tiny_model_dir, drift=False, base_ok=False)
+    result = pytester.runpytest_subprocess("parity", "-p", "no:cacheprovider", "-k", "nobase", "-rs",
+                                           "--parity-skip-missing-model")
+    result.assert_outcomes(skipped=2)
+    assert "base model not found" in result.stdout.str()
+    pytester.makeini("[pytest]\nparity_skip_missing_model = true\n")
+    pytester.runpytest_subprocess("parity", "-p", "no:cacheprovider", "-k", "nobase").assert_outcomes(skipped=2)
+
+
+def test_expected_mismatch_passes_and_a_new_one_fails(pytester, plugin_job, tiny_model_dir):
+    _cases(pytester, plugin_job, tiny_model_dir)
+    drift = pytester.path / "cases" / "drift.yaml"
+    drift.write_text(drift.read_text() + "  mismatches: [steps]\n")
+    report = pytester.path / "rep"
+    r = pytester.runpytest_subprocess("parity", "-p", "no:cacheprovider", "-k", "drift", "--parity-no-attribution",
+                                      f"--parity-report-dir={report}")
+    r.assert_outcomes(passed=2)
+    assert "parity: 2 item(s) pass with expected differences" in r.stdout.str()
+    assert "cases/drift.yaml::drift[step100-p0]: expected: mismatches steps" in r.stdout.str()
+    items = json.loads((report / "results.json").read_text())["items"]
+    assert all(it["tier"] != "NEAR" and it["expected"] for it in items)  # the drift is still in the report
+    drift.write_text(drift.read_text().replace("[steps]", "[seed]"))
+    r = pytester.runpytest_subprocess("parity", "-p", "no:cacheprovider", "-k", "drift", "--parity-no-attribution")
+    r.assert_outcomes(failed=2)
+    assert "unexpected mismatch: steps" in r.stdout.str()
 
 
 def test_case_that_cannot_load_fails_alone(pytester, plugin_job, tiny_model_dir):

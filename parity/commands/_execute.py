@@ -61,13 +61,17 @@ def _inference_value(args: argparse.Namespace) -> Any:
     if args.request:
         return {"request": str(Path(args.request).resolve())}
     if args.profile:
+        from parity.diagnose import InferenceSettings
+
+        InferenceSettings.profile(args.profile, "--profile")  # a bad name blames the option, not a case file
         return args.profile
     return None
 
 
 def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     from parity.report import write_report
-    from parity.run import case_error_record, stderr_progress
+    from parity.run import case_error_record
+    from parity.runner.progress import Progress
     from parity.session import Session, default_device
 
     from parity.report.html import report_href
@@ -82,7 +86,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
                 inputs=run_inputs(cases, args, device))
     session = Session.open(out, meta, device=device, attribution=not args.no_attribution, budget=args.budget,
                            determinism=getattr(args, "determinism_check", "auto"),
-                           progress=stderr_progress(args.quiet), resume=args.resume,
+                           progress=(progress := Progress.for_stderr(args.quiet)).note, resume=args.resume,
                            force_resume=getattr(args, "force_resume", False))
     done = session.store.done_ids(include_errors=False)
     for err in case_errors:
@@ -91,13 +95,13 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     try:
         compared = session.store.compared_records()  # a resumed run's items awaiting only their follow-ups
         todo = session.record_unrunnable(p for p in planned if p.id not in done or p.id in compared)
-        session.runner.run(todo, on_record=session.store.add, compared=compared,
-                           on_compared=lambda rec, pending: session.store.add(rec, pending=pending))
+        progress.start(len(todo))
+        session.runner.run(todo, on_record=lambda rec: (session.store.add(rec), progress.finished(rec)),
+                           compared=compared, on_compared=lambda rec, pending: session.store.add(rec, pending=pending))
     finally:
+        progress.close()
         session.close()
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})
-    if not args.quiet and sys.stderr.isatty():
-        print(file=sys.stderr)
     paths = write_report(results, out, copy_images=not link_images, report_url=report_url)
     if args.json_out:
         _write_json_copy(results, Path(args.json_out))
@@ -186,19 +190,21 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
 
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
     width = max([len(printable(it["id"])) for it in rows] + [4])
-    print(f"{'item':<{width}}  {'tier':<9} {'ssim':>7}  {'gate':<5} cause / mismatches")
+    print(f"{'item':<{width}}  {'tier':<9} {'ssim':>7}  {'gate':<8} cause / mismatches")
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
         ssim_s = f"{ssim:7.4f}" if isinstance(ssim, (int, float)) else "      -"
-        mark = "ok" if it.get("passed") else "FAIL"
+        mark = "expected" if it.get("expected") and it.get("passed") else "ok" if it.get("passed") else "FAIL"
         if it.get("error"):
             detail = it["error"]
         elif it.get("causes"):
+            from parity.values import cause_text
+
             c = it["causes"][0]
-            detail = f"top cause: {c['knob']} ({c.get('value_preview')} vs {c.get('value_inference')})"
+            detail = "top cause: " + cause_text(c["knob"], c.get("value_preview"), c.get("value_inference"))
         else:
             detail = ", ".join(it.get("mismatches") or []) or ""
-        print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<5} {printable(detail)}")
+        print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {printable(detail)}")
     counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
     print(f"report: {paths.index}")

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     shutil.rmtree(run_args.out, ignore_errors=True)  # the demo report is rebuilt each time
     code = execute(cases, run_args, entry="demo")
-    print("demo: demo-parity and demo-klein pass; demo-reference-server drifts and names its causes "
-          "(exit code 1 is expected for it)")
-    return 0 if code in (0, 1) else code
+    # demo-reference-server lists its differences under expect.mismatches: it passes as "expected" while the
+    # report shows the drift, so any exit code 1 here is a real failure and is returned as such.
+    print("demo: demo-parity and demo-klein pass; demo-reference-server drifts as expected and names its causes"
+          if code == 0 else "demo: some demo items failed their gate (see the report)")
+    return code

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from pathlib import Path
 
 HELP = "write a starter case file (cases/<name>.yaml) for an AI Toolkit job folder"
 EXAMPLES = """
-  parity init output/my_lora                     # writes cases/my_lora.yaml
+  parity init output/my_lora                     # on a terminal: writes cases/my_lora.yaml
+  parity init output/my_lora > cases/my_lora.yaml  # stdout redirected: the YAML goes there, nothing else
   parity init output/my_lora --out -             # print it instead
   parity init output/my_lora --base-model /models/FLUX.2-dev
 """
@@ -17,7 +19,9 @@ EXAMPLES = """
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="AI Toolkit job output folder")
-    p.add_argument("--out", default=None, help="case file to write (default cases/<name>.yaml; - for stdout)")
+    p.add_argument("--out", default=None,
+                   help="case file to write (default: stdout when it is redirected to a file or pipe, else cases/<name>.yaml; - for "
+                        "stdout)")
     p.add_argument("--base-model", default=None, metavar="DIR", help="base model folder to record in the case")
     p.add_argument("--force", action="store_true", help="overwrite an existing case file")
 
@@ -54,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     job_dir = Path(args.job)
     if not job_dir.is_dir():
         raise ConfigError("not a job folder", args.job)
-    if args.out == "-":
-        sys.stdout.write(starter_case(job_dir, Path.cwd() / "cases" / "x.yaml", args.base_model))
+    if args.out == "-" or (args.out is None and _stdout_redirected()):
+        # Paths in the case are relative to the file it lands in: the redirect target when stdout is a file.
+        sys.stdout.write(starter_case(job_dir, _stdout_file() or Path.cwd() / "cases" / "x.yaml", args.base_model))
         return 0
     from parity.job import load_job
 
@@ -65,5 +70,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("case file exists; pass --force to overwrite", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(starter_case(job_dir, out, args.base_model))
-    print(f"wrote {out}")
+    print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _stdout_redirected() -> bool:
+    """stdout is a file or a pipe (`> cases/x.yaml`, `| tee`), not a terminal or an in-process capture."""
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (io.UnsupportedOperation is both)
+        return False
+    return not sys.stdout.isatty() and (stat.S_ISREG(mode) or stat.S_ISFIFO(mode))
+
+
+def _stdout_file() -> Path | None:
+    """The regular file stdout is redirected to (`> cases/x.yaml`), when the platform can tell."""
+    try:
+        target = Path(os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return target if target.is_file() else None

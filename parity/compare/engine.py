@@ -176,7 +176,7 @@ def _match_size(out: Comparison, render: np.ndarray, pv: LoadedImage, resample: 
     if not resample:
         out.error = out.reason = (
             f"size mismatch: render {rw}x{rh}, preview {pv.size[0]}x{pv.size[1]} (not resized; "
-            "a resampled score is available on request)")
+            "`parity compare --resample` gives a labelled resampled score)")
         return None
     out.resampled = True
     out.variants["resampled"] = (f"render resampled {rw}x{rh} -> {pv.size[0]}x{pv.size[1]} with Pillow "

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from parity.report.store import Results, dumps
 from parity.report.summary import item_score, score_metric
+from parity.values import cause_text
 
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
@@ -41,7 +42,7 @@ def _describe(item: dict[str, Any], metric: str) -> str:
         msg += "; mismatched: " + ", ".join(map(str, item["mismatches"]))
     if item.get("causes"):
         c = item["causes"][0]
-        msg += f"; top cause: {c.get('knob')} ({c.get('value_preview')!s} vs {c.get('value_inference')!s})"
+        msg += f"; top cause: {cause_text(str(c.get('knob')), c.get('value_preview'), c.get('value_inference'))}"
     return msg
 
 
@@ -76,8 +77,11 @@ def _properties(props: ET.Element, it: dict[str, Any], report_href: str | None) 
     for key in ("step", "index"):
         if it.get(key) is not None:
             prop(key, it[key])
+    if it.get("expected"):
+        prop("expected", it["expected"])
     for k, v in it.get("metrics", {}).items():
-        prop(f"metric.{k}", v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):  # an unset metric is left out, not "None"
+            prop(f"metric.{k}", v)
     if it.get("mismatches"):
         prop("mismatches", ",".join(map(str, it["mismatches"])))
     if it.get("irreducible"):
@@ -88,7 +92,8 @@ def _properties(props: ET.Element, it: dict[str, Any], report_href: str | None) 
     if it.get("reason"):
         prop("tier_reason", it["reason"])
     for n, c in enumerate(it.get("causes", []), 1):
-        prop(f"cause.{n}", c)
+        prop(f"cause.{n}", cause_text(str(c.get("knob")), c.get("value_preview"), c.get("value_inference"),
+                                      c.get("ssim_aligned")))
     if report_href:
         prop("report", f"{report_href}#item={quote(it['id'], safe='')}")
 

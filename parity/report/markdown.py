@@ -11,6 +11,7 @@ from urllib.parse import quote
 from parity.report.store import Results
 from parity.report.summary import Summary, item_score, summarize
 from parity.spec import TIERS
+from parity.values import cause_text
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")  # emphasis, code, links, table cells; <>& become entities
 
@@ -25,7 +26,7 @@ def md_text(value: Any, limit: int = 120) -> str:
 
 
 def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.4f}"
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None) -> list[str]:
@@ -38,11 +39,12 @@ def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None
         if report_href:
             name = f"[{name}]({report_href}#item={quote(it['id'], safe='')})"
         cause = it["causes"][0] if it.get("causes") else None
-        cause_s = (f"{md_text(cause.get('knob'), 30)}: {md_text(cause.get('value_preview'), 30)} → "
-                   f"{md_text(cause.get('value_inference'), 30)}") if cause else (
-            md_text(it["error"], 80) if it.get("error") else "–")
-        lines.append(f"| {name} | {it['tier']} | {it.get('gate') or '–'} | {_fmt(item_score(it, metric))} | "
-                     f"{md_text(', '.join(map(str, it.get('mismatches', []))) or '–', 80)} | {cause_s} |")
+        cause_s = md_text(cause_text(str(cause.get("knob")), cause.get("value_preview"),
+                                     cause.get("value_inference")), 100) if cause else (
+            md_text(it["error"], 80) if it.get("error") else "not attributed")
+        tier = it["tier"] + (" (expected)" if it.get("expected") and it.get("passed") else "")
+        lines.append(f"| {name} | {tier} | {it.get('gate') or 'none'} | {_fmt(item_score(it, metric))} | "
+                     f"{md_text(', '.join(map(str, it.get('mismatches', []))) or 'none', 80)} | {cause_s} |")
     return lines + [""]
 
 

@@ -44,7 +44,7 @@ class DeterminismGuard:
         if self.mode == "off" or rec.tier == "ERROR":
             return False
         # auto: only items below their gate, where a nondeterministic machine would fake a mismatch (saves renders)
-        return self.mode == "always" or not rec.passed
+        return self.mode == "always" or rec.below_gate
 
     def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
         import numpy as np
@@ -124,7 +124,7 @@ class Attribution:
         self.cache = RenderCache()
 
     def wants(self, item: Any, rec: ItemRecord) -> bool:
-        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and not rec.passed
+        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
                 and item.preview_path is not None and not rec.nondeterministic)
 
     def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:

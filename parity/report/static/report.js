@@ -13,7 +13,8 @@
   var state = {
     tiers: new Set(TIERS), kase: '', step: '', knob: '', text: '', sort: 'worst',
     mode: 'side', order: [], pos: {}, shown: 0, current: -1,
-    zoom: { z: 1, x: 0, y: 0 }, heat: 'heatmap_diff', slider: 50, blend: 50, gain: 4, blinkTimer: null
+    zoom: { z: 1, x: 0, y: 0 }, heat: 'heatmap_diff', slider: 50, blend: 50, gain: 4, blinkTimer: null,
+    openErrors: new Set()  // error texts whose repeated ERROR items are shown one by one
   };
 
   // ------------------------------------------------------------------ helpers
@@ -51,6 +52,48 @@
     if (typeof v === 'object') return JSON.stringify(v);
     return String(v);
   }
+  // Knob values as people read them (mirrors parity/values.py knob_text): sizes as 96x64 (requested 100x64),
+  // schedules as "AI Toolkit mu 0.461", unset values in words, never raw JSON.
+  var UNSET = { text_encoder: "the base model's", negative_prompt: 'none', checkpoint: 'none (base model only)' };
+  var SCHED = { aitk: 'AI Toolkit', empirical: 'diffusers empirical' };
+  function numText(v) { return Number.isInteger(v) ? String(v) : String(+v.toPrecision(4)); }
+  function plainText(v) {
+    if (v === null || v === undefined) return 'none';
+    if (typeof v === 'number') return numText(v);
+    if (Array.isArray(v)) return v.length ? v.map(plainText).join(', ') : 'none';
+    if (typeof v === 'object') {
+      var ks = Object.keys(v);
+      return ks.length ? ks.map(function (k) { return k.replace(/_/g, ' ') + ' ' + plainText(v[k]); }).join(', ') : 'none';
+    }
+    return String(v);
+  }
+  function sizeText(wh) { return Array.isArray(wh) && wh.length === 2 ? wh[0] + 'x' + wh[1] : plainText(wh); }
+  function scheduleText(v) {
+    var name = String(v.name || ''), t;
+    if (name.indexOf('static:') === 0) t = 'static shift ' + name.slice(7);
+    else {
+      t = SCHED[name] || name || 'schedule';
+      if (typeof v.mu === 'number') t += ' mu ' + numText(Math.round(v.mu * 1000) / 1000);
+    }
+    var nk = Object.keys(v.numerics || {});
+    if (nk.length) t += ' (numerics ' + nk.map(function (k) { return k + ':' + v.numerics[k]; }).join(', ') + ')';
+    return t;
+  }
+  function knobText(knob, v) {
+    if (v === null || v === undefined || v === '' || (Array.isArray(v) && !v.length)) return UNSET[knob] || 'none';
+    if (knob === 'resolution' && v && typeof v === 'object' && !Array.isArray(v) && v.effective) {
+      var req = v.requested, eff = v.effective;
+      return sizeText(eff) + (req && String(req) !== String(eff) ? ' (requested ' + sizeText(req) + ')' : '');
+    }
+    if (knob === 'resolution' && Array.isArray(v)) return sizeText(v);
+    if (knob === 'schedule' && v && typeof v === 'object' && !Array.isArray(v)) return scheduleText(v);
+    if (knob === 'quantization' && v && typeof v === 'object' && !Array.isArray(v)) {
+      var q = Object.keys(v).filter(function (k) { return v[k]; }).map(function (k) { return k.replace(/_/g, ' ') + ' ' + v[k]; });
+      return q.join(', ') || 'none';
+    }
+    return plainText(v);
+  }
+  function verdict(it) { return it.passed ? (it.expected ? 'expected' : 'pass') : 'fail'; }
   function score(it) { return typeof it.score === 'number' ? it.score : null; }
   function tierRank(t) { return TIERS.indexOf(t); }
   function badge(t) { return el('span', { class: 'badge t-' + t, text: t }); }
@@ -58,6 +101,9 @@
 
   var byId = {};
   var groups = {};
+  var errGroups = {};  // error text -> indices of the ERROR items that share it
+  ITEMS.forEach(function (it, i) { if (it.tier === 'ERROR' && it.error) (errGroups[it.error] = errGroups[it.error] || []).push(i); });
+  function errorGroup(it) { return it.tier === 'ERROR' && it.error ? errGroups[it.error] || [] : []; }
   ITEMS.forEach(function (it, i) {
     byId[it.id] = i;
     it._text = [it.id, it.case || '', it.prompt || '', it.error || '', (it.mismatches || []).join(' ')]
@@ -99,6 +145,15 @@
     state.order = [];
     for (var i = 0; i < ITEMS.length; i++) if (matches(ITEMS[i])) state.order.push(i);
     state.order.sort(cmp);
+    // Repeated ERROR items (the same error text) show as one card with a "+ N more" chip until opened.
+    var seenErr = {};
+    state.order = state.order.filter(function (j) {
+      var it = ITEMS[j];
+      if (errorGroup(it).length < 2 || state.openErrors.has(it.error)) return true;
+      if (seenErr[it.error]) return false;
+      seenErr[it.error] = true;
+      return true;
+    });
     state.pos = {};
     state.order.forEach(function (i, p) { state.pos[i] = p; });
     stopBlink();
@@ -109,6 +164,46 @@
     if (!state.order.length) cards.append(el('p', { class: 'muted empty', text: 'No item matches the filters.' }));
     renderMore();
     if (keepCurrent && cur >= 0 && state.pos[cur] !== undefined) select(cur, false);
+    writeHash();
+  }
+
+  // ------------------------------------------------------------------ the URL hash keeps the view
+  // #item=ID&tier=DRIFT,ERROR&case=C&step=S&knob=K&q=TEXT&sort=S: a reload or a shared link shows the same view.
+  function stateHash() {
+    var p = [], enc = encodeURIComponent;
+    if (state.current >= 0) p.push('item=' + enc(ITEMS[state.current].id));
+    if (state.tiers.size !== TIERS.length) p.push('tier=' + TIERS.filter(function (t) { return state.tiers.has(t); }).join(','));
+    [['case', state.kase], ['step', state.step], ['knob', state.knob], ['q', state.text]].forEach(function (kv) {
+      if (kv[1] !== '') p.push(kv[0] + '=' + enc(kv[1]));
+    });
+    if (state.sort !== 'worst') p.push('sort=' + enc(state.sort));
+    return p.length ? '#' + p.join('&') : '';
+  }
+  function writeHash() {
+    var h = stateHash();
+    if (location.hash !== h) history.replaceState(null, '', location.pathname + location.search + h);
+  }
+  function parseHash() {
+    var out = {};
+    location.hash.replace(/^#/, '').split('&').forEach(function (part) {
+      var k = part.indexOf('=');
+      if (k <= 0) return;
+      try { out[part.slice(0, k)] = decodeURIComponent(part.slice(k + 1)); } catch (e) { /* a broken part is ignored */ }
+    });
+    return out;
+  }
+  function filtersFromHash(h) {
+    if (!['tier', 'case', 'step', 'knob', 'q', 'sort'].some(function (k) { return k in h; })) return false;
+    resetFilters();
+    if ('tier' in h) {
+      state.tiers = new Set(h.tier.split(',').filter(function (t) { return TIERS.indexOf(t) >= 0; }));
+      document.querySelectorAll('input[name=tier]').forEach(function (b) { b.checked = state.tiers.has(b.value); });
+    }
+    [['case', 'kase', 'f-case'], ['step', 'step', 'f-step'], ['knob', 'knob', 'f-knob'], ['q', 'text', 'f-text']].forEach(function (m) {
+      if (m[0] in h) { state[m[1]] = h[m[0]]; document.getElementById(m[2]).value = h[m[0]]; }
+    });
+    if ('sort' in h) { state.sort = h.sort; document.getElementById('f-sort').value = h.sort; }
+    return true;
   }
 
   // ------------------------------------------------------------------ cards
@@ -140,9 +235,9 @@
     var head = el('header', { class: 'card-head' },
       badge(it.tier),
       el('button', { type: 'button', class: 'card-title', text: it.id, title: 'open (Enter)' }),
-      el('span', { class: 'gate ' + (it.passed ? 'pass' : 'fail'), text: it.passed ? 'pass' : 'fail',
-        title: it.gate ? 'gate ' + it.gate : 'no gate' }),
-      el('span', { class: 'num', text: sc === null ? '–' : sc.toFixed(4), title: DATA.metric }),
+      el('span', { class: 'gate ' + (it.passed ? 'pass' : 'fail') + (it.expected ? ' expected' : ''), text: verdict(it),
+        title: (it.gate ? 'gate ' + it.gate : 'no gate') + (it.expected ? ' · ' + it.expected : '') }),
+      el('span', { class: 'num', text: sc === null ? 'no score' : sc.toFixed(4), title: DATA.metric }),
       el('span', { class: 'meta', text: [it.case, it.step !== undefined ? 'step ' + it.step : null,
         it.index !== undefined ? 'prompt ' + it.index : null].filter(function (x) { return x !== null && x !== undefined && x !== ''; }).join(' · ') }),
       el('a', { class: 'permalink', href: itemHash(it), title: 'permalink', text: '#' }));
@@ -158,9 +253,15 @@
     if (it.noise_floor && it.noise_floor.applied) chips.append(el('span', { class: 'chip irr', text: 'within noise floor', title: it.noise_floor.reason || '' }));
     if (it.causes && it.causes.length) {
       var c0 = it.causes[0];
-      chips.append(el('span', { class: 'cause', text: 'top cause: ' + c0.knob + ' (' + fmt(c0.value_preview) + ' → ' + fmt(c0.value_inference) + ')' }));
+      chips.append(el('span', { class: 'cause', text: 'top cause: ' + c0.knob + ' ' + knobText(c0.knob, c0.value_preview) + ' → ' + knobText(c0.knob, c0.value_inference) }));
     }
-    if (it.size_mismatch) chips.append(el('span', { class: 'chip mis', text: 'size mismatch' }));
+    if (it.size_mismatch) chips.append(el('span', { class: 'chip mis', text: 'size mismatch' + (typeof it.size_mismatch === 'object'
+      ? ': ' + Object.keys(it.size_mismatch).map(function (k) { return k + ' ' + sizeText(it.size_mismatch[k]); }).join(', ') : '') }));
+    var same = errorGroup(it);
+    if (same.length > 1 && !state.openErrors.has(it.error)) {
+      chips.append(el('button', { type: 'button', class: 'chip errgroup', text: '+ ' + (same.length - 1) + ' more item(s) with this error',
+        title: 'show them', onclick: function (ev) { ev.stopPropagation(); state.openErrors.add(it.error); applyFilters(true); } }));
+    }
     if (chips.childNodes.length) c.append(chips);
     if (it.error) c.append(el('pre', { class: 'error', text: it.error }));
     c.addEventListener('click', function (ev) {
@@ -201,14 +302,14 @@
     state.zoom = { z: 1, x: 0, y: 0 };
     c.classList.add('open');
     c.append(detail(ITEMS[i]));
-    var h = itemHash(ITEMS[i]);
-    if (location.hash !== h) history.replaceState(null, '', h);
+    writeHash();
     if (scroll !== false) c.scrollIntoView({ block: 'start' });
   }
   function selectById(id, scroll) {
     var i = byId[id];
     if (i === undefined) return false;
     if (!matches(ITEMS[i])) { resetFilters(); applyFilters(false); }
+    if (state.pos[i] === undefined && ITEMS[i].error) { state.openErrors.add(ITEMS[i].error); applyFilters(false); }
     select(i, scroll);
     return true;
   }
@@ -442,10 +543,10 @@
   function section(title, cls) { return el('section', { class: 'sec ' + (cls || '') }, el('h3', { text: title })); }
   function valueCell(side, knob) {
     var e = (side || {})[knob];
-    if (e === undefined) return el('td', { class: 'muted', text: '–' });
+    if (e === undefined) return el('td', { class: 'muted', text: 'not recorded' });
     var val = (e && typeof e === 'object' && 'value' in e) ? e.value : e;
     var src = (e && typeof e === 'object') ? e.source : null;
-    return el('td', null, el('span', { class: 'val', text: fmt(val) }), src ? el('span', { class: 'src', text: src }) : null);
+    return el('td', null, el('span', { class: 'val', text: knobText(knob, val) }), src ? el('span', { class: 'src', text: src }) : null);
   }
   function paramsSection(it) {
     var s = section('Parameters: preview vs inference', 'params');
@@ -475,8 +576,14 @@
     var s = section('Irreducible differences', 'irreducible');
     s.append(el('p', { class: 'muted', text: 'A re-render cannot remove these; they are not counted as mismatches.' }));
     var pv = (it.params || {}).preview || {}, inf = (it.params || {}).inference || {};
+    var det = {};  // knob -> {preview, inference, note}: the runner's words for each side
+    (it.irreducible_details || []).forEach(function (d) { if (d && d.knob) det[d.knob] = d; });
     var tb = el('tbody');
-    list.forEach(function (k) { tb.append(el('tr', null, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k))); });
+    list.forEach(function (k) {
+      var d = det[k];
+      tb.append(d ? el('tr', { title: d.note || '' }, el('th', { text: k }), el('td', { text: plainText(d.preview) }), el('td', { text: plainText(d.inference) }))
+        : el('tr', null, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k)));
+    });
     s.append(el('table', { class: 'kv' }, tb));
     return s;
   }
@@ -505,7 +612,7 @@
     var ol = el('ol');
     cs.forEach(function (c) {
       var a = typeof c.ssim_aligned === 'number' ? c.ssim_aligned : null;
-      var li = el('li', null, el('b', { text: String(c.knob) }), ' ', fmt(c.value_preview), ' → ', fmt(c.value_inference));
+      var li = el('li', null, el('b', { text: String(c.knob) }), ' ', knobText(c.knob, c.value_preview), ' → ', knobText(c.knob, c.value_inference));
       if (a !== null) {
         li.append(el('span', { class: 'num', text: '  score if aligned ' + a.toFixed(4) + (base !== null ? ' (' + (a - base >= 0 ? '+' : '') + (a - base).toFixed(4) + ')' : '') }));
         var bar = el('span', { class: 'bar' }, el('span', { style: 'width:' + Math.max(0, Math.min(100, a * 100)).toFixed(1) + '%' }));
@@ -523,8 +630,8 @@
     Object.keys(it.metrics || {}).forEach(function (k) {
       tb.append(el('tr', null, el('th', { text: k }), el('td', { class: 'num', text: fmt(it.metrics[k]) }), el('td', { class: 'muted', text: vars[k] ? fmt(vars[k]) : '' })));
     });
-    [['tier', it.tier], ['gate', it.gate], ['JPEG', it.jpeg], ['JPEG ceiling', it.ceiling], ['timings (s)', it.timings]].forEach(function (r) {
-      if (r[1] !== undefined && r[1] !== null) tb.append(el('tr', null, el('th', { text: r[0] }), el('td', { colspan: 2, text: fmt(r[1]) })));
+    [['tier', it.tier], ['gate', it.gate], ['expected', it.expected], ['JPEG', it.jpeg], ['JPEG ceiling', it.ceiling], ['timings (s)', it.timings]].forEach(function (r) {
+      if (r[1] !== undefined && r[1] !== null) tb.append(el('tr', null, el('th', { text: r[0] }), el('td', { colspan: 2, text: plainText(r[1]) })));
     });
     s.append(el('table', { class: 'kv' }, tb));
     return s;
@@ -534,18 +641,21 @@
     if (!sc || !Array.isArray(sc.preview) || !Array.isArray(sc.inference)) return null;
     var a = sc.preview, b = sc.inference, n = Math.max(a.length, b.length), differs = a.length !== b.length;
     for (var i = 0; i < n && !differs; i++) if (Math.abs(a[i] - b[i]) > 1e-6) differs = true;
-    var s = section('Schedule (sigmas)', 'schedule');
-    if (!differs) { s.append(el('p', { class: 'muted', text: 'identical (' + n + ' sigmas)' })); return s; }
-    var extra = Object.keys(sc).filter(function (k) { return k !== 'preview' && k !== 'inference'; });
-    if (extra.length) s.append(el('p', { class: 'muted', text: extra.map(function (k) { return k + ' ' + fmt(sc[k]); }).join(' · ') }));
+    var s = section('Schedule', 'schedule');
+    var pv = (((it.params || {}).preview || {}).schedule || {}).value, iv = (((it.params || {}).inference || {}).schedule || {}).value;
+    var said = function (v, mu, len) { return (v && typeof v === 'object' ? scheduleText(v) : typeof mu === 'number' ? 'mu ' + numText(Math.round(mu * 1000) / 1000) : 'schedule') + ', ' + (len - 1) + ' steps'; };
+    var line = 'preview ' + said(pv, sc.mu_preview, a.length) + (differs ? ' · inference ' + said(iv, sc.mu_inference, b.length) : ' · inference identical');
+    s.append(el('p', { text: line }));
+    if (!differs) return s;
     var tb = el('tbody');
     for (var j = 0; j < n; j++) {
       var x = a[j], y = b[j], dd = (typeof x === 'number' && typeof y === 'number') ? y - x : null;
       tb.append(el('tr', { class: dd === null || Math.abs(dd) > 1e-6 ? 'mismatch' : '' }, el('td', { text: j }),
-        el('td', { text: fmt(x) }), el('td', { text: fmt(y) }), el('td', { text: dd === null ? '–' : fmt(dd) })));
+        el('td', { text: fmt(x) }), el('td', { text: fmt(y) }), el('td', { text: dd === null ? 'n/a' : fmt(dd) })));
     }
-    s.append(el('div', { class: 'scroll' }, el('table', { class: 'kv sigma' }, el('thead', null, el('tr', null,
-      el('th', { text: 'i' }), el('th', { text: 'preview σ' }), el('th', { text: 'inference σ' }), el('th', { text: 'Δ' }))), tb)));
+    s.append(el('details', null, el('summary', { text: 'sigma table (' + a.length + ' vs ' + b.length + ' sigmas)' }),
+      el('div', { class: 'scroll' }, el('table', { class: 'kv sigma' }, el('thead', null, el('tr', null,
+      el('th', { text: 'i' }), el('th', { text: 'preview σ' }), el('th', { text: 'inference σ' }), el('th', { text: 'Δ' }))), tb))));
     return s;
   }
   function timelineSection(it) {
@@ -669,23 +779,23 @@
     else if (k === '-') zoomBy(1 / 1.5);
     else if (k === '0') { state.zoom = { z: 1, x: 0, y: 0 }; applyZoom(); }
     else if (k === '/') document.getElementById('f-text').focus();
-    else if (k === 'Escape') { collapse(); history.replaceState(null, '', location.pathname + location.search); }
+    else if (k === 'Escape') { collapse(); writeHash(); }
     else if (k === '?') help.hidden = !help.hidden;
     else return;
     ev.preventDefault();
   });
 
   function fromHash() {
-    var m = /^#item=(.*)$/.exec(location.hash);
-    if (!m) return false;
-    var id;
-    try { id = decodeURIComponent(m[1]); } catch (e) { return false; }
-    return selectById(id, true);
+    var h = parseHash();
+    if (filtersFromHash(h)) applyFilters(false);
+    return 'item' in h ? selectById(h.item, true) : false;
   }
   window.addEventListener('hashchange', fromHash);
 
+  var h0 = parseHash();  // read before the first applyFilters rewrites the hash
+  filtersFromHash(h0);
   applyFilters(false);
-  fromHash();
+  if ('item' in h0) selectById(h0.item, true);
   document.body.dataset.readyMs = String(Math.round(performance.now()));
   document.body.dataset.ready = '1';
 })();
