@@ -153,9 +153,10 @@ def _render_and_score(preview: Any, tier: str, drift: float, nrng: Any, rnd: ran
     render = np.clip(render, 0, 255).astype(np.uint8)
     Image.fromarray(render).save(img_dir / f"{stem}_render.png", compress_level=1)
     diff = np.abs(render.astype(np.int16) - preview.astype(np.int16)).mean(-1)
-    heat = np.clip(diff * 6, 0, 255).astype(np.uint8)
-    hm = np.stack([heat, np.clip(255 - np.abs(heat.astype(np.int16) * 2 - 255), 0, 255).astype(np.uint8),
-                   255 - heat], -1)
+    # the real heatmap's colour ramp and scale, so the report's legend reads true on synthetic runs too
+    from parity.compare.heatmap import DIFF_FULL_SCALE, colorize
+
+    hm = colorize(diff / DIFF_FULL_SCALE)
     Image.fromarray(hm).save(img_dir / f"{stem}_diff.png", compress_level=1)
     paths.update(render=f"images/{stem}_render.png", heatmap_diff=f"images/{stem}_diff.png")
     ssim = {"EXACT": 1.0, "NEAR": rnd.uniform(0.965, 0.995), "DRIFT": rnd.uniform(0.8, 0.94),
