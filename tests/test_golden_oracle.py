@@ -140,6 +140,10 @@ def _golden_params():
 @pytest.mark.parametrize("case,pv", _golden_params() if (DEV_BASE / "model_index.json").is_file() else [])
 def test_render_reproduces_ai_toolkits_lossless_image(oracle_engine, case, pv):
     exact, why = exact_gate()
+    if not exact and case != "fp32" and pv.step != 500:
+        # elsewhere a bf16/fp8 render is held only to the SSIM bound (gross errors); the step-500 previews, with
+        # merge history (bf16) and the live LoRA (fp8), cover that at a third of the suite's time
+        pytest.skip(f"bf16/fp8 step {pv.step}: checked bit for bit only on the oracle's CPU ({why})")
     result = render_preview(oracle_engine, case, pv)
     want = pv.lossless_pixels()
     assert result.image.shape == want.shape, pv.id
