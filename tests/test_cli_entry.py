@@ -107,3 +107,13 @@ def test_output_into_a_closed_pipe_is_quiet(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(plan_cmd, "run", closed)
     assert main(["plan", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_demo_outside_the_repository_says_so_before_building_anything(tmp_path, monkeypatch, capsys):
+    """Without cases/demo-*.yaml there is nothing to run: say so at once instead of after minutes of building."""
+    from parity.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 2
+    assert "no demo-*.yaml case files here" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no demo/ built

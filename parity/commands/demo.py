@@ -27,13 +27,14 @@ def run(args: argparse.Namespace) -> int:
     from parity.demo import build_demo
     from parity.errors import ConfigError
 
+    # the case files first: building the demo data takes minutes, and without cases there is nothing to run
+    case_files = sorted(Path(args.cases).glob("demo-*.yaml"))
+    if not case_files and not args.prepare:
+        raise ConfigError("no demo-*.yaml case files here (run from the parity repository root)", args.cases)
     paths = build_demo(args.dir, force=args.rebuild)
     print(f"demo model: {paths.base_model}\ndemo job:   {paths.job}")
     if args.prepare:
         return 0
-    case_files = sorted(Path(args.cases).glob("demo-*.yaml"))
-    if not case_files:
-        raise ConfigError("no demo-*.yaml case files here (run from the parity repository root)", args.cases)
     cases = [load_case(f) for f in case_files]
     run_args = argparse.Namespace(
         steps=None, base_model=None, text_encoder=None, request=None, profile=None, overrides=[], min_tier=None,
