@@ -5,7 +5,6 @@ Skipped like tests/test_report_browser.py where the browser is absent."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from urllib.parse import quote
 
@@ -13,19 +12,11 @@ import pytest
 
 from parity.report import load, synthetic_results, write_report
 
-from test_report_browser import SCREENSHOTS, chromium_driver, open_report, visible_tiers
+from test_report_browser import SCREENSHOTS, driver, open_report, visible_tiers  # noqa: F401 (driver: fixture)
 
 pytestmark = pytest.mark.browser
 
 SAME_ERROR = "base model not found: /models/FLUX.2-dev"
-
-
-@pytest.fixture(scope="module")
-def driver():
-    drv = chromium_driver()
-    yield drv
-    drv.quit()
-    shutil.rmtree(drv._parity_profile, ignore_errors=True)
 
 
 def _doctor(raw: dict) -> tuple[str, str]:
