@@ -13,7 +13,7 @@ from typing import Any
 
 from parity import limits
 from parity.errors import ConfigError
-from parity.job.flags import inject_trigger, parse_prompt_flags
+from parity.job.flags import ParsedPrompt, inject_trigger, parse_prompt_flags
 from parity.job.sizes import FLUX2_DIVISOR
 
 # SampleConfig code defaults (config_modules.py L80-95). These differ from the UI defaults
@@ -219,9 +219,26 @@ def resolve_samples(
             seed, seed_src = parsed.values["seed"], "flag"
         if "network_multiplier" in parsed.values:
             nm = parsed.values["network_multiplier"]
-        out.append(_resolved(i, group, raw_prompt, parsed, item, values, sources, seed, seed_src, nm, notes,
-                             block.items_from, where, path))
+        draft = _Draft(i, raw_prompt, item, parsed, values, sources, seed, seed_src, nm, notes, where)
+        out.append(_resolved(draft, group, block.items_from, path))
     return out
+
+
+@dataclass
+class _Draft:
+    """One preview's values merged from its entry, the block and its prompt flags, not yet checked or floored."""
+
+    index: int
+    raw_prompt: Any
+    item: dict[str, Any]         # the `samples` entry its settings come from
+    parsed: ParsedPrompt         # the prompt without its flags, the flag values
+    values: dict[str, Any]
+    sources: dict[str, str]
+    seed: int
+    seed_src: str
+    multiplier: Any
+    notes: list[str]
+    where: str                   # "process[0].sample.samples[i]: " for messages
 
 
 class _SeedWalk:
@@ -272,21 +289,20 @@ def _multiplier(nm: Any, notes: list[str]) -> Any:
     return nm
 
 
-def _resolved(i: int, group: str, raw_prompt: Any, parsed: Any, item: dict[str, Any], values: dict[str, Any],
-              sources: dict[str, str], seed: int, seed_src: str, nm: Any, notes: list[str], items_from: str,
-              where: str, path: str | None) -> ResolvedSample:
-    """One preview's settings from its merged values (entry, block, flags): type-checked, floored, in limits."""
+def _resolved(d: _Draft, group: str, items_from: str, path: str | None) -> ResolvedSample:
+    """One preview's settings from its draft: type-checked, floored, within limits, with notes and sources."""
+    where, values, sources, notes = d.where, d.values, d.sources, d.notes
     # seed -1 -> random.randint(0, 2**32-1) in GenerateImageConfig.__init__ (config_modules.py L1165-1167),
     # which runs BEFORE the prompt flags are parsed (L1192): a flag can still replace the random seed,
     # and "--seed -1" itself is kept as -1 (torch.manual_seed(-1) is valid and deterministic).
-    seed_reproducible = seed_src == "flag" or seed != -1
+    seed_reproducible = d.seed_src == "flag" or d.seed != -1
     req_w = _size(values["width"], "width", where, path)
     req_h = _size(values["height"], "height", where, path)
     steps = _int(values["sample_steps"], "sample_steps", where, path)
     guidance = _num(values["guidance_scale"], "guidance_scale", where, path)
-    nm = _num(nm, "network_multiplier", where, path)
-    if not (_SEED_MIN <= seed <= _SEED_MAX):
-        raise ConfigError(f"{where}seed {seed} is outside torch.manual_seed's range", path)
+    nm = _num(d.multiplier, "network_multiplier", where, path)
+    if not (_SEED_MIN <= d.seed <= _SEED_MAX):
+        raise ConfigError(f"{where}seed {d.seed} is outside torch.manual_seed's range", path)
     width, w_notes = floor_size(req_w)
     height, h_notes = floor_size(req_h)
     bad = limits.problem(width=width, height=height, steps=steps, guidance=guidance, multiplier=nm)
@@ -297,20 +313,20 @@ def _resolved(i: int, group: str, raw_prompt: Any, parsed: Any, item: dict[str, 
     notes += [f"width {n}" for n in w_notes] + [f"height {n}" for n in h_notes]
     if not seed_reproducible:
         notes.append("seed -1: AI Toolkit drew a random seed that was not recorded; not reproducible")
-    if parsed.ignored:
-        notes.append("unknown flags ignored: " + ", ".join(f"--{f}" for f in parsed.ignored))
+    if d.parsed.ignored:
+        notes.append("unknown flags ignored: " + ", ".join(f"--{f}" for f in d.parsed.ignored))
     return ResolvedSample(
-        index=i, group=group, raw_prompt=raw_prompt, prompt=parsed.prompt,
+        index=d.index, group=group, raw_prompt=d.raw_prompt, prompt=d.parsed.prompt,
         requested_width=req_w, requested_height=req_h, width=width, height=height,
-        seed=seed, seed_reproducible=seed_reproducible, sample_steps=steps, guidance_scale=guidance,
+        seed=d.seed, seed_reproducible=seed_reproducible, sample_steps=steps, guidance_scale=guidance,
         network_multiplier=nm, neg=values.get("negative_prompt", values["neg"]),
-        control_images=control_images(item, parsed.values.get("ctrl_img"), where, path),
-        sources=_sample_sources(sources, seed_src, item, parsed, items_from),
-        flags=parsed.flags, ignored_flags=parsed.ignored, notes=notes,
+        control_images=control_images(d.item, d.parsed.values.get("ctrl_img"), where, path),
+        sources=_sample_sources(sources, d.seed_src, d.item, d.parsed, items_from),
+        flags=d.parsed.flags, ignored_flags=d.parsed.ignored, notes=notes,
     )
 
 
-def _sample_sources(sources: dict[str, str], seed_src: str, item: dict[str, Any], parsed: Any,
+def _sample_sources(sources: dict[str, str], seed_src: str, item: dict[str, Any], parsed: ParsedPrompt,
                     items_from: str) -> dict[str, str]:
     """Where each of the preview's values came from (code default, block, item, flag, floor, walk/carry)."""
     ctrl_given = any(item.get(k) for k in CTRL_KEYS) or "ctrl_img" in parsed.values
