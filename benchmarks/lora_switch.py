@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     def engine_reload():
         for s in specs:
             e = Engine(base, device="cpu")
-            e._memory = engine._memory  # same in-process embeddings: only the weights reload
+            e.text.memory = engine.text.memory  # same in-process embeddings: only the weights reload
             e.render(s)
 
     def diffusers_reload():

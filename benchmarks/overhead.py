@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 
     def harness(cold: bool):
         if cold:
-            engine._memory.clear()
+            engine.text.memory.clear()
         counter[0] += 1
         out = work / f"run{counter[0]}"
         t0 = time.perf_counter()

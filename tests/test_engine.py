@@ -153,7 +153,7 @@ def _target_weights(model, names):
 def test_lora_merge_equals_diffusers_load_and_fuse(engine, tiny_model_dir, stock_pipe):
     lora = Path(tiny_model_dir) / "loras" / "tiny_lora.safetensors"
     engine.render(SPEC.with_(lora_path=str(lora), network_multiplier=0.7, sample_steps=1))
-    mine = {k: v.clone() for k, v in engine._transformer.state_dict().items()}
+    mine = {k: v.clone() for k, v in engine.parts.transformer_model.state_dict().items()}
     from diffusers import Flux2Pipeline
 
     pipe = Flux2Pipeline.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
@@ -190,7 +190,7 @@ def test_lokr_equals_direct_kronecker_merge_in_bfl_space(engine, tiny_model_dir)
     r = engine.render(SPEC.with_(lora_path=str(root / "loras" / "tiny_lokr.safetensors"), network_multiplier=m,
                                  sample_steps=1))
     assert r.lora["format"] == "lokr" and r.lora["modules_matched"] > 0
-    got = engine._transformer.state_dict()
+    got = engine.parts.transformer_model.state_dict()
     for k, v in expected.items():
         assert torch.allclose(got[k], v, atol=1e-5, rtol=1e-5), k
 
@@ -198,7 +198,7 @@ def test_lokr_equals_direct_kronecker_merge_in_bfl_space(engine, tiny_model_dir)
 def test_lora_switch_restores_base_weights_bit_exactly(engine, tiny_model_dir, base_render):
     root = Path(tiny_model_dir)
     engine.render(SPEC.with_(sample_steps=1))
-    pristine = {k: v.clone() for k, v in engine._transformer.state_dict().items()}
+    pristine = {k: v.clone() for k, v in engine.parts.transformer_model.state_dict().items()}
     loads = engine.stats.transformer_loads
     a = engine.render(SPEC.with_(lora_path=str(root / "loras" / "tiny_lora.safetensors")))
     b = engine.render(SPEC.with_(lora_path=str(root / "loras" / "tiny_lora.safetensors"), network_multiplier=0.5))
@@ -208,7 +208,7 @@ def test_lora_switch_restores_base_weights_bit_exactly(engine, tiny_model_dir, b
     assert not np.array_equal(c.image, a.image)
     back = engine.render(SPEC)
     assert engine.stats.transformer_loads == loads
-    after = engine._transformer.state_dict()
+    after = engine.parts.transformer_model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in pristine.items())
     assert np.array_equal(back.image, base_render.image)
 
@@ -345,7 +345,7 @@ def test_qfloat8_transformer_reloads_and_runs_live_lora(engine, tiny_model_dir):
     plain = engine.render(SPEC.with_(dtype="bf16", sample_steps=2))
     loads = engine.stats.transformer_loads
     q = engine.render(SPEC.with_(dtype="bf16", sample_steps=2, quantize="qfloat8"))
-    assert engine.stats.transformer_loads == loads + 1 and count_quantized(engine._transformer) >= 20
+    assert engine.stats.transformer_loads == loads + 1 and count_quantized(engine.parts.transformer_model) >= 20
     assert not np.array_equal(q.image, plain.image)
     ql = engine.render(SPEC.with_(dtype="bf16", sample_steps=2, quantize="qfloat8", lora_path=lora,
                                   lora_application="live"))

@@ -86,6 +86,19 @@ def parse_request(data: Any, path: str | Path, base_dir: str | Path | None = Non
     base = Path(base_dir) if base_dir is not None else Path(path).parent
     if not isinstance(data, Mapping):
         raise ConfigError("request: expected a JSON object with model, prompts and loras", path)
+    model = _model(data, path)
+    trigger = _req_str(data, "trigger_word", "request", path)
+    prompts_raw = data.get("prompts")
+    if not isinstance(prompts_raw, list) or not prompts_raw:
+        raise ConfigError("prompts: required, expected a list with at least one prompt", path)
+    prompts = tuple(_prompt(p, f"prompts[{i}]", path) for i, p in enumerate(prompts_raw))
+    lora_path, multiplier = _lora(data.get("loras"), base, path)
+    return Request(path=path, model=model, prompts=prompts, trigger_word=trigger,
+                   lora_path=lora_path, network_multiplier=multiplier)
+
+
+def _model(data: Mapping, path: str) -> str:
+    """The request's `model`: one the server runs with AI Toolkit's FLUX.2 semantics."""
     model = data.get("model")
     if not isinstance(model, str):
         raise ConfigError("model: required, expected the string \"flux2\"", path)
@@ -93,55 +106,55 @@ def parse_request(data: Any, path: str | Path, base_dir: str | Path | None = Non
         hint = " (flux2_diffusers wraps diffusers' pipeline with divisor 32: use the diffusers profile with --set resolution_divisor=32)" if model == "flux2_diffusers" else ""
         raise ConfigError(f"model: {model!r} is not supported; parity checks "
                           f"{', '.join(repr(m) for m in SERVER_MODELS)}{hint}", path)
-    trigger = _req_str(data, "trigger_word", "request", path)
-    prompts_raw = data.get("prompts")
-    if not isinstance(prompts_raw, list) or not prompts_raw:
-        raise ConfigError("prompts: required, expected a list with at least one prompt", path)
-    prompts = []
-    for i, p in enumerate(prompts_raw):
-        where = f"prompts[{i}]"
-        if not isinstance(p, Mapping):
-            raise ConfigError(f"{where}: expected an object with at least \"prompt\"", path)
-        text = p.get("prompt")
-        if not isinstance(text, str):
-            raise ConfigError(f"{where}.prompt: required, expected a string", path)
-        given = [k for k in ("ctrl_img", "ctrl_img_1", "ctrl_img_2", "ctrl_img_3") if p.get(k)]
-        if given:
-            # how the server turns these into reference images is not modelled: refuse rather than drop them
-            raise ConfigError(f"{where}.{given[0]}: reference images in requests are not supported by parity yet", path)
-        seed = _req_int(p, "seed", where, path, -1, None)
-        if seed == -1:
-            # base.py L812-814: -1 draws a random seed; such a render can never be compared with a preview.
-            raise ConfigError(f"{where}.seed: -1 asks the server for a random seed, which cannot reproduce a preview", path)
-        prompts.append(RequestPrompt(
-            prompt=text,
-            width=_req_int(p, "width", where, path, *_LIMITS["width"]),
-            height=_req_int(p, "height", where, path, *_LIMITS["height"]),
-            seed=seed,
-            sample_steps=_req_int(p, "sample_steps", where, path, *_LIMITS["sample_steps"]),
-            guidance_scale=_req_float(p, "guidance_scale", where, path, *_LIMITS["guidance_scale"]),
-            neg=_req_str(p, "neg", where, path),
-            trigger_word=_req_str(p, "trigger_word", where, path),
-        ))
-    loras = data.get("loras")
+    return model
+
+
+def _prompt(p: Any, where: str, path: str) -> RequestPrompt:
+    """One entry of `prompts`, its numbers within the server's limits."""
+    if not isinstance(p, Mapping):
+        raise ConfigError(f"{where}: expected an object with at least \"prompt\"", path)
+    text = p.get("prompt")
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}.prompt: required, expected a string", path)
+    given = [k for k in ("ctrl_img", "ctrl_img_1", "ctrl_img_2", "ctrl_img_3") if p.get(k)]
+    if given:
+        # how the server turns these into reference images is not modelled: refuse rather than drop them
+        raise ConfigError(f"{where}.{given[0]}: reference images in requests are not supported by parity yet", path)
+    seed = _req_int(p, "seed", where, path, -1, None)
+    if seed == -1:
+        # base.py L812-814: -1 draws a random seed; such a render can never be compared with a preview.
+        raise ConfigError(f"{where}.seed: -1 asks the server for a random seed, which cannot reproduce a preview", path)
+    return RequestPrompt(
+        prompt=text,
+        width=_req_int(p, "width", where, path, *_LIMITS["width"]),
+        height=_req_int(p, "height", where, path, *_LIMITS["height"]),
+        seed=seed,
+        sample_steps=_req_int(p, "sample_steps", where, path, *_LIMITS["sample_steps"]),
+        guidance_scale=_req_float(p, "guidance_scale", where, path, *_LIMITS["guidance_scale"]),
+        neg=_req_str(p, "neg", where, path),
+        trigger_word=_req_str(p, "trigger_word", where, path),
+    )
+
+
+def _lora(loras: Any, base: Path, path: str) -> tuple[str | None, float | None]:
+    """(LoRA file, multiplier) of `loras` (at most one; (None, None) when empty); a relative path is taken from
+    `base`."""
     if not isinstance(loras, list):
         raise ConfigError("loras: required, expected a list of {path, network_multiplier} (may be empty)", path)
-    lora_path = multiplier = None
     if len(loras) > 1:
         raise ConfigError(f"loras: {len(loras)} LoRAs given; parity checks one LoRA per request", path)
-    if loras:
-        lo = loras[0]
-        if not isinstance(lo, Mapping):
-            raise ConfigError("loras[0]: expected an object with path and network_multiplier", path)
-        lp = lo.get("path")
-        if not isinstance(lp, str) or not lp:
-            raise ConfigError("loras[0].path: required, expected a file path", path)
-        if "://" in lp:
-            raise ConfigError("loras[0].path: URLs are not fetched; download the LoRA and give its local path", path)
-        lora_path = str(Path(lp) if Path(lp).is_absolute() else (base / lp))
-        multiplier = _req_float(lo, "network_multiplier", "loras[0]", path, *_LIMITS["network_multiplier"])
-    return Request(path=path, model=model, prompts=tuple(prompts), trigger_word=trigger,
-                   lora_path=lora_path, network_multiplier=multiplier)
+    if not loras:
+        return None, None
+    lo = loras[0]
+    if not isinstance(lo, Mapping):
+        raise ConfigError("loras[0]: expected an object with path and network_multiplier", path)
+    lp = lo.get("path")
+    if not isinstance(lp, str) or not lp:
+        raise ConfigError("loras[0].path: required, expected a file path", path)
+    if "://" in lp:
+        raise ConfigError("loras[0].path: URLs are not fetched; download the LoRA and give its local path", path)
+    lora_path = str(Path(lp) if Path(lp).is_absolute() else (base / lp))
+    return lora_path, _req_float(lo, "network_multiplier", "loras[0]", path, *_LIMITS["network_multiplier"])
 
 
 def load_request(path: str | Path, base_dir: str | Path | None = None) -> Request:

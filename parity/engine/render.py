@@ -12,21 +12,22 @@ possible, in which case the text encoder is never constructed. `engine.stats` co
 
 from __future__ import annotations
 
-import gc
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from parity.engine import numerics, schedule, weights
 from parity.engine import offload as offload_policy
-from parity.engine.lora import LoraApplier, LoraReport
+from parity.engine.components import Components, EngineStats
+from parity.engine.embedder import Embedder
+from parity.engine.lora_state import plan_merge_history, set_lora
 from parity.engine.refs import encode_references
 from parity.engine.sampling import Guidance, aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
-from parity.engine.text import MAX_LENGTH, CacheKey, EmbeddingCache, encode, hidden_layers
+from parity.engine.text import MAX_LENGTH, CacheKey, EmbeddingCache
 from parity.errors import ConfigError, ModelError
 from parity.job.sizes import effective_size
 from parity.spec import SEMANTICS, RenderSpec
@@ -62,21 +63,50 @@ class RenderResult:
         return {k: v for k, v in self.__dict__.items() if k not in ("image", "image_float")}
 
 
+def refuse_unsupported(spec: RenderSpec, layout: weights.BaseLayout, guidance_distilled: bool) -> None:
+    """A clear error, before anything is loaded, for a spec this engine cannot render as asked."""
+    if spec.semantics not in SEMANTICS:
+        raise ConfigError(f"unknown semantics {spec.semantics!r}; expected one of {', '.join(SEMANTICS)}")
+    if spec.semantics == "aitk-code":
+        if not os.environ.get("AI_TOOLKIT_PATH"):
+            raise ConfigError("semantics aitk-code needs AI_TOOLKIT_PATH (a checkout of ostris/ai-toolkit); unset")
+        raise ConfigError("semantics aitk-code is not implemented yet; use aitk (the same loop on diffusers "
+                          "components)")
+    if spec.arch.startswith("flux2_klein") != layout.klein:
+        raise ModelError(f"the job is {spec.arch!r} but the base model is {layout.arch!r}: parity would "
+                         "render another model; point base_model at the matching checkpoint", layout.root)
+    if spec.semantics == "diffusers" and (spec.control_images or not guidance_distilled):
+        raise ConfigError("semantics diffusers renders plain FLUX.2-dev text-to-image only; reference images "
+                          "and [klein] CFG need semantics aitk")
+    if spec.generator != "cpu":
+        raise ConfigError(f"generator {spec.generator!r}: only the CPU generator (AI Toolkit's) is supported")
+    if spec.lora_path and spec.quantize and spec.lora_application == "merged":
+        raise ConfigError("a merged LoRA on a quantized transformer is not what AI Toolkit does "
+                          "(quantize -> live); set lora_application=live")
+
+
 @dataclass
-class EngineStats:
-    transformer_loads: int = 0
-    text_encoder_loads: int = 0
-    vae_loads: int = 0
-    lora_applies: int = 0
-    base_restores: int = 0
-    embedding_cache_hits: int = 0
-    embedding_cache_misses: int = 0
+class _Sampling:
+    """What the sampling loop of one render works on (the parts loaded, the inputs drawn and encoded)."""
+
+    spec: RenderSpec
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    embeds: torch.Tensor       # (1, L, 3*hidden) prompt embedding
+    noise: torch.Tensor        # (1, 128, H/16, W/16) initial noise
+    sigmas: list[float]
+    guidance: Guidance
+    switches: dict[str, str]
+    refs: Any                  # encoded reference images (parity.engine.refs) or None
+    width: int
+    height: int
 
 
 class Engine:
     """A FLUX.2 renderer over local weights. `offload`: 'none' keeps every component where it is (CPU tests);
     'sequential' frees the text encoder after encoding and moves transformer/VAE to `device` only while they run
-    (so an 80 GB GPU renders with the 64 GB bf16 transformer)."""
+    (so an 80 GB GPU renders with the 64 GB bf16 transformer). The loaded parts are `parts`
+    (parity.engine.components), the prompt embeddings `text` (parity.engine.embedder)."""
 
     def __init__(self, base_model: str | Path, *, text_encoder: str | Path | None = None, device: str = "cpu",
                  cache_dir: str | Path | None = None, offload: str = "none", layout: str = "auto",
@@ -89,94 +119,26 @@ class Engine:
         self.max_length = max_length
         self.cache = EmbeddingCache(os.path.expanduser(str(cache_dir)) if cache_dir else None)
         self.stats = EngineStats()
-        self._memory: dict[tuple, torch.Tensor] = {}  # in-process embedding cache
-        self._transformer = None
-        self._transformer_key: tuple | None = None
-        self._lora: LoraApplier | None = None
-        self._vae = None
-        self._vae_key = None
-        self._te = None
-        self._te_key = None
-        self._tokenizer = None
-        self._te_identity = json.dumps(weights.file_identity(self.layout.text_encoder))
-        self._tok_identity = weights.tokenizer_identity(self.layout.tokenizer)
+        self.parts = Components(self.layout, self.device, offload, self.stats)
+        self.text = Embedder(self.parts, self.cache, max_length)
 
-    # ------------------------------------------------------------------ components
+    # ------------------------------------------------------------------ components and text
     def transformer(self, dtype_name: str, quantize: str | None):
         """The transformer for (dtype, quantization), loaded from disk only when that pair changes."""
-        key = (dtype_name, quantize)
-        if self._transformer_key != key:
-            self._transformer = None
-            self._lora = None
-            gc.collect()
-            model = weights.load_transformer(self.layout, weights.torch_dtype(dtype_name)).eval()
-            if quantize:
-                from parity.engine.quant import quantize_module
-
-                quantize_module(model, quantize)
-            numerics.install_transformer_numerics(model)  # QK norm + RoPE switches (after quantization)
-            if self.offload == "none":
-                model.to(self.device)
-            self._transformer, self._transformer_key = model, key
-            self._lora = LoraApplier(model)
-            self.stats.transformer_loads += 1
-        return self._transformer
+        return self.parts.transformer(dtype_name, quantize)
 
     def vae(self, dtype_name: str):
-        if self._vae_key != dtype_name:
-            self._vae = weights.load_vae(self.layout, weights.torch_dtype(dtype_name))
-            numerics.install_vae_numerics(self._vae)  # activation + attention switches
-            if self.offload == "none":
-                self._vae.to(self.device)
-            self._vae_key = dtype_name
-            self.stats.vae_loads += 1
-        return self._vae
-
-    def _text_encoder(self, dtype_name: str, quantize_te: str | None, te_cast: str):
-        key = (dtype_name, quantize_te, te_cast)
-        if self._te_key != key:
-            self._te = None
-            gc.collect()
-            te = weights.load_text_encoder(self.layout, weights.torch_dtype(dtype_name), te_cast)
-            if quantize_te:
-                from parity.engine.quant import quantize_module
-
-                quantize_module(te, quantize_te)
-            self._te, self._te_key = te.to(self.device), key
-            self.stats.text_encoder_loads += 1
-        if self._tokenizer is None:
-            self._tokenizer = weights.load_tokenizer(self.layout)
-        return self._te, self._tokenizer
+        return self.parts.vae(dtype_name)
 
     def free_text_encoder(self) -> None:
-        self._te, self._te_key = None, None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.parts.free_text_encoder()
 
-    # ------------------------------------------------------------------ text
     def cache_key(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str) -> CacheKey:
-        return CacheKey(text_encoder=self._te_identity, tokenizer=self._tok_identity, prompt=prompt,
-                        max_length=self.max_length, layers=hidden_layers(self.layout.klein), dtype=dtype_name,
-                        quantize_te=quantize_te, te_cast=te_cast)
+        return self.text.key(prompt, dtype_name, quantize_te, te_cast)
 
     def embeddings(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str = "aitk"):
         """(1, L, 3*hidden) text embedding in the text encoder's dtype: memory, then disk cache, then encode."""
-        key = self.cache_key(prompt, dtype_name, quantize_te, te_cast)
-        mem_key = (key.digest(),)
-        if mem_key in self._memory:
-            return self._memory[mem_key]
-        emb = self.cache.get(key)
-        if emb is None:
-            self.stats.embedding_cache_misses += 1
-            te, tok = self._text_encoder(dtype_name, quantize_te, te_cast)
-            emb = encode(te, tok, prompt, max_length=self.max_length, device=self.device,
-                         layers=hidden_layers(self.layout.klein), klein=self.layout.klein)
-            self.cache.put(key, emb)
-        else:
-            self.stats.embedding_cache_hits += 1
-        self._memory[mem_key] = emb
-        return emb
+        return self.text.get(prompt, dtype_name, quantize_te, te_cast)
 
     def prepare_embeddings(self, specs) -> None:
         """Encode every prompt of a run first (text encoder once), then free the text encoder when offloading."""
@@ -188,43 +150,7 @@ class Engine:
         if self.offload != "none":
             self.free_text_encoder()
 
-    # ------------------------------------------------------------------ LoRA
-    def _set_lora(self, spec: RenderSpec, switches: dict[str, str], history: tuple = ()) -> LoraReport | None:
-        applier = self._lora
-        want = None if not spec.lora_path else (str(spec.lora_path), float(spec.network_multiplier),
-                                                spec.lora_application, switches["lora_merge"], switches["lora_live"],
-                                                switches["lokr_live"], history)
-        if want == applier.key:
-            return applier.report
-        if applier.restore():
-            self.stats.base_restores += 1
-        if want is None:
-            return None
-        if history:
-            applier.replay_rounds(history, switches)
-        report = applier.apply(spec.lora_path, spec.network_multiplier, spec.lora_application, switches, state_key=want)
-        self.stats.lora_applies += 1
-        return report
-
-    @staticmethod
-    def plan_merge_history(spec: RenderSpec, merge_history) -> tuple[tuple, dict | None]:
-        """(rounds to replay, what to report). Replay only applies to a merged LoRA (AI Toolkit un-merges only
-        then); when any needed checkpoint file is missing, nothing is replayed (pristine weights) and the report
-        names the missing files: the knob `merge_history` (parity.spec.IRREDUCIBLE_KNOBS)."""
-        if merge_history is None:
-            return (), None
-        rounds = tuple((None if p is None else str(p), float(m)) for p, m in merge_history)
-        info = {"rounds": len(rounds), "replayed": 0, "missing": [], "applies": True, "note": ""}
-        if not spec.lora_path or spec.lora_application != "merged":
-            info.update(applies=False, note="live or no LoRA: AI Toolkit leaves the base weights untouched")
-            return (), info
-        info["missing"] = [p for p, _ in rounds if p is not None and not Path(p).is_file()]
-        if info["missing"]:
-            info["note"] = (f"{len(info['missing'])} earlier round checkpoint(s) missing: rendered on pristine base "
-                            "weights, so the image may differ by the merge/un-merge drift (knob merge_history)")
-            return (), info
-        info["replayed"] = sum(1 for p, m in rounds if p is not None and m != 0.0)
-        return rounds, info
+    plan_merge_history = staticmethod(plan_merge_history)
 
     # ------------------------------------------------------------------ guidance
     @property
@@ -247,89 +173,26 @@ class Engine:
         rounds AI Toolkit ran before this preview, oldest first (None = the zero LoRA of step 0); their
         merge/un-merge drift is replayed on the base weights first (see `parity.job.history.history_from_job`)."""
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
-        if spec.semantics not in SEMANTICS:
-            raise ConfigError(f"unknown semantics {spec.semantics!r}; expected one of {', '.join(SEMANTICS)}")
-        if spec.semantics == "aitk-code":
-            if not os.environ.get("AI_TOOLKIT_PATH"):
-                raise ConfigError("semantics aitk-code needs AI_TOOLKIT_PATH (a checkout of ostris/ai-toolkit); unset")
-            raise ConfigError("semantics aitk-code is not implemented yet; use aitk (the same loop on diffusers "
-                              "components)")
-        if spec.arch.startswith("flux2_klein") != self.layout.klein:
-            raise ModelError(f"the job is {spec.arch!r} but the base model is {self.layout.arch!r}: parity would "
-                             "render another model; point base_model at the matching checkpoint", self.layout.root)
-        if spec.semantics == "diffusers" and (spec.control_images or not self.guidance_distilled):
-            raise ConfigError("semantics diffusers renders plain FLUX.2-dev text-to-image only; reference images "
-                              "and [klein] CFG need semantics aitk")
-        if spec.generator != "cpu":
-            raise ConfigError(f"generator {spec.generator!r}: only the CPU generator (AI Toolkit's) is supported")
-        if spec.lora_path and spec.quantize and spec.lora_application == "merged":
-            raise ConfigError("a merged LoRA on a quantized transformer is not what AI Toolkit does "
-                              "(quantize -> live); set lora_application=live")
-        try:
-            switches = numerics.resolve_switches(spec.numerics, spec.semantics)
-            sigmas, mu = None, None
-            width, height = effective_size(spec.width, spec.height)
-            if width < 16 or height < 16:
-                raise ValueError(f"image size {spec.width}x{spec.height} is below 16 px after flooring to a multiple of 16")
-            sigmas, mu = schedule.sigmas_for(spec.schedule, width, height, spec.sample_steps,
-                                             self.layout.scheduler_config)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        dtype = weights.torch_dtype(spec.dtype)
+        refuse_unsupported(spec, self.layout, self.guidance_distilled)
+        switches, width, height, sigmas, mu = self._geometry(spec)
         offload_policy.check_engine(self, spec)  # a clear error before any weight is loaded (no-op off CUDA)
-
+        timings: dict[str, float] = {}
         t = time.perf_counter()
         embeds = self.embeddings(spec.prompt, spec.dtype, spec.quantize_te, switches["te_cast"])
         if self.offload != "none":
             self.free_text_encoder()
         timings["text"] = time.perf_counter() - t
-
         t = time.perf_counter()
-        transformer = self.transformer(spec.dtype, spec.quantize)
-        history, history_info = self.plan_merge_history(spec, merge_history)
-        lora_report = self._set_lora(spec, switches, history)
-        vae = self.vae(spec.dtype)
-        numerics.set_modes(transformer, switches)
-        numerics.set_modes(vae, switches)
+        transformer, vae, lora_report, history_info = self._load(spec, switches, merge_history)
         timings["load"] = time.perf_counter() - t
-
-        noise = make_noise(spec.seed, width, height, dtype)
+        noise = make_noise(spec.seed, width, height, weights.torch_dtype(spec.dtype))
         t = time.perf_counter()
         refs = encode_references(vae, spec.control_images)  # after the noise draw, as src/pipeline.py L343-366
         guidance = self.guidance(spec, switches)
         timings["refs"] = time.perf_counter() - t
-        t = time.perf_counter()
-        nan_step, calls = None, 0
-        if self.offload != "none":
-            transformer.to(self.device)
-        try:
-            if spec.semantics == "diffusers":
-                if self.offload != "none":
-                    vae.to(self.device)
-                stock = schedule.parse_schedule(spec.schedule)[0] == "empirical"
-                img_u8, img_f, used = diffusers_render(
-                    transformer, vae, self.layout.scheduler_config, embeds, width=width, height=height,
-                    steps=spec.sample_steps, guidance=spec.guidance_scale, seed=spec.seed,
-                    sigmas=None if stock else sigmas, device=self.device)
-                sigmas = used
-                timings["denoise"] = time.perf_counter() - t
-                if any_nonfinite(img_f):
-                    nan_step = spec.sample_steps - 1
-            else:
-                den = aitk_denoise(transformer, embeds, noise, sigmas, guidance, switches, self.device, refs=refs)
-                nan_step, calls = den.nan_step, den.calls
-                timings["denoise"] = time.perf_counter() - t
-                if self.offload != "none":
-                    transformer.to("cpu")
-                    vae.to(self.device)
-                t = time.perf_counter()
-                img_u8, img_f = aitk_decode(vae, den.latents, switches)
-                timings["decode"] = time.perf_counter() - t
-        finally:
-            if self.offload != "none":
-                transformer.to("cpu")
-                vae.to("cpu")
+        run = self._sample_diffusers if spec.semantics == "diffusers" else self._sample_aitk
+        img_u8, img_f, sigmas, nan_step, calls = run(
+            _Sampling(spec, transformer, vae, embeds, noise, sigmas, guidance, switches, refs, width, height), timings)
         timings["total"] = time.perf_counter() - t0
         return RenderResult(
             image=img_u8, image_float=img_f, width=width, height=height, sigmas=list(sigmas), mu=mu,
@@ -339,6 +202,74 @@ class Engine:
             cfg=guidance.cfg, reference_tokens=0 if refs is None else refs.count,
             reference_shapes=[] if refs is None else [list(x) for x in refs.per_image])
 
+    def _geometry(self, spec: RenderSpec) -> tuple[dict[str, str], int, int, list[float], float | None]:
+        """(numerics switches, width, height, sigmas, mu): the size floored as FLUX.2 does, its schedule."""
+        try:
+            switches = numerics.resolve_switches(spec.numerics, spec.semantics)
+            width, height = effective_size(spec.width, spec.height)
+            if width < 16 or height < 16:
+                raise ValueError(f"image size {spec.width}x{spec.height} is below 16 px after flooring to a multiple of 16")
+            sigmas, mu = schedule.sigmas_for(spec.schedule, width, height, spec.sample_steps,
+                                             self.layout.scheduler_config)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return switches, width, height, sigmas, mu
+
+    def _load(self, spec: RenderSpec, switches: dict[str, str], merge_history) -> tuple:
+        """(transformer, vae, LoRA report, merge-history report): the parts in the spec's precision, the
+        transformer's weights holding the spec's LoRA, the numerics switches set on both."""
+        transformer = self.transformer(spec.dtype, spec.quantize)
+        history, history_info = plan_merge_history(spec, merge_history)
+        lora_report = set_lora(self.parts.lora, spec, switches, history, self.stats)
+        vae = self.vae(spec.dtype)
+        numerics.set_modes(transformer, switches)
+        numerics.set_modes(vae, switches)
+        return transformer, vae, lora_report, history_info
+
+    def _sample_aitk(self, x: _Sampling, timings: dict[str, float]) -> tuple:
+        """AI Toolkit's loop: (image u8, image float, sigmas, NaN step, transformer calls)."""
+        transformer, vae, switches = x.transformer, x.vae, x.switches
+        offload = self.offload != "none"
+        t = time.perf_counter()
+        if offload:
+            transformer.to(self.device)
+        try:
+            den = aitk_denoise(transformer, x.embeds, x.noise, x.sigmas, x.guidance, switches, self.device, refs=x.refs)
+            timings["denoise"] = time.perf_counter() - t
+            if offload:
+                transformer.to("cpu")
+                vae.to(self.device)
+            t = time.perf_counter()
+            img_u8, img_f = aitk_decode(vae, den.latents, switches)
+            timings["decode"] = time.perf_counter() - t
+        finally:
+            if offload:
+                transformer.to("cpu")
+                vae.to("cpu")
+        return img_u8, img_f, x.sigmas, den.nan_step, den.calls
+
+    def _sample_diffusers(self, x: _Sampling, timings: dict[str, float]) -> tuple:
+        """diffusers' Flux2Pipeline loop: (image u8, image float, sigmas it used, NaN step, 0)."""
+        transformer, vae, spec = x.transformer, x.vae, x.spec
+        offload = self.offload != "none"
+        t = time.perf_counter()
+        if offload:
+            transformer.to(self.device)
+        try:
+            if offload:
+                vae.to(self.device)
+            stock = schedule.parse_schedule(spec.schedule)[0] == "empirical"
+            img_u8, img_f, used = diffusers_render(
+                transformer, vae, self.layout.scheduler_config, x.embeds, width=x.width, height=x.height,
+                steps=spec.sample_steps, guidance=spec.guidance_scale, seed=spec.seed,
+                sigmas=None if stock else x.sigmas, device=self.device)
+            timings["denoise"] = time.perf_counter() - t
+        finally:
+            if offload:
+                transformer.to("cpu")
+                vae.to("cpu")
+        nan_step = spec.sample_steps - 1 if any_nonfinite(img_f) else None
+        return img_u8, img_f, used, nan_step, 0
+
 
 __all__ = ["Engine", "EngineStats", "RenderResult", "ModelError"]
-

@@ -260,32 +260,12 @@ def job_facts(data: dict, path: Path) -> JobFacts:
     sample = _section(proc, "sample", path)
     arch = check_arch(model, path)
     job_name = data["config"]["name"]
-    quantize = bool(model.get("quantize", False))
-    quantize_te = bool(model.get("quantize_te", quantize))  # config_modules.py: quantize_te defaults to quantize
-    qtype = model.get("qtype", "qfloat8")
-    qtype_te = model.get("qtype_te", "qfloat8")
-    ara = model.get("accuracy_recovery_adapter")
-    if isinstance(qtype, str) and "|" in qtype:  # "qtype|ara_path" (config_modules.py L747-749)
-        qtype, ara = qtype.split("|", 1)
-    layer_offloading = bool(model.get("layer_offloading", model.get("auto_memory", False)))
-    if layer_offloading and qtype == "qfloat8":  # quanto -> torchao float8 (config_modules.py L714-717)
-        qtype = "float8"
-    steps = train.get("steps", 1000)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError(f"process[0].train.steps must be a non-negative integer, got {steps!r}", path)
+    quantization = _quantization(model, arch)
+    steps = _train_steps(train, path)
     trigger = proc.get("trigger_word")
     if trigger is not None and not isinstance(trigger, str):
         raise ConfigError(f"process[0].trigger_word must be a string, got {trigger!r}", path)
     net_type = network.get("type", "lora") if network else "none"
-    sources = {
-        "dtype": "block" if "dtype" in train else "default",
-        "quantize": "block" if "quantize" in model else "default",
-        "quantize_te": "block" if "quantize_te" in model else ("block" if "quantize" in model else "default"),
-        "qtype": "block" if "qtype" in model else "default",
-        "qtype_te": "block" if ("qtype_te" if is_klein(arch) else "qtype") in model else "default",
-        "trigger_word": "block" if "trigger_word" in proc else "default",
-        "steps": "block" if "steps" in train else "default",
-    }
     return JobFacts(
         job_name=job_name,
         process_name=proc.get("name", job_name),
@@ -294,12 +274,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         arch=arch,
         name_or_path=model.get("name_or_path"),
         dtype=normalise_dtype(train.get("dtype", "fp32"), "process[0].train.dtype", path),
-        quantize=quantize,
-        quantize_te=quantize_te,
-        qtype=qtype if (quantize or quantize_te) else None,
-        qtype_te=(qtype_te if is_klein(arch) else qtype) if quantize_te else None,
-        accuracy_recovery_adapter=ara,
-        layer_offloading=layer_offloading,
+        **quantization,
         low_vram=bool(model.get("low_vram", False)),
         network_type=str(net_type).lower(),
         # informational (previews use the fp32 training weights); keep unknown spellings as written
@@ -316,5 +291,43 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         if isinstance(train.get("ema_config") or {}, dict) else False,
         caches_sample_prompts=caches_sample_prompts(train, proc.get("datasets")),
         pretrained_lora_path=network.get("pretrained_lora_path") or None,
-        sources=sources,
+        sources=_fact_sources(proc, model, train, arch),
     )
+
+
+def _quantization(model: dict, arch: str) -> dict[str, Any]:
+    """JobFacts' quantization fields from the `model` section, as AI Toolkit's ModelConfig reads them."""
+    quantize = bool(model.get("quantize", False))
+    quantize_te = bool(model.get("quantize_te", quantize))  # config_modules.py: quantize_te defaults to quantize
+    qtype = model.get("qtype", "qfloat8")
+    qtype_te = model.get("qtype_te", "qfloat8")
+    ara = model.get("accuracy_recovery_adapter")
+    if isinstance(qtype, str) and "|" in qtype:  # "qtype|ara_path" (config_modules.py L747-749)
+        qtype, ara = qtype.split("|", 1)
+    layer_offloading = bool(model.get("layer_offloading", model.get("auto_memory", False)))
+    if layer_offloading and qtype == "qfloat8":  # quanto -> torchao float8 (config_modules.py L714-717)
+        qtype = "float8"
+    return dict(quantize=quantize, quantize_te=quantize_te,
+                qtype=qtype if (quantize or quantize_te) else None,
+                qtype_te=(qtype_te if is_klein(arch) else qtype) if quantize_te else None,
+                accuracy_recovery_adapter=ara, layer_offloading=layer_offloading)
+
+
+def _train_steps(train: dict, path: Path) -> int:
+    steps = train.get("steps", 1000)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"process[0].train.steps must be a non-negative integer, got {steps!r}", path)
+    return steps
+
+
+def _fact_sources(proc: dict, model: dict, train: dict, arch: str) -> dict[str, str]:
+    """Where each job-level knob came from: written in its section ("block") or AI Toolkit's code default."""
+    return {
+        "dtype": "block" if "dtype" in train else "default",
+        "quantize": "block" if "quantize" in model else "default",
+        "quantize_te": "block" if "quantize_te" in model else ("block" if "quantize" in model else "default"),
+        "qtype": "block" if "qtype" in model else "default",
+        "qtype_te": "block" if ("qtype_te" if is_klein(arch) else "qtype") in model else "default",
+        "trigger_word": "block" if "trigger_word" in proc else "default",
+        "steps": "block" if "steps" in train else "default",
+    }

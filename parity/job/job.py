@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
 
 from parity.errors import ConfigError, InputFileError
 from parity.job.config import JobFacts, job_facts, preprocess, process_of, read_config_file
@@ -17,10 +15,12 @@ from parity.job.previews import (
     index_checkpoints,
     index_previews,
 )
+from parity.job import labels, specs
+from parity.job.labels import StepArg
+from parity.job.pairing import checkpoint_for, choose_preview, missing_checkpoint
+from parity.job.references import resolve_reference, working_dirs
 from parity.job.samples import ResolvedSample, SampleBlock, parse_sample_block, resolve_samples
 from parity.spec import RenderSpec, ResolvedSpec
-
-StepArg = Union[str, int, Sequence[int]]
 
 
 @dataclass
@@ -100,89 +100,19 @@ class Job:
                 for s, c in zip(first, cached)]
 
     def lora_application(self, samples: list[ResolvedSample]) -> str:
-        """`merged` only when the network can merge (not quantized, no layer offloading; BaseSDTrainProcess.py
-        L1995-2005) AND every sample of the sample() call shares one network_multiplier (base_model.py
-        L426-433); otherwise the LoRA runs live (unmerged fp32 branch)."""
-        if self.facts.quantize or self.facts.layer_offloading:
-            return "live"
-        if self.facts.network_type == "dora":  # merge_in returns early for DoRA (network_mixins.py L894-896)
-            return "live"
-        return "merged" if len({s.network_multiplier for s in samples}) <= 1 else "live"
+        """How the sample() call applies the LoRA: `merged` or `live` (parity.job.specs.lora_application)."""
+        return specs.lora_application(self.facts, samples)
 
     def working_dirs(self) -> list[Path]:
-        """Where AI Toolkit may have run (its relative paths, e.g. ctrl_img, are opened from its working
-        directory): the folder D with D/training_folder == this job's parent folder when training_folder is
-        relative, then the config file's folder, then the job folder."""
-        out: list[Path] = []
-        tf = self.facts.training_folder
-        if isinstance(tf, str) and tf and not Path(tf).is_absolute():
-            parts = Path(tf).parts
-            parent = self.folder.resolve().parent
-            tail = parent.parts[len(parent.parts) - len(parts):]
-            if tuple(tail) == tuple(parts):
-                out.append(Path(*parent.parts[: len(parent.parts) - len(parts)]))
-        out += [self.config_path.resolve().parent, self.folder.resolve()]
-        return list(dict.fromkeys(out))
+        """Where AI Toolkit may have run (parity.job.references.working_dirs)."""
+        return working_dirs(self.facts.training_folder, self.folder, self.config_path)
 
     def resolve_reference(self, written: str) -> str:
-        """A ctrl_img path as AI Toolkit opens it: absolute as is; relative from its working directory (the
-        first candidate of `working_dirs` where the file exists, else the first candidate, so a missing file
-        is reported at the path AI Toolkit would have opened)."""
-        p = Path(os.path.expanduser(written))
-        if p.is_absolute():
-            return str(p)
-        dirs = self.working_dirs()
-        for d in dirs:
-            if (d / p).is_file():
-                return str(d / p)
-        return str(dirs[0] / p)
-
-    def _numerics(self) -> tuple[tuple[str, str], ...]:
-        """[klein] loads Qwen3 with `from_pretrained(torch_dtype=dtype)` and casts it again with `.to(device,
-        dtype)` only when neither quantize_te nor low_vram is set (flux2_klein_model.py L41-53); without that
-        second cast the rotary `inv_freq` buffer stays fp32: the te_cast switch's from_pretrained-only path.
-        FLUX.2-dev always casts (flux2_model.py L98-104)."""
-        f = self.facts
-        if f.arch != "flux2" and (f.quantize_te or f.low_vram):
-            return (("te_cast", "diffusers"),)
-        return ()
+        """A ctrl_img (or pretrained LoRA) path as AI Toolkit opens it, from its working directory."""
+        return resolve_reference(written, self.working_dirs())
 
     def render_spec(self, s: ResolvedSample, lora_path: Path | None, application: str) -> ResolvedSpec:
-        f = self.facts
-        spec = RenderSpec(
-            prompt=s.prompt,
-            width=s.width,
-            height=s.height,
-            seed=s.seed,
-            sample_steps=s.sample_steps,
-            guidance_scale=s.guidance_scale,
-            lora_path=None if lora_path is None else str(lora_path),
-            network_multiplier=s.network_multiplier,
-            lora_application=application,
-            dtype=f.dtype,
-            # FLUX.2-dev quantizes the text encoder with `qtype`, [klein] with `qtype_te` (JobFacts.qtype_te)
-            quantize=f.qtype if f.quantize else None,
-            quantize_te=f.qtype_te,
-            semantics="aitk",
-            schedule="aitk",
-            generator="cpu",
-            control_images=tuple(self.resolve_reference(p) for p in s.control_images),
-            numerics=self._numerics(),
-            negative_prompt=s.neg if isinstance(s.neg, str) else "",
-            arch=f.arch,
-        )
-        sources = dict(s.sources)
-        sources.update(
-            lora_path="job",
-            lora_application="job",
-            dtype=f.sources["dtype"],
-            quantize=f.sources["quantize"],
-            quantize_te=f.sources["quantize_te"],
-            semantics="default",
-            schedule="default",
-            generator="default",
-        )
-        return ResolvedSpec(spec=spec, sources=sources)
+        return specs.render_spec(self.facts, s, lora_path, application, self.resolve_reference)
 
     # --- files --------------------------------------------------------------------------------------------
     @property
@@ -223,63 +153,16 @@ class Job:
                       "loads it before the baseline when it exists")
 
     def checkpoint_for(self, step: int) -> Path | None:
-        """Label S -> `{name}_{S:09d}.safetensors`; label == train.steps -> `{name}.safetensors` (the numbered
-        file if only that exists). None when neither exists. Label 0 is the baseline: no LoRA."""
-        ck = self.checkpoints
-        if step == self.facts.steps:
-            return ck.final or ck.numbered.get(step)
-        return ck.numbered.get(step)
+        """The LoRA file of label `step` (parity.job.pairing.checkpoint_for); None when there is none."""
+        return checkpoint_for(self.checkpoints, self.facts, step)
 
     def groups_at(self, step: int) -> list[str]:
-        """sample() calls that render at this label, in the order they run (BaseSDTrainProcess.py
-        L2472-2481): at label 0 `first_sample` (if given) then the baseline (unless skip_first_sample)."""
-        f = self.facts
-        if f.disable_sampling:
-            return []
-        if step == 0:
-            groups = ["first_sample"] if self.first_sample_block is not None else []
-            if not f.skip_first_sample:
-                groups.append("sample")
-            if f.steps == 0:  # no training step: the final sample() after the loop runs at label 0
-                groups.append("final")  # (BaseSDTrainProcess.py L2820-2821), skip_first_sample or not
-            return groups
-        return ["sample"]
+        """sample() calls that render at this label, in run order (parity.job.labels.groups_at)."""
+        return labels.groups_at(self.facts, self.first_sample_block is not None, step)
 
     def expected_steps(self) -> list[int]:
-        """The labels training will write previews at: 0 when a sample() runs there (baseline, first_sample, or
-        the final one of a 0-step job), every scheduled label below train.steps, and the final label
-        (BaseSDTrainProcess.py L2472-2481, L2555-2561, L2820-2821). Empty when sampling is disabled."""
-        from parity.job.history import scheduled_sample_labels
-
-        f = self.facts
-        if f.disable_sampling:
-            return []
-        labels = set(scheduled_sample_labels(f.sample_every, f.sample_start_step, f.steps)) | {f.steps}
-        if self.groups_at(0):
-            labels.add(0)
-        return sorted(labels)
-
-    def _select_steps(self, step: StepArg, expected: bool = False) -> list[int]:
-        have = self.expected_steps() if expected else self.steps()
-        listing = ", ".join(map(str, have)) or "none"
-        if isinstance(step, str):
-            if step == "all":
-                if not have:
-                    raise InputFileError(f"no preview files (labels found: {listing})", self.samples_dir)
-                return have
-            if step == "latest":
-                if not have:
-                    raise InputFileError("no preview files named {ms}__{step:09d}_{i}.ext", self.samples_dir)
-                return [have[-1]]
-            try:
-                step = int(step)
-            except ValueError:
-                raise ConfigError(f"step must be an integer, 'latest' or 'all', got {step!r}") from None
-        wanted = [step] if isinstance(step, int) else list(step)
-        for s in wanted:
-            if s not in have:
-                raise InputFileError(f"no previews at step {s} (step labels found: {listing})", self.samples_dir)
-        return wanted
+        """The labels training will write previews at (parity.job.labels.expected_steps)."""
+        return labels.expected_steps(self.facts, bool(self.groups_at(0)))
 
     def items(self, step: StepArg = "latest", *, strict: bool = True, detect: bool = True,
               expected: bool = False) -> list[PreviewItem]:
@@ -289,7 +172,7 @@ class Job:
         before or during training; implies non-strict)."""
         out: list[PreviewItem] = []
         strict = strict and not expected
-        for s in self._select_steps(step, expected):
+        for s in labels.select_steps(step, self.expected_steps() if expected else self.steps(), self.samples_dir):
             groups = self.groups_at(s)
             per_group = {g: self.resolved_samples(g) for g in groups}
             for g, samples in per_group.items():
@@ -300,42 +183,23 @@ class Job:
 
     def _item(self, s, g, rs, groups, application, strict, detect) -> PreviewItem:
         files = list(self.previews.files.get((s, rs.index), []))
-        # Groups sharing label 0 write the same names apart from the timestamp, first_sample first; the
-        # newest file belongs to the last group covering this index, the one before to the group before.
         covering = [x for x in groups if rs.index < len(self.resolved_samples(x))]
-        pos = len(covering) - 1 - covering.index(g)
-        chosen = files[-1 - pos] if len(files) > pos else None
-        superseded = tuple(f.path for f in files[: len(files) - len(covering)]) if chosen else ()
+        chosen, superseded = choose_preview(files, covering, g)
         missing: list[str] = []
         if chosen is None:
             have = sorted({i for (st, i) in self.previews.files if st == s})
             msg = f"no preview for step {s} index {rs.index} ({g}); indices at this step: {have or 'none'}"
-            if strict:
-                raise InputFileError(msg, self.samples_dir)
-            missing.append(msg)
+            self._missing(msg, self.samples_dir, strict, missing)
         baseline = s == 0 and g in ("sample", "first_sample")
         ckpt = None if baseline else self.checkpoint_for(s)
         if baseline and self.facts.pretrained_lora_path:
             ckpt, msg = self.pretrained_lora()
             if msg:
-                if strict:
-                    raise InputFileError(msg, self.config_path)
-                missing.append(msg)
+                self._missing(msg, self.config_path, strict, missing)
         if ckpt is None and not baseline:
-            want = self.name + (".safetensors" if s == self.facts.steps else f"_{s:09d}.safetensors")
-            msg = f"no checkpoint {want} for step {s}; checkpoints: {self.checkpoints.listing()}"
-            if strict:
-                raise InputFileError(msg, self.folder)
-            missing.append(msg)
-        fmt = detect_format(chosen.path) if (chosen and detect) else None
-        notes = list(rs.notes)
-        every, start = self.facts.sample_every, self.facts.sample_start_step
-        if (s not in (0, self.facts.steps) and isinstance(every, int) and every > 0 and isinstance(start, int)
-                and (s % every or s < start)):
-            # not on the schedule (BaseSDTrainProcess.py L2555-2561): most likely the UI's "sample now", which
-            # renders label S after S updates while a scheduled sample/checkpoint at S has S+1 (§B)
-            notes.append(f"label {s} is off the sample_every={every} schedule (UI 'sample now'?): its weights are "
-                         "one update behind a checkpoint saved at the same label")
+            self._missing(missing_checkpoint(self.name, self.facts, self.checkpoints, s), self.folder, strict,
+                          missing)
+        off_schedule = labels.off_schedule_note(self.facts, s)
         return PreviewItem(
             step=s,
             index=rs.index,
@@ -343,7 +207,7 @@ class Job:
             preview=chosen.path if chosen else None,
             checkpoint=ckpt,
             baseline=baseline,
-            preview_format=fmt,
+            preview_format=detect_format(chosen.path) if (chosen and detect) else None,
             resolved=self.render_spec(rs, ckpt, application),
             raw_prompt=rs.raw_prompt,
             requested_width=rs.requested_width,
@@ -352,8 +216,15 @@ class Job:
             preview_ms=chosen.ms if chosen else None,
             superseded=superseded,
             missing=tuple(missing),
-            notes=tuple(notes),
+            notes=tuple(rs.notes) + ((off_schedule,) if off_schedule else ()),
         )
+
+    @staticmethod
+    def _missing(msg: str, where: Path, strict: bool, missing: list[str]) -> None:
+        """strict: a missing file is an error naming `where`; otherwise the item records it."""
+        if strict:
+            raise InputFileError(msg, where)
+        missing.append(msg)
 
 
 def _find_config(folder: Path) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from parity import limits
 from parity.errors import ConfigError
-from parity.job.flags import inject_trigger, parse_prompt_flags
+from parity.job.flags import ParsedPrompt, inject_trigger, parse_prompt_flags
 from parity.job.sizes import FLUX2_DIVISOR
 
 # SampleConfig code defaults (config_modules.py L80-95). These differ from the UI defaults
@@ -199,112 +199,145 @@ def resolve_samples(
     # entry shifts every later prompt onto the previous entry's settings. Reproduced as is.
     prompts = [it.get("prompt") for it in items if it.get("prompt") is not None]
     misaligned = len(prompts) != len(items)
-
-    start_seed = _int(block.get("seed"), "seed", f"{where_block}.", path)
-    walk = bool(block.get("walk_seed"))
-    current, seed_src = start_seed, block.sources["seed"]
+    seeds = _SeedWalk(block, f"{where_block}.", path)
     out: list[ResolvedSample] = []
     for i, raw_prompt in enumerate(prompts):
         where = f"{where_block}.samples[{i}]: "
-        notes: list[str] = []
         item = items[i]
+        notes: list[str] = []
         if misaligned and item.get("prompt") != raw_prompt:
             notes.append(f"settings taken from samples[{i}] (a prompt-less entry shifts prompts; AI Toolkit quirk)")
-        if walk:  # seed = start + i (BaseSDTrainProcess.py L300-302)
-            current, seed_src = start_seed + i, "walk"
-        elif seed_src == "item":
-            # walk_seed off: an earlier item's seed stays in `current` for every later prompt (L335-337)
-            seed_src = "carry"
-        if item.get("seed") is not None:
-            current, seed_src = _int(item["seed"], "seed", where, path), "item"
-
+        seed, seed_src = seeds.next(i, item, where)
         prompt = inject_trigger(raw_prompt, trigger_word, where=where, path=path) if isinstance(raw_prompt, str) \
             else raw_prompt
-        values: dict[str, Any] = {}
-        sources: dict[str, str] = {}
-        for key in ITEM_KEYS:
-            if key in item:
-                values[key], sources[key] = item[key], "item"
-            else:
-                values[key], sources[key] = block.get(key), block.sources[key]
-
-        # network_multiplier strings are float()-ed; an unparsable one becomes 1.0 with a printed warning
-        # (SampleItem, config_modules.py L67-73).
-        nm = values["network_multiplier"]
-        if isinstance(nm, str):
-            try:
-                nm = float(nm)
-            except ValueError:
-                notes.append(f"network_multiplier {nm!r} is not a number; AI Toolkit uses 1.0")
-                nm = 1.0
-        seed = current
-        seed_reproducible = True
-        # seed -1 -> random.randint(0, 2**32-1) in GenerateImageConfig.__init__ (config_modules.py L1165-1167),
-        # which runs BEFORE the prompt flags are parsed (L1192): a flag can still replace the random seed,
-        # and "--seed -1" itself is kept as -1 (torch.manual_seed(-1) is valid and deterministic).
-        if seed == -1:
-            seed_reproducible = False
-
+        values, sources = _item_values(block, item)
+        nm = _multiplier(values["network_multiplier"], notes)
         parsed = parse_prompt_flags(prompt, where=where, path=path)
         for name, value in parsed.values.items():
             values[name], sources[name] = value, "flag"
-        seed_src_i = seed_src
-        if "seed" in parsed.values:  # a flag seed is per prompt; it does not change `current`
-            seed, seed_src_i, seed_reproducible = parsed.values["seed"], "flag", True
+        if "seed" in parsed.values:  # a flag seed is per prompt; it does not change the walk
+            seed, seed_src = parsed.values["seed"], "flag"
         if "network_multiplier" in parsed.values:
             nm = parsed.values["network_multiplier"]
-
-        req_w = _size(values["width"], "width", where, path)
-        req_h = _size(values["height"], "height", where, path)
-        steps = _int(values["sample_steps"], "sample_steps", where, path)
-        guidance = _num(values["guidance_scale"], "guidance_scale", where, path)
-        nm = _num(nm, "network_multiplier", where, path)
-        if not (_SEED_MIN <= seed <= _SEED_MAX):
-            raise ConfigError(f"{where}seed {seed} is outside torch.manual_seed's range", path)
-        width, w_notes = floor_size(req_w)
-        height, h_notes = floor_size(req_h)
-        bad = limits.problem(width=width, height=height, steps=steps, guidance=guidance, multiplier=nm)
-        if bad:
-            raise ConfigError(f"{where}{bad}", path)
-        sources["width"] = "floor" if w_notes else sources["width"]
-        sources["height"] = "floor" if h_notes else sources["height"]
-        notes += [f"width {n}" for n in w_notes] + [f"height {n}" for n in h_notes]
-        if not seed_reproducible:
-            notes.append("seed -1: AI Toolkit drew a random seed that was not recorded; not reproducible")
-        if parsed.ignored:
-            notes.append("unknown flags ignored: " + ", ".join(f"--{f}" for f in parsed.ignored))
-        out.append(
-            ResolvedSample(
-                index=i,
-                group=group,
-                raw_prompt=raw_prompt,
-                prompt=parsed.prompt,
-                requested_width=req_w,
-                requested_height=req_h,
-                width=width,
-                height=height,
-                seed=seed,
-                seed_reproducible=seed_reproducible,
-                sample_steps=steps,
-                guidance_scale=guidance,
-                network_multiplier=nm,
-                neg=values.get("negative_prompt", values["neg"]),
-                control_images=control_images(item, parsed.values.get("ctrl_img"), where, path),
-                sources={
-                    "prompt": "item" if block.items_from == "samples" else "block",
-                    "width": sources["width"],
-                    "height": sources["height"],
-                    "seed": seed_src_i,
-                    "sample_steps": sources["sample_steps"],
-                    "guidance_scale": sources["guidance_scale"],
-                    "network_multiplier": sources["network_multiplier"],
-                    "negative_prompt": sources.get("negative_prompt", sources["neg"]),
-                    "control_images": ("flag" if "ctrl_img" in parsed.values else "item")
-                    if any(item.get(k) for k in CTRL_KEYS) or "ctrl_img" in parsed.values else "default",
-                },
-                flags=parsed.flags,
-                ignored_flags=parsed.ignored,
-                notes=notes,
-            )
-        )
+        draft = _Draft(i, raw_prompt, item, parsed, values, sources, seed, seed_src, nm, notes, where)
+        out.append(_resolved(draft, group, block.items_from, path))
     return out
+
+
+@dataclass
+class _Draft:
+    """One preview's values merged from its entry, the block and its prompt flags, not yet checked or floored."""
+
+    index: int
+    raw_prompt: Any
+    item: dict[str, Any]         # the `samples` entry its settings come from
+    parsed: ParsedPrompt         # the prompt without its flags, the flag values
+    values: dict[str, Any]
+    sources: dict[str, str]
+    seed: int
+    seed_src: str
+    multiplier: Any
+    notes: list[str]
+    where: str                   # "process[0].sample.samples[i]: " for messages
+
+
+class _SeedWalk:
+    """The seed of each prompt, in order: the block's `seed`, plus the index with walk_seed
+    (BaseSDTrainProcess.py L300-302); an item's own seed replaces it and, walk_seed off, stays for every later
+    prompt (L335-337). Prompt flags are applied after, per prompt (they do not change the walk)."""
+
+    def __init__(self, block: SampleBlock, where: str, path: str | None):
+        self.start = _int(block.get("seed"), "seed", where, path)
+        self.walk = bool(block.get("walk_seed"))
+        self.current, self.source = self.start, block.sources["seed"]
+        self.path = path
+
+    def next(self, i: int, item: dict[str, Any], where: str) -> tuple[int, str]:
+        """(seed, source) of prompt i, whose settings entry is `item`."""
+        if self.walk:
+            self.current, self.source = self.start + i, "walk"
+        elif self.source == "item":
+            # walk_seed off: an earlier item's seed stays in `current` for every later prompt
+            self.source = "carry"
+        if item.get("seed") is not None:
+            self.current, self.source = _int(item["seed"], "seed", where, self.path), "item"
+        return self.current, self.source
+
+
+def _item_values(block: SampleBlock, item: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values, sources) of the keys a `samples` entry may override: the entry's own, else the block's (which
+    is the code default when the block does not set it)."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in ITEM_KEYS:
+        if key in item:
+            values[key], sources[key] = item[key], "item"
+        else:
+            values[key], sources[key] = block.get(key), block.sources[key]
+    return values, sources
+
+
+def _multiplier(nm: Any, notes: list[str]) -> Any:
+    """network_multiplier strings are float()-ed; an unparsable one becomes 1.0 with a printed warning
+    (SampleItem, config_modules.py L67-73)."""
+    if isinstance(nm, str):
+        try:
+            return float(nm)
+        except ValueError:
+            notes.append(f"network_multiplier {nm!r} is not a number; AI Toolkit uses 1.0")
+            return 1.0
+    return nm
+
+
+def _resolved(d: _Draft, group: str, items_from: str, path: str | None) -> ResolvedSample:
+    """One preview's settings from its draft: type-checked, floored, within limits, with notes and sources."""
+    where, values, sources, notes = d.where, d.values, d.sources, d.notes
+    # seed -1 -> random.randint(0, 2**32-1) in GenerateImageConfig.__init__ (config_modules.py L1165-1167),
+    # which runs BEFORE the prompt flags are parsed (L1192): a flag can still replace the random seed,
+    # and "--seed -1" itself is kept as -1 (torch.manual_seed(-1) is valid and deterministic).
+    seed_reproducible = d.seed_src == "flag" or d.seed != -1
+    req_w = _size(values["width"], "width", where, path)
+    req_h = _size(values["height"], "height", where, path)
+    steps = _int(values["sample_steps"], "sample_steps", where, path)
+    guidance = _num(values["guidance_scale"], "guidance_scale", where, path)
+    nm = _num(d.multiplier, "network_multiplier", where, path)
+    if not (_SEED_MIN <= d.seed <= _SEED_MAX):
+        raise ConfigError(f"{where}seed {d.seed} is outside torch.manual_seed's range", path)
+    width, w_notes = floor_size(req_w)
+    height, h_notes = floor_size(req_h)
+    bad = limits.problem(width=width, height=height, steps=steps, guidance=guidance, multiplier=nm)
+    if bad:
+        raise ConfigError(f"{where}{bad}", path)
+    sources["width"] = "floor" if w_notes else sources["width"]
+    sources["height"] = "floor" if h_notes else sources["height"]
+    notes += [f"width {n}" for n in w_notes] + [f"height {n}" for n in h_notes]
+    if not seed_reproducible:
+        notes.append("seed -1: AI Toolkit drew a random seed that was not recorded; not reproducible")
+    if d.parsed.ignored:
+        notes.append("unknown flags ignored: " + ", ".join(f"--{f}" for f in d.parsed.ignored))
+    return ResolvedSample(
+        index=d.index, group=group, raw_prompt=d.raw_prompt, prompt=d.parsed.prompt,
+        requested_width=req_w, requested_height=req_h, width=width, height=height,
+        seed=d.seed, seed_reproducible=seed_reproducible, sample_steps=steps, guidance_scale=guidance,
+        network_multiplier=nm, neg=values.get("negative_prompt", values["neg"]),
+        control_images=control_images(d.item, d.parsed.values.get("ctrl_img"), where, path),
+        sources=_sample_sources(sources, d.seed_src, d.item, d.parsed, items_from),
+        flags=d.parsed.flags, ignored_flags=d.parsed.ignored, notes=notes,
+    )
+
+
+def _sample_sources(sources: dict[str, str], seed_src: str, item: dict[str, Any], parsed: ParsedPrompt,
+                    items_from: str) -> dict[str, str]:
+    """Where each of the preview's values came from (code default, block, item, flag, floor, walk/carry)."""
+    ctrl_given = any(item.get(k) for k in CTRL_KEYS) or "ctrl_img" in parsed.values
+    return {
+        "prompt": "item" if items_from == "samples" else "block",
+        "width": sources["width"],
+        "height": sources["height"],
+        "seed": seed_src,
+        "sample_steps": sources["sample_steps"],
+        "guidance_scale": sources["guidance_scale"],
+        "network_multiplier": sources["network_multiplier"],
+        "negative_prompt": sources.get("negative_prompt", sources["neg"]),
+        "control_images": ("flag" if "ctrl_img" in parsed.values else "item") if ctrl_given else "default",
+    }

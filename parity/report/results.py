@@ -103,16 +103,31 @@ def _parse_journal(path: Path) -> Results:
         data = path.read_bytes()
     except OSError as e:
         raise InputFileError(f"cannot read the results journal ({e.strerror})", path) from None
-    lines = data.split(b"\n")
     warnings: list[str] = []
+    state = _Replay()
+    for n, rec in _journal_records(data, warnings):
+        state.apply(n, rec, path, warnings)
+    if state.run is None:
+        raise InputFileError("no run record (the file is empty or not a parity results journal)", path)
+    run = state.run
+    run["complete"] = state.complete
+    norm = []
+    for it in state.items.values():  # a journal is read tolerantly: one bad record must not hide the others
+        try:
+            norm.append(normalize_item(it, run, where=path))
+        except InputFileError as e:
+            warnings.append(f"skipped an item: {e.message}")
+    return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings,
+                   pending=sorted(state.pending & {it["id"] for it in norm}))
+
+
+def _journal_records(data: bytes, warnings: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every whole JSON-object line; what cannot be read is skipped with a warning."""
+    lines = data.split(b"\n")
     if lines and lines[-1].strip():
         warnings.append("ignored a torn last line (the run was interrupted while writing it)")
-    lines = lines[:-1]  # whatever follows the last newline is torn (or empty)
-    run: dict[str, Any] | None = None
-    items: dict[str, dict[str, Any]] = {}
-    pending: set[str] = set()
-    complete = False
-    for n, raw in enumerate(lines, 1):
+    out = []
+    for n, raw in enumerate(lines[:-1], 1):  # whatever follows the last newline is torn (or empty)
         if not raw.strip():
             continue
         try:
@@ -123,43 +138,49 @@ def _parse_journal(path: Path) -> Results:
         if not isinstance(rec, dict):
             warnings.append(f"line {n}: not a record, skipped")
             continue
+        out.append((n, rec))
+    return out
+
+
+@dataclass
+class _Replay:
+    """The run as the journal's records leave it, applied in order (a later record wins)."""
+
+    run: dict[str, Any] | None = None
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)  # items journaled as a first pass, follow-ups not done
+    complete: bool = False
+
+    def apply(self, n: int, rec: dict[str, Any], path: Path, warnings: list[str]) -> None:
         kind = rec.get("type")
         if kind == "run":
             if rec.get("schema") != SCHEMA:
                 raise InputFileError(f"unsupported schema {rec.get('schema')!r} (expected {SCHEMA!r})", path)
-            run = _normalize_run(rec.get("run"), path)
+            self.run = _normalize_run(rec.get("run"), path)
         elif kind == "item":
             item = rec.get("item")
             if isinstance(item, dict) and isinstance(item.get("id"), str):
-                items.pop(item["id"], None)  # a retried item moves to where it finished last
-                items[item["id"]] = item
-                (pending.add if rec.get("pending") else pending.discard)(item["id"])
+                self.items.pop(item["id"], None)  # a retried item moves to where it finished last
+                self.items[item["id"]] = item
+                (self.pending.add if rec.get("pending") else self.pending.discard)(item["id"])
             else:
                 warnings.append(f"line {n}: item record without an id, skipped")
         elif kind == "finish":
-            complete = True
-            if run is not None:
+            self.complete = True
+            if self.run is not None:
                 for key in ("finished", "timings"):
                     if rec.get(key) is not None:
-                        run[key] = rec[key]
+                        self.run[key] = rec[key]
         elif kind == "resume":
-            complete = False
-            if run is not None:
-                run.setdefault("resumed", []).append(rec.get("at"))
-                if isinstance(rec.get("changed"), list):  # a --force-resume with other settings
-                    run["inputs"] = rec.get("inputs")
-                    run.setdefault("forced_resume", []).extend(str(c) for c in rec["changed"])
-    if run is None:
-        raise InputFileError("no run record (the file is empty or not a parity results journal)", path)
-    run["complete"] = complete
-    norm = []
-    for it in items.values():  # a journal is read tolerantly: one bad record must not hide the others
-        try:
-            norm.append(normalize_item(it, run, where=path))
-        except InputFileError as e:
-            warnings.append(f"skipped an item: {e.message}")
-    return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings,
-                   pending=sorted(pending & {it["id"] for it in norm}))
+            self._resume(rec)
+
+    def _resume(self, rec: dict[str, Any]) -> None:
+        self.complete = False
+        if self.run is not None:
+            self.run.setdefault("resumed", []).append(rec.get("at"))
+            if isinstance(rec.get("changed"), list):  # a --force-resume with other settings
+                self.run["inputs"] = rec.get("inputs")
+                self.run.setdefault("forced_resume", []).extend(str(c) for c in rec["changed"])
 
 
 def _parse_snapshot(path: Path) -> Results:

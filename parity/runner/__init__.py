@@ -1,4 +1,5 @@
-"""Running planned items: the per-item pipeline (pipeline.Runner), the engine cache (engines.EnginePool), the
+"""Running planned items: the per-item pipeline (pipeline.Runner), the engine cache (engines.EnginePool), render
+files (renders: save, submit the comparison, read back on resume), the
 record builders (records) and the follow-up policies (policies: determinism guard, noise floor, attribution)."""
 
 from .engines import EnginePool

@@ -19,8 +19,9 @@ from parity.errors import ParityError
 from parity.record import ItemRecord
 
 from .engines import EnginePool
-from .policies import Attribution, DeterminismGuard, NoiseFloor, thresholds_of
+from .policies import Attribution, DeterminismGuard, NoiseFloor
 from .records import error_record, failure_message, rendered_record
+from .renders import read_render, save_render, submit_compare
 
 log = logging.getLogger("parity")
 
@@ -69,8 +70,9 @@ class Runner:
             return error_record(item, item.problem, started, self.hardware)
         try:
             result = self.pool.render(item)
-            path = self._save_render(item, result.image)
-            return _Rendered(item, result, path, self._submit_compare(item, result.image), started)
+            path = save_render(self.out_dir, item, result.image)
+            comparison = submit_compare(self.comparer, self.out_dir, item, result.image)
+            return _Rendered(item, result, path, comparison, started)
         except Exception as e:  # noqa: BLE001 - one broken item must not cost the others
             return self._failed(item, e, started)
 
@@ -170,41 +172,11 @@ class Runner:
         follow-ups are still wanted; None when the item must be rendered again."""
         if rec is None or not self._pending_follow_ups(item, rec):
             return None
-        image = _read_render(rec.paths.get("render"))
+        image = read_render(rec.paths.get("render"))
         return None if image is None else (item, rec, image)
-
-    # -- helpers -------------------------------------------------------------------------------------------
-    def _save_render(self, item: Any, image: Any) -> Path:
-        from PIL import Image
-
-        from parity.run import item_file_name
-
-        path = self.out_dir / "renders" / f"{item_file_name(item.id)}.png"
-        Image.fromarray(image).save(path)
-        return path
-
-    def _submit_compare(self, item: Any, image: Any) -> Future:
-        from parity.run import item_file_name
-
-        # resample=True: a size mismatch still gets a (labelled, at best DRIFT) score, so it can be attributed.
-        return self.comparer.submit(image, item.preview_path, heatmap_dir=self.out_dir / "heatmaps",
-                                    name=item_file_name(item.id), resample=True, thresholds=thresholds_of(item))
 
 
 _EXPECTED = (ParityError,)  # errors that name their file and problem: no traceback needed
 _NAMES = {"NoiseFloor": "noise_floor", "Attribution": "attribution"}
 _DOING = {"NoiseFloor": "measuring the noise floor of", "Attribution": "attributing"}
 
-
-def _read_render(path: Any) -> Any:
-    """An item's saved render (H, W, 3) uint8, or None when it is missing or unreadable (rendered again then)."""
-    import numpy as np
-    from PIL import Image
-
-    if not isinstance(path, str) or not Path(path).is_file():
-        return None
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError):
-        return None
