@@ -13,6 +13,7 @@
       mismatches: [steps, guidance]   # known differences: below the gate only through these knobs = expected
       tier: DRIFT                     # optional: the worst tier an expected difference may reach
     attribution: true                 # re-render one knob at a time for items below the gate
+    budget: 40                        # extra renders diagnosis may spend on this case (default 40; --budget wins)
     tiers: {near_ssim_y: 0.995}       # optional overrides of the tier thresholds (parity.compare.tiers.Thresholds)
     preview_hardware: NVIDIA H100 80GB HBM3   # what rendered the previews; default: the training device, unknown
     noise_floor: true                 # judge irreducible-only DRIFT items against a measured noise floor
@@ -36,8 +37,11 @@ from parity.spec import TIERS
 
 _TOP_KEYS = {
     "name", "job", "config", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
-    "attribution", "description", "tiers", "preview_hardware", "noise_floor",
+    "attribution", "description", "tiers", "preview_hardware", "noise_floor", "budget",
 }
+# Extra renders diagnosis (attribution, parameter recovery) may spend per case: a single-knob recovery on a
+# representative item plus one confirming render per other item fits in ~20 (docs/parameter-recovery.md).
+DEFAULT_CASE_BUDGET = 40
 _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "mismatches", "tier"}
 # Metric thresholds: for these, higher is better (a floor); for the others lower is better (a ceiling).
 _HIGHER_IS_BETTER = {"ssim", "ssim_y", "psnr"}
@@ -119,6 +123,7 @@ class Case:
     tiers: dict[str, float] = field(default_factory=dict)  # tier threshold overrides (validated on load)
     preview_hardware: str | None = None  # device that rendered the previews (None: the training device, unknown)
     noise_floor: bool = True
+    budget: int = DEFAULT_CASE_BUDGET  # extra renders diagnosis may spend on this case
 
     @property
     def job_source(self) -> Path:
@@ -181,7 +186,7 @@ def load_case(path: str | Path) -> Case:
         name=v.name(), path=path.resolve(), job=job, config=config, lora=v.rel_path("lora"), steps=v.steps(),
         base_model=v.path_or_name("base_model"), text_encoder=v.path_or_name("text_encoder"),
         inference=v.inference(), expect=v.expect(), attribution=v.flag("attribution"), tiers=v.tiers(),
-        preview_hardware=data.get("preview_hardware"), noise_floor=v.flag("noise_floor"),
+        preview_hardware=data.get("preview_hardware"), noise_floor=v.flag("noise_floor"), budget=v.budget(),
     )
 
 
@@ -253,6 +258,12 @@ class _Validator:
         ):
             raise self.bad("steps", f"must be latest, all, a step number or a list of step numbers, got {steps!r}")
         return steps
+
+    def budget(self) -> int:
+        value = self.data.get("budget", DEFAULT_CASE_BUDGET)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+            raise self.bad("budget", f"must be a whole number of renders from 0 to 10000, got {value!r}")
+        return value
 
     def flag(self, key: str) -> bool:
         value = self.data.get(key, True)

@@ -68,6 +68,8 @@ def knob_text(knob: str, v: Any) -> str:
         return size_text(v)
     if knob == "schedule" and isinstance(v, dict):
         return schedule_text(v)
+    if knob == "schedule" and isinstance(v, str):
+        return schedule_text({"name": v})
     if knob == "quantization" and isinstance(v, dict):
         parts = [f"{k.replace('_', ' ')} {x}" for k, x in v.items() if x]
         return ", ".join(parts) or "none"

@@ -1,7 +1,8 @@
 """End to end on the real tiny FLUX.2 model: previews rendered by the engine at known settings (64 px, 4 steps,
 fp32), saved as JPEG the way AI Toolkit saves them (Pillow defaults: quality 75, 4:2:0), then an inference spec that
 differs in known knobs. Attribution must name the changed knob(s) and aligning must restore parity (EXACT/NEAR as
-judged by parity.compare); the suspect search must find the changed steps and guidance values."""
+judged by parity.compare). The suspect search (parameter recovery) needs a model that responds smoothly to the
+sampling knobs: tests/test_parameter_recovery.py runs it end to end on the smooth tiny model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from parity.diagnose import RenderCache, attribute, causes_list, param_diff, suspect_search  # noqa: E402
+from parity.diagnose import RenderCache, attribute, causes_list, param_diff  # noqa: E402
 from parity.spec import RenderSpec, ResolvedSpec  # noqa: E402
 
 PARITY = ("EXACT", "NEAR")
@@ -85,23 +86,3 @@ def test_two_changed_knobs_are_both_named_and_all_aligned_restores_parity(rig):
     # effects do not add up), while leaving either knob out of the all-aligned render costs a lot: both are needed
     assert all(c.ssim_aligned is not None and c.tier_aligned not in PARITY for c in a.causes)
     assert all(c.necessity is not None and c.necessity > 0.1 for c in a.causes)
-
-
-def test_suspect_search_finds_steps(rig):
-    # The job's config copy says 30 steps (UI default) but the previews were rendered with 20 (code default).
-    truth = rig["base"].with_(sample_steps=20)
-    path = rig["preview_of"](truth, "steps20")
-    s = suspect_search(path, truth.with_(sample_steps=30), rig["render"], rig["score"], cache=rig["cache"])
-    assert s.explained and [(b.knob, b.value) for b in s.best] == [("steps", "20")]
-    assert "steps 20" in s.verdict and "not 30" in s.verdict
-
-
-def test_suspect_search_finds_guidance(rig):
-    # Recorded guidance 4.0 (UI default), previews rendered with 3.5: the search passes guidance 7 first.
-    truth = rig["base"].with_(guidance_scale=3.5)
-    path = rig["preview_of"](truth, "g35")
-    s = suspect_search(path, truth.with_(guidance_scale=4.0), rig["render"], rig["score"], cache=rig["cache"],
-                       exhaustive=False)
-    assert s.explained and [(b.knob, b.value) for b in s.best] == [("guidance", "3.5")]
-    assert "guidance 3.5" in s.verdict and "not 4" in s.verdict
-    assert any(t.knob == "guidance" and t.value == "7" for t in s.tried)

@@ -14,6 +14,9 @@ EXAMPLES = """
 def add_arguments(parser) -> None:
     parser.add_argument("dir", help="output folder (created if missing; existing tiny files are overwritten)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    parser.add_argument("--smooth", action="store_true",
+                        help="a transformer that responds smoothly to steps/schedule/guidance/multiplier like a trained "
+                             "model (what parameter recovery needs; docs/parameter-recovery.md)")
     parser.add_argument("--klein", action="store_true",
                         help="write a tiny FLUX.2 [klein] base 4B (Qwen3 text encoder, no guidance embedding)")
 
@@ -35,7 +38,7 @@ def run(args) -> int:
         return 0
     from parity.tiny import build_tiny
 
-    paths = build_tiny(out, seed=args.seed)
+    paths = build_tiny(out, seed=args.seed, smooth=getattr(args, "smooth", False))
     quiet = getattr(args, "quiet", False)
     if not quiet:
         for f in paths.files:

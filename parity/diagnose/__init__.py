@@ -22,7 +22,7 @@ from parity.diagnose.paramdiff import (
 from parity.diagnose.settings import (
     PROFILES, VALID_KEYS, InferenceResolved, InferenceSettings, inference_spec, load_request, parse_overrides,
 )
-from parity.diagnose.suspects import Suspects, suspect_search
+from parity.diagnose.suspects import Suspects, confirm_changes, suspect_search
 
 
 def item_diff(item: Any, job: Any, settings: InferenceSettings, *, inference_hardware: str | None = None,
@@ -55,5 +55,5 @@ __all__ = [
     "Attribution", "Cause", "HashCheck", "InferenceResolved", "InferenceSettings", "KNOB_FIELDS", "PROFILES",
     "ParamDiff", "RENDERABLE_KNOBS", "RenderCache", "Suspects", "VALID_KEYS", "align", "align_many", "attribute",
     "causes_list", "check_hashes", "differing_knobs", "inference_spec", "item_diff", "load_request",
-    "param_diff", "parse_overrides", "suspect_search",
+    "confirm_changes", "param_diff", "parse_overrides", "suspect_search",
 ]

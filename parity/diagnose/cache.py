@@ -24,9 +24,28 @@ ScoreFn = Callable[[np.ndarray, Any], Any]
 PARITY_TIERS = ("EXACT", "NEAR")
 
 
-def as_score(result: Any) -> tuple[float, str | None]:
-    """(ssim-like float, tier or None) from whatever the score callable returned. A missing or NaN score (e.g. a
-    size mismatch the comparison refuses to score) counts as 0.0."""
+PSNR_EXACT = 1000.0   # identical images (infinite PSNR) as a finite, orderable score
+
+
+def metric_of(result: Any, metric: str) -> float | None:
+    """One metric of a Comparison-like result (None for plain float scores or when missing); PSNR's infinity
+    (stored as "inf") becomes PSNR_EXACT."""
+    metrics = result.get("metrics") if isinstance(result, dict) else getattr(result, "metrics", None)
+    value = metrics.get(metric) if isinstance(metrics, dict) else None
+    if value in ("inf", float("inf")):
+        return PSNR_EXACT
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(float(value)) else None
+
+
+def as_score(result: Any, metric: str = "ssim") -> tuple[float, str | None]:
+    """(score, tier or None) from whatever the score callable returned: SSIM, or `metric` of a Comparison when it
+    has one (parameter recovery climbs PSNR: it still separates renders a step apart where SSIM has flattened
+    under the JPEG error). A missing or NaN score (e.g. a size mismatch the comparison refuses to score) counts as
+    0.0."""
+    if metric != "ssim":
+        value = metric_of(result, metric)
+        if value is not None:
+            return value, as_score(result)[1]
     tier = None
     if isinstance(result, (int, float, np.floating, np.integer)) and not isinstance(result, bool):
         value = float(result)
@@ -47,7 +66,8 @@ class RenderCache:
     """Images by spec and scores by (spec, preview). Share one instance across the items of a run."""
 
     images: dict[RenderSpec, np.ndarray] = field(default_factory=dict)
-    scores: dict[tuple[RenderSpec, str], tuple[float, str | None]] = field(default_factory=dict)
+    scores: dict[tuple[RenderSpec, str, str], tuple[float, str | None]] = field(default_factory=dict)
+    ssims: dict[tuple[RenderSpec, str], float] = field(default_factory=dict)  # SSIM of every scored render
     renders: int = 0   # cache misses (real renders) over the cache's life
     hits: int = 0
 
@@ -60,7 +80,7 @@ class Session:
     """One diagnosis: counts the extra renders it causes (cache misses) against `budget` (None = unlimited)."""
 
     def __init__(self, render: RenderFn, score: ScoreFn, preview_path: Any, *, budget: int | None = None,
-                 cache: RenderCache | None = None):
+                 cache: RenderCache | None = None, metric: str = "ssim"):
         if budget is not None and budget < 0:
             raise ValueError("budget must be >= 0")
         self.render_fn = render
@@ -72,17 +92,18 @@ class Session:
         self.budget = budget
         self.cache = cache if cache is not None else RenderCache()
         self.extra_renders = 0
+        self.metric = metric   # what `score` returns: "ssim", or e.g. "psnr" of a Comparison (as_score)
 
     def available(self, spec: RenderSpec) -> bool:
         """True when scoring `spec` costs nothing or fits the budget."""
-        if (spec, self.preview_key) in self.cache.scores or spec in self.cache.images:
+        if (spec, self.preview_key, self.metric) in self.cache.scores or spec in self.cache.images:
             return True
         return self.budget is None or self.extra_renders < self.budget
 
     def score(self, spec: RenderSpec, *, free: bool = False) -> tuple[float, str | None]:
         """Score `spec` against the preview, rendering if needed. `free` renders do not count against the budget
         (the inference render itself is not an extra render)."""
-        key = (spec, self.preview_key)
+        key = (spec, self.preview_key, self.metric)
         if key in self.cache.scores:
             self.cache.hits += 1
             return self.cache.scores[key]
@@ -97,6 +118,12 @@ class Session:
                 self.extra_renders += 1
         else:
             self.cache.hits += 1
-        result = as_score(self.score_fn(image, self.preview_path))
+        raw = self.score_fn(image, self.preview_path)
+        result = as_score(raw, self.metric)
         self.cache.scores[key] = result
+        self.cache.ssims[(spec, self.preview_key)] = as_score(raw)[0]
         return result
+
+    def ssim(self, spec: RenderSpec) -> float | None:
+        """SSIM of a spec scored before (for verdicts when the search climbs another metric)."""
+        return self.cache.ssims.get((spec, self.preview_key))

@@ -1,44 +1,52 @@
 """Suspect search: the settings on record agree with the inference settings, yet the images differ.
 
-Usual reasons (aitk-flux2-previews.md sections A.2 and G): the config copy no longer matches what rendered the
-previews (edited after the run, a resumed job with other sample settings), or the UI's defaults were assumed where
-the code's applied (steps 30 vs 20, guidance 4 vs 7, seed 42 with walk vs 0 without, 1024 vs 512 px). We re-render
-with the likely alternatives one knob at a time, rank them by score, combine the winners, and say e.g.
-"previews look like guidance 7, not 4" with the scores as evidence -- or that nothing tried explains it.
+Usual reasons (aitk-flux2-previews.md sections A.2 and G): the config copy no longer says what rendered the
+previews (edited after the run, a resumed job with other sample settings, a LoRA strength changed), or the UI's
+defaults were assumed where the code's applied. We recover the values that did render the target:
+  1. the preview's own pixel size, when it differs from the recorded one (certain, one render);
+  2. the seed patterns AI Toolkit and the UI produce (walk on/off, start 0/42) when the picture is another one
+     (tier DIFFERENT: a seed changes the composition, the sampling knobs do not);
+  3. a search over the continuous knobs, steps / guidance / multiplier / static shift (parity.diagnose.recover),
+     combined by coordinate descent;
+  4. what is left: the diffusers empirical schedule, and the seed patterns if not tried yet.
+The answer reads "previews look like 12 steps, not 20 (SSIM 1.000 vs 0.803 with the recorded settings)".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
+from parity.diagnose.recover import AxisSearch, Descent, axes_for, descend
 from parity.job.sizes import effective_size
 from parity.spec import RenderSpec
+from parity.values import knob_text
 
-# Candidate values, most likely first (section A.2 / D.1 / G): AI Toolkit code default, UI default, the reference
-# server's default, then common community values.
-STEP_CANDIDATES: tuple[int, ...] = (20, 30, 25, 28, 50)
-GUIDANCE_CANDIDATES: tuple[float, ...] = (7.0, 4.0, 3.5, 2.5, 5.0, 3.0)
-MULTIPLIER_CANDIDATES: tuple[float, ...] = (1.0, 0.0, 0.5, 0.75, 1.25)
-SIZE_CANDIDATES: tuple[tuple[int, int], ...] = ((1024, 1024), (512, 512), (768, 768))
-MIN_GAIN = 0.01   # a candidate must beat the baseline score by this much to count as evidence
+# A change must beat the recorded settings' score by this much to count as evidence; the search climbs PSNR (dB)
+# when the comparison gives one, else the plain SSIM-like score of the score callable.
+MIN_GAIN = {"psnr": 0.5, "ssim": 0.01}
+DIRECTION_GAIN = {"psnr": 0.05, "ssim": 0.002}   # a probe better by this sets a search direction
+POLISH_GAIN = {"psnr": 0.25, "ssim": 0.005}      # once explained, one more round only while it gains this
 
 
 @dataclass(frozen=True)
 class Candidate:
-    knob: str                      # a KNOBS name, or "defaults" for a whole default set
-    label: str                     # human text of the value, e.g. "7" or "AI Toolkit code defaults"
+    """A discrete alternative (a seed pattern, a size, another schedule family)."""
+
+    knob: str                      # a KNOBS name
+    label: str                     # human text of the value, e.g. "3 (seed walk off)"
     changes: tuple[tuple[str, Any], ...]   # RenderSpec field -> value
 
     def apply(self, spec: RenderSpec) -> RenderSpec:
         return spec.with_(**dict(self.changes))
 
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
+    @property
+    def value(self) -> Any:
+        fields = dict(self.changes)
+        if self.knob == "resolution":
+            return f"{fields['width']}x{fields['height']}"
+        return next(iter(fields.values()))
 
 
 def _image_size(path: Any) -> tuple[int, int] | None:
@@ -52,108 +60,110 @@ def _image_size(path: Any) -> tuple[int, int] | None:
         return None
 
 
-def candidates_for(spec: RenderSpec, index: int = 0, preview_size: tuple[int, int] | None = None) -> dict[str, list[Candidate]]:
-    """Per knob, the alternatives worth a render for this spec (values equal to the spec's own are left out)."""
-    out: dict[str, list[Candidate]] = {}
-    out["steps"] = [Candidate("steps", str(n), (("sample_steps", n),)) for n in STEP_CANDIDATES if n != spec.sample_steps]
-    out["guidance"] = [Candidate("guidance", _fmt(g), (("guidance_scale", g),))
-                       for g in GUIDANCE_CANDIDATES if g != spec.guidance_scale]
-    other = "empirical" if spec.schedule == "aitk" else "aitk"
-    out["schedule"] = [Candidate("schedule", other, (("schedule", other),))]
-    # Seed walk (section A.2): on -> seed + i, off -> the start seed for every prompt. Both start seeds 0 (code) and
-    # 42 (UI, and the reference server's 42 + i).
+def seed_candidates(spec: RenderSpec, index: int) -> list[Candidate]:
+    """Seed walk (section A.2): on -> start + i, off -> the start for every prompt; starts 0 (code) and 42 (UI,
+    and the reference server's 42 + i). Structured patterns only, never a blind scan."""
     seeds: list[tuple[int, str]] = []
     if index:
         seeds += [(spec.seed - index, f"{spec.seed - index} (seed walk off)"),
                   (spec.seed + index, f"{spec.seed + index} (seed walk on)")]
-    seeds += [(0 + index, f"{index} (start 0, walk on)"), (42 + index, f"{42 + index} (start 42, walk on)"),
+    seeds += [(index, f"{index} (start 0, walk on)"), (42 + index, f"{42 + index} (start 42, walk on)"),
               (0, "0 (start 0, walk off)"), (42, "42 (start 42, walk off)")]
-    seen = {spec.seed}
-    out["seed"] = []
+    seen, out = {spec.seed}, []
     for s, label in seeds:
         if s >= 0 and s not in seen:
             seen.add(s)
-            out["seed"].append(Candidate("seed", label, (("seed", s),)))
-    if spec.lora_path is not None:
-        out["lora_scale"] = [Candidate("lora_scale", _fmt(m) + (" (LoRA not applied)" if m == 0 else ""),
-                                       (("network_multiplier", m),))
-                             for m in MULTIPLIER_CANDIDATES if m != spec.network_multiplier]
-    eff = effective_size(spec.width, spec.height)
-    if preview_size is not None:
-        # The preview's own pixel size is what rendered it: if it differs, that is the size to try; if it agrees,
-        # no other size could produce an image of this size.
-        out["resolution"] = ([Candidate("resolution", f"{preview_size[0]}x{preview_size[1]}",
-                                        (("width", preview_size[0]), ("height", preview_size[1])))]
-                             if tuple(preview_size) != eff else [])
-    else:
-        sizes = [*SIZE_CANDIDATES, (spec.height, spec.width)]
-        out["resolution"] = [Candidate("resolution", f"{w}x{h}", (("width", w), ("height", h)))
-                             for w, h in dict.fromkeys(sizes) if effective_size(w, h) != eff]
+            out.append(Candidate("seed", label, (("seed", s),)))
     return out
 
 
-def default_sets(spec: RenderSpec, index: int = 0) -> list[Candidate]:
-    """Whole default sets users mix up (section A.2): AI Toolkit's code defaults vs its UI defaults."""
-    sets = [
-        Candidate("defaults", "AI Toolkit code defaults (20 steps, guidance 7, seed 0, no walk)",
-                  (("sample_steps", 20), ("guidance_scale", 7.0), ("seed", 0))),
-        Candidate("defaults", "AI Toolkit UI defaults (30 steps, guidance 4, seed 42 + i)",
-                  (("sample_steps", 30), ("guidance_scale", 4.0), ("seed", 42 + index))),
-    ]
-    return [c for c in sets if c.apply(spec) != spec]
+def resolution_candidate(spec: RenderSpec, preview_size: tuple[int, int] | None) -> Candidate | None:
+    """The preview's own pixel size is what rendered it: the one size to try when it differs."""
+    if preview_size is None or tuple(preview_size) == effective_size(spec.width, spec.height):
+        return None
+    w, h = preview_size
+    return Candidate("resolution", f"{w}x{h}", (("width", w), ("height", h)))
+
+
+def schedule_candidates(spec: RenderSpec) -> list[Candidate]:
+    """Schedules the continuous shift axis cannot reach: diffusers' step-dependent empirical mu."""
+    return [] if spec.schedule == "empirical" else [Candidate("schedule", "empirical", (("schedule", "empirical"),))]
 
 
 @dataclass
 class Tried:
     knob: str
-    value: str
+    value: Any       # the value as stored: a number, "static:2.5", "96x64", a seed
     score: float
     tier: str | None
     gain: float
+    label: str = ""  # human text ("12", "static shift 2.5", "3 (seed walk off)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"knob": self.knob, "value": self.value, "score": self.score, "tier": self.tier, "gain": self.gain}
+        return {"knob": self.knob, "value": self.value, "label": self.label or str(self.value),
+                "score": self.score, "tier": self.tier, "gain": self.gain}
 
 
 @dataclass
 class Suspects:
     baseline: float
     baseline_tier: str | None
-    tried: list[Tried]                        # ranked best first
-    best: list[Tried] = field(default_factory=list)   # the winning change(s); several when combined
+    tried: list[Tried]                        # every render, ranked best first
+    best: list[Tried] = field(default_factory=list)   # the recovered change(s), each with its value
     best_score: float | None = None
     best_tier: str | None = None
     explained: bool = False
     verdict: str = ""
-    skipped: list[str] = field(default_factory=list)   # candidates not rendered (budget)
+    skipped: list[str] = field(default_factory=list)   # what the budget left out
     extra_renders: int = 0
+    recorded: dict[str, Any] = field(default_factory=dict)   # knob -> the recorded value, for each knob in best
+    searches: list[AxisSearch] = field(default_factory=list)  # per searched knob: the trace (values, scores)
+    confirmed_from: str | None = None         # the item whose search found these values (case-level search)
+    metric: str = "ssim"                      # what `score` fields hold: "psnr" (dB) when the comparison gives it
+    ssim_recorded: float | None = None        # SSIM of the recorded settings' render (the verdict's evidence)
+    ssim_best: float | None = None            # SSIM of the recovered settings' render
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "baseline_tier": self.baseline_tier,
                 "tried": [t.to_dict() for t in self.tried], "best": [t.to_dict() for t in self.best],
                 "best_score": self.best_score, "best_tier": self.best_tier, "explained": self.explained,
-                "verdict": self.verdict, "skipped": list(self.skipped), "extra_renders": self.extra_renders}
+                "verdict": self.verdict, "skipped": list(self.skipped), "extra_renders": self.extra_renders,
+                "recorded": dict(self.recorded), "searches": [s.to_dict() for s in self.searches],
+                "confirmed_from": self.confirmed_from, "metric": self.metric,
+                "ssim_recorded": self.ssim_recorded, "ssim_best": self.ssim_best}
+
+    def changes(self) -> dict[str, Any]:
+        """knob -> recovered value (what `apply_changes` takes)."""
+        return {b.knob: b.value for b in self.best}
 
 
-def _current_label(spec: RenderSpec, knob: str) -> str:
-    return {"steps": str(spec.sample_steps), "guidance": _fmt(spec.guidance_scale), "schedule": spec.schedule,
-            "seed": str(spec.seed), "lora_scale": _fmt(spec.network_multiplier),
-            "resolution": "x".join(map(str, effective_size(spec.width, spec.height))),
-            "defaults": "the recorded settings"}.get(knob, "?")
+KNOB_FIELD = {"steps": "sample_steps", "guidance": "guidance_scale", "lora_scale": "network_multiplier",
+              "seed": "seed", "schedule": "schedule"}
 
 
-def _round_robin(groups: dict[str, list[Candidate]], order: Sequence[str]) -> list[Candidate]:
-    """Interleave the knobs' candidate lists so a small budget still tries the likeliest value of every knob."""
-    queues = [list(groups.get(k, [])) for k in order]
-    out: list[Candidate] = []
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(q.pop(0))
+def recorded_value(spec: RenderSpec, knob: str) -> Any:
+    if knob == "resolution":
+        w, h = effective_size(spec.width, spec.height)
+        return f"{w}x{h}"
+    return getattr(spec, KNOB_FIELD[knob])
+
+
+def apply_changes(spec: RenderSpec, changes: dict[str, Any]) -> RenderSpec:
+    """The recovered values applied to another item's spec (the case-level confirmation). Seeds are per prompt,
+    so a recovered seed is not carried over."""
+    out = spec
+    for knob, value in changes.items():
+        if knob == "resolution":
+            w, h = (int(x) for x in str(value).split("x"))
+            out = out.with_(width=w, height=h)
+        elif knob == "schedule":
+            out = out.with_(schedule=value, semantics="aitk")
+        elif knob in KNOB_FIELD and knob != "seed":
+            out = out.with_(**{KNOB_FIELD[knob]: value})
     return out
 
 
-KNOB_ORDER: tuple[str, ...] = ("resolution", "steps", "guidance", "seed", "schedule", "lora_scale")
+Restores = Callable[[tuple[float, "str | None"]], bool]
 
 
 def suspect_search(
@@ -166,111 +176,172 @@ def suspect_search(
     budget: int | None = None,
     cache: RenderCache | None = None,
     preview_size: tuple[int, int] | None = None,
-    candidates: dict[str, list[Candidate]] | None = None,
     explained_at: float = 0.98,
-    exhaustive: bool = False,
+    explained_tiers: tuple[str, ...] = PARITY_TIERS,
 ) -> Suspects:
-    """Try likely alternatives to the recorded `spec` (steps, guidance, schedule, size, seed walk, LoRA multiplier;
-    then the AI Toolkit code/UI default sets; then the per-knob winners combined), ranked by score.
+    """Recover the settings that rendered `preview_path` (a preview, or any target image), starting from the
+    recorded `spec`. `index` is the prompt index (seed-walk patterns); `preview_size` the target's pixel size (read
+    from the file when None). `budget` caps the extra renders (the recorded spec's own render is free). Without
+    tiers, a change "explains" the target when its score reaches `explained_at`; with tiers, when its tier is one of
+    `explained_tiers` (the tiers that meet the item's gate: EXACT alone for a case that asks for EXACT)."""
+    session = Session(render, score, preview_path, budget=budget, cache=cache, metric="psnr")
+    base = session.score(spec, free=True)
+    unit = "psnr" if session.ssim(spec) != base[0] else "ssim"
+    if preview_size is None and not hasattr(preview_path, "shape"):
+        preview_size = _image_size(preview_path)
 
-    `index` is the prompt index (for the seed-walk alternatives); `preview_size` the preview's pixel size (read from
-    the file when None). `budget` caps the renders (the recorded spec's own render is free). Without tiers, a
-    candidate "explains" the preview when its score reaches `explained_at`. The search stops at the first candidate
-    that restores parity unless `exhaustive` (each render of the real model costs GPU minutes)."""
-    session = Session(render, score, preview_path, budget=budget, cache=cache)
-    base, base_tier = session.score(spec, free=True)
-    if preview_size is None:
-        preview_size = _image_size(preview_path) if not hasattr(preview_path, "shape") else None
-    groups = candidates if candidates is not None else candidates_for(spec, index, preview_size)
-    order = [k for k in KNOB_ORDER if k in groups] + [k for k in groups if k not in KNOB_ORDER]
-    queue = _round_robin(groups, order) + default_sets(spec, index)
+    def done(sc: tuple[float, str | None]) -> bool:
+        return sc[1] in explained_tiers if sc[1] is not None else sc[0] >= explained_at
 
-    def restores(s: float, t: str | None) -> bool:
-        return t in PARITY_TIERS if t is not None else s >= explained_at
+    def exact(sc: tuple[float, str | None]) -> bool:
+        return sc[1] == "EXACT" if sc[1] is not None else sc[0] >= 1.0
 
-    tried: list[Tried] = []
-    result = Suspects(baseline=base, baseline_tier=base_tier, tried=tried)
-    if restores(base, base_tier):
-        result.verdict = "the recorded settings already reproduce the preview"
+    result = Suspects(baseline=base[0], baseline_tier=base[1], tried=[], metric=unit)
+    if done(base):
         result.explained = True
+        result.verdict = "the recorded settings already reproduce the preview"
         return result
-    cand_of = _try_each(session, spec, queue, base, restores, exhaustive, result)
-    combo = _combine_winners(session, spec, cand_of, restores, result)
-    tried.sort(key=lambda x: -x.score)
-    result.extra_renders = session.extra_renders
-    _conclude(result, spec, base, combo, restores)
+    state = _Search(session, spec, base, done, exact, result, unit)
+    state.run(index, preview_size)
+    _conclude(result, spec, base, state)
     return result
 
 
-Restores = Callable[[float, "str | None"], bool]
+class _Search:
+    """The order of suspect_search's steps, with what each adopted."""
 
+    def __init__(self, session: Session, spec: RenderSpec, base: tuple[float, str | None], done: Restores,
+                 exact: Restores, result: Suspects, unit: str = "ssim"):
+        self.session, self.done, self.exact, self.result, self.unit = session, done, exact, result, unit
+        self.spec, self.score, self.base = spec, base, base
+        self.adopted: dict[str, Tried] = {}
+        self.descents: list[Descent] = []
 
-def _try_each(session: Session, spec: RenderSpec, queue: list[Candidate], base: float, restores: Restores,
-              exhaustive: bool, result: Suspects) -> dict[int, Candidate]:
-    """Render every candidate once (until one restores parity unless `exhaustive`) into `result.tried`.
-    Returns the candidate behind each tried entry (by id)."""
-    cand_of: dict[int, Candidate] = {}
-    seen_specs = {spec}
-    for c in queue:
-        if c.apply(spec) in seen_specs:  # e.g. a default set that only changes the seed: already tried
-            continue
-        seen_specs.add(c.apply(spec))
+    def run(self, index: int, preview_size: tuple[int, int] | None) -> None:
         try:
-            s, t = session.score(c.apply(spec))
+            res = resolution_candidate(self.spec, preview_size)
+            self.try_discrete([res] if res else [])
+            seeds = seed_candidates(self.spec, index)
+            if self.score[1] == "DIFFERENT" and not self.done(self.score):
+                self.try_discrete(seeds)
+                seeds = []
+            self.descend()
+            if not self.exact(self.score) and self.try_discrete(schedule_candidates(self.spec) + seeds):
+                self.descend()
         except BudgetExhausted:
-            result.skipped.append(f"{c.knob}={c.label}")
-            continue
-        result.tried.append(Tried(c.knob, c.label, s, t, s - base))
-        cand_of[id(result.tried[-1])] = c
-        if not exhaustive and restores(s, t):
-            break
-    return cand_of
+            self.result.skipped.append("the rest of the search (render budget spent)")
+        self.result.extra_renders = self.session.extra_renders
+
+    def try_discrete(self, candidates: list[Candidate]) -> bool:
+        """Render each candidate on the current spec (until one reproduces the target); adopt the best if it gains."""
+        best: tuple[Candidate, tuple[float, str | None]] | None = None
+        for c in candidates:
+            sc = self.session.score(c.apply(self.spec))
+            self.result.tried.append(Tried(c.knob, c.value, sc[0], sc[1], sc[0] - self.base[0], c.label))
+            if best is None or sc[0] > best[1][0]:
+                best = (c, sc)
+            if self.exact(sc):
+                break
+        if best is None or best[1][0] <= self.score[0] + MIN_GAIN[self.unit]:
+            return False
+        c, sc = best
+        self.spec, self.score = c.apply(self.spec), sc
+        self.adopted[c.knob] = Tried(c.knob, c.value, sc[0], sc[1], sc[0] - self.base[0], c.label)
+        return True
+
+    def descend(self) -> None:
+        d = descend(self.spec, self.session, self.score, self.exact, self.done, axes_of=axes_for,
+                    min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit])
+        self.descents.append(d)
+        self.result.searches += d.searches
+        for s in d.searches:
+            self.result.tried += [Tried(s.knob, p.value, p.score, p.tier, p.score - self.base[0],
+                                        knob_text(s.knob, p.value)) for p in s.probes]
+        if d.score[0] > self.score[0]:
+            self.spec, self.score = d.spec, d.score
+            for knob, value in d.changes.items():
+                self.adopted[knob] = Tried(knob, value, d.score[0], d.score[1], d.score[0] - self.base[0],
+                                           knob_text(knob, value))
+        if d.out_of_budget:
+            raise BudgetExhausted
 
 
-def _combine_winners(session: Session, spec: RenderSpec, cand_of: dict[int, Candidate], restores: Restores,
-                     result: Suspects) -> tuple[list[Tried], float, str | None] | None:
-    """The best value of every knob that helped, combined in one render, when no single change explains the
-    preview: (winners, score, tier), or None."""
-    per_knob: dict[str, Tried] = {}
-    for tr in result.tried:
-        if tr.knob != "defaults" and tr.gain > MIN_GAIN and (tr.knob not in per_knob
-                                                             or tr.score > per_knob[tr.knob].score):
-            per_knob[tr.knob] = tr
-    best_single = max(result.tried, key=lambda x: x.score, default=None)
-    if len(per_knob) < 2 or (best_single and restores(best_single.score, best_single.tier)):
-        return None
-    winners = sorted(per_knob.values(), key=lambda x: -x.score)
-    combined = spec
-    for w in winners:
-        combined = cand_of[id(w)].apply(combined)
-    try:
-        s, t = session.score(combined)
-    except BudgetExhausted:
-        result.skipped.append("combination of " + ", ".join(f"{w.knob}={w.value}" for w in winners))
-        return None
-    return winners, s, t
-
-
-def _conclude(result: Suspects, spec: RenderSpec, base: float,
-              combo: tuple[list[Tried], float, str | None] | None, restores: Restores) -> None:
-    """The best finding (a single change or the combination) and the verdict in words."""
-    best_single = max(result.tried, key=lambda x: x.score, default=None)
-    if combo is not None and (best_single is None or combo[1] > best_single.score):
-        result.best, result.best_score, result.best_tier = combo[0], combo[1], combo[2]
-    elif best_single is not None:
-        result.best, result.best_score, result.best_tier = [best_single], best_single.score, best_single.tier
-    if not result.best or result.best_score is None or result.best_score - base <= MIN_GAIN:
-        result.best = []
+def _conclude(result: Suspects, spec: RenderSpec, base: tuple[float, str | None], state: _Search) -> None:
+    """The recovered changes and the verdict in words."""
+    result.tried.sort(key=lambda t: -t.score)
+    final, gained = state.score, state.score[0] - base[0]
+    if not state.adopted or gained <= MIN_GAIN[state.unit]:
+        top = max((t.score for t in result.tried), default=base[0])
         result.verdict = (f"nothing tried explains it: {len(result.tried)} alternative(s) scored at most "
-                          f"{max((x.score for x in result.tried), default=base):.3f} vs {base:.3f} for the recorded "
+                          f"{_score_text(top, state.unit)} vs {_score_text(base[0], state.unit)} for the recorded "
                           "settings")
         return
-    result.explained = restores(result.best_score, result.best_tier)
-    looks = ", ".join(f"{w.knob} {w.value}" if w.knob != "defaults" else w.value for w in result.best)
-    nots = ", ".join(f"not {_current_label(spec, w.knob)}" for w in result.best if w.knob != "defaults")
-    evidence = f"score {result.best_score:.3f} vs {base:.3f} with the recorded settings"
+    # every adopted change carries the final score: they are one finding together
+    result.best = [Tried(t.knob, t.value, final[0], final[1], gained, t.label) for t in state.adopted.values()
+                   if t.value != recorded_value(spec, t.knob)]
+    result.best_score, result.best_tier = final
+    result.recorded = {t.knob: recorded_value(spec, t.knob) for t in result.best}
+    result.explained = state.done(final)
+    result.ssim_recorded, result.ssim_best = state.session.ssim(spec), state.session.ssim(state.spec)
+    result.verdict = _verdict(result)
+
+
+def _score_text(value: float, unit: str) -> str:
+    if unit == "psnr":
+        return "identical" if value >= 999 else f"PSNR {value:.1f} dB"
+    return f"{value:.3f}"
+
+
+def _verdict(result: Suspects, source: str | None = None) -> str:
+    pairs = [(t.label if t.knob == "seed" else _change_text(t.knob, t.value), knob_text(t.knob, result.recorded[t.knob]))
+             for t in result.best]
+    looks = (f"{pairs[0][0]}, not {pairs[0][1]}" if len(pairs) == 1
+             else ", ".join(f"{now} (not {was})" for now, was in pairs))
+    evidence = f"SSIM {result.ssim_best or 0.0:.3f} vs {result.ssim_recorded or 0.0:.3f} with the recorded settings"
+    if source:
+        evidence += f"; found on {source}, confirmed here with one render"
     if result.explained:
-        result.verdict = f"previews look like {looks}" + (f", {nots}" if nots else "") + f" ({evidence})"
-    else:
-        result.verdict = (f"closest: {looks}" + (f" ({nots})" if nots else "") +
-                          f", {evidence}; nothing tried fully explains the preview")
+        return f"previews look like {looks} ({evidence})"
+    return f"closest: {looks}, {evidence}; nothing found fully explains the preview"
+
+
+def confirm_changes(preview_path: Any, spec: RenderSpec, found: Suspects, render: RenderFn, score: ScoreFn, *,
+                    budget: int | None = None, cache: RenderCache | None = None, source: str | None = None,
+                    explained_at: float = 0.98, explained_tiers: tuple[str, ...] = PARITY_TIERS) -> Suspects:
+    """One render: the values `found` on another item of the case, applied to this item's `spec`. Explained when
+    the render reproduces this item's preview; otherwise the caller searches this item on its own."""
+    session = Session(render, score, preview_path, budget=budget, cache=cache, metric="psnr")
+    base = session.score(spec, free=True)
+    unit = "psnr" if session.ssim(spec) != base[0] else "ssim"
+    result = Suspects(baseline=base[0], baseline_tier=base[1], tried=[], confirmed_from=source, metric=unit)
+    changes = {k: v for k, v in found.changes().items() if k != "seed"}  # seeds are per prompt
+    target = apply_changes(spec, changes)
+    if not changes or target == spec:
+        return result
+    try:
+        final = session.score(target)
+    except BudgetExhausted:
+        result.skipped.append("confirming " + ", ".join(changes) + " (render budget spent)")
+        return result
+    labels = {t.knob: t.label for t in found.best}
+    result.best = [Tried(k, v, final[0], final[1], final[0] - base[0], labels.get(k, "")) for k, v in changes.items()]
+    result.tried = list(result.best)
+    result.best_score, result.best_tier = final
+    result.recorded = {t.knob: recorded_value(spec, t.knob) for t in result.best}
+    result.extra_renders = session.extra_renders
+    result.explained = (final[1] in explained_tiers) if final[1] is not None else final[0] >= explained_at
+    result.ssim_recorded, result.ssim_best = session.ssim(spec), session.ssim(target)
+    result.verdict = _verdict(result, source)
+    return result
+
+
+def _change_text(knob: str, value: Any) -> str:
+    """"12 steps", "guidance 5.5", "LoRA multiplier 0.6", "static shift 2.5", "seed 3 (seed walk off)"."""
+    text = knob_text(knob, value)
+    if knob == "steps":
+        return f"{text} steps"
+    if knob == "lora_scale":
+        return f"LoRA multiplier {text}"
+    if knob in ("guidance", "seed", "resolution"):
+        return f"{knob} {text}"
+    return text

@@ -19,7 +19,7 @@ from parity.errors import ParityError
 from parity.record import ItemRecord
 
 from .engines import EnginePool
-from .policies import Attribution, DeterminismGuard, NoiseFloor
+from .policies import Attribution, DeterminismGuard, NoiseFloor, follow_up_order
 from .records import error_record, failure_message, rendered_record
 from .renders import read_render, save_render, submit_compare
 
@@ -142,6 +142,7 @@ class Runner:
             else:
                 first_pass.append(item)
         self._first_pass(first_pass, settle, finish)
+        deferred.sort(key=follow_up_order)
         for n, (item, rec, image) in enumerate(deferred, 1):
             self._follow_up(item, rec, image, label=f"[{n}/{len(deferred)}] ")
             finish(rec)

@@ -114,36 +114,76 @@ class NoiseFloor:
 
 
 class Attribution:
-    """Items below their gate: re-render one knob at a time and rank causes, or, when the settings agree, try
-    likely alternatives (suspects). Renders are shared across items through one RenderCache."""
+    """Items below their gate: re-render one knob at a time and rank causes (attribution), or, when the settings
+    agree, recover the settings that rendered the preview (suspects, parity.diagnose.suspects).
+
+    Recovery runs once per case: on the case's first such item (the runner hands them over worst first), then
+    the recovered values are confirmed on each other item with one render; an item they do not explain gets its
+    own search. Every extra render of a case counts against its budget (`--budget`, else the case's `budget:`).
+    Renders are shared across items through one RenderCache."""
 
     def __init__(self, engines: EnginePool, *, enabled: bool, budget: int | None):
         from parity.diagnose import RenderCache
 
         self.engines, self.enabled, self.budget = engines, enabled, budget
         self.cache = RenderCache()
+        self.spent: dict[str, int] = {}                  # case -> extra renders spent so far
+        self.recovered: dict[str, tuple[str, Any]] = {}  # case -> (item id, Suspects) of its search
 
     def wants(self, item: Any, rec: ItemRecord) -> bool:
         return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
                 and item.preview_path is not None and not rec.nondeterministic)
 
+    def left(self, item: Any) -> int:
+        """Extra renders this item's case may still spend."""
+        total = self.budget if self.budget is not None else getattr(item.case, "budget", 40)
+        return max(0, total - self.spent.get(_case_key(item), 0))
+
     def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
         """An attribution failure is recorded; the item's result is kept."""
-        from parity.diagnose import attribute, causes_list, suspect_search
+        from parity.diagnose import attribute, causes_list
 
         render, score = self._render_fn(item), self._score_fn(item)
+        self.cache.images.setdefault(item.inference.spec, image)  # the first pass's render: no second one
         try:
             if rec.mismatches:
                 found = attribute(item.preview_path, item.preview.spec, item.inference.spec, render=render,
-                                  score=score, budget=self.budget, cache=self.cache)
+                                  score=score, budget=self.left(item), cache=self.cache)
+                self._spend(item, found.extra_renders)
                 rec.causes = [Cause(**c) for c in causes_list(found)]
                 rec.attribution = found.to_dict()
             else:
-                rec.suspects = suspect_search(item.preview_path, item.inference.spec, render, score,
-                                              index=item.index, budget=self.budget, cache=self.cache).to_dict()
+                rec.suspects = self._recover(item, render, score).to_dict()
         except Exception as e:  # noqa: BLE001
             log.debug("attribution of %s failed", item.id, exc_info=True)
             rec.attribution = {"error": f"{type(e).__name__}: {e}"}
+        for d in (rec.attribution, rec.suspects):
+            if isinstance(d, dict) and "extra_renders" in d:
+                d["case_renders"] = self.spent.get(_case_key(item), 0)
+
+    def _recover(self, item: Any, render: Any, score: Any) -> Any:
+        """Confirm the case's recovered values on this item, or search."""
+        from parity.diagnose import confirm_changes, suspect_search
+
+        key = _case_key(item)
+        if key in self.recovered:
+            source, found = self.recovered[key]
+            confirmed = confirm_changes(item.preview_path, item.inference.spec, found, render, score,
+                                        budget=self.left(item), cache=self.cache, source=source,
+                                        explained_tiers=_meeting(item))
+            self._spend(item, confirmed.extra_renders)
+            if confirmed.explained:
+                return confirmed
+        found = suspect_search(item.preview_path, item.inference.spec, render, score, index=item.index,
+                               budget=self.left(item), cache=self.cache, explained_tiers=_meeting(item))
+        self._spend(item, found.extra_renders)
+        if found.explained and found.best and key not in self.recovered:
+            self.recovered[key] = (item.id, found)
+        return found
+
+    def _spend(self, item: Any, renders: int) -> None:
+        key = _case_key(item)
+        self.spent[key] = self.spent.get(key, 0) + renders
 
     def _render_fn(self, item: Any):
         engine = self.engines.engine_for(item)
@@ -156,3 +196,24 @@ class Attribution:
         thresholds = thresholds_of(item)
         # A Comparison: attribution uses its tier; an aligned resolution must compare at the preview size.
         return lambda image, preview_path: compare(image, preview_path, resample=True, thresholds=thresholds)
+
+
+def _meeting(item: Any) -> tuple[str, ...]:
+    """Tiers that explain a preview for this item: those meeting its gate, and never worse than NEAR."""
+    from parity.spec import TIERS
+
+    gate = item.case.expect.min_tier
+    ok = TIERS[: TIERS.index(gate) + 1] if gate in TIERS else TIERS[:2]
+    return tuple(t for t in ok if t in ("EXACT", "NEAR"))
+
+
+def _case_key(item: Any) -> str:
+    return str(getattr(item.case, "path", "")) + "::" + str(item.case.name)
+
+
+def follow_up_order(entry: tuple[Any, ItemRecord, Any]) -> tuple[str, float]:
+    """Deferred items in case order, worst first: a case's parameter recovery then searches on its worst item
+    and confirms on the others."""
+    item, rec, _ = entry
+    ssim = (rec.metrics or {}).get("ssim")
+    return _case_key(item), (ssim if isinstance(ssim, (int, float)) else 0.0)

@@ -460,9 +460,11 @@ def materialise(specs: list[Spec], *, seed: int, component: str) -> dict[str, to
     return {spec[0]: _draw(seed, component, spec) for spec in specs}
 
 
-def transformer_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+def transformer_state_dict(seed: int = 0, *, smooth: bool = False) -> dict[str, torch.Tensor]:
     sd = materialise(transformer_specs(), seed=seed, component="transformer")
     _sensitise_transformer(sd, seed)
+    if smooth:
+        _smooth_transformer(sd)
     return sd
 
 
@@ -493,6 +495,43 @@ def _sensitise_transformer(sd: dict[str, torch.Tensor], seed: int) -> None:
         elif any(f".{n}.weight" in name for n in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")):
             u = torch.rand(p.shape, generator=_tensor_gen(seed, "sensitise/transformer", name)) * 2 - 1
             p.copy_(4.0 * (1.0 + 0.25 * u))
+
+
+# The smooth response (`build_tiny(smooth=True)`): a trained FLUX.2 responds smoothly to its sampling knobs (guidance
+# 5.4 renders close to 5.5, 13 steps close to 12), which is what lets a search recover a knob's value from a
+# preview. A random tiny one does not, for two reasons measured with notes in docs/parameter-recovery.md:
+#  - t and guidance enter as sinusoids of 1000 * value at up to 1 rad per 0.001: any change scrambles the
+#    modulation. Band-limiting the embedders' inputs (Gaussian in frequency) keeps the slow channels only.
+#  - QK-norm scales of 4 make attention so sharp that the sampling ODE is chaotic (a 0.1 change of guidance gives
+#    another picture); 1.5 keeps it smooth, while the larger time/guidance gains and output projection keep every
+#    knob clearly visible (the recorded-vs-true renders of the recovery tests are all DRIFT, not NEAR).
+SMOOTH_TIME_BAND = 6.0        # rad per unit t kept by the timestep embedder's input (e^-1 at this frequency)
+SMOOTH_GUIDANCE_BAND = 2.0    # rad per unit guidance kept by the guidance embedder's input
+SMOOTH_TIME_GAIN = 8.0
+SMOOTH_GUIDANCE_GAIN = 2.0
+SMOOTH_QK_SCALE = 1.5
+SMOOTH_PROJ_OUT_GAIN = 1.5
+
+
+def _band_limit(weight: torch.Tensor, band: float, gain: float) -> torch.Tensor:
+    """Scale the input columns of an embedder's linear_1 ([out, 2*half]: cos half, then sin half, as diffusers'
+    Timesteps(flip_sin_to_cos=True) lays them out) by exp(-(w / band)^2), w = 1000 * 10000^(-j/half) rad per unit."""
+    half = weight.shape[1] // 2
+    rad_per_unit = 1000.0 * torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+    damp = torch.exp(-((rad_per_unit / band) ** 2)).to(weight.dtype)
+    return weight * torch.cat([damp, damp])[None, :] * gain
+
+
+def _smooth_transformer(sd: dict[str, torch.Tensor]) -> None:
+    """Applied after `_sensitise_transformer`: see the block comment above."""
+    e = "time_guidance_embed.{}_embedder.linear_1.weight"
+    sd[e.format("timestep")] = _band_limit(sd[e.format("timestep")], SMOOTH_TIME_BAND, SMOOTH_TIME_GAIN)
+    sd[e.format("guidance")] = _band_limit(sd[e.format("guidance")], SMOOTH_GUIDANCE_BAND, SMOOTH_GUIDANCE_GAIN)
+    for name, p in sd.items():
+        if any(f".{n}.weight" in name for n in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")):
+            p.mul_(SMOOTH_QK_SCALE / 4.0)
+        elif name.startswith("proj_out."):
+            p.mul_(SMOOTH_PROJ_OUT_GAIN)
 
 
 def _sensitise_vae(sd: dict[str, torch.Tensor], seed: int) -> None:
@@ -599,15 +638,17 @@ def _write_tokenizer(folder: Path) -> None:
     (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
 
-def build_tiny(out_dir: str | Path, *, seed: int = 0) -> TinyPaths:
-    """Write the tiny FLUX.2-dev checkpoint (both layouts + LoRA files) into `out_dir`. Deterministic."""
+def build_tiny(out_dir: str | Path, *, seed: int = 0, smooth: bool = False) -> TinyPaths:
+    """Write the tiny FLUX.2-dev checkpoint (both layouts + LoRA files) into `out_dir`. Deterministic.
+    `smooth`: the transformer responds smoothly to steps, schedule, guidance and multiplier like a trained model
+    (the parameter-recovery tests and benchmark; see `_smooth_transformer`)."""
     t0 = time.perf_counter()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
 
     _write_configs(root)
     _write_tokenizer(root / "tokenizer")
-    transformer, vae = transformer_state_dict(seed), vae_state_dict(seed)
+    transformer, vae = transformer_state_dict(seed, smooth=smooth), vae_state_dict(seed)
     _save_safetensors(root / "transformer/diffusion_pytorch_model.safetensors", transformer)
     _save_safetensors(root / "vae/diffusion_pytorch_model.safetensors", vae)
     _save_safetensors(root / "text_encoder/model.safetensors", text_encoder_state_dict(seed))

@@ -87,6 +87,7 @@
     }
     if (knob === 'resolution' && Array.isArray(v)) return sizeText(v);
     if (knob === 'schedule' && v && typeof v === 'object' && !Array.isArray(v)) return scheduleText(v);
+    if (knob === 'schedule' && typeof v === 'string') return scheduleText({ name: v });
     if (knob === 'quantization' && v && typeof v === 'object' && !Array.isArray(v)) {
       var q = Object.keys(v).filter(function (k) { return v[k]; }).map(function (k) { return k.replace(/_/g, ' ') + ' ' + v[k]; });
       return q.join(', ') || 'none';

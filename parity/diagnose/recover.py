@@ -1,0 +1,318 @@
+"""Parameter recovery: the value of each sampling knob that rendered a target image, found by search.
+
+Used when the recorded settings do not reproduce the preview (suspects.py) and to explain a render from another
+stack (the target is then that render). Each continuous knob is an `Axis`: a grid over its real value space
+(steps: integers; guidance, multiplier, static shift: a grid at the resolution the answer is stated in). On a grid
+the search is over integers, and a value users really type (5.5, 0.6, 12) is hit exactly: a JPEG preview then
+compares EXACT, which is the evidence the answer is right.
+
+The search per axis assumes the score is unimodal around the answer (true of a trained model's response to these
+knobs; docs/parameter-recovery.md has the measured curves):
+  1. screen: the two neighbours of the current value at the axis's first step (2 renders);
+  2. bracket: walk downhill... uphill from the better neighbour with growing steps until the score drops;
+  3. refine: golden-section on the integer bracket until it is 1 grid step wide.
+Knobs are combined by coordinate descent (`descend`): screen every axis at the current point, search the one that
+gained most, adopt its value, repeat until the target is reproduced, nothing gains, or the budget ends.
+
+Pure: rendering and scoring come in as a `Session` (parity.diagnose.cache), so this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from parity.diagnose.cache import BudgetExhausted, Session
+from parity.spec import RenderSpec
+
+GOLDEN = (math.sqrt(5) - 1) / 2      # 0.618...
+MIN_GAIN = 0.002                      # a probe must beat the current score by this to count as a direction
+SCREEN_SCALES = (1.0, 0.4)             # screening distances, as fractions of each axis's first step
+POLISH_GAIN = 0.005                   # once explained (NEAR), another round only while a round gains this much
+STEPS_MAX = 60                        # steps are searched in 1..max(STEPS_MAX, 2 x recorded)
+
+Scored = tuple[float, "str | None"]   # (SSIM-like score, tier or None)
+
+
+# ---------------------------------------------------------------------------------------------- value spaces
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One searchable knob: values lo + i * resolution for i in 0..n."""
+
+    knob: str                 # KNOBS name
+    lo: float
+    hi: float
+    resolution: float
+    first_step: float         # distance of the two screening probes from the current value
+    start: float              # the current (recorded) value on this axis, maybe between grid points
+
+    @property
+    def n(self) -> int:
+        return int(round((self.hi - self.lo) / self.resolution))
+
+    def index(self, value: float) -> int:
+        return min(self.n, max(0, int(round((value - self.lo) / self.resolution))))
+
+    def value(self, i: int) -> float:
+        v = self.lo + i * self.resolution
+        return int(round(v)) if self.knob == "steps" else round(v, 6)
+
+    def apply(self, spec: RenderSpec, i: int) -> RenderSpec:
+        v = self.value(i)
+        if self.knob == "steps":
+            return spec.with_(sample_steps=int(v))
+        if self.knob == "guidance":
+            return spec.with_(guidance_scale=float(v))
+        if self.knob == "lora_scale":
+            return spec.with_(network_multiplier=float(v))
+        if self.knob == "schedule":
+            return spec.with_(schedule=static_name(v), semantics="aitk")
+        raise KeyError(self.knob)
+
+    def stored(self, i: int) -> Any:
+        """The value as results store it: a number, or the schedule's name ("static:2.5")."""
+        return static_name(self.value(i)) if self.knob == "schedule" else self.value(i)
+
+
+def static_name(shift: float) -> str:
+    return f"static:{shift:g}"
+
+
+def equivalent_shift(spec: RenderSpec) -> float | None:
+    """The static shift the spec's schedule equals at its size: e^mu for AI Toolkit's mu (the same time shift,
+    aitk-flux2-previews.md section C step 9), the shift itself for "static:S"; None for diffusers' empirical mu
+    (step-dependent, no single equivalent)."""
+    from parity.engine.schedule import aitk_mu, image_seq_len, parse_schedule
+    from parity.job.sizes import effective_size
+
+    kind, shift = parse_schedule(spec.schedule)
+    if kind == "static":
+        return shift
+    if kind == "aitk":
+        return math.exp(aitk_mu(image_seq_len(*effective_size(spec.width, spec.height))))
+    return None
+
+
+def axes_for(spec: RenderSpec) -> list[Axis]:
+    """The continuous knobs of `spec`, each over the value space it really has (docs/parameter-recovery.md)."""
+    steps_hi = max(STEPS_MAX, 2 * spec.sample_steps)
+    out = [Axis("steps", 1, steps_hi, 1, max(2, round(spec.sample_steps / 4)), spec.sample_steps),
+           Axis("guidance", 0.0, max(10.0, 2 * spec.guidance_scale), 0.1, 1.0, spec.guidance_scale)]
+    if spec.lora_path is not None:
+        m = spec.network_multiplier
+        out.append(Axis("lora_scale", 0.0, max(1.5, 2 * abs(m)), 0.02, 0.25, m))
+    shift = equivalent_shift(spec)
+    if shift is not None and spec.semantics == "aitk":
+        out.append(Axis("schedule", 0.5, max(8.0, 2 * shift), 0.05, 0.5, shift))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- one axis
+
+
+@dataclass
+class Probe:
+    value: Any          # stored value (number or schedule name)
+    score: float
+    tier: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "score": self.score, "tier": self.tier}
+
+
+@dataclass
+class AxisSearch:
+    """The search trace of one knob from one starting point."""
+
+    knob: str
+    recorded: Any                   # the value the search started from (stored form)
+    probes: list[Probe] = field(default_factory=list)   # in the order rendered
+    best: Any = None                # best value found (stored form); None: no probe beat the start
+    best_score: float | None = None
+    best_tier: str | None = None
+    gain: float = 0.0               # best_score - the start's score
+    resolution: float = 0.0
+    complete: bool = False          # False: screened only, or stopped by the budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"knob": self.knob, "recorded": self.recorded, "best": self.best, "best_score": self.best_score,
+                "best_tier": self.best_tier, "gain": self.gain, "resolution": self.resolution,
+                "complete": self.complete, "probes": [p.to_dict() for p in self.probes]}
+
+
+class _AxisRun:
+    """Evaluate grid indices of one axis around `spec`, memoised (the session caches renders across runs), with
+    the trace kept. The start is the recorded spec itself, whose score is known; when it lies between grid points
+    (AI Toolkit's schedule as a shift of e^mu) it is not a grid point and only bounds the bracket."""
+
+    def __init__(self, axis: Axis, spec: RenderSpec, session: Session, start_score: Scored,
+                 done: Callable[[Scored], bool], min_gain: float = MIN_GAIN):
+        self.axis, self.spec, self.session, self.done, self.min_gain = axis, spec, session, done, min_gain
+        self.i0 = axis.index(axis.start)
+        self.start_score = start_score
+        self.scores: dict[int, Scored] = {}
+        if axis.knob != "schedule" and axis.value(self.i0) == axis.start:
+            self.scores[self.i0] = start_score
+        self.trace = AxisSearch(axis.knob, spec.schedule if axis.knob == "schedule" else axis.start,
+                                resolution=axis.resolution)
+
+    def f(self, i: int) -> float:
+        if i not in self.scores:
+            s, t = self.session.score(self.axis.apply(self.spec, i))  # may raise BudgetExhausted
+            self.scores[i] = (s, t)
+            self.trace.probes.append(Probe(self.axis.stored(i), s, t))
+        return self.scores[i][0]
+
+    def best(self) -> tuple[int | None, Scored]:
+        """Best evaluated index (None when nothing beats the start by MIN_GAIN) and its score."""
+        best_i, best = None, self.start_score
+        for i, sc in self.scores.items():
+            if sc[0] > best[0] + (self.min_gain if best_i is None else 0.0):
+                best_i, best = i, sc
+        return best_i, best
+
+    def finished(self) -> bool:
+        i, sc = self.best()
+        return i is not None and self.done(sc)
+
+    def conclude(self, complete: bool) -> AxisSearch:
+        i, (score, tier) = self.best()
+        t = self.trace
+        t.complete = complete
+        if i is not None:
+            t.best, t.best_score, t.best_tier = self.axis.stored(i), score, tier
+            t.gain = score - self.start_score[0]
+        return t
+
+
+def screen(run: _AxisRun, step: float | None = None) -> None:
+    """The two neighbours of the start, `step` (default: the axis's first step) away, clamped to the range."""
+    d = max(1, int(round((step if step is not None else run.axis.first_step) / run.axis.resolution)))
+    for i in (run.i0 - d, run.i0 + d):
+        if 0 <= i <= run.axis.n and not run.finished():
+            run.f(i)
+
+
+def search(run: _AxisRun) -> None:
+    """From the screened neighbours: bracket (grow the step while the score rises), then golden-section."""
+    b, _ = run.best()
+    if b is None or run.finished():
+        return
+    direction = 1 if b > run.i0 else -1
+    behind, step = run.i0, abs(b - run.i0)
+    while True:
+        step = max(step + 1, int(math.ceil(step / GOLDEN)))
+        ahead = min(run.axis.n, max(0, b + direction * step))
+        if ahead == b:             # the best is the end of the range
+            return
+        if run.f(ahead) > run.f(b):
+            behind, b = b, ahead
+            if run.finished():
+                return
+        else:
+            break
+    lo, hi = sorted((behind, ahead))
+    _golden(run, lo, b, hi)
+
+
+def _golden(run: _AxisRun, lo: int, b: int, hi: int) -> None:
+    """Golden-section on integers: lo < b < hi with f(b) >= f(lo), f(hi); shrink until hi - lo <= 2."""
+    while hi - lo > 2 and not run.finished():
+        if b - lo > hi - b:
+            x = b - max(1, int(round((1 - GOLDEN) * (b - lo))))
+        else:
+            x = b + max(1, int(round((1 - GOLDEN) * (hi - b))))
+        if run.f(x) > run.f(b):
+            lo, hi = (lo, b) if x < b else (b, hi)
+            b = x
+        elif x < b:
+            lo = x
+        else:
+            hi = x
+
+
+# ---------------------------------------------------------------------------------------------- knobs together
+
+
+@dataclass
+class Descent:
+    """What coordinate descent found: the adopted values (stored form) and the spec they make."""
+
+    spec: RenderSpec
+    score: Scored
+    changes: dict[str, Any] = field(default_factory=dict)     # knob -> value, in adoption order
+    searches: list[AxisSearch] = field(default_factory=list)  # every axis run, in order
+    out_of_budget: bool = False
+
+
+def descend(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
+            explained: Callable[[Scored], bool] | None = None, *,
+            axes_of: Callable[[RenderSpec], list[Axis]] = axes_for, max_rounds: int = 4,
+            min_gain: float = MIN_GAIN, polish_gain: float = POLISH_GAIN) -> Descent:
+    """Coordinate descent: each round screens every axis at the current point, searches the one that gained most
+    and adopts its best value. Stops when the target is reproduced `exact`ly, when nothing gains, when the budget
+    ends, or when it is `explained` (NEAR) and the last round gained less than POLISH_GAIN: a NEAR found with one
+    knob can hide a second, smaller one (24 steps + guidance 3 is NEAR at guidance 3 alone), so one more round is
+    spent while it still pays. `min_gain` / `polish_gain` are in the session's score unit (SSIM defaults; the
+    suspect search climbs PSNR and passes dB). An axis screened again after its own search uses a quarter of its first step (its
+    optimum moves little when another knob changes)."""
+    explained = explained or exact
+    out = Descent(spec, start)
+    searched: set[str] = set()
+    try:
+        for _ in range(max_rounds):
+            if exact(out.score):
+                break
+            before = out.score[0]
+            gaining: list[_AxisRun] = []
+            for scale in SCREEN_SCALES:  # coarse first; finer when the answer lies between the coarse probes
+                runs = _screen_all(out, session, exact, searched, axes_of, scale, min_gain)
+                gaining = [r for r in runs if r.best()[0] is not None]
+                if gaining:
+                    break
+            if not gaining:
+                break
+            run = max(gaining, key=lambda r: r.best()[1][0])
+            try:
+                search(run)
+            finally:  # out of budget mid-search: keep the best found so far
+                _adopt(out, run, searched)
+            if exact(out.score) or (explained(out.score) and out.score[0] - before < polish_gain):
+                break
+    except BudgetExhausted:
+        out.out_of_budget = True
+    return out
+
+
+def _screen_all(out: Descent, session: Session, done: Callable[[Scored], bool], searched: set[str],
+                axes_of: Callable[[RenderSpec], list[Axis]], scale: float = 1.0,
+                min_gain: float = MIN_GAIN) -> list[_AxisRun]:
+    runs: list[_AxisRun] = []
+    try:
+        for axis in axes_of(out.spec):
+            if out.changes and next(reversed(out.changes)) == axis.knob:
+                continue  # just adopted at this point: nothing to screen
+            run = _AxisRun(axis, out.spec, session, out.score, done, min_gain)
+            runs.append(run)
+            screen(run, axis.first_step * scale / (4 if axis.knob in searched else 1))
+            if run.finished():
+                break
+    finally:
+        out.searches += [r.conclude(complete=False) for r in runs if r.trace.probes]
+    return runs
+
+
+def _adopt(out: Descent, run: _AxisRun, searched: set[str]) -> None:
+    i, score = run.best()
+    trace = run.conclude(complete=True)
+    if trace not in out.searches:
+        out.searches.append(trace)
+    searched.add(run.axis.knob)
+    if i is not None:
+        out.spec = run.axis.apply(out.spec, i)
+        out.score = score
+        out.changes.pop(run.axis.knob, None)
+        out.changes[run.axis.knob] = run.axis.stored(i)

@@ -1,0 +1,133 @@
+"""Parameter recovery end to end (issue 15): a job whose config copy no longer says what rendered its previews.
+
+Each case writes an AI Toolkit job on the smooth tiny FLUX.2 (`build_tiny(smooth=True)`: it responds to the sampling
+knobs smoothly, as a trained model does), renders its three previews with the engine at off-list values of one or
+two knobs, saves them as AI Toolkit saves samples (Pillow JPEG, quality 75), and runs a real `parity diff` on the
+job with the recorded settings (20 steps, guidance 4, multiplier 1, AI Toolkit's schedule). Every item must name
+the changed knob(s) with the value the previews used (steps exact; guidance, shift within 0.25; multiplier within
+0.05), be explained, and the case must stay within the render budget of the issue (30 extra renders for one
+knob, 60 for two). The expected values are the ones the previews were rendered with here, not parity's output.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+RECORDED = {"sample_steps": 20, "guidance_scale": 4.0, "network_multiplier": 1.0}
+PROMPTS = ["a red cube on a table", "a portrait of a woman, studio light", "sks dog on the beach"]
+FINAL = 200
+
+# case -> (RenderSpec changes the previews were rendered with, {knob: (value, tolerance)}, gate).
+# At 64 px, 17 steps or a static shift of 2.5-3 instead of AI Toolkit's mu (a shift of 1.58 at this size) change the
+# tiny model's pictures by less than the JPEG encoding does, so the default gate calls those previews NEAR and
+# nothing is searched; those cases ask for EXACT, as a user holding a run to bit-exact reproduction does.
+CASES = {
+    "steps-12": ({"sample_steps": 12}, {"steps": (12, 0)}, "NEAR"),
+    "steps-17": ({"sample_steps": 17}, {"steps": (17, 0)}, "EXACT"),
+    "guidance-5.5": ({"guidance_scale": 5.5}, {"guidance": (5.5, 0.25)}, "NEAR"),
+    "multiplier-0.6": ({"network_multiplier": 0.6}, {"lora_scale": (0.6, 0.05)}, "NEAR"),
+    "shift-2.5": ({"schedule": "static:2.5"}, {"schedule": (2.5, 0.25)}, "EXACT"),
+    "shift-3": ({"schedule": "static:3"}, {"schedule": (3.0, 0.25)}, "EXACT"),
+    "steps-24-guidance-3": ({"sample_steps": 24, "guidance_scale": 3.0}, {"steps": (24, 0), "guidance": (3.0, 0.25)},
+                            "NEAR"),
+}
+QUICK = ("steps-12", "steps-24-guidance-3")
+
+
+@pytest.fixture(scope="module")
+def smooth_model(tmp_path_factory):
+    from parity.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-smooth")
+    build_tiny(root, smooth=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def engine(smooth_model):
+    from parity.engine import Engine
+
+    return Engine(smooth_model, device="cpu")
+
+
+def _job_with_previews_at(root, model, engine, changes: dict):
+    """An AI Toolkit job whose config records RECORDED while its previews were rendered with `changes`."""
+    from PIL import Image
+
+    from parity.demo import demo_config, write_job
+    from parity.job import load_job
+    from parity.job.layout import write_preview
+
+    cfg = demo_config(root)
+    sample = cfg["config"]["process"][0]["sample"]
+    sample.update(width=64, height=64, prompts=PROMPTS, seed=3, walk_seed=True, **RECORDED)
+    job_dir = write_job(root / "job", model, config=cfg, checkpoints={FINAL: 1.0}, preview_steps=(), engine=engine)
+    job = load_job(job_dir)
+    samples = job.resolved_samples()
+    application = job.lora_application(samples)
+    for s in samples:
+        spec = job.render_spec(s, job.checkpoint_for(FINAL), application).spec
+        image = engine.render(spec.with_(**changes)).image
+        write_preview(job.samples_dir, Image.fromarray(image), ms=1764100000000 + s.index, step=FINAL, index=s.index)
+    return job_dir
+
+
+def _shift(value) -> float:
+    assert isinstance(value, str) and value.startswith("static:"), value
+    return float(value.split(":", 1)[1])
+
+
+def _run_case(name, tmp_path, smooth_model, engine):
+    from parity.cli import main
+
+    changes, expected, gate = CASES[name]
+    job = _job_with_previews_at(tmp_path, smooth_model, engine, changes)
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--min-tier", gate,
+                 "-q"]) == 1
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert len(items) == len(PROMPTS)
+    spent = 0
+    for item in items:
+        assert not item["passed"], f"{item['id']}: the recorded settings already meet the gate"
+        s = item["suspects"]
+        assert s and s["explained"], f"{item['id']}: {s and s['verdict']}"
+        found = {b["knob"]: b["value"] for b in s["best"]}
+        assert set(found) == set(expected), f"{item['id']}: {s['verdict']}"
+        for knob, (value, tol) in expected.items():
+            got = _shift(found[knob]) if knob == "schedule" else found[knob]
+            assert abs(got - value) <= tol, f"{item['id']}: {knob} {got} vs {value}: {s['verdict']}"
+        assert "previews look like" in s["verdict"]
+        spent += s["extra_renders"]
+    limit = 30 if len(expected) == 1 else 60
+    assert spent <= limit, f"{spent} extra renders for the case"
+    # searched once, confirmed on the others with one render each
+    assert sum(1 for it in items if it["suspects"]["confirmed_from"]) == len(items) - 1
+    return items
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_recovers_the_changed_knobs(name, tmp_path, smooth_model, engine):
+    _run_case(name, tmp_path, smooth_model, engine)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in CASES if n not in QUICK])
+def test_recovers_the_changed_knob_slow(name, tmp_path, smooth_model, engine):
+    _run_case(name, tmp_path, smooth_model, engine)
+
+
+def test_matching_settings_run_no_search(tmp_path, smooth_model, engine):
+    """Previews rendered with the recorded settings: every item EXACT, no diagnosis render at all."""
+    from parity.cli import main
+
+    job = _job_with_previews_at(tmp_path, smooth_model, engine, {})
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "-q"]) == 0
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert all(it["tier"] == "EXACT" and it.get("suspects") is None and it.get("attribution") is None
+               for it in items)
