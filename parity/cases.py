@@ -16,6 +16,8 @@
     tiers: {near_ssim_y: 0.995}       # optional overrides of the tier thresholds (parity.compare.tiers.Thresholds)
     preview_hardware: NVIDIA H100 80GB HBM3   # what rendered the previews; default: the training device, unknown
     noise_floor: true                 # judge irreducible-only DRIFT items against a measured noise floor
+    renders: ../my-stack-renders      # optional: compare these images (named by item id, or a manifest .json)
+                                      # with the previews instead of parity's renders (docs/your-own-stack.md)
 
 Paths are resolved relative to the case file. Validation errors name the file, the key and its line.
 This module does not import torch.
@@ -36,7 +38,7 @@ from parity.spec import TIERS
 
 _TOP_KEYS = {
     "name", "job", "config", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
-    "attribution", "description", "tiers", "preview_hardware", "noise_floor",
+    "attribution", "description", "tiers", "preview_hardware", "noise_floor", "renders",
 }
 _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "mismatches", "tier"}
 # Metric thresholds: for these, higher is better (a floor); for the others lower is better (a ceiling).
@@ -119,6 +121,7 @@ class Case:
     tiers: dict[str, float] = field(default_factory=dict)  # tier threshold overrides (validated on load)
     preview_hardware: str | None = None  # device that rendered the previews (None: the training device, unknown)
     noise_floor: bool = True
+    renders: Path | None = None      # external renders (folder or manifest) compared instead of parity's own
 
     @property
     def job_source(self) -> Path:
@@ -182,6 +185,7 @@ def load_case(path: str | Path) -> Case:
         base_model=v.path_or_name("base_model"), text_encoder=v.path_or_name("text_encoder"),
         inference=v.inference(), expect=v.expect(), attribution=v.flag("attribution"), tiers=v.tiers(),
         preview_hardware=data.get("preview_hardware"), noise_floor=v.flag("noise_floor"),
+        renders=v.rel_path("renders"),
     )
 
 
