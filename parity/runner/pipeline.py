@@ -110,6 +110,9 @@ class Runner:
             rec.source = dict(self.sources.describe(item), **(rec.source or {}))
         except Exception:  # noqa: BLE001 - describing a source never costs the item
             log.debug("no source for %s", item.id, exc_info=True)
+        if (rec.source or {}).get("kind", "engine") != "engine":
+            # lora_precision, merge_history, hardware compare the preview with parity's engine, not another stack
+            rec.irreducible, rec.irreducible_details = [], []
         return rec
 
     def _failed(self, item: Any, e: Exception, started: float) -> ItemRecord:
