@@ -247,6 +247,7 @@ class FakeServer:
         self.engine, self.out_dir, self.fail, self.slow, self.slow_s = engine, out_dir, set(fail), set(slow), slow_s
         self.tasks: dict[str, dict] = {}
         self.auth: list[str | None] = []
+        self.calls: dict[tuple[str, int], int] = {}   # (POST | status, seed) -> calls received
         self.lock = threading.Lock()
         server = self
 
@@ -275,6 +276,8 @@ class FakeServer:
                 if task is None:
                     return self._send(404, {"detail": {"error": {"code": "REQUEST_NOT_FOUND", "message": "no"}}})
                 if parts[3] == "status":
+                    key = ("status", task["seed"])
+                    server.calls[key] = server.calls.get(key, 0) + 1
                     if task["seed"] in server.slow:
                         time.sleep(server.slow_s)
                     task["polls"] += 1
@@ -289,6 +292,7 @@ class FakeServer:
                 server.auth.append(self.headers.get("Authorization"))
                 doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 p = doc["prompts"][0]
+                server.calls[("POST", p["seed"])] = server.calls.get(("POST", p["seed"]), 0) + 1
                 if p["seed"] in server.fail:
                     return self._send(500, {"detail": "Internal Server Error"})
                 rid = str(uuid.uuid4())
@@ -351,10 +355,14 @@ def test_endpoint_end_to_end_with_a_server_error_and_a_timeout(job, engine, tmp_
         assert good["source"]["kind"] == "endpoint" and good["source"]["location"] == f"http://127.0.0.1:{server.port}"
         assert good["source"]["request_id"] in server.tasks and good["paths"]["external"].endswith(".jpg")
         assert bad["tier"] == "ERROR"
-        if mode == "fail":
+        from parity.external.endpoint import RETRIES
+
+        if mode == "fail":  # retried, then given up
+            assert server.calls[("POST", seeds[1])] == 1 + RETRIES and server.calls[("POST", seeds[0])] == 1
             assert bad["error"] == (f"inference server error: POST http://127.0.0.1:{server.port}/v1/inference "
                                     "answered HTTP 500: Internal Server Error")
         else:
+            assert server.calls[("status", seeds[1])] == 1 + RETRIES
             assert bad["error"].startswith("inference server timeout: GET http://127.0.0.1:") and \
                 "did not answer within 1 s" in bad["error"]
         # the token went to the server, and nowhere else
