@@ -396,3 +396,34 @@ def test_endpoint_url_checks_and_credentials_stay_out_of_shown_urls(tmp_path, ca
     assert main(["diff", str(tmp_path), "--endpoint", "ftp://me:pw@h"]) == 2
     err = capsys.readouterr().err
     assert "--endpoint must be an http:// or https:// URL with a host, got 'ftp://h'" in err and "pw" not in err
+
+
+@pytest.mark.browser
+def test_report_item_shows_three_images_and_recovered_settings_in_chromium(folder_run):
+    from test_report_browser import SCREENSHOTS, chromium_driver, open_report
+    from urllib.parse import quote
+
+    from types import SimpleNamespace
+
+    _, out, _, ids = folder_run
+    drv = chromium_driver(1400, 1300)
+    try:
+        open_report(drv, SimpleNamespace(index=out / "index.html"), "#item=" + quote(ids[0], safe=""))
+        sec = drv.find_element("css selector", ".detail section.external")
+        drv.execute_script("arguments[0].scrollIntoView()", sec)
+        loaded = drv.execute_script(
+            "var imgs = [...document.querySelectorAll('.detail section.external .trio img')];"
+            "return Promise.all(imgs.map(i => i.decode().then(() => [i.closest('figure').dataset.key, i.naturalWidth],"
+            " () => [i.closest('figure').dataset.key, 0])));")
+        assert sorted(loaded) == [["external", 64], ["preview", 64], ["reproduction", 64]]
+        rows = drv.execute_script("return [...document.querySelectorAll('.detail table.recovered tbody tr')]"
+                                  ".map(r => [...r.children].map(c => c.textContent))")
+        ex = _items(out)[ids[0]]["explanation"]
+        assert [r[0] for r in rows] == [k.replace("_", " ") for k in ex["settings"]] and rows
+        assert ex["verdict"] in sec.text
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        drv.save_screenshot(str(SCREENSHOTS / "external-item.png"))
+        errors = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+        assert not errors, errors
+    finally:
+        drv.quit()
