@@ -427,3 +427,17 @@ def test_report_item_shows_three_images_and_recovered_settings_in_chromium(folde
         assert not errors, errors
     finally:
         drv.quit()
+
+
+def test_summaries_say_where_renders_came_from_and_what_they_look_like(folder_run):
+    from parity.pytest_plugin import failure_screen
+    from parity.record import ItemRecord
+
+    _, out, renders, ids = folder_run
+    it = _items(out)[ids[0]]
+    screen = failure_screen(ItemRecord.from_dict(it), out)
+    assert f"rendered by: folder {renders.resolve() / (ids[0] + '.png')}" in screen
+    assert f"explanation: {it['explanation']['verdict']}" in screen
+    from parity.report.markdown import md_text
+
+    assert md_text(it["explanation"]["verdict"], 160) in (out / "summary.md").read_text()

@@ -260,6 +260,8 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
         mark = "expected" if it.get("expected") and it.get("passed") else "ok" if it.get("passed") else "FAIL"
         if it.get("error"):
             detail = it["error"]
+        elif (it.get("explanation") or {}).get("verdict"):  # an external render, explained
+            detail = it["explanation"]["verdict"]
         elif it.get("causes"):
             from parity.values import cause_text
 
