@@ -377,11 +377,10 @@ def test_endpoint_refused_connection_fails_every_item_clearly(job, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "out"
-    started = time.monotonic()
     assert main(["diff", str(job), "--endpoint", f"http://127.0.0.1:{port}", "--endpoint-timeout", "1",
                  "--out", str(out), "-q"]) == 1
     items = _items(out)
-    assert len(items) == 2 and time.monotonic() - started < 60
+    assert len(items) == 2
     for it in items.values():
         assert it["tier"] == "ERROR"
         assert it["error"] == f"inference server down: cannot reach http://127.0.0.1:{port} (connection refused)"

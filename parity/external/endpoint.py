@@ -47,6 +47,7 @@ log = logging.getLogger("parity")
 TOKEN_ENV = "PARITY_ENDPOINT_TOKEN"
 DONE = {"succeeded", "failed", "canceled", "cancelled"}
 RETRIES = 3            # extra tries after a connection error, a timeout or a 5xx answer
+MAX_DOWNLOAD = 256 * 2**20   # bytes of one result image fetched from a `url` (a FLUX.2 JPEG is a few MB)
 BACKOFF_S = 0.25       # first wait between tries, doubled each time
 
 
@@ -182,7 +183,8 @@ class EndpointClient:
     def _submit(self, item: Any, models: list[str]) -> str:
         from parity.external.export import render_request, request_document
 
-        r = render_request(item.id, item)
+        # the settings under test: the preview's own unless --set / --profile / --request say otherwise
+        r = render_request(item.id, item, item.inference.spec)
         if r.arch not in models:
             raise EndpointError(f"inference server error: {self.public_url} does not serve model {r.arch!r} "
                                 f"(it lists {', '.join(models) or 'none'})")
@@ -243,6 +245,9 @@ class EndpointClient:
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             self._download(url, dest)
         elif isinstance(file_path, str) and Path(file_path).is_file():
+            from parity.external.sources import read_render
+
+            read_render(Path(file_path))   # an image (a server's answer is input like any other) before copying
             shutil.copyfile(file_path, dest)
         else:
             raise EndpointError(f"inference server result: request {rid} wrote its image to {file_path} on the "
@@ -256,7 +261,11 @@ class EndpointClient:
             req.add_header("Authorization", self._auth)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp, dest.open("wb") as f:
-                shutil.copyfileobj(resp, f)
+                data = resp.read(MAX_DOWNLOAD + 1)
+                if len(data) > MAX_DOWNLOAD:
+                    raise EndpointError(f"inference server result: {public_url(url)} is larger than "
+                                        f"{MAX_DOWNLOAD // 2**20} MiB; not an image parity will read")
+                f.write(data)
         except (urllib.error.URLError, OSError) as e:
             raise EndpointError(f"inference server result: cannot download {public_url(url)} "
                                 f"({type(e).__name__})") from None

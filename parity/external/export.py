@@ -57,9 +57,10 @@ def render_stem(item_id: str) -> str:
     return safe_name(item_id)
 
 
-def render_request(item_id: str, it: Any) -> RenderRequest:
-    """The request of one parity.job PreviewItem (or a parity.run.PlannedItem: its `preview` is the spec)."""
-    s = it.resolved.spec if hasattr(it, "resolved") else it.preview.spec
+def render_request(item_id: str, it: Any, spec: Any = None) -> RenderRequest:
+    """The request of one parity.job PreviewItem (or a parity.run.PlannedItem), for the preview's own spec or
+    `spec` (e.g. the settings under test)."""
+    s = spec if spec is not None else it.resolved.spec if hasattr(it, "resolved") else it.preview.spec
     preview = it.preview if hasattr(it, "resolved") else it.preview_path
     return RenderRequest(
         id=item_id, step=it.step, index=it.index, prompt=s.prompt, width=s.width, height=s.height, seed=s.seed,

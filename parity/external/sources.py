@@ -163,10 +163,12 @@ class RenderSources:
             return self.pool.render(item)
         started = time.perf_counter()
         if kind == "endpoint":
-            path, source = self.endpoint.result(item)
+            path, source = self.endpoint.result(item)   # already kept in the run folder
+            image = read_render(path)
         else:
-            path, source = self._folder_file(item)
-        image = read_render(path)
+            original, source = self._folder_file(item)
+            image = read_render(original)   # an image (checked) before anything is copied
+            path = self._keep(original, item)
         return ExternalRender(image, source, path, {"load_s": time.perf_counter() - started})
 
     def _folder(self, item: Any) -> FolderIndex:
@@ -184,10 +186,9 @@ class RenderSources:
         path = idx.files.get(item.id)
         if path is None:
             raise ParityError(idx.missing_message(item.id))
-        if not path.is_file():
+        if not path.exists():
             raise InputFileError("missing render: the manifest names a file that is not there", path)
-        kept = self._keep(path, item)
-        return kept, {"kind": idx.kind, "location": str(idx.location), "file": str(path.resolve())}
+        return path, {"kind": idx.kind, "location": str(idx.location), "file": str(path.resolve())}
 
     def _keep(self, path: Path, item: Any) -> Path:
         """A copy of the external file in the run folder (the report and a resumed run read it there)."""
