@@ -212,6 +212,23 @@ def test_manifest_maps_ids_to_files_and_reports_unknown_ids(job, engine, tmp_pat
     assert run["renders"][0]["extra"] == ["extjob[step999-p0]"] and run["renders"][0]["missing"] == []
 
 
+def test_case_renders_key_runs_and_a_non_image_is_refused_before_any_copy(job, engine, tmp_path):
+    ids = sorted(_specs(job))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    Image.fromarray(engine.render(_specs(job)[ids[0]]).image).save(folder / f"{ids[0]}.webp", lossless=True)
+    (folder / f"{ids[1]}.png").write_text("not an image, whatever the name says")
+    case = tmp_path / "cases" / "deploy.yaml"
+    case.parent.mkdir()
+    case.write_text(f"name: {job.name}\njob: {job}\nrenders: ../mine\nattribution: false\n")
+    out = tmp_path / "out"
+    assert main(["run", str(case), "--out", str(out), "-q"]) == 1
+    items = _items(out)
+    assert items[ids[0]]["tier"] in ("EXACT", "NEAR") and items[ids[0]]["source"]["kind"] == "folder"
+    assert items[ids[1]]["tier"] == "ERROR" and str(folder / f"{ids[1]}.png") in items[ids[1]]["error"]
+    assert [p.suffix for p in (out / "external").iterdir()] == [".webp"]   # the non-image was never copied
+
+
 def test_renders_case_key_is_resolved_against_the_case_file(tmp_path):
     from parity.cases import load_case
 

@@ -35,17 +35,17 @@ SETTING_KNOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 @dataclass
 class Observed:
-    """Every spec the search rendered, and its score against the external render (filled by the callables)."""
+    """Every spec the search rendered, and how each scored during the current explanation (filled by the
+    callables handed to the search; scores are per call, whatever form the search gives the target in)."""
 
     specs: dict[int, tuple[Any, Any]] = field(default_factory=dict)    # id(image) -> (image, spec)
-    scores: dict[tuple[Any, str], tuple[float, str | None]] = field(default_factory=dict)  # (spec, target) -> (ssim, tier)
+    scores: dict[Any, tuple[float, str | None]] = field(default_factory=dict)  # spec -> (ssim, tier), this call
 
-    def best(self, target: str) -> tuple[Any, float, str | None] | None:
-        """The best-scoring spec rendered against `target`: (spec, ssim, tier)."""
-        mine = [(spec, v) for (spec, t), v in self.scores.items() if t == target]
-        if not mine:
+    def best(self) -> tuple[Any, float, str | None] | None:
+        """The best-scoring spec of the current explanation: (spec, ssim, tier)."""
+        if not self.scores:
             return None
-        spec, (s, t) = max(mine, key=lambda kv: kv[1][0])
+        spec, (s, t) = max(self.scores.items(), key=lambda kv: kv[1][0])
         return spec, s, t
 
 
@@ -115,9 +115,10 @@ class ExternalExplanation:
 
         target = self._target(rec)
         spec = item.preview.spec
+        self.observed.scores = {}
         found = suspect_search(str(target), spec, self._render_fn(item), self._score_fn(item), index=item.index,
                                budget=self.budget, cache=self.cache)
-        best = self.observed.best(str(target))
+        best = self.observed.best()
         if best is None:
             return {"error": "the search rendered nothing", "search": found.to_dict()}
         best_spec, score, tier = best
@@ -165,6 +166,6 @@ class ExternalExplanation:
             c = compare(image, target, resample=True, thresholds=thresholds)
             hit = observed.specs.get(id(image))
             if hit is not None and hit[0] is image:
-                observed.scores[(hit[1], str(target))] = (float(c.metrics.get("ssim") or 0.0), c.tier)
+                observed.scores[hit[1]] = (float(c.metrics.get("ssim") or 0.0), c.tier)
             return c
         return score
