@@ -196,6 +196,23 @@ def test_explanation_names_the_other_stacks_settings_with_values(folder_run):
     assert "steps 25, guidance 4, schedule diffusers empirical" in ex["verdict"]
 
 
+def test_explanation_names_ui_default_settings_with_values(job, engine, tiny_model_dir, tmp_path):
+    """A stack left at AI Toolkit's UI defaults (30 steps, guidance 4): the explanation names both, with the
+    values, and its reproduction matches the user's render exactly (the same engine made it)."""
+    ids = sorted(_specs(job))
+    folder = tmp_path / "ui"
+    folder.mkdir()
+    spec = _specs(job)[ids[1]]
+    Image.fromarray(engine.render(spec.with_(sample_steps=30, guidance_scale=4.0)).image).save(folder / f"{ids[1]}.png")
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--base-model", str(tiny_model_dir), "--renders", str(folder), "--out", str(out),
+                 "-q"]) == 1
+    ex = _items(out)[ids[1]]["explanation"]
+    assert ex["settings"] == {"steps": {"value": 30, "preview": STEPS}, "guidance": {"value": 4.0, "preview": 7.0}}
+    assert ex["explained"] is True and ex["tier"] == "EXACT"
+    assert ex["verdict"].startswith(f"your stack renders like steps 30, guidance 4; the previews used {STEPS}, 7")
+
+
 def test_manifest_maps_ids_to_files_and_reports_unknown_ids(job, engine, tmp_path):
     ids = sorted(_specs(job))
     for n, i in enumerate(ids):
