@@ -213,7 +213,7 @@ def test_explanation_names_ui_default_settings_with_values(job, engine, tiny_mod
     assert ex["verdict"].startswith(f"your stack renders like steps 30, guidance 4; the previews used {STEPS}, 7")
 
 
-def test_manifest_maps_ids_to_files_and_reports_unknown_ids(job, engine, tmp_path):
+def test_manifest_maps_ids_to_files_and_reports_unknown_ids(job, engine, tmp_path, capsys):
     ids = sorted(_specs(job))
     for n, i in enumerate(ids):
         Image.fromarray(engine.render(_specs(job)[i]).image).save(tmp_path / f"mine-{n}.png")
@@ -227,6 +227,7 @@ def test_manifest_maps_ids_to_files_and_reports_unknown_ids(job, engine, tmp_pat
     assert all(items[i]["tier"] != "ERROR" and items[i]["source"]["kind"] == "manifest" for i in ids)
     run = json.loads((out / "results.json").read_text())["run"]
     assert run["renders"][0]["extra"] == ["extjob[step999-p0]"] and run["renders"][0]["missing"] == []
+    assert f"note: 1 file(s) in {manifest.resolve()} match no item: extjob[step999-p0]" in capsys.readouterr().err
 
 
 def test_case_renders_key_runs_and_a_non_image_is_refused_before_any_copy(job, engine, tmp_path):

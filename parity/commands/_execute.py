@@ -86,9 +86,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     folders = _index_renders(planned)
     meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=_public_argv(),
                 inputs=run_inputs(cases, args, device))
-    renders = [idx.summary([p.id for p in planned if _renders_of(p) == loc]) for loc, idx in folders.items()]
-    if endpoint is not None:
-        renders.append({"kind": "endpoint", "location": endpoint.public_url})
+    renders = _renders_meta(planned, folders, endpoint)
     if renders:
         meta["renders"] = renders
     session = Session.open(out, meta, device=device, attribution=not args.no_attribution, budget=args.budget,
@@ -96,10 +94,6 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
                            progress=(progress := Progress.for_stderr(args.quiet)).note, resume=args.resume,
                            force_resume=getattr(args, "force_resume", False), endpoint=endpoint)
     session.runner.sources.folders.update(folders)
-    for r in renders:
-        if r.get("extra"):
-            print(f"note: {len(r['extra'])} file(s) in {r['location']} match no item: "
-                  f"{', '.join(r['extra'][:5])}{' ...' if len(r['extra']) > 5 else ''}", file=sys.stderr)
     done = session.store.done_ids(include_errors=False)
     for err in case_errors:
         session.store.add(case_error_record(err))
@@ -145,6 +139,19 @@ def _index_renders(planned: list[Any]) -> dict[Path, Any]:
 
     locations = dict.fromkeys(loc for p in planned if (loc := _renders_of(p)) is not None)
     return {loc: index_folder(loc, [p.id for p in planned if _renders_of(p) == loc]) for loc in locations}
+
+
+def _renders_meta(planned: list[Any], folders: dict[Path, Any], endpoint: Any) -> list[dict[str, Any]]:
+    """The run block's `renders`: each folder's extra files and missing ids (extras also said on stderr), the
+    endpoint without credentials."""
+    renders = [idx.summary([p.id for p in planned if _renders_of(p) == loc]) for loc, idx in folders.items()]
+    for r in renders:
+        if r["extra"]:
+            print(f"note: {len(r['extra'])} file(s) in {r['location']} match no item: "
+                  f"{', '.join(r['extra'][:5])}{' ...' if len(r['extra']) > 5 else ''}", file=sys.stderr)
+    if endpoint is not None:
+        renders.append({"kind": "endpoint", "location": endpoint.public_url})
+    return renders
 
 
 def _public_argv() -> list[str]:
