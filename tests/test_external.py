@@ -29,6 +29,8 @@ STEPS = 4
 OTHER = {"sample_steps": 25, "guidance_scale": 4.0, "schedule": "empirical"}   # the user's stack's settings
 TOKEN, PASSWORD = "s3cret-t0ken-20", "pw-s3cret-20"
 
+pytest_plugins = ["pytester"]
+
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
@@ -245,6 +247,22 @@ def test_case_renders_key_runs_and_a_non_image_is_refused_before_any_copy(job, e
     assert items[ids[0]]["tier"] in ("EXACT", "NEAR") and items[ids[0]]["source"]["kind"] == "folder"
     assert items[ids[1]]["tier"] == "ERROR" and str(folder / f"{ids[1]}.png") in items[ids[1]]["error"]
     assert [p.suffix for p in (out / "external").iterdir()] == [".webp"]   # the non-image was never copied
+
+
+@pytest.mark.slow
+def test_pytest_plugin_checks_a_deployment_through_a_case_renders_key(pytester, job, engine):
+    """`pytest cases/deploy.yaml` on a CI box without the base model: the item with a render is compared (and
+    passes), the item without one fails with the missing-render message, not with a missing-model error."""
+    ids = sorted(_specs(job))
+    folder = pytester.mkdir("mine")
+    Image.fromarray(engine.render(_specs(job)[ids[0]]).image).save(folder / f"{ids[0]}.png")
+    cases = pytester.mkdir("cases")
+    (cases / "deploy.yaml").write_text(f"name: {job.name}\njob: {job}\nbase_model: /nowhere/FLUX.2-dev\n"
+                                       "renders: ../mine\nattribution: false\n")
+    result = pytester.runpytest_subprocess("cases/deploy.yaml", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "missing render: no" in out and "base model not found" not in out
 
 
 def test_renders_case_key_is_resolved_against_the_case_file(tmp_path):
