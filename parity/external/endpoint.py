@@ -172,6 +172,7 @@ class EndpointClient:
             for it in items:
                 self.fetched[it.id] = Fetched(error=str(e), source=self._source())
             return
+        log.info("submitting %d request(s) to %s", len(items), self.public_url)
         pending: dict[str, tuple[Any, str]] = {}
         for it in items:
             try:
@@ -179,6 +180,8 @@ class EndpointClient:
             except ParityError as e:
                 self.fetched[it.id] = Fetched(error=str(e), source=self._source())
         self._poll(pending, out_dir)
+        done = sum(1 for f in self.fetched.values() if f.error is None)
+        log.info("%s rendered %d of %d item(s)", self.public_url, done, len(items))
 
     def _submit(self, item: Any, models: list[str]) -> str:
         from parity.external.export import render_request, request_document
