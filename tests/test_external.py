@@ -458,7 +458,7 @@ def test_report_item_shows_three_images_and_recovered_settings_in_chromium(folde
     from types import SimpleNamespace
 
     _, out, _, ids = folder_run
-    drv = chromium_driver(1400, 1300)
+    drv = chromium_driver(1400, 1700)
     try:
         open_report(drv, SimpleNamespace(index=out / "index.html"), "#item=" + quote(ids[0], safe=""))
         sec = drv.find_element("css selector", ".detail section.external")
@@ -473,7 +473,10 @@ def test_report_item_shows_three_images_and_recovered_settings_in_chromium(folde
         ex = _items(out)[ids[0]]["explanation"]
         assert [r[0] for r in rows] == [k.replace("_", " ") for k in ex["settings"]] and rows
         assert ex["verdict"] in sec.text
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)   # the card from its top: thumbnails, viewer, "Your stack"
+        drv.execute_script("var c = document.querySelector('.card.open');"
+                           "window.scrollTo(0, c.getBoundingClientRect().top + window.scrollY - 110);")
+        time.sleep(0.3)
         drv.save_screenshot(str(SCREENSHOTS / "external-item.png"))
         errors = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
         assert not errors, errors

@@ -432,7 +432,7 @@
     var hk = heatKey(it), hl = hk === 'heatmap_ssim' ? 'SSIM map' : 'difference heatmap';
     if (state.mode === 'side') {
       var hp = pane(hl, [layer(it, hk)]), lg = heatLegend(hk);
-      v.append(pane('preview', [layer(it, 'preview')]), pane('render', [layer(it, 'render')]),
+      v.append(pane('preview', [layer(it, 'preview')]), pane(isExternal(it) ? 'your render' : 'render', [layer(it, 'render')]),
         lg ? el('div', { class: 'panecol' }, hp, lg) : hp);
     } else {
       var top = layer(it, 'render', 'over');
