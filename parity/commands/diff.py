@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from parity.commands._execute import add_run_arguments, execute
-
-_TOKEN_ENV = "PARITY_ENDPOINT_TOKEN"  # parity.external.endpoint.TOKEN_ENV (not imported: --help stays light)
+from parity.external.endpoint import TOKEN_ENV as _TOKEN_ENV  # urllib only: --help stays light
 
 HELP = "diff a LoRA against its AI Toolkit training previews (table, report, exit 0/1/2)"
 EXAMPLES = """
