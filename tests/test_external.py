@@ -294,14 +294,17 @@ def test_report_of_an_external_run_shows_three_images_and_the_settings(folder_ru
 class FakeServer:
     """The reference inference server's HTTP API (runcomfy-com/ai-toolkit-inference src/api/v1/inference.py),
     rendering with the tiny engine: a request whose seed is in `fail` answers HTTP 500, one in `slow` answers its
-    status calls only after `slow_s` seconds; the first status call of a request says in_progress."""
+    status calls (or, in `slow_post`, its submission) only after `slow_s` seconds; the first status call of a
+    request says in_progress."""
 
-    def __init__(self, engine, out_dir: Path, fail=(), slow=(), slow_s=3.0):
+    lock = threading.Lock()   # one render at a time on the shared engine, across servers (a slow one lingers)
+
+    def __init__(self, engine, out_dir: Path, fail=(), slow=(), slow_post=(), slow_s=3.0):
         self.engine, self.out_dir, self.fail, self.slow, self.slow_s = engine, out_dir, set(fail), set(slow), slow_s
+        self.slow_post = set(slow_post)
         self.tasks: dict[str, dict] = {}
         self.auth: list[str | None] = []
         self.calls: dict[tuple[str, int], int] = {}   # (POST | status, seed) -> calls received
-        self.lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -348,6 +351,8 @@ class FakeServer:
                 server.calls[("POST", p["seed"])] = server.calls.get(("POST", p["seed"]), 0) + 1
                 if p["seed"] in server.fail:
                     return self._send(500, {"detail": "Internal Server Error"})
+                if p["seed"] in server.slow_post:
+                    time.sleep(server.slow_s)
                 rid = str(uuid.uuid4())
                 path = server.render(doc, rid)
                 server.tasks[rid] = {"path": path, "seed": p["seed"], "polls": 0}
@@ -388,8 +393,8 @@ def _files_text(out: Path) -> str:
 def test_endpoint_end_to_end_with_a_server_error_and_a_timeout(job, engine, tmp_path, monkeypatch, capsys):
     seeds = sorted(s.seed for s in _specs(job).values())
     ids = {s.seed: i for i, s in _specs(job).items()}
-    # three prompts' worth of behaviour on two items: run twice, so each failure mode meets a healthy item
-    for mode in ("fail", "slow"):
+    # one failure mode per run, on the second item: each meets a healthy item
+    for mode in ("fail", "slow", "slow_post"):
         server = FakeServer(engine, tmp_path, **{mode: [seeds[1]]}, slow_s=2.5)
         url = f"http://alice:{PASSWORD}@127.0.0.1:{server.port}/"
         monkeypatch.setenv("PARITY_ENDPOINT_TOKEN", TOKEN)
@@ -414,10 +419,14 @@ def test_endpoint_end_to_end_with_a_server_error_and_a_timeout(job, engine, tmp_
             assert server.calls[("POST", seeds[1])] == 1 + RETRIES and server.calls[("POST", seeds[0])] == 1
             assert bad["error"] == (f"inference server error: POST http://127.0.0.1:{server.port}/v1/inference "
                                     "answered HTTP 500: Internal Server Error")
-        else:
+        elif mode == "slow":
             assert server.calls[("status", seeds[1])] == 1 + RETRIES
             assert bad["error"].startswith("inference server timeout: GET http://127.0.0.1:") and \
                 "did not answer within 1 s" in bad["error"]
+        else:  # a submission that timed out is not sent again (the server may have queued it)
+            assert server.calls[("POST", seeds[1])] == 1
+            assert bad["error"] == (f"inference server timeout: POST http://127.0.0.1:{server.port}/v1/inference "
+                                    "did not answer within 1 s")
         # the token went to the server, and nowhere else
         assert server.auth and set(server.auth) == {f"Bearer {TOKEN}"}
         text = _files_text(out) + captured.out + captured.err

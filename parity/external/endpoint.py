@@ -54,9 +54,9 @@ BACKOFF_S = 0.25       # first wait between tries, doubled each time
 class EndpointError(ParityError):
     """One HTTP exchange failed: a one-line message naming the endpoint (without credentials) and the problem."""
 
-    def __init__(self, message: str, *, retry: bool = False, down: bool = False):
+    def __init__(self, message: str, *, retry: bool = False, down: bool = False, timeout: bool = False):
         super().__init__(message)
-        self.retry, self.down = retry, down
+        self.retry, self.down, self.timeout = retry, down, timeout
 
 
 def public_url(url: str) -> str:
@@ -108,13 +108,14 @@ class EndpointClient:
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        """One JSON exchange, retried with backoff on connection errors, timeouts and 5xx answers."""
+        """One JSON exchange, retried with backoff on connection errors, timeouts and 5xx answers (a POST that
+        timed out is not sent again: the server may have queued it, and a second copy would render twice)."""
         wait = BACKOFF_S
         for attempt in range(RETRIES + 1):
             try:
                 return self._once(method, path, body)
             except EndpointError as e:
-                if not e.retry or attempt == RETRIES:
+                if not e.retry or attempt == RETRIES or (e.timeout and method == "POST"):
                     raise
                 log.debug("retrying %s %s after: %s", method, path, e)
                 self.sleep(wait)
@@ -139,12 +140,12 @@ class EndpointClient:
                                 retry=e.code >= 500) from None
         except (TimeoutError, socket.timeout):
             raise EndpointError(f"inference server timeout: {what} did not answer within {self.timeout:g} s",
-                                retry=True) from None
+                                retry=True, timeout=True) from None
         except urllib.error.URLError as e:
             reason = e.reason
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 raise EndpointError(f"inference server timeout: {what} did not answer within {self.timeout:g} s",
-                                    retry=True) from None
+                                    retry=True, timeout=True) from None
             text = "connection refused" if isinstance(reason, ConnectionRefusedError) else str(reason)
             raise EndpointError(f"inference server down: cannot reach {self.public_url} ({text})", retry=True,
                                 down=True) from None
