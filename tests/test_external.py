@@ -215,6 +215,16 @@ def test_explanation_names_ui_default_settings_with_values(job, engine, tiny_mod
     assert ex["verdict"].startswith(f"your stack renders like steps 30, guidance 4; the previews used {STEPS}, 7")
 
 
+def test_without_the_base_model_renders_are_compared_and_the_explanation_says_why_not(folder_run, job, tmp_path):
+    _, _, renders, ids = folder_run
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--renders", str(renders), "--base-model", str(tmp_path / "none"),
+                 "--out", str(out), "-q"]) == 1
+    it = _items(out)[ids[0]]
+    assert it["tier"] in ("DRIFT", "DIFFERENT") and it["metrics"]["ssim"] > 0
+    assert str(tmp_path / "none") in it["explanation"]["error"] and "reproduction" not in it["paths"]
+
+
 def test_manifest_maps_ids_to_files_and_reports_unknown_ids(job, engine, tmp_path, capsys):
     ids = sorted(_specs(job))
     for n, i in enumerate(ids):
