@@ -17,6 +17,8 @@
     tiers: {near_ssim_y: 0.995}       # optional overrides of the tier thresholds (parity.compare.tiers.Thresholds)
     preview_hardware: NVIDIA H100 80GB HBM3   # what rendered the previews; default: the training device, unknown
     noise_floor: true                 # judge irreducible-only DRIFT items against a measured noise floor
+    renders: ../my-stack-renders      # optional: compare these images (named by item id, or a manifest .json)
+                                      # with the previews instead of parity's renders (docs/your-own-stack.md)
 
 Paths are resolved relative to the case file. Validation errors name the file, the key and its line.
 This module does not import torch.
@@ -37,7 +39,7 @@ from parity.spec import TIERS
 
 _TOP_KEYS = {
     "name", "job", "config", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
-    "attribution", "description", "tiers", "preview_hardware", "noise_floor", "budget",
+    "attribution", "description", "tiers", "preview_hardware", "noise_floor", "budget", "renders",
 }
 # Extra renders diagnosis (attribution, parameter recovery) may spend per case: a single-knob recovery on a
 # representative item plus one confirming render per other item fits in ~20 (docs/parameter-recovery.md).
@@ -124,6 +126,7 @@ class Case:
     preview_hardware: str | None = None  # device that rendered the previews (None: the training device, unknown)
     noise_floor: bool = True
     budget: int = DEFAULT_CASE_BUDGET  # extra renders diagnosis may spend on this case
+    renders: Path | None = None      # external renders (folder or manifest) compared instead of parity's own
 
     @property
     def job_source(self) -> Path:
@@ -187,6 +190,7 @@ def load_case(path: str | Path) -> Case:
         base_model=v.path_or_name("base_model"), text_encoder=v.path_or_name("text_encoder"),
         inference=v.inference(), expect=v.expect(), attribution=v.flag("attribution"), tiers=v.tiers(),
         preview_hardware=data.get("preview_hardware"), noise_floor=v.flag("noise_floor"), budget=v.budget(),
+        renders=v.rel_path("renders"),
     )
 
 

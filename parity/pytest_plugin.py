@@ -201,7 +201,8 @@ class ParityItem(pytest.Item):
     def runtest(self) -> None:
         from parity.session import missing_base_model
 
-        why = missing_base_model(self.planned)
+        # a case with `renders:` compares another stack's images: the base model only explains a difference
+        why = missing_base_model(self.planned) if getattr(self.planned.case, "renders", None) is None else None
         if why and _skip_missing_model(self.config):
             pytest.skip(why)
         session = _session(self.config)
@@ -289,6 +290,12 @@ def failure_screen(record: ItemRecord, run_dir: Path) -> str:
     if record.causes:
         c = record.causes[0]
         lines.append(f"  top cause: {cause_text(c.knob, c.value_preview, c.value_inference, c.ssim_aligned)}")
+    src = record.source or {}
+    if src.get("kind", "engine") != "engine":  # a render from the user's own stack (docs/your-own-stack.md)
+        lines.append(f"  rendered by: {src.get('kind')} {src.get('file') or src.get('location') or ''}".rstrip())
+    ex = record.explanation or {}
+    if ex.get("verdict") or ex.get("error"):
+        lines.append(f"  explanation: {ex.get('verdict') or 'failed: ' + str(ex.get('error'))}")
     lines.append(f"  report: {run_dir / 'index.html'}")
     return "\n".join(lines)
 

@@ -127,6 +127,8 @@ class ItemRecord:
     noise_floor: dict[str, Any] | None = None
     attribution: dict[str, Any] | None = None
     suspects: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None      # where the render came from: engine, folder/manifest, endpoint
+    explanation: dict[str, Any] | None = None  # an external render: the engine settings that reproduce it
     notes: list[str] = field(default_factory=list)
     traceback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields of a loaded file, kept as they were
@@ -170,12 +172,13 @@ class ItemRecord:
 
 # Optional fields: left out of the file when unset, so records stay as short as what happened to the item.
 _WRITTEN_WHEN_SET = ("expected", "case_file", "prompt_inference", "render", "determinism", "nondeterministic",
-                     "noise_floor", "attribution", "suspects", "notes", "traceback")
+                     "noise_floor", "attribution", "suspects", "source", "explanation", "notes", "traceback")
 
 # Fields the HTML report's item view carries (parity.report.html; read by static/report.js).
 VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "expected", "metrics",
                "metric_variants", "jpeg", "ceiling", "size_mismatch", "params", "mismatches", "irreducible",
-               "irreducible_details", "causes", "schedule", "timings", "error", "reason", "noise_floor")
+               "irreducible_details", "causes", "schedule", "timings", "error", "reason", "noise_floor", "source",
+               "explanation")
 
 _MAX_LABEL = 2**53  # step and prompt index: exact JSON integers
 
@@ -217,6 +220,10 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
     out["reason"] = out["reason"] or ""
     for key in ("jpeg", "ceiling", "size_mismatch", "render", "nondeterministic", "noise_floor", "attribution",
                 "suspects"):
+        out[key] = item.get(key)
+    for key in ("source", "explanation"):
+        if item.get(key) is not None:
+            check_type(item[key], dict, f"{label}: '{key}'", where)
         out[key] = item.get(key)
     return out
 

@@ -69,6 +69,13 @@ def item_id(case_name: str, step: int, index: int) -> str:
     return f"{case_name}[step{step}-p{index}]"
 
 
+def job_case_name(job: str | Path) -> str:
+    """The case name `parity diff JOB` gives a job (its folder's name, or the config file's folder's): the prefix
+    of its item ids, which `parity plan JOB --json` prints too."""
+    path = Path(job).resolve()
+    return path.name if path.is_dir() else path.parent.name
+
+
 def shard_of(item_id_: str, count: int) -> int:
     """Deterministic 1-based shard of an item (stable across machines and Python versions)."""
     return zlib.crc32(item_id_.encode("utf-8")) % count + 1

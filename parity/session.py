@@ -81,9 +81,10 @@ class Session:
     def open(cls, out_dir: Path, meta: dict[str, Any], *, device: str | None = None, store_dir: Path | None = None,
              attribution: bool = True, budget: int | None = None, determinism: str = "auto",
              progress: Callable[[str], None] | None = None, resume: bool = False,
-             overwrite: bool = False, force_resume: bool = False) -> "Session":
+             overwrite: bool = False, force_resume: bool = False, endpoint: Any = None) -> "Session":
         """Renders go under `out_dir`; results under `store_dir` (default `out_dir`; xdist workers write their
-        own). `meta` adds to run_metadata (entry point, shard, ...)."""
+        own). `meta` adds to run_metadata (entry point, shard, ...). `endpoint`: a
+        parity.external.endpoint.EndpointClient that renders every item instead of parity's engine."""
         from parity.report.store import ResultsStore
         from parity.runner import Runner
 
@@ -91,16 +92,18 @@ class Session:
         store = ResultsStore(store_dir or out_dir)
         store.start(dict(run_metadata(device), **meta), resume=resume, overwrite=overwrite, force=force_resume)
         runner = Runner(out_dir, device=device, attribution=attribution, attribution_budget=budget,
-                        progress=progress, determinism=determinism, cache_dir=embedding_cache_dir())
+                        progress=progress, determinism=determinism, cache_dir=embedding_cache_dir(),
+                        endpoint=endpoint)
         return cls(runner=runner, store=store, device=device)
 
     def record_unrunnable(self, items: Iterable[Any]) -> list[Any]:
-        """Record an ERROR for each item whose base model is missing; return the others."""
+        """Record an ERROR for each item whose base model is missing; return the others. An item rendered by
+        another stack needs the base model only to explain a difference (that explanation then says so)."""
         from parity.runner import error_record
 
         runnable = []
         for it in items:
-            why = missing_base_model(it)
+            why = missing_base_model(it) if self.runner.sources.kind(it) == "engine" else None
             if why:
                 self.store.add(error_record(it, why, time.perf_counter(), self.runner.hardware))
             else:

@@ -79,15 +79,21 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     report_url, link_images = getattr(args, "report_url", None), getattr(args, "link_images", False)  # demo: none
     report_href(report_url)  # a bad --report-url is a usage error before any rendering
     check_run_arguments(args)
+    endpoint = _endpoint(args)
     planned, case_errors = _plan(cases, args)
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     device = args.device or default_device()
-    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=sys.argv[1:],
+    folders = _index_renders(planned)
+    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=_public_argv(),
                 inputs=run_inputs(cases, args, device))
+    renders = _renders_meta(planned, folders, endpoint)
+    if renders:
+        meta["renders"] = renders
     session = Session.open(out, meta, device=device, attribution=not args.no_attribution, budget=args.budget,
                            determinism=getattr(args, "determinism_check", "auto"),
                            progress=(progress := Progress.for_stderr(args.quiet)).note, resume=args.resume,
-                           force_resume=getattr(args, "force_resume", False))
+                           force_resume=getattr(args, "force_resume", False), endpoint=endpoint)
+    session.runner.sources.folders.update(folders)
     done = session.store.done_ids(include_errors=False)
     for err in case_errors:
         session.store.add(case_error_record(err))
@@ -107,6 +113,59 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
         _write_json_copy(results, Path(args.json_out))
     print_summary(results.items, paths)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
+
+
+def _endpoint(args: argparse.Namespace) -> Any:
+    """`--endpoint URL`: the reference server's client (a bad URL or limit is a usage error, exit 2)."""
+    url = getattr(args, "endpoint", None)
+    if not url:
+        return None
+    from parity.external.endpoint import EndpointClient
+
+    for flag, v in (("--endpoint-timeout", args.endpoint_timeout), ("--endpoint-wait", args.endpoint_wait)):
+        if not v > 0:
+            raise ParityError(f"{flag} must be more than 0 seconds, got {v:g}")
+    return EndpointClient(url, timeout=args.endpoint_timeout, wait=args.endpoint_wait)
+
+
+def _renders_of(item: Any) -> Path | None:
+    r = getattr(item.case, "renders", None)
+    return Path(r) if r is not None else None
+
+
+def _index_renders(planned: list[Any]) -> dict[Path, Any]:
+    """Each external renders folder (or manifest) matched against the planned ids of the cases using it."""
+    from parity.external.sources import index_folder
+
+    locations = dict.fromkeys(loc for p in planned if (loc := _renders_of(p)) is not None)
+    return {loc: index_folder(loc, [p.id for p in planned if _renders_of(p) == loc]) for loc in locations}
+
+
+def _renders_meta(planned: list[Any], folders: dict[Path, Any], endpoint: Any) -> list[dict[str, Any]]:
+    """The run block's `renders`: each folder's extra files and missing ids (extras also said on stderr), the
+    endpoint without credentials."""
+    renders = [idx.summary([p.id for p in planned if _renders_of(p) == loc]) for loc, idx in folders.items()]
+    for r in renders:
+        if r["extra"]:
+            print(f"note: {len(r['extra'])} file(s) in {r['location']} match no item: "
+                  f"{', '.join(r['extra'][:5])}{' ...' if len(r['extra']) > 5 else ''}", file=sys.stderr)
+    if endpoint is not None:
+        renders.append({"kind": "endpoint", "location": endpoint.public_url})
+    return renders
+
+
+def _public_argv() -> list[str]:
+    """The command line as recorded in results: an --endpoint URL without its credentials."""
+    from parity.external.endpoint import public_url
+
+    argv, out = sys.argv[1:], []
+    for n, a in enumerate(argv):
+        if a.startswith("--endpoint="):
+            a = "--endpoint=" + public_url(a.split("=", 1)[1])
+        elif n and argv[n - 1] == "--endpoint":
+            a = public_url(a)
+        out.append(a)
+    return out
 
 
 def _write_json_copy(results: Any, path: Path) -> None:
@@ -157,7 +216,15 @@ def run_inputs(cases: list[Case], args: argparse.Namespace, device: str) -> dict
             "text_encoder": args.text_encoder, "request": _inference_value(args), "overrides": sorted(args.overrides),
             "min_tier": args.min_tier, "lora": str(Path(lora).resolve()) if lora else None, "shard": args.shard,
             "device": device, "attribution": not args.no_attribution, "budget": args.budget,
-            "determinism_check": getattr(args, "determinism_check", "auto")}
+            "determinism_check": getattr(args, "determinism_check", "auto"),
+            "renders": str(Path(args.renders).resolve()) if getattr(args, "renders", None) else None,
+            "endpoint": _public(getattr(args, "endpoint", None))}
+
+
+def _public(url: str | None) -> str | None:
+    from parity.external.endpoint import public_url
+
+    return public_url(url) if url else None
 
 
 def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
@@ -172,6 +239,9 @@ def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[
     if args.text_encoder:
         for c in cases:
             c.text_encoder = args.text_encoder
+    if getattr(args, "renders", None):
+        for c in cases:
+            c.renders = Path(args.renders).resolve()
     planned, case_errors = plan_cases(
         cases, steps=_steps_value(args.steps), inference=_inference_value(args), overrides=args.overrides,
         lora=Path(args.lora).resolve() if getattr(args, "lora", None) else None, base_model=args.base_model,
@@ -197,6 +267,8 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
         mark = "expected" if it.get("expected") and it.get("passed") else "ok" if it.get("passed") else "FAIL"
         if it.get("error"):
             detail = it["error"]
+        elif (it.get("explanation") or {}).get("verdict"):  # an external render, explained
+            detail = it["explanation"]["verdict"]
         elif it.get("causes"):
             from parity.values import cause_text
 

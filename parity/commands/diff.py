@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from parity.commands._execute import add_run_arguments, execute
+from parity.external.endpoint import TOKEN_ENV as _TOKEN_ENV  # urllib only: --help stays light
 
 HELP = "diff a LoRA against its AI Toolkit training previews (table, report, exit 0/1/2)"
 EXAMPLES = """
@@ -15,6 +16,8 @@ EXAMPLES = """
   parity diff output/my_lora --request request.json        # a request in that server's JSON format
   parity diff output/my_lora --set sample_steps=25 --set guidance_scale=4
   parity diff output/my_lora --lora other_run.safetensors  # another LoRA file against these previews
+  parity diff output/my_lora --renders my-comfy-renders/   # your stack's images (named by item id) vs the previews
+  parity diff output/my_lora --endpoint http://gpu-box:8000  # a running reference inference server renders them
 exit codes: 0 every item meets the gate, 1 some do not, 2 bad input or usage
 """
 
@@ -22,19 +25,33 @@ exit codes: 0 every item meets the gate, 1 some do not, 2 bad input or usage
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="AI Toolkit job output folder (config.yaml, samples/, checkpoints) or its config")
     p.add_argument("--lora", default=None, metavar="FILE", help="LoRA file to test instead of the job's checkpoint")
+    ext = p.add_mutually_exclusive_group()
+    ext.add_argument("--renders", default=None, metavar="DIR|MANIFEST",
+                     help="compare these images with the previews instead of parity's renders: a folder of "
+                          "<item id>.png|jpg|webp (parity plan --export-requests) or a JSON manifest {id: file}")
+    ext.add_argument("--endpoint", default=None, metavar="URL",
+                     help="have a running reference inference server render the previews' settings, then compare "
+                          f"(bearer token from ${_TOKEN_ENV}; docs/your-own-stack.md)")
+    p.add_argument("--endpoint-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds one HTTP call to --endpoint may take (default 30; retried 3 times with backoff)")
+    p.add_argument("--endpoint-wait", type=float, default=1800.0, metavar="S",
+                   help="seconds to wait for the server to finish all requests (default 1800)")
     add_run_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from parity.cases import Case
     from parity.errors import ConfigError
+    from parity.run import job_case_name
 
     job = Path(args.job).resolve()
     if not job.exists():
         raise ConfigError("no such job folder or config file", args.job)
     if args.lora:
         check_lora_file(Path(args.lora))
-    name = job.name if job.is_dir() else job.parent.name
+    if args.renders and not Path(args.renders).exists():
+        raise ConfigError("--renders: no such folder or manifest file", args.renders)
+    name = job_case_name(job)
     case = Case(name=name, path=(job / "parity-diff.yaml") if job.is_dir() else job,
                 job=job if job.is_dir() else None, config=None if job.is_dir() else job)
     return execute([case], args, entry="diff")

@@ -4,6 +4,8 @@ with where every value came from. Loads no model (no torch)."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 HELP = "list the previews of an AI Toolkit job and the exact settings that reproduce each one"
@@ -11,6 +13,7 @@ EXAMPLES = """
   parity plan output/my_lora                 # latest step label
   parity plan output/my_lora --step all
   parity plan output/my_lora --step 500 --json
+  parity plan output/my_lora --export-requests to-render/   # one JSON per item + reference-server requests
 """
 
 _COLS = ("step", "index", "prompt", "width", "height", "seed", "sample_steps", "guidance_scale",
@@ -24,12 +27,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("job", metavar="JOB_DIR", help="job output folder ({training_folder}/{name}) or config file")
     parser.add_argument("--step", default="latest", help="step label N, 'latest' (default) or 'all'")
     parser.add_argument("--json", action="store_true", help="print a JSON list of items")
+    parser.add_argument("--export-requests", default=None, metavar="DIR",
+                        help="write one render request per item (<id>.json) and one reference-server request file "
+                             "per step (request-step<N>.json) into DIR (docs/your-own-stack.md)")
 
 
-def item_record(item) -> dict:
+def item_record(item, case_name: str) -> dict:
+    from parity.run import item_id
+
     spec = item.resolved.spec
     s = item.sample
     return {
+        "id": item_id(case_name, item.step, item.index),   # == results.json's item id under `parity diff JOB`
         "step": item.step,
         "index": item.index,
         "group": item.group,
@@ -60,6 +69,16 @@ def item_record(item) -> dict:
         "notes": list(item.notes),
         "sources": {k: item.resolved.source(k) for k in (*_SRC_KEYS, "lora_application", "dtype", "quantize")},
     }
+
+
+def _export(out: Path, items: list, records: list[dict]) -> None:
+    """--export-requests: the files, then one line on stderr saying where (stdout stays the plan)."""
+    from parity.external.export import export_requests, render_request
+
+    notes = export_requests(out, [render_request(r["id"], it) for it, r in zip(items, records)])
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(f"wrote {len(records)} render request(s) to {out}", file=sys.stderr)
 
 
 def _fmt(v) -> str:
@@ -120,7 +139,12 @@ def run(args) -> int:
     # before any preview exists, plan what training will write (Job.expected_steps) instead of failing
     expected = not job.steps()
     items = job.items(step if not expected or step != "latest" else "all", strict=False, expected=expected)
-    records = [item_record(i) for i in items]
+    from parity.run import job_case_name
+
+    name = job_case_name(args.job)
+    records = [item_record(i, name) for i in items]
+    if args.export_requests:
+        _export(Path(args.export_requests), items, records)
     if expected:  # nothing is missing yet: say what will be written
         for r in records:
             r["missing"], r["expected"] = [], True

@@ -38,7 +38,8 @@ from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS
 log = logging.getLogger("parity")
 
 THUMB_DIR = "thumbs"
-IMAGE_KEYS: tuple[str, ...] = ("preview", "render", "heatmap_diff", "heatmap_ssim")
+# external: the file the user's stack wrote; reproduction: the engine's best reproduction of it (parity.external)
+IMAGE_KEYS: tuple[str, ...] = ("preview", "render", "heatmap_diff", "heatmap_ssim", "external", "reproduction")
 
 
 @dataclass

@@ -39,9 +39,10 @@ def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None
         if report_href:
             name = f"[{name}]({report_href}#item={quote(it['id'], safe='')})"
         cause = it["causes"][0] if it.get("causes") else None
+        verdict = (it.get("explanation") or {}).get("verdict")  # an external render, explained
         cause_s = md_text(cause_text(str(cause.get("knob")), cause.get("value_preview"),
                                      cause.get("value_inference")), 100) if cause else (
-            md_text(it["error"], 80) if it.get("error") else "not attributed")
+            md_text(it["error"], 80) if it.get("error") else md_text(verdict, 160) if verdict else "not attributed")
         tier = it["tier"] + (" (expected)" if it.get("expected") and it.get("passed") else "")
         lines.append(f"| {name} | {tier} | {it.get('gate') or 'none'} | {_fmt(item_score(it, metric))} | "
                      f"{md_text(', '.join(map(str, it.get('mismatches', []))) or 'none', 80)} | {cause_s} |")

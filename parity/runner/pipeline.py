@@ -42,18 +42,27 @@ class Runner:
 
     def __init__(self, out_dir: Path, *, device: str = "cpu", attribution: bool = True,
                  attribution_budget: int | None = None, cache_dir: Path | None = None,
-                 progress: Callable[[str], None] | None = None, determinism: str = "auto"):
+                 progress: Callable[[str], None] | None = None, determinism: str = "auto", endpoint: Any = None):
         from parity.compare import Comparer
+        from parity.external.sources import RenderSources
         from parity.run import hardware_name
+
+        from .external import ExternalExplanation
 
         self.out_dir = Path(out_dir)
         self.progress = progress or (lambda msg: None)
         self.pool = EnginePool(device, cache_dir, self.progress)
         self.engines = self.pool.engines  # (base model, text encoder) -> Engine; benchmarks inject their own
         self.guard = DeterminismGuard(determinism, self.pool)
-        # applied in this order once the first pass is done: a lifted tier can make attribution unnecessary
+        # where each item's image comes from: parity's engine, a folder of external renders, an endpoint
+        self.sources = RenderSources(self.pool, self.out_dir, endpoint)
+        # applied in this order once the first pass is done: a lifted tier can make attribution unnecessary.
+        # Policies that re-render to explain a preview apply to engine renders; those marked `external` to
+        # external renders only.
         self.follow_ups = (NoiseFloor(self.pool, self.out_dir / "noise-floor"),
-                           Attribution(self.pool, enabled=attribution, budget=attribution_budget))
+                           Attribution(self.pool, enabled=attribution, budget=attribution_budget),
+                           ExternalExplanation(self.pool, self.out_dir / "reproductions", enabled=attribution,
+                                               budget=attribution_budget))
         self.comparer = Comparer(max_workers=1)
         self.hardware = hardware_name(device)  # irreducible knob `hardware`: what renders here
         for sub in ("renders", "heatmaps"):
@@ -67,9 +76,9 @@ class Runner:
         """Render, save the PNG, submit the comparison; an ERROR record when the item cannot be rendered."""
         started = time.perf_counter()
         if item.problem:  # a missing preview or checkpoint: nothing to render or compare
-            return error_record(item, item.problem, started, self.hardware)
+            return self._sourced(item, error_record(item, item.problem, started, self.hardware))
         try:
-            result = self.pool.render(item)
+            result = self.sources.render(item)
             path = save_render(self.out_dir, item, result.image)
             comparison = submit_compare(self.comparer, self.out_dir, item, result.image)
             return _Rendered(item, result, path, comparison, started)
@@ -79,23 +88,39 @@ class Runner:
     def _finish(self, r: _Rendered) -> ItemRecord:
         """The comparison's result as a record, checked by the determinism guard."""
         try:
-            rec = rendered_record(r.item, r.result, r.render_path, r.comparison.result(), r.started, self.hardware)
-            if self.guard.wants(r.item, rec):
+            rec = self._sourced(r.item, rendered_record(r.item, r.result, r.render_path, r.comparison.result(),
+                                                        r.started, self.hardware))
+            if rec.source.get("kind") == "engine" and self.guard.wants(r.item, rec):
                 self.guard.apply(r.item, rec, r.result.image)
             return rec
         except Exception as e:  # noqa: BLE001
             return self._failed(r.item, e, r.started)
 
     def _follow_up(self, item: Any, rec: ItemRecord, image: Any, label: str = "") -> None:
-        for policy in self.follow_ups:
-            if policy.wants(item, rec):
-                self.progress(f"{label}{_DOING[type(policy).__name__]} {item.id}")
-                policy.apply(item, rec, image)
+        for policy in self._policies(item, rec):
+            self.progress(f"{label}{_DOING.get(type(policy).__name__) or policy.doing} {item.id}")
+            policy.apply(item, rec, image)
+
+    def _policies(self, item: Any, rec: ItemRecord) -> list[Any]:
+        """The follow-ups `rec` calls for: engine-side ones for engine renders, `external` ones for the others."""
+        external = (rec.source or {}).get("kind", "engine") != "engine"
+        return [p for p in self.follow_ups if getattr(p, "external", False) == external and p.wants(item, rec)]
+
+    def _sourced(self, item: Any, rec: ItemRecord) -> ItemRecord:
+        """The record with where its render came from (the source's own facts when it rendered)."""
+        try:
+            rec.source = dict(self.sources.describe(item), **(rec.source or {}))
+        except Exception:  # noqa: BLE001 - describing a source never costs the item
+            log.debug("no source for %s", item.id, exc_info=True)
+        if (rec.source or {}).get("kind", "engine") != "engine":
+            # lora_precision, merge_history, hardware compare the preview with parity's engine, not another stack
+            rec.irreducible, rec.irreducible_details = [], []
+        return rec
 
     def _failed(self, item: Any, e: Exception, started: float) -> ItemRecord:
         log.debug("item %s failed", item.id, exc_info=True)
         tb = None if isinstance(e, _EXPECTED) else traceback.format_exc()
-        return error_record(item, failure_message(e), started, self.hardware, tb=tb)
+        return self._sourced(item, error_record(item, failure_message(e), started, self.hardware, tb=tb))
 
     # -- entry points ----------------------------------------------------------------------------------------
     def run_item(self, item: Any) -> ItemRecord:
@@ -151,7 +176,7 @@ class Runner:
     def _first_pass(self, ordered: list[Any], settle: Callable[[_Rendered], None],
                     finish: Callable[[ItemRecord], None]) -> None:
         """Render each item in order, settling comparisons as they complete (the worker overlaps the renders)."""
-        self.pool.prepare_embeddings(ordered)
+        self.sources.prepare(ordered)
         pending: list[_Rendered] = []
         for n, item in enumerate(ordered, 1):
             self.progress(f"[{n}/{len(ordered)}] rendering {item.id}")
@@ -166,7 +191,7 @@ class Runner:
             settle(pending.pop(0))
 
     def _pending_follow_ups(self, item: Any, rec: ItemRecord) -> list[str]:
-        return [_NAMES[type(p).__name__] for p in self.follow_ups if p.wants(item, rec)]
+        return [_NAMES.get(type(p).__name__) or p.name for p in self._policies(item, rec)]
 
     def _resumed(self, item: Any, rec: ItemRecord | None) -> tuple[Any, ItemRecord, Any] | None:
         """(item, first-pass record, its saved render) when an interrupted run compared the item and its

@@ -68,6 +68,9 @@ def rendered_record(item: Any, result: Any, render_path: Path, comparison: Any, 
     rec.metrics, rec.metric_variants = c.get("metrics", {}), c.get("variants", {})
     rec.jpeg, rec.ceiling, rec.size_mismatch = c.get("jpeg"), c.get("ceiling"), c.get("size_mismatch")
     rec.render = render_facts(result)
+    rec.source = dict(getattr(result, "source", None) or {})
+    if getattr(result, "kept", None) is not None:  # an external render: the file as the user's stack wrote it
+        rec.paths["external"] = _abs(result.kept)
     rec.timings = dict(result.timings, total_s=time.perf_counter() - started)
     history = getattr(result, "merge_history", None)
     if history and history.get("replayed"):
@@ -81,7 +84,10 @@ def rendered_record(item: Any, result: Any, render_path: Path, comparison: Any, 
 
 
 def render_facts(result: Any) -> dict[str, Any]:
-    """What the engine did (parity.engine.RenderResult), as the record's `render` object."""
+    """What the engine did (parity.engine.RenderResult), as the record's `render` object; an external render
+    (parity.external.sources.ExternalRender) says what is known of it."""
+    if hasattr(result, "facts"):
+        return result.facts()
     facts = {"width": result.width, "height": result.height, "sigmas": list(result.sigmas),
              "mu": getattr(result, "mu", None), "noise_sha256": result.noise_sha256,
              "embedding_sha256": result.embedding_sha256, "lora": getattr(result, "lora", None),

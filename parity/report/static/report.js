@@ -246,8 +246,14 @@
     c.dataset.id = it.id;
     if (it.prompt) c.append(el('p', { class: 'prompt', text: it.prompt }));
     var hk = heatKey(it);
-    c.append(el('div', { class: 'thumbs' }, thumbFigure(it, 'preview', 'preview'), thumbFigure(it, 'render', 'render'),
-      thumbFigure(it, hk, !(it.u || {})[hk] ? 'heatmap' : hk === 'heatmap_ssim' ? 'SSIM map' : 'difference')));
+    var ext = isExternal(it);
+    var thumbs = el('div', { class: 'thumbs' }, thumbFigure(it, 'preview', 'preview'),
+      thumbFigure(it, 'render', ext ? 'your render' : 'render'));
+    if (ext && (it.u || {}).reproduction) thumbs.append(thumbFigure(it, 'reproduction', 'reproduction'));
+    thumbs.append(thumbFigure(it, hk, !(it.u || {})[hk] ? 'heatmap' : hk === 'heatmap_ssim' ? 'SSIM map' : 'difference'));
+    c.append(thumbs);
+    if (ext) c.append(el('p', { class: 'source', text: sourceText(it.source) }));
+    if (it.explanation && it.explanation.verdict) c.append(el('p', { class: 'explain', text: it.explanation.verdict }));
     var chips = el('div', { class: 'chips' });
     (it.mismatches || []).forEach(function (k) { chips.append(el('span', { class: 'chip mis', text: k, title: 'mismatched knob' })); });
     (it.irreducible || []).forEach(function (k) { chips.append(el('span', { class: 'chip irr', text: k, title: 'irreducible difference' })); });
@@ -366,6 +372,7 @@
     buildViewer(it, d);
 
     var info = el('div', { class: 'info' });
+    var xs = externalSection(it); if (xs) info.append(xs);
     info.append(paramsSection(it));
     var irr = irreducibleSection(it); if (irr) info.append(irr);
     var nf = noiseFloorSection(it); if (nf) info.append(nf);
@@ -426,7 +433,7 @@
     var hk = heatKey(it), hl = hk === 'heatmap_ssim' ? 'SSIM map' : 'difference heatmap';
     if (state.mode === 'side') {
       var hp = pane(hl, [layer(it, hk)]), lg = heatLegend(hk);
-      v.append(pane('preview', [layer(it, 'preview')]), pane('render', [layer(it, 'render')]),
+      v.append(pane('preview', [layer(it, 'preview')]), pane(isExternal(it) ? 'your render' : 'render', [layer(it, 'render')]),
         lg ? el('div', { class: 'panecol' }, hp, lg) : hp);
     } else {
       var top = layer(it, 'render', 'over');
@@ -550,7 +557,7 @@
     return el('td', null, el('span', { class: 'val', text: knobText(knob, val) }), src ? el('span', { class: 'src', text: src }) : null);
   }
   function paramsSection(it) {
-    var s = section('Parameters: preview vs inference', 'params');
+    var s = section(isExternal(it) ? 'Parameters: preview vs what your stack was asked to render' : 'Parameters: preview vs inference', 'params');
     var pv = (it.params || {}).preview || {}, inf = (it.params || {}).inference || {};
     var irr = new Set(DATA.irreducible.concat(it.irreducible || []));
     var mis = new Set(it.mismatches || []);
@@ -605,6 +612,51 @@
     s.append(el('table', { class: 'kv' }, tb));
     return s;
   }
+  // ------------------------------------------------------------------ renders from the user's own stack
+  function isExternal(it) { return !!(it.source && it.source.kind && it.source.kind !== 'engine'); }
+  function sourceText(src) {
+    var kind = { folder: 'folder', manifest: 'manifest', endpoint: 'inference server' }[src.kind] || src.kind;
+    var t = 'rendered by your stack: ' + kind + ' ' + (src.location || '');
+    if (src.file) t += ' · file ' + src.file;
+    if (src.request_id) t += ' · request ' + src.request_id;
+    return t;
+  }
+  function settingText(knob, v) {
+    if (knob === 'schedule') return v === 'aitk' ? 'AI Toolkit' : v === 'empirical' ? 'diffusers empirical' : String(v);
+    return typeof v === 'number' ? numText(v) : String(v);
+  }
+  function externalSection(it) {
+    if (!isExternal(it)) return null;
+    var s = section('Your stack', 'external');
+    s.append(el('p', { class: 'muted', text: sourceText(it.source) }));
+    var trio = el('div', { class: 'trio' });
+    [['external', 'your render'], ['preview', 'preview'], ['reproduction', 'parity\'s best reproduction']].forEach(function (p) {
+      var key = p[0] === 'external' && !(it.u || {}).external ? 'render' : p[0];
+      var u = safeUrl((it.u || {})[key]);
+      var fig = el('figure', { class: 'trio-img', 'data-key': p[0] });
+      fig.append(u ? el('img', { src: u, alt: p[1] }) : el('div', { class: 'missing', text: 'none' }));
+      fig.append(el('figcaption', { text: p[1] }));
+      trio.append(fig);
+    });
+    s.append(trio);
+    var ex = it.explanation;
+    if (!ex) { s.append(el('p', { class: 'muted', text: 'not explained (the render meets its gate, or explaining is off)' })); return s; }
+    if (ex.error) { s.append(el('pre', { class: 'error', text: 'explaining failed: ' + ex.error })); return s; }
+    s.append(el('p', { class: 'explain', text: ex.verdict || '' }));
+    var keys = Object.keys(ex.settings || {});
+    if (keys.length) {
+      var tb = el('tbody');
+      keys.forEach(function (k) {
+        tb.append(el('tr', { 'data-knob': k }, el('th', { text: k.replace(/_/g, ' ') }),
+          el('td', { text: settingText(k, ex.settings[k].value) }), el('td', { text: settingText(k, ex.settings[k].preview) })));
+      });
+      s.append(el('table', { class: 'kv recovered' },
+        el('thead', null, el('tr', null, el('th', { text: 'setting' }), el('th', { text: 'your stack (recovered)' }), el('th', { text: 'previews' }))), tb));
+    }
+    if (typeof ex.score === 'number') s.append(el('p', { class: 'muted', text: 'reproduction vs your render: SSIM ' + ex.score.toFixed(4) + (ex.tier ? ' (' + ex.tier + ')' : '') }));
+    return s;
+  }
+
   function causesSection(it) {
     var s = section('Ranked causes', 'causes');
     var cs = it.causes || [];

@@ -1,0 +1,200 @@
+"""Render sources: where the image compared with a preview comes from.
+
+The runner (parity.runner.pipeline.Runner) takes one `RenderSources` and calls `prepare(items)` once, then
+`render(item)` per item; everything after that (save, compare, record, follow-ups) is the same pipeline for every
+source. Per item the source is
+
+- parity's reference engine (`engine`, the default),
+- a folder of images the user's stack rendered (`folder`: `parity diff --renders DIR` or a case's `renders:`),
+  named by item id (`<id>.png|jpg|jpeg|webp`, the stems `parity plan --export-requests` writes) or listed in a
+  manifest (`--renders manifest.json`: {id: file}, paths relative to the manifest),
+- a running reference inference server (`endpoint`: `parity diff --endpoint URL`, parity.external.endpoint).
+
+An item without an external render fails alone as an ERROR whose message starts with "missing render:"; files
+that match no item are listed in the run block (`run.renders.extra`) and the report. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.errors import ConfigError, InputFileError, ParityError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class ExternalRender:
+    """An image an external stack rendered for one item, in the place of parity.engine.RenderResult."""
+
+    image: np.ndarray                  # (H, W, 3) uint8, as a viewer shows the file
+    source: dict[str, Any]             # kind, location, file (+ request_id for an endpoint)
+    kept: Path | None = None           # the file as the stack wrote it, copied into the run folder
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    def facts(self) -> dict[str, Any]:
+        """The record's `render` object: only what is known of an external render (no sigmas, no hashes)."""
+        return {"width": self.width, "height": self.height, "external": True}
+
+
+# ---------------------------------------------------------------------------------------------------- folders
+@dataclass
+class FolderIndex:
+    """Which file renders which item id in one folder (or manifest), and what matched nothing."""
+
+    location: Path                     # the folder, or the manifest file
+    kind: str                          # "folder" | "manifest"
+    files: dict[str, Path]             # item id -> render file (existing or not: a manifest may name a lost file)
+    ambiguous: dict[str, list[Path]]   # item id -> several candidate files
+    extra: list[str]                   # files / manifest ids that belong to no planned item
+
+    def missing_message(self, item_id: str) -> str:
+        from parity.external.export import render_stem
+
+        if item_id in self.ambiguous:
+            names = ", ".join(p.name for p in self.ambiguous[item_id])
+            return f"missing render: several files for {item_id} in {self.location} ({names}); keep one"
+        if self.kind == "manifest":
+            return f"missing render: the manifest {self.location} lists no file for {item_id}"
+        return (f"missing render: no {render_stem(item_id)}.png/.jpg/.webp in {self.location} "
+                f"(name renders by item id: parity plan --export-requests)")
+
+    def summary(self, ids: list[str]) -> dict[str, Any]:
+        """The run block's `renders` entry for this folder."""
+        return {"kind": self.kind, "location": str(self.location), "extra": list(self.extra),
+                "missing": [i for i in ids if i not in self.files]}
+
+
+def index_folder(location: Path, ids: list[str]) -> FolderIndex:
+    """Match the planned item ids against a folder of images or a manifest file. Raises ConfigError (exit 2)
+    when the location itself is unusable; per-item problems are left to each item."""
+    location = Path(location)
+    if location.is_file():
+        return _index_manifest(location, ids)
+    if not location.is_dir():
+        raise ConfigError("renders: no such folder or manifest file", location)
+    from parity.external.export import render_stem
+    from parity.run import safe_name
+
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(location.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            by_stem.setdefault(p.stem, []).append(p)
+    files, ambiguous, used = {}, {}, set()
+    for i in ids:
+        found = [p for stem in dict.fromkeys((i, render_stem(i), safe_name(i))) for p in by_stem.get(stem, [])]
+        used.update(found)
+        if len(found) == 1:
+            files[i] = found[0]
+        elif found:
+            ambiguous[i] = found
+    extra = [p.name for ps in by_stem.values() for p in ps if p not in used]
+    return FolderIndex(location.resolve(), "folder", files, ambiguous, extra)
+
+
+def _index_manifest(path: Path, ids: list[str]) -> FolderIndex:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"renders: not a readable JSON manifest ({e})", path) from None
+    if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
+        raise ConfigError("renders: a manifest must be a JSON object {item id: image file}", path)
+    base = path.resolve().parent
+    files = {i: (Path(f) if Path(f).is_absolute() else base / f) for i, f in doc.items() if i in ids}
+    extra = [i for i in doc if i not in ids]
+    return FolderIndex(path.resolve(), "manifest", files, {}, extra)
+
+
+def read_render(path: Path) -> np.ndarray:
+    """An external render as (H, W, 3) uint8, through parity's one image loader (errors name the file)."""
+    from parity.compare.load import load_image
+
+    return load_image(path).rgb
+
+
+# ----------------------------------------------------------------------------------------------- the router
+class RenderSources:
+    """Per item: the endpoint when one is given, else the item's case `renders` folder, else parity's engine."""
+
+    def __init__(self, pool: Any, out_dir: Path, endpoint: Any = None):
+        self.pool, self.out_dir, self.endpoint = pool, Path(out_dir), endpoint
+        self.folders: dict[Path, FolderIndex] = {}
+
+    def kind(self, item: Any) -> str:
+        if self.endpoint is not None:
+            return "endpoint"
+        return "folder" if getattr(item.case, "renders", None) is not None else "engine"
+
+    def describe(self, item: Any) -> dict[str, Any]:
+        """The record's `source` before anything was fetched (error records get it too)."""
+        kind = self.kind(item)
+        if kind == "engine":
+            return {"kind": "engine"}
+        if kind == "endpoint":
+            return {"kind": "endpoint", "location": self.endpoint.public_url}
+        return {"kind": self._folder(item).kind, "location": str(self._folder(item).location)}
+
+    def prepare(self, items: list[Any]) -> None:
+        """Before the first render: index the folders, fetch every endpoint render, encode engine prompts."""
+        engine_items = [it for it in items if self.kind(it) == "engine"]
+        if engine_items:
+            self.pool.prepare_embeddings(engine_items)
+        if self.endpoint is not None:
+            self.endpoint.fetch_all([it for it in items if not it.problem], self.out_dir / "external")
+
+    def render(self, item: Any):
+        kind = self.kind(item)
+        if kind == "engine":
+            return self.pool.render(item)
+        started = time.perf_counter()
+        if kind == "endpoint":
+            path, source = self.endpoint.result(item)   # already kept in the run folder
+            image = read_render(path)
+        else:
+            original, source = self._folder_file(item)
+            image = read_render(original)   # an image (checked) before anything is copied
+            path = self._keep(original, item)
+        return ExternalRender(image, source, path, {"load_s": time.perf_counter() - started})
+
+    def _folder(self, item: Any) -> FolderIndex:
+        location = Path(item.case.renders)
+        if location not in self.folders:  # one item on its own (the pytest plugin): matched alone
+            return index_folder(location, [item.id])
+        return self.folders[location]
+
+    def index(self, location: Path, ids: list[str]) -> FolderIndex:
+        self.folders[Path(location)] = idx = index_folder(location, ids)
+        return idx
+
+    def _folder_file(self, item: Any) -> tuple[Path, dict[str, Any]]:
+        idx = self._folder(item)
+        path = idx.files.get(item.id)
+        if path is None:
+            raise ParityError(idx.missing_message(item.id))
+        if not path.exists():
+            raise InputFileError("missing render: the manifest names a file that is not there", path)
+        return path, {"kind": idx.kind, "location": str(idx.location), "file": str(path.resolve())}
+
+    def _keep(self, path: Path, item: Any) -> Path:
+        """A copy of the external file in the run folder (the report and a resumed run read it there)."""
+        from parity.run import item_file_name
+
+        dest = self.out_dir / "external" / f"{item_file_name(item.id)}{path.suffix.lower()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+        return dest

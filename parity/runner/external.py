@@ -1,0 +1,171 @@
+"""Explaining an external render: which reference-engine settings reproduce what the user's stack rendered.
+
+A follow-up policy (like parity.runner.policies, same `wants` / `apply`) for items whose render came from a
+folder or an endpoint (parity.external.sources) and differs from the preview: parity's suspect search runs with
+the external image as its target (instead of the preview) and the preview's own spec as the start, so the
+settings it recovers say how the user's stack renders ("your stack renders like 25 steps, guidance 4, diffusers
+empirical schedule; the previews used 8, 7 and AI Toolkit's schedule"). The best reproduction is saved beside
+the run (`paths.reproduction`) so the report can show external render, preview and reproduction side by side.
+
+The search is called through its public signature only (parity.diagnose.suspect_search); which specs it
+rendered and how each scored are observed through the render and score callables handed to it, so the recovered
+settings do not depend on how the search represents its candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parity.record import ItemRecord
+
+from .engines import EnginePool
+from .policies import thresholds_of
+
+log = logging.getLogger("parity")
+
+# knob -> RenderSpec fields, in the order a verdict names them (the knobs an inference stack's settings set)
+SETTING_KNOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("steps", ("sample_steps",)), ("guidance", ("guidance_scale",)), ("schedule", ("schedule",)),
+    ("resolution", ("width", "height")), ("seed", ("seed",)), ("lora_scale", ("network_multiplier",)),
+)
+
+
+@dataclass
+class Observed:
+    """Every spec the search rendered, and how each scored during the current explanation (filled by the
+    callables handed to the search; scores are per call, whatever form the search gives the target in)."""
+
+    specs: dict[int, tuple[Any, Any]] = field(default_factory=dict)    # id(image) -> (image, spec)
+    scores: dict[Any, tuple[float, str | None]] = field(default_factory=dict)  # spec -> (ssim, tier), this call
+
+    def best(self) -> tuple[Any, float, str | None] | None:
+        """The best-scoring spec of the current explanation: (spec, ssim, tier)."""
+        if not self.scores:
+            return None
+        spec, (s, t) = max(self.scores.items(), key=lambda kv: kv[1][0])
+        return spec, s, t
+
+
+def setting_value(spec: Any, knob: str) -> Any:
+    fields = dict(SETTING_KNOBS)[knob]
+    if knob == "resolution":
+        return f"{spec.width}x{spec.height}"
+    return getattr(spec, fields[0])
+
+
+def recovered_settings(best: Any, preview: Any) -> dict[str, dict[str, Any]]:
+    """{knob: {"value": best's, "preview": preview's}} for each setting in which the reproduction differs."""
+    return {k: {"value": setting_value(best, k), "preview": setting_value(preview, k)}
+            for k, fields in SETTING_KNOBS if any(getattr(best, f) != getattr(preview, f) for f in fields)}
+
+
+def settings_verdict(settings: dict[str, dict[str, Any]], explained: bool, score: float) -> str:
+    """"your stack renders like steps 25, guidance 4, schedule diffusers empirical: the previews used 8, 7 and
+    AI Toolkit" (or the closest found, when nothing reproduces it)."""
+    from parity.values import number_text
+
+    def text(knob: str, v: Any) -> str:
+        if knob == "schedule":
+            return {"aitk": "AI Toolkit", "empirical": "diffusers empirical"}.get(v, str(v))
+        return number_text(v) if isinstance(v, float) else str(v)
+
+    if not settings:
+        return (f"no setting tried reproduces your render better than the previews' own (SSIM {score:.4f}): "
+                "the difference is in the stack itself (weights, precision, kernels, LoRA loading)")
+    looks = ", ".join(f"{k.replace('_', ' ')} {text(k, s['value'])}" for k, s in settings.items())
+    used = ", ".join(text(k, s["preview"]) for k, s in settings.items())
+    lead = "your stack renders like" if explained else "closest reproduction of your render:"
+    return f"{lead} {looks}; the previews used {used} (SSIM {score:.4f} against your render)"
+
+
+class ExternalExplanation:
+    """Items with an external render below their gate: find the engine settings that reproduce that render."""
+
+    external = True   # applies to external renders only (the runner skips the engine-side policies for those)
+    name, doing = "explanation", "explaining the external render of"
+
+    def __init__(self, engines: EnginePool, work_dir: Path, *, enabled: bool, budget: int | None):
+        from parity.diagnose import RenderCache
+
+        self.engines, self.work_dir, self.enabled, self.budget = engines, Path(work_dir), enabled, budget
+        self.cache = RenderCache()
+        self.observed = Observed()
+
+    def wants(self, item: Any, rec: ItemRecord) -> bool:
+        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
+                and item.preview_path is not None and bool(rec.paths.get("external"))
+                and rec.explanation is None)
+
+    def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
+        """A failure (no base model here, a render error) is recorded; the comparison stands."""
+        try:
+            rec.explanation = self._explain(item, rec)
+        except Exception as e:  # noqa: BLE001 - never lose the item for it
+            log.debug("explaining %s failed", item.id, exc_info=True)
+            rec.explanation = {"error": f"{type(e).__name__}: {e}"}
+            return
+        if rec.explanation.get("reproduction"):
+            rec.paths["reproduction"] = rec.explanation.pop("reproduction")
+
+    def _explain(self, item: Any, rec: ItemRecord) -> dict[str, Any]:
+        from parity.diagnose import suspect_search
+
+        target = self._target(rec)
+        spec = item.preview.spec
+        self.observed.scores = {}
+        found = suspect_search(str(target), spec, self._render_fn(item), self._score_fn(item), index=item.index,
+                               budget=self.budget, cache=self.cache)
+        best = self.observed.best()
+        if best is None:
+            return {"error": "the search rendered nothing", "search": found.to_dict()}
+        best_spec, score, tier = best
+        settings = recovered_settings(best_spec, spec)
+        explained = bool(getattr(found, "explained", False)) or tier in ("EXACT", "NEAR")
+        return {"verdict": settings_verdict(settings, explained, score), "explained": explained,
+                "settings": settings, "score": score, "tier": tier, "target": str(target),
+                "search_verdict": getattr(found, "verdict", ""), "search": found.to_dict(),
+                "reproduction": str(self._save(item, best_spec))}
+
+    def _target(self, rec: ItemRecord) -> Path:
+        p = Path(rec.paths["external"])
+        return p if p.is_absolute() else (self.work_dir.parent / p)
+
+    def _save(self, item: Any, spec: Any) -> Path:
+        from PIL import Image
+
+        from parity.run import item_file_name
+
+        image = self.cache.images.get(spec)
+        if image is None:
+            image = self.engines.engine_for(item).render(spec).image
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        path = self.work_dir / f"{item_file_name(item.id)}.png"
+        Image.fromarray(image).save(path)
+        return path
+
+    def _render_fn(self, item: Any):
+        engine, seen = self.engines.engine_for(item), self.observed.specs
+
+        def render(spec: Any) -> Any:
+            import numpy as np
+
+            image = np.asarray(engine.render(spec).image)
+            seen[id(image)] = (image, spec)   # the image is kept, so its id stays unique
+            return image
+        return render
+
+    def _score_fn(self, item: Any):
+        from parity.compare import compare
+
+        thresholds, observed = thresholds_of(item), self.observed
+
+        def score(image: Any, target: Any) -> Any:
+            c = compare(image, target, resample=True, thresholds=thresholds)
+            hit = observed.specs.get(id(image))
+            if hit is not None and hit[0] is image:
+                observed.scores[hit[1]] = (float(c.metrics.get("ssim") or 0.0), c.tier)
+            return c
+        return score
