@@ -39,12 +39,8 @@ QUICK = ("steps-12", "steps-24-guidance-3")
 
 
 @pytest.fixture(scope="module")
-def smooth_model(tmp_path_factory):
-    from parity.tiny import build_tiny
-
-    root = tmp_path_factory.mktemp("tiny-smooth")
-    build_tiny(root, smooth=True)
-    return root
+def smooth_model(smooth_tiny_model_dir):
+    return smooth_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

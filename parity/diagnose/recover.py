@@ -232,6 +232,18 @@ def _golden(run: _AxisRun, lo: int, b: int, hi: int) -> None:
             lo = x
         else:
             hi = x
+    _climb(run, b)
+
+
+def _climb(run: _AxisRun, b: int) -> None:
+    """End on a grid point better than both neighbours: a bracket end may be the start, never rendered on the
+    grid (AI Toolkit's shift between grid points), or the search may stop with one neighbour unseen."""
+    while not run.finished():
+        around = [i for i in (b - 1, b + 1) if 0 <= i <= run.axis.n]
+        better = [i for i in around if run.f(i) > run.f(b)]
+        if not better:
+            return
+        b = max(better, key=run.f)
 
 
 # ---------------------------------------------------------------------------------------------- knobs together

@@ -44,6 +44,8 @@ class Candidate:
     @property
     def value(self) -> Any:
         fields = dict(self.changes)
+        if self.knob == "defaults":
+            return self.label
         if self.knob == "resolution":
             return f"{fields['width']}x{fields['height']}"
         return next(iter(fields.values()))
@@ -83,6 +85,21 @@ def resolution_candidate(spec: RenderSpec, preview_size: tuple[int, int] | None)
         return None
     w, h = preview_size
     return Candidate("resolution", f"{w}x{h}", (("width", w), ("height", h)))
+
+
+# The default sets people mix up (aitk-flux2-previews.md sections A.2 and D.1): AI Toolkit's code, its UI, the
+# reference server, stock diffusers. Tried first: the commonest mismatch costs four renders instead of a search.
+DEFAULT_SETS: tuple[tuple[str, int, float], ...] = (
+    ("AI Toolkit code defaults", 20, 7.0), ("AI Toolkit UI defaults", 30, 4.0),
+    ("reference server defaults", 25, 4.0), ("diffusers defaults", 50, 4.0))
+
+
+def default_set_candidates(spec: RenderSpec) -> list[Candidate]:
+    """Steps + guidance of each default set that differs from `spec` in both (one knob alone the search finds)."""
+    return [Candidate("defaults", f"{name} ({steps} steps, guidance {guidance:g})",
+                      (("sample_steps", steps), ("guidance_scale", guidance)))
+            for name, steps, guidance in DEFAULT_SETS
+            if steps != spec.sample_steps and guidance != spec.guidance_scale]
 
 
 def schedule_candidates(spec: RenderSpec) -> list[Candidate]:
@@ -225,15 +242,21 @@ class _Search:
             if self.score[1] == "DIFFERENT" and not self.done(self.score):
                 self.try_discrete(seeds)
                 seeds = []
-            self.descend()
-            if not self.exact(self.score) and self.try_discrete(schedule_candidates(self.spec) + seeds):
+            if not self.exact(self.score):
+                self.try_discrete(default_set_candidates(self.spec), only_if_explains=True)
+            if not self.done(self.score):
+                self.descend()
+            for c in schedule_candidates(self.spec) if not self.exact(self.score) else []:
+                self.try_schedule(c)
+            if not self.exact(self.score) and self.try_discrete(seeds):
                 self.descend()
         except BudgetExhausted:
             self.result.skipped.append("the rest of the search (render budget spent)")
         self.result.extra_renders = self.session.extra_renders
 
-    def try_discrete(self, candidates: list[Candidate]) -> bool:
-        """Render each candidate on the current spec (until one reproduces the target); adopt the best if it gains."""
+    def try_discrete(self, candidates: list[Candidate], only_if_explains: bool = False) -> bool:
+        """Render each candidate on the current spec (until one reproduces the target); adopt the best if it gains
+        (`only_if_explains`: if it explains the target; a default set that only gains would lead the search off)."""
         best: tuple[Candidate, tuple[float, str | None]] | None = None
         for c in candidates:
             sc = self.session.score(c.apply(self.spec))
@@ -244,26 +267,53 @@ class _Search:
                 break
         if best is None or best[1][0] <= self.score[0] + MIN_GAIN[self.unit]:
             return False
+        if only_if_explains and not self.done(best[1]):
+            return False
         c, sc = best
         self.spec, self.score = c.apply(self.spec), sc
-        self.adopted[c.knob] = Tried(c.knob, c.value, sc[0], sc[1], sc[0] - self.base[0], c.label)
+        if c.knob == "defaults":  # a set: each of its knobs is a finding of its own
+            for knob, value in (("steps", self.spec.sample_steps), ("guidance", self.spec.guidance_scale)):
+                self.adopted[knob] = Tried(knob, value, sc[0], sc[1], sc[0] - self.base[0], knob_text(knob, value))
+        else:
+            self.adopted[c.knob] = Tried(c.knob, c.value, sc[0], sc[1], sc[0] - self.base[0], c.label)
         return True
 
-    def descend(self) -> None:
-        d = descend(self.spec, self.session, self.score, self.exact, self.done, axes_of=axes_for,
-                    min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit])
+    def try_schedule(self, c: Candidate) -> None:
+        """Another schedule family changes how every other knob acts (the steps that look best under AI Toolkit's
+        schedule are not those under diffusers' empirical one), so it is judged after a short descent of its own
+        and adopted only if that ends better than what we have."""
+        spec = c.apply(self.spec)
+        sc = self.session.score(spec)
+        self.result.tried.append(Tried(c.knob, c.value, sc[0], sc[1], sc[0] - self.base[0], c.label))
+        before = self.score
+        d = self.descend(spec, sc, max_rounds=2, adopt=False)
+        if d.score[0] > before[0] + MIN_GAIN[self.unit]:
+            self.adopted[c.knob] = Tried(c.knob, c.value, d.score[0], d.score[1], d.score[0] - self.base[0], c.label)
+            self._adopt(d)
+        elif sc[0] > before[0] + MIN_GAIN[self.unit]:
+            self.spec, self.score = spec, sc
+            self.adopted[c.knob] = Tried(c.knob, c.value, sc[0], sc[1], sc[0] - self.base[0], c.label)
+
+    def descend(self, spec: RenderSpec | None = None, score: tuple[float, str | None] | None = None, *,
+                max_rounds: int = 4, adopt: bool = True) -> Descent:
+        d = descend(spec or self.spec, self.session, score or self.score, self.exact, self.done, axes_of=axes_for,
+                    min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit], max_rounds=max_rounds)
         self.descents.append(d)
         self.result.searches += d.searches
         for s in d.searches:
             self.result.tried += [Tried(s.knob, p.value, p.score, p.tier, p.score - self.base[0],
                                         knob_text(s.knob, p.value)) for p in s.probes]
-        if d.score[0] > self.score[0]:
-            self.spec, self.score = d.spec, d.score
-            for knob, value in d.changes.items():
-                self.adopted[knob] = Tried(knob, value, d.score[0], d.score[1], d.score[0] - self.base[0],
-                                           knob_text(knob, value))
+        if adopt and d.score[0] > self.score[0]:
+            self._adopt(d)
         if d.out_of_budget:
             raise BudgetExhausted
+        return d
+
+    def _adopt(self, d: Descent) -> None:
+        self.spec, self.score = d.spec, d.score
+        for knob, value in d.changes.items():
+            self.adopted[knob] = Tried(knob, value, d.score[0], d.score[1], d.score[0] - self.base[0],
+                                       knob_text(knob, value))
 
 
 def _conclude(result: Suspects, spec: RenderSpec, base: tuple[float, str | None], state: _Search) -> None:

@@ -117,7 +117,8 @@ class ExternalExplanation:
         spec = item.preview.spec
         self.observed.scores = {}
         found = suspect_search(str(target), spec, self._render_fn(item), self._score_fn(item), index=item.index,
-                               budget=self.budget, cache=self.cache)
+                               budget=self.budget if self.budget is not None else item.case.budget,
+                               cache=self.cache)
         best = self.observed.best()
         if best is None:
             return {"error": "the search rendered nothing", "search": found.to_dict()}

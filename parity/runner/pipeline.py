@@ -76,7 +76,7 @@ class Runner:
         """Render, save the PNG, submit the comparison; an ERROR record when the item cannot be rendered."""
         started = time.perf_counter()
         if item.problem:  # a missing preview or checkpoint: nothing to render or compare
-            return self._sourced(item, error_record(item, item.problem, started, self.hardware))
+            return with_source(self.sources, item, error_record(item, item.problem, started, self.hardware))
         try:
             result = self.sources.render(item)
             path = save_render(self.out_dir, item, result.image)
@@ -88,7 +88,7 @@ class Runner:
     def _finish(self, r: _Rendered) -> ItemRecord:
         """The comparison's result as a record, checked by the determinism guard."""
         try:
-            rec = self._sourced(r.item, rendered_record(r.item, r.result, r.render_path, r.comparison.result(),
+            rec = with_source(self.sources, r.item, rendered_record(r.item, r.result, r.render_path, r.comparison.result(),
                                                         r.started, self.hardware))
             if rec.source.get("kind") == "engine" and self.guard.wants(r.item, rec):
                 self.guard.apply(r.item, rec, r.result.image)
@@ -97,30 +97,14 @@ class Runner:
             return self._failed(r.item, e, r.started)
 
     def _follow_up(self, item: Any, rec: ItemRecord, image: Any, label: str = "") -> None:
-        for policy in self._policies(item, rec):
+        for policy in policies_for(self.follow_ups, item, rec):
             self.progress(f"{label}{_DOING.get(type(policy).__name__) or policy.doing} {item.id}")
             policy.apply(item, rec, image)
-
-    def _policies(self, item: Any, rec: ItemRecord) -> list[Any]:
-        """The follow-ups `rec` calls for: engine-side ones for engine renders, `external` ones for the others."""
-        external = (rec.source or {}).get("kind", "engine") != "engine"
-        return [p for p in self.follow_ups if getattr(p, "external", False) == external and p.wants(item, rec)]
-
-    def _sourced(self, item: Any, rec: ItemRecord) -> ItemRecord:
-        """The record with where its render came from (the source's own facts when it rendered)."""
-        try:
-            rec.source = dict(self.sources.describe(item), **(rec.source or {}))
-        except Exception:  # noqa: BLE001 - describing a source never costs the item
-            log.debug("no source for %s", item.id, exc_info=True)
-        if (rec.source or {}).get("kind", "engine") != "engine":
-            # lora_precision, merge_history, hardware compare the preview with parity's engine, not another stack
-            rec.irreducible, rec.irreducible_details = [], []
-        return rec
 
     def _failed(self, item: Any, e: Exception, started: float) -> ItemRecord:
         log.debug("item %s failed", item.id, exc_info=True)
         tb = None if isinstance(e, _EXPECTED) else traceback.format_exc()
-        return self._sourced(item, error_record(item, failure_message(e), started, self.hardware, tb=tb))
+        return with_source(self.sources, item, error_record(item, failure_message(e), started, self.hardware, tb=tb))
 
     # -- entry points ----------------------------------------------------------------------------------------
     def run_item(self, item: Any) -> ItemRecord:
@@ -191,7 +175,7 @@ class Runner:
             settle(pending.pop(0))
 
     def _pending_follow_ups(self, item: Any, rec: ItemRecord) -> list[str]:
-        return [_NAMES.get(type(p).__name__) or p.name for p in self._policies(item, rec)]
+        return [_NAMES.get(type(p).__name__) or p.name for p in policies_for(self.follow_ups, item, rec)]
 
     def _resumed(self, item: Any, rec: ItemRecord | None) -> tuple[Any, ItemRecord, Any] | None:
         """(item, first-pass record, its saved render) when an interrupted run compared the item and its
@@ -206,3 +190,20 @@ _EXPECTED = (ParityError,)  # errors that name their file and problem: no traceb
 _NAMES = {"NoiseFloor": "noise_floor", "Attribution": "attribution"}
 _DOING = {"NoiseFloor": "measuring the noise floor of", "Attribution": "attributing"}
 
+
+def policies_for(follow_ups: tuple, item: Any, rec: ItemRecord) -> list[Any]:
+    """The follow-ups `rec` calls for: engine-side ones for engine renders, `external` ones for the others."""
+    external = (rec.source or {}).get("kind", "engine") != "engine"
+    return [p for p in follow_ups if getattr(p, "external", False) == external and p.wants(item, rec)]
+
+
+def with_source(sources: Any, item: Any, rec: ItemRecord) -> ItemRecord:
+    """The record with where its render came from (the source's own facts when it rendered)."""
+    try:
+        rec.source = dict(sources.describe(item), **(rec.source or {}))
+    except Exception:  # noqa: BLE001 - describing a source never costs the item
+        log.debug("no source for %s", item.id, exc_info=True)
+    if (rec.source or {}).get("kind", "engine") != "engine":
+        # lora_precision, merge_history, hardware compare the preview with parity's engine, not another stack
+        rec.irreducible, rec.irreducible_details = [], []
+    return rec
