@@ -281,8 +281,14 @@ def descend(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[
             before = out.score[0]
             gaining: list[_AxisRun] = []
             for scale in SCREEN_SCALES:  # coarse first; finer when the answer lies between the coarse probes
-                runs = _screen_all(out, session, exact, searched, axes_of, scale, min_gain)
-                gaining = [r for r in runs if r.best()[0] is not None]
+                runs: list[_AxisRun] = []
+                try:
+                    _screen_all(out, session, exact, searched, axes_of, scale, min_gain, runs)
+                finally:  # out of budget while screening: the best probe so far still counts
+                    gaining = [r for r in runs if r.best()[0] is not None]
+                    if gaining and len(runs) and session.budget is not None \
+                            and session.extra_renders >= session.budget:
+                        _adopt(out, max(gaining, key=lambda r: r.best()[1][0]), searched)
                 if gaining:
                     break
             if not gaining:
@@ -301,8 +307,10 @@ def descend(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[
 
 def _screen_all(out: Descent, session: Session, done: Callable[[Scored], bool], searched: set[str],
                 axes_of: Callable[[RenderSpec], list[Axis]], scale: float = 1.0,
-                min_gain: float = MIN_GAIN) -> list[_AxisRun]:
-    runs: list[_AxisRun] = []
+                min_gain: float = MIN_GAIN, runs: list[_AxisRun] | None = None) -> list[_AxisRun]:
+    """Screen every axis at the current point into `runs` (filled as it goes, so a caller keeps what was screened
+    when the budget ends midway)."""
+    runs = [] if runs is None else runs
     try:
         for axis in axes_of(out.spec):
             if out.changes and next(reversed(out.changes)) == axis.knob:
