@@ -178,7 +178,7 @@ _WRITTEN_WHEN_SET = ("expected", "case_file", "prompt_inference", "render", "det
 VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "expected", "metrics",
                "metric_variants", "jpeg", "ceiling", "size_mismatch", "params", "mismatches", "irreducible",
                "irreducible_details", "causes", "schedule", "timings", "error", "reason", "noise_floor", "source",
-               "explanation")
+               "explanation", "suspects")
 
 _MAX_LABEL = 2**53  # step and prompt index: exact JSON integers
 

@@ -377,6 +377,7 @@
     var irr = irreducibleSection(it); if (irr) info.append(irr);
     var nf = noiseFloorSection(it); if (nf) info.append(nf);
     info.append(causesSection(it));
+    var rs = recoverySection(it); if (rs) info.append(rs);
     info.append(metricsSection(it));
     var sch = scheduleSection(it); if (sch) info.append(sch);
     d.append(info);
@@ -710,6 +711,75 @@
       el('div', { class: 'scroll' }, el('table', { class: 'kv sigma' }, el('thead', null, el('tr', null,
       el('th', { text: 'i' }), el('th', { text: 'preview σ' }), el('th', { text: 'inference σ' }), el('th', { text: 'Δ' }))), tb))));
     return s;
+  }
+  // Parameter recovery (suspects): the verdict, then per searched knob its curve: score against value, the
+  // recorded value (grey dashed) and the recovered one (green) marked.
+  function recoverySection(it) {
+    var sp = it.suspects;
+    if (!sp || typeof sp !== 'object') return null;
+    var s = section('Recovered settings', 'recovery');
+    s.append(el('p', { text: sp.verdict || '' }));
+    var found = {};
+    (sp.best || []).forEach(function (b) { found[b.knob] = b.value; });
+    var unit = sp.metric === 'psnr' ? 'PSNR dB' : 'score';
+    var byKnob = {};
+    // the knob's last search: earlier ones ran at another point (before another knob was adopted)
+    (sp.searches || []).forEach(function (t) { byKnob[t.knob] = { knob: t.knob, recorded: t.recorded, probes: t.probes || [] }; });
+    Object.keys(byKnob).forEach(function (k) {
+      var pl = knobPlot(byKnob[k], found[k], (sp.recorded || {})[k], unit);
+      if (pl) s.append(pl);
+    });
+    var meta = [];
+    if (typeof sp.extra_renders === 'number') meta.push(sp.extra_renders + ' extra renders for this item');
+    if (typeof sp.case_renders === 'number') meta.push(sp.case_renders + ' for its case so far');
+    if (sp.confirmed_from) meta.push('values found on ' + sp.confirmed_from + ', confirmed here');
+    if (meta.length) s.append(el('p', { class: 'muted', text: meta.join(' · ') }));
+    return s;
+  }
+  function numOf(v) {
+    if (typeof v === 'number') return v;
+    if (typeof v === 'string' && v.indexOf('static:') === 0) return parseFloat(v.slice(7));
+    return null;
+  }
+  function knobPlot(trace, recovered, recorded, unit) {
+    var pts = trace.probes.map(function (p) { return [numOf(p.value), p.score, p.tier]; })
+      .filter(function (p) { return p[0] !== null && typeof p[1] === 'number'; })
+      .sort(function (a, b) { return a[0] - b[0]; });
+    if (pts.length < 2) return null;
+    var finite = pts.map(function (p) { return p[1]; }).filter(function (v) { return v < 999; });
+    var ylo = Math.min.apply(null, finite.length ? finite : [0]), yhi = Math.max.apply(null, finite.length ? finite : [1]);
+    yhi += (yhi - ylo) * 0.15 + 1e-6;   // room for identical renders (infinite PSNR) drawn at the top
+    var xlo = pts[0][0], xhi = pts[pts.length - 1][0];
+    var rv = numOf(recorded === undefined ? trace.recorded : recorded), fv = numOf(recovered);
+    [rv, fv].forEach(function (v) { if (v !== null) { xlo = Math.min(xlo, v); xhi = Math.max(xhi, v); } });
+    if (xhi - xlo < 1e-9) xhi = xlo + 1;
+    var W = 320, H = 110, L = 34, R = 8, T = 8, B = 20;
+    function X(v) { return L + (v - xlo) / (xhi - xlo) * (W - L - R); }
+    function Y(v) { return T + (1 - (Math.min(v, yhi) - ylo) / (yhi - ylo)) * (H - T - B); }
+    function node(tag, attrs) {
+      var n = document.createElementNS(SVGNS, tag);
+      Object.keys(attrs).forEach(function (a) { n.setAttribute(a, attrs[a]); });
+      return n;
+    }
+    var svg = node('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'curve', role: 'img',
+      'aria-label': trace.knob + ': ' + unit + ' against value' });
+    svg.append(node('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, class: 'axis' }));
+    if (rv !== null) svg.append(node('line', { x1: X(rv), y1: T, x2: X(rv), y2: H - B, class: 'mark-recorded' }));
+    if (fv !== null) svg.append(node('line', { x1: X(fv), y1: T, x2: X(fv), y2: H - B, class: 'mark-recovered' }));
+    svg.append(node('path', { class: 'spark-line', d: pts.map(function (p, i) {
+      return (i ? 'L' : 'M') + X(p[0]).toFixed(1) + ' ' + Y(p[1]).toFixed(1); }).join('') }));
+    pts.forEach(function (p) {
+      var c = node('circle', { cx: X(p[0]).toFixed(1), cy: Y(p[1]).toFixed(1), r: 3, class: 'dot t-' + (p[2] || 'DRIFT') });
+      var tip = node('title', {}); tip.textContent = knobText(trace.knob, p[0]) + ': ' + (p[1] >= 999 ? 'identical' : p[1].toFixed(3));
+      c.append(tip); svg.append(c);
+    });
+    [[xlo, 'start'], [xhi, 'end']].forEach(function (xe) {
+      var t = node('text', { x: X(xe[0]), y: H - 5, class: 'tick', 'text-anchor': xe[1] }); t.textContent = numText(xe[0]); svg.append(t);
+    });
+    var yl = node('text', { x: 2, y: T + 8, class: 'tick' }); yl.textContent = unit; svg.append(yl);
+    var cap = el('figcaption', null, el('b', { text: trace.knob }), ' recorded ' + knobText(trace.knob, recorded === undefined ? trace.recorded : recorded) +
+      (recovered !== undefined ? ' · recovered ' + knobText(trace.knob, recovered) : ' · not changed') + ' · ' + trace.probes.length + ' renders');
+    return el('figure', { class: 'knobplot' }, svg, cap);
   }
   function timelineSection(it) {
     var g = groups[it._group] || [];
