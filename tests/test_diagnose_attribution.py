@@ -280,3 +280,13 @@ def test_confirm_changes_on_another_item():
     assert c.explained and c.extra_renders == 1 and c.confirmed_from == "a" and _found(c) == {"steps": 12}
     c = confirm_changes("q.jpg", other, found, FakeEngine().render, smooth_score(other.with_(sample_steps=30)))
     assert not c.explained
+
+
+def test_a_stock_diffusers_stack_is_recognised_as_its_default_set():
+    """Stock Flux2Pipeline: 50 steps, guidance 4 and its empirical schedule (aitk-flux2-previews.md D.1, E): the
+    default sets are tried first, so the commonest mix-up costs a few renders, not a search."""
+    truth = PREVIEW.with_(sample_steps=50, guidance_scale=4.0, schedule="empirical")
+    eng = FakeEngine()
+    s = suspect_search("p.jpg", PREVIEW, eng.render, smooth_score(truth), preview_size=(512, 512))
+    assert s.explained and _found(s) == {"steps": 50, "guidance": 4.0, "schedule": "empirical"}, s.verdict
+    assert s.extra_renders <= 3

@@ -89,17 +89,24 @@ def resolution_candidate(spec: RenderSpec, preview_size: tuple[int, int] | None)
 
 # The default sets people mix up (aitk-flux2-previews.md sections A.2 and D.1): AI Toolkit's code, its UI, the
 # reference server, stock diffusers. Tried first: the commonest mismatch costs four renders instead of a search.
-DEFAULT_SETS: tuple[tuple[str, int, float], ...] = (
-    ("AI Toolkit code defaults", 20, 7.0), ("AI Toolkit UI defaults", 30, 4.0),
-    ("reference server defaults", 25, 4.0), ("diffusers defaults", 50, 4.0))
+DEFAULT_SETS: tuple[tuple[str, int, float, str | None], ...] = (
+    ("AI Toolkit code defaults", 20, 7.0, None), ("AI Toolkit UI defaults", 30, 4.0, None),
+    ("reference server defaults", 25, 4.0, None),            # its schedule is AI Toolkit's (section D)
+    ("diffusers defaults", 50, 4.0, "empirical"))            # stock Flux2Pipeline: its empirical mu too
 
 
 def default_set_candidates(spec: RenderSpec) -> list[Candidate]:
-    """Steps + guidance of each default set that differs from `spec` in both (one knob alone the search finds)."""
-    return [Candidate("defaults", f"{name} ({steps} steps, guidance {guidance:g})",
-                      (("sample_steps", steps), ("guidance_scale", guidance)))
-            for name, steps, guidance in DEFAULT_SETS
-            if steps != spec.sample_steps and guidance != spec.guidance_scale]
+    """Each default set that differs from `spec` in steps and guidance (one knob alone the search finds)."""
+    out = []
+    for name, steps, guidance, schedule in DEFAULT_SETS:
+        if steps == spec.sample_steps or guidance == spec.guidance_scale:
+            continue
+        changes: tuple[tuple[str, Any], ...] = (("sample_steps", steps), ("guidance_scale", guidance))
+        if schedule and schedule != spec.schedule:
+            changes += (("schedule", schedule),)
+        label = f"{name} ({steps} steps, guidance {guidance:g}" + (f", {schedule} schedule)" if schedule else ")")
+        out.append(Candidate("defaults", label, changes))
+    return out
 
 
 def schedule_candidates(spec: RenderSpec) -> list[Candidate]:
@@ -244,7 +251,7 @@ class _Search:
                 seeds = []
             if not self.exact(self.score):
                 self.try_discrete(default_set_candidates(self.spec), only_if_explains=True)
-            if not self.done(self.score):
+            if not self.exact(self.score):  # explained but not exact: one polishing round still pays
                 self.descend()
             for c in schedule_candidates(self.spec) if not self.exact(self.score) else []:
                 self.try_schedule(c)
@@ -272,7 +279,8 @@ class _Search:
         c, sc = best
         self.spec, self.score = c.apply(self.spec), sc
         if c.knob == "defaults":  # a set: each of its knobs is a finding of its own
-            for knob, value in (("steps", self.spec.sample_steps), ("guidance", self.spec.guidance_scale)):
+            for knob, value in (("steps", self.spec.sample_steps), ("guidance", self.spec.guidance_scale),
+                                ("schedule", self.spec.schedule)):
                 self.adopted[knob] = Tried(knob, value, sc[0], sc[1], sc[0] - self.base[0], knob_text(knob, value))
         else:
             self.adopted[c.knob] = Tried(c.knob, c.value, sc[0], sc[1], sc[0] - self.base[0], c.label)
