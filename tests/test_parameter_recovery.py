@@ -127,3 +127,34 @@ def test_matching_settings_run_no_search(tmp_path, smooth_model, engine):
     items = json.loads((out / "results.json").read_text())["items"]
     assert all(it["tier"] == "EXACT" and it.get("suspects") is None and it.get("attribution") is None
                for it in items)
+
+
+def test_the_case_budget_caps_every_items_diagnosis(tmp_path, smooth_model, engine):
+    """--budget is per case: all items of the case together spend at most that many extra renders, and the record
+    says what the budget left out."""
+    from parity.cli import main
+
+    job = _job_with_previews_at(tmp_path, smooth_model, engine, {"guidance_scale": 5.5})
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--budget", "5",
+                 "-q"]) == 1
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert sum(it["suspects"]["extra_renders"] for it in items) == 5
+    assert max(it["suspects"]["case_renders"] for it in items) == 5
+    assert any("budget" in " ".join(it["suspects"]["skipped"]) for it in items)
+
+
+def test_budget_case_key(tmp_path):
+    from parity.cases import DEFAULT_CASE_BUDGET, load_case
+    from parity.errors import ConfigError
+
+    (tmp_path / "job").mkdir()
+    case = tmp_path / "c.yaml"
+    case.write_text("job: job\n")
+    assert load_case(case).budget == DEFAULT_CASE_BUDGET
+    case.write_text("job: job\nbudget: 12\n")
+    assert load_case(case).budget == 12
+    for bad in ("-1", "true", "2.5", "many"):
+        case.write_text(f"job: job\nbudget: {bad}\n")
+        with pytest.raises(ConfigError, match=r"budget \(line 2\): must be a whole number"):
+            load_case(case)
