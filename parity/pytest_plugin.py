@@ -293,6 +293,9 @@ def failure_screen(record: ItemRecord, run_dir: Path) -> str:
     src = record.source or {}
     if src.get("kind", "engine") != "engine":  # a render from the user's own stack (docs/your-own-stack.md)
         lines.append(f"  rendered by: {src.get('kind')} {src.get('file') or src.get('location') or ''}".rstrip())
+    sus = record.suspects or {}
+    if sus.get("verdict"):  # every knob agrees: what the search recovered (docs/parameter-recovery.md)
+        lines.append(f"  recovered: {sus['verdict']}")
     ex = record.explanation or {}
     if ex.get("verdict") or ex.get("error"):
         lines.append(f"  explanation: {ex.get('verdict') or 'failed: ' + str(ex.get('error'))}")

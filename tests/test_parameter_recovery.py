@@ -158,3 +158,14 @@ def test_budget_case_key(tmp_path):
         case.write_text(f"job: job\nbudget: {bad}\n")
         with pytest.raises(ConfigError, match=r"budget \(line 2\): must be a whole number"):
             load_case(case)
+
+
+def test_the_verdict_reaches_the_console_table_and_the_markdown_summary(tmp_path, smooth_model, engine, capsys):
+    from parity.cli import main
+
+    job = _job_with_previews_at(tmp_path, smooth_model, engine, {"sample_steps": 12})
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert printed.count("previews look like 12 steps, not 20") == len(PROMPTS)
+    assert "previews look like 12 steps, not 20" in (out / "summary.md").read_text()

@@ -274,6 +274,8 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
 
             c = it["causes"][0]
             detail = "top cause: " + cause_text(c["knob"], c.get("value_preview"), c.get("value_inference"))
+        elif (it.get("suspects") or {}).get("best"):  # settings agree: the recovered values
+            detail = it["suspects"]["verdict"]
         else:
             detail = ", ".join(it.get("mismatches") or []) or ""
         print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {printable(detail)}")
