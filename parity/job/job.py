@@ -79,6 +79,7 @@ class Job:
             raise ConfigError(f"process[0].{where} has no prompts (nothing AI Toolkit would render)", self.config_path)
         if group == "first_sample" and self.facts.caches_sample_prompts:
             out = self._cached_prompts(out)
+        _check_negative_prompts(out, self.facts.arch, where, self.config_path)
         self._resolved[group] = out
         return list(out)
 
@@ -225,6 +226,23 @@ class Job:
         if strict:
             raise InputFileError(msg, where)
         missing.append(msg)
+
+
+def _check_negative_prompts(samples: list[ResolvedSample], arch: str, where: str, path: Path) -> None:
+    """FLUX.2-dev: sample() encodes every negative prompt, and the Mistral prompt formatter calls
+    `prompt.replace("[IMG]", "")` on it (extensions_built_in/diffusion_models/flux2/src/pipeline.py L80, reached
+    through base_model.py L626-631 -> flux2_model.py L470). A negative prompt that is not text (SampleConfig's
+    default `neg` is False, config_modules.py L86) raises AttributeError there, so AI Toolkit writes no preview
+    for the job (the baseline sample() fails first). Refused here rather than planned as renders that never
+    happen. A `--n` flag in the prompt gives a string and is fine."""
+    if arch != "flux2":
+        return
+    for s in samples:
+        if not isinstance(s.neg, str):
+            raise ConfigError(
+                f"process[0].{where} prompt {s.index}: the negative prompt is {s.neg!r} (`neg` not set: AI Toolkit's "
+                "default is False), which AI Toolkit's FLUX.2 prompt encoder cannot encode (str.replace on it, "
+                "flux2/src/pipeline.py L80), so sample() fails and no preview is written; set `neg: \"\"`", path)
 
 
 def _find_config(folder: Path) -> Path:
