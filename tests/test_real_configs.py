@@ -162,3 +162,10 @@ def test_a_negative_flag_is_enough(tmp_path, monkeypatch, capsys):
     config.write_text(yaml.safe_dump(data))
     rows = plan_json(config, capsys)
     assert len(rows) == 81 and {r["prompt"] for r in rows} == set(UI_PROMPTS[:9])
+
+
+def test_a_bad_start_step_is_refused(tmp_path, monkeypatch, capsys):
+    config = staged(tmp_path, "user_flux2_native_validation.yaml", monkeypatch)
+    config.write_text(config.read_text().replace("start_step: 300", "start_step: soon"))
+    assert main(["plan", str(config)]) == 2
+    assert "train.start_step must be a non-negative integer, got 'soon'" in capsys.readouterr().err
