@@ -138,6 +138,10 @@ def run(args) -> int:
         step = int(step) if step.lstrip("-").isdigit() else step
     # before any preview exists, plan what training will write (Job.expected_steps) instead of failing
     expected = not job.steps()
+    if expected and job.never_rendered():
+        from parity.errors import ConfigError
+
+        raise ConfigError(job.never_rendered(), job.config_path)
     items = job.items(step if not expected or step != "latest" else "all", strict=False, expected=expected)
     from parity.run import job_case_name
 

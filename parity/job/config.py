@@ -165,6 +165,7 @@ class JobFacts:
     sample_every: Any
     sample_start_step: Any
     steps: int                  # train.steps (code default 1000): final sample label
+    start_step: int | None      # train.start_step: the step the run starts at (BaseSDTrainProcess.py L2172-2174)
     skip_first_sample: bool
     force_first_sample: bool
     disable_sampling: bool
@@ -283,6 +284,7 @@ def job_facts(data: dict, path: Path) -> JobFacts:
         sample_every=sample.get("sample_every", 100),
         sample_start_step=sample.get("sample_start_step", 0),
         steps=steps,
+        start_step=_start_step(train, path),
         skip_first_sample=bool(train.get("skip_first_sample", False)),
         force_first_sample=bool(train.get("force_first_sample", False)),
         disable_sampling=bool(train.get("disable_sampling", False)),
@@ -318,6 +320,13 @@ def _train_steps(train: dict, path: Path) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"process[0].train.steps must be a non-negative integer, got {steps!r}", path)
     return steps
+
+
+def _start_step(train: dict, path: Path) -> int | None:
+    start = train.get("start_step")
+    if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+        raise ConfigError(f"process[0].train.start_step must be a non-negative integer, got {start!r}", path)
+    return start
 
 
 def _fact_sources(proc: dict, model: dict, train: dict, arch: str) -> dict[str, str]:

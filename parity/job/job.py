@@ -99,6 +99,19 @@ class Job:
                         notes=[*s.notes, note.format(i=s.index)]) if (s.prompt, s.neg) != (c.prompt, c.neg) else s
                 for s, c in zip(first, cached)]
 
+    def never_rendered(self) -> str | None:
+        """Why AI Toolkit will write none of the planned previews (a FLUX.2-dev prompt whose negative prompt is
+        not text: sample() fails on it, and the first failing sample() ends the run), or None."""
+        if self.facts.arch != "flux2":
+            return None
+        groups = {"sample" if g == "final" else g for s in self.expected_steps() for g in self.groups_at(s)}
+        for g in sorted(groups):
+            for s in self.resolved_samples(g):
+                if not isinstance(s.neg, str):
+                    return (f"process[0].{g} prompt {s.index}: " + _NEG_NOT_TEXT.format(neg=s.neg)
+                            + ", so sample() fails and training writes no preview; set `neg: \"\"`")
+        return None
+
     def lora_application(self, samples: list[ResolvedSample]) -> str:
         """How the sample() call applies the LoRA: `merged` or `live` (parity.job.specs.lora_application)."""
         return specs.lora_application(self.facts, samples)
@@ -225,6 +238,17 @@ class Job:
         if strict:
             raise InputFileError(msg, where)
         missing.append(msg)
+
+
+# FLUX.2-dev: sample() encodes every negative prompt, and the Mistral prompt formatter calls
+# `prompt.replace("[IMG]", "")` on it (extensions_built_in/diffusion_models/flux2/src/pipeline.py L80, reached through
+# base_model.py L627-631 -> flux2_model.py L470). A negative prompt that is not text (SampleConfig's default `neg` is
+# False, config_modules.py L86) raises AttributeError there: AI Toolkit 27a03a91 writes no preview for such a job.
+# A `--n` flag in the prompt gives a string and is fine. Previews that exist anyway came from another AI Toolkit
+# version; FLUX.2-dev discards the negative prompt, so they are reproduced as usual (only `parity plan` before any
+# preview says that none will be written: Job.never_rendered).
+_NEG_NOT_TEXT = ("the negative prompt is {neg!r} (`neg` not set: AI Toolkit's default is False), which AI Toolkit's "
+                 "FLUX.2 prompt encoder cannot encode (str.replace on it, flux2/src/pipeline.py L80)")
 
 
 def _find_config(folder: Path) -> Path:

@@ -12,31 +12,60 @@ StepArg = Union[str, int, Sequence[int]]
 
 
 def groups_at(facts: JobFacts, has_first_sample: bool, step: int) -> list[str]:
-    """sample() calls that render at this label, in the order they run (BaseSDTrainProcess.py
-    L2472-2481): at label 0 `first_sample` (if given) then the baseline (unless skip_first_sample)."""
+    """sample() calls that render at this label, in the order they run. Before the loop the run is at
+    `first_label(facts)` (train.start_step, else 0): `first_sample` renders at label 0 when that is <= 1, then the
+    baseline at that label unless skip_first_sample (it needs the label <= 1 or force_first_sample;
+    BaseSDTrainProcess.py L2472-2481). The final sample() after the loop renders at `final_label` (L2820-2821),
+    which is the same label when the loop is empty (train.steps 0, or start_step >= steps), skip_first_sample or
+    not. Any other label is one sample() of the `sample` block."""
     if facts.disable_sampling:
         return []
-    if step == 0:
-        groups = ["first_sample"] if has_first_sample else []
-        if not facts.skip_first_sample:
+    start = first_label(facts)
+    if step not in (0, start):
+        return ["sample"]
+    groups = ["first_sample"] if (step == 0 and has_first_sample and start <= 1) else []
+    if step == start:
+        if _renders_baseline(facts):
             groups.append("sample")
-        if facts.steps == 0:  # no training step: the final sample() after the loop runs at label 0
-            groups.append("final")  # (BaseSDTrainProcess.py L2820-2821), skip_first_sample or not
-        return groups
-    return ["sample"]
+        if final_label(facts) == start:
+            groups.append("final")
+    return groups
+
+
+def first_label(facts: JobFacts) -> int:
+    """The step the run starts at: train.start_step when set (BaseSDTrainProcess.py L2172-2174), else 0 (a resume
+    from a checkpoint's metadata is not known from the config)."""
+    return facts.start_step or 0
+
+
+def final_label(facts: JobFacts) -> int:
+    """The label of the final sample(): the loop `range(start, train.steps)` leaves step_num at train.steps, or
+    at the start step when the loop does not run (BaseSDTrainProcess.py L2530-2533, L2805, L2820-2821)."""
+    return max(facts.steps, first_label(facts))
+
+
+def _renders_baseline(facts: JobFacts) -> bool:
+    # `if skip_first_sample: skip elif step_num <= 1 or force_first_sample: sample(step_num)` (L2477-2481)
+    return not facts.skip_first_sample and (first_label(facts) <= 1 or facts.force_first_sample)
 
 
 def expected_steps(facts: JobFacts, samples_at_zero: bool) -> list[int]:
-    """The labels training will write previews at: 0 when a sample() runs there (`samples_at_zero`: baseline,
-    first_sample, or the final one of a 0-step job), every scheduled label below train.steps, and the final
-    label (BaseSDTrainProcess.py L2472-2481, L2555-2561, L2820-2821). Empty when sampling is disabled."""
+    """The labels training will write previews at: the start label when a sample() runs there (`samples_at_zero`
+    for label 0: baseline, first_sample, or the final one of an empty loop), every scheduled label after the start
+    and below train.steps (the loop skips its first step, L2706), and the final label (BaseSDTrainProcess.py
+    L2472-2481, L2555-2561, L2706, L2820-2821). Empty when sampling is disabled."""
     from parity.job.history import scheduled_sample_labels
 
     if facts.disable_sampling:
         return []
-    labels = set(scheduled_sample_labels(facts.sample_every, facts.sample_start_step, facts.steps)) | {facts.steps}
+    start = first_label(facts)
+    scheduled = [s for s in scheduled_sample_labels(facts.sample_every, facts.sample_start_step, facts.steps)
+                 if s > start]
+    labels = set(scheduled) | {final_label(facts)}
     if samples_at_zero:
         labels.add(0)
+    if start and _renders_baseline(facts):
+        labels.add(start)
     return sorted(labels)
 
 
