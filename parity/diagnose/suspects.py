@@ -239,7 +239,6 @@ class _Search:
         self.session, self.done, self.exact, self.result, self.unit = session, done, exact, result, unit
         self.spec, self.score, self.base = spec, base, base
         self.adopted: dict[str, Tried] = {}
-        self.descents: list[Descent] = []
 
     def run(self, index: int, preview_size: tuple[int, int] | None) -> None:
         try:
@@ -306,7 +305,6 @@ class _Search:
                 max_rounds: int = 4, adopt: bool = True) -> Descent:
         d = descend(spec or self.spec, self.session, score or self.score, self.exact, self.done, axes_of=axes_for,
                     min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit], max_rounds=max_rounds)
-        self.descents.append(d)
         self.result.searches += d.searches
         for s in d.searches:
             self.result.tried += [Tried(s.knob, p.value, p.score, p.tier, p.score - self.base[0],

@@ -136,7 +136,7 @@ class Attribution:
 
     def left(self, item: Any) -> int:
         """Extra renders this item's case may still spend."""
-        total = self.budget if self.budget is not None else getattr(item.case, "budget", 40)
+        total = self.budget if self.budget is not None else item.case.budget
         return max(0, total - self.spent.get(_case_key(item), 0))
 
     def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
