@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from parity.family import DEFAULT_ARCH
+
 # Knobs a parameter diff is computed over (fixed names, used in results.json and reports).
 KNOBS: tuple[str, ...] = (
     "steps",             # sample_steps
@@ -85,7 +87,7 @@ class RenderSpec:
     negative_prompt: str = ""
     # The FLUX.2 family member the job trains (model.arch): "flux2" (FLUX.2-dev), "flux2_klein_4b",
     # "flux2_klein_9b". The engine refuses a base model of another family rather than render something else.
-    arch: str = "flux2"
+    arch: str = DEFAULT_ARCH
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -34,10 +34,14 @@ def test_transformer_parameters_allocate_nothing_and_match_published_counts(meta
     assert published[0] <= n <= published[1], n
 
 
-def test_pinned_dev_config_is_the_one_the_engine_falls_back_to():
-    from parity.engine.weights import FLUX2_DEV_TRANSFORMER_CONFIG
+def test_every_family_member_has_pinned_configs_with_sources():
+    from parity.family import FAMILIES
 
-    assert fullsize.TRANSFORMER_CONFIGS["flux2-dev"] == FLUX2_DEV_TRANSFORMER_CONFIG
+    for fam in FAMILIES.values():
+        assert fam.transformer_config in fullsize.TRANSFORMER_CONFIGS
+        assert fam.text_encoder_config in fullsize.TEXT_ENCODER_CONFIGS
+        assert fullsize.TRANSFORMER_CONFIGS[fam.transformer_config]["joint_attention_dim"] == fam.context_dim
+        assert fullsize.TRANSFORMER_CONFIGS[fam.transformer_config]["guidance_embeds"] == (not fam.true_cfg)
     assert set(fullsize.SOURCES) == set(fullsize.TRANSFORMER_CONFIGS) | set(fullsize.TEXT_ENCODER_CONFIGS)
 
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from parity.family import family
+
 HELP = "list the previews of an AI Toolkit job and the exact settings that reproduce each one"
 EXAMPLES = """
   parity plan output/my_lora                 # latest step label
@@ -59,7 +61,7 @@ def item_record(item, case_name: str) -> dict:
         "quantize_te": spec.quantize_te,
         "arch": spec.arch,
         "control_images": list(spec.control_images),
-        "negative_prompt": spec.negative_prompt if spec.arch != "flux2" else None,
+        "negative_prompt": spec.negative_prompt if family(spec.arch).true_cfg else None,
         "checkpoint": None if item.checkpoint is None else str(item.checkpoint),
         "baseline": item.baseline,
         "preview": None if item.preview is None else str(item.preview),

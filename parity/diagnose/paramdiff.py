@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from parity.engine.schedule import aitk_mu  # torch-free at import; the one AI Toolkit mu
+from parity.family import family
 from parity.job.sizes import effective_size
 from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, RenderSpec, ResolvedSpec
 
@@ -149,7 +150,7 @@ def knob_value(spec: RenderSpec, knob: str, *, sigmas: Sequence[float] | None = 
 def uses_negative_prompt(spec: RenderSpec) -> bool:
     """Only true CFG reads the negative prompt: a [klein] base model with guidance_scale > 1 (src/pipeline.py
     L298-302); FLUX.2-dev is guidance-distilled and encodes it for nothing."""
-    return spec.arch != "flux2" and spec.guidance_scale > 1.0
+    return family(spec.arch).true_cfg and spec.guidance_scale > 1.0
 
 
 def knob_differs(preview: RenderSpec, inference: RenderSpec, knob: str, *,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from parity.errors import ConfigError
+from parity.family import arches
 
 # Request schema limits (src/schemas/request.py, section D.4).
 _LIMITS = {
@@ -35,8 +36,7 @@ class RequestPrompt:
 
 # The reference server's FLUX.2-family model ids (src/schemas/models.py ModelType; src/pipelines/flux2_klein.py:
 # the klein pipelines subclass its flux2 pipeline with Qwen3, no guidance distillation, the same 25 / 4.0 / 16
-# defaults). They equal AI Toolkit's arch names, so a request's model is the RenderSpec arch.
-SERVER_MODELS: tuple[str, ...] = ("flux2", "flux2_klein_4b", "flux2_klein_9b")
+# defaults) equal AI Toolkit's arch names (parity.family), so a request's model is the RenderSpec arch.
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,10 @@ def _model(data: Mapping, path: str) -> str:
     model = data.get("model")
     if not isinstance(model, str):
         raise ConfigError("model: required, expected the string \"flux2\"", path)
-    if model not in SERVER_MODELS:
+    if model not in arches():
         hint = " (flux2_diffusers wraps diffusers' pipeline with divisor 32: use the diffusers profile with --set resolution_divisor=32)" if model == "flux2_diffusers" else ""
         raise ConfigError(f"model: {model!r} is not supported; parity checks "
-                          f"{', '.join(repr(m) for m in SERVER_MODELS)}{hint}", path)
+                          f"{', '.join(repr(m) for m in arches())}{hint}", path)
     return model
 
 

@@ -15,6 +15,7 @@ from parity.doctor.environment import Device, Environment, determinism_check, di
 from parity.doctor.inputs import Check, check_lora, check_text_encoder, check_transformer, check_vae
 from parity.doctor.plan import CasePlan, case_plan
 from parity.errors import ParityError
+from parity.family import family
 
 __all__ = ["DoctorReport", "examine", "Check", "CasePlan"]
 
@@ -58,7 +59,7 @@ def architecture_check(tcfg: dict, arch: str) -> Check:
     """The base model is the architecture the job trained: the pinned config of the job's `model.arch`."""
     from parity.engine import fullsize
 
-    want = fullsize.family(arch).transformer
+    want = family(arch).transformer_config
     have = next((n for n, c in fullsize.TRANSFORMER_CONFIGS.items()
                  if all(c.get(k) == tcfg.get(k) for k in _ARCH_KEYS)), None)
     if have == want:
@@ -135,7 +136,7 @@ def _case(case, device: Device, base_model: str | None, report: DoctorReport) ->
     if any(it.inference.spec.quantize or it.inference.spec.quantize_te for it in items):
         checks.append(_quanto_check(report.environment.versions))
     report.checks += [Check(f"{case.name}: {c.name}", c.status, c.detail, c.where) for c in checks]
-    te_cfg = _read_config(layout.text_encoder) or fullsize.TEXT_ENCODER_CONFIGS[fullsize.family(arch).text_encoder]
+    te_cfg = _read_config(layout.text_encoder) or fullsize.TEXT_ENCODER_CONFIGS[family(arch).text_encoder_config]
     runnable = [it for it in items if not it.problem]
     from parity.engine.offload import lora_file_params
 

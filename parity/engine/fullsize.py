@@ -8,7 +8,7 @@ Linear layers (what qfloat8 quantizes) and the LoRA targets AI Toolkit selects.
 Sources (no hub access here; every value was read from a published copy of the file, see SOURCES):
   - FLUX.2-dev transformer: black-forest-labs/FLUX.2-dev transformer/config.json, as quoted by diffusers'
     scripts/convert_flux2_to_diffusers.py and shared/reference/aitk-flux2-previews.md section H (the same values as
-    parity.engine.weights.FLUX2_DEV_TRANSFORMER_CONFIG, which a test holds equal);
+    what parity.engine.weights falls back to for a base folder without configs);
   - FLUX.2 [klein] 4B / 9B transformers: black-forest-labs/FLUX.2-klein-4B / -9B (and the -base- repos, same
     architecture) transformer/config.json;
   - text encoders: mistralai/Mistral-Small-3.1-24B-Instruct-2503, Qwen/Qwen3-4B, Qwen/Qwen3-8B config.json.
@@ -96,33 +96,6 @@ SOURCES: dict[str, str] = {
     "qwen3-4b": "Qwen/Qwen3-4B config.json (transformers_version 4.51.0; copies agree)",
     "qwen3-8b": "Qwen/Qwen3-8B config.json (transformers_version 4.51.0; 'Copy config.json from Qwen/Qwen3-8B')",
 }
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    """What an AI Toolkit `model.arch` loads: the transformer and text-encoder configurations, the hidden layers
-    it stacks, and whether the transformer is guidance-distilled (one forward per step) or runs real CFG (two)."""
-
-    arch: str
-    transformer: str
-    text_encoder: str
-    text_layers: tuple[int, ...]
-    cfg_forwards: int
-
-
-FAMILIES: dict[str, ModelFamily] = {
-    "flux2": ModelFamily("flux2", "flux2-dev", "mistral-small-3.1-24b", (10, 20, 30), 1),
-    "flux2_klein_4b": ModelFamily("flux2_klein_4b", "flux2-klein-4b", "qwen3-4b", (9, 18, 27), 2),
-    "flux2_klein_9b": ModelFamily("flux2_klein_9b", "flux2-klein-9b", "qwen3-8b", (9, 18, 27), 2),
-}
-
-
-def family(arch: str | None) -> ModelFamily:
-    """The family of an AI Toolkit arch (a `:tag` suffix ignored); FLUX.2-dev for None."""
-    key = (arch or "flux2").split(":", 1)[0]
-    if key not in FAMILIES:
-        raise KeyError(f"unknown FLUX.2 arch {arch!r}; expected one of {', '.join(FAMILIES)}")
-    return FAMILIES[key]
 
 
 def _kwargs(cfg: dict) -> dict:

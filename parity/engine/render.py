@@ -29,6 +29,7 @@ from parity.engine.refs import encode_references
 from parity.engine.sampling import Guidance, aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
 from parity.engine.text import MAX_LENGTH, CacheKey, EmbeddingCache
 from parity.errors import ConfigError, ModelError
+from parity.family import family
 from parity.job.sizes import effective_size
 from parity.spec import SEMANTICS, RenderSpec
 
@@ -72,7 +73,7 @@ def refuse_unsupported(spec: RenderSpec, layout: weights.BaseLayout, guidance_di
             raise ConfigError("semantics aitk-code needs AI_TOOLKIT_PATH (a checkout of ostris/ai-toolkit); unset")
         raise ConfigError("semantics aitk-code is not implemented yet; use aitk (the same loop on diffusers "
                           "components)")
-    if spec.arch.startswith("flux2_klein") != layout.klein:
+    if family(spec.arch).klein != layout.klein:
         raise ModelError(f"the job is {spec.arch!r} but the base model is {layout.arch!r}: parity would "
                          "render another model; point base_model at the matching checkpoint", layout.root)
     if spec.semantics == "diffusers" and (spec.control_images or not guidance_distilled):

@@ -17,27 +17,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from parity.engine.fullsize import TRANSFORMER_CONFIGS
 from parity.errors import InputFileError, ModelError
+from parity.family import DEFAULT_ARCH, FAMILIES, family, klein_by_context
 
-# Real FLUX.2-dev configs (aitk-flux2-previews.md section H; diffusers' convert script L387-405 and
-# AutoencoderKLFlux2 defaults). Used only when the base folder has no config of its own.
-FLUX2_DEV_TRANSFORMER_CONFIG: dict = {
-    "_class_name": "Flux2Transformer2DModel",
-    "patch_size": 1,
-    "in_channels": 128,
-    "out_channels": None,
-    "num_layers": 8,
-    "num_single_layers": 48,
-    "attention_head_dim": 128,
-    "num_attention_heads": 48,
-    "joint_attention_dim": 15360,
-    "timestep_guidance_channels": 256,
-    "mlp_ratio": 3.0,
-    "axes_dims_rope": [32, 32, 32, 32],
-    "rope_theta": 2000,
-    "eps": 1e-6,
-    "guidance_embeds": True,
-}
+
+def published_transformer_config(arch: str) -> dict:
+    """The real transformer config of a family member (parity.engine.fullsize, pinned with its sources): used
+    only when the base folder has no config of its own."""
+    return dict(TRANSFORMER_CONFIGS[family(arch).transformer_config])
+
+
+# Real FLUX.2 VAE config (aitk-flux2-previews.md section H; AutoencoderKLFlux2 defaults).
 FLUX2_DEV_VAE_CONFIG: dict = {
     "_class_name": "AutoencoderKLFlux2",
     "in_channels": 3,
@@ -59,30 +50,7 @@ FLUX2_DEV_VAE_CONFIG: dict = {
     "patch_size": [2, 2],
 }
 
-# FLUX.2 [klein] base configs, from AI Toolkit's Klein4BParams / Klein9BParams (src/model.py L23-48): hidden
-# size = heads x 128, context_in_dim = 3 x the Qwen3 hidden size, no guidance embedding.
-KLEIN_TRANSFORMER_CONFIGS: dict[str, dict] = {
-    "flux2_klein_4b": FLUX2_DEV_TRANSFORMER_CONFIG | {"num_layers": 5, "num_single_layers": 20,
-                                                      "num_attention_heads": 24, "joint_attention_dim": 7680,
-                                                      "guidance_embeds": False},
-    "flux2_klein_9b": FLUX2_DEV_TRANSFORMER_CONFIG | {"num_layers": 8, "num_single_layers": 24,
-                                                      "num_attention_heads": 32, "joint_attention_dim": 12288,
-                                                      "guidance_embeds": False},
-}
-# The single files AI Toolkit loads per arch (flux2_model.py L60, flux2_klein_model.py L72, L86).
-BFL_FILES: dict[str, str] = {
-    "flux2": "flux2-dev.safetensors",
-    "flux2_klein_4b": "flux-2-klein-base-4b.safetensors",
-    "flux2_klein_9b": "flux-2-klein-base-9b.safetensors",
-}
-# The text encoder AI Toolkit loads per family (flux2_model.py L49; flux2_klein_model.py L70, L84).
-TEXT_ENCODERS: dict[str, str] = {
-    "flux2": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
-    "flux2_klein_4b": "Qwen/Qwen3-4B",
-    "flux2_klein_9b": "Qwen/Qwen3-8B",
-}
-
-BFL_TRANSFORMER_FILE = "flux2-dev.safetensors"
+BFL_TRANSFORMER_FILE = family(DEFAULT_ARCH).single_file
 BFL_VAE_FILE = "ae.safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -126,18 +94,18 @@ class BaseLayout:
 
     root: Path
     kind: str
-    transformer: Path            # transformer/ folder (diffusers) or the BFL single file (BFL_FILES)
+    transformer: Path            # transformer/ folder (diffusers) or the BFL single file (Family.single_file)
     vae: Path                    # vae/ folder or ae.safetensors
     transformer_config: dict
     vae_config: dict
     scheduler_config: dict
     text_encoder: Path | None    # folder with config.json + *.safetensors
     tokenizer: Path | None       # folder with tokenizer files
-    arch: str = "flux2"          # "flux2" | "flux2_klein_4b" | "flux2_klein_9b" (see detect_arch)
+    arch: str = DEFAULT_ARCH     # a parity.family arch (see detect_arch)
 
     @property
     def klein(self) -> bool:
-        return self.arch.startswith("flux2_klein")
+        return family(self.arch).klein
 
 
 def _hf_cache_snapshot(path: Path) -> Path:
@@ -185,9 +153,9 @@ def _text_folders(root: Path | None) -> tuple[Path | None, Path | None]:
 
 def _bfl_file(root: Path) -> tuple[str | None, Path | None]:
     """(arch, path) of the first BFL single file present at the root, FLUX.2-dev first."""
-    for arch, name in BFL_FILES.items():
-        if (root / name).is_file():
-            return arch, root / name
+    for fam in FAMILIES.values():
+        if (root / fam.single_file).is_file():
+            return fam.arch, root / fam.single_file
     return None, None
 
 
@@ -200,10 +168,10 @@ def detect_arch(root: Path, tcfg: dict | None, bfl_arch: str | None) -> str:
     index = _read_json(root / "model_index.json") or {}
     klein = "Klein" in str(index.get("_class_name", "")) or (tcfg is not None and not tcfg.get("guidance_embeds", True))
     if not klein:
-        return bfl_arch if bfl_arch is not None else "flux2"
-    if bfl_arch is not None and bfl_arch != "flux2":
+        return bfl_arch if bfl_arch is not None else DEFAULT_ARCH
+    if bfl_arch is not None and family(bfl_arch).klein:
         return bfl_arch
-    return "flux2_klein_9b" if (tcfg or {}).get("joint_attention_dim") == 12288 else "flux2_klein_4b"
+    return klein_by_context((tcfg or {}).get("joint_attention_dim")).arch
 
 
 def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = None,
@@ -228,11 +196,11 @@ def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = No
             raise InputFileError("only pickle weights (.ckpt/.pt/.bin) found; they are refused because loading them "
                                  "can run code: convert to safetensors", root)
         raise ModelError(f"no FLUX.2 transformer: expected transformer/*.safetensors (diffusers layout) or "
-                         f"one of {', '.join(BFL_FILES.values())} + {BFL_VAE_FILE} (BFL layout)", root)
+                         f"one of {', '.join(f.single_file for f in FAMILIES.values())} + {BFL_VAE_FILE} (BFL layout)", root)
 
     own_tcfg = _read_json(root / "transformer" / "config.json")
     arch = detect_arch(root, own_tcfg, bfl_arch)
-    tcfg = own_tcfg or dict(KLEIN_TRANSFORMER_CONFIGS.get(arch, FLUX2_DEV_TRANSFORMER_CONFIG))
+    tcfg = own_tcfg or published_transformer_config(arch)
     vcfg = _read_json(root / "vae" / "config.json") or dict(FLUX2_DEV_VAE_CONFIG)
     from parity.engine.schedule import FLUX2_SCHEDULER_CONFIG
 
@@ -357,7 +325,7 @@ def load_text_encoder(layout: BaseLayout, dtype, cast_path: str = "aitk"):
     folder = layout.text_encoder
     if folder is None:
         raise ModelError("no text encoder: the base folder has no text_encoder/ and none was given "
-                         f"(AI Toolkit uses {TEXT_ENCODERS[layout.arch]})", layout.root)
+                         f"(AI Toolkit uses {family(layout.arch).text_encoder_repo})", layout.root)
     if not _has_weights(folder):
         if _pickles_only(folder):
             raise InputFileError("text encoder has only pickle weights; refused (can run code)", folder)

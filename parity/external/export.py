@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.errors import ConfigError
+from parity.family import family
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def render_request(item_id: str, it: Any, spec: Any = None) -> RenderRequest:
         sample_steps=s.sample_steps, guidance_scale=float(s.guidance_scale),
         lora=None if not s.lora_path else str(Path(s.lora_path).resolve()),
         network_multiplier=float(s.network_multiplier), arch=s.arch,
-        negative_prompt=s.negative_prompt if s.arch != "flux2" else None,
+        negative_prompt=s.negative_prompt if family(s.arch).true_cfg else None,
         preview=None if preview is None else str(Path(preview).resolve()))
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from parity import yamlsafe
 from parity.errors import ConfigError
+from parity.family import arches, family
 
 
 class _AitkLoader(yaml.SafeLoader):
@@ -208,17 +209,8 @@ def _section(proc: dict, key: str, path: Path) -> dict:
     return value
 
 
-# The FLUX.2 family members parity renders: FLUX.2-dev (Flux2Model) and FLUX.2 [klein] base 4B / 9B
-# (Flux2Klein4BModel / Flux2Klein9BModel, extensions_built_in/diffusion_models/flux2/flux2_klein_model.py L68-91).
-FLUX2_ARCHES: tuple[str, ...] = ("flux2", "flux2_klein_4b", "flux2_klein_9b")
-
-
-def is_klein(arch: str) -> bool:
-    return arch.startswith("flux2_klein")
-
-
 def check_arch(model: dict, path: Path) -> str:
-    """Only the FLUX.2 family (FLUX2_ARCHES) is supported. A `:tag` suffix is stripped and `flex1` means FLUX.1
+    """Only the FLUX.2 family (parity.family) is supported. A `:tag` suffix is stripped and `flex1` means FLUX.1
     (config_modules.py L766-771); with no arch, AI Toolkit derives one from legacy is_* flags, else sd1
     (L800-822)."""
     arch = model.get("arch")
@@ -235,11 +227,11 @@ def check_arch(model: dict, path: Path) -> str:
                 break
         else:
             arch = "sd1"
-    if arch not in FLUX2_ARCHES:
+    if arch not in arches():
         what = "FLUX.1" if arch == "flux" else repr(arch)
         raise ConfigError(
             f"not a FLUX.2 job: model.arch is {what} (found {model.get('arch')!r}); parity supports "
-            f"{', '.join(repr(a) for a in FLUX2_ARCHES)}",
+            f"{', '.join(repr(a) for a in arches())}",
             path,
         )
     return arch
@@ -309,9 +301,10 @@ def _quantization(model: dict, arch: str) -> dict[str, Any]:
     layer_offloading = bool(model.get("layer_offloading", model.get("auto_memory", False)))
     if layer_offloading and qtype == "qfloat8":  # quanto -> torchao float8 (config_modules.py L714-717)
         qtype = "float8"
+    te_qtype = {"qtype": qtype, "qtype_te": qtype_te}[family(arch).te_qtype_key]
     return dict(quantize=quantize, quantize_te=quantize_te,
                 qtype=qtype if (quantize or quantize_te) else None,
-                qtype_te=(qtype_te if is_klein(arch) else qtype) if quantize_te else None,
+                qtype_te=te_qtype if quantize_te else None,
                 accuracy_recovery_adapter=ara, layer_offloading=layer_offloading)
 
 
@@ -336,7 +329,7 @@ def _fact_sources(proc: dict, model: dict, train: dict, arch: str) -> dict[str, 
         "quantize": "block" if "quantize" in model else "default",
         "quantize_te": "block" if "quantize_te" in model else ("block" if "quantize" in model else "default"),
         "qtype": "block" if "qtype" in model else "default",
-        "qtype_te": "block" if ("qtype_te" if is_klein(arch) else "qtype") in model else "default",
+        "qtype_te": "block" if family(arch).te_qtype_key in model else "default",
         "trigger_word": "block" if "trigger_word" in proc else "default",
         "steps": "block" if "steps" in train else "default",
     }

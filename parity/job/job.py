@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.errors import ConfigError, InputFileError
+from parity.family import family
 from parity.job.config import JobFacts, job_facts, preprocess, process_of, read_config_file
 from parity.job.previews import (
     CheckpointIndex,
@@ -102,7 +103,7 @@ class Job:
     def never_rendered(self) -> str | None:
         """Why AI Toolkit will write none of the planned previews (a FLUX.2-dev prompt whose negative prompt is
         not text: sample() fails on it, and the first failing sample() ends the run), or None."""
-        if self.facts.arch != "flux2":
+        if family(self.facts.arch).text_encoder != "mistral":  # the Mistral prompt formatter is what fails
             return None
         groups = {"sample" if g == "final" else g for s in self.expected_steps() for g in self.groups_at(s)}
         for g in sorted(groups):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from parity.family import family
 from parity.job.config import JobFacts
 from parity.job.samples import ResolvedSample
 from parity.spec import RenderSpec, ResolvedSpec
@@ -26,7 +27,7 @@ def te_numerics(facts: JobFacts) -> tuple[tuple[str, str], ...]:
     dtype)` only when neither quantize_te nor low_vram is set (flux2_klein_model.py L41-53); without that
     second cast the rotary `inv_freq` buffer stays fp32: the te_cast switch's from_pretrained-only path.
     FLUX.2-dev always casts (flux2_model.py L98-104)."""
-    if facts.arch != "flux2" and (facts.quantize_te or facts.low_vram):
+    if not family(facts.arch).te_cast_always and (facts.quantize_te or facts.low_vram):
         return (("te_cast", "diffusers"),)
     return ()
 

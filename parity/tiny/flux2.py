@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from parity.engine import keymap
+from parity.family import family
 
 # ---------------------------------------------------------------------------------------------- configs
 
@@ -225,7 +226,7 @@ _PIPELINE_COMPONENTS: dict = {
     "vae": ["diffusers", "AutoencoderKLFlux2"],
 }
 
-BFL_TRANSFORMER_FILE = "flux2-dev.safetensors"  # hub repo root names
+BFL_TRANSFORMER_FILE = family("flux2").single_file  # hub repo root names
 BFL_VAE_FILE = "ae.safetensors"
 LORA_FILE = "loras/tiny_lora.safetensors"
 LOKR_FILE = "loras/tiny_lokr.safetensors"

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from parity.engine import keymap
+from parity.family import family
 from parity.tiny import flux2 as base
 
 QWEN_HIDDEN = 32
@@ -95,7 +96,7 @@ _PIPELINE_COMPONENTS: dict = {
     "transformer": ["diffusers", "Flux2Transformer2DModel"],
     "vae": ["diffusers", "AutoencoderKLFlux2"],
 }
-BFL_TRANSFORMER_FILE = "flux-2-klein-base-4b.safetensors"
+BFL_TRANSFORMER_FILE = family("flux2_klein_4b").single_file
 LORA_FILE = "loras/tiny_klein_lora.safetensors"
 
 
