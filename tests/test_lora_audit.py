@@ -1,0 +1,234 @@
+"""`parity lora-check`: each adapter file kind x stack against what that stack's own code does.
+
+- ComfyUI and the reference inference server: the expected modules, scales and dropped keys are fixtures that
+  their own code produced on these very files (tests/data/lora_audit/*.json, written by a scratch harness that ran
+  Comfy-Org/ComfyUI@a125cd84 and runcomfy-com/ai-toolkit-inference@af4aec18 outside the project; the files'
+  sha256 is checked so the fixtures describe these bytes).
+- diffusers: its loader is run here directly, and a LoRA it loads is held to parity's own AI Toolkit-faithful
+  application by a transformer forward pass (same output = applied as trained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parity.lora_audit import APPLIED, MIS_SCALED, NOT_AT_ALL, PARTLY, audit_file, read_adapter
+from parity.tiny.adapters import KINDS, write_adapter_kinds
+
+DATA = Path(__file__).parent / "data" / "lora_audit"
+COMFY = json.loads((DATA / "comfyui-a125cd84.json").read_text())
+SERVER = json.loads((DATA / "reference-server-af4aec18.json").read_text())
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    return write_adapter_kinds(tmp_path_factory.mktemp("adapters"))
+
+
+def test_factory_writes_the_bytes_the_fixtures_were_made_from(kinds):
+    for kind, path in kinds.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest == COMFY["files"][kind]["sha256"] == SERVER["files"][kind]["sha256"], kind
+
+
+def test_factory_key_forms(kinds):
+    assert read_adapter(kinds["flux2_lora"]).prefix == "diffusion_model."
+    assert read_adapter(kinds["lycoris_lokr"]).prefix == "lycoris_"
+    assert {read_adapter(kinds[k]).kind for k in ("lokr_full", "lokr_factorised", "lycoris_lokr")} == {"lokr"}
+    assert read_adapter(kinds["dora"]).kind == "dora"
+    assert read_adapter(kinds["mixed_rank"]).ranks == [4, 8]
+
+
+def _absolute(res, f) -> dict[str, float]:
+    """The scale the stack applies per module (its factor vs AI Toolkit x AI Toolkit's scale)."""
+    return {b: s * f.modules[b].aitk_scale() for b, s in res.scales.items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_comfyui_rules_match_comfyui_code(kinds, kind):
+    want = COMFY["files"][kind]
+    report = audit_file(kinds[kind], ("comfyui",))
+    res = report.results[0]
+    assert sorted(res.applied) == want["applied_modules"]
+    assert sorted(res.dropped) == want["not_loaded_keys"]
+    got = _absolute(res, report.file)
+    assert got.keys() == want["scales"].keys()
+    for module, scale in want["scales"].items():
+        assert got[module] == pytest.approx(scale, rel=1e-3), module
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_server_rules_match_server_code(kinds, kind):
+    want = SERVER["files"][kind]
+    report = audit_file(kinds[kind], ("reference-server",))
+    res = report.results[0]
+    assert sorted(res.applied) == want["applied_modules"]
+    got = _absolute(res, report.file)
+    for module, scale in want["scales"].items():
+        assert got[module] == pytest.approx(scale, rel=1e-3), module
+
+
+def test_mixed_rank_is_mis_scaled_at_the_reference_server(kinds):
+    res = audit_file(kinds["mixed_rank"], ("reference-server",)).results[0]
+    assert res.verdict == MIS_SCALED
+    singles = {b: s for b, s in res.scales.items() if b.startswith("single_blocks")}
+    assert len(singles) == 6 and all(s == pytest.approx(2.0) for s in singles.values())  # rank 8 at alpha/4
+    assert all(s == pytest.approx(1.0) for b, s in res.scales.items() if b not in singles)
+    assert "x2 on 6" in res.line()
+
+
+def test_verdicts_per_kind_and_stack(kinds):
+    """The table of docs/lora-audit.md, for the rule-based stacks (diffusers below)."""
+    table = {kind: {r.stack: r.verdict for r in audit_file(kinds[kind], ("comfyui", "reference-server")).results}
+             for kind in KINDS}
+    assert table["dora"] == {"comfyui": PARTLY, "reference-server": PARTLY}
+    assert table["lycoris_lokr"] == {"comfyui": NOT_AT_ALL, "reference-server": NOT_AT_ALL}
+    assert table["mixed_rank"] == {"comfyui": APPLIED, "reference-server": MIS_SCALED}
+    for kind in ("flux2_lora", "klein_lora", "lokr_full", "lokr_factorised"):
+        assert set(table[kind].values()) == {APPLIED}, kind
+
+
+# ---------------------------------------------------------------------------------------------------- diffusers
+def _diffusers_loads(path: Path):
+    """diffusers' loader on a tiny transformer: (transformer, None) or (None, the exception it raised)."""
+    import torch
+    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+
+    from parity.tiny import flux2 as tiny
+
+    torch.manual_seed(0)
+    model = Flux2Transformer2DModel(**{k: v for k, v in tiny.TRANSFORMER_CONFIG.items()})
+    pipe = Flux2Pipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None, transformer=model)
+    try:
+        pipe.load_lora_weights(str(path), adapter_name="t")
+    except Exception as exc:  # noqa: BLE001
+        return None, exc
+    return model, None
+
+
+def _forward(model):
+    import torch
+
+    from parity.tiny import flux2 as tiny
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 128, generator=g)
+    ctx = torch.randn(1, 8, tiny.TRANSFORMER_CONFIG["joint_attention_dim"], generator=g)
+    ids = torch.zeros(1, 16, 4)
+    with torch.no_grad():
+        return model(hidden_states=x, encoder_hidden_states=ctx, timestep=torch.full((1,), 0.5),
+                     img_ids=ids, txt_ids=torch.zeros(1, 8, 4), guidance=torch.full((1,), 3.5)).sample
+
+
+def _aitk_applied(path: Path):
+    """The same tiny transformer with the file applied the way AI Toolkit applies it (parity's engine)."""
+    import torch
+    from diffusers import Flux2Transformer2DModel
+
+    from parity.engine.lora import LoraApplier
+    from parity.tiny import flux2 as tiny
+
+    torch.manual_seed(0)
+    model = Flux2Transformer2DModel(**dict(tiny.TRANSFORMER_CONFIG))
+    LoraApplier(model).apply(path, 1.0, "merged", {"lora_merge": "fp32"})
+    return model
+
+
+@pytest.mark.parametrize("kind", ["flux2_lora", "klein_lora", "lokr_full", "lokr_factorised"])
+def test_diffusers_applies_what_its_loader_applies(kinds, kind):
+    """Loaded by diffusers' own loader here, the transformer computes what AI Toolkit's application computes, and
+    the audit says applied as trained (installed diffusers loads LoKr: a LoKr verdict follows its loader)."""
+    model, exc = _diffusers_loads(kinds[kind])
+    assert exc is None
+    import torch
+
+    base = _forward(_aitk_applied(kinds[kind]))
+    assert torch.allclose(_forward(model), base, atol=2e-3, rtol=1e-3)
+    res = audit_file(kinds[kind], ("diffusers",)).results[0]
+    assert res.verdict == APPLIED and len(res.applied) == res.total == 22
+    assert res.version.startswith("diffusers ") and "(installed)" in res.version
+
+
+@pytest.mark.parametrize("kind", ["dora", "mixed_rank", "lycoris_lokr"])
+def test_diffusers_refusal_is_reported_not_applied(kinds, kind):
+    model, exc = _diffusers_loads(kinds[kind])
+    assert exc is not None
+    res = audit_file(kinds[kind], ("diffusers",)).results[0]
+    assert res.verdict == NOT_AT_ALL and res.applied == []
+    assert type(exc).__name__ in res.error and str(exc).splitlines()[0][:60] in res.error
+
+
+def test_full_size_shapes_audited_on_the_meta_device(tmp_path):
+    """A FLUX.2 [klein] 4B-shaped file: arch inferred from the shapes, diffusers' loader run on a meta-device
+    transformer of the real configuration (nothing of the 4B base allocated)."""
+    import torch
+
+    from parity.engine import fullsize
+    from parity.tiny import flux2 as tiny
+
+    cfg = fullsize.TRANSFORMER_CONFIGS["flux2-klein-4b"]
+    shapes = tiny.bfl_lora_target_shapes(cfg)
+    path = tiny.save_aitk_lora(tmp_path / "klein4b.safetensors",
+                               tiny.make_lora(shapes, seed=3, rank=1, dtype=torch.float16), step=1, name="k")
+    report = audit_file(path, ("diffusers",))
+    res = report.results[0]
+    assert report.arch == "flux2_klein_4b"
+    assert res.verdict == APPLIED and len(res.applied) == len(shapes) == 5 * 8 + 20 * 2
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "parity.cli", "lora-check", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exit_codes_and_json(kinds):
+    ok = _cli(kinds["flux2_lora"], "--stack", "comfyui")
+    assert ok.returncode == 0 and "comfyui (Comfy-Org/ComfyUI@a125cd84): applied as trained: 22/22" in ok.stdout
+    bad = _cli(kinds["mixed_rank"], "--stack", "reference-server", "--json")
+    assert bad.returncode == 1
+    d = json.loads(bad.stdout)
+    assert d["stacks"][0]["verdict"] == MIS_SCALED and d["stacks"][0]["version"].endswith("@af4aec18")
+
+
+class _Tripwire:
+    """Unpickling this object would create a file: proof that nothing was unpickled."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _bad_inputs(tmp_path, kinds) -> dict[str, tuple[Path, str]]:
+    from safetensors.torch import save_file
+    import torch
+
+    text = tmp_path / "notes.safetensors"
+    text.write_text("this is not a tensor file at all")
+    nolora = tmp_path / "base.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 2)}, str(nolora))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(kinds["flux2_lora"].read_bytes()[:5000])
+    pick = tmp_path / "lora.ckpt"
+    pick.write_bytes(pickle.dumps({"state_dict": _Tripwire(str(tmp_path / "UNPICKLED"))}, protocol=4))
+    return {"text": (text, "not a safetensors file"), "no lora keys": (nolora, "no FLUX.2 LoRA/LoKr/DoRA keys"),
+            "truncated": (cut, "truncated"), "pickle": (pick, "pickle")}
+
+
+def test_bad_input_is_one_line_naming_the_file_exit_2(tmp_path, kinds):
+    for what, (path, phrase) in _bad_inputs(tmp_path, kinds).items():
+        r = _cli(path)
+        assert r.returncode == 2, what
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and phrase in lines[0], (what, r.stderr)
+    assert not (tmp_path / "UNPICKLED").exists()
