@@ -232,3 +232,67 @@ def test_bad_input_is_one_line_naming_the_file_exit_2(tmp_path, kinds):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and str(path) in lines[0] and phrase in lines[0], (what, r.stderr)
     assert not (tmp_path / "UNPICKLED").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- doctor
+def test_doctor_has_an_audit_line_per_lora(kinds, tmp_path, capsys):
+    """The demo job with its final checkpoint swapped for a mixed-rank file: doctor names what each stack does."""
+    import shutil
+
+    from parity.cli import main
+
+    job = tmp_path / "tiny-portrait"
+    shutil.copytree(ROOT / "demo" / "output" / "tiny-portrait", job)
+    shutil.copy(kinds["mixed_rank"], job / "tiny-portrait.safetensors")
+    code = main(["doctor", str(job), "--base-model", str(ROOT / "demo" / "tiny-flux2")])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if "LoRA audit" in ln]
+    assert len(lines) == 1, out   # the latest step's checkpoint: the mixed-rank file
+    (mixed,) = lines
+    assert mixed.lstrip().startswith("WARN") and "reference-server mis-scaled" in mixed and "x2 on 6" in mixed
+    assert "diffusers not at all" in mixed and "comfyui applied as trained" in mixed
+    assert code == 0   # a warning: the base model is ready; the line tells which stacks will not match
+
+
+def test_doctor_audit_line_of_an_aitk_file(capsys):
+    from parity.cli import main
+
+    main(["doctor", str(ROOT / "cases" / "demo-parity.yaml")])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if "LoRA audit" in ln]
+    assert len(lines) == 2, out   # steps: all -> the step-100 checkpoint and the final file
+    for line in lines:
+        assert line.lstrip().startswith("ok") and line.count("applied as trained") == 3, line
+
+
+# ---------------------------------------------------------------------------------------------------- --renders
+def test_renders_without_the_lora_are_explained_as_lora_not_applied(smooth_tiny_model_dir, tmp_path):
+    """The stand-in stack renders each preview's settings with the LoRA left out (multiplier 0, what a loader that
+    matched no key does): the explanation says the LoRA was not applied, with the audit line of the file."""
+    from PIL import Image
+
+    from parity.cli import main
+    from parity.demo import demo_config, write_job
+    from parity.engine import Engine
+    from parity.job import load_job
+
+    cfg = demo_config(tmp_path)
+    cfg["config"]["process"][0]["sample"].update(width=64, height=64, sample_steps=4, prompts=["a red fox in snow"])
+    job = write_job(tmp_path / "nolora", smooth_tiny_model_dir, config=cfg, checkpoints={100: 1.0},
+                    preview_steps=(100,))
+    (item,) = list(load_job(job).items("latest"))
+    spec = item.resolved.spec
+    renders = tmp_path / "renders"
+    renders.mkdir()
+    engine = Engine(smooth_tiny_model_dir, device="cpu")
+    item_id = f"{job.name}[step{item.step}-p{item.index}]"
+    Image.fromarray(engine.render(spec.with_(network_multiplier=0.0)).image).save(renders / f"{item_id}.png")
+    out = tmp_path / "out"
+    main(["diff", str(job), "--base-model", str(smooth_tiny_model_dir), "--renders", str(renders), "--out", str(out),
+          "-q"])
+    (rec,) = json.loads((out / "results.json").read_text())["items"]
+    explanation = rec["explanation"]
+    assert explanation["lora"]["applied"] is False, explanation
+    assert explanation["verdict"].startswith("your stack did not apply the LoRA")
+    assert f"LoRA audit of {Path(spec.lora_path).name}" in explanation["verdict"]
+    assert "diffusers applied as trained" in explanation["lora"]["audit"]

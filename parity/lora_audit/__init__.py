@@ -60,22 +60,34 @@ def audit_file(path: str | Path, stacks: tuple[str, ...] = STACKS, arch: str | N
     safetensors adapter file; a stack whose loader refuses the file is a finding (verdict "not at all")."""
     from parity.lora_audit.arch import infer_arch
 
+    arch = arch.split(":", 1)[0] if arch else None   # an AI Toolkit arch may carry a `:tag`
     f = read_adapter(path)
     used_arch = arch or infer_arch(f)
     return AuditReport(f, used_arch, [_run(s, f, arch or used_arch) for s in stacks])
 
 
+def doctor_status(path: str | Path, arch: str | None = None) -> tuple[str, str]:
+    """(status, line) for `parity doctor`: ok when every stack applies the file as trained, else warn (the base
+    model is still ready; the line says which stacks will not reproduce the previews, and why)."""
+    report, line = _summary(path, STACKS, arch)
+    return ("ok" if report is not None and report.ok else "warn"), line
+
+
 def audit_line(path: str | Path, stacks: tuple[str, ...] = STACKS, arch: str | None = None) -> str:
-    """One line for doctor and external explanations: `LoRA audit of NAME: diffusers applied as trained;
-    comfyui partly (...); reference-server mis-scaled (...)`."""
+    """One line for doctor and external explanations: `LoRA audit of NAME (lora (160 modules, ...)): diffusers
+    applied as trained; comfyui partly (...); reference-server mis-scaled (...)`."""
+    return _summary(path, stacks, arch)[1]
+
+
+def _summary(path: str | Path, stacks: tuple[str, ...], arch: str | None) -> tuple[AuditReport | None, str]:
     from parity.errors import ParityError
 
     try:
         report = audit_file(path, stacks, arch)
     except ParityError as exc:
-        return f"LoRA audit of {Path(path).name}: not audited ({exc.message})"
+        return None, f"LoRA audit of {Path(path).name}: not audited ({exc.message})"
     verdicts = []
     for r in report.results:
         detail = r.line().split(": ", 2)[-1]
         verdicts.append(f"{r.stack} {r.verdict}" + ("" if r.verdict == APPLIED else f" ({detail})"))
-    return f"LoRA audit of {Path(path).name} ({report.file.describe()}): " + "; ".join(verdicts)
+    return report, f"LoRA audit of {Path(path).name} ({report.file.describe()}): " + "; ".join(verdicts)

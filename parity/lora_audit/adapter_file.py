@@ -119,7 +119,7 @@ class AdapterFile:
     def describe(self) -> str:
         ranks = self.ranks
         rank = "" if not ranks else f", rank {ranks[0]}" if len(ranks) == 1 else f", ranks {'/'.join(map(str, ranks))}"
-        return f"{self.kind} ({len(self.modules)} modules, keys `{self.prefix}...`{rank})"
+        return f"{self.kind}, {len(self.modules)} modules, keys {self.prefix}*{rank}"
 
 
 def _raw_header(path: Path) -> tuple[dict, int, int]:
