@@ -15,7 +15,6 @@ Key forms AI Toolkit writes for FLUX.2 (ostris/ai-toolkit 27a03a91):
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -122,30 +121,20 @@ class AdapterFile:
         return f"{self.kind}, {len(self.modules)} modules, keys {self.prefix}*{rank}"
 
 
-def _raw_header(path: Path) -> tuple[dict, int, int]:
-    """(header JSON, header length, file size); InputFileError naming the file for anything that is not a
-    complete safetensors file (a pickle / torch.save zip is named as such and never opened further)."""
+def _entries(path: Path) -> tuple[dict[str, dict], int]:
+    """The header entries and the data offset (parity.doctor.headers); a pickle / torch.save zip is named as such
+    from its first bytes and never opened further."""
+    from parity.doctor.headers import header_entries
+
     try:
-        size = path.stat().st_size
         with path.open("rb") as f:
-            head = f.read(8)
-            if head[:4] in PICKLE_MAGIC or head[:2] in PICKLE_MAGIC:
-                raise InputFileError("a pickle / torch.save checkpoint, not safetensors: not loaded (pickles can run "
-                                     "code; save the adapter as .safetensors)", path)
-            if len(head) < 8:
-                raise InputFileError("not a safetensors file (shorter than 8 bytes)", path)
-            (n,) = struct.unpack("<Q", head)
-            if n > 100 * 2 ** 20 or 8 + n > size:
-                raise InputFileError(f"not a safetensors file (header length {n} does not fit the {size}-byte "
-                                     "file: truncated or another format)", path)
-            header = json.loads(f.read(n))
+            head = f.read(4)
     except OSError as exc:
         raise InputFileError(f"cannot read ({exc.strerror or exc})", path) from None
-    except (ValueError, UnicodeDecodeError):
-        raise InputFileError("not a safetensors file (header is not JSON)", path) from None
-    if not isinstance(header, dict):
-        raise InputFileError("not a safetensors file (header is not a JSON object)", path)
-    return header, n, size
+    if head.startswith(PICKLE_MAGIC):
+        raise InputFileError("a pickle / torch.save checkpoint, not safetensors: not loaded (pickles can run code; "
+                             "save the adapter as .safetensors)", path)
+    return header_entries(path)
 
 
 def _scalar(path: Path, data_start: int, info: dict) -> float:
@@ -200,18 +189,7 @@ def read_adapter(path: str | Path) -> AdapterFile:
     """The adapter file's modules from its header; InputFileError (one line, naming the file) when it is not a
     safetensors file, is truncated, or holds no FLUX.2 LoRA/LoKr/DoRA key."""
     path = Path(path)
-    header, n, size = _raw_header(path)
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = 0
-    for k, v in tensors.items():
-        try:
-            end = max(end, int(v["data_offsets"][1]))
-            tuple(int(d) for d in v["shape"])
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise InputFileError(f"not a safetensors file (bad entry for tensor {k!r})", path) from None
-    if 8 + n + end > size:
-        raise InputFileError(f"truncated: the header needs {8 + n + end} bytes, the file has {size} (an interrupted "
-                             "download?)", path)
+    tensors, data_start = _entries(path)
     modules: dict[str, Module] = {}
     unknown, prefixes = [], []
     for key in sorted(tensors):
@@ -225,7 +203,7 @@ def read_adapter(path: str | Path) -> AdapterFile:
         mod.keys[role] = key
         mod.shapes[role] = tuple(int(d) for d in tensors[key]["shape"])
         if role == "alpha":
-            mod.alpha = _scalar(path, 8 + n, tensors[key])
+            mod.alpha = _scalar(path, data_start, tensors[key])
     adapters = {b: m for b, m in modules.items() if set(m.keys) - {"alpha", "magnitude"}}
     unknown += sorted(k for b, m in modules.items() if b not in adapters for k in m.keys.values())
     if not adapters:

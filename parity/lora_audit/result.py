@@ -45,7 +45,8 @@ class StackResult:
         10, x1 on 10; 0 keys dropped`."""
         head = f"{self.stack} ({self.version}): {self.verdict}: {len(self.applied)}/{self.total} modules"
         if self.error:
-            return f"{head}; the loader refused the file: {self.error}"
+            error = self.error if len(self.error) <= 160 else self.error[:157] + "..."
+            return f"{head}; the loader refused the file: {error}"
         parts = [head]
         groups = self.factor_groups()
         if groups and not (len(groups) == 1 and abs(groups[0][0] - 1.0) <= SCALE_TOLERANCE):
