@@ -215,7 +215,8 @@ def _bad_inputs(tmp_path, kinds) -> dict[str, tuple[Path, str]]:
     cut.write_bytes(whole[:8 + int.from_bytes(whole[:8], "little") + 100])   # header whole, data cut short
     pick = tmp_path / "lora.ckpt"
     pick.write_bytes(pickle.dumps({"state_dict": _Tripwire(str(tmp_path / "UNPICKLED"))}, protocol=4))
-    return {"text": (text, "not a safetensors file"), "no lora keys": (nolora, "no FLUX.2 LoRA/LoKr/DoRA keys"),
+    return {"text": (text, "not a safetensors file"),
+            "no lora keys": (nolora, "no AI Toolkit FLUX.2 LoRA/LoKr/DoRA keys"),
             "truncated": (cut, "truncated"), "pickle": (pick, "pickle")}
 
 

@@ -89,7 +89,8 @@ def _base_checks(layout, arch: str, loras: list[str]) -> list[Check]:
         checks += result if isinstance(result, list) else [result]
     from parity.lora_audit import doctor_status
 
-    return checks + [c for p in loras for c in (check_lora(Path(p), needed), Check("LoRA audit", *doctor_status(p, arch), p))]
+    return checks + [c for p in loras
+                     for c in (check_lora(Path(p), needed), Check("LoRA audit", *doctor_status(p, arch), p))]
 
 
 def _quanto_check(vers: dict) -> Check:

@@ -208,6 +208,6 @@ def read_adapter(path: str | Path) -> AdapterFile:
     unknown += sorted(k for b, m in modules.items() if b not in adapters for k in m.keys.values())
     if not adapters:
         what = f"{len(tensors)} tensors, e.g. {sorted(tensors)[0]!r}" if tensors else "no tensors"
-        raise InputFileError(f"no FLUX.2 LoRA/LoKr/DoRA keys ({what})", path)
+        raise InputFileError(f"no AI Toolkit FLUX.2 LoRA/LoKr/DoRA keys (BFL module names; {what})", path)
     prefix = max(set(prefixes), key=prefixes.count)
     return AdapterFile(path, adapters, sorted(tensors), prefix, sorted(unknown))

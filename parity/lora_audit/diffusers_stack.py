@@ -113,15 +113,37 @@ def _file_tensors(f: AdapterFile) -> dict:
     return load_file(str(f.path))
 
 
+# On the meta device the result depends on the header alone (names, shapes, alphas): the checkpoints of one job
+# share it, so `parity doctor` runs the loader once per job, not once per checkpoint.
+_META_RESULTS: dict[tuple, StackResult] = {}
+
+
+def _signature(f: AdapterFile, family: str) -> tuple:
+    return family, tuple(f.order), tuple((b, tuple(sorted(m.shapes.items())), m.alpha)
+                                         for b, m in sorted(f.modules.items()))
+
+
 def audit(f: AdapterFile, arch: str) -> StackResult:
     """Run diffusers' loader on a transformer of the file's shapes and report what it adapted."""
-    import logging
+    import copy
 
     from parity.lora_audit.arch import hidden_size, transformer_config
 
     family, cfg = transformer_config(f, arch)
-    res = StackResult("diffusers", version(), len(f.modules), where=WHERE)
     materialise = (hidden_size(f) or 0) <= MATERIALISE_MAX_WIDTH
+    key = None if materialise else _signature(f, family)
+    if key not in _META_RESULTS:
+        res = _load_and_measure(f, family, cfg, materialise)
+        if key is None:
+            return res
+        _META_RESULTS[key] = res
+    return copy.deepcopy(_META_RESULTS[key])
+
+
+def _load_and_measure(f: AdapterFile, family: str, cfg: dict, materialise: bool) -> StackResult:
+    import logging
+
+    res = StackResult("diffusers", version(), len(f.modules), where=WHERE)
     model = _build(cfg, materialise)
     pipe = _pipeline(family, model)
     quiet = logging.getLogger("diffusers").level
