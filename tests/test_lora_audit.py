@@ -310,3 +310,12 @@ def test_a_recovered_multiplier_near_zero_says_not_applied_without_another_rende
     kept = {"verdict": "v", "settings": {"lora_scale": {"value": 0.8, "preview": 1.0}}}
     check_lora_applied(kept, spec, lambda: False)
     assert kept == {"verdict": "v", "settings": {"lora_scale": {"value": 0.8, "preview": 1.0}}}
+
+
+def test_rule_stacks_audit_without_torch(kinds):
+    code = ("import sys\nfrom parity.lora_audit import audit_file\n"
+            f"r = audit_file({str(kinds['dora'])!r}, ('comfyui', 'reference-server'))\n"
+            "assert [x.verdict for x in r.results] == ['partly', 'partly'], r.lines()\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
