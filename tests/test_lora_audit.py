@@ -177,6 +177,12 @@ def test_full_size_shapes_audited_on_the_meta_device(tmp_path):
     assert res.verdict == APPLIED and len(res.applied) == len(shapes) == 5 * 8 + 20 * 2
 
 
+def test_arch_sets_the_pipeline_family_for_a_tiny_file(kinds):
+    """Shapes alone cannot tell a tiny klein from a tiny dev: --arch picks Flux2KleinPipeline's loader."""
+    report = audit_file(kinds["klein_lora"], ("diffusers",), arch="flux2_klein_4b")
+    assert report.arch == "flux2_klein_4b" and report.results[0].verdict == APPLIED
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "parity.cli", "lora-check", *map(str, args)], cwd=ROOT,
@@ -319,3 +325,28 @@ def test_rule_stacks_audit_without_torch(kinds):
             "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_lora_without_visible_effect_is_never_called_unapplied(tmp_path):
+    """When the renders with and without the LoRA are alike, a match with the one without says nothing."""
+    import numpy as np
+    from PIL import Image
+
+    from parity.runner.lora_applied import without_lora_matches
+    from parity.spec import RenderSpec
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    faint = np.clip(base.astype(int) + 1, 0, 255).astype(np.uint8)   # the LoRA's whole effect: one level
+    target = tmp_path / "yours.png"
+    Image.fromarray(base).save(target)
+    spec = RenderSpec(prompt="p", width=64, height=64, seed=1, sample_steps=4, guidance_scale=4.0,
+                      lora_path="l.safetensors", network_multiplier=1.0)
+
+    class Cache:
+        images = {spec: faint, spec.with_(network_multiplier=0.0): base}
+
+    assert without_lora_matches(None, Cache, spec, target, None) is False
+    strong = np.ascontiguousarray(base[::-1])                         # a LoRA that changes the picture
+    Cache.images[spec] = strong
+    assert without_lora_matches(None, Cache, spec, target, None) is True

@@ -27,14 +27,27 @@ def _score(render_image, target, thresholds) -> tuple[float, str | None]:
     return float(c.metrics.get("ssim") or 0.0), c.tier
 
 
+def _alike(a, b, thresholds) -> bool:
+    """Two renders of the same size as alike as a NEAR match (luma SSIM at the NEAR threshold)."""
+    from parity.compare.metrics import ssim
+    from parity.compare.tiers import Thresholds
+
+    t = thresholds or Thresholds()
+    return a.shape == b.shape and float(ssim(a, b).ssim_y) >= t.near_ssim_y
+
+
 def without_lora_matches(engine, cache, spec, target, thresholds) -> bool:
-    """The external render is reproduced by the render without the LoRA, and better than by the one with it."""
+    """The external render is reproduced by the render without the LoRA, and better than by the one with it; never
+    for a LoRA whose renders with and without it are alike (nothing would tell the two apart)."""
     def image(s):
         hit = cache.images.get(s)
         return hit if hit is not None else engine.render(s).image
 
-    ssim0, tier0 = _score(image(spec.with_(network_multiplier=0.0)), target, thresholds)
-    ssim1, _ = _score(image(spec), target, thresholds)
+    without, with_lora = image(spec.with_(network_multiplier=0.0)), image(spec)
+    if _alike(with_lora, without, thresholds):
+        return False
+    ssim0, tier0 = _score(without, target, thresholds)
+    ssim1, _ = _score(with_lora, target, thresholds)
     return tier0 in MATCHES and ssim0 > ssim1
 
 
