@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "diff": "parity.commands.diff",
     "run": "parity.commands.run",
     "compare": "parity.commands.compare",
+    "lora-check": "parity.commands.lora_check",
     "report": "parity.commands.report",
     "make-tiny": "parity.commands.make_tiny",
 }

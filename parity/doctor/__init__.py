@@ -88,7 +88,10 @@ def _base_checks(layout, arch: str, loras: list[str]) -> list[Check]:
         except ParityError as exc:
             result = Check(name, "fail", str(exc))
         checks += result if isinstance(result, list) else [result]
-    return checks + [check_lora(Path(p), needed) for p in loras]
+    from parity.lora_audit import doctor_status
+
+    return checks + [c for p in loras
+                     for c in (check_lora(Path(p), needed), Check("LoRA audit", *doctor_status(p, arch), p))]
 
 
 def _quanto_check(vers: dict) -> Check:

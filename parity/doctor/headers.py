@@ -29,6 +29,15 @@ def read_header(path: str | Path) -> dict[str, TensorInfo]:
     """{tensor name: TensorInfo} of one safetensors file; InputFileError naming the file when the header is not
     readable or the data is shorter than the header says."""
     path = Path(path)
+    entries, _ = header_entries(path)
+    return {name: TensorInfo(str(info["dtype"]), tuple(int(d) for d in info["shape"]), path.name)
+            for name, info in entries.items()}
+
+
+def header_entries(path: str | Path) -> tuple[dict[str, dict], int]:
+    """({tensor name: its raw header entry}, offset of the data section), checked as `read_header` describes (so a
+    tensor's bytes can be read from `offset + data_offsets`)."""
+    path = Path(path)
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -45,20 +54,21 @@ def read_header(path: str | Path) -> dict[str, TensorInfo]:
         raise InputFileError("not a safetensors file (header is not JSON)", path) from None
     if not isinstance(header, dict):
         raise InputFileError("not a safetensors file (header is not a JSON object)", path)
-    out: dict[str, TensorInfo] = {}
+    out: dict[str, dict] = {}
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            out[name] = TensorInfo(str(info["dtype"]), tuple(int(d) for d in info["shape"]), path.name)
+            TensorInfo(str(info["dtype"]), tuple(int(d) for d in info["shape"]), path.name)
             end = max(end, int(info["data_offsets"][1]))
+            out[name] = info
         except (KeyError, TypeError, ValueError, IndexError):
             raise InputFileError(f"not a safetensors file (bad entry for tensor {name!r})", path) from None
     if 8 + n + end > size:
         raise InputFileError(f"truncated: the header needs {8 + n + end} bytes, the file has {size} "
                              "(an interrupted download?)", path)
-    return out
+    return out, 8 + n
 
 
 def folder_tensors(folder: Path) -> dict[str, TensorInfo]:

@@ -109,6 +109,18 @@ class ExternalExplanation:
             return
         if rec.explanation.get("reproduction"):
             rec.paths["reproduction"] = rec.explanation.pop("reproduction")
+        self._check_lora(item, rec)
+
+    def _check_lora(self, item: Any, rec: ItemRecord) -> None:
+        """"your stack did not apply the LoRA" with the LoRA audit line, when the evidence says so (lora_applied)."""
+        from .lora_applied import check_lora_applied, without_lora_matches
+
+        spec = item.preview.spec
+        try:
+            check_lora_applied(rec.explanation, spec, lambda: without_lora_matches(
+                self.engines.engine_for(item), self.cache, spec, self._target(rec), thresholds_of(item)))
+        except Exception:  # noqa: BLE001 - the explanation stands without it
+            log.debug("LoRA check of %s failed", item.id, exc_info=True)
 
     def _explain(self, item: Any, rec: ItemRecord) -> dict[str, Any]:
         from parity.diagnose import suspect_search
