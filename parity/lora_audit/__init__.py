@@ -41,7 +41,7 @@ class AuditReport:
                 "stacks": [r.to_dict() for r in self.results]}
 
 
-def _run(stack: str, f: AdapterFile, arch: str) -> StackResult:
+def _run(stack: str, f: AdapterFile, arch: str | None) -> StackResult:
     if stack == "diffusers":
         from parity.lora_audit import diffusers_stack
 
@@ -63,7 +63,7 @@ def audit_file(path: str | Path, stacks: tuple[str, ...] = STACKS, arch: str | N
     arch = arch.split(":", 1)[0] if arch else None   # an AI Toolkit arch may carry a `:tag`
     f = read_adapter(path)
     used_arch = arch or infer_arch(f)
-    return AuditReport(f, used_arch, [_run(s, f, arch or used_arch) for s in stacks])
+    return AuditReport(f, used_arch, [_run(s, f, arch) for s in stacks])
 
 
 def doctor_status(path: str | Path, arch: str | None = None) -> tuple[str, str]:

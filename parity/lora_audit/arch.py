@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import re
 
+from parity.engine.fullsize import TRANSFORMER_CONFIGS
+from parity.family import DEFAULT_ARCH, FAMILIES, arches, family
 from parity.lora_audit.adapter_file import AdapterFile
 
-HIDDEN_TO_ARCH = {6144: "flux2", 3072: "flux2_klein_4b", 4096: "flux2_klein_9b"}
-ARCHES = ("flux2", "flux2_klein_4b", "flux2_klein_9b")
+ARCHES = arches()
+
+
+def _width(cfg: dict) -> int:
+    return cfg["num_attention_heads"] * cfg["attention_head_dim"]
+
+
+# Each published member's transformer width (heads x head dim of its pinned configuration).
+HIDDEN_TO_ARCH = {_width(TRANSFORMER_CONFIGS[f.transformer_config]): f.arch for f in FAMILIES.values()}
 
 
 def hidden_size(f: AdapterFile) -> int | None:
@@ -48,17 +57,16 @@ def transformer_config(f: AdapterFile, arch: str | None) -> tuple[str, dict]:
     """(arch, Flux2Transformer2DModel config) fitting the file: the published configuration when the file's width
     is a published model's, else one rebuilt from the shapes (its family from `arch` when given: dev has the
     guidance embedding, klein not)."""
-    from parity.engine import fullsize
     from parity.tiny import flux2 as tiny
 
     inferred = infer_arch(f)
-    family = arch or (inferred if inferred != "custom" else "flux2")
+    member = family(arch or (inferred if inferred != "custom" else DEFAULT_ARCH))
     if inferred != "custom" and (arch is None or arch == inferred):
-        return inferred, dict(fullsize.TRANSFORMER_CONFIGS[fullsize.family(inferred).transformer])
+        return inferred, dict(TRANSFORMER_CONFIGS[member.transformer_config])
     d = hidden_size(f) or 64
     head = 128 if d % 128 == 0 else tiny.TRANSFORMER_CONFIG["attention_head_dim"]
     cfg = {**tiny.TRANSFORMER_CONFIG, "num_layers": max(_block_count(f, "double"), 1),
            "num_single_layers": max(_block_count(f, "single"), 1), "attention_head_dim": head,
            "num_attention_heads": d // head, "axes_dims_rope": (head // 4,) * 4, "mlp_ratio": _mlp_ratio(f, d),
-           "guidance_embeds": not family.startswith("flux2_klein")}
-    return family if arch else "custom", cfg
+           "guidance_embeds": not member.true_cfg}
+    return member.arch if arch else "custom", cfg

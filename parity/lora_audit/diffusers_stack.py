@@ -24,10 +24,11 @@ def version() -> str:
     return f"diffusers {v('diffusers')} (installed), peft {v('peft')}"
 
 
-def _pipeline(arch: str, transformer):
+def _pipeline(cfg: dict, transformer):
     from diffusers import Flux2KleinPipeline, Flux2Pipeline
 
-    cls = Flux2KleinPipeline if arch.startswith("flux2_klein") else Flux2Pipeline
+    # A transformer without guidance embedding is the [klein] pipeline's (true CFG), as the engine decides it.
+    cls = Flux2Pipeline if cfg.get("guidance_embeds", True) else Flux2KleinPipeline
     return cls(scheduler=None, vae=None, text_encoder=None, tokenizer=None, transformer=transformer)
 
 
@@ -145,7 +146,7 @@ def _load_and_measure(f: AdapterFile, family: str, cfg: dict, materialise: bool)
 
     res = StackResult("diffusers", version(), len(f.modules), where=WHERE)
     model = _build(cfg, materialise)
-    pipe = _pipeline(family, model)
+    pipe = _pipeline(cfg, model)
     quiet = logging.getLogger("diffusers").level
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     try:
