@@ -39,7 +39,8 @@ def base_record(item: Any, hardware: str) -> ItemRecord:
     # params.<side>.<knob> = {"value", "source"}; irreducible knobs by name, their details apart.
     params = {side: {r.knob: getattr(r, side) for r in diff.rows} for side in ("preview", "inference")}
     return ItemRecord(
-        id=item.id, case=item.case.name, case_file=str(item.case.path), step=item.step, index=item.index,
+        id=item.id, case=item.case.name, case_file=str(item.case.path),
+        case_sha256=getattr(item.case, "sha256", None), step=item.step, index=item.index,
         prompt=item.preview.spec.prompt, prompt_inference=item.inference.spec.prompt, gate=item.case.expect.min_tier,
         paths={"preview": _abs(item.preview_path), "checkpoint": _abs(item.checkpoint)},
         params=params, mismatches=list(diff.mismatches), irreducible=[r["knob"] for r in irreducible],
