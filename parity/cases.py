@@ -108,6 +108,16 @@ class Expectation:
         what += [f"tier {tier} within expect.tier {self.tier}"] if self.tier is not None else []
         return "expected: " + "; ".join(what), []
 
+    def judge(self, tier: str, metrics: dict[str, float], mismatches: list[str]) -> tuple[bool, str | None, list[str]]:
+        """(passed, expected, fail reasons) of one result: it passes when it meets the gate and limits, or when
+        its failure is an expected difference (which keeps its reasons: what the gate alone would say)."""
+        reasons = self.check(tier, metrics)
+        expected = None
+        if reasons:
+            expected, new = self.expected(tier, mismatches)
+            reasons = reasons + new
+        return not reasons or expected is not None, expected, reasons
+
 
 @dataclass
 class Case:

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "run": "parity.commands.run",
     "compare": "parity.commands.compare",
     "report": "parity.commands.report",
+    "accept": "parity.commands.accept",
     "make-tiny": "parity.commands.make_tiny",
 }
 

@@ -102,12 +102,7 @@ def render_facts(result: Any) -> dict[str, Any]:
 def judge(rec: ItemRecord, item: Any) -> None:
     """`passed`, `expected` and `fail_reasons` from the record's tier, metrics and mismatches against the case's
     expectations. An expected difference passes and keeps its fail reasons (what the gate alone would say)."""
-    reasons = item.case.expect.check(rec.tier, rec.metrics)
-    rec.expected = None
-    if reasons:
-        why, new = item.case.expect.expected(rec.tier, rec.mismatches)
-        rec.expected, reasons = why, reasons + new
-    rec.passed, rec.fail_reasons = not reasons or rec.expected is not None, reasons
+    rec.passed, rec.expected, rec.fail_reasons = item.case.expect.judge(rec.tier, rec.metrics, rec.mismatches)
 
 
 def error_record(item: Any, message: str, started: float, hardware: str, tb: str | None = None) -> ItemRecord:
