@@ -7,6 +7,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from parity.errors import ParityError
 
@@ -58,7 +59,7 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                         "set; parity posts nothing itself (docs/ci.md)")
 
 
-def write_github(args: argparse.Namespace, results, out) -> None:
+def write_github(args: argparse.Namespace, results: Any, out: Path) -> None:
     """`--github`: the PR comment, commit status and step summary beside the report (docs/ci.md)."""
     if not getattr(args, "github", False):
         return
