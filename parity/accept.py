@@ -58,21 +58,33 @@ def failing_by_case(items: list[dict[str, Any]], case: str | None) -> dict[str, 
     return groups
 
 
-def stale_case(name: str, items: list[dict[str, Any]]) -> str | None:
-    """Why the results cannot be trusted for this case's file (one line naming it), or None."""
+def locate_case(name: str, items: list[dict[str, Any]], search: list[Path]) -> tuple[Path | None, str | None]:
+    """(the case file these results judged, None) or (None, why not: one line naming the case). The file is the
+    one recorded (`case_file`) if its bytes still hash to `case_sha256`, else a file in `search` that does (results
+    made on another machine, e.g. a CI runner, name that machine's path)."""
     files = {it.get("case_file") for it in items}
     if len(files) != 1 or None in files:
-        return f"case {name!r}: the results do not record its case file (a `parity diff` run has none)"
-    path = Path(str(files.pop()))
-    if not path.is_file():
-        return f"case {name!r}: its case file {path} is gone since the run"
+        return None, f"case {name!r}: the results do not record its case file (a `parity diff` run has none)"
+    recorded = Path(str(files.pop()))
     hashes = {it.get("case_sha256") for it in items}
-    if None in hashes:
-        return (f"case {name!r}: the results do not record which version of {path} they judged "
-                "(no case_sha256): re-run the case, then accept")
-    if hashes != {case_file_sha256(path)}:
-        return f"case {name!r}: {path} changed since the run (its SHA-256 differs): re-run the case, then accept"
-    return None
+    if None in hashes or len(hashes) != 1:
+        return None, (f"case {name!r}: the results do not record which version of {recorded} they judged "
+                      "(no case_sha256): re-run the case, then accept")
+    digest = hashes.pop()
+    candidates = [recorded] + [f for d in search if d.is_dir() for f in sorted([*d.glob("*.yaml"), *d.glob("*.yml")])]
+    edited = None
+    for f in candidates:
+        if not f.is_file():
+            continue
+        if case_file_sha256(f) == digest:
+            return f.resolve(), None
+        if f.name == recorded.name and edited is None:
+            edited = f
+    if edited is not None:
+        return None, (f"case {name!r}: {edited} changed since the run (its SHA-256 differs): re-run the case, "
+                      "then accept")
+    where = f" (nor is it in {', '.join(map(str, search))})" if search else ""
+    return None, f"case {name!r}: its case file {recorded} is gone since the run{where}"
 
 
 def refusal(item: dict[str, Any], allow_different: bool) -> str | None:
@@ -104,10 +116,9 @@ def widened_expectation(old: Expectation, accepted: list[dict[str, Any]], alread
     return mismatches, tier, widened
 
 
-def plan_case(name: str, items: list[dict[str, Any]], all_items: list[dict[str, Any]],
+def plan_case(name: str, path: Path, items: list[dict[str, Any]], all_items: list[dict[str, Any]],
               allow_different: bool) -> CaseEdit:
-    """The edit of one (fresh, checked) case file for its failing `items`."""
-    path = Path(str(items[0]["case_file"]))
+    """The edit of the case file `path` (located and checked: `locate_case`) for its failing `items`."""
     case = load_case(path)
     edit = CaseEdit(case=name, path=path, old_text=path.read_text(encoding="utf-8"))
     for it in items:

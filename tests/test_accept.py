@@ -150,6 +150,25 @@ def test_results_of_a_changed_or_gone_case_are_refused_whole(fresh, capsys, how)
 
 
 @pytest.mark.slow
+def test_results_from_another_machine_find_their_case_by_hash(fresh, tmp_path, capsys):
+    """A CI runner's results name the runner's path; the case is found in --cases by its bytes' SHA-256."""
+    case, res, doc = fresh
+    for it in doc["items"]:
+        it["case_file"] = "/home/runner/work/repo/cases/nudged.yaml"
+    res.write_text(json.dumps(doc))
+    elsewhere = tmp_path / "checkout" / "cases"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "renamed.yaml").write_text(case.read_text())
+    assert main(["accept", str(res), "--cases", str(elsewhere)]) == 0
+    assert "tier: DRIFT" in (elsewhere / "renamed.yaml").read_text()
+    assert f"wrote {elsewhere / 'renamed.yaml'}" in capsys.readouterr().out
+    (elsewhere / "nudged.yaml").write_text(case.read_text() + "# edited\n")  # same name, other bytes
+    (elsewhere / "renamed.yaml").unlink()
+    assert main(["accept", str(res), "--cases", str(elsewhere)]) == 2
+    assert f"{elsewhere / 'nudged.yaml'} changed since the run" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_unknown_case_name_is_a_usage_error(fresh, capsys):
     _, res, _ = fresh
     assert main(["accept", str(res), "--case", "nope"]) == 2

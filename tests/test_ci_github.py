@@ -169,7 +169,8 @@ def ci(tmp_path_factory):
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     runner = Runner(ws, artifacts, root / "bin", _expressions(), env)
     doc = yaml.safe_load(WORKFLOW.read_text())
-    shards = [runner.run_job(doc, "shard", {"shard": str(k)}) for k in doc["jobs"]["shard"]["strategy"]["matrix"]["shard"]]
+    matrix = doc["jobs"]["shard"]["strategy"]["matrix"]["shard"]
+    shards = [runner.run_job(doc, "shard", {"shard": str(k)}) for k in matrix]
     report = runner.run_job(doc, "report")
     return {"runner": runner, "shards": shards, "report": report, "merged": ws / "reports" / "merged",
             "artifacts": artifacts, "root": root, "doc": doc}

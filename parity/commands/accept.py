@@ -21,12 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", metavar="RESULTS", help="results.json, results.jsonl or a run directory")
     p.add_argument("--case", default=None, metavar="NAME", help="accept only this case's items")
     p.add_argument("--dry-run", action="store_true", help="show the diff and what would widen; write nothing")
+    p.add_argument("--cases", dest="search", action="append", type=Path, default=None, metavar="DIR",
+                   help="where to look for a case file the results name by another machine's path (results from "
+                        "a CI runner), matched by its SHA-256 (default: cases/)")
     p.add_argument("--allow-different", action="store_true",
                    help="also accept DIFFERENT items (a render that is another picture, not a drift)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from parity.accept import failing_by_case, plan_case, stale_case
+    from parity.accept import failing_by_case, locate_case, plan_case
     from parity.report import load
 
     results = load(args.results)
@@ -34,12 +37,15 @@ def run(args: argparse.Namespace) -> int:
     if not groups:
         print("nothing to accept: every item" + (f" of case {args.case}" if args.case else "") + " meets its gate")
         return 0
-    stale = [line for name, items in groups.items() if (line := stale_case(name, items))]
+    search = args.search if args.search is not None else [Path("cases")]
+    located = {name: locate_case(name, items, search) for name, items in groups.items()}
+    stale = [why for _, why in located.values() if why]
     if stale:  # results that judged another version of a case must not be written into it: nothing is
         for line in stale:
             print(f"parity: error: {Path(args.results)}: {line}")
         return 2
-    edits = [plan_case(name, items, results.items, args.allow_different) for name, items in groups.items()]
+    edits = [plan_case(name, located[name][0], items, results.items, args.allow_different)
+             for name, items in groups.items()]
     for edit in edits:
         _show(edit)
     if not args.dry_run:
