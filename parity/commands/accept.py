@@ -11,6 +11,7 @@ EXAMPLES = """
   parity accept reports/run1                          # every failing item (DIFFERENT ones refused)
   parity accept reports/run1 --case portrait-v1 --dry-run   # show what would change, write nothing
   parity accept reports/run1 --allow-different        # also accept items whose render is a different picture
+  parity accept parity-report/results.json            # a CI run's report: its case files found in cases/ by hash
 exit codes: 0 every failing item accepted (or none failed), 1 some refused (ERROR, DIFFERENT without
 --allow-different; the others are still written), 2 bad input: a case file gone or changed since the run
 (nothing is written), an unknown --case, unreadable results
