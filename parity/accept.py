@@ -105,7 +105,7 @@ def widened_expectation(old: Expectation, accepted: list[dict[str, Any]], alread
     mismatches = listed + new_knobs
     widened = [f"expect.mismatches + {k} ({', '.join(it['id'] for it in accepted if k in it.get('mismatches', []))})"
                for k in new_knobs]
-    if old.tier is None and old.mismatches is not None:
+    if old.tier is None and old.mismatches is not None and all(it.get("mismatches") for it in accepted):
         return mismatches, None, widened  # no ceiling was set: any tier of a listed difference already passes
     tiers = [it["tier"] for it in accepted + already] + ([old.tier] if old.tier else [])
     tier = max(tiers, key=tier_rank)

@@ -205,3 +205,23 @@ def test_edit_adds_an_expect_block_to_a_case_without_one(tmp_path):
     (tmp_path / "c.yaml").write_text(new)
     exp = load_case(tmp_path / "c.yaml").expect
     assert exp.mismatches == ("steps",) and exp.tier == "DRIFT" and exp.min_tier == "NEAR"
+
+
+def test_widening_covers_items_without_a_knob_and_keeps_already_expected_items_passing():
+    """A case listing mismatches without a tier ceiling: an item below the gate with no mismatching knob needs a
+    tier; the ceiling then also covers the worse items the case already expected."""
+    from parity.accept import widened_expectation
+    from parity.cases import Expectation
+
+    old = Expectation("NEAR", {}, mismatches=("guidance",), tier=None)
+    no_knob = {"id": "c[step1-p0]", "tier": "DRIFT", "mismatches": [], "metrics": {}}
+    already = {"id": "c[step1-p1]", "tier": "DIFFERENT", "mismatches": ["guidance"], "metrics": {}}
+    assert not old.judge("DRIFT", {}, [])[0] and old.judge("DIFFERENT", {}, ["guidance"])[0]
+    mismatches, tier, widened = widened_expectation(old, [no_knob], [already])
+    assert (mismatches, tier) == (["guidance"], "DIFFERENT") and widened == ["expect.tier: none -> DIFFERENT"]
+    new = Expectation("NEAR", {}, tuple(mismatches), tier)
+    assert new.judge("DRIFT", {}, [])[0] and new.judge("DIFFERENT", {}, ["guidance"])[0]
+    assert not new.judge("DRIFT", {}, ["steps"])[0]  # a knob not listed still fails
+    # every accepted item has a listed knob: no ceiling was set, none is added
+    with_knob = dict(no_knob, mismatches=["steps"])
+    assert widened_expectation(old, [with_knob], [already])[:2] == (["guidance", "steps"], None)
