@@ -108,6 +108,16 @@ class Expectation:
         what += [f"tier {tier} within expect.tier {self.tier}"] if self.tier is not None else []
         return "expected: " + "; ".join(what), []
 
+    def judge(self, tier: str, metrics: dict[str, float], mismatches: list[str]) -> tuple[bool, str | None, list[str]]:
+        """(passed, expected, fail reasons) of one result: it passes when it meets the gate and limits, or when
+        its failure is an expected difference (which keeps its reasons: what the gate alone would say)."""
+        reasons = self.check(tier, metrics)
+        expected = None
+        if reasons:
+            expected, new = self.expected(tier, mismatches)
+            reasons = reasons + new
+        return not reasons or expected is not None, expected, reasons
+
 
 @dataclass
 class Case:
@@ -127,6 +137,7 @@ class Case:
     noise_floor: bool = True
     budget: int = DEFAULT_CASE_BUDGET  # extra renders diagnosis may spend on this case
     renders: Path | None = None      # external renders (folder or manifest) compared instead of parity's own
+    sha256: str | None = None        # of the case file's bytes when loaded: `parity accept` refuses stale results
 
     @property
     def job_source(self) -> Path:
@@ -190,8 +201,16 @@ def load_case(path: str | Path) -> Case:
         base_model=v.path_or_name("base_model"), text_encoder=v.path_or_name("text_encoder"),
         inference=v.inference(), expect=v.expect(), attribution=v.flag("attribution"), tiers=v.tiers(),
         preview_hardware=data.get("preview_hardware"), noise_floor=v.flag("noise_floor"), budget=v.budget(),
-        renders=v.rel_path("renders"),
+        renders=v.rel_path("renders"), sha256=case_file_sha256(path),
     )
+
+
+def case_file_sha256(path: Path) -> str:
+    """The case file's fingerprint recorded with every item (`case_sha256`): a results file says which version
+    of its case it judged, so `parity accept` never writes a stale result into a case edited since."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:

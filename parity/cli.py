@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "compare": "parity.commands.compare",
     "lora-check": "parity.commands.lora_check",
     "report": "parity.commands.report",
+    "accept": "parity.commands.accept",
     "make-tiny": "parity.commands.make_tiny",
 }
 

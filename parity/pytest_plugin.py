@@ -45,6 +45,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only shard K of N (deterministic split of items, for CI matrices)")
     group.addoption("--parity-skip-missing-model", dest="parity_skip_missing_model", action="store_true",
                     default=None, help="skip items whose base model is not on this machine (default: they fail)")
+    group.addoption("--parity-report-url", default=None, metavar="BASE",
+                    help="address the report folder will be served from (absolute links in summary.md, junit.xml "
+                         "and the PR comment)")
+    group.addoption("--parity-github", action="store_true", default=False,
+                    help="also write pr-comment.md and commit-status.json into the report folder and append the "
+                         "comment to $GITHUB_STEP_SUMMARY when set (docs/ci.md)")
     parser.addini("parity_cases", "case files or folders collected by `pytest parity`", type="linelist",
                   default=[])
     parser.addini("parity_base_model", "base model folder for every case", default="")
@@ -104,6 +110,13 @@ def pytest_configure(config: pytest.Config) -> None:
         run_dir = Path(given) if given else config.rootpath / "reports" / time.strftime("pytest-%Y%m%d-%H%M%S")
     config.stash[_RUN_DIR] = run_dir.resolve()
     config.stash[_STATE] = _SessionState()
+    if config.getoption("parity_report_url", default=None):
+        from parity.report.html import report_href
+
+        try:  # a bad address is a usage error now, not a failure after every item has run
+            report_href(config.getoption("parity_report_url"))
+        except ParityError as e:
+            raise pytest.UsageError(str(e).replace("--report-url", "--parity-report-url")) from None
 
 
 _RUN_DIR = pytest.StashKey[Path]()
@@ -384,7 +397,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         results = load(run_dir)
     else:
         return  # no parity item ran in this session
-    config.stash[_REPORT] = write_report(results, run_dir)
+    report_url = config.getoption("parity_report_url", default=None)
+    config.stash[_REPORT] = write_report(results, run_dir, report_url=report_url)
+    if config.getoption("parity_github", default=False):
+        from parity.report.github import write_github_outputs
+
+        write_github_outputs(results, run_dir, report_url=report_url)
 
 
 _REPORT = pytest.StashKey[Any]()

@@ -120,6 +120,7 @@ class ItemRecord:
     error: str | None = None
     # written only when set
     case_file: str | None = None
+    case_sha256: str | None = None            # the case file's SHA-256 when the item was planned (parity accept)
     prompt_inference: str | None = None
     render: dict[str, Any] | None = None      # what the engine did: size, sigmas, mu, hashes, LoRA, merge history
     determinism: Determinism | None = None
@@ -171,8 +172,9 @@ class ItemRecord:
 
 
 # Optional fields: left out of the file when unset, so records stay as short as what happened to the item.
-_WRITTEN_WHEN_SET = ("expected", "case_file", "prompt_inference", "render", "determinism", "nondeterministic",
-                     "noise_floor", "attribution", "suspects", "source", "explanation", "notes", "traceback")
+_WRITTEN_WHEN_SET = ("expected", "case_file", "case_sha256", "prompt_inference", "render", "determinism",
+                     "nondeterministic", "noise_floor", "attribution", "suspects", "source", "explanation", "notes",
+                     "traceback")
 
 # Fields the HTML report's item view carries (parity.report.html; read by static/report.js).
 VIEW_FIELDS = ("id", "case", "step", "index", "prompt", "tier", "gate", "passed", "expected", "metrics",
@@ -214,7 +216,7 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
                           if item.get("determinism") is not None else None)
     err = item.get("error")
     out["error"] = None if err is None else str(err)
-    for key in ("reason", "expected", "case_file", "prompt_inference", "traceback"):
+    for key in ("reason", "expected", "case_file", "case_sha256", "prompt_inference", "traceback"):
         v = item.get(key)
         out[key] = v if v is None or isinstance(v, str) else str(v)
     out["reason"] = out["reason"] or ""

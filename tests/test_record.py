@@ -37,7 +37,7 @@ def _doc_item_fields() -> set[str]:
     names: set[str] = set()
     for line in table.splitlines()[2:]:
         first = line.split("|")[1]
-        names.update(re.findall(r"`([a-z_]+)`", first))
+        names.update(re.findall(r"`([a-z][a-z0-9_]*)`", first))
     return names
 
 

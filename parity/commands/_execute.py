@@ -69,6 +69,7 @@ def _inference_value(args: argparse.Namespace) -> Any:
 
 
 def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
+    from parity.commands.report import write_github
     from parity.report import write_report
     from parity.run import case_error_record
     from parity.runner.progress import Progress
@@ -112,6 +113,7 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     if args.json_out:
         _write_json_copy(results, Path(args.json_out))
     print_summary(results.items, paths)
+    write_github(args, results, paths.dir)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
 
 
@@ -257,6 +259,7 @@ def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     """The table of items with tier and causes, then the counts and the report path (control codes escaped)."""
     from parity.commands.plan import printable
+    from parity.report.summary import top_cause, verdict_mark
 
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
     width = max([len(printable(it["id"])) for it in rows] + [4])
@@ -264,20 +267,7 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
         ssim_s = f"{ssim:7.4f}" if isinstance(ssim, (int, float)) else "      -"
-        mark = "expected" if it.get("expected") and it.get("passed") else "ok" if it.get("passed") else "FAIL"
-        if it.get("error"):
-            detail = it["error"]
-        elif (it.get("explanation") or {}).get("verdict"):  # an external render, explained
-            detail = it["explanation"]["verdict"]
-        elif it.get("causes"):
-            from parity.values import cause_text
-
-            c = it["causes"][0]
-            detail = "top cause: " + cause_text(c["knob"], c.get("value_preview"), c.get("value_inference"))
-        elif (it.get("suspects") or {}).get("best"):  # settings agree: the recovered values
-            detail = it["suspects"]["verdict"]
-        else:
-            detail = ", ".join(it.get("mismatches") or []) or ""
+        mark, detail = verdict_mark(it), top_cause(it) or ""
         print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {printable(detail)}")
     counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")

@@ -7,6 +7,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from parity.errors import ParityError
 
@@ -17,6 +18,8 @@ EXAMPLES = """
   parity report merge shard0/results.json shard1/results.json --out reports/merged
   parity report reports/run1 --strict                     # exit 1 when an item is below its gate
   parity report reports/run1 --report-url https://ci.example.com/artifacts/run1   # absolute links in summary.md
+  parity report merge shard*/results.json --out merged --github --report-url https://ci.example.com/run1
+                                                          # + pr-comment.md, commit-status.json (docs/ci.md)
 exit codes: 0 written (merge: and every item meets its gate), 1 merge or --strict: an item is below its gate,
 2 bad input or usage
 """
@@ -50,6 +53,21 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-url", default=None, metavar="BASE",
                    help="address the report folder will be served from: summary.md and junit.xml link there "
                         "(absolute links, e.g. for a CI job summary) instead of to index.html beside them")
+    p.add_argument("--github", action="store_true",
+                   help="also write pr-comment.md (a PR comment body with a marker, edited in place by the "
+                        "workflow) and commit-status.json, and append the comment to $GITHUB_STEP_SUMMARY when "
+                        "set; parity posts nothing itself (docs/ci.md)")
+
+
+def write_github(args: argparse.Namespace, results: Any, out: Path) -> None:
+    """`--github`: the PR comment, commit status and step summary beside the report (docs/ci.md)."""
+    if not getattr(args, "github", False):
+        return
+    from parity.report.github import write_github_outputs
+
+    gh = write_github_outputs(results, out, report_url=getattr(args, "report_url", None))
+    lines = [gh.comment, gh.status] + ([f"appended to {gh.step_summary}"] if gh.step_summary else [])
+    print("\n".join(f"  {line}" for line in lines))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     state = "" if results.complete else " (run incomplete)"
     print(f"{n - failed}/{n} items meet their gate{state}; report in {time.perf_counter() - t0:.1f} s")
     print(f"  {paths.index}\n  {paths.junit}\n  {paths.markdown}")
+    write_github(args, results, paths.dir)
     if args.strict and (failed or not results.complete):
         return 1
     if merging and failed:

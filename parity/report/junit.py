@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from typing import Any
-from urllib.parse import quote
 
+from parity.report.markdown import item_href
 from parity.report.store import Results, dumps
 from parity.report.summary import item_score, score_metric
 from parity.values import cause_text
@@ -95,7 +95,7 @@ def _properties(props: ET.Element, it: dict[str, Any], report_href: str | None) 
         prop(f"cause.{n}", cause_text(str(c.get("knob")), c.get("value_preview"), c.get("value_inference"),
                                       c.get("ssim_aligned")))
     if report_href:
-        prop("report", f"{report_href}#item={quote(it['id'], safe='')}")
+        prop("report", item_href(report_href, it["id"]))
 
 
 def junit_xml(results: Results, *, report_href: str | None = "index.html") -> str:

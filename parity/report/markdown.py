@@ -9,9 +9,8 @@ from typing import Any
 from urllib.parse import quote
 
 from parity.report.store import Results
-from parity.report.summary import Summary, item_score, summarize
+from parity.report.summary import Summary, item_score, summarize, top_cause
 from parity.spec import TIERS
-from parity.values import cause_text
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")  # emphasis, code, links, table cells; <>& become entities
 
@@ -29,22 +28,36 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def item_href(report_href: str, item_id: str) -> str:
+    """The link to one item in the hosted (or local) report: the report's #item= fragment."""
+    return f"{report_href}#item={quote(item_id, safe='')}"
+
+
+def headline_lines(s: Summary, results: Results) -> list[str]:
+    """The verdict heading (✅ / ❌ / ⚠️ and how many items meet their gate) and, for an unfinished run, a note."""
+    status = "✅" if s.failed == 0 and results.complete else "❌" if s.failed else "⚠️"
+    lines = [f"## {status} parity: {s.passed}/{s.total} items meet their gate", ""]
+    if not results.complete:
+        lines += [f"> **Incomplete run**: the run did not finish; {s.total} items were recorded.", ""]
+    return lines
+
+
+def tier_table(s: Summary) -> list[str]:
+    """Items per tier as a one-row markdown table."""
+    return ["| " + " | ".join(TIERS) + " |", "|" + "---:|" * len(TIERS),
+            "| " + " | ".join(str(s.tiers[t]) for t in TIERS) + " |", ""]
+
+
 def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None) -> list[str]:
     """The worst items (or lowest scores when all pass) with their tier, score, mismatches and top cause."""
     title = "Worst items" if any(not it.get("passed") for it in bad) else "Lowest scores"
-    lines = [f"### {title}", "", f"| item | tier | gate | {md_text(metric)} | mismatched knobs | top cause |",
+    lines = [f"### {title}", "", f"| item | tier | gate | {md_text(metric)} | mismatched knobs | why |",
              "|---|---|---|---:|---|---|"]
     for it in bad:
         name = md_text(it["id"], 80)
         if report_href:
-            name = f"[{name}]({report_href}#item={quote(it['id'], safe='')})"
-        cause = it["causes"][0] if it.get("causes") else None
-        # an external render explained, or the values recovered when the settings agree
-        verdict = (it.get("explanation") or {}).get("verdict") or (
-            (it.get("suspects") or {}).get("verdict") if (it.get("suspects") or {}).get("best") else None)
-        cause_s = md_text(cause_text(str(cause.get("knob")), cause.get("value_preview"),
-                                     cause.get("value_inference")), 100) if cause else (
-            md_text(it["error"], 80) if it.get("error") else md_text(verdict, 160) if verdict else "not attributed")
+            name = f"[{name}]({item_href(report_href, it['id'])})"
+        cause_s = md_text(top_cause(it) or "not attributed", 160)
         tier = it["tier"] + (" (expected)" if it.get("expected") and it.get("passed") else "")
         lines.append(f"| {name} | {tier} | {it.get('gate') or 'none'} | {_fmt(item_score(it, metric))} | "
                      f"{md_text(', '.join(map(str, it.get('mismatches', []))) or 'none', 80)} | {cause_s} |")
@@ -55,13 +68,7 @@ def markdown_summary(results: Results, *, report_href: str | None = "index.html"
                      summary: Summary | None = None) -> str:
     s = summary or summarize(results.items, results.run)
     run = results.run
-    lines: list[str] = []
-    status = "✅" if s.failed == 0 and results.complete else "❌" if s.failed else "⚠️"
-    lines.append(f"## {status} parity: {s.passed}/{s.total} items meet their gate")
-    lines.append("")
-    if not results.complete:
-        lines.append(f"> **Incomplete run**: the run did not finish; {s.total} items were recorded.")
-        lines.append("")
+    lines = headline_lines(s, results)
     meta = [f"run `{md_text(run.get('id', ''), 60)}`"] if run.get("id") else []
     if run.get("device"):
         meta.append(f"device {md_text(run['device'], 60)}")
@@ -70,8 +77,7 @@ def markdown_summary(results: Results, *, report_href: str | None = "index.html"
         meta.append(", ".join(f"{md_text(k, 30)} {md_text(v, 30)}" for k, v in versions.items()))
     if meta:
         lines += [" · ".join(meta), ""]
-    lines += ["| " + " | ".join(TIERS) + " |", "|" + "---:|" * len(TIERS),
-              "| " + " | ".join(str(s.tiers[t]) for t in TIERS) + " |", ""]
+    lines += tier_table(s)
     if len(s.cases) > 1:
         lines += ["| case | items | pass | fail | " + " | ".join(TIERS) + f" | min {md_text(s.metric)} |",
                   "|---|---:|---:|---:|" + "---:|" * len(TIERS) + "---:|"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS, tier_rank
+from parity.values import cause_text
 
 SCORE_METRICS: tuple[str, ...] = ("ssim", "ssim_y")
 
@@ -33,6 +34,33 @@ def worst_first_key(item: dict[str, Any], metric: str = "ssim") -> tuple:
     """Sort key: failed gates first, then worse tier, then lower score (None lowest), then id."""
     s = item_score(item, metric)
     return (bool(item.get("passed")), -tier_rank(item["tier"]), -math.inf if s is None else s, item["id"])
+
+
+def verdict_mark(item: dict[str, Any]) -> str:
+    """How an item stands against its gate in one word: ok, expected (below it only through listed differences,
+    so it passes) or FAIL."""
+    if item.get("passed"):
+        return "expected" if item.get("expected") else "ok"
+    return "FAIL"
+
+
+def top_cause(item: dict[str, Any]) -> str | None:
+    """What explains an item in one line, the same in the console table, summary.md and the PR comment: its
+    error, the explanation of an external render, the top-ranked cause, the settings recovered when every knob
+    agrees, else its mismatching knobs (None when there is nothing to say)."""
+    if item.get("error"):
+        return str(item["error"]).strip().splitlines()[0] if str(item["error"]).strip() else "error"
+    if (item.get("explanation") or {}).get("verdict"):
+        return str(item["explanation"]["verdict"])
+    causes = [c for c in item.get("causes") or [] if isinstance(c, dict) and c.get("knob")]
+    if causes:
+        c = causes[0]
+        return "top cause: " + cause_text(str(c["knob"]), c.get("value_preview"), c.get("value_inference"))
+    if (item.get("suspects") or {}).get("best") and item["suspects"].get("verdict"):
+        return str(item["suspects"]["verdict"])
+    if item.get("mismatches"):
+        return "mismatched: " + ", ".join(map(str, item["mismatches"]))
+    return None
 
 
 @dataclass

@@ -39,7 +39,8 @@ def base_record(item: Any, hardware: str) -> ItemRecord:
     # params.<side>.<knob> = {"value", "source"}; irreducible knobs by name, their details apart.
     params = {side: {r.knob: getattr(r, side) for r in diff.rows} for side in ("preview", "inference")}
     return ItemRecord(
-        id=item.id, case=item.case.name, case_file=str(item.case.path), step=item.step, index=item.index,
+        id=item.id, case=item.case.name, case_file=str(item.case.path),
+        case_sha256=getattr(item.case, "sha256", None), step=item.step, index=item.index,
         prompt=item.preview.spec.prompt, prompt_inference=item.inference.spec.prompt, gate=item.case.expect.min_tier,
         paths={"preview": _abs(item.preview_path), "checkpoint": _abs(item.checkpoint)},
         params=params, mismatches=list(diff.mismatches), irreducible=[r["knob"] for r in irreducible],
@@ -101,12 +102,7 @@ def render_facts(result: Any) -> dict[str, Any]:
 def judge(rec: ItemRecord, item: Any) -> None:
     """`passed`, `expected` and `fail_reasons` from the record's tier, metrics and mismatches against the case's
     expectations. An expected difference passes and keeps its fail reasons (what the gate alone would say)."""
-    reasons = item.case.expect.check(rec.tier, rec.metrics)
-    rec.expected = None
-    if reasons:
-        why, new = item.case.expect.expected(rec.tier, rec.mismatches)
-        rec.expected, reasons = why, reasons + new
-    rec.passed, rec.fail_reasons = not reasons or rec.expected is not None, reasons
+    rec.passed, rec.expected, rec.fail_reasons = item.case.expect.judge(rec.tier, rec.metrics, rec.mismatches)
 
 
 def error_record(item: Any, message: str, started: float, hardware: str, tb: str | None = None) -> ItemRecord:
