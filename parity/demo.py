@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from parity import fileio
+
 log = logging.getLogger("parity")
 
 JOB_NAME = "tiny-portrait"
@@ -106,7 +108,7 @@ def _write_reference(path: Path) -> None:
     y, x = np.mgrid[0:96, 0:80]
     rgb = np.stack([x * 3, y * 2, 255 - x * 2 - y], axis=-1).clip(0, 255).astype("uint8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
+    fileio.save_image(path, Image.fromarray(rgb))
 
 
 def demo_request() -> dict:
@@ -203,7 +205,7 @@ def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
     log.info("building the tiny FLUX.2 model in %s", paths.base_model)
     build_tiny(paths.base_model)
     write_job(paths.job, paths.base_model, config=demo_config(root / "output"))
-    paths.request.write_text(json.dumps(demo_request(), indent=2) + "\n")
+    fileio.write_text(paths.request, json.dumps(demo_request(), indent=2) + "\n")
     from parity.tiny import build_tiny_klein
 
     log.info("building the tiny FLUX.2 [klein] in %s", paths.klein_base_model)
@@ -211,5 +213,5 @@ def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
     _write_reference(paths.klein_job / "ctrl" / "ref.png")
     write_job(paths.klein_job, paths.klein_base_model, config=klein_demo_config(root / "output"),
               checkpoints={TRAIN_STEPS: 1.0})
-    stamp.write_text(DEMO_VERSION + "\n")
+    fileio.write_text(stamp, DEMO_VERSION + "\n")
     return paths

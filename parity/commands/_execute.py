@@ -125,7 +125,8 @@ def _endpoint(args: argparse.Namespace) -> Any:
     for flag, v in (("--endpoint-timeout", args.endpoint_timeout), ("--endpoint-wait", args.endpoint_wait)):
         if not v > 0:
             raise ParityError(f"{flag} must be more than 0 seconds, got {v:g}")
-    return EndpointClient(url, timeout=args.endpoint_timeout, wait=args.endpoint_wait)
+    return EndpointClient(url, timeout=args.endpoint_timeout, wait=args.endpoint_wait,
+                          allow_insecure_token=getattr(args, "endpoint_allow_insecure_token", False))
 
 
 def _renders_of(item: Any) -> Path | None:
@@ -176,8 +177,10 @@ def _write_json_copy(results: Any, path: Path) -> None:
     doc = results.to_dict()
     doc["items"] = [relative_paths(absolute_paths(it, results.base_dir), path.resolve().parent)
                     for it in results.items]
+    from parity import fileio
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(doc, indent=1) + "\n")
+    fileio.write_text(path, dumps(doc, indent=1) + "\n")
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from parity.doctor.environment import Device, Environment, determinism_check, di
 from parity.doctor.inputs import Check, check_lora, check_text_encoder, check_transformer, check_vae
 from parity.doctor.plan import CasePlan, case_plan
 from parity.errors import ParityError
+from parity.jsonio import read_json
 
 __all__ = ["DoctorReport", "examine", "Check", "CasePlan"]
 
@@ -45,8 +45,8 @@ def _read_config(folder: Path | None) -> dict | None:
     if folder is None or not (folder / "config.json").is_file():
         return None
     try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+        return read_json(folder / "config.json")
+    except (OSError, ValueError, ParityError):
         return None
 
 
