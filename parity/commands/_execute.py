@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parity.cases import Case
+from parity.cases import Case, check_unique_names
 from parity.errors import ParityError
 from parity.spec import TIERS
 
@@ -68,7 +68,8 @@ def _inference_value(args: argparse.Namespace) -> Any:
     return None
 
 
-def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
+def execute(cases: list[Case], args: argparse.Namespace, *, entry: str, load_errors: list[Any] = ()) -> int:
+    """`load_errors`: parity.run.CaseError of case files that could not be read (one ERROR record each)."""
     from parity.report import write_report
     from parity.run import case_error_record
     from parity.runner.progress import Progress
@@ -79,8 +80,10 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     report_url, link_images = getattr(args, "report_url", None), getattr(args, "link_images", False)  # demo: none
     report_href(report_url)  # a bad --report-url is a usage error before any rendering
     check_run_arguments(args)
+    check_unique_names(cases)
     endpoint = _endpoint(args)
     planned, case_errors = _plan(cases, args)
+    case_errors = [*load_errors, *case_errors]
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     device = args.device or default_device()
     folders = _index_renders(planned)

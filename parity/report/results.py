@@ -131,7 +131,7 @@ def _journal_records(data: bytes, warnings: list[str]) -> list[tuple[int, dict[s
         if not raw.strip():
             continue
         try:
-            rec = parse_json(raw, path)
+            rec = parse_json(raw, f"line {n}")
         except ParityError:
             warnings.append(f"line {n}: not valid JSON, skipped")
             continue
