@@ -33,7 +33,8 @@ TRAIN_STEPS = 200
 CHECKPOINT_STEPS = (100,)   # plus the final file at TRAIN_STEPS
 SAMPLE_EVERY = 100
 BASE_MS = 1764100000000     # fixed "save time" stamps keep the demo byte-reproducible
-DEMO_VERSION = "4"          # bump to rebuild existing demo folders
+DEMO_VERSION = "5"          # bump to rebuild existing demo folders
+KLEIN_LORA_SEED = 11        # the dev job's LoRA uses write_job's default seed 7
 KLEIN_JOB_NAME = "tiny-klein"
 
 PROMPTS = [
@@ -211,7 +212,8 @@ def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
     log.info("building the tiny FLUX.2 [klein] in %s", paths.klein_base_model)
     build_tiny_klein(paths.klein_base_model)
     _write_reference(paths.klein_job / "ctrl" / "ref.png")
+    # its own LoRA direction (seed), so a dev LoRA given to the klein job (or the reverse) is caught by its tensors
     write_job(paths.klein_job, paths.klein_base_model, config=klein_demo_config(root / "output"),
-              checkpoints={TRAIN_STEPS: 1.0})
+              checkpoints={TRAIN_STEPS: 1.0}, lora_seed=KLEIN_LORA_SEED)
     fileio.write_text(stamp, DEMO_VERSION + "\n")
     return paths

@@ -273,3 +273,14 @@ def test_a_huge_manifest_id_is_cut_in_messages(tmp_path):
     idx = index_folder(manifest, ["i"])
     assert len(idx.extra) == 1 and len(idx.extra[0]) < 300
     assert len(idx.missing_message("y" * 5_000_000)) < 1000
+
+
+# ------------------------------------------------------------------- weaker: the demo's two LoRAs must differ
+def test_the_demo_dev_and_klein_loras_hold_different_tensors(demo):
+    import torch
+    from safetensors.torch import load_file
+
+    dev = load_file(str(demo.job / f"{demo.job.name}.safetensors"))
+    klein = load_file(str(demo.klein_job / f"{demo.klein_job.name}.safetensors"))
+    shared = sorted(set(dev) & set(klein))
+    assert shared and not all(torch.equal(dev[k], klein[k]) for k in shared)
