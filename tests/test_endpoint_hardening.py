@@ -269,3 +269,25 @@ def test_a_huge_request_id_is_cut_in_messages(tmp_path):
         ep.route("POST", "/v1/inference", json_reply({"request_id": "x" * 1_000_000}))
         items, _ = _fetch(_client(ep.url, wait=3.0), tmp_path, n=1)
     assert len(_errors_of(tmp_path)[items[0].id]) < 1000
+
+
+def test_the_run_finishes_and_writes_its_results_against_a_dripping_server(tmp_path, capsys):
+    """Row 2 end to end: `parity diff --endpoint` on the demo job against /v1/models dripping one byte every
+    half second; --endpoint-timeout 1, --endpoint-wait 3: exit 1, every item ERROR in results.json, quickly."""
+    import json
+    from pathlib import Path
+
+    from parity.cli import main
+    from parity.demo import build_demo
+
+    demo = build_demo(Path(__file__).resolve().parents[1] / "demo")
+    out = tmp_path / "out"
+    with FakeEndpoint() as ep:
+        ep.route("GET", "/v1/models", drip(b'{"models": [{"id": "flux2"}]}' + b" " * 200, every_s=0.5))
+        started = time.monotonic()
+        code = main(["diff", str(demo.job), "--endpoint", ep.url, "--endpoint-timeout", "1", "--endpoint-wait", "3",
+                     "--out", str(out), "--no-attribution", "-q"])
+        took = time.monotonic() - started
+    assert code == 1 and took < 30, took
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert items and all(it["tier"] == "ERROR" and "inference server timeout" in it["error"] for it in items)
