@@ -284,3 +284,15 @@ def test_the_demo_dev_and_klein_loras_hold_different_tensors(demo):
     klein = load_file(str(demo.klein_job / f"{demo.klein_job.name}.safetensors"))
     shared = sorted(set(dev) & set(klein))
     assert shared and not all(torch.equal(dev[k], klein[k]) for k in shared)
+
+
+def test_a_results_file_over_the_readers_limit_is_refused_unread(tmp_path, monkeypatch):
+    from parity import jsonio
+    from parity.errors import InputFileError
+    from parity.report.results import load
+
+    monkeypatch.setattr(jsonio, "MAX_READ_BYTES", 1000)
+    doc = tmp_path / "results.json"
+    doc.write_text('{"schema": "parity.results/1", "run": {}, "items": []}' + " " * 2000)
+    with pytest.raises(InputFileError, match="results.json: file is 2054 bytes; parity reads results files of at"):
+        load(doc)

@@ -98,7 +98,20 @@ def _normalize_run(run: Any, where: str | Path | None) -> dict[str, Any]:
     return run
 
 
+def _check_size(path: Path) -> None:
+    """Before reading a results file whole: at most the JSON reader's limit (a 6 GB file is refused unread)."""
+    from parity.jsonio import MAX_READ_BYTES
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return   # the read below says why
+    if size > MAX_READ_BYTES:
+        raise InputFileError(f"file is {size} bytes; parity reads results files of at most {MAX_READ_BYTES}", path)
+
+
 def _parse_journal(path: Path) -> Results:
+    _check_size(path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -184,6 +197,7 @@ class _Replay:
 
 
 def _parse_snapshot(path: Path) -> Results:
+    _check_size(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
