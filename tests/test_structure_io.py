@@ -14,6 +14,7 @@ bypass them:
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,9 @@ def test_one_module_writes_files():
 ])
 def test_the_scanner_sees_each_kind(tmp_path, monkeypatch, source, finds):
     """The checks above would fail for a module written the forbidden way (so their silence means something)."""
-    global PARITY
     pkg = tmp_path / "parity"
     pkg.mkdir()
     (pkg / "bad.py").write_text(source)
-    monkeypatch.setattr(__import__(__name__), "PARITY", pkg)
+    monkeypatch.setattr(sys.modules[__name__], "PARITY", pkg)
     got = {"http": http_importers(), "json": json_parsers(), "write": file_writers()}
     assert got[finds] and all(not v for k, v in got.items() if k != finds), got
