@@ -225,6 +225,16 @@ def test_a_hostile_format_costs_its_item_only_and_never_reaches_a_path(tmp_path,
     assert len(kept) == 1 and kept[0].startswith("case_step10-p1_") and kept[0].endswith(".png")
 
 
+@pytest.mark.parametrize("file_path", ["x" * 5000, "/tmp/a\x00b", "/dev/zero", "/", 12])
+def test_a_hostile_file_path_costs_its_item_only(tmp_path, file_path):
+    with FakeEndpoint() as ep:
+        ep.route("GET", "/a.png", raw(png_bytes(), "image/png"))
+        ep.images = {"r0": {"format": "png", "file_path": file_path}, "r1": {"format": "png", "url": f"{ep.url}/a.png"}}
+        items, _ = _fetch(_client(ep.url), tmp_path)
+    errors = _errors_of(tmp_path)
+    assert list(errors) == [items[0].id] and len(errors[items[0].id]) < 600
+
+
 def test_kept_file_suffix_is_the_real_format_not_the_servers_word(tmp_path):
     """A JPEG announced as png is kept as .jpg; a TIFF (announced as png) as the decoded image in a .png."""
     with FakeEndpoint() as ep:

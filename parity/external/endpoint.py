@@ -258,7 +258,7 @@ class EndpointClient:
         url, file_path = image.get("url"), image.get("file_path")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             return self._download(url, item, out_dir)
-        if isinstance(file_path, str) and "\0" not in file_path and Path(file_path).is_file():
+        if isinstance(file_path, str) and _is_file(file_path):
             return keep_render(Path(file_path), item.id, out_dir)
         raise EndpointError(f"inference server result: request {rid} wrote its image to "
                             f"{short_text(str(file_path))} on the server's machine, which is not readable here (run "
@@ -294,6 +294,14 @@ class EndpointClient:
         if got.error:
             raise ParityError(got.error)
         return got.path, dict(got.source)
+
+
+def _is_file(path: str) -> bool:
+    """A server-given path names a regular file here (a NUL byte or an over-long name is simply not one)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _endpoint_error(e: http.HttpError, what: str) -> EndpointError:
