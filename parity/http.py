@@ -196,6 +196,8 @@ def _exchange(method: str, url: str, body: bytes | None, headers: dict[str, str]
             return resp.status, resp.getheader("Location") or "", data, resp.getheader("Content-Type") or ""
         except HttpError:
             raise
+        except http.client.InvalidURL as e:   # control characters or spaces in a server-given URL
+            raise HttpError(f"not a usable URL: {public_url(url)!r} ({str(e)[:100]})", "bad_url") from None
         except (TimeoutError, socket.timeout):
             raise HttpError(f"{method} {public_url(url)} did not answer within {limit_s:g} s", "timeout") from None
         except (OSError, http.client.HTTPException) as e:
