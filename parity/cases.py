@@ -354,8 +354,24 @@ class _Validator:
         return dict(tiers)
 
 
+def check_unique_names(cases: list[Case]) -> None:
+    """Two case files with one name would plan the same item ids: one case's results (or its errors) would hide
+    the other's (issue 35). A usage error naming both files, before anything is rendered."""
+    first: dict[str, Path] = {}
+    for c in cases:
+        other = first.setdefault(c.name, Path(c.path))
+        if other != Path(c.path):
+            raise ConfigError(duplicate_name(c.name, other, c.path))
+
+
+def duplicate_name(name: str, first: Path, second: Path) -> str:
+    return (f"two case files are named {name!r}: {first} and {second} (item ids start with the case name; give "
+            "each case its own name:)")
+
+
 def find_cases(paths: list[str | Path]) -> list[Path]:
-    """Case files under the given files/folders (sorted, *.yaml / *.yml). An empty or missing folder is an error."""
+    """Case files under the given files/folders (sorted, *.yaml / *.yml; a file named twice counts once). An empty
+    or missing folder is an error."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -367,4 +383,5 @@ def find_cases(paths: list[str | Path]) -> list[Path]:
             found.append(p)
         else:
             raise ConfigError("no such case file or folder", p)
-    return found
+    seen: set[Path] = set()
+    return [f for f in found if not (f.resolve() in seen or seen.add(f.resolve()))]

@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from parity import fileio
+
 log = logging.getLogger("parity")
 
 JOB_NAME = "tiny-portrait"
@@ -31,7 +33,8 @@ TRAIN_STEPS = 200
 CHECKPOINT_STEPS = (100,)   # plus the final file at TRAIN_STEPS
 SAMPLE_EVERY = 100
 BASE_MS = 1764100000000     # fixed "save time" stamps keep the demo byte-reproducible
-DEMO_VERSION = "4"          # bump to rebuild existing demo folders
+DEMO_VERSION = "5"          # bump to rebuild existing demo folders
+KLEIN_LORA_SEED = 11        # the dev job's LoRA uses write_job's default seed 7
 KLEIN_JOB_NAME = "tiny-klein"
 
 PROMPTS = [
@@ -106,7 +109,7 @@ def _write_reference(path: Path) -> None:
     y, x = np.mgrid[0:96, 0:80]
     rgb = np.stack([x * 3, y * 2, 255 - x * 2 - y], axis=-1).clip(0, 255).astype("uint8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
+    fileio.save_image(path, Image.fromarray(rgb))
 
 
 def demo_request() -> dict:
@@ -203,13 +206,14 @@ def build_demo(root: str | Path, *, force: bool = False) -> DemoPaths:
     log.info("building the tiny FLUX.2 model in %s", paths.base_model)
     build_tiny(paths.base_model)
     write_job(paths.job, paths.base_model, config=demo_config(root / "output"))
-    paths.request.write_text(json.dumps(demo_request(), indent=2) + "\n")
+    fileio.write_text(paths.request, json.dumps(demo_request(), indent=2) + "\n")
     from parity.tiny import build_tiny_klein
 
     log.info("building the tiny FLUX.2 [klein] in %s", paths.klein_base_model)
     build_tiny_klein(paths.klein_base_model)
     _write_reference(paths.klein_job / "ctrl" / "ref.png")
+    # its own LoRA direction (seed), so a dev LoRA given to the klein job (or the reverse) is caught by its tensors
     write_job(paths.klein_job, paths.klein_base_model, config=klein_demo_config(root / "output"),
-              checkpoints={TRAIN_STEPS: 1.0})
-    stamp.write_text(DEMO_VERSION + "\n")
+              checkpoints={TRAIN_STEPS: 1.0}, lora_seed=KLEIN_LORA_SEED)
+    fileio.write_text(stamp, DEMO_VERSION + "\n")
     return paths

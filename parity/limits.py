@@ -29,3 +29,9 @@ def problem(*, width: int | None = None, height: int | None = None, steps: int |
         if v is not None and not (math.isfinite(v) and abs(v) <= limit):
             return f"{name} {v} is outside -{limit:g}..{limit:g}"
     return None
+
+# The one size budget for an image file parity reads from outside or copies into a run or report folder: a result
+# downloaded from an inference server, an external render kept beside the run, an image copied into a report. A
+# FLUX.2 render is a few MB; a larger file (a valid PNG followed by gigabytes, issue 35) is never copied byte for
+# byte: its decoded image is written instead, or it is refused.
+MAX_IMAGE_BYTES = 256 * 2**20

@@ -126,6 +126,7 @@ _STATE = pytest.StashKey["_SessionState"]()
 class _SessionState:
     def __init__(self) -> None:
         self.session = None  # parity.session.Session, opened by the first parity item that runs
+        self.case_files: dict[str, Path] = {}   # case name -> the file that has it (names must be unique)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -160,6 +161,7 @@ class CaseFile(pytest.File):
         config = self.config
         try:
             case = load_case(self.path)
+            _claim_name(config, case)
             if _opt(config, "min_tier"):
                 case.expect.min_tier = gate_tier(_opt(config, "min_tier"), "--parity-min-tier")
             planned = plan_case(case, base_model=_opt(config, "base_model"))
@@ -168,6 +170,25 @@ class CaseFile(pytest.File):
             return
         for p in planned:
             yield ParityItem.from_parent(self, name=p.id, planned=p)
+
+
+    def repr_failure(self, excinfo, style=None):
+        """Two case files with one name stop the collection (pytest exits 2): the one line that says which."""
+        if isinstance(excinfo.value, DuplicateCaseName):
+            return f"parity: {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+
+class DuplicateCaseName(Exception):
+    """Not a ParityError: it must escape `collect` and fail the whole collection, not become one item."""
+
+
+def _claim_name(config: pytest.Config, case: Any) -> None:
+    from parity.cases import duplicate_name
+
+    first = config.stash[_STATE].case_files.setdefault(case.name, Path(case.path))
+    if first != Path(case.path):
+        raise DuplicateCaseName(duplicate_name(case.name, first, case.path))
 
 
 class CaseErrorItem(pytest.Item):

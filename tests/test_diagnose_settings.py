@@ -134,7 +134,7 @@ def test_request_validation_names_file_and_field(tmp_path, data, field):
 def test_request_bad_json_and_missing_file(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text("{nope")
-    with pytest.raises(ConfigError, match="bad.json.*not valid JSON"):
+    with pytest.raises(ConfigError, match="bad.json.*invalid JSON"):
         InferenceSettings.from_case_value(str(p))
     with pytest.raises(ConfigError, match="missing.json"):
         InferenceSettings.from_case_value(str(tmp_path / "missing.json"))

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parity.cases import Case
+from parity.cases import Case, check_unique_names
 from parity.errors import ParityError
 from parity.spec import TIERS
 
@@ -68,7 +68,8 @@ def _inference_value(args: argparse.Namespace) -> Any:
     return None
 
 
-def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
+def execute(cases: list[Case], args: argparse.Namespace, *, entry: str, load_errors: list[Any] = ()) -> int:
+    """`load_errors`: parity.run.CaseError of case files that could not be read (one ERROR record each)."""
     from parity.commands.report import write_github
     from parity.report import write_report
     from parity.run import case_error_record
@@ -80,8 +81,10 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str) -> int:
     report_url, link_images = getattr(args, "report_url", None), getattr(args, "link_images", False)  # demo: none
     report_href(report_url)  # a bad --report-url is a usage error before any rendering
     check_run_arguments(args)
+    check_unique_names(cases)
     endpoint = _endpoint(args)
     planned, case_errors = _plan(cases, args)
+    case_errors = [*load_errors, *case_errors]
     out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     device = args.device or default_device()
     folders = _index_renders(planned)
@@ -127,7 +130,8 @@ def _endpoint(args: argparse.Namespace) -> Any:
     for flag, v in (("--endpoint-timeout", args.endpoint_timeout), ("--endpoint-wait", args.endpoint_wait)):
         if not v > 0:
             raise ParityError(f"{flag} must be more than 0 seconds, got {v:g}")
-    return EndpointClient(url, timeout=args.endpoint_timeout, wait=args.endpoint_wait)
+    return EndpointClient(url, timeout=args.endpoint_timeout, wait=args.endpoint_wait,
+                          allow_insecure_token=getattr(args, "endpoint_allow_insecure_token", False))
 
 
 def _renders_of(item: Any) -> Path | None:
@@ -178,8 +182,10 @@ def _write_json_copy(results: Any, path: Path) -> None:
     doc = results.to_dict()
     doc["items"] = [relative_paths(absolute_paths(it, results.base_dir), path.resolve().parent)
                     for it in results.items]
+    from parity import fileio
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(doc, indent=1) + "\n")
+    fileio.write_text(path, dumps(doc, indent=1) + "\n")
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from parity.commands._execute import add_run_arguments, execute
-from parity.external.endpoint import TOKEN_ENV as _TOKEN_ENV  # urllib only: --help stays light
+from parity.external.endpoint import TOKEN_ENV as _TOKEN_ENV  # no HTTP library imported: --help stays light
 
 HELP = "diff a LoRA against its AI Toolkit training previews (table, report, exit 0/1/2)"
 EXAMPLES = """
@@ -33,9 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="have a running reference inference server render the previews' settings, then compare "
                           f"(bearer token from ${_TOKEN_ENV}; docs/your-own-stack.md)")
     p.add_argument("--endpoint-timeout", type=float, default=30.0, metavar="S",
-                   help="seconds one HTTP call to --endpoint may take (default 30; retried 3 times with backoff)")
+                   help="seconds one HTTP exchange with --endpoint may take in all (default 30; retried 3 times)")
     p.add_argument("--endpoint-wait", type=float, default=1800.0, metavar="S",
-                   help="seconds to wait for the server to finish all requests (default 1800)")
+                   help="seconds the whole exchange with --endpoint may take, retries included (default 1800)")
+    p.add_argument("--endpoint-allow-insecure-token", action="store_true",
+                   help=f"send ${_TOKEN_ENV} or the URL's user:password over plain http to a host other than "
+                        "this machine (refused by default: anyone on the network could read it)")
     add_run_arguments(p)
 
 

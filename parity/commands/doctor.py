@@ -36,7 +36,7 @@ def _is_job(path: Path) -> bool:
 
 
 def load_targets(targets: list[str], text_encoder: str | None):
-    from parity.cases import Case, find_cases, load_case
+    from parity.cases import Case, check_unique_names, find_cases, load_case
     from parity.errors import ConfigError
 
     cases = []
@@ -52,6 +52,7 @@ def load_targets(targets: list[str], text_encoder: str | None):
             raise ConfigError("no such case file, folder or job", t)
     if not cases:
         raise ConfigError("no case files found", ", ".join(targets))
+    check_unique_names(cases)
     if text_encoder:
         for c in cases:
             c.text_encoder = text_encoder

@@ -33,16 +33,17 @@ def starter_case(job_dir: Path, case_path: Path, base_model: str | None) -> str:
     steps = job.steps()
     rel = os.path.relpath(job_dir.resolve(), case_path.parent.resolve())
     lines = [
-        f"# parity case for the AI Toolkit job {job.name!r} (written by `parity init`)",
-        f"name: {job.name}",
-        f"job: {rel}",
+        f"# parity case for the AI Toolkit job {_comment(job.name)} (written by `parity init`)",
+        yaml_entry("name", job.name),
+        yaml_entry("job", rel),
         f"# step labels with previews: {', '.join(map(str, steps)) or 'none'}",
         "steps: latest            # latest | all | a step | a list of steps",
     ]
     if base_model:
-        lines.append(f"base_model: {base_model}")
+        lines.append(yaml_entry("base_model", base_model))
     else:
-        lines.append(f"# base_model: /models/FLUX.2-dev   # else $PARITY_BASE_MODEL, else {job.facts.name_or_path}")
+        lines.append("# base_model: /models/FLUX.2-dev   # else $PARITY_BASE_MODEL, else "
+                     + _comment(job.facts.name_or_path))
     lines += [
         "inference: preview       # preview | reference-server | diffusers | {request: file.json, set: {...}}",
         "expect:",
@@ -50,6 +51,19 @@ def starter_case(job_dir: Path, case_path: Path, base_model: str | None) -> str:
         "attribution: true        # re-render one knob at a time for items below the gate",
     ]
     return "\n".join(lines) + "\n"
+
+
+def yaml_entry(key: str, value: str) -> str:
+    """`key: value` as the YAML library writes it: a value with `#`, `: `, a quote or a newline is quoted, so it
+    reads back as the same string (issue 35: `jobs/run #2` lost its tail to a comment)."""
+    import yaml
+
+    return yaml.safe_dump({key: value}, allow_unicode=True, width=2**31, default_flow_style=False).rstrip("\n")
+
+
+def _comment(text: object) -> str:
+    """Text for a YAML comment: one line (a newline would end the comment and start a key)."""
+    return " ".join(str(text).split()) or "''"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise ConfigError("case file exists; pass --force to overwrite", out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(starter_case(job_dir, out, args.base_model))
+    from parity import fileio
+
+    fileio.write_text(out, starter_case(job_dir, out, args.base_model))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

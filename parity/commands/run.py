@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from parity.commands._execute import add_run_arguments, execute
+from parity.errors import ParityError
 
 HELP = "run case files: render every item, compare with its preview, diagnose, write the report"
 EXAMPLES = """
@@ -21,7 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from parity.cases import find_cases, load_case
+    from parity.run import CaseError
 
     cases = []
     errors = []
@@ -29,14 +33,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             cases.append(load_case(path))
         except Exception as e:  # noqa: BLE001 - a bad case file is reported, the others still run
-            errors.append(e)
+            errors.append(CaseError(path.stem, path.resolve(), str(e), e if isinstance(e, ParityError) else None))
     for e in errors:
-        print(f"parity: error: {e}")
+        print(f"parity: error: {e.message}", file=sys.stderr)
     if not cases:
         if errors:
             return 2
         from parity.errors import ConfigError
 
         raise ConfigError("no case files found", ", ".join(args.cases))
-    code = execute(cases, args, entry="run")
+    code = execute(cases, args, entry="run", load_errors=errors)  # each also an ERROR in results and JUnit
     return max(code, 1) if errors else code

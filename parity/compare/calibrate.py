@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from parity import fileio
+
 from .engine import compare
 from .synth import natural_image
 from .tiers import Thresholds
@@ -53,7 +55,7 @@ def run(seeds: range, sizes: tuple[int, ...], t: Thresholds, fmt: str = "jpg") -
             for seed in seeds:
                 cases = perturbations(seed, size)
                 preview = Path(d) / f"p{seed}_{size}.{fmt}"
-                Image.fromarray(_u8(cases["identical"])).save(preview)  # AI Toolkit: image.save(path)
+                fileio.save_image(preview, Image.fromarray(_u8(cases["identical"])))  # AI Toolkit: image.save(path)
                 for name, img in cases.items():
                     c = compare(_u8(img), preview, thresholds=t, flip=False)
                     rows.setdefault(name, []).append({**c.metrics, "tier": c.tier, **{

@@ -60,8 +60,9 @@ def _save(img: np.ndarray, path: Path, legend: dict, note: str) -> Path:
     info = PngInfo()
     ticks = ", ".join(f"{label} at {pos:.2f}" for pos, label in legend["ticks"])
     info.add_text("parity:scale", f"{legend['title']}; ramp dark to bright: {ticks}; {note}")
-    Image.fromarray(img, "RGB").save(path, "PNG", pnginfo=info)
-    return path
+    from parity import fileio
+
+    return fileio.save_image(path, Image.fromarray(img, "RGB"), "PNG", pnginfo=info)
 
 
 def diff_heatmap(diff_max: np.ndarray, path: Path, *, full_scale: int = DIFF_FULL_SCALE) -> Path:

@@ -59,12 +59,12 @@ def _flip_kernel_switches(spec: RenderSpec) -> tuple[tuple[str, str], ...]:
 
 
 def _file_dtypes(twin_file: Path) -> list[str]:
-    import json
-
     from safetensors import safe_open
 
+    from parity.jsonio import parse_json
+
     with safe_open(str(twin_file), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("parity_dither", "{}"))
+        meta = parse_json((f.metadata() or {}).get("parity_dither", "{}"), twin_file)
     return list(meta.get("source_dtypes") or ["low-precision"])
 
 

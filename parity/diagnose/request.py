@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import Any, Mapping
 
 from parity.errors import ConfigError
 from parity.family import arches
+
+MAX_REQUEST_BYTES = 8 * 2**20   # a request file is a few KB
 
 # Request schema limits (src/schemas/request.py, section D.4).
 _LIMITS = {
@@ -165,8 +166,7 @@ def load_request(path: str | Path, base_dir: str | Path | None = None) -> Reques
         raise ConfigError("request file not found", p) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read the request file: {e}", p) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", p) from None
+    from parity.jsonio import parse_json
+
+    data = parse_json(text, p, max_bytes=MAX_REQUEST_BYTES)
     return parse_request(data, p, base_dir if base_dir is not None else p.parent)

@@ -7,15 +7,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.doctor.environment import Device, Environment, determinism_check, disk_check, host_memory, versions
 from parity.doctor.inputs import Check, check_lora, check_text_encoder, check_transformer, check_vae
 from parity.doctor.plan import CasePlan, case_plan
-from parity.errors import ParityError
+from parity.errors import ConfigError, ParityError
 from parity.family import family
+from parity.jsonio import read_json
 
 __all__ = ["DoctorReport", "examine", "Check", "CasePlan"]
 
@@ -46,8 +46,8 @@ def _read_config(folder: Path | None) -> dict | None:
     if folder is None or not (folder / "config.json").is_file():
         return None
     try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+        return read_json(folder / "config.json")
+    except (OSError, ValueError, ParityError):
         return None
 
 
@@ -55,9 +55,15 @@ _ARCH_KEYS = ("num_layers", "num_single_layers", "num_attention_heads", "attenti
               "in_channels", "guidance_embeds")
 
 
-def architecture_check(tcfg: dict, arch: str) -> Check:
-    """The base model is the architecture the job trained: the pinned config of the job's `model.arch`."""
+def architecture_check(tcfg: dict, arch: str, base_arch: str | None = None) -> Check:
+    """The base model is the architecture the job trained: the family the engine detects in the folder
+    (`base_arch`: a FLUX.2-dev base for a [klein] job is refused at render time, so it fails here too), then the
+    pinned config of the job's `model.arch`."""
     from parity.engine import fullsize
+
+    if base_arch is not None and family(base_arch).klein != family(arch).klein:
+        return Check("architecture", "fail", f"the base model is {base_arch!r} but the job trained {arch!r} "
+                     "(model.arch): parity would render another model")
 
     want = family(arch).transformer_config
     have = next((n for n, c in fullsize.TRANSFORMER_CONFIGS.items()
@@ -75,7 +81,7 @@ def _base_checks(layout, arch: str, loras: list[str]) -> list[Check]:
     """Input checks of one base model and the LoRA files used with it."""
     from parity.doctor.inputs import expected_transformer
 
-    checks = [architecture_check(layout.transformer_config, arch)]
+    checks = [architecture_check(layout.transformer_config, arch, getattr(layout, "arch", None))]
     try:
         needed = expected_transformer(layout.transformer_config, "diffusers")
     except (TypeError, ValueError, KeyError) as exc:  # a config.json the model class cannot be built from
@@ -119,7 +125,9 @@ def _case(case, device: Device, base_model: str | None, report: DoctorReport) ->
 
     items, errors = plan_cases([case], base_model=base_model)
     for e in errors:
-        report.checks.append(Check(f"case {case.name}", "fail", e.message, str(e.path or case.path)))
+        if isinstance(e.error, ConfigError):   # the case's own input is wrong (its job is missing): exit 2
+            raise ConfigError(f"case {case.name!r}: {e.error}", case.path) from None
+        report.checks.append(Check(f"case {case.name}", "fail", e.message, str(e.case_path)))
     if not items:
         return
     facts = load_job(case.job_source).facts

@@ -8,12 +8,12 @@ however large the file is; a file shorter than its header says (an interrupted d
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parity.errors import InputFileError
+from parity.errors import ConfigError, InputFileError
+from parity.jsonio import parse_json, read_json
 
 MAX_HEADER = 100 * 2 ** 20  # the format's own limit (100 MB)
 
@@ -47,10 +47,10 @@ def header_entries(path: str | Path) -> tuple[dict[str, dict], int]:
             (n,) = struct.unpack("<Q", raw)
             if n > MAX_HEADER or 8 + n > size:
                 raise InputFileError(f"not a safetensors file (header length {n} does not fit the file)", path)
-            header = json.loads(f.read(n))
+            header = parse_json(f.read(n), path, max_bytes=MAX_HEADER)
     except OSError as exc:
         raise InputFileError(f"cannot read ({exc.strerror or exc})", path) from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, ConfigError):
         raise InputFileError("not a safetensors file (header is not JSON)", path) from None
     if not isinstance(header, dict):
         raise InputFileError("not a safetensors file (header is not a JSON object)", path)
@@ -79,8 +79,8 @@ def folder_tensors(folder: Path) -> dict[str, TensorInfo]:
         found.update(read_header(f))
     for index in folder.glob("*.safetensors.index.json"):
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError):
+            weight_map = read_json(index)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError, ConfigError):
             raise InputFileError("unreadable index (no weight_map)", index) from None
         for shard in sorted(set(weight_map.values())):
             if not (folder / shard).is_file():

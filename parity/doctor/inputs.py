@@ -4,13 +4,13 @@ built on the meta device: parity.engine.fullsize)."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from parity.doctor.headers import Completeness, compare, folder_tensors, read_header
 from parity.errors import ParityError
+from parity.jsonio import read_json
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ def check_text_encoder(layout) -> list[Check]:
     if not cfg_path.is_file():
         return [Check("text encoder", "fail", "no config.json", str(folder))]
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
+        cfg = read_json(cfg_path)
+    except (OSError, ValueError, ParityError) as exc:
         return [Check("text encoder", "fail", f"unreadable config.json ({exc})", str(cfg_path))]
     found = {canonical_te_name(k): v for k, v in folder_tensors(folder).items()}
     checks = [_verdict(f"text encoder weights ({cfg.get('model_type', '?')})", compare(expected_text_encoder(cfg),

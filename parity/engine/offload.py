@@ -205,13 +205,13 @@ def check_engine(engine, spec) -> None:
     """Before the engine loads weights for `spec` on a CUDA device: ModelError when its offload mode cannot fit."""
     if engine.device.type != "cuda":
         return
-    import json
-
     import torch
+
+    from parity.jsonio import read_json
 
     te_cfg = None
     if engine.layout.text_encoder is not None and (engine.layout.text_encoder / "config.json").is_file():
-        te_cfg = json.loads((engine.layout.text_encoder / "config.json").read_text())
+        te_cfg = read_json(engine.layout.text_encoder / "config.json")
     shape = RenderShape(dtype=spec.dtype, quantize=spec.quantize, quantize_te=spec.quantize_te, width=spec.width,
                         height=spec.height, max_length=engine.max_length, lora_params=lora_file_params(spec.lora_path),
                         lora_application=spec.lora_application,

@@ -57,6 +57,8 @@ def load_reference(path: str | Path):
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise InputFileError(f"reference image is not a readable image ({exc})", p) from None
+    except Image.DecompressionBombError as exc:   # not an OSError: it escaped as an unnamed item error (issue 35)
+        raise InputFileError(f"reference image is too large to open safely ({exc})", p) from None
 
 
 def prepare_reference(img, path: str | Path = "", limit_pixels: int = LIMIT_PIXELS) -> torch.Tensor:

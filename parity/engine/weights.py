@@ -17,9 +17,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from parity import fileio
 from parity.engine.fullsize import TRANSFORMER_CONFIGS
-from parity.errors import InputFileError, ModelError
+from parity.errors import ConfigError, InputFileError, ModelError
 from parity.family import DEFAULT_ARCH, FAMILIES, family, klein_by_context
+from parity.jsonio import read_json
 
 
 def published_transformer_config(arch: str) -> dict:
@@ -128,9 +130,11 @@ def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"unreadable config ({exc})", path) from None
+    except ConfigError as exc:
+        raise ModelError(f"unreadable config ({exc.message})", path) from None
 
 
 def _has_weights(folder: Path) -> bool:
@@ -259,7 +263,7 @@ def load_transformer(layout: BaseLayout, dtype):
         cfg_dir.mkdir()
         cfg = dict(layout.transformer_config)
         cfg["_class_name"] = "Flux2Transformer2DModel"
-        (cfg_dir / "config.json").write_text(json.dumps(cfg))
+        fileio.write_text(cfg_dir / "config.json", json.dumps(cfg))
         try:
             return Flux2Transformer2DModel.from_single_file(sd, config=tmp, subfolder="transformer", dtype=dtype,
                                                             local_files_only=True)

@@ -20,35 +20,40 @@ The URLs the server returns are built from its BASE_URL setting (inference.py L3
 this machine reaches it, so parity builds status and result URLs from the endpoint it was given.
 
 Credentials: `$PARITY_ENDPOINT_TOKEN` is sent as `Authorization: Bearer ...` (for a gateway in front of the
-server; the server itself has no authentication); `user:password@` in the URL is sent as Basic auth. Neither
-ever appears in a message, the results or the report: they show `public_url` (no userinfo, no query).
+server; the server itself has no authentication); `user:password@` in the URL is sent as Basic auth. Either goes
+only to the endpoint's own origin (scheme, host, port: parity.http.Credential), never over plain http to another
+machine unless the user passes --endpoint-allow-insecure-token, and never appears in a message, the results or the
+report: they show `public_url` (no userinfo, no query).
+
+Time: every HTTP exchange ends within `timeout` seconds in total; the whole fetch (models, submissions, polls,
+downloads, retries included) within `wait` seconds of its start; what is not done by then is that item's ERROR.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
-import shutil
-import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from parity import http, limits
 from parity.errors import ConfigError, ParityError
+from parity.http import public_url  # noqa: F401 - shown URLs, importable from here as before
+from parity.jsonio import parse_json, short_text
 
 log = logging.getLogger("parity")
 
 TOKEN_ENV = "PARITY_ENDPOINT_TOKEN"
 DONE = {"succeeded", "failed", "canceled", "cancelled"}
 RETRIES = 3            # extra tries after a connection error, a timeout or a 5xx answer
-MAX_DOWNLOAD = 256 * 2**20   # bytes of one result image fetched from a `url` (a FLUX.2 JPEG is a few MB)
+MAX_REPLY = 16 * 2**20           # bytes of one JSON answer (a real one is under a few KB)
 BACKOFF_S = 0.25       # first wait between tries, doubled each time
+IMAGE_FORMATS = ("jpeg", "jpg", "png", "webp")   # the `format` values a result image may have
+INSECURE_FLAG = "--endpoint-allow-insecure-token"
 
 
 class EndpointError(ParityError):
@@ -57,16 +62,6 @@ class EndpointError(ParityError):
     def __init__(self, message: str, *, retry: bool = False, down: bool = False, timeout: bool = False):
         super().__init__(message)
         self.retry, self.down, self.timeout = retry, down, timeout
-
-
-def public_url(url: str) -> str:
-    """The URL as it may be shown: scheme, host, port and path (userinfo, query and fragment dropped)."""
-    u = urllib.parse.urlsplit(url)
-    host = u.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{u.port}" if u.port else "")
-    return urllib.parse.urlunsplit((u.scheme, netloc, u.path.rstrip("/"), "", ""))
 
 
 def parse_endpoint(url: str) -> tuple[str, str | None]:
@@ -80,9 +75,24 @@ def parse_endpoint(url: str) -> tuple[str, str | None]:
         raise ConfigError(f"--endpoint must be an http:// or https:// URL with a host, got {public_url(url)!r}")
     basic = None
     if u.username is not None:
+        import base64
+
         pair = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
         basic = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
     return public_url(url), basic
+
+
+def endpoint_credential(base: str, value: str | None, allow_insecure: bool) -> http.Credential | None:
+    """The Authorization value bound to the endpoint's origin; refused (usage error) over plain http to a host
+    that is not this machine, unless the user said so (`allow_insecure`)."""
+    if not value:
+        return None
+    origin = http.Origin.of(base)
+    if origin.scheme == "http" and not origin.is_loopback and not allow_insecure:
+        raise ConfigError(f"--endpoint {public_url(base)}: refusing to send the credential (${TOKEN_ENV} or the "
+                          f"URL's user:password) over plain http to another machine; use https, or pass "
+                          f"{INSECURE_FLAG} if this network is trusted")
+    return http.Credential(value, origin)
 
 
 @dataclass
@@ -98,64 +108,54 @@ class EndpointClient:
     """Submit every item as its own request, poll until each finishes, keep each result image."""
 
     def __init__(self, url: str, *, timeout: float = 30.0, wait: float = 1800.0, poll: float = 0.5,
-                 token: str | None = None, sleep: Callable[[float], None] = time.sleep):
+                 token: str | None = None, sleep: Callable[[float], None] = time.sleep,
+                 allow_insecure_token: bool = False):
         self.base, basic = parse_endpoint(url)
         self.public_url = self.base
         self.timeout, self.wait, self.poll, self.sleep = float(timeout), float(wait), float(poll), sleep
         token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        self._auth = f"Bearer {token}" if token else basic
+        self._credential = endpoint_credential(self.base, f"Bearer {token}" if token else basic, allow_insecure_token)
+        self.deadline = time.monotonic() + self.wait   # restarted by fetch_all
         self.fetched: dict[str, Fetched] = {}
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        """One JSON exchange, retried with backoff on connection errors, timeouts and 5xx answers (a POST that
-        timed out is not sent again: the server may have queued it, and a second copy would render twice)."""
+        """One JSON exchange, retried with backoff on connection errors, timeouts and 5xx answers while the
+        wait lasts (a POST that timed out is not sent again: the server may have queued it, and a second copy
+        would render twice)."""
         wait = BACKOFF_S
         for attempt in range(RETRIES + 1):
             try:
                 return self._once(method, path, body)
             except EndpointError as e:
-                if not e.retry or attempt == RETRIES or (e.timeout and method == "POST"):
+                late = time.monotonic() + wait >= self.deadline
+                if not e.retry or attempt == RETRIES or (e.timeout and method == "POST") or late:
                     raise
                 log.debug("retrying %s %s after: %s", method, path, e)
                 self.sleep(wait)
                 wait *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _limit(self, what: str) -> float:
+        """This exchange's time: --endpoint-timeout, or what is left of --endpoint-wait when that is less."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise EndpointError(f"inference server timeout: {what}: the --endpoint-wait of {self.wait:g} s is over")
+        return min(self.timeout, left)
+
     def _once(self, method: str, path: str, body: Any) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self._auth:
-            req.add_header("Authorization", self._auth)
+        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data else {})}
         what = f"{method} {self.public_url}{path}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = _error_detail(e)
-            raise EndpointError(f"inference server error: {what} answered HTTP {e.code}{detail}",
-                                retry=e.code >= 500) from None
-        except (TimeoutError, socket.timeout):
-            raise EndpointError(f"inference server timeout: {what} did not answer within {self.timeout:g} s",
-                                retry=True, timeout=True) from None
-        except urllib.error.URLError as e:
-            reason = e.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise EndpointError(f"inference server timeout: {what} did not answer within {self.timeout:g} s",
-                                    retry=True, timeout=True) from None
-            text = "connection refused" if isinstance(reason, ConnectionRefusedError) else str(reason)
-            raise EndpointError(f"inference server down: cannot reach {self.public_url} ({text})", retry=True,
-                                down=True) from None
-        except (ConnectionError, OSError) as e:
-            raise EndpointError(f"inference server down: {what} failed ({type(e).__name__}: {e})", retry=True,
-                                down=True) from None
+            resp = http.request(method, self.base + path, limit_s=self._limit(what), max_bytes=MAX_REPLY, body=data,
+                                headers=headers, credential=self._credential)
+        except http.HttpError as e:
+            raise _endpoint_error(e, what) from None
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise EndpointError(f"inference server error: {what} did not answer JSON") from None
+            return parse_json(resp.body, what, max_bytes=MAX_REPLY)
+        except ConfigError as e:
+            raise EndpointError(f"inference server error: {what} did not answer usable JSON ({e.message})") from None
 
     # -- the exchange --------------------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -166,7 +166,9 @@ class EndpointClient:
         return [str(m.get("id")) for m in models if isinstance(m, dict)]
 
     def fetch_all(self, items: list[Any], out_dir: Path) -> None:
-        """Every item's render into `out_dir`, or its error; one failing item never stops the others."""
+        """Every item's render into `out_dir`, or its error; one failing item never stops the others. Ends
+        within --endpoint-wait (plus at most one exchange's cleanup)."""
+        self.deadline = time.monotonic() + self.wait
         try:
             models = self.models()
         except EndpointError as e:  # the server is not there: every item says so, at once
@@ -191,15 +193,18 @@ class EndpointClient:
         r = render_request(item.id, item, item.inference.spec)
         if r.arch not in models:
             raise EndpointError(f"inference server error: {self.public_url} does not serve model {r.arch!r} "
-                                f"(it lists {', '.join(models) or 'none'})")
+                                f"(it lists {short_text(', '.join(models) or 'none')})")
         doc = self._call("POST", "/v1/inference", request_document([r]))
         rid = doc.get("request_id") if isinstance(doc, dict) else None
         if not isinstance(rid, str) or not rid:
             raise EndpointError(f"inference server error: POST {self.public_url}/v1/inference gave no request_id")
+        if len(rid) > 256 or not rid.isprintable():
+            raise EndpointError(f"inference server error: POST {self.public_url}/v1/inference gave an unusable "
+                                f"request_id ({short_text(repr(rid), 80)})")
         return rid
 
     def _poll(self, pending: dict[str, tuple[Any, str]], out_dir: Path) -> None:
-        deadline, interval = time.monotonic() + self.wait, self.poll
+        interval = self.poll
         while pending:
             for iid, (it, rid) in list(pending.items()):
                 try:
@@ -210,7 +215,7 @@ class EndpointClient:
                 except ParityError as e:
                     self.fetched[iid] = Fetched(error=str(e), source=self._source(rid))
                     del pending[iid]
-            if pending and time.monotonic() >= deadline:
+            if pending and time.monotonic() + interval >= self.deadline:
                 for iid, (_, rid) in pending.items():
                     self.fetched[iid] = Fetched(error=f"inference server timeout: request {rid} did not finish "
                                                       f"within {self.wait:g} s", source=self._source(rid))
@@ -220,59 +225,63 @@ class EndpointClient:
                 interval = min(interval * 1.5, 5.0)
 
     def _status(self, rid: str) -> str:
-        doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid)}/status")
+        doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}/status")
         return str(doc.get("status", "")) if isinstance(doc, dict) else ""
 
     def _result(self, item: Any, rid: str, out_dir: Path) -> Fetched:
-        doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid)}/result")
+        doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}/result")
         doc = doc if isinstance(doc, dict) else {}
         source = self._source(rid)
         if doc.get("status") != "succeeded":
-            why = doc.get("error") or doc.get("status") or "no status"
-            return Fetched(error=f"inference server error: request {rid} {doc.get('status', 'ended')}: {why}",
-                           source=source)
+            why = short_text(str(doc.get("error") or doc.get("status") or "no status"))
+            return Fetched(error=f"inference server error: request {rid} {short_text(str(doc.get('status', 'ended')))}"
+                                 f": {why}", source=source)
         images = (doc.get("outputs") or {}).get("images") if isinstance(doc.get("outputs"), dict) else None
         if not isinstance(images, list) or not images or not isinstance(images[0], dict):
             return Fetched(error=f"inference server error: request {rid} succeeded without an image", source=source)
         path = self._keep(images[0], item, out_dir, rid)
-        source.update(file=str(images[0].get("file_path") or images[0].get("url")), seed=images[0].get("seed"))
+        where = images[0].get("url") if isinstance(images[0].get("url"), str) else images[0].get("file_path")
+        source.update(file=public_url(where) if images[0].get("url") else short_text(str(where)),
+                      seed=images[0].get("seed"))
         return Fetched(path=path, source=source)
 
     def _keep(self, image: dict[str, Any], item: Any, out_dir: Path, rid: str) -> Path:
-        """The result image copied into the run folder (read from the server's path, or downloaded)."""
-        from parity.run import item_file_name
+        """The result image kept in the run folder under a name made of the item id only (read from the server's
+        path, or downloaded); the server's `format` only has to be one parity reads."""
+        from parity.external.sources import keep_render
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         fmt = str(image.get("format") or "jpeg").lower()
-        dest = out_dir / f"{item_file_name(item.id)}.{'jpg' if fmt in ('jpeg', 'jpg') else fmt}"
+        if fmt not in IMAGE_FORMATS:
+            raise EndpointError(f"inference server result: request {rid} gave an image of format "
+                                f"{short_text(repr(fmt), 60)}, not one parity reads ({', '.join(IMAGE_FORMATS)})")
+        out_dir.mkdir(parents=True, exist_ok=True)
         url, file_path = image.get("url"), image.get("file_path")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
-            self._download(url, dest)
-        elif isinstance(file_path, str) and Path(file_path).is_file():
-            from parity.external.sources import read_render
+            return self._download(url, item, out_dir)
+        if isinstance(file_path, str) and _is_file(file_path):
+            return keep_render(Path(file_path), item.id, out_dir)
+        raise EndpointError(f"inference server result: request {rid} wrote its image to "
+                            f"{short_text(str(file_path))} on the server's machine, which is not readable here (run "
+                            "parity where the server's OUTPUT_BASE_PATH is visible)")
 
-            read_render(Path(file_path))   # an image (a server's answer is input like any other) before copying
-            shutil.copyfile(file_path, dest)
-        else:
-            raise EndpointError(f"inference server result: request {rid} wrote its image to {file_path} on the "
-                                "server's machine, which is not readable here (run parity where the server's "
-                                "OUTPUT_BASE_PATH is visible)")
-        return dest
+    def _download(self, url: str, item: Any, out_dir: Path) -> Path:
+        """The image at `url` (the credential only if it is the endpoint's origin), checked as an image, kept."""
+        from parity.external.sources import keep_render
 
-    def _download(self, url: str, dest: Path) -> None:
-        req = urllib.request.Request(url)
-        if self._auth and public_url(url).startswith(self.public_url):
-            req.add_header("Authorization", self._auth)
+        what = f"GET {public_url(url)}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp, dest.open("wb") as f:
-                data = resp.read(MAX_DOWNLOAD + 1)
-                if len(data) > MAX_DOWNLOAD:
-                    raise EndpointError(f"inference server result: {public_url(url)} is larger than "
-                                        f"{MAX_DOWNLOAD // 2**20} MiB; not an image parity will read")
-                f.write(data)
-        except (urllib.error.URLError, OSError) as e:
-            raise EndpointError(f"inference server result: cannot download {public_url(url)} "
-                                f"({type(e).__name__})") from None
+            resp = http.request("GET", url, limit_s=self._limit(what), max_bytes=limits.MAX_IMAGE_BYTES,
+                                credential=self._credential)
+        except http.HttpError as e:
+            raise EndpointError(f"inference server result: cannot download {public_url(url)} ({e.message})") from None
+        from parity import fileio
+        from parity.run import item_file_name
+
+        tmp = fileio.write_bytes(out_dir / f".download-{item_file_name(item.id)}", resp.body, durable=False)
+        try:   # read back as an image (whatever the server called it), kept under the item's name, then removed
+            return keep_render(tmp, item.id, out_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _source(self, rid: str | None = None) -> dict[str, Any]:
         return {"kind": "endpoint", "location": self.public_url, **({"request_id": rid} if rid else {})}
@@ -287,11 +296,31 @@ class EndpointClient:
         return got.path, dict(got.source)
 
 
-def _error_detail(e: urllib.error.HTTPError) -> str:
+def _is_file(path: str) -> bool:
+    """A server-given path names a regular file here (a NUL byte or an over-long name is simply not one)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _endpoint_error(e: http.HttpError, what: str) -> EndpointError:
+    """parity.http's failure as the endpoint's one-line message (down / error / timeout), with whether to retry."""
+    if e.kind == "status":
+        return EndpointError(f"inference server error: {what} answered HTTP {e.status}{_error_detail(e.body)}",
+                             retry=e.status >= 500)
+    if e.kind == "timeout":
+        return EndpointError(f"inference server timeout: {e.message}", retry=True, timeout=True)
+    if e.kind == "down":
+        return EndpointError(f"inference server down: {e.message}", retry=True, down=True)
+    return EndpointError(f"inference server error: {e.message}")
+
+
+def _error_detail(body: bytes) -> str:
     """`: CODE message` from a FastAPI error body ({"detail": {"error": {...}}} or {"detail": [...]})."""
     try:
-        doc = json.loads(e.read(4096).decode("utf-8", "replace"))
-    except Exception:  # noqa: BLE001 - no readable body: the status says enough
+        doc = parse_json(body, "error body", max_bytes=http.ERROR_BODY_BYTES)
+    except ParityError:  # no readable body: the status says enough
         return ""
     detail = doc.get("detail") if isinstance(doc, dict) else None
     err = detail.get("error") if isinstance(detail, dict) else None

@@ -118,4 +118,7 @@ def export_requests(out: Path, requests: list[RenderRequest]) -> list[str]:
 
 
 def _write(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Temporary file + rename: a symlink planted at DIR/<id>.json is replaced, never followed (issue 35)."""
+    from parity import fileio
+
+    fileio.write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

@@ -16,8 +16,6 @@ that match no item are listed in the run block (`run.renders.extra`) and the rep
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +24,11 @@ from typing import Any
 import numpy as np
 
 from parity.errors import ConfigError, InputFileError, ParityError
+from parity.jsonio import short_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+KEPT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}   # Pillow's format -> the kept file's suffix
+MAX_MANIFEST_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -68,10 +69,10 @@ class FolderIndex:
 
         if item_id in self.ambiguous:
             names = ", ".join(p.name for p in self.ambiguous[item_id])
-            return f"missing render: several files for {item_id} in {self.location} ({names}); keep one"
+            return f"missing render: several files for {short_text(item_id)} in {self.location} ({names}); keep one"
         if self.kind == "manifest":
-            return f"missing render: the manifest {self.location} lists no file for {item_id}"
-        return (f"missing render: no {render_stem(item_id)}.png/.jpg/.webp in {self.location} "
+            return f"missing render: the manifest {self.location} lists no file for {short_text(item_id)}"
+        return (f"missing render: no {short_text(render_stem(item_id))}.png/.jpg/.webp in {self.location} "
                 f"(name renders by item id: parity plan --export-requests)")
 
     def summary(self, ids: list[str]) -> dict[str, Any]:
@@ -93,7 +94,8 @@ def index_folder(location: Path, ids: list[str]) -> FolderIndex:
 
     by_stem: dict[str, list[Path]] = {}
     for p in sorted(location.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+        # not only regular files: a folder or FIFO named <id>.png is that item's error ("not a regular file")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
             by_stem.setdefault(p.stem, []).append(p)
     files, ambiguous, used = {}, {}, set()
     for i in ids:
@@ -108,23 +110,48 @@ def index_folder(location: Path, ids: list[str]) -> FolderIndex:
 
 
 def _index_manifest(path: Path, ids: list[str]) -> FolderIndex:
+    from parity.jsonio import read_json
+
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"renders: not a readable JSON manifest ({e})", path) from None
+        doc = read_json(path, max_bytes=MAX_MANIFEST_BYTES, unique_keys=True)  # an id twice: which file is it?
+    except OSError as e:
+        raise ConfigError(f"renders: not a readable JSON manifest ({e.strerror})", path) from None
+    except ConfigError as e:
+        raise ConfigError(f"renders: {e.message}", path) from None
     if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
         raise ConfigError("renders: a manifest must be a JSON object {item id: image file}", path)
     base = path.resolve().parent
     files = {i: (Path(f) if Path(f).is_absolute() else base / f) for i, f in doc.items() if i in ids}
-    extra = [i for i in doc if i not in ids]
+    extra = [short_text(i) for i in doc if i not in ids]
     return FolderIndex(path.resolve(), "manifest", files, {}, extra)
 
 
 def read_render(path: Path) -> np.ndarray:
     """An external render as (H, W, 3) uint8, through parity's one image loader (errors name the file)."""
+    return load_render(path).rgb
+
+
+def load_render(path: Path) -> Any:
+    """An external render as parity.compare.load.LoadedImage (pixels and the file's real format)."""
     from parity.compare.load import load_image
 
-    return load_image(path).rgb
+    return load_image(path)
+
+
+def keep_render(src: Path, item_id: str, out_dir: Path, loaded: Any = None) -> Path:
+    """A copy of an external render in the run folder (the report and a resumed run read it there), named
+    `<item id's file name><suffix of its real format>`: nothing the stack or a server chose is in the name. A PNG,
+    JPEG or WebP within limits.MAX_IMAGE_BYTES is copied byte for byte; anything else (a TIFF named .png, a PNG
+    with gigabytes after its end) is kept as the decoded image that was compared, as PNG."""
+    from parity import fileio, limits
+    from parity.run import item_file_name
+
+    loaded = loaded if loaded is not None else load_render(src)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = KEPT_SUFFIX.get(loaded.format)
+    if suffix is not None and Path(src).stat().st_size <= limits.MAX_IMAGE_BYTES:
+        return fileio.copy_file(src, out_dir / f"{item_file_name(item_id)}{suffix}", limits.MAX_IMAGE_BYTES)
+    return fileio.save_image(out_dir / f"{item_file_name(item_id)}.png", loaded.rgb)
 
 
 # ----------------------------------------------------------------------------------------------- the router
@@ -167,8 +194,8 @@ class RenderSources:
             image = read_render(path)
         else:
             original, source = self._folder_file(item)
-            image = read_render(original)   # an image (checked) before anything is copied
-            path = self._keep(original, item)
+            loaded = load_render(original)   # an image (checked) before anything is copied
+            image, path = loaded.rgb, keep_render(original, item.id, self.out_dir / "external", loaded)
         return ExternalRender(image, source, path, {"load_s": time.perf_counter() - started})
 
     def _folder(self, item: Any) -> FolderIndex:
@@ -186,15 +213,11 @@ class RenderSources:
         path = idx.files.get(item.id)
         if path is None:
             raise ParityError(idx.missing_message(item.id))
-        if not path.exists():
+        try:
+            there = path.exists() or path.is_symlink()
+        except (OSError, ValueError):   # a NUL byte or an over-long name in a manifest entry
+            raise InputFileError("missing render: the manifest names a file that cannot exist",
+                                 short_text(str(path))) from None
+        if not there:
             raise InputFileError("missing render: the manifest names a file that is not there", path)
         return path, {"kind": idx.kind, "location": str(idx.location), "file": str(path.resolve())}
-
-    def _keep(self, path: Path, item: Any) -> Path:
-        """A copy of the external file in the run folder (the report and a resumed run read it there)."""
-        from parity.run import item_file_name
-
-        dest = self.out_dir / "external" / f"{item_file_name(item.id)}{path.suffix.lower()}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest)
-        return dest

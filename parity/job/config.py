@@ -17,6 +17,7 @@ import yaml
 from parity import yamlsafe
 from parity.errors import ConfigError
 from parity.family import arches, family
+from parity.jsonio import parse_json
 
 
 class _AitkLoader(yaml.SafeLoader):
@@ -80,13 +81,8 @@ def read_config_file(path: Path) -> tuple[dict, str]:
         text = _ENV.sub(env, text)
     if suffix in (".json", ".jsonc"):
         yamlsafe.check_size(text, path)
-        try:
-            # plain json.loads, as AI Toolkit (toolkit/config.py L128-129): no comments even in .jsonc
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", path) from None
-        except RecursionError:
-            raise ConfigError("JSON nested too deeply to read", path) from None
+        # plain JSON, as AI Toolkit's json.loads (toolkit/config.py L128-129): no comments even in .jsonc
+        data = parse_json(text, path, max_bytes=yamlsafe.MAX_BYTES)
         kind = "job_json"
     elif suffix in (".yaml", ".yml"):
         try:
@@ -122,7 +118,7 @@ def preprocess(data: dict, path: Path, *, apply: bool = True) -> dict:
         return data
     try:
         text = json.dumps(data).replace("[name]", name)
-        return json.loads(text)
+        return parse_json(text, path, max_bytes=2**31)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"AI Toolkit's [name] preprocessing fails on this config: {e}", path) from None
 

@@ -206,11 +206,12 @@ class Job:
             self._missing(msg, self.samples_dir, strict, missing)
         baseline = s == 0 and g in ("sample", "first_sample")
         ckpt = None if baseline else self.checkpoint_for(s)
-        if baseline and self.facts.pretrained_lora_path:
+        pretrained = bool(self.facts.pretrained_lora_path) and labels.before_training(self.facts, s, g)
+        if pretrained:   # the untrained network is the loaded one (a later save of it may differ in dtype)
             ckpt, msg = self.pretrained_lora()
             if msg:
                 self._missing(msg, self.config_path, strict, missing)
-        if ckpt is None and not baseline:
+        if ckpt is None and not baseline and not pretrained:
             self._missing(missing_checkpoint(self.name, self.facts, self.checkpoints, s), self.folder, strict,
                           missing)
         off_schedule = labels.off_schedule_note(self.facts, s)

@@ -44,6 +44,17 @@ def final_label(facts: JobFacts) -> int:
     return max(facts.steps, first_label(facts))
 
 
+def before_training(facts: JobFacts, step: int, group: str) -> bool:
+    """Whether sample() `group` at label `step` renders the network as loaded, before any training step: the
+    first_sample and the baseline at the start label (BaseSDTrainProcess.py L2472-2481), and the final sample()
+    when the loop `range(start, train.steps)` is empty (L2533, L2820-2821: train.steps 0, or start_step >= steps).
+    That network is network.pretrained_lora_path when set and found (L856-859, L2052-2056)."""
+    start = first_label(facts)
+    if group == "first_sample":
+        return True
+    return step == start and (group == "sample" or (group == "final" and final_label(facts) == start))
+
+
 def _renders_baseline(facts: JobFacts) -> bool:
     # `if skip_first_sample: skip elif step_num <= 1 or force_first_sample: sample(step_num)` (L2477-2481)
     return not facts.skip_first_sample and (first_label(facts) <= 1 or facts.force_first_sample)

@@ -7,11 +7,11 @@ written through `samples/.tmp/` with a 300x300 q90 thumbnail in `samples/.thumbs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
 
+from parity import fileio
 from parity.job.previews import checkpoint_filename, preview_filename
 
 
@@ -19,7 +19,7 @@ def write_config_copy(save_root: Path, config: dict) -> Path:
     """config.yaml as AI Toolkit dumps it (already `[name]`-preprocessed by the caller if needed)."""
     save_root.mkdir(parents=True, exist_ok=True)
     path = save_root / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    fileio.write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -31,14 +31,14 @@ def write_preview(samples_dir: Path, image, *, ms: int, step: int, index: int, e
     tmp = samples_dir / ".tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     name = preview_filename(ms, step, index, ext)
-    image.save(tmp / name)
+    fileio.save_image(tmp / name, image)  # no options, as AI Toolkit
     thumbs = samples_dir / ".thumbs"
     thumbs.mkdir(exist_ok=True)
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     thumb = image.convert("RGB").crop((left, top, left + side, top + side)).resize((300, 300), Image.LANCZOS)
-    thumb.save(thumbs / (name + ".jpg"), format="JPEG", quality=90)
-    os.replace(tmp / name, samples_dir / name)
+    fileio.save_image(thumbs / (name + ".jpg"), thumb, "JPEG", quality=90)
+    fileio.move(tmp / name, samples_dir / name)
     return samples_dir / name
 
 
@@ -49,5 +49,5 @@ def write_checkpoint(save_root: Path, name: str, step: int | None = None, *, fin
     if data is None:
         header = b'{"__metadata__":{"format":"pt"}}'
         data = len(header).to_bytes(8, "little") + header
-    path.write_bytes(data)
+    fileio.write_bytes(path, data)
     return path

@@ -185,3 +185,5 @@ def detect_format(path: Path) -> PreviewFormat:
         raise InputFileError("preview file not found", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise InputFileError(f"not a readable image: {e}", path) from None
+    except Image.DecompressionBombError as e:
+        raise InputFileError(f"preview is too large to open safely ({e})", path) from None

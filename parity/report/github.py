@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from parity.report.html import report_href, safe_out_dir, safe_target
-from parity.report.jsonfile import write_text_atomic
+from parity import fileio
 from parity.report.markdown import headline_lines, item_href, md_text, tier_table
 from parity.report.store import Results
 from parity.report.summary import Summary, summarize, top_cause
@@ -121,12 +121,11 @@ def write_github_outputs(results: Results, out_dir: str | Path, *, report_url: s
     body = comment_body(results, report_url=report_url, summary=s)
     paths = GithubPaths(comment=safe_target(out, COMMENT_NAME), status=safe_target(out, STATUS_NAME),
                         step_summary=None)
-    write_text_atomic(paths.comment, body)
-    write_text_atomic(paths.status, json.dumps(commit_status(results, report_url=report_url, summary=s),
+    fileio.write_text(paths.comment, body)
+    fileio.write_text(paths.status, json.dumps(commit_status(results, report_url=report_url, summary=s),
                                                indent=1, ensure_ascii=False) + "\n")
     step_summary = os.environ.get(STEP_SUMMARY_ENV)
     if step_summary:  # GitHub's own file for this step: appended to, as every step does
-        with open(step_summary, "a", encoding="utf-8") as f:
-            f.write(body + "\n")
+        fileio.append_text(Path(step_summary), body + "\n")
         paths.step_summary = Path(step_summary)
     return paths

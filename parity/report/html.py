@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import os
 import time
@@ -25,8 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from parity import fileio, limits
 from parity.compare.heatmap import css_gradient, diff_legend, ssim_legend
 from parity.errors import ParityError
+from parity.jsonio import parse_json
 from parity.record import VIEW_FIELDS
 from parity.report.junit import junit_xml
 from parity.report.markdown import markdown_summary
@@ -125,9 +126,7 @@ def _save_thumb(im: Any, tdir: Path, key: str, size: int) -> str:
     im = im.convert("RGB")
     im.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     name = f"{key}_{full[0]}x{full[1]}.jpg"
-    tmp = tdir / f".{name}.tmp"
-    im.save(tmp, "JPEG", quality=82)
-    os.replace(tmp, tdir / name)
+    fileio.save_image(tdir / name, im, "JPEG", quality=82)
     return name
 
 
@@ -394,6 +393,8 @@ def copyable_image(key: str, src: str, run_dir: Path | list[Path] | None) -> str
     p = Path(src)
     if not p.is_file():
         return "not a regular file"
+    if p.stat().st_size > limits.MAX_IMAGE_BYTES:   # the one budget for a copied image (parity.limits)
+        return f"larger than parity's limit of {limits.MAX_IMAGE_BYTES} bytes for an image it copies"
     real = p.resolve()
     dirs = [run_dir] if isinstance(run_dir, Path) else list(run_dir or [])
     in_run = any(d.resolve() in real.parents for d in dirs)
@@ -413,16 +414,11 @@ def copyable_image(key: str, src: str, run_dir: Path | list[Path] | None) -> str
 
 def _copy_one(src: str, idir: Path) -> str:
     """Copy `src` to idir/<hash of its path>.<ext> (never a user file name); returns the copy's path."""
-    import shutil
-
     ext = os.path.splitext(src)[1].lower()
     ext = ext if ext in (".jpg", ".jpeg", ".png", ".webp") else ".img"
     dst = idir / (hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext)
     if not dst.exists():
-        tmp = idir / f".{dst.name}.tmp"
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
+        fileio.copy_file(Path(src), dst, limits.MAX_IMAGE_BYTES)
     return str(dst)
 
 
@@ -515,4 +511,4 @@ def report_json_blob(html_text: str) -> dict[str, Any]:
     start = html_text.index('<script type="application/json" id="parity-data">') + len(
         '<script type="application/json" id="parity-data">')
     end = html_text.index("</script>", start)
-    return json.loads(html_text[start:end])
+    return parse_json(html_text[start:end], "the report's data")

@@ -1,13 +1,11 @@
-"""Files of a run directory written whole: results.json text (one item per line) and atomic replacement."""
+"""results.json text (one item per line) and the run folder's file names; written whole by parity.fileio."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from parity.fileio import write_text_atomic  # noqa: F401 - its first home; every writer is parity.fileio now
 from parity.jsonio import dumps
 
 SCHEMA = "parity.results/1"
@@ -28,37 +26,3 @@ def dumps_results(doc: dict[str, Any]) -> str:
     body = ",\n".join(dumps(it) for it in items)
     sep = ", " if head != "{}" else ""
     return head[:-1] + (sep + '"items": [\n' + body + "\n]}\n" if items else sep + '"items": []}\n')
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary sibling + fsync + os.replace: readers see the old or the new file,
-    never half of one. os.replace swaps the directory entry, so a symlink at `path` is replaced, not followed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600: a report uploaded as a CI artifact or served must be readable
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

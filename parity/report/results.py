@@ -7,12 +7,12 @@ every problem is an InputFileError naming the file. The format is docs/results-s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from parity.errors import InputFileError, ParityError
+from parity.jsonio import parse_json
 from parity.record import ItemRecord, check_type
 
 from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME
@@ -98,7 +98,20 @@ def _normalize_run(run: Any, where: str | Path | None) -> dict[str, Any]:
     return run
 
 
+def _check_size(path: Path) -> None:
+    """Before reading a results file whole: at most the JSON reader's limit (a 6 GB file is refused unread)."""
+    from parity.jsonio import MAX_READ_BYTES
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return   # the read below says why
+    if size > MAX_READ_BYTES:
+        raise InputFileError(f"file is {size} bytes; parity reads results files of at most {MAX_READ_BYTES}", path)
+
+
 def _parse_journal(path: Path) -> Results:
+    _check_size(path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -131,8 +144,8 @@ def _journal_records(data: bytes, warnings: list[str]) -> list[tuple[int, dict[s
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = parse_json(raw, f"line {n}")
+        except ParityError:
             warnings.append(f"line {n}: not valid JSON, skipped")
             continue
         if not isinstance(rec, dict):
@@ -184,6 +197,7 @@ class _Replay:
 
 
 def _parse_snapshot(path: Path) -> Results:
+    _check_size(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -191,9 +205,9 @@ def _parse_snapshot(path: Path) -> Results:
     except OSError as e:
         raise InputFileError(f"cannot read results ({e.strerror or e})", path) from None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputFileError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}", path) from None
+        doc = parse_json(text, path)
+    except ParityError as e:
+        raise InputFileError(e.message, path) from None
     if not isinstance(doc, dict) or "items" not in doc:
         raise InputFileError("not a parity results file (no 'items')", path)
     if doc.get("schema") != SCHEMA:

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from parity import fileio
 from parity.report.store import ResultsStore
 from parity.spec import IRREDUCIBLE_KNOBS, TIERS
 
@@ -142,7 +143,6 @@ def _render_and_score(preview: Any, tier: str, drift: float, nrng: Any, rnd: ran
                       stem: str, paths: dict[str, str]) -> dict[str, Any]:
     """A drifted render and its diff heatmap written beside the preview (paths added); returns its metrics."""
     import numpy as np
-    from PIL import Image
 
     render = preview.copy()
     if drift:
@@ -151,13 +151,13 @@ def _render_and_score(preview: Any, tier: str, drift: float, nrng: Any, rnd: ran
             render = np.roll(render, shift, axis=1)
         render = render + nrng.normal(0, drift, render.shape)
     render = np.clip(render, 0, 255).astype(np.uint8)
-    Image.fromarray(render).save(img_dir / f"{stem}_render.png", compress_level=1)
+    fileio.save_image(img_dir / f"{stem}_render.png", render, compress_level=1)
     diff = np.abs(render.astype(np.int16) - preview.astype(np.int16)).mean(-1)
     # the real heatmap's colour ramp and scale, so the report's legend reads true on synthetic runs too
     from parity.compare.heatmap import DIFF_FULL_SCALE, colorize
 
     hm = colorize(diff / DIFF_FULL_SCALE)
-    Image.fromarray(hm).save(img_dir / f"{stem}_diff.png", compress_level=1)
+    fileio.save_image(img_dir / f"{stem}_diff.png", hm, compress_level=1)
     paths.update(render=f"images/{stem}_render.png", heatmap_diff=f"images/{stem}_diff.png")
     ssim = {"EXACT": 1.0, "NEAR": rnd.uniform(0.965, 0.995), "DRIFT": rnd.uniform(0.8, 0.94),
             "DIFFERENT": rnd.uniform(0.25, 0.6)}[tier]
@@ -183,7 +183,6 @@ def _noise_floor(irreducible: list[str], ssim_y: float) -> dict[str, Any]:
 def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: random.Random, img_dir: Path,
           out: Path, size: int, bases: dict, ci: int, *, hostile_file: bool) -> dict[str, Any]:
     import numpy as np
-    from PIL import Image
 
     key = (ci, pi)
     if key not in bases:
@@ -194,7 +193,7 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
     stem = f"c{ci}_s{step}_p{pi}"
     pv_name = HOSTILE_FILE.replace(".png", ".jpg") if hostile_file else f"{stem}_preview.jpg"
     pv_path = img_dir / pv_name
-    Image.fromarray(preview.astype(np.uint8)).save(pv_path, "JPEG", quality=75)
+    fileio.save_image(pv_path, preview.astype(np.uint8), "JPEG", quality=75)
     paths: dict[str, str] = {"preview": f"images/{pv_name}"}
     metrics: dict[str, Any] = {}
     error = None

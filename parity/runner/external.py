@@ -147,17 +147,14 @@ class ExternalExplanation:
         return p if p.is_absolute() else (self.work_dir.parent / p)
 
     def _save(self, item: Any, spec: Any) -> Path:
-        from PIL import Image
-
+        from parity import fileio
         from parity.run import item_file_name
 
         image = self.cache.images.get(spec)
         if image is None:
             image = self.engines.engine_for(item).render(spec).image
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        path = self.work_dir / f"{item_file_name(item.id)}.png"
-        Image.fromarray(image).save(path)
-        return path
+        return fileio.save_image(self.work_dir / f"{item_file_name(item.id)}.png", image)
 
     def _render_fn(self, item: Any):
         engine, seen = self.engines.engine_for(item), self.observed.specs

@@ -12,13 +12,10 @@ from .policies import thresholds_of
 
 def save_render(out_dir: Path, item: Any, image: Any) -> Path:
     """Write `image` (H, W, 3) uint8 as `out_dir/renders/<item file name>.png`; the path written."""
-    from PIL import Image
-
+    from parity import fileio
     from parity.run import item_file_name
 
-    path = out_dir / "renders" / f"{item_file_name(item.id)}.png"
-    Image.fromarray(image).save(path)
-    return path
+    return fileio.save_image(out_dir / "renders" / f"{item_file_name(item.id)}.png", image)
 
 
 def submit_compare(comparer: Any, out_dir: Path, item: Any, image: Any) -> Future:
@@ -40,5 +37,5 @@ def read_render(path: Any) -> Any:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None

@@ -39,8 +39,10 @@ from pathlib import Path
 
 import torch
 
+from parity import fileio
 from parity.engine import keymap
 from parity.family import family
+from parity.jsonio import parse_json
 
 # ---------------------------------------------------------------------------------------------- configs
 
@@ -601,18 +603,18 @@ def _save_safetensors(path: Path, sd: dict, metadata: dict | None = None) -> Non
 
     blob = save({k: v.detach().contiguous() for k, v in sd.items()}, metadata=metadata or {"format": "pt"})
     n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
+    header = parse_json(blob[8 : 8 + n], "safetensors header")
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
+    fileio.write_bytes(path, len(text).to_bytes(8, "little") + text + blob[8 + n :])
 
 
 def _write_json(path: Path, obj: dict) -> None:
     """As diffusers' save_config and transformers' save_pretrained write configs: sorted keys, indent 2, final
     newline (tuples become lists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    fileio.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _write_configs(root: Path) -> None:
@@ -634,9 +636,9 @@ def _write_configs(root: Path) -> None:
 
 def _write_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokenizer.json").write_text(train_tokenizer().to_str(pretty=True))
+    fileio.write_text(folder / "tokenizer.json", train_tokenizer().to_str(pretty=True))
     _write_json(folder / "tokenizer_config.json", _TOKENIZER_CONFIG)
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    fileio.write_text(folder / "chat_template.jinja", CHAT_TEMPLATE)
 
 
 def build_tiny(out_dir: str | Path, *, seed: int = 0, smooth: bool = False) -> TinyPaths:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from parity import fileio
 from parity.engine import keymap
 from parity.family import family
 from parity.tiny import flux2 as base
@@ -172,9 +173,9 @@ def _write_configs(root: Path) -> None:
     base._write_json(root / "text_encoder/generation_config.json", {**_GENERATION_CONFIG, "transformers_version": tv})
     tok = root / "tokenizer"
     tok.mkdir(parents=True, exist_ok=True)
-    (tok / "tokenizer.json").write_text(train_tokenizer().to_str(pretty=True))
+    fileio.write_text(tok / "tokenizer.json", train_tokenizer().to_str(pretty=True))
     base._write_json(tok / "tokenizer_config.json", _TOKENIZER_CONFIG)
-    (tok / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    fileio.write_text(tok / "chat_template.jinja", CHAT_TEMPLATE)
 
 
 def build_tiny_klein(out_dir: str | Path, *, seed: int = 0) -> TinyKleinPaths:
