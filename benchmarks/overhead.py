@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     from parity.engine import Engine
     from parity.report import write_report
     from parity.report.store import ResultsStore
-    from parity.run import Runner, safe_name
+    from parity.runner import Runner
+    from parity.ids import safe_name
     from parity.session import run_metadata
 
     root = demo_root(a.demo)

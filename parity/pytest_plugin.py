@@ -378,7 +378,7 @@ def _worker_device(worker: str, device: str) -> str:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]):
-    from parity.run import parse_shard, shard_of
+    from parity.ids import parse_shard, shard_of
 
     shard = _opt(config, "shard")
     if shard:

@@ -1,94 +1,23 @@
-"""Planning: cases -> `PlannedItem`s, without loading any model.
+"""Planning: cases -> `PlannedItem`s (parity.items), without loading any model.
 
 `plan_cases` turns case files into items (a case that cannot be read becomes one `CaseError`; the other cases go
-on). Rendering them is parity.runner's job (`Runner`, re-exported here); setting up a run (device, store, cache,
-metadata) is parity.session's, shared by the CLI and the pytest plugin.
+on). Rendering them is parity.runner's job; setting up a run (device, store, cache, metadata) is parity.session's,
+shared by the CLI and the pytest plugin. Item ids and file names live in parity.ids.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from parity.cases import Case
 from parity.errors import ParityError
+from parity.ids import item_id
 from parity.spec import ResolvedSpec
+from parity.items import CaseError, PlannedItem
 
 log = logging.getLogger("parity")
-
-
-@dataclass
-class PlannedItem:
-    """One preview to reproduce: the case it belongs to, the preview's own settings and the settings under test."""
-
-    id: str                         # e.g. "portrait-v1[step2000-p3]"
-    case: Case
-    step: int
-    index: int
-    preview_path: Path | None
-    checkpoint: Path | None
-    preview: ResolvedSpec           # how AI Toolkit rendered the preview
-    inference: ResolvedSpec         # what is under test
-    base_model: str
-    text_encoder: str | None
-    diff: Any = None                # parity.diagnose.ParamDiff: the knob table preview vs inference
-    merge_history: list | None = None  # earlier merged sample rounds to replay (parity check of merged previews)
-    problem: str | None = None      # why this item cannot run (missing preview/checkpoint): an ERROR entry
-
-    @property
-    def engine_key(self) -> tuple:
-        return (self.base_model, self.text_encoder)
-
-    @property
-    def switch_key(self) -> tuple:
-        """Sort key that groups items sharing weights state (LoRA file, multiplier, precision) to minimise switches."""
-        s = self.inference.spec
-        return (self.engine_key, s.dtype, s.quantize or "", s.quantize_te or "", s.lora_path or "",
-                s.network_multiplier, s.lora_application, self.id)
-
-
-@dataclass
-class CaseError:
-    """A case that could not be planned (bad file, missing job...). Reported as one ERROR entry."""
-
-    case_name: str
-    case_path: Path
-    message: str
-    error: ParityError | None = None    # the original error (re-raised as is for a single case: --verbose)
-
-    @property
-    def id(self) -> str:
-        return f"{self.case_name}[load]"
-
-
-def item_id(case_name: str, step: int, index: int) -> str:
-    return f"{case_name}[step{step}-p{index}]"
-
-
-def job_case_name(job: str | Path) -> str:
-    """The case name `parity diff JOB` gives a job (its folder's name, or the config file's folder's): the prefix
-    of its item ids, which `parity plan JOB --json` prints too."""
-    path = Path(job).resolve()
-    return path.name if path.is_dir() else path.parent.name
-
-
-def shard_of(item_id_: str, count: int) -> int:
-    """Deterministic 1-based shard of an item (stable across machines and Python versions)."""
-    return zlib.crc32(item_id_.encode("utf-8")) % count + 1
-
-
-def parse_shard(value: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in value.split("/"))
-    except ValueError:
-        raise ParityError(f"shard must be K/N, e.g. 1/4, got {value!r}") from None
-    if not (n >= 1 and 1 <= k <= n):
-        raise ParityError(f"shard {value!r}: need 1 <= K <= N")
-    return k, n
 
 
 def plan_case(
@@ -195,37 +124,3 @@ def plan_cases(cases: Iterable[Case], **kwargs: Any) -> tuple[list[PlannedItem],
         except ParityError as e:
             errors.append(CaseError(case.name, case.path, str(e), e))
     return planned, errors
-
-
-def hardware_name(device: str) -> str:
-    """The device renders run on, as the `hardware` knob names it: "cpu", or the CUDA device's name (what
-    torch.cuda.get_device_name reports, e.g. "NVIDIA H100 80GB HBM3"), which a case's `preview_hardware` can match."""
-    if device.startswith("cuda"):
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                return torch.cuda.get_device_name(torch.device(device))
-        except Exception:  # noqa: BLE001 - fall back to the device string
-            pass
-    return device.split(":")[0]
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of an item id (no path separators, no traversal)."""
-    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".") or "item"
-    if len(out) > 120:  # file systems cap names at 255 bytes; keep distinct ids distinct with a checksum
-        out = f"{out[:110]}-{zlib.crc32(text.encode('utf-8')):08x}"
-    return out
-
-
-def item_file_name(item_id: str) -> str:
-    """The file stem of an item's render and heatmaps: its safe name plus a short hash of the exact id, so ids
-    that differ only in characters safe_name folds (`demo x` / `demo_x`) never share a file."""
-    digest = hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:10]
-    return f"{safe_name(item_id)[:100]}-{digest}"
-
-
-
-# The runner and the session set-up live in their own modules; these names stay importable from here.
-from parity.runner import DETERMINISM_MODES, Runner, case_error_record  # noqa: E402,F401

@@ -11,18 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from parity.device import default_device
 from parity.errors import ParityError
 from parity.spec import TIERS
-
-
-def default_device() -> str:
-    """cuda when torch sees a GPU, else cpu."""
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 def embedding_cache_dir() -> Path:

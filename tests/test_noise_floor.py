@@ -175,7 +175,8 @@ def _case(tmp_path: Path, job: Path, base: Path, **extra) -> Path:
 
 def _run(case_paths, out_dir):
     from parity.cases import load_case
-    from parity.run import Runner, plan_cases
+    from parity.runner import Runner
+    from parity.run import plan_cases
 
     items, errors = plan_cases([load_case(p) for p in case_paths])
     assert not errors

@@ -511,7 +511,7 @@ def test_hostile_prompt_and_names_escaped_and_confined(capsys, tmp_path, tiny_mo
 
 
 def test_safe_name_never_escapes(tmp_path):
-    from parity.run import safe_name
+    from parity.ids import safe_name
 
     for text in ["../../etc/passwd", "..", "/abs/x", "a\\..\\b", "x" * 400, "\x00", "name[step1-p0]"]:
         name = safe_name(text)

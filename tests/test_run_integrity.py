@@ -14,7 +14,7 @@ from test_reliability import STEP, assert_clean, cli, good_job, load_results, wr
 
 
 def test_item_file_names_are_distinct_for_ids_safe_name_folds():
-    from parity.run import item_file_name, safe_name
+    from parity.ids import item_file_name, safe_name
 
     ids = ["demo x[step200-p0]", "demo_x[step200-p0]", "demo/x[step200-p0]", "demo:x[step200-p0]"]
     assert len({safe_name(i) for i in ids}) == 1  # the collision the hash is there for

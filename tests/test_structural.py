@@ -59,7 +59,8 @@ def two_cases(tiny_model_dir, tmp_path_factory):
 
 
 def test_base_model_loaded_once_across_cases_and_lora_switches(two_cases, tiny_model_dir):
-    from parity.run import Runner, plan_cases
+    from parity.runner import Runner
+    from parity.run import plan_cases
 
     tmp, cases = two_cases
     items, errors = plan_cases(cases, steps="all", base_model=str(tiny_model_dir))

@@ -69,10 +69,10 @@ def _inference_value(args: argparse.Namespace) -> Any:
 
 
 def execute(cases: list[Case], args: argparse.Namespace, *, entry: str, load_errors: list[Any] = ()) -> int:
-    """`load_errors`: parity.run.CaseError of case files that could not be read (one ERROR record each)."""
+    """`load_errors`: parity.items.CaseError of case files that could not be read (one ERROR record each)."""
     from parity.commands.report import write_github
     from parity.report import write_report
-    from parity.run import case_error_record
+    from parity.runner import case_error_record
     from parity.runner.progress import Progress
     from parity.session import Session, default_device
 
@@ -237,7 +237,8 @@ def _public(url: str | None) -> str | None:
 
 def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """The command line's overrides applied to the cases, then planned (and sharded)."""
-    from parity.run import parse_shard, plan_cases, shard_of
+    from parity.ids import parse_shard, shard_of
+    from parity.run import plan_cases
     from parity.session import gate_tier
 
     if args.min_tier:

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from parity.cases import Case
     from parity.errors import ConfigError
-    from parity.run import job_case_name
+    from parity.ids import job_case_name
 
     job = Path(args.job).resolve()
     if not job.exists():

@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
 
 
 def item_record(item, case_name: str) -> dict:
-    from parity.run import item_id
+    from parity.ids import item_id
 
     spec = item.resolved.spec
     s = item.sample
@@ -145,7 +145,7 @@ def run(args) -> int:
 
         raise ConfigError(job.never_rendered(), job.config_path)
     items = job.items(step if not expected or step != "latest" else "all", strict=False, expected=expected)
-    from parity.run import job_case_name
+    from parity.ids import job_case_name
 
     name = job_case_name(args.job)
     records = [item_record(i, name) for i in items]

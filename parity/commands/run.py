@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from parity.cases import find_cases, load_case
-    from parity.run import CaseError
+    from parity.items import CaseError
 
     cases = []
     errors = []

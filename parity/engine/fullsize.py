@@ -98,6 +98,25 @@ SOURCES: dict[str, str] = {
 }
 
 
+def lora_target_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
+    """BFL module name -> (out_features, in_features) for every Linear AI Toolkit puts a LoRA on by default
+    (`transformer_only: true`: double_blocks / single_blocks only; cpu-stack-notes section 3), for a
+    Flux2Transformer2DModel config (the fused BFL shapes: qkv, the SwiGLU input projection emitting gate and up)."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    mlp = int(d * cfg["mlp_ratio"])
+    shapes: dict[str, tuple[int, int]] = {}
+    for n in range(cfg["num_layers"]):
+        for s in ("img", "txt"):
+            shapes[f"double_blocks.{n}.{s}_attn.qkv"] = (3 * d, d)
+            shapes[f"double_blocks.{n}.{s}_attn.proj"] = (d, d)
+            shapes[f"double_blocks.{n}.{s}_mlp.0"] = (2 * mlp, d)
+            shapes[f"double_blocks.{n}.{s}_mlp.2"] = (d, mlp)
+    for n in range(cfg["num_single_layers"]):
+        shapes[f"single_blocks.{n}.linear1"] = (3 * d + 2 * mlp, d)
+        shapes[f"single_blocks.{n}.linear2"] = (d, d + mlp)
+    return shapes
+
+
 def _kwargs(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 

@@ -160,10 +160,10 @@ def component_footprint(kind: str, cfg: dict, dtype: str, qtype: str | None):
 
 def lora_target_bytes(cfg: dict, dtype: str) -> int:
     """Bytes of the transformer weights AI Toolkit's default LoRA targets (what a merge keeps pristine copies of)."""
+    from parity.engine.fullsize import lora_target_shapes
     from parity.engine.resources import DTYPE_BYTES
-    from parity.tiny import bfl_lora_target_shapes
 
-    return sum(o * i for o, i in bfl_lora_target_shapes(cfg).values()) * DTYPE_BYTES[dtype]
+    return sum(o * i for o, i in lora_target_shapes(cfg).values()) * DTYPE_BYTES[dtype]
 
 
 def render_needs(transformer_cfg: dict, te_cfg: dict | None, vae_cfg: dict, shape: RenderShape) -> Needs:

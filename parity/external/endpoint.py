@@ -275,7 +275,7 @@ class EndpointClient:
         except http.HttpError as e:
             raise EndpointError(f"inference server result: cannot download {public_url(url)} ({e.message})") from None
         from parity import fileio
-        from parity.run import item_file_name
+        from parity.ids import item_file_name
 
         tmp = fileio.write_bytes(out_dir / f".download-{item_file_name(item.id)}", resp.body, durable=False)
         try:   # read back as an image (whatever the server called it), kept under the item's name, then removed

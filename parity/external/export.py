@@ -50,7 +50,7 @@ class RenderRequest:
 def render_stem(item_id: str) -> str:
     """The file name (without extension) a render of `item_id` is saved under: the id itself when it is a safe
     file name on every common file system, else parity's safe form of it (both are looked up)."""
-    from parity.run import safe_name
+    from parity.ids import safe_name
 
     unsafe = set('/\\:*?"<>|') | {chr(c) for c in range(32)}
     if item_id and not item_id.startswith(".") and not any(c in unsafe for c in item_id) and len(item_id) <= 120:
@@ -59,7 +59,7 @@ def render_stem(item_id: str) -> str:
 
 
 def render_request(item_id: str, it: Any, spec: Any = None) -> RenderRequest:
-    """The request of one parity.job PreviewItem (or a parity.run.PlannedItem), for the preview's own spec or
+    """The request of one parity.job PreviewItem (or a parity.items.PlannedItem), for the preview's own spec or
     `spec` (e.g. the settings under test)."""
     s = spec if spec is not None else it.resolved.spec if hasattr(it, "resolved") else it.preview.spec
     preview = it.preview if hasattr(it, "resolved") else it.preview_path

@@ -90,7 +90,7 @@ def index_folder(location: Path, ids: list[str]) -> FolderIndex:
     if not location.is_dir():
         raise ConfigError("renders: no such folder or manifest file", location)
     from parity.external.export import render_stem
-    from parity.run import safe_name
+    from parity.ids import safe_name
 
     by_stem: dict[str, list[Path]] = {}
     for p in sorted(location.iterdir()):
@@ -144,7 +144,7 @@ def keep_render(src: Path, item_id: str, out_dir: Path, loaded: Any = None) -> P
     JPEG or WebP within limits.MAX_IMAGE_BYTES is copied byte for byte; anything else (a TIFF named .png, a PNG
     with gigabytes after its end) is kept as the decoded image that was compared, as PNG."""
     from parity import fileio, limits
-    from parity.run import item_file_name
+    from parity.ids import item_file_name
 
     loaded = loaded if loaded is not None else load_render(src)
     out_dir.mkdir(parents=True, exist_ok=True)

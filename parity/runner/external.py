@@ -148,7 +148,7 @@ class ExternalExplanation:
 
     def _save(self, item: Any, spec: Any) -> Path:
         from parity import fileio
-        from parity.run import item_file_name
+        from parity.ids import item_file_name
 
         image = self.cache.images.get(spec)
         if image is None:

@@ -38,14 +38,14 @@ class _Rendered:
 
 
 class Runner:
-    """Renders planned items (parity.run.PlannedItem) into item records (parity.record.ItemRecord)."""
+    """Renders planned items (parity.items.PlannedItem) into item records (parity.record.ItemRecord)."""
 
     def __init__(self, out_dir: Path, *, device: str = "cpu", attribution: bool = True,
                  attribution_budget: int | None = None, cache_dir: Path | None = None,
                  progress: Callable[[str], None] | None = None, determinism: str = "auto", endpoint: Any = None):
         from parity.compare import Comparer
         from parity.external.sources import RenderSources
-        from parity.run import hardware_name
+        from parity.device import hardware_name
 
         from .external import ExternalExplanation
 

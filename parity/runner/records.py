@@ -119,7 +119,7 @@ def error_record(item: Any, message: str, started: float, hardware: str, tb: str
 
 
 def case_error_record(err: Any) -> ItemRecord:
-    """The one ERROR record of a case that could not be planned (a parity.run.CaseError)."""
+    """The one ERROR record of a case that could not be planned (a parity.items.CaseError)."""
     return ItemRecord(id=err.id, case=err.case_name, case_file=str(err.case_path), tier="ERROR", passed=False,
                       error=err.message, fail_reasons=[err.message])
 

@@ -13,14 +13,14 @@ from .policies import thresholds_of
 def save_render(out_dir: Path, item: Any, image: Any) -> Path:
     """Write `image` (H, W, 3) uint8 as `out_dir/renders/<item file name>.png`; the path written."""
     from parity import fileio
-    from parity.run import item_file_name
+    from parity.ids import item_file_name
 
     return fileio.save_image(out_dir / "renders" / f"{item_file_name(item.id)}.png", image)
 
 
 def submit_compare(comparer: Any, out_dir: Path, item: Any, image: Any) -> Future:
     """Queue the comparison of `image` with the item's preview on the comparer's worker thread."""
-    from parity.run import item_file_name
+    from parity.ids import item_file_name
 
     # resample=True: a size mismatch still gets a (labelled, at best DRIFT) score, so it can be attributed.
     return comparer.submit(image, item.preview_path, heatmap_dir=out_dir / "heatmaps",

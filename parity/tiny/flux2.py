@@ -41,6 +41,7 @@ import torch
 
 from parity import fileio
 from parity.engine import keymap
+from parity.engine.fullsize import lora_target_shapes
 from parity.family import family
 from parity.jsonio import parse_json
 
@@ -690,22 +691,9 @@ def tiny_paths(root: str | Path, *, seconds: float = 0.0) -> TinyPaths:
 
 
 def bfl_lora_target_shapes(transformer_config: dict) -> dict[str, tuple[int, int]]:
-    """BFL module name -> (out_features, in_features) for every Linear AI Toolkit puts a LoRA on by default
-    (`transformer_only: true`: double_blocks / single_blocks only; cpu-stack-notes section 3)."""
-    cfg = {**TRANSFORMER_CONFIG, **transformer_config}
-    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    mlp = int(d * cfg["mlp_ratio"])  # SwiGLU hidden; the input projection emits gate and up (2 x mlp)
-    shapes: dict[str, tuple[int, int]] = {}
-    for n in range(cfg["num_layers"]):
-        for s in ("img", "txt"):
-            shapes[f"double_blocks.{n}.{s}_attn.qkv"] = (3 * d, d)
-            shapes[f"double_blocks.{n}.{s}_attn.proj"] = (d, d)
-            shapes[f"double_blocks.{n}.{s}_mlp.0"] = (2 * mlp, d)
-            shapes[f"double_blocks.{n}.{s}_mlp.2"] = (d, mlp)
-    for n in range(cfg["num_single_layers"]):
-        shapes[f"single_blocks.{n}.linear1"] = (3 * d + 2 * mlp, d)
-        shapes[f"single_blocks.{n}.linear2"] = (d, d + mlp)
-    return shapes
+    """AI Toolkit's default LoRA targets (parity.engine.fullsize.lora_target_shapes) of a transformer config, the
+    tiny model's values filling what `transformer_config` leaves out."""
+    return lora_target_shapes({**TRANSFORMER_CONFIG, **transformer_config})
 
 
 def lokr_factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
