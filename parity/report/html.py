@@ -327,7 +327,9 @@ def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: st
         if size:
             dims[k] = list(size)
     # reference images (FLUX.2 ctrl_img*) the preview was conditioned on: linked next to the preview
-    ref_urls = [url_for((copies or {}).get(p, p), out) for p in _reference_images(it)]
+    refs = it["paths"].get("reference_images")
+    ref_urls = [url_for(p, out) for p in (refs if isinstance(refs, list) else
+                                          [(copies or {}).get(p, p) for p in _reference_images(it)])]
     if ref_urls:
         urls["refs"] = ref_urls
     v["u"], v["t"], v["dims"] = urls, th, dims
@@ -411,13 +413,18 @@ def copyable_image(key: str, src: str, run_dir: Path | list[Path] | None) -> str
     return None
 
 
-def _copy_one(src: str, idir: Path) -> str:
-    """Copy `src` to idir/<hash of its path>.<ext> (never a user file name); returns the copy's path."""
-    import shutil
-
+def _copy_name(src: str) -> str:
+    """The file name of `src`'s copy in images/: a hash of its path (never a user file name) and its extension."""
     ext = os.path.splitext(src)[1].lower()
     ext = ext if ext in (".jpg", ".jpeg", ".png", ".webp") else ".img"
-    dst = idir / (hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext)
+    return hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext
+
+
+def _copy_one(src: str, idir: Path) -> str:
+    """Copy `src` to idir/<hash of its path>.<ext>; returns the copy's path."""
+    import shutil
+
+    dst = idir / _copy_name(src)
     if not dst.exists():
         tmp = idir / f".{dst.name}.tmp"
         shutil.copyfile(src, tmp)
@@ -426,14 +433,23 @@ def _copy_one(src: str, idir: Path) -> str:
     return str(dst)
 
 
+def _earlier_copy(src: str, idir: Path) -> str | None:
+    """The copy an earlier build of this report made of `src` (gone since: the job folder was deleted, or the
+    report moved), or None."""
+    dst = idir / _copy_name(src)
+    return str(dst) if dst.is_file() and not dst.is_symlink() else None
+
+
 def copy_images_into(items: list[dict[str, Any]], out: Path, run_dir: Path | list[Path] | None = None,
                      refused: list[str] | None = None,
                      copies: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Copy the images of `items` (absolute paths) into out/images/ under hashed names (never a user file name)
-    and return the items pointing at the copies: a report directory that can be zipped and moved as a whole.
-    Only what `copyable_image` allows is copied (`run_dir`: the folder(s) of the results); each refusal is
-    appended to `refused` as one line and the item keeps its original path. Reference images (which live in the
-    item's params, not its paths) are copied too; `copies` receives every source -> copy."""
+    and return the items pointing at the copies, the original paths kept in `original_paths` (provenance): a
+    report directory that can be zipped and moved as a whole. An image that is gone but was copied by an earlier
+    build of this report is found there. Only what `copyable_image` allows is copied (`run_dir`: the folder(s) of
+    the results); each refusal is appended to `refused` as one line and the item keeps its original path.
+    Reference images (which live in the item's params, not its paths) are copied too, listed as
+    `paths.reference_images`; `copies` receives every source -> copy."""
     idir = out / "images"
     if idir.is_symlink():
         raise ParityError("refusing to copy images through a symlink", idir)
@@ -443,6 +459,11 @@ def copy_images_into(items: list[dict[str, Any]], out: Path, run_dir: Path | lis
     def take(it: dict[str, Any], key: str, src: str) -> str:
         if src in done or out in Path(src).resolve().parents:  # copied already, or inside the report
             return done.get(src, src)
+        if not os.path.isfile(src):
+            earlier = _earlier_copy(src, idir)
+            if earlier is not None:
+                done[src] = earlier
+            return done.get(src, src)
         why = copyable_image(key, src, run_dir)
         if why is not None:
             if refused is not None:
@@ -451,18 +472,24 @@ def copy_images_into(items: list[dict[str, Any]], out: Path, run_dir: Path | lis
         done[src] = _copy_one(src, idir)
         return done[src]
 
-    result = []
-    for it in items:
-        paths = dict(it["paths"])
-        for k in IMAGE_KEYS:
-            src = paths.get(k)
-            if isinstance(src, str) and os.path.isfile(src):
-                paths[k] = take(it, k, src)
-        for ref in _reference_images(it):
-            if os.path.isfile(ref):
-                take(it, "reference_image", ref)
-        result.append(dict(it, paths=paths))
-    return result
+    return [_with_copies(it, take) for it in items]
+
+
+def _with_copies(it: dict[str, Any], take: Any) -> dict[str, Any]:
+    """`it` with its images (and reference images) replaced by what `take` returns, originals in original_paths."""
+    paths, origins = dict(it["paths"]), dict(it.get("original_paths") or {})
+    for k in IMAGE_KEYS:
+        src = paths.get(k)
+        if isinstance(src, str):
+            paths[k] = take(it, k, src)
+            if paths[k] != src:
+                origins.setdefault(k, src)
+    listed = paths.get("reference_images")  # copies made by an earlier build (results.json written by a report)
+    refs = [take(it, "reference_image", ref) for ref in (listed if isinstance(listed, list) else
+                                                           _reference_images(it)) if isinstance(ref, str)]
+    if refs:
+        paths["reference_images"] = refs
+    return dict(it, paths=paths, **({"original_paths": origins} if origins else {}))
 
 
 def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
@@ -491,8 +518,9 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
                         junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
                         thumbs=out / THUMB_DIR)
 
+    # The run's own results.json (the runner's snapshot) is rewritten only to point at new copies.
     own = results.source is not None and paths.results.exists() and _same_file(paths.results, results.source)
-    if not own:
+    if not own or copies:
         doc = {"schema": results.schema, "run": results.run, "items": [relative_paths(it, out) for it in items]}
         write_text_atomic(paths.results, dumps_results(doc))
     rel_results = Results(run=results.run, items=items, base_dir=None, source=results.source,
