@@ -60,7 +60,10 @@ def _save(img: np.ndarray, path: Path, legend: dict, note: str) -> Path:
     info = PngInfo()
     ticks = ", ".join(f"{label} at {pos:.2f}" for pos, label in legend["ticks"])
     info.add_text("parity:scale", f"{legend['title']}; ramp dark to bright: {ticks}; {note}")
-    Image.fromarray(img, "RGB").save(path, "PNG", pnginfo=info)
+    from parity.report.jsonfile import replace_with
+
+    # a new file, never rewritten in place: a report may have hard-linked the old one (parity.report.html)
+    replace_with(path, lambda tmp: Image.fromarray(img, "RGB").save(tmp, "PNG", pnginfo=info))
     return path
 
 

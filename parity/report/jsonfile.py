@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from parity.jsonio import dumps
 
@@ -49,6 +49,25 @@ def write_text_atomic(path: Path, text: str) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def replace_with(path: Path, write: Callable[[str], None]) -> None:
+    """Have `write(tmp)` write a temporary sibling of `path` (same extension, so Pillow picks the format from it),
+    then os.replace it onto `path`: a reader, or a report that hard-linked the old file, never sees a half-written
+    or changed-in-place file (a rewrite is a new inode). Not fsync'd: for images, which a rerun can remake."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _fsync_dir(d: Path) -> None:

@@ -143,8 +143,10 @@ class ExternalExplanation:
         if image is None:
             image = self.engines.engine_for(item).render(spec).image
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        from parity.report.jsonfile import replace_with
+
         path = self.work_dir / f"{item_file_name(item.id)}.png"
-        Image.fromarray(image).save(path)
+        replace_with(path, Image.fromarray(image).save)  # a new file, never rewritten in place (a report may link it)
         return path
 
     def _render_fn(self, item: Any):

@@ -16,8 +16,10 @@ def save_render(out_dir: Path, item: Any, image: Any) -> Path:
 
     from parity.run import item_file_name
 
+    from parity.report.jsonfile import replace_with
+
     path = out_dir / "renders" / f"{item_file_name(item.id)}.png"
-    Image.fromarray(image).save(path)
+    replace_with(path, Image.fromarray(image).save)  # a new file, never rewritten in place (a report may link it)
     return path
 
 
