@@ -33,30 +33,24 @@ def dumps_results(doc: dict[str, Any]) -> str:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` via a temporary sibling + fsync + os.replace: readers see the old or the new file,
     never half of one. os.replace swaps the directory entry, so a symlink at `path` is replaced, not followed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600: a report uploaded as a CI artifact or served must be readable
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+
+    replace_with(path, write, suffix=".tmp")
+    _fsync_dir(Path(path).parent)
 
 
-def replace_with(path: Path, write: Callable[[str], None]) -> None:
-    """Have `write(tmp)` write a temporary sibling of `path` (same extension, so Pillow picks the format from it),
-    then os.replace it onto `path`: a reader, or a report that hard-linked the old file, never sees a half-written
-    or changed-in-place file (a rewrite is a new inode). Not fsync'd: for images, which a rerun can remake."""
+def replace_with(path: Path, write: Callable[[str], None], suffix: str | None = None) -> None:
+    """Have `write(tmp)` write a temporary sibling of `path`, made 0644 (a report uploaded as a CI artifact or
+    served must be readable), then os.replace it onto `path`: a reader, or a report that hard-linked the old file,
+    never sees a half-written or changed-in-place file (a rewrite is a new inode). The temporary name ends in
+    `path`'s extension unless `suffix` is given (Pillow picks the image format from it). Not fsync'd here: images
+    can be remade; write_text_atomic fsyncs its text."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
