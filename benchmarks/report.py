@@ -31,16 +31,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import smoke, smoke_option  # noqa: E402
 
 
+CPU_S: dict[int, float] = {}  # id of a timing -> the child's user + sys seconds (the load on a shared box is in wall)
+
+
 def time_cli(results: Path, out: Path, *extra: str) -> float:
-    # A fresh interpreter with torch made unimportable, as a user's `parity report` would run.
+    """Wall seconds of one `parity report` in a fresh interpreter with torch made unimportable, as a user's would
+    run; its CPU seconds (user + sys, from the child's rusage) are kept in CPU_S."""
+    import resource
+
     code = ("import sys; sys.modules['torch'] = None; from parity.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code, "report", str(results), "--out", str(out), *extra],
                        capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise SystemExit(f"parity report failed:\n{r.stderr}")
+    CPU_S[id(dt)] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return dt
 
 
@@ -57,7 +66,9 @@ def runs_of(n: int, fn, out: Path, fresh: bool = True) -> tuple[list[float], int
 
 
 def said(times: list[float]) -> str:
-    return f"median {statistics.median(times):.2f} s of {len(times)} ({', '.join(f'{t:.2f}' for t in times)})"
+    cpu = [CPU_S[id(t)] for t in times]
+    return (f"median {statistics.median(times):.2f} s wall of {len(times)} ({', '.join(f'{t:.2f}' for t in times)}), "
+            f"CPU (user + sys) median {statistics.median(cpu):.2f} s")
 
 
 def first_screen(index: Path, runs: int = 3) -> list[dict[str, float]] | None:
@@ -125,6 +136,8 @@ def main() -> int:
         print(f"parity report, cold, no budget (all {n_full} thumbnails): {said(full)}")
         warm, _ = runs_of(args.runs, lambda: time_cli(results, out), out, fresh=False)
         print(f"parity report, warm (images copied, all thumbnails cached): {said(warm)}")
+        cpu = {k: statistics.median(CPU_S[id(t)] for t in v)
+               for k, v in (("cold", cold), ("no_thumbs", nothumb), ("all_thumbs", full), ("warm", warm))}
         cold, nothumb, full, warm = (statistics.median(x) for x in (cold, nothumb, full, warm))
         size = (out / "index.html").stat().st_size
         print(f"index.html: {size / 1e6:.1f} MB, cpu count {os.cpu_count()}, load average "
@@ -137,7 +150,8 @@ def main() -> int:
                       f"{r['cards_built']} cards built)   (target < 2 s)")
         print("RESULT " + json.dumps({"benchmark": "report", "items": args.items, "runs": args.runs,
                                       "report_cold_s": cold, "report_no_thumbs_s": nothumb,
-                                      "report_all_thumbs_s": full, "report_warm_s": warm,
+                                      "report_all_thumbs_s": full, "report_warm_s": warm, "cpu_s": cpu,
+                                      "load_average": os.getloadavg(),
                                       "first_screen_s": min(r["wall_s"] for r in fs) if fs else None}))
     finally:
         if args.keep is None:
