@@ -44,7 +44,7 @@ def time_cli(results: Path, out: Path, *extra: str) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code, "report", str(results), "--out", str(out), *extra],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=out.parent)  # not the checkout: PYTHONPATH decides
     dt = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
