@@ -176,8 +176,10 @@ def _write_json_copy(results: Any, path: Path) -> None:
     doc = results.to_dict()
     doc["items"] = [relative_paths(absolute_paths(it, results.base_dir), path.resolve().parent)
                     for it in results.items]
+    from parity.report.jsonfile import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(doc, indent=1) + "\n")
+    write_text_atomic(path, dumps(doc, indent=1) + "\n")
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:

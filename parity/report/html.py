@@ -177,12 +177,12 @@ class Thumbnails:
     resizes and encodes) while the caller goes on copying images and writing the report's other files; `result()`
     waits for them.
     Items come worst first; cached thumbnails are reused; with `budget_s` no new thumbnail is started after that
-    many seconds (the remaining cards lazy-load the full image, and the next rebuild continues). `origin` maps an
+    many seconds from `started` (a time.monotonic(); default now) (the remaining cards lazy-load the full image, and the next rebuild continues). `origin` maps an
     image copied into the report to its original: the thumbnail is keyed by (and made from) the original while it
     exists, so one made by the runner or an earlier report is shared, and a copy not yet written is never read."""
 
     def __init__(self, items: list[dict[str, Any]], out: Path, size: int, *, budget_s: float | None = None,
-                 workers: int | None = None, origin: dict[str, str] | None = None):
+                 workers: int | None = None, origin: dict[str, str] | None = None, started: float | None = None):
         self.tdir = out / THUMB_DIR
         if self.tdir.is_symlink():
             raise ParityError("refusing to write thumbnails through a symlink", self.tdir)
@@ -200,7 +200,7 @@ class Thumbnails:
                 self.done[src] = (f"{THUMB_DIR}/{name}", dims)
             else:
                 todo.append((src, key))
-        self.deadline = None if budget_s is None else time.monotonic() + budget_s
+        self.deadline = None if budget_s is None else (started or time.monotonic()) + budget_s
         self.todo, self.lock = iter(todo), threading.Lock()
         self.threads = [threading.Thread(target=self._work, daemon=True)
                         for _ in range(min(len(todo), workers or min(4, (os.cpu_count() or 2))))]
@@ -585,14 +585,16 @@ def _with_copies(it: dict[str, Any], take: Any) -> dict[str, Any]:
 
 
 def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
-                 thumb_budget_s: float | None = 2.0, title: str | None = None,
+                 thumb_budget_s: float | None = 1.5, title: str | None = None,
                  copy_images: bool = True, report_url: str | None = None) -> ReportPaths:
     """Write index.html, junit.xml, summary.md, thumbs/ and (unless it is the run's own file) results.json into
     `out_dir`. Item paths are rebased so links work from `out_dir`. New thumbnails are made worst item first
-    for at most `thumb_budget_s` seconds (None: no limit); cards without one lazy-load the full image.
+    until `thumb_budget_s` seconds after the start (None: no limit), on worker threads while the images are copied
+    and the other files written; cards without one lazy-load the full image.
     `copy_images` (default) copies images from outside `out_dir` into it (a report that can be zipped and moved);
     False links the originals by absolute path. `report_url`: where the report will be hosted (absolute links in
     summary.md and junit.xml)."""
+    started = time.monotonic()
     href = report_href(report_url)  # checked before anything is written
     out = safe_out_dir(out_dir)
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
@@ -607,7 +609,7 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
             log.warning("%s", line)
     summary = summarize(items, results.run)
     # Thumbnails are made on worker threads while the images are copied and the other files are written.
-    thumbs = (Thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s,
+    thumbs = (Thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s, started=started,
                          origin={dst: src for src, dst in copies.items()}) if thumbnails else None)
     try:
         if plan is not None:
