@@ -33,6 +33,9 @@ def test_copies_outlive_a_replaced_or_deleted_original(tmp_path):
     # a rerun rewrites the original by atomic replacement (as the runner does): the report keeps what it showed
     replace_with(original, Image.new("RGB", (32, 32), (255, 0, 0)).save)
     assert copy.read_bytes() == before and original.read_bytes() != before
+    # a rebuild from the run's results takes the new original; the old copy was not changed in place
+    write_report(res, out, thumbnails=False)
+    assert copy.read_bytes() == original.read_bytes() != before
     # the original gone, a rebuild from the report's own results.json still links the copy
     original.unlink()
     write_report(load(out / "results.json"), out, thumbnails=False)
@@ -50,6 +53,9 @@ def test_an_original_not_readable_by_others_is_copied_not_linked(tmp_path):
     copy, original = _preview_of(json.loads((out / "results.json").read_text()), out)
     assert os.stat(copy).st_ino != os.stat(original).st_ino
     assert os.stat(copy).st_mode & 0o777 == 0o644 and os.stat(original).st_mode & 0o777 == 0o600  # theirs untouched
+    made = os.stat(copy).st_ino
+    write_report(res, out, thumbnails=False)
+    assert os.stat(copy).st_ino == made  # current: not copied again
 
 
 def test_thumbnails_are_made_worst_first_while_the_report_is_written(tmp_path):

@@ -474,6 +474,16 @@ def _copy_name(src: str) -> str:
     return hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext
 
 
+def _same_stamp(src: str, dst: str) -> bool:
+    """`dst` is a current copy of `src`: the same size and modification time (a link shares them; a copy is
+    given the original's)."""
+    try:
+        a, b = os.stat(src), os.stat(dst)
+    except OSError:
+        return False
+    return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+
+
 def _copy_file(src: str, dst: str) -> None:
     """Put a copy of `src` at `dst` through a temporary sibling + os.replace (never a half-written copy): a hard
     link where the file system allows it and the original is already world-readable (no bytes copied: a cold
@@ -495,6 +505,8 @@ def _copy_file(src: str, dst: str) -> None:
     except OSError:  # another file system, links not allowed: copy
         pass
     shutil.copyfile(src, tmp)
+    st = os.stat(src)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # so a later build sees the copy is current (_same_stamp)
     os.chmod(tmp, 0o644)
     os.replace(tmp, dst)
 
@@ -528,7 +540,7 @@ class _Copies:
             if self.refused is not None:
                 self.refused.append(f"{it.get('id', '?')}: {key} {src}: not copied: {why}")
             return src
-        if name not in self.present:
+        if name not in self.present or not _same_stamp(src, dst):  # new, or the original was replaced since
             self.todo.append((src, dst))
         self.done[src] = dst
         return dst
