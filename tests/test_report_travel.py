@@ -175,6 +175,10 @@ def test_report_rebuilt_after_the_job_is_deleted_shows_every_image(demo, tmp_pat
         for target in (moved / "portrait", moved / "klein" / "results.json"):
             r = _cli("report", target, cwd=elsewhere)
             assert r.returncode == 0, r.stdout + r.stderr
+        # and written elsewhere from the moved folder's journal (which still names the deleted job's previews)
+        r = _cli("report", moved / "portrait", "--out", "rebuilt", cwd=elsewhere)
+        assert r.returncode == 0 and "not copied" not in r.stderr, r.stdout + r.stderr
+        _check_travelled(drv, elsewhere / "rebuilt", [work])
         for name in ("portrait", "klein"):
             _check_travelled(drv, moved / name, [work])
             doc = json.loads((moved / name / "results.json").read_text())

@@ -521,6 +521,7 @@ class _Copies:
         self.out, self.idir, self.run_dir, self.refused, self.done = str(out), out / "images", run_dir, refused, done
         self.present = set(os.listdir(self.idir))  # copies made by an earlier build
         self.todo: list[tuple[str, str]] = []
+        self.made_from: dict[str, str] = {}  # copy -> the file it is made from (thumbnails read that one)
         self.real_dir = functools.lru_cache(maxsize=None)(os.path.realpath)
 
     def take(self, it: dict[str, Any], key: str, src: str) -> str:
@@ -531,19 +532,33 @@ class _Copies:
             return src
         name = _copy_name(src)
         dst = str(self.idir / name)
+        source = src
         if not os.path.isfile(src):  # gone (the job folder deleted): a copy an earlier build made, if any
             if name in self.present and not os.path.islink(dst):
                 self.done[src] = dst
-            return self.done.get(src, src)
-        why = copyable_image(key, src, self.run_dir, self.real_dir)
+                return dst
+            source = self._earlier_copy(name)  # made by the report these results were read from
+            if source is None:
+                return src
+        why = copyable_image(key, source, self.run_dir, self.real_dir)
         if why is not None:
             if self.refused is not None:
                 self.refused.append(f"{it.get('id', '?')}: {key} {src}: not copied: {why}")
             return src
-        if name not in self.present or not _same_stamp(src, dst):  # new, or the original was replaced since
-            self.todo.append((src, dst))
-        self.done[src] = dst
+        if name not in self.present or not _same_stamp(source, dst):  # new, or the original was replaced since
+            self.todo.append((source, dst))
+        self.done[src], self.made_from[dst] = dst, source
         return dst
+
+    def _earlier_copy(self, name: str) -> str | None:
+        """The copy named `name` in the images/ folder of a report whose results are being read (written
+        elsewhere with --out), or None."""
+        dirs = [self.run_dir] if isinstance(self.run_dir, Path) else list(self.run_dir or [])
+        for d in dirs:
+            p = Path(d) / "images" / name
+            if p.is_file() and not p.is_symlink():
+                return str(p)
+        return None
 
     def copy_all(self) -> None:
         """Make the planned copies, on a few threads (a copy is system calls: they overlap), each taking a slice."""
@@ -622,7 +637,7 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
     summary = summarize(items, results.run)
     # Thumbnails are made on worker threads while the images are copied and the other files are written.
     thumbs = (Thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s, started=started,
-                         origin={dst: src for src, dst in copies.items()}) if thumbnails else None)
+                         origin=plan.made_from if plan is not None else None) if thumbnails else None)
     try:
         if plan is not None:
             plan.copy_all()
