@@ -6,12 +6,13 @@ per side: the machine is shared, and the minimum is the least noisy estimate of 
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -19,6 +20,23 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def smoke_option(ap: argparse.ArgumentParser) -> None:
+    """`--smoke`: every benchmark has one (tests/test_benchmarks_smoke.py runs each and fails for a benchmark
+    without): a seconds-long run through the same code with the smallest sizes, so a benchmark cannot rot unseen.
+    Its figures mean nothing."""
+    ap.add_argument("--smoke", action="store_true",
+                    help="a seconds-long run with the smallest sizes, to check the benchmark still works (figures "
+                         "meaningless; the test suite runs it)")
+
+
+def smoke(args: argparse.Namespace, **smallest: Any) -> argparse.Namespace:
+    """`args` with the `smallest` values when --smoke was given."""
+    if getattr(args, "smoke", False):
+        for name, value in smallest.items():
+            setattr(args, name, value)
+    return args
 
 
 def pin_threads() -> None:

@@ -35,6 +35,8 @@ from parity.compare.metrics import phash_distance  # noqa: E402
 from parity.compare.synth import natural_image  # noqa: E402
 from parity.compare.tiers import Thresholds  # noqa: E402
 
+from _common import smoke, smoke_option  # noqa: E402
+
 
 def once(fn, pairs):
     t0 = time.perf_counter()
@@ -56,7 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
-    a = ap.parse_args(argv)
+    smoke_option(ap)
+    a = smoke(ap.parse_args(argv), size=128, pairs=1, repeat=1)
     from skimage.metrics import structural_similarity
 
     rng = np.random.default_rng(0)

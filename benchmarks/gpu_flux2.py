@@ -35,6 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from parity.engine.resources import step_flops  # noqa: E402  (one FLOPs formula, shared with parity doctor)
 
+from _common import smoke, smoke_option  # noqa: E402
+
 
 def build_random(cfg: dict, device, dtype, seed: int = 0):
     """The transformer with N(0, 0.02) weights (norm scales 1, biases 0) made directly on `device`."""
@@ -275,7 +277,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--text-len", type=int, default=None, help="text tokens (512 full, 32 tiny)")
     ap.add_argument("--json", default=None, help="also write the result here")
-    a = ap.parse_args(argv)
+    smoke_option(ap)  # --smoke is --tiny, one repeat
+    a = smoke(ap.parse_args(argv), tiny=True, repeat=1)
     s = setup(a)
     det = determinism(s["device"])
     result = {"benchmark": "gpu_flux2", **transformer_benchmark(a, s), "determinism": det}
@@ -287,7 +290,9 @@ def main(argv=None) -> int:
     report(result, a.repeat)
     print("RESULT " + json.dumps(result))
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1))
+        from parity.report.jsonfile import write_text_atomic
+
+        write_text_atomic(Path(a.json), json.dumps(result, indent=1))
     return 0
 
 

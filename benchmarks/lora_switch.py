@@ -19,14 +19,16 @@ import argparse
 import dataclasses
 import json
 
-from _common import demo_items, demo_root, interleaved_best, machine_line, peak_rss_mib, pin_threads, ratio
+from _common import demo_items, demo_root, interleaved_best, machine_line, peak_rss_mib, pin_threads, ratio, smoke, \
+    smoke_option
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", default=None)
     ap.add_argument("--repeat", type=int, default=3)
-    a = ap.parse_args(argv)
+    smoke_option(ap)
+    a = smoke(ap.parse_args(argv), repeat=1)
     pin_threads()
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline

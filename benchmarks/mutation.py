@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import smoke, smoke_option
+
 REPO = Path(__file__).resolve().parents[1]
 ORACLE = Path(os.environ.get("PARITY_ORACLE", REPO.parent / "shared" / "oracle"))
 
@@ -222,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
     ap.add_argument("--no-effect", action="store_true", help="skip the probe renders (effects)")
     ap.add_argument("--timeout", type=int, default=1500, help="seconds per mutation's test run")
-    args = ap.parse_args(argv)
+    smoke_option(ap)  # one row: the first mutation, without the probe renders
+    args = smoke(ap.parse_args(argv), names=[MUTATIONS[0].name], no_effect=True)
     if args.list:
         for m in MUTATIONS:
             print(f"{m.name:18s} {m.detail:28s} {m.change}")

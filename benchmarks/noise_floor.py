@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import smoke, smoke_option  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -29,7 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--dtypes", default="fp32,bf16")
-    a = ap.parse_args(argv)
+    smoke_option(ap)
+    a = smoke(ap.parse_args(argv), seeds=1, size=32, steps=2, dtypes="fp32")
 
     import torch
 

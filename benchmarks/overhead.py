@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from _common import aitk_shift, demo_items, demo_root, interleaved_best, machine_line, peak_rss_mib, pin_threads, \
-    ratio
+    ratio, smoke, smoke_option
 
 
 def build_bare(base: Path, specs):
@@ -85,16 +85,16 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--step", default="all", help="job steps to check (all, latest)")
     ap.add_argument("--modes", default="warm,cold")
-    a = ap.parse_args(argv)
+    smoke_option(ap)
+    a = smoke(ap.parse_args(argv), repeat=1, step="latest", modes="warm")
     pin_threads()
     import numpy as np
     from PIL import Image
 
     from parity.engine import Engine
     from parity.report import write_report
-    from parity.report.store import ResultsStore
+    from parity.report.store import ResultsStore, absolute_paths
     from parity.runner import Runner
-    from parity.ids import safe_name
     from parity.session import run_metadata
 
     root = demo_root(a.demo)
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="parity-overhead-"))
     counter = [0]
     phases: dict[str, float] = {}
-    last_out: list[Path] = []
+    last_results: list = []
 
     def harness(cold: bool):
         if cold:
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         t2 = time.perf_counter()
         write_report(results, out)
         phases.update(run=t1 - t0, finish=t2 - t1, report=time.perf_counter() - t2)
-        last_out[:] = [out]
+        last_results[:] = [results]
         if counter[0] > 2:
             shutil.rmtree(work / f"run{counter[0] - 2}", ignore_errors=True)
         return results
@@ -160,10 +160,12 @@ def main(argv=None) -> int:
         sides[f"bare-{m}"] = (lambda c=cold: bare(c))
     times = interleaved_best(sides, a.repeat)
 
-    # Same work? Compare the last harness run's PNGs with the bare loop's images.
+    # Same work? Compare the last harness run's PNGs (where its records say they are) with the bare loop's images.
+    res = last_results[0]
+    renders = {it["id"]: absolute_paths(it, res.base_dir)["paths"].get("render") for it in res.items}
     diffs = []
     for it, img in zip(items, last_bare):
-        mine = np.asarray(Image.open(last_out[0] / "renders" / f"{safe_name(it.id)}.png").convert("RGB"))
+        mine = np.asarray(Image.open(renders[it.id]).convert("RGB"))
         diffs.append(int(np.abs(mine.astype(int) - img.astype(int)).max()) if mine.shape == img.shape else 999)
     # Where the harness time goes (one extra warm run, its own per-item timings).
     res = harness(False)

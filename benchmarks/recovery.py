@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import smoke, smoke_option
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -71,7 +73,9 @@ def right(found: dict, expected: dict) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES))
-    args = ap.parse_args()
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="prompts (items) per case")
+    smoke_option(ap)
+    args = smoke(ap.parse_args(), cases="multiplier-0.6", prompts=1)
     import torch
     from PIL import Image
 
@@ -88,7 +92,7 @@ def main() -> None:
     old = old_suspects_module()
     recorded = [RenderSpec(prompt=p, width=64, height=64, seed=3 + i, sample_steps=20, guidance_scale=4.0,
                            lora_path=str(paths.lora), network_multiplier=1.0, dtype="fp32")
-                for i, p in enumerate(PROMPTS)]
+                for i, p in enumerate(PROMPTS[:args.prompts])]
 
     def render(spec):
         return engine.render(spec).image

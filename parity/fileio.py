@@ -8,7 +8,8 @@ a file for writing, copies one, or saves an image by itself.
 
     write_text(path, text)            write_bytes(path, data)          write_json(path, doc, indent=2)
     save_image(path, pil_image, ...)  copy_file(src, dest, max_bytes)  write_with(path, fill)
-    append_text(path, text)           (only for a file another program owns, such as $GITHUB_STEP_SUMMARY)
+    link_or_copy(src, dest)           append_text(path, text) (only for a file another program owns, such as
+                                      $GITHUB_STEP_SUMMARY)
 """
 
 from __future__ import annotations
@@ -105,6 +106,31 @@ def copy_file(src: Path, dest: Path, max_bytes: int | None = None) -> Path:
                     raise InputFileError(f"file grew over parity's limit of {max_bytes} bytes while copied", src)
                 f.write(chunk)
     return write_with(dest, fill, durable=False)
+
+
+def link_or_copy(src: Path, dest: Path) -> Path:
+    """`dest` made the same bytes as `src` through a temporary sibling + os.replace: a hard link where the file
+    system allows it and `src` is already world-readable (no bytes copied: a cold report of thousands of images
+    is dominated by copying otherwise), else a byte copy made 0644 with `src`'s modification time (so a later
+    report build sees the copy is current). A link is safe because nothing rewrites an image in place: every file
+    parity writes is a new inode (write_with), AI Toolkit writes each preview once, and a report never writes
+    into its copies; replacing or deleting the original leaves the link as it was. The caller checks the size
+    budget (parity.limits) first."""
+    src, dest = Path(src), Path(dest)
+    tmp = dest.with_name(f".{dest.name[:100]}.link.tmp")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    try:
+        if os.stat(src).st_mode & 0o044 == 0o044:
+            os.link(src, tmp)
+            os.replace(tmp, dest)
+            return dest
+    except OSError:  # another file system, or links not allowed: copy
+        pass
+    copy_file(src, dest)
+    st = os.stat(src)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return dest
 
 
 def _fsync_dir(d: Path) -> None:

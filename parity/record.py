@@ -130,6 +130,7 @@ class ItemRecord:
     suspects: dict[str, Any] | None = None
     source: dict[str, Any] | None = None      # where the render came from: engine, folder/manifest, endpoint
     explanation: dict[str, Any] | None = None  # an external render: the engine settings that reproduce it
+    original_paths: dict[str, Any] | None = None  # a report's copies: where each copied image came from
     notes: list[str] = field(default_factory=list)
     traceback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields of a loaded file, kept as they were
@@ -173,7 +174,8 @@ class ItemRecord:
 
 # Optional fields: left out of the file when unset, so records stay as short as what happened to the item.
 _WRITTEN_WHEN_SET = ("expected", "case_file", "case_sha256", "prompt_inference", "render", "determinism",
-                     "nondeterministic", "noise_floor", "attribution", "suspects", "source", "explanation", "notes",
+                     "nondeterministic", "noise_floor", "attribution", "suspects", "source", "explanation",
+                     "original_paths", "notes",
                      "traceback")
 
 # Fields the HTML report's item view carries (parity.report.html; read by static/report.js).
@@ -223,7 +225,7 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
     for key in ("jpeg", "ceiling", "size_mismatch", "render", "nondeterministic", "noise_floor", "attribution",
                 "suspects"):
         out[key] = item.get(key)
-    for key in ("source", "explanation"):
+    for key in ("source", "explanation", "original_paths"):
         if item.get(key) is not None:
             check_type(item[key], dict, f"{label}: '{key}'", where)
         out[key] = item.get(key)

@@ -140,10 +140,54 @@ def test_moved_report_and_moved_merge_show_every_image(demo, tmp_path):
         assert len(merged["items"]) == 6
         # results.json: paths inside the folder are relative to it, the others absolute
         for it in merged["items"]:
-            for key, p in it["paths"].items():
-                if p is not None:
-                    assert os.path.isabs(p) or (final / p).is_file(), (it["id"], key, p)
+            for key, value in it["paths"].items():
+                for p in value if isinstance(value, list) else [value]:  # reference_images: a list
+                    if p is not None:
+                        assert os.path.isabs(p) or (final / p).is_file(), (it["id"], key, p)
             assert not (it["paths"]["render"] or "").startswith("/"), "the render was copied into the report"
+    finally:
+        drv.quit()
+        shutil.rmtree(drv._parity_profile, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_report_rebuilt_after_the_job_is_deleted_shows_every_image(demo, tmp_path):
+    """Issue 34: a run's report folder is moved and its job folder deleted (a CI job's workspace is gone); then
+    `parity report` rebuilds it, from the folder (the run's journal, which keeps the job's paths) and from its
+    results.json. Every image still loads: results.json points at the copies, the originals kept as provenance."""
+    from test_report_browser import chromium_driver
+
+    drv = chromium_driver()
+    try:
+        work = tmp_path / "ci-job"
+        for job, base, out in ((demo.job, demo.base_model, "reports/portrait"),
+                               (demo.klein_job, demo.klein_base_model, "reports/klein")):
+            copy = work / "jobs" / Path(job).name  # a job folder of its own, deleted below
+            shutil.copytree(job, copy)
+            r = _cli("diff", copy, "--base-model", base, "--out", out, "--no-attribution", "-q", cwd=work)
+            assert r.returncode == 0, r.stdout + r.stderr
+        moved = tmp_path / "downloaded"
+        shutil.move(str(work / "reports"), str(moved))
+        shutil.rmtree(work)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        for target in (moved / "portrait", moved / "klein" / "results.json"):
+            r = _cli("report", target, cwd=elsewhere)
+            assert r.returncode == 0, r.stdout + r.stderr
+        # and written elsewhere from the moved folder's journal (which still names the deleted job's previews)
+        r = _cli("report", moved / "portrait", "--out", "rebuilt", cwd=elsewhere)
+        assert r.returncode == 0 and "not copied" not in r.stderr, r.stdout + r.stderr
+        _check_travelled(drv, elsewhere / "rebuilt", [work])
+        for name in ("portrait", "klein"):
+            _check_travelled(drv, moved / name, [work])
+            doc = json.loads((moved / name / "results.json").read_text())
+            for it in doc["items"]:
+                assert it["paths"]["preview"].startswith("images/"), it["paths"]
+                assert it["original_paths"]["preview"].startswith(str(work / "jobs")), it.get("original_paths")
+        klein = json.loads((moved / "klein" / "results.json").read_text())
+        refs = [p for it in klein["items"] for p in it["paths"].get("reference_images", [])]
+        assert refs and all(p.startswith("images/") for p in refs), refs
     finally:
         drv.quit()
         shutil.rmtree(drv._parity_profile, ignore_errors=True)

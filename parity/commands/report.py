@@ -33,9 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="report directory (default: the directory of RESULTS; required for merge)")
     p.add_argument("--title", default=None, help="page title")
     p.add_argument("--thumb-size", type=int, default=176, help="thumbnail longest side in pixels (default 176)")
-    p.add_argument("--thumb-budget", type=float, default=4.0, metavar="SECONDS",
-                   help="stop making new thumbnails after this long (worst items get theirs first; the rest "
-                        "lazy-load full images; a rebuild continues); 0 = no limit (default 4)")
+    p.add_argument("--thumb-budget", type=float, default=1.5, metavar="SECONDS",
+                   help="start no new thumbnail this long after the report began (they are made on worker threads "
+                        "while the images are copied and the other files written; worst items get theirs first; "
+                        "the rest lazy-load full images; a rebuild continues); 0 = no limit (default 1.5)")
     p.add_argument("--no-thumbnails", action="store_true", help="link full images instead of making thumbnails")
     add_report_arguments(p)
     p.add_argument("--strict", action="store_true",

@@ -137,7 +137,10 @@ def _case(case, device: Device, base_model: str | None, report: DoctorReport) ->
     try:
         layout = weights.resolve_base(base, text_encoder=te)
     except ParityError as exc:
-        report.checks.append(Check(f"{case.name}: base model", "fail", f"{exc} (from {base_src})", base))
+        if device.source == "this machine":  # a plan for a named card or size needs no weights: plan_before_download
+            report.checks.append(Check(f"{case.name}: base model", "fail", f"{exc} (from {base_src})", base))
+        else:
+            _plan_before_download(case.name, items, arch, base, f"{exc} (from {base_src})", report)
         return
     te_src = case.resolve_text_encoder()[1] if te else "base model folder"
     report.checks.append(Check(f"{case.name}: base model", "ok", f"{layout.root} ({layout.kind} layout, from "
@@ -153,6 +156,20 @@ def _case(case, device: Device, base_model: str | None, report: DoctorReport) ->
 
     report.plans.append(case_plan(case.name, str(layout.root), layout, te_cfg, runnable or items, device,
                                   lora_file_params(loras[0] if loras else None)))
+
+
+def _plan_before_download(name: str, items, arch: str, base: str, problem: str, report: DoctorReport) -> None:
+    """No base model on disk, a card to plan for: the plan from the published configuration (parity.doctor.published);
+    only what will not fit, or a LoRA or package the run needs, fails."""
+    from parity.doctor.published import published_checks, published_layout, published_plan
+
+    layout = published_layout(arch, base)
+    loras = sorted({it.inference.spec.lora_path for it in items if it.inference.spec.lora_path})
+    report.checks += published_checks(name, layout, loras, problem)
+    if any(it.inference.spec.quantize or it.inference.spec.quantize_te for it in items):
+        report.checks.append(_quanto_check(report.environment.versions))
+    runnable = [it for it in items if not it.problem]
+    report.plans.append(published_plan(name, layout, arch, runnable or items, report.environment.device, loras))
 
 
 def examine(cases, device: Device, *, base_model: str | None = None,

@@ -25,6 +25,7 @@ class CasePlan:
     host_bytes: int
     alternatives: list[dict] = field(default_factory=list)
     time: dict = field(default_factory=dict)
+    planned_from: str | None = None  # set when the weights are absent: parity.doctor.published.PUBLISHED_NOTE
 
     def to_dict(self) -> dict:
         p = self.plan
@@ -35,6 +36,7 @@ class CasePlan:
                      "overflow": p.overflow,
                      "stages": {s: {"on_device": list(c), "bytes": b} for s, (c, b) in p.stages.items()}},
             "host_bytes": self.host_bytes, "alternatives": self.alternatives, "time": self.time,
+            **({"planned_from": self.planned_from} if self.planned_from else {}),
         }
 
 
@@ -121,7 +123,8 @@ def time_estimate(tcfg: dict, shape: offload.RenderShape, items, device: Device,
     return out
 
 
-def case_plan(name: str, base: str, layout, te_cfg, items, device: Device, lora_params: int) -> CasePlan:
+def case_plan(name: str, base: str, layout, te_cfg, items, device: Device, lora_params: int, *,
+              estimate_time: bool = True) -> CasePlan:
     tcfg, vcfg = layout.transformer_config, layout.vae_config
     shape = render_shape(items, lora_params, tcfg)
     needs = offload.render_needs(tcfg, te_cfg, vcfg, shape)
@@ -134,5 +137,5 @@ def case_plan(name: str, base: str, layout, te_cfg, items, device: Device, lora_
     return CasePlan(case=name, base_model=base, items=len(items), shape=shape, components=comps, plan=plan,
                     host_bytes=offload.host_bytes(needs, plan),
                     alternatives=alternatives(tcfg, te_cfg, vcfg, shape) if device.kind == "cuda" else [],
-                    time=time_estimate(tcfg, shape, items, device, needs, plan))
+                    time=time_estimate(tcfg, shape, items, device, needs, plan) if estimate_time else {})
 

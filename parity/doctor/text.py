@@ -62,6 +62,11 @@ def _alternatives(p) -> str:
 
 
 def _time(t: dict) -> str:
+    if "unknown" in t:
+        return f"  time per render: unknown ({t['unknown']})"
+    if "measured" in t:
+        return (f"  time per render: {_duration(t['s_per_item'])} ({_duration(t['s_per_step'])}/step x "
+                f"{t['mean_steps']:g} steps, measured: {t['measured']}); run {_duration(t['s_run'])}")
     head = f"  time: {t['flops_per_step'] / 1e12:.3g} TFLOP/step x {t['mean_steps']:g} steps"
     if "s_per_item" not in t:
         return f"{head}; {t.get('note', '')}"
@@ -79,6 +84,8 @@ def _plan(p) -> list[str]:
         (f" + {s.quantize_te} text encoder" if s.quantize_te else "")
     lora = f", LoRA {s.lora_application}" if s.lora_params else ""
     lines = [f"case {p.case}: {p.items} items, up to {s.width}x{s.height}, {prec}{lora}  (base {p.base_model})"]
+    if p.planned_from:
+        lines.append(f"  {p.planned_from}")
     lines += _components(p)
     plan = p.plan
     verdict = "fits" if plan.fits else f"DOES NOT FIT: {plan.overflow}"

@@ -16,8 +16,8 @@ import base64
 import hashlib
 import logging
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -162,55 +162,96 @@ def _parse_thumb(name: str) -> tuple[str, tuple[int, int]] | None:
     return key, (int(w), int(h))
 
 
-def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, *, budget_s: float | None = None,
-                     workers: int | None = None, origin: dict[str, str] | None = None,
-                     ) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
-    """abs source path -> (thumbnail URL or None, source size or None), for the images of `items` in their
-    order (pass them worst first). Cached thumbnails are reused. With `budget_s`, making new thumbnails stops
-    after that many seconds: the remaining cards show the full image (lazy-loaded), and the next rebuild
-    continues where this one stopped. `origin` maps an image copied into the report to its original, whose
-    thumbnail (made by the runner, or by an earlier report) it shares."""
-    from PIL import Image
-
-    tdir = out / THUMB_DIR
-    if tdir.is_symlink():
-        raise ParityError("refusing to write thumbnails through a symlink", tdir)
-    tdir.mkdir(exist_ok=True)
+def _cached_thumbnails(tdir: Path) -> dict[str, tuple[str, tuple[int, int]]]:
     cached: dict[str, tuple[str, tuple[int, int]]] = {}
     for name in os.listdir(tdir):
         parsed = _parse_thumb(name)
         if parsed:
             cached[parsed[0]] = (name, parsed[1])
-    sources = list(dict.fromkeys(p for it in items for k, p in it["paths"].items()
-                                 if k in IMAGE_KEYS and isinstance(p, str)))
-    result: dict[str, tuple[str | None, tuple[int, int] | None]] = {}
-    todo: list[tuple[str, str]] = []
-    for src in sources:
-        key = _thumb_key((origin or {}).get(src, src), size)
-        if key in cached:
-            name, dims = cached[key]
-            result[src] = (f"{THUMB_DIR}/{name}", dims)
-        else:
-            todo.append((src, key))
-    deadline = None if budget_s is None else time.monotonic() + budget_s
+    return cached
 
-    def one(job: tuple[str, str]) -> tuple[str, tuple[str | None, tuple[int, int] | None]]:
-        src, key = job
-        if deadline is not None and time.monotonic() > deadline:
-            return src, (None, None)
+
+class Thumbnails:
+    """The thumbnails of a report's images, made on worker threads (Pillow releases the GIL while it decodes,
+    resizes and encodes) while the caller goes on copying images and writing the report's other files; `result()`
+    waits for them.
+    Items come worst first; cached thumbnails are reused; with `budget_s` no new thumbnail is started after that
+    many seconds from `started` (a time.monotonic(); default now) (the remaining cards lazy-load the full image, and the next rebuild continues). `origin` maps an
+    image copied into the report to its original: the thumbnail is keyed by (and made from) the original while it
+    exists, so one made by the runner or an earlier report is shared, and a copy not yet written is never read."""
+
+    def __init__(self, items: list[dict[str, Any]], out: Path, size: int, *, budget_s: float | None = None,
+                 workers: int | None = None, origin: dict[str, str] | None = None, started: float | None = None):
+        self.tdir = out / THUMB_DIR
+        if self.tdir.is_symlink():
+            raise ParityError("refusing to write thumbnails through a symlink", self.tdir)
+        self.tdir.mkdir(exist_ok=True)
+        self.size, self.origin = size, origin or {}
+        cached = _cached_thumbnails(self.tdir)
+        self.sources = list(dict.fromkeys(p for it in items for k, p in it["paths"].items()
+                                          if k in IMAGE_KEYS and isinstance(p, str)))
+        self.done: dict[str, tuple[str | None, tuple[int, int] | None]] = {}
+        todo: list[tuple[str, str]] = []
+        for src in self.sources:
+            key = _thumb_key(self._original(src), size)
+            if key in cached:
+                name, dims = cached[key]
+                self.done[src] = (f"{THUMB_DIR}/{name}", dims)
+            else:
+                todo.append((src, key))
+        self.deadline = None if budget_s is None else (started or time.monotonic()) + budget_s
+        self.todo, self.lock = iter(todo), threading.Lock()
+        self.threads = [threading.Thread(target=self._work, daemon=True)
+                        for _ in range(min(len(todo), workers or min(4, (os.cpu_count() or 2))))]
+        for t in self.threads:
+            t.start()
+
+    def _work(self) -> None:
+        """Take the next image (worst item first) until none is left or the budget is spent."""
+        while self.deadline is None or time.monotonic() <= self.deadline:
+            with self.lock:
+                job = next(self.todo, None)
+            if job is None:
+                return
+            src, val = self._make(*job)
+            self.done[src] = val  # one key per thread at a time: dict assignment is atomic
+
+    def _original(self, src: str) -> str:
+        orig = self.origin.get(src)
+        return orig if orig is not None and os.path.isfile(orig) else src
+
+    def _make(self, src: str, key: str) -> tuple[str, tuple[str | None, tuple[int, int] | None]]:
+        from PIL import Image
+
         try:
-            with Image.open(src) as im:
-                name = _save_thumb(im, tdir, key, size)
+            with Image.open(self._original(src)) as im:
+                name = _save_thumb(im, self.tdir, key, self.size)
             parsed = _parse_thumb(name)
             return src, (f"{THUMB_DIR}/{name}", parsed[1] if parsed else None)
         except Exception:  # missing or unreadable: the card says so
             return src, (None, None)
 
-    workers = workers or min(4, (os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding/encoding
-        for src, val in pool.map(one, todo):
-            result[src] = val
-    return result
+    def cancel(self) -> None:
+        """Start no more thumbnails; wait for those being written."""
+        self.deadline = 0.0
+        self.result()
+
+    def result(self) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
+        """abs source path -> (thumbnail URL or None, source size or None), once every started one is written; an
+        image without a thumbnail (budget spent, unreadable) maps to (None, None)."""
+        for t in self.threads:
+            t.join()
+        for src in self.sources:
+            self.done.setdefault(src, (None, None))
+        return self.done
+
+
+def build_thumbnails(items: list[dict[str, Any]], out: Path, size: int, *, budget_s: float | None = None,
+                     workers: int | None = None, origin: dict[str, str] | None = None,
+                     ) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
+    """abs source path -> (thumbnail URL or None, source size or None), for the images of `items` in their
+    order (pass them worst first): `Thumbnails(...).result()`."""
+    return Thumbnails(items, out, size, budget_s=budget_s, workers=workers, origin=origin).result()
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -326,7 +367,9 @@ def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: st
         if size:
             dims[k] = list(size)
     # reference images (FLUX.2 ctrl_img*) the preview was conditioned on: linked next to the preview
-    ref_urls = [url_for((copies or {}).get(p, p), out) for p in _reference_images(it)]
+    refs = it["paths"].get("reference_images")
+    ref_urls = [url_for(p, out) for p in (refs if isinstance(refs, list) else
+                                          [(copies or {}).get(p, p) for p in _reference_images(it)])]
     if ref_urls:
         urls["refs"] = ref_urls
     v["u"], v["t"], v["dims"] = urls, th, dims
@@ -382,23 +425,36 @@ def _reference_images(it: dict[str, Any]) -> list[str]:
     return [p for p in refs if isinstance(p, str)]
 
 
-def copyable_image(key: str, src: str, run_dir: Path | list[Path] | None) -> str | None:
+def _real_path(src: str, real_dir: Any) -> str:
+    """`src` with every symlink resolved; `real_dir` resolves (and may cache) its folder: thousands of images
+    share a few folders, and resolving each path whole costs one lstat per component."""
+    if os.path.islink(src):
+        return os.path.realpath(src)
+    return os.path.join(real_dir(os.path.dirname(os.path.abspath(src))), os.path.basename(src))
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def copyable_image(key: str, src: str, run_dir: Path | list[Path] | None, real_dir: Any = os.path.realpath) -> str | None:
     """Why `src` must not be copied into a report, or None when it may. results.json is input like any other: a
     path in it is copied only when it is what this run could have produced there, a regular image file (by its
     first bytes, not its name), inside the run's own folder(s) (`run_dir`: one, or a merge's shard folders) or,
     for a preview, an AI Toolkit preview file (`samples/{ms}__{step:09d}_{i}.ext`), or for a reference image
-    (`reference_image`: a ctrl_img the job names, anywhere) an image. So `"preview": "/etc/passwd"` copies nothing."""
+    (`reference_image`: a ctrl_img the job names, anywhere) an image. So `"preview": "/etc/passwd"` copies nothing.
+    `real_dir` resolves a folder's symlinks (a caching one when many images are checked)."""
     from parity.job.previews import parse_preview_filename
 
-    p = Path(src)
-    if not p.is_file():
+    if not os.path.isfile(src):
         return "not a regular file"
-    if p.stat().st_size > limits.MAX_IMAGE_BYTES:   # the one budget for a copied image (parity.limits)
+    if os.stat(src).st_size > limits.MAX_IMAGE_BYTES:   # the one budget for a copied image (parity.limits)
         return f"larger than parity's limit of {limits.MAX_IMAGE_BYTES} bytes for an image it copies"
-    real = p.resolve()
+    real = _real_path(src, real_dir)
     dirs = [run_dir] if isinstance(run_dir, Path) else list(run_dir or [])
-    in_run = any(d.resolve() in real.parents for d in dirs)
-    is_preview = real.parent.name == "samples" and parse_preview_filename(real.name) is not None
+    in_run = any(_is_inside(real, real_dir(os.path.abspath(d))) for d in dirs)
+    is_preview = os.path.basename(os.path.dirname(real)) == "samples" and \
+        parse_preview_filename(os.path.basename(real)) is not None
     if not in_run and not (key == "preview" and is_preview) and key != "reference_image":
         return ("neither an AI Toolkit preview file (samples/{ms}__{step:09d}_{i}.ext) nor inside the run's folder"
                 if key == "preview" else "not inside the run's folder")
@@ -412,91 +468,177 @@ def copyable_image(key: str, src: str, run_dir: Path | list[Path] | None) -> str
     return None
 
 
-def _copy_one(src: str, idir: Path) -> str:
-    """Copy `src` to idir/<hash of its path>.<ext> (never a user file name); returns the copy's path."""
+def _copy_name(src: str) -> str:
+    """The file name of `src`'s copy in images/: a hash of its path (never a user file name) and its extension."""
     ext = os.path.splitext(src)[1].lower()
     ext = ext if ext in (".jpg", ".jpeg", ".png", ".webp") else ".img"
-    dst = idir / (hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext)
-    if not dst.exists():
-        fileio.copy_file(Path(src), dst, limits.MAX_IMAGE_BYTES)
-    return str(dst)
+    return hashlib.sha1(src.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ext
+
+
+def _same_stamp(src: str, dst: str) -> bool:
+    """`dst` is a current copy of `src`: the same size and modification time (a link shares them; a copy is
+    given the original's)."""
+    try:
+        a, b = os.stat(src), os.stat(dst)
+    except OSError:
+        return False
+    return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+
+
+class _Copies:
+    """Which images of a report are copied into its images/ folder, and where (see copy_images_into)."""
+
+    def __init__(self, out: Path, run_dir: Path | list[Path] | None, refused: list[str] | None,
+                 done: dict[str, str]):
+        import functools
+
+        self.out, self.idir, self.run_dir, self.refused, self.done = str(out), out / "images", run_dir, refused, done
+        self.present = set(os.listdir(self.idir))  # copies made by an earlier build
+        self.todo: list[tuple[str, str]] = []
+        self.made_from: dict[str, str] = {}  # copy -> the file it is made from (thumbnails read that one)
+        self.real_dir = functools.lru_cache(maxsize=None)(os.path.realpath)
+
+    def take(self, it: dict[str, Any], key: str, src: str) -> str:
+        """The path the item links `src` by: its copy (made later by `copy_all`), or `src` itself."""
+        if src in self.done:
+            return self.done[src]
+        if _is_inside(_real_path(src, self.real_dir), self.out):  # inside the report already
+            return src
+        name = _copy_name(src)
+        dst = str(self.idir / name)
+        source = src
+        if not os.path.isfile(src):  # gone (the job folder deleted): a copy an earlier build made, if any
+            if name in self.present and not os.path.islink(dst):
+                self.done[src] = dst
+                return dst
+            source = self._earlier_copy(name)  # made by the report these results were read from
+            if source is None:
+                return src
+        why = copyable_image(key, source, self.run_dir, self.real_dir)
+        if why is not None:
+            if self.refused is not None:
+                self.refused.append(f"{it.get('id', '?')}: {key} {src}: not copied: {why}")
+            return src
+        if name not in self.present or not _same_stamp(source, dst):  # new, or the original was replaced since
+            self.todo.append((source, dst))
+        self.done[src], self.made_from[dst] = dst, source
+        return dst
+
+    def _earlier_copy(self, name: str) -> str | None:
+        """The copy named `name` in the images/ folder of a report whose results are being read (written
+        elsewhere with --out), or None."""
+        dirs = [self.run_dir] if isinstance(self.run_dir, Path) else list(self.run_dir or [])
+        for d in dirs:
+            p = Path(d) / "images" / name
+            if p.is_file() and not p.is_symlink():
+                return str(p)
+        return None
+
+    def copy_all(self) -> None:
+        """Make the planned copies, on a few threads (a copy is system calls: they overlap), each taking a slice."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        slices = [self.todo[i::4] for i in range(4)]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda jobs: [fileio.link_or_copy(Path(s), Path(d)) for s, d in jobs], slices))
 
 
 def copy_images_into(items: list[dict[str, Any]], out: Path, run_dir: Path | list[Path] | None = None,
                      refused: list[str] | None = None,
                      copies: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Copy the images of `items` (absolute paths) into out/images/ under hashed names (never a user file name)
-    and return the items pointing at the copies: a report directory that can be zipped and moved as a whole.
-    Only what `copyable_image` allows is copied (`run_dir`: the folder(s) of the results); each refusal is
-    appended to `refused` as one line and the item keeps its original path. Reference images (which live in the
-    item's params, not its paths) are copied too; `copies` receives every source -> copy."""
+    and return the items pointing at the copies, the original paths kept in `original_paths` (provenance): a
+    report directory that can be zipped and moved as a whole. An image that is gone but was copied by an earlier
+    build of this report is found there. Only what `copyable_image` allows is copied (`run_dir`: the folder(s) of
+    the results); each refusal is appended to `refused` as one line and the item keeps its original path.
+    Reference images (which live in the item's params, not its paths) are copied too, listed as
+    `paths.reference_images`; `copies` receives every source -> copy."""
+    plan = _plan_copies(out, run_dir, copies if copies is not None else {}, refused)
+    result = [_with_copies(it, plan.take) for it in items]
+    plan.copy_all()
+    return result
+
+
+def _plan_copies(out: Path, run_dir: Path | list[Path] | None,
+                 copies: dict[str, str], refused: list[str] | None = None) -> _Copies:
     idir = out / "images"
     if idir.is_symlink():
         raise ParityError("refusing to copy images through a symlink", idir)
     idir.mkdir(exist_ok=True)
-    done: dict[str, str] = copies if copies is not None else {}
+    return _Copies(out, run_dir, [] if refused is None else refused, copies)
 
-    def take(it: dict[str, Any], key: str, src: str) -> str:
-        if src in done or out in Path(src).resolve().parents:  # copied already, or inside the report
-            return done.get(src, src)
-        why = copyable_image(key, src, run_dir)
-        if why is not None:
-            if refused is not None:
-                refused.append(f"{it.get('id', '?')}: {key} {src}: not copied: {why}")
-            return src
-        done[src] = _copy_one(src, idir)
-        return done[src]
 
-    result = []
-    for it in items:
-        paths = dict(it["paths"])
-        for k in IMAGE_KEYS:
-            src = paths.get(k)
-            if isinstance(src, str) and os.path.isfile(src):
-                paths[k] = take(it, k, src)
-        for ref in _reference_images(it):
-            if os.path.isfile(ref):
-                take(it, "reference_image", ref)
-        result.append(dict(it, paths=paths))
-    return result
+def _with_copies(it: dict[str, Any], take: Any) -> dict[str, Any]:
+    """`it` with its images (and reference images) replaced by what `take` returns, originals in original_paths."""
+    paths, origins = dict(it["paths"]), dict(it.get("original_paths") or {})
+    for k in IMAGE_KEYS:
+        src = paths.get(k)
+        if isinstance(src, str):
+            paths[k] = take(it, k, src)
+            if paths[k] != src:
+                origins.setdefault(k, src)
+    listed = paths.get("reference_images")  # copies made by an earlier build (results.json written by a report)
+    refs = [take(it, "reference_image", ref) for ref in (listed if isinstance(listed, list) else
+                                                           _reference_images(it)) if isinstance(ref, str)]
+    if refs:
+        paths["reference_images"] = refs
+    return dict(it, paths=paths, **({"original_paths": origins} if origins else {}))
 
 
 def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = True, thumb_size: int = 176,
-                 thumb_budget_s: float | None = 4.0, title: str | None = None,
+                 thumb_budget_s: float | None = 1.5, title: str | None = None,
                  copy_images: bool = True, report_url: str | None = None) -> ReportPaths:
     """Write index.html, junit.xml, summary.md, thumbs/ and (unless it is the run's own file) results.json into
     `out_dir`. Item paths are rebased so links work from `out_dir`. New thumbnails are made worst item first
-    for at most `thumb_budget_s` seconds (None: no limit); cards without one lazy-load the full image.
+    until `thumb_budget_s` seconds after the start (None: no limit), on worker threads while the images are copied
+    and the other files written; cards without one lazy-load the full image.
     `copy_images` (default) copies images from outside `out_dir` into it (a report that can be zipped and moved);
     False links the originals by absolute path. `report_url`: where the report will be hosted (absolute links in
     summary.md and junit.xml)."""
+    started = time.monotonic()
     href = report_href(report_url)  # checked before anything is written
     out = safe_out_dir(out_dir)
-    items = [absolute_paths(it, results.base_dir) for it in results.items]
-    copies: dict[str, str] = {}
-    if copy_images:
-        refused: list[str] = []
-        items = copy_images_into(items, out, results.own_dirs, refused, copies)
-        for line in refused:
-            log.warning("%s", line)
-    summary = summarize(items, results.run)
-    origin = {dst: src for src, dst in copies.items()}
-    thumbs = (build_thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s, origin=origin)
-              if thumbnails else {})
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
                         junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
                         thumbs=out / THUMB_DIR)
+    items = [absolute_paths(it, results.base_dir) for it in results.items]
+    copies: dict[str, str] = {}
+    plan = _plan_copies(out, results.own_dirs, copies) if copy_images else None
+    if plan is not None:
+        items = [_with_copies(it, plan.take) for it in items]
+        for line in plan.refused or []:
+            log.warning("%s", line)
+    summary = summarize(items, results.run)
+    # Thumbnails are made on worker threads while the images are copied and the other files are written.
+    thumbs = (Thumbnails(summary.worst, out, thumb_size, budget_s=thumb_budget_s, started=started,
+                         origin=plan.made_from if plan is not None else None) if thumbnails else None)
+    try:
+        if plan is not None:
+            plan.copy_all()
+        _write_data_files(results, items, paths, summary, href, rewrite_own=bool(copies))
+    except BaseException:
+        if thumbs is not None:
+            thumbs.cancel()
+        raise
+    thumb_urls = thumbs.result() if thumbs is not None else {}
+    write_text_atomic(paths.index, render_html(results, items, out, thumb_urls, summary, title=title, copies=copies))
+    return paths
 
+
+def _write_data_files(results: Results, items: list[dict[str, Any]], paths: ReportPaths, summary: Summary,
+                      href: str, *, rewrite_own: bool) -> None:
+    """results.json (items relative to the report folder), junit.xml and summary.md. The run's own results.json
+    (the runner's snapshot, when the report is written into the run folder) is rewritten only to point at new
+    copies (`rewrite_own`)."""
     own = results.source is not None and paths.results.exists() and _same_file(paths.results, results.source)
-    if not own:
-        doc = {"schema": results.schema, "run": results.run, "items": [relative_paths(it, out) for it in items]}
+    if not own or rewrite_own:
+        doc = {"schema": results.schema, "run": results.run,
+               "items": [relative_paths(it, paths.dir) for it in items]}
         write_text_atomic(paths.results, dumps_results(doc))
     rel_results = Results(run=results.run, items=items, base_dir=None, source=results.source,
                           warnings=results.warnings)
     write_text_atomic(paths.junit, junit_xml(rel_results, report_href=href))
     write_text_atomic(paths.markdown, markdown_summary(rel_results, summary=summary, report_href=href))
-    write_text_atomic(paths.index, render_html(results, items, out, thumbs, summary, title=title, copies=copies))
-    return paths
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -56,7 +56,7 @@ def relative_paths(item: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 def _comparable(item: dict[str, Any]) -> str:
     # Paths differ between shards' directories and timings between machines; the verdict must not.
-    return dumps({k: v for k, v in item.items() if k not in ("timings", "paths")}, sort_keys=True)
+    return dumps({k: v for k, v in item.items() if k not in ("timings", "paths", "original_paths")}, sort_keys=True)
 
 
 def merge(results_list: Iterable[Results]) -> Results:
