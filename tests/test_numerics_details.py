@@ -17,7 +17,7 @@ import torch
 from parity.engine import numerics
 from parity.engine.lora import LoraApplier, _rows, parse_lora, plan
 from parity.engine.render import Engine
-from parity.engine.sampling import aitk_denoise, make_noise
+from parity.engine.sampling import aitk_denoise, image_ids, make_noise, text_ids
 from parity.engine.schedule import aitk_sigmas
 
 pytestmark = pytest.mark.quick
@@ -42,7 +42,8 @@ class RecordingTransformer:
 
     def __call__(self, **kw):
         out = self.inner(**kw)
-        self.calls.append({k: kw[k].clone() for k in ("hidden_states", "timestep", "guidance")} | {"pred": out[0]})
+        self.calls.append({k: kw[k].clone() for k in ("hidden_states", "timestep", "guidance")} | {"pred": out[0]}
+                          | {"contiguous": kw["hidden_states"].is_contiguous()})
         return out
 
 
@@ -67,6 +68,29 @@ def test_denoise_loop_is_ai_toolkits_bf16_euler_with_bf16_t_and_guidance(bf16_en
         if i + 1 < len(model.calls):
             assert torch.equal(model.calls[i + 1]["hidden_states"], x), f"step {i}"
     assert torch.equal(out, x.permute(0, 2, 1).reshape(out.shape))
+
+
+def test_transformer_gets_contiguous_tokens_as_ai_toolkits_stacked_prc_img(bf16_engine):
+    """src/sampling.py prc_img + batched_wrapper (L108-166): the latents are rearranged `c h w -> (h w) c` and
+    `torch.stack`ed, which copies them into a contiguous (B, h*w, C) tensor, and the Euler update keeps that layout.
+    A permuted view of the same values is a transposed GEMM operand for `img_in`, whose bf16 kernel rounds
+    differently (docs/numerics.md "Operation structure"). 80x48 and a 64-token prompt: a shape the oracle does not use."""
+    model = RecordingTransformer(bf16_engine.transformer("bf16", None))
+    sigmas, _ = aitk_sigmas(80, 48, 3)
+    noise = make_noise(11, 80, 48, BF16)
+    embeds = bf16_engine.embeddings("a lighthouse on a cliff at dawn", "bf16", None)
+    aitk_denoise(model, embeds, noise, sigmas, 3.5, numerics.resolve_switches())
+    stacked = torch.stack([noise[0].permute(1, 2, 0).reshape(-1, noise.shape[1])])  # AI Toolkit's prc_img + stack
+    first = model.calls[0]["hidden_states"]
+    assert torch.equal(first, stacked)
+    for i, call in enumerate(model.calls):
+        assert call["contiguous"], f"step {i}: the transformer got a permuted view"
+    with torch.no_grad():
+        want = model.inner(hidden_states=stacked, encoder_hidden_states=embeds.to(BF16),
+                           timestep=torch.full((1,), sigmas[0], dtype=BF16), img_ids=image_ids(3, 5),
+                           txt_ids=text_ids(embeds.shape[1]), guidance=torch.full((1,), 3.5, dtype=BF16),
+                           return_dict=False)[0]
+    assert torch.equal(model.calls[0]["pred"], want)
 
 
 def _lora_targets(model, path):
