@@ -148,3 +148,39 @@ def test_render_size_is_floored_to_16_as_flux2_model_does(bf16_engine):
     r = bf16_engine.render(RenderSpec(prompt="a red fox in the snow", width=100, height=72, seed=1, sample_steps=2,
                                       guidance_scale=3.5, dtype="bf16"))
     assert (r.width, r.height) == (96, 64) and r.image.shape == (64, 96, 3)
+
+
+def test_vae_attention_hands_proj_out_the_layout_einops_gives(bf16_engine, monkeypatch):
+    """BFL's AttnBlock (src/autoencoder.py L50-65): q, k, v as 1x1 convolutions, each `rearrange`d to
+    `b 1 (h w) c` and made contiguous, SDPA, then `rearrange(h_, "b 1 (h w) c -> b c h w")` (a view) into the 1x1
+    `proj_out`, and `x + proj_out(...)`. The convolution chooses its kernel by the layout of that view, so the
+    layout is part of the computation (docs/numerics.md "Operation structure"). Reference written with einops, as
+    AI Toolkit's code is; 7x9, a size the oracle's decoder does not see."""
+    from einops import rearrange
+
+    attn = bf16_engine.vae("bf16").decoder.mid_block.attentions[0]
+    c = attn.to_q.weight.shape[0]
+    x = (torch.randn(1, c, 7, 9, generator=torch.Generator().manual_seed(4)) * 3).to(BF16)
+    conv2d = torch.nn.functional.conv2d
+    seen = []
+
+    def spy(inp, weight, *args, **kwargs):
+        seen.append(inp.stride())
+        return conv2d(inp, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    with torch.no_grad():
+        got = attn(x)
+    monkeypatch.undo()
+
+    def one_by_one(lin, t):
+        return conv2d(t, lin.weight[:, :, None, None], lin.bias)
+
+    with torch.no_grad():
+        h = attn.group_norm(x)
+        q, k, v = (rearrange(one_by_one(lin, h), "b c h w -> b 1 (h w) c").contiguous()
+                   for lin in (attn.to_q, attn.to_k, attn.to_v))
+        o = rearrange(torch.nn.functional.scaled_dot_product_attention(q, k, v), "b 1 (h w) c -> b c h w", h=7, w=9)
+        want = x + one_by_one(attn.to_out[0], o)
+    assert seen[-1] == o.stride(), "proj_out got another layout than einops' view"
+    assert torch.equal(got, want)
