@@ -17,7 +17,7 @@ import torch
 from parity.engine import numerics
 from parity.engine.lora import LoraApplier, _rows, parse_lora, plan
 from parity.engine.render import Engine
-from parity.engine.sampling import aitk_denoise, make_noise
+from parity.engine.sampling import aitk_denoise, image_ids, make_noise, text_ids
 from parity.engine.schedule import aitk_sigmas
 
 pytestmark = pytest.mark.quick
@@ -42,7 +42,8 @@ class RecordingTransformer:
 
     def __call__(self, **kw):
         out = self.inner(**kw)
-        self.calls.append({k: kw[k].clone() for k in ("hidden_states", "timestep", "guidance")} | {"pred": out[0]})
+        self.calls.append({k: kw[k].clone() for k in ("hidden_states", "timestep", "guidance")} | {"pred": out[0]}
+                          | {"contiguous": kw["hidden_states"].is_contiguous()})
         return out
 
 
@@ -67,6 +68,29 @@ def test_denoise_loop_is_ai_toolkits_bf16_euler_with_bf16_t_and_guidance(bf16_en
         if i + 1 < len(model.calls):
             assert torch.equal(model.calls[i + 1]["hidden_states"], x), f"step {i}"
     assert torch.equal(out, x.permute(0, 2, 1).reshape(out.shape))
+
+
+def test_transformer_gets_contiguous_tokens_as_ai_toolkits_stacked_prc_img(bf16_engine):
+    """src/sampling.py prc_img + batched_wrapper (L108-166): the latents are rearranged `c h w -> (h w) c` and
+    `torch.stack`ed, which copies them into a contiguous (B, h*w, C) tensor, and the Euler update keeps that layout.
+    A permuted view of the same values is a transposed GEMM operand for `img_in`, whose bf16 kernel rounds
+    differently (docs/numerics.md "Operation structure"). 80x48 and a 64-token prompt: a shape the oracle does not use."""
+    model = RecordingTransformer(bf16_engine.transformer("bf16", None))
+    sigmas, _ = aitk_sigmas(80, 48, 3)
+    noise = make_noise(11, 80, 48, BF16)
+    embeds = bf16_engine.embeddings("a lighthouse on a cliff at dawn", "bf16", None)
+    aitk_denoise(model, embeds, noise, sigmas, 3.5, numerics.resolve_switches())
+    stacked = torch.stack([noise[0].permute(1, 2, 0).reshape(-1, noise.shape[1])])  # AI Toolkit's prc_img + stack
+    first = model.calls[0]["hidden_states"]
+    assert torch.equal(first, stacked)
+    for i, call in enumerate(model.calls):
+        assert call["contiguous"], f"step {i}: the transformer got a permuted view"
+    with torch.no_grad():
+        want = model.inner(hidden_states=stacked, encoder_hidden_states=embeds.to(BF16),
+                           timestep=torch.full((1,), sigmas[0], dtype=BF16), img_ids=image_ids(3, 5),
+                           txt_ids=text_ids(embeds.shape[1]), guidance=torch.full((1,), 3.5, dtype=BF16),
+                           return_dict=False)[0]
+    assert torch.equal(model.calls[0]["pred"], want)
 
 
 def _lora_targets(model, path):
@@ -124,3 +148,39 @@ def test_render_size_is_floored_to_16_as_flux2_model_does(bf16_engine):
     r = bf16_engine.render(RenderSpec(prompt="a red fox in the snow", width=100, height=72, seed=1, sample_steps=2,
                                       guidance_scale=3.5, dtype="bf16"))
     assert (r.width, r.height) == (96, 64) and r.image.shape == (64, 96, 3)
+
+
+def test_vae_attention_hands_proj_out_the_layout_einops_gives(bf16_engine, monkeypatch):
+    """BFL's AttnBlock (src/autoencoder.py L50-65): q, k, v as 1x1 convolutions, each `rearrange`d to
+    `b 1 (h w) c` and made contiguous, SDPA, then `rearrange(h_, "b 1 (h w) c -> b c h w")` (a view) into the 1x1
+    `proj_out`, and `x + proj_out(...)`. The convolution chooses its kernel by the layout of that view, so the
+    layout is part of the computation (docs/numerics.md "Operation structure"). Reference written with einops, as
+    AI Toolkit's code is; 7x9, a size the oracle's decoder does not see."""
+    from einops import rearrange
+
+    attn = bf16_engine.vae("bf16").decoder.mid_block.attentions[0]
+    c = attn.to_q.weight.shape[0]
+    x = (torch.randn(1, c, 7, 9, generator=torch.Generator().manual_seed(4)) * 3).to(BF16)
+    conv2d = torch.nn.functional.conv2d
+    seen = []
+
+    def spy(inp, weight, *args, **kwargs):
+        seen.append(inp.stride())
+        return conv2d(inp, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    with torch.no_grad():
+        got = attn(x)
+    monkeypatch.undo()
+
+    def one_by_one(lin, t):
+        return conv2d(t, lin.weight[:, :, None, None], lin.bias)
+
+    with torch.no_grad():
+        h = attn.group_norm(x)
+        q, k, v = (rearrange(one_by_one(lin, h), "b c h w -> b 1 (h w) c").contiguous()
+                   for lin in (attn.to_q, attn.to_k, attn.to_v))
+        o = rearrange(torch.nn.functional.scaled_dot_product_attention(q, k, v), "b 1 (h w) c -> b c h w", h=7, w=9)
+        want = x + one_by_one(attn.to_out[0], o)
+    assert seen[-1] == o.stride(), "proj_out got another layout than einops' view"
+    assert torch.equal(got, want)

@@ -220,6 +220,16 @@ class Swish(torch.nn.Module):
         return x * torch.sigmoid(x) if self.mode == "aitk" else torch.nn.functional.silu(x)
 
 
+def vae_attention_to_image(o: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """SDPA output (B, 1, h*w, C) -> (B, C, h, w) as the view einops' `rearrange(o, "b 1 (h w) c -> b c h w")`
+    makes it in BFL's AttnBlock (src/autoencoder.py L61): reshape to (B, h, w, C), then permute. The values are
+    the same for any route, the strides are not (`squeeze/permute/reshape` gives the size-1 batch another
+    stride), and the 1x1 `proj_out` convolution picks its kernel by the layout, so other bf16 roundings follow
+    (docs/numerics.md "Operation structure")."""
+    b, _, _, c = o.shape
+    return o.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
 class VaeAttnProcessor:
     """Processor for the VAE mid-block attention.
     aitk: BFL's AttnBlock (src/autoencoder.py): GroupNorm, q/k/v as 1x1 convolutions on (B, C, H, W), each
@@ -246,7 +256,7 @@ class VaeAttnProcessor:
         q, k, v = (conv(attn.to_q, hn), conv(attn.to_k, hn), conv(attn.to_v, hn))
         q, k, v = (t.reshape(b, c, h * w).permute(0, 2, 1).unsqueeze(1).contiguous() for t in (q, k, v))
         o = torch.nn.functional.scaled_dot_product_attention(q, k, v)       # (B, 1, HW, C)
-        o = o.squeeze(1).permute(0, 2, 1).reshape(b, c, h, w)
+        o = vae_attention_to_image(o, h, w)
         out = x + conv(attn.to_out[0], o)
         return out / attn.rescale_output_factor if attn.rescale_output_factor != 1.0 else out
 

@@ -22,9 +22,13 @@ def make_noise(seed: int, width: int, height: int, dtype: torch.dtype) -> torch.
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h*w, C), row-major tokens (`c h w -> (h w) c`, src/sampling.py L92-106)."""
+    """(B, C, h, w) -> (B, h*w, C), row-major tokens (`c h w -> (h w) c`, src/sampling.py prc_img L149-163),
+    CONTIGUOUS: AI Toolkit's `batched_prc_img` stacks the rearranged views (L109-124), which copies them
+    (diffusers' `_pack_latents` returns the permuted view). The layout decides bits: a transposed bf16 input
+    sends the first Linear (`img_in`) down another GEMM path, so a permuted view changes about half of the
+    step-0 prediction by a bf16 step (docs/numerics.md "Operation structure")."""
     b, c, h, w = latents.shape
-    return latents.reshape(b, c, h * w).permute(0, 2, 1)
+    return latents.reshape(b, c, h * w).permute(0, 2, 1).contiguous()
 
 
 def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
