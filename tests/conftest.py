@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
+    # pytest-xdist's own marker, known also when xdist is not loaded (-p no:xdist): the golden tests group by job
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker (--dist loadgroup)")
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency; keep pure tests importable anyway
