@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aitk_oracle import (CASES, JOBS, KNOWN_DIFFERENT, ORACLE, ParityRun, base_dir, clean_env, delta_report,
-                         diff_job, golden_param, job_dir, needs_oracle, oracle_numerics, previews, run_facts,
-                         run_parity, single_preview_job)
+from aitk_oracle import (CASES, JOBS, ORACLE, ParityRun, base_dir, clean_env, delta_report, diff_job,
+                         fail_if_worse_than_known, golden_param, job_dir, needs_oracle, oracle_numerics, previews,
+                         run_facts, run_parity, single_preview_job)
 from aitk_oracle import render_preview  # noqa: F401 - benchmarks/mutation.py imports it from this module
 
 pytestmark = needs_oracle
@@ -171,6 +171,7 @@ def _golden_params():
 
 def _assert_bit_exact(pv, run: ParityRun) -> None:
     worst, message = delta_report(pv, run.render_pixels(pv))
+    fail_if_worse_than_known(pv, worst, message)
     assert worst == 0, message
     item = run.items[pv.item_id]
     assert item["tier"] == "EXACT", f"{pv.id}: identical pixels but parity diff says {item['tier']} ({item['reason']})"
