@@ -129,6 +129,7 @@ def enter(mode: str, *, device: str | None = None, may_restart: bool = False,
     missing = missing_pins()
     if missing:
         _refuse_or_restart(missing, may_restart, restart or restart_process)
+    os.environ.pop(RESTARTED, None)   # pinned now; processes this one starts decide for themselves
     apply_in_process()
 
 
