@@ -10,11 +10,13 @@ ONE table, KNOWN_DIFFERENT, measured under the mode; the golden tests mark those
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -149,6 +151,15 @@ def fail_if_worse_than_known(pv: OraclePreview, worst: int, message: str) -> Non
         pytest.fail(f"{message}; worse than the {known} measured in aitk_oracle.KNOWN_DIFFERENT")
 
 
+def assert_bit_exact(pv, run: ParityRun) -> None:
+    """The render equals AI Toolkit's lossless PNG and `parity` calls the preview EXACT."""
+    worst, message = delta_report(pv, run.render_pixels(pv))
+    fail_if_worse_than_known(pv, worst, message)
+    assert worst == 0, message
+    item = run.items[pv.item_id]
+    assert item["tier"] == "EXACT", f"{pv.id}: identical pixels but parity diff says {item['tier']} ({item['reason']})"
+
+
 # -- versions that decide bits ----------------------------------------------------------------------------------
 def version_differences() -> list[str]:
     """The bit-deciding libraries installed here at another version than the oracle's (numerics.json), as
@@ -200,21 +211,28 @@ class ParityRun:
         return _rgb(self.folder / item["paths"]["render"])
 
 
-def run_parity(args: list[str], folder: Path, env: dict[str, str], timeout: int = 1500) -> ParityRun:
-    """`python -m parity.cli ARGS --out FOLDER/run --json FOLDER/results.json` in a clean environment."""
+def start_parity(args: list[str], folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start `python -m parity.cli ARGS --out FOLDER/run --json FOLDER/results.json` in a clean environment
+    (stderr into FOLDER/stderr.txt); `finish_parity` waits for it."""
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "stderr.txt", "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "parity.cli", "-q", *args, "--out", str(folder / "run"),
+                                 "--json", str(folder / "results.json"), "--no-attribution", "--determinism-check",
+                                 "off"], stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=folder)
+
+
+def finish_parity(proc: subprocess.Popen, folder: Path, timeout: int = 1500) -> ParityRun:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        proc.kill()   # no-op once it has ended; a timed-out render is stopped, not left running
     out = folder / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "parity.cli", "-q", *args, "--out", str(folder / "run"),
-                           "--json", str(out), "--no-attribution", "--determinism-check", "off"],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=folder)
-    results = json.loads(out.read_text()) if out.is_file() else {}
-    return ParityRun(folder, proc.returncode, proc.stderr, results)
+    return ParityRun(folder, proc.returncode, (folder / "stderr.txt").read_text(),
+                     json.loads(out.read_text()) if out.is_file() else {})
 
 
-def diff_job(case: str, folder: Path, *mode_args: str) -> ParityRun:
-    """`parity diff` of one oracle job (every step) with its own base model."""
-    args = ["diff", str(job_dir(case)), "--base-model", str(base_dir(case)), "--step", "all", *mode_args]
-    return run_parity(args, folder, clean_env(folder / "cache"))
+def run_parity(args: list[str], folder: Path, env: dict[str, str]) -> ParityRun:
+    return finish_parity(start_parity(args, folder, env), folder)
 
 
 def single_preview_job(pv: OraclePreview, root: Path) -> Path:
@@ -243,3 +261,88 @@ def delta_report(pv: OraclePreview, render: np.ndarray) -> tuple[int, str]:
            "; every bit-deciding version is the oracle's")
     return int(delta.max()), (f"{pv.id}: max |delta| {int(delta.max())}, {int((delta > 0).sum())} of {delta.size} "
                               f"values differ under portable CPU numerics{why}")
+
+
+# -- the runs the golden tests read, once per session ----------------------------------------------------------
+# `make quick`: one render per precision and family member, the cheapest of each (128x80 where there is one)
+QUICK = ("fp32-step0-p2", "bf16-step0-p2", "fp8-step0-p2", "ctrl-step0-p1", "klein-step0-p2")
+QUICK_MODULE = "test_quick_golden.py"
+
+
+def preview(pv_id: str) -> OraclePreview:
+    return next(pv for case in JOBS for pv in previews(case) if pv.id == pv_id)
+
+
+def start_quick_run(folder: Path) -> subprocess.Popen:
+    """One `parity run` (one process, one model load per base) over one-preview copies of the QUICK previews'
+    jobs, portable through $PARITY_CPU_NUMERICS (the environment route of the mode)."""
+    cases = []
+    for pv_id in QUICK:
+        pv = preview(pv_id)
+        job = single_preview_job(pv, folder / "jobs")
+        case = folder / f"{pv.case}.yaml"
+        case.write_text(json.dumps({"name": CASES[pv.case], "job": str(job), "base_model": str(base_dir(pv.case)),
+                                    "steps": 0, "noise_floor": False}))
+        cases.append(str(case))
+    return start_parity(["run", *cases], folder, clean_env(folder / "cache", PARITY_CPU_NUMERICS="portable"))
+
+
+class OracleRuns:
+    """The parity processes the golden tests read, each run once per test session and shared by the pytest-xdist
+    workers (a file lock per run in the session's common temp folder; the first worker to ask runs it)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.started: dict[str, subprocess.Popen] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, case: str) -> ParityRun:
+        """One portable `parity diff` of an oracle job, every step."""
+        return self._once(case, lambda folder: start_parity(
+            ["diff", str(job_dir(case)), "--base-model", str(base_dir(case)), "--step", "all", "--cpu-numerics",
+             "portable"], folder, clean_env(folder / "cache")))
+
+    def quick(self) -> ParityRun:
+        return self._once("quick", start_quick_run)
+
+    def start_quick(self) -> None:
+        """Start the quick run now, without waiting (one process only: not under xdist)."""
+        self.started["quick"] = start_quick_run(self.root / "quick")
+
+    def _once(self, name: str, start) -> ParityRun:
+        folder = self.root / name
+        with _locked(self.root / f"{name}.lock"):
+            done = folder / "process.json"
+            if not done.is_file():
+                run = finish_parity(self.started.pop(name, None) or start(folder), folder)
+                done.write_text(json.dumps({"returncode": run.returncode}))
+            out = folder / "results.json"
+            return ParityRun(folder, json.loads(done.read_text())["returncode"], (folder / "stderr.txt").read_text(),
+                             json.loads(out.read_text()) if out.is_file() else {})
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def oracle_runs(tmp_path_factory) -> OracleRuns:
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # the controller's session folder
+    return OracleRuns(shared / "oracle-portable")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def golden_quick_started_early(request):
+    """`make quick`: when the quick golden tests are selected (one process, no xdist), their parity process starts
+    with the session and renders on the second core while the in-process quick tests run (their module sorts
+    after tests/test_numerics_details.py)."""
+    if "PYTEST_XDIST_WORKER" in os.environ or not any(QUICK_MODULE in it.nodeid for it in request.session.items):
+        return
+    request.getfixturevalue("oracle_runs").start_quick()

@@ -10,31 +10,25 @@
 3. The mode is really what the comparison runs under: results.json records it, and on a CPU whose native kernels
    are not AVX2 the same render without the mode has other bits.
 
-`make quick` keeps one render per precision and family member, rendered by ONE `parity run` with
-`PARITY_CPU_NUMERICS=portable` (the environment route of the same mode).
+`make quick` keeps one render per precision and family member (tests/test_quick_golden.py).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from aitk_oracle import (CASES, JOBS, ORACLE, ParityRun, base_dir, clean_env, delta_report, diff_job,
-                         fail_if_worse_than_known, golden_param, job_dir, needs_oracle, oracle_numerics, previews,
-                         run_facts, run_parity, single_preview_job)
+from aitk_oracle import (JOBS, ORACLE, assert_bit_exact, base_dir, clean_env, delta_report, golden_param, job_dir,
+                         needs_oracle, oracle_numerics, preview, previews, run_facts, run_parity, single_preview_job)
 from aitk_oracle import render_preview  # noqa: F401 - benchmarks/mutation.py imports it from this module
 
 pytestmark = needs_oracle
 FACT_CASES = ("bf16", "fp32", "fp8")     # the flux2 jobs without reference images (their facts have one shape)
-# `make quick`: one render per precision and family member, the cheapest of each (128x80 where there is one)
-QUICK = ("fp32-step0-p2", "bf16-step0-p2", "fp8-step0-p2", "ctrl-step0-p1", "klein-step0-p2")
 
 
 def _job(case):
@@ -48,10 +42,6 @@ def _item_for(job_items, pv):
         if it.step == pv.step and it.index == pv.index:
             return it
     raise AssertionError(f"{pv.id}: the job reader has no item for this preview")
-
-
-def _preview(pv_id: str):
-    return next(pv for case in JOBS for pv in previews(case) if pv.id == pv_id)
 
 
 # ------------------------------------------------------------------------------------------------ 1. facts
@@ -117,70 +107,15 @@ def test_the_modes_pins_are_the_ones_the_oracle_was_rendered_with():
 
 
 # ------------------------------------------------------------------------------------------------ 2. renders
-class OracleRuns:
-    """The parity processes the golden tests read, each run once per test session and shared by the pytest-xdist
-    workers (a file lock per run in the session's common temp folder; the first worker to ask runs it)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def get(self, case: str) -> ParityRun:
-        """One portable `parity diff` of an oracle job, every step."""
-        return self._once(case, lambda folder: diff_job(case, folder, "--cpu-numerics", "portable"))
-
-    def quick(self) -> ParityRun:
-        """One `parity run` (one process) over one-preview copies of five oracle jobs (QUICK), portable through
-        $PARITY_CPU_NUMERICS."""
-        return self._once("quick", _quick_run)
-
-    def _once(self, name: str, produce) -> ParityRun:
-        folder = self.root / name
-        with _locked(self.root / f"{name}.lock"):
-            done = folder / "process.json"
-            if not done.is_file():
-                run = produce(folder)
-                done.write_text(json.dumps({"returncode": run.returncode, "stderr": run.stderr}))
-            proc = json.loads(done.read_text())
-            results = folder / "results.json"
-            return ParityRun(folder, proc["returncode"], proc["stderr"],
-                             json.loads(results.read_text()) if results.is_file() else {})
-
-
-@contextmanager
-def _locked(path: Path):
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@pytest.fixture(scope="session")
-def oracle_runs(tmp_path_factory) -> OracleRuns:
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # the controller's session folder
-    return OracleRuns(shared / "oracle-portable")
-
-
 def _golden_params():
     # xdist_group: under `pytest -n N --dist loadgroup` one worker takes a whole job (one parity process)
     return [golden_param(pv, pytest.mark.xdist_group(f"oracle-{case}")) for case in JOBS for pv in previews(case)]
 
 
-def _assert_bit_exact(pv, run: ParityRun) -> None:
-    worst, message = delta_report(pv, run.render_pixels(pv))
-    fail_if_worse_than_known(pv, worst, message)
-    assert worst == 0, message
-    item = run.items[pv.item_id]
-    assert item["tier"] == "EXACT", f"{pv.id}: identical pixels but parity diff says {item['tier']} ({item['reason']})"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("pv", _golden_params() if (ORACLE / "fp32").is_dir() else [])
 def test_portable_render_is_ai_toolkits_image_bit_for_bit_and_exact(oracle_runs, pv):
-    _assert_bit_exact(pv, oracle_runs.get(pv.case))
+    assert_bit_exact(pv, oracle_runs.get(pv.case))
 
 
 # ------------------------------------------------------------------------------------------------ 3. the mode
@@ -205,7 +140,7 @@ def test_native_kernels_are_not_what_the_golden_tests_compare(oracle_runs, tmp_p
     """The same bf16 render without the mode (torch's native kernels; one thread, as the mode would use) has other
     bits than the portable one on a CPU whose native kernels are not AVX2. Where they are AVX2 the two runs
     compute alike, so this half cannot show anything there and is skipped."""
-    pv = _preview("bf16-step0-p2")
+    pv = preview("bf16-step0-p2")
     job = single_preview_job(pv, tmp_path / "job")
     native = run_parity(["diff", str(job), "--base-model", str(base_dir("bf16")), "--step", "0"], tmp_path / "native",
                         clean_env(tmp_path / "cache", OMP_NUM_THREADS="1"))
@@ -218,24 +153,3 @@ def test_native_kernels_are_not_what_the_golden_tests_compare(oracle_runs, tmp_p
     assert not np.array_equal(native_pixels, portable_pixels), (
         f"native {numerics['aten_capability']} kernels gave the portable render's bits: the mode changed nothing")
     assert delta_report(pv, native_pixels)[0] > 0, f"{pv.id}: native kernels reproduce the oracle"
-
-
-# ------------------------------------------------------------------------------------------------ make quick
-def _quick_run(folder: Path) -> ParityRun:
-    cases = []
-    for pv_id in QUICK:
-        pv = _preview(pv_id)
-        job = single_preview_job(pv, folder / "jobs")
-        case = folder / f"{pv.case}.yaml"
-        case.write_text(json.dumps({"name": CASES[pv.case], "job": str(job), "base_model": str(base_dir(pv.case)),
-                                    "steps": 0, "noise_floor": False}))
-        cases.append(str(case))
-    return run_parity(["run", *cases], folder, clean_env(folder / "cache", PARITY_CPU_NUMERICS="portable"))
-
-
-@pytest.mark.quick
-@pytest.mark.parametrize("pv", [golden_param(_preview(i)) for i in QUICK] if (ORACLE / "fp32").is_dir() else [])
-def test_quick_one_render_per_precision_and_family_member_is_bit_exact(oracle_runs, pv):
-    run = oracle_runs.quick()
-    assert run.results["run"]["cpu_numerics"]["aten_capability"] == "AVX2", run.stderr[-2000:]
-    _assert_bit_exact(pv, run)
