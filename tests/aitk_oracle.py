@@ -10,13 +10,12 @@ ONE table, KNOWN_DIFFERENT, measured under the mode; the golden tests mark those
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -211,14 +210,29 @@ class ParityRun:
         return _rgb(self.folder / item["paths"]["render"])
 
 
-def start_parity(args: list[str], folder: Path, env: dict[str, str]) -> subprocess.Popen:
+# Runs `python -m parity.cli ...` and then writes its exit code into a file (atomically), so any process can tell
+# that it ended (a pytest-xdist worker waits for a run another worker started).
+_EXIT_CODE_WRAPPER = ("import os, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+                      "open(sys.argv[1] + '.tmp', 'w').write(str(rc)); os.replace(sys.argv[1] + '.tmp', sys.argv[1])")
+
+
+def start_parity(args: list[str], folder: Path, env: dict[str, str], exit_code_file: Path | None = None
+                 ) -> subprocess.Popen:
     """Start `python -m parity.cli ARGS --out FOLDER/run --json FOLDER/results.json` in a clean environment
-    (stderr into FOLDER/stderr.txt); `finish_parity` waits for it."""
+    (stderr into FOLDER/stderr.txt; with `exit_code_file`, its exit code is written there when it ends)."""
     folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "parity.cli", "-q", *args, "--out", str(folder / "run"), "--json",
+           str(folder / "results.json"), "--no-attribution", "--determinism-check", "off"]
+    if exit_code_file is not None:
+        cmd = [sys.executable, "-c", _EXIT_CODE_WRAPPER, str(exit_code_file), *cmd]
     with open(folder / "stderr.txt", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "parity.cli", "-q", *args, "--out", str(folder / "run"),
-                                 "--json", str(folder / "results.json"), "--no-attribution", "--determinism-check",
-                                 "off"], stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=folder)
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=folder)
+
+
+def read_run(folder: Path, returncode: int) -> ParityRun:
+    out = folder / "results.json"
+    return ParityRun(folder, returncode, (folder / "stderr.txt").read_text(),
+                     json.loads(out.read_text()) if out.is_file() else {})
 
 
 def finish_parity(proc: subprocess.Popen, folder: Path, timeout: int = 1500) -> ParityRun:
@@ -226,9 +240,7 @@ def finish_parity(proc: subprocess.Popen, folder: Path, timeout: int = 1500) -> 
         proc.wait(timeout=timeout)
     finally:
         proc.kill()   # no-op once it has ended; a timed-out render is stopped, not left running
-    out = folder / "results.json"
-    return ParityRun(folder, proc.returncode, (folder / "stderr.txt").read_text(),
-                     json.loads(out.read_text()) if out.is_file() else {})
+    return read_run(folder, proc.returncode)
 
 
 def run_parity(args: list[str], folder: Path, env: dict[str, str]) -> ParityRun:
@@ -273,7 +285,7 @@ def preview(pv_id: str) -> OraclePreview:
     return next(pv for case in JOBS for pv in previews(case) if pv.id == pv_id)
 
 
-def start_quick_run(folder: Path) -> subprocess.Popen:
+def start_quick_run(folder: Path, exit_code_file: Path) -> subprocess.Popen:
     """One `parity run` (one process, one model load per base) over one-preview copies of the QUICK previews'
     jobs, portable through $PARITY_CPU_NUMERICS (the environment route of the mode)."""
     cases = []
@@ -284,65 +296,91 @@ def start_quick_run(folder: Path) -> subprocess.Popen:
         case.write_text(json.dumps({"name": CASES[pv.case], "job": str(job), "base_model": str(base_dir(pv.case)),
                                     "steps": 0, "noise_floor": False}))
         cases.append(str(case))
-    return start_parity(["run", *cases], folder, clean_env(folder / "cache", PARITY_CPU_NUMERICS="portable"))
+    return start_parity(["run", *cases], folder, clean_env(folder / "cache", PARITY_CPU_NUMERICS="portable"),
+                        exit_code_file)
+
+
+def start_portable_diff(case: str):
+    """`parity diff --cpu-numerics portable` of one oracle job, every step, with its own base model."""
+    return lambda folder, exit_code_file: start_parity(
+        ["diff", str(job_dir(case)), "--base-model", str(base_dir(case)), "--step", "all", "--cpu-numerics",
+         "portable"], folder, clean_env(folder / "cache"), exit_code_file)
+
+
+# slowest first: started together, the longest job begins at once
+START_ORDER = ("klein", "fp8", "bf16", "ctrl", "fp32")
 
 
 class OracleRuns:
-    """The parity processes the golden tests read, each run once per test session and shared by the pytest-xdist
-    workers (a file lock per run in the session's common temp folder; the first worker to ask runs it)."""
+    """The parity processes the golden tests read, each started once per test session in the session's common
+    temp folder and shared by the pytest-xdist workers. The first golden test to ask starts every selected job at
+    once (each claimed by one process through an O_EXCL file), so the jobs render side by side instead of one
+    worker waiting for the other's; each test then waits for its job's exit-code file."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, wanted: list[str]):
         self.root = root
-        self.started: dict[str, subprocess.Popen] = {}
+        self.wanted = [c for c in START_ORDER if c in wanted]
+        self.children: list[subprocess.Popen] = []
         root.mkdir(parents=True, exist_ok=True)
 
     def get(self, case: str) -> ParityRun:
-        """One portable `parity diff` of an oracle job, every step."""
-        return self._once(case, lambda folder: start_parity(
-            ["diff", str(job_dir(case)), "--base-model", str(base_dir(case)), "--step", "all", "--cpu-numerics",
-             "portable"], folder, clean_env(folder / "cache")))
+        for name in dict.fromkeys([*self.wanted, case]):
+            self._start_once(name, start_portable_diff(name))
+        return self._wait(case)
 
     def quick(self) -> ParityRun:
-        return self._once("quick", start_quick_run)
+        self.start_quick()
+        return self._wait("quick")
 
     def start_quick(self) -> None:
-        """Start the quick run now, without waiting (one process only: not under xdist)."""
-        self.started["quick"] = start_quick_run(self.root / "quick")
+        self._start_once("quick", start_quick_run)
 
-    def _once(self, name: str, start) -> ParityRun:
-        folder = self.root / name
-        with _locked(self.root / f"{name}.lock"):
-            done = folder / "process.json"
-            if not done.is_file():
-                run = finish_parity(self.started.pop(name, None) or start(folder), folder)
-                done.write_text(json.dumps({"returncode": run.returncode}))
-            out = folder / "results.json"
-            return ParityRun(folder, json.loads(done.read_text())["returncode"], (folder / "stderr.txt").read_text(),
-                             json.loads(out.read_text()) if out.is_file() else {})
-
-
-@contextmanager
-def _locked(path: Path):
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    def _start_once(self, name: str, start) -> None:
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            os.close(os.open(self.root / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return   # started by this process or another worker
+        try:
+            self.children.append(start(self.root / name, self.root / f"{name}.exit"))
+        except BaseException:
+            (self.root / f"{name}.exit").write_text("-1")   # whoever waits for it fails now, not after an hour
+            raise
+
+    def _wait(self, name: str, timeout: float = 3600) -> ParityRun:
+        exit_code, waited = self.root / f"{name}.exit", 0.0
+        while not exit_code.is_file():
+            if waited > timeout:
+                pytest.fail(f"the {name} parity run did not end within {timeout:.0f} s ({self.root / name})")
+            time.sleep(0.5)
+            waited += 0.5
+        return read_run(self.root / name, int(exit_code.read_text()))
+
+    def close(self) -> None:
+        """Wait for the runs this process started: another worker may still be waiting for them."""
+        for child in self.children:
+            child.wait()
+
+
+def selected_golden_cases(items) -> list[str]:
+    """The oracle jobs the selected golden render tests need (from their `pv` parameters)."""
+    return [pv.case for it in items if "test_golden_oracle.py" in it.nodeid
+            and isinstance(pv := getattr(getattr(it, "callspec", None), "params", {}).get("pv"), OraclePreview)]
 
 
 @pytest.fixture(scope="session")
-def oracle_runs(tmp_path_factory) -> OracleRuns:
+def oracle_runs(request, tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # the controller's session folder
-    return OracleRuns(shared / "oracle-portable")
+    runs = OracleRuns(shared / "oracle-portable", selected_golden_cases(request.session.items))
+    yield runs
+    runs.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def golden_quick_started_early(request):
-    """`make quick`: when the quick golden tests are selected (one process, no xdist), their parity process starts
-    with the session and renders on the second core while the in-process quick tests run (their module sorts
-    after tests/test_numerics_details.py)."""
-    if "PYTEST_XDIST_WORKER" in os.environ or not any(QUICK_MODULE in it.nodeid for it in request.session.items):
+    """`make quick`: when the quick golden tests are selected, their parity process starts with the session and
+    renders on the second core while the in-process quick tests run (their module sorts after
+    tests/test_numerics_details.py)."""
+    if not any(QUICK_MODULE in it.nodeid for it in request.session.items):
         return
     request.getfixturevalue("oracle_runs").start_quick()
