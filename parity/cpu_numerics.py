@@ -39,6 +39,11 @@ BIT_LIBRARIES = ("torch", "diffusers", "transformers", "optimum-quanto")
 # x86 flags ATen needs for its AVX2 kernels (cpuinfo_has_x86_avx2 and _fma3)
 AVX2_FLAGS = ("avx2", "fma")
 
+# MKL's CNR branch codes (mkl_cbwr_get(MKL_CBWR_BRANCH)); MKL honours a branch other than AUTO/COMPATIBLE only on
+# Intel CPUs and silently runs AUTO elsewhere (Intel's oneMKL guide, "Specifying Code Branches")
+MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+
 _active: dict[str, Any] = {"mode": "native", "device": None}
 
 
@@ -166,6 +171,28 @@ def apply_in_process() -> None:
         raise CpuNumericsError(f"portable CPU numerics: torch runs {capability} kernels, not {PORTABLE_CAPABILITY}, "
                                f"with ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY')} (does this CPU "
                                "have AVX2?)")
+    branch = mkl_branch()
+    if branch not in (None, "AVX2"):
+        log.warning("cpu numerics portable: MKL runs its %s branch, not AVX2 (MKL honours MKL_CBWR=AVX2 only on Intel "
+                    "CPUs): its matrix products keep this CPU's bits", branch)
+
+
+def mkl_branch() -> str | None:
+    """The code branch MKL really runs (after MKL_CBWR), read from the MKL inside torch; None where torch has no
+    MKL or does not export the query."""
+    import ctypes
+
+    import torch
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        query = lib.mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    query.restype, query.argtypes = ctypes.c_int, [ctypes.c_int]
+    torch.ones(2, 2) @ torch.ones(2, 2)    # MKL settles its branch at its first call
+    code = query(1)                         # 1: MKL_CBWR_BRANCH
+    return MKL_BRANCHES.get(code, str(code))
 
 
 # -- what a run records ---------------------------------------------------------------------------------------
@@ -189,7 +216,8 @@ def run_record(device: str | None = None) -> dict[str, Any]:
     device = device or _active["device"] or "cpu"
     return {"mode": mode, "applies": mode == "portable" and not on_gpu(device),
             "aten_capability": torch.backends.cpu.get_cpu_capability(), "mkldnn": bool(torch.backends.mkldnn.enabled),
-            "threads": torch.get_num_threads(), "env": {k: os.environ.get(k) for k in PORTABLE_ENV},
+            "threads": torch.get_num_threads(), "mkl_branch": mkl_branch(),
+            "env": {k: os.environ.get(k) for k in PORTABLE_ENV},
             "versions": bit_versions()}
 
 

@@ -158,6 +158,15 @@ def test_a_program_restarts_itself_with_the_pins_and_its_own_arguments(tmp_path)
     assert r.stdout.splitlines()[-1] == "avx2 AVX2 1 AVX2 False 1 ['a b', '--x']"
 
 
+@pytest.mark.parametrize("cbwr,branch", [("COMPATIBLE", "COMPATIBLE"), (None, "OFF")])
+def test_the_mkl_branch_read_back_follows_mkl_cbwr(tmp_path, cbwr, branch):
+    """What MKL reports is what MKL_CBWR asked for here (an Intel CPU honours every branch; an AMD one runs AUTO)."""
+    body = "from parity import cpu_numerics\nprint(cpu_numerics.mkl_branch())\n"
+    r = _child(tmp_path, body, **({"MKL_CBWR": cbwr} if cbwr else {}))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == branch
+
+
 def test_a_program_with_torch_loaded_before_the_mode_fails_with_one_line(tmp_path):
     body = "import sys, torch\nfrom parity.cli import main\nsys.exit(main())\n"
     r = _child(tmp_path, body, "diff", str(tmp_path), "--cpu-numerics", "portable")

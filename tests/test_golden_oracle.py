@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,8 @@ def test_portable_run_records_the_mode_avx2_and_the_versions_that_decide_bits(or
     assert numerics["mode"] == "portable" and numerics["applies"] is True
     assert numerics["aten_capability"] == "AVX2", "the child did not run AVX2 kernels: the restart did not pin"
     assert numerics["mkldnn"] is False and numerics["threads"] == 1
+    # MKL honours MKL_CBWR=AVX2 only on Intel CPUs (elsewhere it runs AUTO, and the run says so)
+    assert numerics["mkl_branch"] == ("AVX2" if _intel_cpu() else "AUTO")
     # the clean environment had none of them: the child restarted itself with the pins
     assert numerics["env"] == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1"}
     assert numerics["versions"] == {name: version(name) for name in
@@ -131,6 +134,10 @@ def test_portable_run_records_the_mode_avx2_and_the_versions_that_decide_bits(or
     assert run.results["run"]["inputs"]["cpu_numerics"] == "portable"   # a --resume must not mix modes
     page = (run.folder / "run" / "index.html").read_text()
     assert 'id="cpu-numerics">cpu numerics portable (AVX2)</span>' in page
+
+
+def _intel_cpu() -> bool:
+    return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
 
 
 @pytest.mark.slow
