@@ -43,7 +43,7 @@ GUARD_TESTS = [
     "tests/test_job_previews.py",
     "tests/test_job_properties.py",
     "tests/test_lokr_aitk.py",
-    "tests/test_golden_oracle.py::test_render_reproduces_ai_toolkits_lossless_image",
+    "tests/test_golden_oracle.py::test_portable_render_is_ai_toolkits_image_bit_for_bit_and_exact",
 ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [("overhead.py", []), ("lora_switch.py", []), ("embed_cache.py", []), ("gpu_flux2.py", ["--tiny"]),
-           ("compare.py", []), ("report.py", [])]
+           ("cpu_numerics.py", []), ("compare.py", []), ("report.py", [])]
 
 
 def run(script: str, args: list[str]) -> tuple[str, float, float, int]:
@@ -53,6 +53,10 @@ def summary(script: str, out: str) -> str:
         return (f"{r['card']} {'tiny' if r['tiny'] else 'full'}: {r['s_per_step']:.3f} s/step, "
                 f"{r['achieved_tflops']:.3g} TFLOP/s of {r['matmul_peak_tflops']:.3g} peak, overhead "
                 f"{r['overhead_ratio']:.2f}")
+    if script == "cpu_numerics.py":
+        return "; ".join(f"{d}: portable {v['best_s']['portable']:.2f} s vs native ({v['capability']['native']}) "
+                         f"{v['best_s']['native']:.2f} s = {v['ratio_portable_vs_native']:.2f}"
+                         for d, v in r["dtypes"].items())
     return m.group(1)[:300]
 
 

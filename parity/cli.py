@@ -109,6 +109,17 @@ def _setup_logging(verbose: bool, quiet: bool, debug: bool = False) -> None:
     quiet_third_party(debug)
 
 
+def _enter_cpu_numerics(args: argparse.Namespace, argv: list[str]) -> None:
+    """A rendering command (one with --cpu-numerics) enters its CPU numerics mode before torch loads; only the
+    program's own command line may restart itself with the pins (never a library call of `main`)."""
+    if not hasattr(args, "cpu_numerics"):
+        return
+    from parity import cpu_numerics
+
+    cpu_numerics.enter(cpu_numerics.requested(args.cpu_numerics), device=getattr(args, "device", None),
+                       may_restart=argv == sys.argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Build only the named subcommand's parser when one is given (fast start, no unrelated imports).
@@ -121,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args.verbose = args.verbose or getattr(args, "debug", False)
     _setup_logging(args.verbose, args.quiet, getattr(args, "debug", False))
     try:
+        _enter_cpu_numerics(args, argv)
         return int(args._module.run(args) or 0)
     except ParityError as err:
         if args.verbose:

@@ -13,6 +13,7 @@ writes one report (`--parity-report-dir`).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="skip attribution re-renders")
     group.addoption("--parity-shard", default=None, metavar="K/N",
                     help="run only shard K of N (deterministic split of items, for CI matrices)")
+    group.addoption("--parity-cpu-numerics", default=None, metavar="{native,portable}",
+                    help="CPU kernels for rendering: native (default) or portable (pinned to AVX2, the same bits on "
+                         "every x86-64 CPU with AVX2; also $PARITY_CPU_NUMERICS). pytest restarts itself with the pins")
     group.addoption("--parity-skip-missing-model", dest="parity_skip_missing_model", action="store_true",
                     default=None, help="skip items whose base model is not on this machine (default: they fail)")
     group.addoption("--parity-report-url", default=None, metavar="BASE",
@@ -78,7 +82,29 @@ def _case_paths(config: pytest.Config) -> list[Path]:
     return [(config.rootpath / p).resolve() if not Path(p).is_absolute() else Path(p) for p in given]
 
 
-def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]):
+    """Before output capture starts and before any conftest imports torch: enter the CPU numerics mode (a restart
+    of pytest itself with the pins, docs/numerics.md), then rewrite `pytest parity` (see _rewrite_parity_word)."""
+    _enter_cpu_numerics(early_config)
+    _rewrite_parity_word(args)
+    return (yield)
+
+
+def _enter_cpu_numerics(config: pytest.Config) -> None:
+    """--parity-cpu-numerics, else $PARITY_CPU_NUMERICS. xdist workers inherit the controller's pins and never
+    restart (their channel to the controller would break); a refusal is pytest's one-line usage error."""
+    from parity import cpu_numerics
+
+    known = config.known_args_namespace
+    try:
+        mode = cpu_numerics.requested(getattr(known, "parity_cpu_numerics", None), where="--parity-cpu-numerics")
+        cpu_numerics.enter(mode, device=getattr(known, "parity_device", None), may_restart="PYTEST_XDIST_WORKER" not in os.environ)
+    except ParityError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def _rewrite_parity_word(args: list[str]) -> None:
     """`pytest parity` means "run the parity suite": replace the bare word by the case folders.
 
     In this repository `parity/` is also the package folder; elsewhere it usually does not exist at all. Either

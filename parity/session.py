@@ -18,8 +18,12 @@ from parity.spec import TIERS
 
 def embedding_cache_dir() -> Path:
     """Prompt embeddings persist across runs here ($PARITY_CACHE_DIR, default .parity-cache/): a warm cache never
-    loads the text encoder (24B parameters on the real model)."""
-    return Path(os.environ.get("PARITY_CACHE_DIR", ".parity-cache")) / "embeddings"
+    loads the text encoder (24B parameters on the real model). Portable CPU numerics keep their own: embeddings
+    computed by native kernels have other low bits."""
+    from parity.cpu_numerics import active_mode
+
+    name = "embeddings" if active_mode() == "native" else f"embeddings-{active_mode()}"
+    return Path(os.environ.get("PARITY_CACHE_DIR", ".parity-cache")) / name
 
 
 def run_metadata(device: str) -> dict[str, Any]:
@@ -34,6 +38,11 @@ def run_metadata(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"versions": versions, "device": device, "platform": platform.platform()}
     try:
         import torch
+
+        from parity import cpu_numerics
+
+        cpu_numerics.note_device(device)
+        info["cpu_numerics"] = cpu_numerics.run_record(device)
 
         if device.startswith("cuda") and torch.cuda.is_available():
             info["device_name"] = torch.cuda.get_device_name(torch.device(device))

@@ -8,8 +8,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+# the golden tests' session-wide parity processes (tests/aitk_oracle.py), for every test module
+from aitk_oracle import golden_quick_started_early, oracle_runs  # noqa: E402,F401
+
 
 def pytest_configure(config):
+    # pytest-xdist's own marker, known also when xdist is not loaded (-p no:xdist): the golden tests group by job
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker (--dist loadgroup)")
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency; keep pure tests importable anyway

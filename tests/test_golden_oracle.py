@@ -1,38 +1,33 @@
 """Golden tests: previews that AI Toolkit's own code rendered (`../shared/oracle`), reproduced by parity.
 
-Three layers, so that every machine guards something:
 1. What AI Toolkit decided per preview (prompt, seed, size, steps, guidance, LoRA file, the `t` values handed to
    the transformer, the first noise values, latent size): the job reader and the engine's schedule/noise must
-   agree exactly. Hardware-independent, fast.
-2. The renders against the lossless PNGs AI Toolkit had before saving: bit-exact on the oracle's machine
-   (`aitk_oracle.exact_gate`); on another CPU fp32 is held to one level on a few pixels and bf16/fp8 to the
-   hardware bound measured in docs/numerics.md ("Golden renders").
-3. `parity diff` on the saved JPEG previews, as a user runs it: every item EXACT on the oracle's machine.
+   agree exactly. In process, fast.
+2. Every oracle render (fp32, bf16, fp8, reference images, [klein]; 45) through `parity diff`, as a user runs it:
+   one process per oracle job, started with a clean environment and put into portable CPU numerics only by
+   `--cpu-numerics portable`. Each render must equal AI Toolkit's lossless PNG (max |delta| 0) and each preview
+   must come out EXACT. The renders that still differ are strict xfails from aitk_oracle.KNOWN_DIFFERENT.
+3. The mode is really what the comparison runs under: results.json records it, and on a CPU whose native kernels
+   are not AVX2 the same render without the mode has other bits.
 
-The numerics details that only show in bf16 are also pinned at tensor level, hardware-independently, in
-tests/test_numerics_details.py.
+`make quick` keeps one render per precision and family member (tests/test_quick_golden.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from aitk_oracle import CASES, DEV_BASE, exact_gate, job_dir, needs_oracle, previews, run_facts
+from aitk_oracle import (JOBS, ORACLE, assert_bit_exact, base_dir, clean_env, delta_report, golden_param, job_dir,
+                         needs_oracle, oracle_numerics, preview, previews, run_facts, run_parity, single_preview_job)
+from aitk_oracle import render_preview  # noqa: F401 - benchmarks/mutation.py imports it from this module
 
 pytestmark = needs_oracle
-
-# On a machine other than the oracle's (exact_gate False), what a faithful render still achieves, measured on an
-# AVX2 box against renders made elsewhere (docs/numerics.md "Golden renders"): fp32 stays within one level on a
-# few pixels; bf16/fp8 drift chaotically (tens of levels) but keep the picture.
-FP32_MAX_LEVELS = 1
-FP32_MAX_DIFFERING = 0.01        # fraction of values (H*W*3) allowed to differ by that one level (seen: 0.77%)
-LOW_PRECISION_MIN_SSIM = 0.95    # (seen: 0.976 or more) mean SSIM (Gaussian, scikit-image) of a bf16/fp8 render vs the lossless PNG
+FACT_CASES = ("bf16", "fp32", "fp8")     # the flux2 jobs without reference images (their facts have one shape)
 
 
 def _job(case):
@@ -49,7 +44,7 @@ def _item_for(job_items, pv):
 
 
 # ------------------------------------------------------------------------------------------------ 1. facts
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", FACT_CASES)
 def test_job_reader_derives_every_preview_as_ai_toolkit_rendered_it(case):
     items = _job(case).items("all")
     assert len(items) == len(previews(case))
@@ -72,7 +67,7 @@ def test_job_reader_derives_every_preview_as_ai_toolkit_rendered_it(case):
     assert {it.spec.lora_application for it in lora_items} == {"merged" if run["network_can_merge_in"] else "live"}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", FACT_CASES)
 def test_schedule_timesteps_and_noise_are_ai_toolkits(case):
     import torch
 
@@ -98,83 +93,68 @@ def test_schedule_timesteps_and_noise_are_ai_toolkits(case):
         assert noise.dtype == getattr(torch, f["x_dtype"].split(".")[1])
 
 
-# ------------------------------------------------------------------------------------------------ 2. lossless
-@pytest.fixture(scope="module")
-def oracle_engine():
-    from parity.engine.render import Engine
+def test_the_modes_pins_are_the_ones_the_oracle_was_rendered_with():
+    """The product's portable mode against what the oracle records (numerics.json), not against itself."""
+    from parity import cpu_numerics
 
-    return Engine(DEV_BASE, cache_dir=None)
-
-
-def render_preview(engine, case, pv):
-    """Render one oracle preview the way `parity diff` does: the job reader's spec, and for merged LoRAs the
-    earlier merge/un-merge rounds replayed."""
-    from parity.job.history import history_from_job
-
-    job = _job(case)
-    it = _item_for(job.items("all"), pv)
-    history = history_from_job(job, it.step, it.spec.network_multiplier) if it.spec.lora_path else None
-    return engine.render(it.spec, merge_history=history)
+    rec = oracle_numerics()
+    assert rec["cpu_numerics"] == "portable"
+    assert cpu_numerics.PORTABLE_ENV == rec["env_before_python"]
+    assert cpu_numerics.PORTABLE_CAPABILITY == rec["aten_capability"]
+    assert rec["in_process"] == {"torch.backends.mkldnn.enabled": False, "torch.get_num_threads()": 1}
+    assert set(cpu_numerics.BIT_LIBRARIES) <= set(rec["versions"])
 
 
-def _ssim(a, b):
-    """scikit-image's Gaussian SSIM over RGB (an implementation parity does not own)."""
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False, data_range=255))
-
-
+# ------------------------------------------------------------------------------------------------ 2. renders
 def _golden_params():
-    out = []
-    for case in sorted(CASES):
-        for pv in previews(case):
-            marks = []
-            # the quick local run (`make quick`) keeps one fp32 and one bf16 preview with a LoRA
-            if pv.id in ("fp32-step250-p2", "bf16-step500-p2"):
-                marks.append(pytest.mark.quick)
-            out.append(pytest.param(case, pv, id=pv.id, marks=marks))
-    return out
+    # xdist_group: under `pytest -n N --dist loadgroup` one worker takes a whole job (one parity process)
+    return [golden_param(pv, pytest.mark.xdist_group(f"oracle-{case}")) for case in JOBS for pv in previews(case)]
 
 
-@pytest.mark.parametrize("case,pv", _golden_params() if (DEV_BASE / "model_index.json").is_file() else [])
-def test_render_reproduces_ai_toolkits_lossless_image(oracle_engine, case, pv):
-    exact, why = exact_gate()
-    if not exact and case != "fp32" and pv.step != 500:
-        # elsewhere a bf16/fp8 render is held only to the SSIM bound (gross errors); the step-500 previews, with
-        # merge history (bf16) and the live LoRA (fp8), cover that at a third of the suite's time
-        pytest.skip(f"bf16/fp8 step {pv.step}: checked bit for bit only on the oracle's CPU ({why})")
-    result = render_preview(oracle_engine, case, pv)
-    want = pv.lossless_pixels()
-    assert result.image.shape == want.shape, pv.id
-    delta = np.abs(result.image.astype(np.int16) - want.astype(np.int16))
-    report = (f"{pv.id}: max |delta| {int(delta.max())}, {int((delta > 0).sum())} of {delta.size} values differ; "
-              f"{why}")
-    if exact:
-        assert delta.max() == 0, report
-    elif case == "fp32":
-        assert delta.max() <= FP32_MAX_LEVELS, report
-        assert (delta > 0).mean() <= FP32_MAX_DIFFERING, report
-    else:
-        score = _ssim(result.image, want)
-        assert score >= LOW_PRECISION_MIN_SSIM, f"{report}; SSIM {score:.4f}"
-
-
-# ------------------------------------------------------------------------------------------------ 3. parity diff
 @pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_parity_diff_on_the_saved_previews(tmp_path, case):
-    exact, why = exact_gate()
-    if not exact and case != "fp32":
-        pytest.skip(f"bf16/fp8 previews are bit-exact only on the oracle's CPU: {why}")
-    out = tmp_path / "results.json"
-    cmd = [sys.executable, "-m", "parity.cli", "diff", str(job_dir(case)), "--base-model", str(DEV_BASE),
-           "--step", "all", "--no-attribution", "--out", str(tmp_path / "run"), "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-    assert out.is_file(), proc.stderr[-2000:]
-    items = json.loads(out.read_text())["items"]
-    assert len(items) == len(previews(case))
-    tiers = {i["id"]: i["tier"] for i in items}
-    allowed = {"EXACT"} if exact else {"EXACT", "NEAR"}
-    assert set(tiers.values()) <= allowed, (tiers, why)
+@pytest.mark.parametrize("pv", _golden_params() if (ORACLE / "fp32").is_dir() else [])
+def test_portable_render_is_ai_toolkits_image_bit_for_bit_and_exact(oracle_runs, pv):
+    assert_bit_exact(pv, oracle_runs.get(pv.case))
+
+
+# ------------------------------------------------------------------------------------------------ 3. the mode
+@pytest.mark.slow
+def test_portable_run_records_the_mode_avx2_and_the_versions_that_decide_bits(oracle_runs):
+    run = oracle_runs.get("fp32")
+    numerics = run.results["run"]["cpu_numerics"]
+    assert numerics["mode"] == "portable" and numerics["applies"] is True
+    assert numerics["aten_capability"] == "AVX2", "the child did not run AVX2 kernels: the restart did not pin"
+    assert numerics["mkldnn"] is False and numerics["threads"] == 1
+    # MKL honours MKL_CBWR=AVX2 only on Intel CPUs (elsewhere it runs AUTO, and the run says so)
+    assert numerics["mkl_branch"] == ("AVX2" if _intel_cpu() else "AUTO")
+    # the clean environment had none of them: the child restarted itself with the pins
+    assert numerics["env"] == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1"}
+    assert numerics["versions"] == {name: version(name) for name in
+                                    ("torch", "diffusers", "transformers", "optimum-quanto")}
+    assert run.results["run"]["inputs"]["cpu_numerics"] == "portable"   # a --resume must not mix modes
+    page = (run.folder / "run" / "index.html").read_text()
+    assert 'id="cpu-numerics">cpu numerics portable (AVX2)</span>' in page
+
+
+def _intel_cpu() -> bool:
+    return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+
+
+@pytest.mark.slow
+def test_native_kernels_are_not_what_the_golden_tests_compare(oracle_runs, tmp_path):
+    """The same bf16 render without the mode (torch's native kernels; one thread, as the mode would use) has other
+    bits than the portable one on a CPU whose native kernels are not AVX2. Where they are AVX2 already the ISA pin
+    changes nothing, so this test shows nothing there and is skipped."""
+    pv = preview("bf16-step0-p2")
+    job = single_preview_job(pv, tmp_path / "job")
+    native = run_parity(["diff", str(job), "--base-model", str(base_dir("bf16")), "--step", "0"], tmp_path / "native",
+                        clean_env(tmp_path / "cache", OMP_NUM_THREADS="1"))
+    numerics = native.results["run"]["cpu_numerics"]
+    assert numerics["mode"] == "native" and "cpu_numerics" not in native.results["run"]["inputs"]
+    if numerics["aten_capability"] == "AVX2":
+        pytest.skip("this CPU's native kernels are AVX2 already: the ISA pin changes nothing to compare here")
+    native_pixels = native.render_pixels(pv)
+    portable_pixels = oracle_runs.get("bf16").render_pixels(pv)
+    assert not np.array_equal(native_pixels, portable_pixels), (
+        f"native {numerics['aten_capability']} kernels gave the portable render's bits: the mode changed nothing")
+    assert delta_report(pv, native_pixels)[0] > 0, f"{pv.id}: native kernels reproduce the oracle"

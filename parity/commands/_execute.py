@@ -41,7 +41,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="render an item twice and require identical bytes: auto (default) only for items below "
                         "their gate, always, or off")
     from parity.commands.report import add_report_arguments
+    from parity.cpu_numerics import add_argument as add_cpu_numerics_argument
 
+    add_cpu_numerics_argument(p)
     add_report_arguments(p)
 
 
@@ -226,7 +228,15 @@ def run_inputs(cases: list[Case], args: argparse.Namespace, device: str) -> dict
             "device": device, "attribution": not args.no_attribution, "budget": args.budget,
             "determinism_check": getattr(args, "determinism_check", "auto"),
             "renders": str(Path(args.renders).resolve()) if getattr(args, "renders", None) else None,
-            "endpoint": _public(getattr(args, "endpoint", None))}
+            "endpoint": _public(getattr(args, "endpoint", None)), **_numerics_input()}
+
+
+def _numerics_input() -> dict[str, str]:
+    """Portable CPU numerics as a run input (a resume must not mix modes); native is left out, as runs recorded
+    before the mode existed were native."""
+    from parity.cpu_numerics import active_mode
+
+    return {} if active_mode() == "native" else {"cpu_numerics": active_mode()}
 
 
 def _public(url: str | None) -> str | None:

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="report folder (default: reports/demo)")
     p.add_argument("--prepare", action="store_true", help="only build the demo data")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo data from scratch")
+    from parity.cpu_numerics import add_argument as add_cpu_numerics_argument
+
+    add_cpu_numerics_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

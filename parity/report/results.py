@@ -70,7 +70,7 @@ _RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
     "id": str, "started": str, "finished": str, "complete": bool, "versions": dict, "device": str,
     "base_model": (dict, str), "loras": dict, "settings": dict, "timings": dict, "shard": (dict, str),
     "shards": list, "resumed": list, "versions_differ": bool, "inputs": dict, "cases": list, "argv": list,
-    "platform": str, "device_name": str, "entry": str, "forced_resume": list}
+    "platform": str, "device_name": str, "entry": str, "forced_resume": list, "cpu_numerics": dict}
 # {name: value} blocks whose values are shown as they are (strings) or as seconds (numbers)
 _RUN_MAPS: dict[str, type | tuple[type, ...]] = {"versions": (str, *_NUMBER), "timings": _NUMBER, "loras": str}
 
