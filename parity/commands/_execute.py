@@ -28,7 +28,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override an inference setting, e.g. --set sample_steps=25 (repeatable)")
     p.add_argument("--min-tier", default=None, help="gate for every item (EXACT, NEAR, DRIFT, DIFFERENT)")
     p.add_argument("--no-attribution", action="store_true", help="skip one-knob-at-a-time re-renders")
-    p.add_argument("--budget", type=int, default=None, help="extra renders diagnosis may spend per case (default: the case's budget:, else 40)")
+    p.add_argument("--budget", type=int, default=None, help="extra renders diagnosis may spend per case (default: the case's budget:, else 90; 0: no search)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/<time>)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write results.json here")
@@ -257,6 +257,7 @@ def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     """The table of items with tier and causes, then the counts and the report path (control codes escaped)."""
     from parity.commands.plan import printable
+    from parity.diagnose.suspects import shown_verdict
 
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
     width = max([len(printable(it["id"])) for it in rows] + [4])
@@ -274,8 +275,8 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
 
             c = it["causes"][0]
             detail = "top cause: " + cause_text(c["knob"], c.get("value_preview"), c.get("value_inference"))
-        elif (it.get("suspects") or {}).get("best"):  # settings agree: the recovered values
-            detail = it["suspects"]["verdict"]
+        elif shown_verdict(it.get("suspects")):  # settings agree: the recovered values
+            detail = shown_verdict(it.get("suspects"))
         else:
             detail = ", ".join(it.get("mismatches") or []) or ""
         print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {printable(detail)}")

@@ -30,7 +30,7 @@ GOLDEN = (math.sqrt(5) - 1) / 2      # 0.618...
 MIN_GAIN = 0.002                      # a probe must beat the current score by this to count as a direction
 SCREEN_SCALES = (1.0, 0.4)             # screening distances, as fractions of each axis's first step
 POLISH_GAIN = 0.005                   # once explained (NEAR), another round only while a round gains this much
-STEPS_MAX = 60                        # steps are searched in 1..max(STEPS_MAX, 2 x recorded)
+STEPS_MAX = 100                       # steps are searched in 1..max(STEPS_MAX, 2 x recorded)
 
 Scored = tuple[float, "str | None"]   # (SSIM-like score, tier or None)
 
@@ -100,10 +100,10 @@ def axes_for(spec: RenderSpec) -> list[Axis]:
     """The continuous knobs of `spec`, each over the value space it really has (docs/parameter-recovery.md)."""
     steps_hi = max(STEPS_MAX, 2 * spec.sample_steps)
     out = [Axis("steps", 1, steps_hi, 1, max(2, round(spec.sample_steps / 4)), spec.sample_steps),
-           Axis("guidance", 0.0, max(10.0, 2 * spec.guidance_scale), 0.1, 1.0, spec.guidance_scale)]
+           Axis("guidance", 0.0, max(15.0, 2 * spec.guidance_scale), 0.1, 1.0, spec.guidance_scale)]
     if spec.lora_path is not None:
         m = spec.network_multiplier
-        out.append(Axis("lora_scale", 0.0, max(1.5, 2 * abs(m)), 0.02, 0.25, m))
+        out.append(Axis("lora_scale", 0.0, max(2.0, 2 * abs(m)), 0.01, 0.25, m))
     shift = equivalent_shift(spec)
     if shift is not None and spec.semantics == "aitk":
         out.append(Axis("schedule", 0.5, max(8.0, 2 * shift), 0.05, 0.5, shift))

@@ -8,6 +8,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from parity.diagnose.suspects import shown_verdict
 from parity.report.store import Results
 from parity.report.summary import Summary, item_score, summarize
 from parity.spec import TIERS
@@ -40,8 +41,7 @@ def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None
             name = f"[{name}]({report_href}#item={quote(it['id'], safe='')})"
         cause = it["causes"][0] if it.get("causes") else None
         # an external render explained, or the values recovered when the settings agree
-        verdict = (it.get("explanation") or {}).get("verdict") or (
-            (it.get("suspects") or {}).get("verdict") if (it.get("suspects") or {}).get("best") else None)
+        verdict = (it.get("explanation") or {}).get("verdict") or shown_verdict(it.get("suspects"))
         cause_s = md_text(cause_text(str(cause.get("knob")), cause.get("value_preview"),
                                      cause.get("value_inference")), 100) if cause else (
             md_text(it["error"], 80) if it.get("error") else md_text(verdict, 160) if verdict else "not attributed")
