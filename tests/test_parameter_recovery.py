@@ -72,6 +72,13 @@ def _job_with_previews_at(root, model, engine, changes: dict):
     return job_dir
 
 
+def _recorded_spec(model):
+    from parity.spec import RenderSpec
+
+    return RenderSpec(prompt=PROMPTS[0], width=64, height=64, seed=3, lora_path=str(model), dtype="fp32",
+                      sample_steps=20, guidance_scale=4.0, network_multiplier=1.0)
+
+
 def _shift(value) -> float:
     assert isinstance(value, str) and value.startswith("static:"), value
     return float(value.split(":", 1)[1])
@@ -133,15 +140,59 @@ def test_the_case_budget_caps_every_items_diagnosis(tmp_path, smooth_model, engi
     """--budget is per case: all items of the case together spend at most that many extra renders, and the record
     says what the budget left out."""
     from parity.cli import main
+    from parity.diagnose.scan import minimum_renders
+
+    job = _job_with_previews_at(tmp_path, smooth_model, engine, {"guidance_scale": 7.3, "sample_steps": 31})
+    out = tmp_path / "out"
+    budget = minimum_renders(_recorded_spec(smooth_model)) + 3
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--budget", str(budget),
+                 "-q"]) == 1
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert sum(it["suspects"]["extra_renders"] for it in items) == budget
+    assert max(it["suspects"]["case_renders"] for it in items) == budget
+    assert any("budget" in " ".join(it["suspects"]["skipped"]) for it in items)
+    cost = items[-1]["suspects"]["cost"]
+    assert cost["renders"] == budget and cost["budget"] == budget
+    assert cost["estimate_s"] is None and cost["estimate_basis"].startswith("unknown")  # a CPU: no card planned
+
+
+def test_a_budget_too_small_to_search_says_so_in_every_items_verdict(tmp_path, smooth_model, engine, capsys):
+    from parity.cli import main
 
     job = _job_with_previews_at(tmp_path, smooth_model, engine, {"guidance_scale": 5.5})
     out = tmp_path / "out"
-    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--budget", "5",
-                 "-q"]) == 1
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--budget", "5"]) == 1
     items = json.loads((out / "results.json").read_text())["items"]
-    assert sum(it["suspects"]["extra_renders"] for it in items) == 5
-    assert max(it["suspects"]["case_renders"] for it in items) == 5
-    assert any("budget" in " ".join(it["suspects"]["skipped"]) for it in items)
+    for it in items:
+        s = it["suspects"]
+        assert s["not_searched"] and s["best"] == [] and s["extra_renders"] == 0
+        assert s["verdict"].startswith("not searched: 5 extra render(s) left of the case budget, too few to search")
+    printed = capsys.readouterr().out
+    assert printed.count("not searched: 5 extra render(s)") == len(PROMPTS)
+    assert "not searched: 5 extra render(s)" in (out / "summary.md").read_text()
+
+
+def test_a_negative_budget_is_one_line_and_exit_2(tmp_path, capsys):
+    from parity.cli import main
+
+    assert main(["diff", str(tmp_path), "--budget", "-3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["parity: error: --budget must be 0 or more, got -3"], err
+
+
+def test_the_recovery_benchmark_smoke_mode(capsys):
+    """benchmarks/recovery.py --smoke: one drawn single-knob case on a development model, in seconds; a confident
+    wrong answer makes it exit 1 (this test then fails)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recovery.py"
+    spec = importlib.util.spec_from_file_location("recovery_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--seed", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("seed 5; models 101;") and "total: right 1 of 1" in out, out
 
 
 def test_budget_case_key(tmp_path):
@@ -166,6 +217,10 @@ def test_the_verdict_reaches_the_console_table_and_the_markdown_summary(tmp_path
     job = _job_with_previews_at(tmp_path, smooth_model, engine, {"sample_steps": 12})
     out = tmp_path / "out"
     assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out)]) == 1
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert printed.count("previews look like 12 steps, not 20") == len(PROMPTS)
+    # the budget, fixed before the search starts, is printed with what it would cost on the real model
+    assert "recovering the settings of case" in captured.err
+    assert "budget 90 extra renders, fixed before the search (wall time on the real model unknown" in captured.err
     assert "previews look like 12 steps, not 20" in (out / "summary.md").read_text()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from parity.diagnose.cache import BudgetExhausted, Session
-from parity.diagnose.recover import Axis, Descent, Scored, _AxisRun, _golden, axes_for, descend
+from parity.diagnose.recover import Axis, Descent, Scored, _AxisRun, _golden, axes_for, axis_value, descend
 from parity.spec import RenderSpec
 
 # Coarse values per knob over its plausible range (steps 1-100, guidance 0-15, multiplier 0-2, static shift
@@ -119,17 +119,31 @@ def basins(scans: list[Coarse], start: Scored) -> list[Coarse]:
     return [c for c in gaining[:BASINS] if c.best_score >= top - BASIN_RANGE]
 
 
-def refine_basin(c: Coarse) -> None:
-    """Golden-section between the coarse neighbours of the knob's best coarse value (the recorded start counts as
-    a neighbour), then a climb to a grid local maximum."""
-    run, b = c.run, c.best_index
+def bracket(c: Coarse) -> tuple[int, int]:
+    """The coarse neighbours of the knob's best coarse value (the recorded start counts as one): its basin."""
+    b = c.best_index
     assert b is not None
-    seen = sorted(set(run.scores) | {run.i0})
+    seen = sorted(set(c.run.scores) | {c.run.i0})
     lower = [i for i in seen if i < b]
     upper = [i for i in seen if i > b]
-    lo = lower[-1] if lower else 0
-    hi = upper[0] if upper else run.axis.n
-    _golden(run, lo, b, hi)
+    return (lower[-1] if lower else 0), (upper[0] if upper else c.axis.n)
+
+
+def refine_basin(c: Coarse) -> None:
+    """Golden-section inside the basin, then a climb to a grid local maximum."""
+    lo, hi = bracket(c)
+    _golden(c.run, lo, c.best_index, hi)
+
+
+def covered(c: Coarse, answers: list[Answer]) -> bool:
+    """An answer found before already moved this knob into its basin (several knobs differ: the first basin's
+    descent adopted this one too), so refining it again would repeat that descent."""
+    lo, hi = bracket(c)
+    for a in answers:
+        v = axis_value(c.axis, a.descent.spec)
+        if v is not None and v != c.axis.start and lo <= c.axis.index(v) <= hi:
+            return True
+    return False
 
 
 def global_search(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
@@ -140,6 +154,8 @@ def global_search(spec: RenderSpec, session: Session, start: Scored, exact: Call
     try:
         result.scans = coarse_scan(spec, session, start, exact, min_gain, axes_of(spec))
         for c in basins(result.scans, start):
+            if covered(c, result.answers):
+                continue
             result.answers.append(_descend_from(c, spec, session, start, exact, explained, min_gain, polish_gain,
                                                 axes_of))
             if result.answers[-1].descent.out_of_budget:
@@ -163,7 +179,7 @@ def _local(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[S
     coarse render may score lower while the answer lies in between (a shift of 2.3 recorded as 1.9, coarse at
     0.8 and 3.4). The local descent from the recorded values finds it."""
     return Answer("recorded", descend(spec, session, start, exact, explained, axes_of=axes_of, min_gain=min_gain,
-                                      polish_gain=polish_gain, max_rounds=4))
+                                      polish_gain=polish_gain, max_rounds=6))
 
 
 def _descend_from(c: Coarse, spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
@@ -180,7 +196,7 @@ def _descend_from(c: Coarse, spec: RenderSpec, session: Session, start: Scored, 
         return Answer(c.axis.knob, Descent(spec, start, searches=[trace]))
     here = c.axis.apply(spec, i)
     d = descend(here, session, score, exact, explained, axes_of=axes_of, min_gain=min_gain,
-                polish_gain=polish_gain, max_rounds=4) if not exact(score) and can_render(session) \
+                polish_gain=polish_gain, max_rounds=6, searched={c.axis.knob}) if not exact(score) and can_render(session) \
         else Descent(here, score)
     d.changes = {c.axis.knob: c.axis.stored(i), **d.changes}   # a later value of the same knob wins
     d.searches.insert(0, trace)

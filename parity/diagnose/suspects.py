@@ -503,7 +503,7 @@ def confirm_changes(preview_path: Any, spec: RenderSpec, found: Suspects, render
     unit = "psnr" if session.ssim(spec) != base[0] else "ssim"
     result = Suspects(baseline=base[0], baseline_tier=base[1], tried=[], confirmed_from=source, metric=unit)
     if found.ambiguous:  # the search already rendered both answers on this item to separate them
-        result.ambiguous, result.verdict = list(found.ambiguous), f"{found.verdict}; found on {source}"
+        result.ambiguous, result.verdict = list(found.ambiguous), f"{found.verdict}; found on {source}" if source else found.verdict
         return result
     changes = {k: v for k, v in found.changes().items() if k != "seed"}  # seeds are per prompt
     target = apply_changes(spec, changes)
