@@ -11,8 +11,9 @@ right values).
 
 A case is "right" when every item names exactly the changed knobs with the true values (steps exact, guidance and
 shift within 0.25, multiplier within 0.05), "ambiguous" when an item reports two answers and the truth is one of
-them (no item claiming another), "open" when nothing was claimed (budget too small, nothing found), "wrong" when an
-item claims an explanation that is not the truth. The development seeds were 101 and 102 (models) and the cases
+them (no item claiming another), "missed" when an item reports two answers and the truth is neither, "open" when an
+item claims nothing (the budget ran out before an exact answer: its closest values are reported, not claimed),
+"wrong" when an item claims an explanation that is not the truth (the benchmark then exits 1). The development seeds were 101 and 102 (models) and the cases
 of tests/test_parameter_recovery.py; the held-out models are drawn from 1000-9999.
 
     PYTHONPATH=. python benchmarks/recovery.py --seed 2026 --cases 18     # the held-out table
@@ -101,12 +102,12 @@ def judge(results: list, truth: dict) -> str:
     verdicts = []
     for s in results:
         if s.ambiguous:
-            verdicts.append("ambiguous" if any(matches(a["changes"], truth) for a in s.ambiguous) else "wrong")
+            verdicts.append("ambiguous" if any(matches(a["changes"], truth) for a in s.ambiguous) else "missed")
         elif s.explained and s.best:
             verdicts.append("right" if matches(s.changes(), truth) else "wrong")
         else:
             verdicts.append("open")
-    for v in ("wrong", "open", "ambiguous"):
+    for v in ("wrong", "missed", "open", "ambiguous"):
         if v in verdicts:
             return v
     return "right"

@@ -31,6 +31,7 @@ MIN_GAIN = 0.002                      # a probe must beat the current score by t
 SCREEN_SCALES = (1.0, 0.4)             # screening distances, as fractions of each axis's first step
 POLISH_GAIN = 0.005                   # once explained (NEAR), another round only while a round gains this much
 LARGE_GAIN = 40                       # x the direction gain: a screen this good is searched without screening the rest
+REVISIT = 3                           # large gains of the score after which a settled knob is screened again
 STEPS_MAX = 100                       # steps are searched in 1..max(STEPS_MAX, 2 x recorded)
 
 Scored = tuple[float, "str | None"]   # (SSIM-like score, tier or None)
@@ -260,6 +261,9 @@ class Descent:
     searches: list[AxisSearch] = field(default_factory=list)  # every axis run, in order
     out_of_budget: bool = False
     gains: dict[str, float] = field(default_factory=dict)     # knob -> what its last screen gained
+    # knob -> the score when it was settled: even its fine screen lost a lot on both sides (its answer is here, and
+    # the knob is sharp); not screened again until the score has risen by REVISIT large gains since
+    settled: dict[str, float] = field(default_factory=dict)
 
 
 def descend(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
@@ -324,10 +328,15 @@ def _screen_all(out: Descent, session: Session, done: Callable[[Scored], bool], 
         for axis in sorted(axes_of(out.spec), key=lambda a: -out.gains.get(a.knob, 0.0)):
             if out.changes and next(reversed(out.changes)) == axis.knob:
                 continue  # just adopted at this point: nothing to screen
+            if axis.knob in out.settled and out.score[0] - out.settled[axis.knob] < LARGE_GAIN * min_gain * REVISIT:
+                continue  # settled, and the score has not moved much since
             run = _AxisRun(axis, out.spec, session, out.score, done, min_gain)
             runs.append(run)
             screen(run, axis.first_step * scale / (4 if axis.knob in searched else 1))
             out.gains[axis.knob] = run.best()[1][0] - out.score[0]
+            probes = [sc[0] for i, sc in run.scores.items() if i != run.i0]
+            if scale < 1 and probes and max(probes) < out.score[0] - LARGE_GAIN * min_gain:
+                out.settled[axis.knob] = out.score[0]
             if run.finished() or out.gains[axis.knob] >= LARGE_GAIN * min_gain:
                 break
     finally:
@@ -336,7 +345,7 @@ def _screen_all(out: Descent, session: Session, done: Callable[[Scored], bool], 
 
 
 PAIRED = ("steps", "schedule")        # both only set how the sampling ODE is discretised: their effects trade off
-DIAGONAL_SCALES = (0.5, 0.25)         # diagonal probes, as fractions of each paired axis's first step
+DIAGONAL_SCALES = (0.5, 0.25, 0.0)    # diagonal probes, as fractions of each paired axis's first step (0: one grid step)
 
 
 def _extrapolate(out: Descent, then: RenderSpec, session: Session, axes_of: Callable[[RenderSpec], list[Axis]],
@@ -385,6 +394,7 @@ def _diagonal(out: Descent, session: Session, axes_of: Callable[[RenderSpec], li
             for knob in best[2]:
                 out.changes.pop(knob, None)
                 out.changes[knob] = stored_value(axes[knob], out.spec)
+                searched.add(knob)   # placed to a quarter step: screened finely from now on
             return True
     return False
 

@@ -75,6 +75,11 @@ def minimum_renders(spec: RenderSpec) -> int:
     return sum(len(coarse_indices(a)) for a in axes_for(spec)) + MIN_REFINE
 
 
+def close(score: Scored, explained: Callable[[Scored], bool]) -> bool:
+    """Near the answer: NEAR or EXACT (identical but for the JPEG error), or explaining the target."""
+    return score[1] in ("EXACT", "NEAR") or explained(score)
+
+
 def can_render(session: Session) -> bool:
     return session.budget is None or session.extra_renders < session.budget
 
@@ -163,7 +168,7 @@ def global_search(spec: RenderSpec, session: Session, start: Scored, exact: Call
                 break
             if exact(result.answers[-1].descent.score):
                 break
-        if not result.out_of_budget and not any(exact(a.descent.score) for a in result.answers):
+        if not result.out_of_budget and not any(close(a.descent.score, explained) for a in result.answers):
             result.answers.append(_local(spec, session, start, exact, explained, min_gain, polish_gain, axes_of))
             result.out_of_budget = result.answers[-1].descent.out_of_budget
     except BudgetExhausted:
@@ -179,7 +184,7 @@ def _local(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[S
     coarse render may score lower while the answer lies in between (a shift of 2.3 recorded as 1.9, coarse at
     0.8 and 3.4). The local descent from the recorded values finds it."""
     return Answer("recorded", descend(spec, session, start, exact, explained, axes_of=axes_of, min_gain=min_gain,
-                                      polish_gain=polish_gain, max_rounds=6))
+                                      polish_gain=polish_gain, max_rounds=10))
 
 
 def _descend_from(c: Coarse, spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
@@ -196,7 +201,7 @@ def _descend_from(c: Coarse, spec: RenderSpec, session: Session, start: Scored, 
         return Answer(c.axis.knob, Descent(spec, start, searches=[trace]))
     here = c.axis.apply(spec, i)
     d = descend(here, session, score, exact, explained, axes_of=axes_of, min_gain=min_gain,
-                polish_gain=polish_gain, max_rounds=6, searched={c.axis.knob}) if not exact(score) and can_render(session) \
+                polish_gain=polish_gain, max_rounds=10, searched={c.axis.knob}) if not exact(score) and can_render(session) \
         else Descent(here, score)
     d.changes = {c.axis.knob: c.axis.stored(i), **d.changes}   # a later value of the same knob wins
     d.searches.insert(0, trace)

@@ -348,7 +348,8 @@ class _Search:
                 self.try_discrete(default_set_candidates(self.spec), only_if_explains=True)
             if not self.exact(self.score):  # explained but not exact: one polishing round still pays
                 self.search_globally()
-            for c in schedule_candidates(self.spec) if not (self.exact(self.score) or self.pinned) else []:
+            near = self.score[1] in PARITY_TIERS   # NEAR with AI Toolkit's family: no other family to try
+            for c in schedule_candidates(self.spec) if not (self.exact(self.score) or self.pinned or near) else []:
                 self.try_schedule(c)
             if not self.exact(self.score) and self.try_discrete(seeds):
                 self.descend()
