@@ -206,23 +206,17 @@ def test_a_budget_too_small_to_search_says_so_in_every_items_verdict(tmp_path, s
     assert "not searched: 5 extra render(s)" in (out / "summary.md").read_text()
 
 
-def test_a_negative_budget_is_one_line_and_exit_2(tmp_path, capsys):
-    from parity.cli import main
-
-    assert main(["diff", str(tmp_path), "--budget", "-3"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["parity: error: --budget must be 0 or more, got -3"], err
-
-
-def test_the_recovery_benchmark_smoke_mode(capsys):
+def test_the_recovery_benchmark_smoke_mode(capsys, monkeypatch):
     """benchmarks/recovery.py --smoke: one drawn single-knob case on a development model, in seconds; a confident
     wrong answer makes it exit 1 (this test then fails)."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "recovery.py"
     spec = importlib.util.spec_from_file_location("recovery_benchmark", path)
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)   # its dataclasses look their module up
     spec.loader.exec_module(mod)
     assert mod.main(["--smoke", "--seed", "5"]) == 0
     out = capsys.readouterr().out
