@@ -35,6 +35,7 @@ NEAR_RECORDED = {"steps": 1.3, "guidance": 1.0, "lora_scale": 0.2, "schedule": 1
 RATIO_KNOBS = ("steps", "schedule")
 BASINS = 3            # at most this many basins refined
 MIN_REFINE = 6        # renders a basin needs to be refined at all
+SHARE = 0.6           # of the renders left, the most one basin's descent may spend before the next basin
 BASIN_RANGE = 3.0     # dB: a basin whose coarse score is this far below the best one's is not refined
 
 
@@ -154,27 +155,58 @@ def covered(c: Coarse, answers: list[Answer]) -> bool:
 def global_search(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
                   explained: Callable[[Scored], bool], *, min_gain: float, polish_gain: float,
                   axes_of: Callable[[RenderSpec], list[Axis]] = axes_for) -> ScanResult:
-    """Coarse scan, then each basin refined and descended from, best basin first, until one is exact."""
+    """Coarse scan, then each basin refined and descended from, best basin first, until one is exact; the best
+    answer then gets what is left of the budget. A basin's descent may spend at most SHARE of the renders left,
+    so a wrong first basin cannot starve the right one."""
     result = ScanResult()
+    args = (session, start, exact, explained, min_gain, polish_gain, axes_of)
     try:
         result.scans = coarse_scan(spec, session, start, exact, min_gain, axes_of(spec))
-        for c in basins(result.scans, start):
-            if covered(c, result.answers):
+        todo = [c for c in basins(result.scans, start)]
+        for c in todo + [None]:
+            if c is None and any(close(a.descent.score, explained) for a in result.answers):
+                break   # no need for the recorded values' own basin
+            if c is not None and covered(c, result.answers):
                 continue
-            result.answers.append(_descend_from(c, spec, session, start, exact, explained, min_gain, polish_gain,
-                                                axes_of))
-            if result.answers[-1].descent.out_of_budget:
-                result.out_of_budget = True
+            result.answers.append(_shared(session, SHARE, lambda c=c: _descend_from(c, spec, *args) if c is not None
+                                          else _local(spec, *args)))
+            if exact(result.answers[-1].descent.score) or not can_render(session):
                 break
-            if exact(result.answers[-1].descent.score):
-                break
-        if not result.out_of_budget and not any(close(a.descent.score, explained) for a in result.answers):
-            result.answers.append(_local(spec, session, start, exact, explained, min_gain, polish_gain, axes_of))
-            result.out_of_budget = result.answers[-1].descent.out_of_budget
+        _polish(result, *args)
     except BudgetExhausted:
-        result.out_of_budget = True
+        pass
+    result.out_of_budget = not can_render(session)
     result.answers.sort(key=lambda a: -a.score)
     return result
+
+
+def _shared(session: Session, share: float, run: Callable[[], Answer]) -> Answer:
+    """`run` with the session's budget cut to `share` of the renders left (at least MIN_REFINE)."""
+    total = session.budget
+    if total is not None:
+        session.budget = min(total, session.extra_renders + max(MIN_REFINE,
+                                                                 int((total - session.extra_renders) * share)))
+    try:
+        return run()
+    finally:
+        session.budget = total
+
+
+def _polish(result: ScanResult, session: Session, start: Scored, exact: Callable[[Scored], bool],
+            explained: Callable[[Scored], bool], min_gain: float, polish_gain: float,
+            axes_of: Callable[[RenderSpec], list[Axis]]) -> None:
+    """The best answer, not exact, continues its descent with every render left (its share may have cut it)."""
+    if not result.answers:
+        return
+    best = max(result.answers, key=lambda a: a.score)
+    if exact(best.descent.score) or not can_render(session):
+        return
+    d = descend(best.descent.spec, session, best.descent.score, exact, explained, axes_of=axes_of, min_gain=min_gain,
+                polish_gain=polish_gain, max_rounds=10, searched=set(best.descent.changes))
+    best.descent.searches += d.searches
+    if d.score[0] > best.score:
+        best.descent.spec, best.descent.score = d.spec, d.score
+        best.descent.changes.update(d.changes)
 
 
 def _local(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
