@@ -261,7 +261,7 @@ def test_a_budget_too_small_to_search_says_so_instead_of_guessing():
     assert s.verdict == (f"not searched: {need - 1} extra render(s) left of the case budget, too few to search (a "
                          f"search needs at least {need}; raise --budget or budget:)")
     s = suspect_search("p.jpg", PREVIEW, FakeEngine().render, smooth_score(truth), preview_size=(512, 512), budget=0)
-    assert s.not_searched and s.verdict == "not searched: the budget is 0"
+    assert s.not_searched and s.verdict == "not searched: no extra render left of the case budget"
 
 
 def test_suspects_budget_mid_search_keeps_the_best_so_far():

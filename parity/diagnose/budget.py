@@ -41,16 +41,6 @@ def cost_record(renders: int, budget: int, per_render: tuple[float | None, str])
             "estimate_s": None if seconds is None else round(renders * seconds, 1), "estimate_basis": basis}
 
 
-def cost_text(cost: dict[str, Any]) -> str:
-    """"34 of 90 renders; about 9 min on the real model (parity doctor's plan for NVIDIA H100)"."""
-    from parity.runner.progress import duration_text
-
-    head = f"{cost['renders']} of {cost['budget']} renders"
-    if cost.get("estimate_s") is None:
-        return f"{head}; wall time on the real model {cost.get('estimate_basis') or 'unknown'}"
-    return f"{head}; about {duration_text(cost['estimate_s'])} on the real model ({cost['estimate_basis']})"
-
-
 def budget_text(budget: int, per_render: tuple[float | None, str]) -> str:
     """The budget as printed before a search starts: "budget 90 extra renders (at most about 22m00s on the real
     model, parity doctor's plan for NVIDIA H100)"."""

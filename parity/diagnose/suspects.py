@@ -263,7 +263,7 @@ def _no_search(result: Suspects, spec: RenderSpec, base: tuple[float, str | None
     if budget is not None and budget < minimum_renders(spec):
         result.skipped.append("the search (budget too small)")
         result.not_searched = True
-        result.verdict = ("not searched: the budget is 0" if budget == 0 else
+        result.verdict = ("not searched: no extra render left of the case budget" if budget == 0 else
                           f"not searched: {budget} extra render(s) left of the case budget, too few to search "
                           f"(a search needs at least {minimum_renders(spec)}; raise --budget or budget:)")
         return True
