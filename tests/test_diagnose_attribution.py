@@ -316,7 +316,7 @@ def test_a_stock_diffusers_stack_is_recognised_as_its_default_set():
 SCAN_RECORDED = RenderSpec(prompt="ohwx a cat", width=512, height=512, seed=3, sample_steps=20, guidance_scale=4.0,
                       lora_path="/l.safetensors", network_multiplier=1.0)
 A_STEPS = 11            # basin A: 11 steps at the recorded schedule
-B_SHIFT = 2.3           # basin B: a static shift of 2.3 at the recorded 20 steps
+B_SHIFT = 3.2           # basin B: a static shift of 3.2 at the recorded 20 steps
 
 
 def _shift(spec: RenderSpec) -> float:
@@ -326,18 +326,21 @@ def _shift(spec: RenderSpec) -> float:
 
 def two_basins(a_top: float, b_top: float):
     """Steps and the shift trade off: near A the score falls 0.01 per step away, near B 0.01 per 0.05 of shift;
-    any other knob away from the recorded value costs 0.05 per unit. A's peak scores `a_top`, B's `b_top`."""
+    any other knob away from the recorded value costs 0.05 per unit. A's peak scores `a_top`, B's `b_top`; the
+    tier is EXACT at 1, NEAR from 0.96."""
     def score(image, target) -> float:
         s: RenderSpec = image[()]
         other = 0.05 * (abs(s.guidance_scale - 4.0) + abs(s.network_multiplier - 1.0))
         shift = _shift(s)
         a = a_top - 0.01 * abs(s.sample_steps - A_STEPS) - 0.2 * abs(shift - 1.88)
         b = b_top - 0.01 * abs(s.sample_steps - 20) - 0.2 * abs(shift - B_SHIFT)
-        return max(0.0, max(a, b) - other)
+        v = max(0.0, max(a, b) - other)
+        return {"ssim": v, "tier": "EXACT" if v >= 1.0 else "NEAR" if v >= 0.96 else "DRIFT"}
     return score
 
 
 def test_two_answers_within_the_noise_are_reported_as_ambiguous_with_both_values():
+    """Both NEAR, 0.002 apart: neither is claimed, both are named."""
     s = suspect_search("p.jpg", SCAN_RECORDED, FakeEngine().render, two_basins(0.97, 0.968), preview_size=(512, 512))
     assert not s.explained
     assert [a["changes"] for a in s.ambiguous] == [{"steps": A_STEPS}, {"schedule": f"static:{B_SHIFT:g}"}]
@@ -354,6 +357,15 @@ def test_a_clearly_better_basin_is_named_without_ambiguity():
     assert {b.knob: b.value for b in s.best} == {"schedule": f"static:{B_SHIFT:g}"}
 
 
+def test_two_poor_answers_are_no_explanation_ambiguous_or_not():
+    """Both basins far from reproducing the target (DRIFT): the closest values are reported, nothing claimed."""
+    def poor(image, target):
+        return {"ssim": two_basins(0.9, 0.898)(image, target)["ssim"], "tier": "DRIFT"}
+
+    s = suspect_search("p.jpg", SCAN_RECORDED, FakeEngine().render, poor, preview_size=(512, 512))
+    assert not s.explained and not s.ambiguous and s.verdict.startswith("closest: ")
+
+
 def test_another_item_separates_two_answers_that_tie_on_the_first():
     """The second prompt is reproduced exactly by basin B only: rendering both answers there decides."""
     other = SCAN_RECORDED.with_(prompt="ohwx a dog", seed=4)
@@ -361,7 +373,7 @@ def test_another_item_separates_two_answers_that_tie_on_the_first():
     def score(image, target):
         if target == "q.jpg":  # the other item: only B reproduces it
             s: RenderSpec = image[()]
-            return 1.0 if (_shift(s) == B_SHIFT and s.sample_steps == 20) else 0.9
+            return {"ssim": 1.0, "tier": "EXACT"} if (_shift(s) == B_SHIFT and s.sample_steps == 20) else 0.9
         return two_basins(0.97, 0.968)(image, target)
 
     eng = FakeEngine()

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.diagnose.recover import AxisSearch, Descent, axes_for, descend
-from parity.diagnose.scan import Answer, ScanResult, global_search, minimum_renders
+from parity.diagnose.scan import Answer, ScanResult, close, global_search, minimum_renders
 from parity.job.sizes import effective_size
 from parity.spec import RenderSpec
 from parity.values import knob_text
@@ -276,10 +276,11 @@ def changes_between(recorded: RenderSpec, found: RenderSpec) -> dict[str, Any]:
             if recorded_value(found, k) != recorded_value(recorded, k)}
 
 
-def rival_of(answers: list[Answer], exact: Restores, noise: float) -> Answer | None:
-    """An answer other than the best that scores within `noise` of it (none when the best is exact)."""
+def rival_of(answers: list[Answer], exact: Restores, noise: float, done: Restores) -> Answer | None:
+    """An answer other than the best that scores within `noise` of it: none when the best is exact, or not even
+    close (NEAR) to explaining the target (two poor answers are no explanation, ambiguous or not)."""
     best = answers[0]
-    if exact(best.descent.score):
+    if exact(best.descent.score) or not close(best.descent.score, done):
         return None
     return next((a for a in answers[1:] if a.descent.spec != best.descent.spec and best.score - a.score < noise),
                 None)
@@ -366,7 +367,7 @@ class _Search:
         self._record(r)
         if r.answers and r.answers[0].score > self.score[0]:
             self._adopt(r.answers[0].descent)
-            self.rival = rival_of(r.answers, self.exact, NOISE[self.unit])
+            self.rival = rival_of(r.answers, self.exact, NOISE[self.unit], self.done)
         if r.out_of_budget:
             raise BudgetExhausted
 
