@@ -381,3 +381,14 @@ def test_another_item_separates_two_answers_that_tie_on_the_first():
     assert not s.ambiguous and {b.knob: b.value for b in s.best} == {"schedule": f"static:{B_SHIFT:g}"}
     assert other.with_(schedule=f"static:{B_SHIFT:g}") in eng.calls
     assert s.extra_renders == len(eng.calls) - 1   # the tie-break's renders count against the budget
+
+
+def test_pinned_knobs_from_the_step_0_previews_are_not_searched_again():
+    """The step-0 previews (no LoRA) gave 12 steps: a trained item starts there and searches the others only."""
+    truth = SCAN_RECORDED.with_(sample_steps=12, network_multiplier=0.62)
+    eng = FakeEngine()
+    s = suspect_search("p.jpg", SCAN_RECORDED, eng.render, smooth_score(truth), preview_size=(512, 512),
+                       pinned={"steps": 12})
+    assert s.explained and {b.knob: b.value for b in s.best} == {"steps": 12, "lora_scale": 0.62}, s.verdict
+    assert all(c.sample_steps == 12 for c in eng.calls[1:])   # every render after the recorded one at 12 steps
+    assert "steps" not in {t.knob for t in s.searches}
