@@ -13,7 +13,7 @@
       mismatches: [steps, guidance]   # known differences: below the gate only through these knobs = expected
       tier: DRIFT                     # optional: the worst tier an expected difference may reach
     attribution: true                 # re-render one knob at a time for items below the gate
-    budget: 40                        # extra renders diagnosis may spend on this case (default 40; --budget wins)
+    budget: 90                        # extra renders diagnosis may spend on this case (default 90; --budget wins)
     tiers: {near_ssim_y: 0.995}       # optional overrides of the tier thresholds (parity.compare.tiers.Thresholds)
     preview_hardware: NVIDIA H100 80GB HBM3   # what rendered the previews; default: the training device, unknown
     noise_floor: true                 # judge irreducible-only DRIFT items against a measured noise floor
@@ -43,7 +43,7 @@ _TOP_KEYS = {
 }
 # Extra renders diagnosis (attribution, parameter recovery) may spend per case: a single-knob recovery on a
 # representative item plus one confirming render per other item fits in ~20 (docs/parameter-recovery.md).
-DEFAULT_CASE_BUDGET = 40
+DEFAULT_CASE_BUDGET = 90
 _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "mismatches", "tier"}
 # Metric thresholds: for these, higher is better (a floor); for the others lower is better (a ceiling).
 _HIGHER_IS_BETTER = {"ssim", "ssim_y", "psnr"}

@@ -42,8 +42,11 @@ def demo():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", [p.name for p in BENCHMARKS])
 def test_benchmark_smoke_run(script, demo):
-    if script == "gpu_flux2.py":  # its --smoke is its --tiny mode, run and checked field by field there
-        pytest.skip("gpu_flux2.py --tiny runs in tests/test_structural.py::test_gpu_benchmark_runs_tiny_on_cpu")
+    # run, and checked field by field, where their subject is tested (not twice)
+    elsewhere = {"gpu_flux2.py": "tests/test_structural.py::test_gpu_benchmark_runs_tiny_on_cpu (its --tiny mode)",
+                 "recovery.py": "tests/test_parameter_recovery.py::test_the_recovery_benchmark_smoke_mode"}
+    if script in elsewhere:
+        pytest.skip(f"{script} --smoke runs in {elsewhere[script]}")
     if script == "mutation.py":
         from aitk_oracle import ORACLE
 

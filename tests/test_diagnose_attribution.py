@@ -210,7 +210,7 @@ def test_suspects_recover_one_knob_with_its_value(changes, knob, value):
     s = suspect_search("p.jpg", PREVIEW, eng.render, smooth_score(truth), preview_size=(512, 512))
     assert s.explained and _found(s) == {knob: value}, s.verdict
     assert s.verdict.startswith("previews look like") and ", not " in s.verdict
-    assert s.extra_renders <= 24 and len(eng.calls) == s.extra_renders + 1
+    assert s.extra_renders <= 28 and len(eng.calls) == s.extra_renders + 1  # 30 a case, less two confirmations
     trace = next(t for t in s.searches if t.knob == knob and t.complete)
     assert trace.best == value and [p.value for p in trace.probes][-1] == value
 
@@ -246,16 +246,33 @@ def test_suspects_nothing_explains_and_budget():
     s = suspect_search("p.jpg", PREVIEW, eng.render, score, preview_size=(512, 512))
     assert not s.explained and s.best == [] and s.verdict.startswith("nothing tried explains it")
     eng = FakeEngine()
-    s = suspect_search("p.jpg", PREVIEW, eng.render, score, preview_size=(512, 512), budget=4)
-    assert s.extra_renders == 4 and len(eng.calls) == 5 and s.skipped
+    s = suspect_search("p.jpg", PREVIEW, eng.render, score, preview_size=(512, 512), budget=30)
+    assert s.extra_renders == 30 and len(eng.calls) == 31 and s.skipped
+
+
+def test_a_budget_too_small_to_search_says_so_instead_of_guessing():
+    from parity.diagnose.scan import minimum_renders
+
+    truth = PREVIEW.with_(guidance_scale=5.5)
+    need = minimum_renders(PREVIEW)
+    eng = FakeEngine()
+    s = suspect_search("p.jpg", PREVIEW, eng.render, smooth_score(truth), preview_size=(512, 512), budget=need - 1)
+    assert s.not_searched and s.best == [] and not s.explained and len(eng.calls) == 1
+    assert s.verdict == (f"not searched: {need - 1} extra render(s) left of the case budget, too few to search (a "
+                         f"search needs at least {need}; raise --budget or budget:)")
+    s = suspect_search("p.jpg", PREVIEW, FakeEngine().render, smooth_score(truth), preview_size=(512, 512), budget=0)
+    assert s.not_searched and s.verdict == "not searched: no extra render left of the case budget"
 
 
 def test_suspects_budget_mid_search_keeps_the_best_so_far():
-    truth = PREVIEW.with_(guidance_scale=5.5)
-    s = suspect_search("p.jpg", PREVIEW, FakeEngine().render, smooth_score(truth), preview_size=(512, 512), budget=10)
-    assert s.extra_renders == 10 and s.skipped == ["the rest of the search (render budget spent)"]
-    assert _found(s).keys() == {"guidance"} and abs(_found(s)["guidance"] - 5.5) < 1.5
-    assert s.best_score > s.baseline and s.verdict
+    from parity.diagnose.scan import minimum_renders
+
+    truth = PREVIEW.with_(guidance_scale=5.8, sample_steps=31)
+    budget = minimum_renders(PREVIEW) + 2
+    s = suspect_search("p.jpg", PREVIEW, FakeEngine().render, smooth_score(truth), preview_size=(512, 512),
+                       budget=budget)
+    assert s.extra_renders == budget and s.skipped == ["the rest of the search (render budget spent)"]
+    assert s.best and not s.explained and s.best_score > s.baseline and s.verdict.startswith("closest: ")
 
 
 def test_suspect_size_from_the_preview_file(tmp_path):
@@ -290,3 +307,88 @@ def test_a_stock_diffusers_stack_is_recognised_as_its_default_set():
     s = suspect_search("p.jpg", PREVIEW, eng.render, smooth_score(truth), preview_size=(512, 512))
     assert s.explained and _found(s) == {"steps": 50, "guidance": 4.0, "schedule": "empirical"}, s.verdict
     assert s.extra_renders <= 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Global before local (parity/diagnose/scan.py): two basins that explain a target equally well, as functions of the
+# spec written here; the tie-break on another item; "ambiguous".
+
+SCAN_RECORDED = RenderSpec(prompt="ohwx a cat", width=512, height=512, seed=3, sample_steps=20, guidance_scale=4.0,
+                      lora_path="/l.safetensors", network_multiplier=1.0)
+A_STEPS = 11            # basin A: 11 steps at the recorded schedule
+B_SHIFT = 3.2           # basin B: a static shift of 3.2 at the recorded 20 steps
+
+
+def _shift(spec: RenderSpec) -> float:
+    """The static shift, or AI Toolkit's mu at 512 px as a shift (e^mu, 1.88; aitk-flux2-previews.md C step 9)."""
+    return float(spec.schedule.split(":")[1]) if spec.schedule.startswith("static:") else 1.88
+
+
+def two_basins(a_top: float, b_top: float):
+    """Steps and the shift trade off: near A the score falls 0.01 per step away, near B 0.01 per 0.05 of shift;
+    any other knob away from the recorded value costs 0.05 per unit. A's peak scores `a_top`, B's `b_top`; the
+    tier is EXACT at 1, NEAR from 0.96."""
+    def score(image, target) -> float:
+        s: RenderSpec = image[()]
+        other = 0.05 * (abs(s.guidance_scale - 4.0) + abs(s.network_multiplier - 1.0))
+        shift = _shift(s)
+        a = a_top - 0.01 * abs(s.sample_steps - A_STEPS) - 0.2 * abs(shift - 1.88)
+        b = b_top - 0.01 * abs(s.sample_steps - 20) - 0.2 * abs(shift - B_SHIFT)
+        v = max(0.0, max(a, b) - other)
+        return {"ssim": v, "tier": "EXACT" if v >= 1.0 else "NEAR" if v >= 0.96 else "DRIFT"}
+    return score
+
+
+def test_two_answers_within_the_noise_are_reported_as_ambiguous_with_both_values():
+    """Both NEAR, 0.002 apart: neither is claimed, both are named."""
+    s = suspect_search("p.jpg", SCAN_RECORDED, FakeEngine().render, two_basins(0.97, 0.968), preview_size=(512, 512))
+    assert not s.explained
+    assert [a["changes"] for a in s.ambiguous] == [{"steps": A_STEPS}, {"schedule": f"static:{B_SHIFT:g}"}]
+    assert s.verdict == (f"ambiguous: {A_STEPS} steps or static shift {B_SHIFT:g} explain equally "
+                         "(0.970 vs 0.968)")
+    # both basins were searched: each knob's trace (the report's curves) reaches its answer
+    assert any(t.knob == "steps" and t.best == A_STEPS for t in s.searches)
+    assert any(t.knob == "schedule" and t.best == f"static:{B_SHIFT:g}" for t in s.searches)
+
+
+def test_a_clearly_better_basin_is_named_without_ambiguity():
+    s = suspect_search("p.jpg", SCAN_RECORDED, FakeEngine().render, two_basins(0.95, 1.0), preview_size=(512, 512))
+    assert s.explained and not s.ambiguous
+    assert {b.knob: b.value for b in s.best} == {"schedule": f"static:{B_SHIFT:g}"}
+
+
+def test_two_poor_answers_are_no_explanation_ambiguous_or_not():
+    """Both basins far from reproducing the target (DRIFT): the closest values are reported, nothing claimed."""
+    def poor(image, target):
+        return {"ssim": two_basins(0.9, 0.898)(image, target)["ssim"], "tier": "DRIFT"}
+
+    s = suspect_search("p.jpg", SCAN_RECORDED, FakeEngine().render, poor, preview_size=(512, 512))
+    assert not s.explained and not s.ambiguous and s.verdict.startswith("closest: ")
+
+
+def test_another_item_separates_two_answers_that_tie_on_the_first():
+    """The second prompt is reproduced exactly by basin B only: rendering both answers there decides."""
+    other = SCAN_RECORDED.with_(prompt="ohwx a dog", seed=4)
+
+    def score(image, target):
+        if target == "q.jpg":  # the other item: only B reproduces it
+            s: RenderSpec = image[()]
+            return {"ssim": 1.0, "tier": "EXACT"} if (_shift(s) == B_SHIFT and s.sample_steps == 20) else 0.9
+        return two_basins(0.97, 0.968)(image, target)
+
+    eng = FakeEngine()
+    s = suspect_search("p.jpg", SCAN_RECORDED, eng.render, score, preview_size=(512, 512), others=[("q.jpg", other)])
+    assert not s.ambiguous and {b.knob: b.value for b in s.best} == {"schedule": f"static:{B_SHIFT:g}"}
+    assert other.with_(schedule=f"static:{B_SHIFT:g}") in eng.calls
+    assert s.extra_renders == len(eng.calls) - 1   # the tie-break's renders count against the budget
+
+
+def test_pinned_knobs_from_the_step_0_previews_are_not_searched_again():
+    """The step-0 previews (no LoRA) gave 12 steps: a trained item starts there and searches the others only."""
+    truth = SCAN_RECORDED.with_(sample_steps=12, network_multiplier=0.62)
+    eng = FakeEngine()
+    s = suspect_search("p.jpg", SCAN_RECORDED, eng.render, smooth_score(truth), preview_size=(512, 512),
+                       pinned={"steps": 12})
+    assert s.explained and {b.knob: b.value for b in s.best} == {"steps": 12, "lora_scale": 0.62}, s.verdict
+    assert all(c.sample_steps == 12 for c in eng.calls[1:])   # every render after the recorded one at 12 steps
+    assert "steps" not in {t.knob for t in s.searches}

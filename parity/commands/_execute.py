@@ -28,7 +28,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override an inference setting, e.g. --set sample_steps=25 (repeatable)")
     p.add_argument("--min-tier", default=None, help="gate for every item (EXACT, NEAR, DRIFT, DIFFERENT)")
     p.add_argument("--no-attribution", action="store_true", help="skip one-knob-at-a-time re-renders")
-    p.add_argument("--budget", type=int, default=None, help="extra renders diagnosis may spend per case (default: the case's budget:, else 40)")
+    p.add_argument("--budget", type=int, default=None, help="extra renders diagnosis may spend per case (default: the case's budget:, else 90; 0: no search)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default: reports/<time>)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write results.json here")

@@ -30,7 +30,9 @@ GOLDEN = (math.sqrt(5) - 1) / 2      # 0.618...
 MIN_GAIN = 0.002                      # a probe must beat the current score by this to count as a direction
 SCREEN_SCALES = (1.0, 0.4)             # screening distances, as fractions of each axis's first step
 POLISH_GAIN = 0.005                   # once explained (NEAR), another round only while a round gains this much
-STEPS_MAX = 60                        # steps are searched in 1..max(STEPS_MAX, 2 x recorded)
+LARGE_GAIN = 40                       # x the direction gain: a screen this good is searched without screening the rest
+REVISIT = 3                           # large gains of the score after which a settled knob is screened again
+STEPS_MAX = 100                       # steps are searched in 1..max(STEPS_MAX, 2 x recorded)
 
 Scored = tuple[float, "str | None"]   # (SSIM-like score, tier or None)
 
@@ -100,10 +102,10 @@ def axes_for(spec: RenderSpec) -> list[Axis]:
     """The continuous knobs of `spec`, each over the value space it really has (docs/parameter-recovery.md)."""
     steps_hi = max(STEPS_MAX, 2 * spec.sample_steps)
     out = [Axis("steps", 1, steps_hi, 1, max(2, round(spec.sample_steps / 4)), spec.sample_steps),
-           Axis("guidance", 0.0, max(10.0, 2 * spec.guidance_scale), 0.1, 1.0, spec.guidance_scale)]
+           Axis("guidance", 0.0, max(15.0, 2 * spec.guidance_scale), 0.1, 1.0, spec.guidance_scale)]
     if spec.lora_path is not None:
         m = spec.network_multiplier
-        out.append(Axis("lora_scale", 0.0, max(1.5, 2 * abs(m)), 0.02, 0.25, m))
+        out.append(Axis("lora_scale", 0.0, max(2.0, 2 * abs(m)), 0.01, 0.25, m))
     shift = equivalent_shift(spec)
     if shift is not None and spec.semantics == "aitk":
         out.append(Axis("schedule", 0.5, max(8.0, 2 * shift), 0.05, 0.5, shift))
@@ -258,22 +260,27 @@ class Descent:
     changes: dict[str, Any] = field(default_factory=dict)     # knob -> value, in adoption order
     searches: list[AxisSearch] = field(default_factory=list)  # every axis run, in order
     out_of_budget: bool = False
+    gains: dict[str, float] = field(default_factory=dict)     # knob -> what its last screen gained
+    # knob -> the score when it was settled: even its fine screen lost a lot on both sides (its answer is here, and
+    # the knob is sharp); not screened again until the score has risen by REVISIT large gains since
+    settled: dict[str, float] = field(default_factory=dict)
 
 
 def descend(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
             explained: Callable[[Scored], bool] | None = None, *,
             axes_of: Callable[[RenderSpec], list[Axis]] = axes_for, max_rounds: int = 4,
-            min_gain: float = MIN_GAIN, polish_gain: float = POLISH_GAIN) -> Descent:
+            min_gain: float = MIN_GAIN, polish_gain: float = POLISH_GAIN, searched: set[str] | None = None) -> Descent:
     """Coordinate descent: each round screens every axis at the current point, searches the one that gained most
     and adopts its best value. Stops when the target is reproduced `exact`ly, when nothing gains, when the budget
     ends, or when it is `explained` (NEAR) and the last round gained less than POLISH_GAIN: a NEAR found with one
     knob can hide a second, smaller one (24 steps + guidance 3 is NEAR at guidance 3 alone), so one more round is
     spent while it still pays. `min_gain` / `polish_gain` are in the session's score unit (SSIM defaults; the
     suspect search climbs PSNR and passes dB). An axis screened again after its own search uses a quarter of its first step (its
-    optimum moves little when another knob changes)."""
+    optimum moves little when another knob changes); `searched` names the knobs already searched before."""
     explained = explained or exact
     out = Descent(spec, start)
-    searched: set[str] = set()
+    searched = set(searched or ())
+    history = [spec]   # the point after each round: two rounds' moves together point along a ridge
     try:
         for _ in range(max_rounds):
             if exact(out.score):
@@ -292,12 +299,18 @@ def descend(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[
                 if gaining:
                     break
             if not gaining:
+                if _diagonal(out, session, axes_of, min_gain, searched):
+                    continue
                 break
             run = max(gaining, key=lambda r: r.best()[1][0])
             try:
                 search(run)
             finally:  # out of budget mid-search: keep the best found so far
                 _adopt(out, run, searched)
+            history.append(out.spec)
+            if len(history) >= 3 and not exact(out.score) and _extrapolate(out, history[-3], session, axes_of,
+                                                                              min_gain):
+                history.append(out.spec)
             if exact(out.score) or (explained(out.score) and out.score[0] - before < polish_gain):
                 break
     except BudgetExhausted:
@@ -311,18 +324,109 @@ def _screen_all(out: Descent, session: Session, done: Callable[[Scored], bool], 
     """Screen every axis at the current point into `runs` (filled as it goes, so a caller keeps what was screened
     when the budget ends midway)."""
     runs = [] if runs is None else runs
-    try:
-        for axis in axes_of(out.spec):
+    try:  # the knobs that gained most at the last screen first: a large gain there ends the screen early
+        for axis in sorted(axes_of(out.spec), key=lambda a: -out.gains.get(a.knob, 0.0)):
             if out.changes and next(reversed(out.changes)) == axis.knob:
                 continue  # just adopted at this point: nothing to screen
+            if axis.knob in out.settled and out.score[0] - out.settled[axis.knob] < LARGE_GAIN * min_gain * REVISIT:
+                continue  # settled, and the score has not moved much since
             run = _AxisRun(axis, out.spec, session, out.score, done, min_gain)
             runs.append(run)
             screen(run, axis.first_step * scale / (4 if axis.knob in searched else 1))
-            if run.finished():
+            out.gains[axis.knob] = run.best()[1][0] - out.score[0]
+            probes = [sc[0] for i, sc in run.scores.items() if i != run.i0]
+            if scale < 1 and probes and max(probes) < out.score[0] - LARGE_GAIN * min_gain:
+                out.settled[axis.knob] = out.score[0]
+            if run.finished() or out.gains[axis.knob] >= LARGE_GAIN * min_gain:
                 break
     finally:
         out.searches += [r.conclude(complete=False) for r in runs if r.trace.probes]
     return runs
+
+
+PAIRED = ("steps", "schedule")        # both only set how the sampling ODE is discretised: their effects trade off
+DIAGONAL_SCALES = (0.5, 0.25, 0.0)    # diagonal probes, as fractions of each paired axis's first step (0: one grid step)
+
+
+def _extrapolate(out: Descent, then: RenderSpec, session: Session, axes_of: Callable[[RenderSpec], list[Axis]],
+                 min_gain: float) -> bool:
+    """Powell's step: coordinate descent on two knobs that trade off zig-zags (guidance down, then the multiplier
+    up, then guidance again); the move of the last two rounds together points along the ridge, so one render
+    goes that far again. Adopted when it gains."""
+    probe, moved = out.spec, []
+    for axis in axes_of(out.spec):
+        a, b = axis_value(axis, then), axis_value(axis, out.spec)
+        if a is None or b is None or axis.index(a) == axis.index(b):
+            continue
+        probe = axis.apply(probe, min(axis.n, max(0, 2 * axis.index(b) - axis.index(a))))
+        moved.append(axis)
+    if len(moved) < 2:
+        return False
+    sc = session.score(probe)
+    if sc[0] <= out.score[0] + min_gain:
+        return False
+    out.spec, out.score = probe, sc
+    for axis in moved:
+        out.changes.pop(axis.knob, None)
+        out.changes[axis.knob] = stored_value(axis, probe)
+    return True
+
+
+def _diagonal(out: Descent, session: Session, axes_of: Callable[[RenderSpec], list[Axis]], min_gain: float,
+              searched: set[str]) -> bool:
+    """When no knob gains alone: two knobs together, along the four diagonals. Knobs trade off: off by a few
+    steps, a preview's shift is invisible (33 steps at a shift of 2.05 looks like 37 steps at 1.58), and guidance
+    and the LoRA multiplier both set how strongly the prompt and the LoRA pull; coordinate descent stalls on such a
+    ridge, moving two at once climbs off it. Pairs: steps with the shift, then the knobs searched so far. Adopts
+    the best probe that gains; False when none does."""
+    axes = {a.knob: a for a in axes_of(out.spec)}
+    pairs = [PAIRED] if all(k in axes for k in PAIRED) else []
+    moved = [k for k in axes if k in searched]
+    pairs += [(x, y) for n, x in enumerate(moved) for y in moved[n + 1:] if (x, y) != PAIRED]
+    for scale in DIAGONAL_SCALES:
+        best = None
+        for pair in pairs:
+            for spec, sc in _diagonal_probes(out.spec, session, [axes[k] for k in pair], scale, searched):
+                if sc[0] > out.score[0] + min_gain and (best is None or sc[0] > best[1][0]):
+                    best = (spec, sc, pair)
+        if best is not None:
+            out.spec, out.score = best[0], best[1]
+            for knob in best[2]:
+                out.changes.pop(knob, None)
+                out.changes[knob] = stored_value(axes[knob], out.spec)
+                searched.add(knob)   # placed to a quarter step: screened finely from now on
+            return True
+    return False
+
+
+def _diagonal_probes(spec: RenderSpec, session: Session, pair: list[Axis], scale: float,
+                     searched: set[str]) -> list[tuple[RenderSpec, Scored]]:
+    """The four diagonal neighbours of `spec` in the plane of two axes (a searched axis at a quarter step)."""
+    here = [x.index(v) if (v := axis_value(x, spec)) is not None else None for x in pair]
+    if None in here:
+        return []
+    steps = [max(1, int(round(x.first_step * scale / (4 if x.knob in searched else 1) / x.resolution))) for x in pair]
+    out = []
+    for sa in (-1, 1):
+        for sb in (-1, 1):
+            i, j = here[0] + sa * steps[0], here[1] + sb * steps[1]
+            if 0 <= i <= pair[0].n and 0 <= j <= pair[1].n:
+                probe = pair[0].apply(pair[1].apply(spec, j), i)
+                out.append((probe, session.score(probe)))
+    return out
+
+
+def axis_value(axis: Axis, spec: RenderSpec) -> float | None:
+    """The value `spec` has on `axis` (None: the schedule is not a static shift)."""
+    if axis.knob == "schedule":
+        return equivalent_shift(spec)
+    return {"steps": spec.sample_steps, "guidance": spec.guidance_scale,
+            "lora_scale": spec.network_multiplier}[axis.knob]
+
+
+def stored_value(axis: Axis, spec: RenderSpec) -> Any:
+    v = axis_value(axis, spec)
+    return axis.stored(axis.index(v)) if v is not None else spec.schedule
 
 
 def _adopt(out: Descent, run: _AxisRun, searched: set[str]) -> None:

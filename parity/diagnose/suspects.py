@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.diagnose.recover import AxisSearch, Descent, axes_for, descend
+from parity.diagnose.scan import Answer, ScanResult, close, global_search, minimum_renders
 from parity.job.sizes import effective_size
 from parity.spec import RenderSpec
 from parity.values import knob_text
@@ -28,6 +29,7 @@ from parity.values import knob_text
 MIN_GAIN = {"psnr": 0.5, "ssim": 0.01}
 DIRECTION_GAIN = {"psnr": 0.05, "ssim": 0.002}   # a probe better by this sets a search direction
 POLISH_GAIN = {"psnr": 0.25, "ssim": 0.005}      # once explained, one more round only while it gains this
+NOISE = {"psnr": 0.5, "ssim": 0.01}              # two answers closer than this explain the target equally
 
 
 @dataclass(frozen=True)
@@ -146,9 +148,14 @@ class Suspects:
     metric: str = "ssim"                      # what `score` fields hold: "psnr" (dB) when the comparison gives it
     ssim_recorded: float | None = None        # SSIM of the recorded settings' render (the verdict's evidence)
     ssim_best: float | None = None            # SSIM of the recovered settings' render
+    # two answers that explain the target equally, even on the other items: [{"changes", "text", "score"}], best
+    # first; empty when one answer is certain
+    ambiguous: list[dict[str, Any]] = field(default_factory=list)
+    not_searched: bool = False                # the budget was too small to search (the verdict says so)
+    lora_free: bool = False                   # searched on a target rendered without a LoRA (step 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "baseline_tier": self.baseline_tier,
+        return {"ambiguous": list(self.ambiguous), "not_searched": self.not_searched, "baseline": self.baseline, "baseline_tier": self.baseline_tier,
                 "tried": [t.to_dict() for t in self.tried], "best": [t.to_dict() for t in self.best],
                 "best_score": self.best_score, "best_tier": self.best_tier, "explained": self.explained,
                 "verdict": self.verdict, "skipped": list(self.skipped), "extra_renders": self.extra_renders,
@@ -202,12 +209,17 @@ def suspect_search(
     preview_size: tuple[int, int] | None = None,
     explained_at: float = 0.98,
     explained_tiers: tuple[str, ...] = PARITY_TIERS,
+    others: list[tuple[Any, RenderSpec]] = (),
+    pinned: dict[str, Any] | None = None,
 ) -> Suspects:
     """Recover the settings that rendered `preview_path` (a preview, or any target image), starting from the
     recorded `spec`. `index` is the prompt index (seed-walk patterns); `preview_size` the target's pixel size (read
     from the file when None). `budget` caps the extra renders (the recorded spec's own render is free). Without
     tiers, a change "explains" the target when its score reaches `explained_at`; with tiers, when its tier is one of
-    `explained_tiers` (the tiers that meet the item's gate: EXACT alone for a case that asks for EXACT)."""
+    `explained_tiers` (the tiers that meet the item's gate: EXACT alone for a case that asks for EXACT). `others`:
+    the case's other items as (target, recorded spec), rendered only to separate two answers that explain this
+    target equally. `pinned`: knob -> value found elsewhere (the step-0 previews, rendered without the LoRA): the
+    search starts there and searches only the other knobs."""
     session = Session(render, score, preview_path, budget=budget, cache=cache, metric="psnr")
     base = session.score(spec, free=True)
     unit = "psnr" if session.ssim(spec) != base[0] else "ssim"
@@ -220,15 +232,78 @@ def suspect_search(
     def exact(sc: tuple[float, str | None]) -> bool:
         return sc[1] == "EXACT" if sc[1] is not None else sc[0] >= 1.0
 
-    result = Suspects(baseline=base[0], baseline_tier=base[1], tried=[], metric=unit)
+    result = Suspects(baseline=base[0], baseline_tier=base[1], tried=[], metric=unit, lora_free=spec.lora_path is None)
+    if _no_search(result, spec, base, done, budget):
+        return result
+    state = _Search(session, spec, base, done, exact, result, unit)
+    if pinned:
+        state.pin(pinned)
+    state.run(index, preview_size)
+    if state.rival is not None:
+        separate(state, spec, others, render, score, cache)
+    _conclude(result, spec, base, state)
+    return result
+
+
+def _no_search(result: Suspects, spec: RenderSpec, base: tuple[float, str | None], done: Restores,
+               budget: int | None) -> bool:
+    """Nothing to search (the recorded settings explain the target), or too small a budget to search without
+    guessing: the verdict says which."""
     if done(base):
         result.explained = True
         result.verdict = "the recorded settings already reproduce the preview"
-        return result
-    state = _Search(session, spec, base, done, exact, result, unit)
-    state.run(index, preview_size)
-    _conclude(result, spec, base, state)
-    return result
+        return True
+    if budget is not None and budget < minimum_renders(spec):
+        result.skipped.append("the search (budget too small)")
+        result.not_searched = True
+        result.verdict = ("not searched: no extra render left of the case budget" if budget == 0 else
+                          f"not searched: {budget} extra render(s) left of the case budget, too few to search "
+                          f"(a search needs at least {minimum_renders(spec)}; raise --budget or budget:)")
+        return True
+    return False
+
+
+def changes_between(recorded: RenderSpec, found: RenderSpec) -> dict[str, Any]:
+    """knob -> value for the sampling knobs `found` sets otherwise than `recorded`."""
+    return {k: recorded_value(found, k) for k in ("steps", "guidance", "lora_scale", "schedule")
+            if recorded_value(found, k) != recorded_value(recorded, k)}
+
+
+def rival_of(answers: list[Answer], exact: Restores, noise: float, done: Restores) -> Answer | None:
+    """An answer other than the best that scores within `noise` of it: none when the best is exact, or not even
+    close (NEAR) to explaining the target (two poor answers are no explanation, ambiguous or not)."""
+    best = answers[0]
+    if exact(best.descent.score) or not close(best.descent.score, done):
+        return None
+    return next((a for a in answers[1:] if a.descent.spec != best.descent.spec and best.score - a.score < noise),
+                None)
+
+
+def separate(state: _Search, spec: RenderSpec, others: list[tuple[Any, RenderSpec]], render: RenderFn,
+             score: ScoreFn, cache: RenderCache | None) -> None:
+    """Two answers explain the target equally: render both on the case's other items, one item at a time, until
+    their summed scores differ by more than the noise (or one reproduces an item exactly and the other does not).
+    The rival wins: it is adopted. Still tied after every item: the rival stays (the verdict says "ambiguous")."""
+    rival = state.rival
+    assert rival is not None
+    mine, theirs = changes_between(spec, state.spec), changes_between(spec, rival.descent.spec)
+    totals = [state.score[0], rival.score]
+    for target, other in others:
+        left = None if state.session.budget is None else state.session.budget - state.session.extra_renders
+        if left is not None and left < 2:
+            break
+        session = Session(render, score, target, budget=left, cache=state.session.cache, metric="psnr")
+        a, b = session.score(apply_changes(other, mine)), session.score(apply_changes(other, theirs))
+        state.session.extra_renders += session.extra_renders
+        totals = [totals[0] + a[0], totals[1] + b[0]]
+        if state.exact(a) != state.exact(b) or abs(totals[0] - totals[1]) >= NOISE[state.unit]:
+            if totals[1] > totals[0] or (state.exact(b) and not state.exact(a)):
+                for knob in changes_between(spec, state.spec):
+                    state.adopted.pop(knob, None)
+                state._adopt(rival.descent)
+            state.rival = None
+            break
+    state.result.extra_renders = state.session.extra_renders
 
 
 class _Search:
@@ -239,6 +314,21 @@ class _Search:
         self.session, self.done, self.exact, self.result, self.unit = session, done, exact, result, unit
         self.spec, self.score, self.base = spec, base, base
         self.adopted: dict[str, Tried] = {}
+        self.rival: Answer | None = None     # another answer within NOISE of the adopted one
+        self.pinned: set[str] = set()        # knobs fixed by another group's answer: not searched
+
+    def axes_of(self, spec: RenderSpec) -> list:
+        return [a for a in axes_for(spec) if a.knob not in self.pinned]
+
+    def pin(self, values: dict[str, Any]) -> None:
+        """Start at `values` (found on the step-0 previews) and search only the other knobs."""
+        spec = apply_changes(self.spec, values)
+        sc = self.session.score(spec)
+        self.pinned = set(values)
+        if sc[0] > self.score[0]:
+            self.spec, self.score = spec, sc
+            for knob, value in values.items():
+                self.adopted[knob] = Tried(knob, value, sc[0], sc[1], sc[0] - self.base[0], knob_text(knob, value))
 
     def run(self, index: int, preview_size: tuple[int, int] | None) -> None:
         try:
@@ -248,17 +338,44 @@ class _Search:
             if self.score[1] == "DIFFERENT" and not self.done(self.score):
                 self.try_discrete(seeds)
                 seeds = []
-            if not self.exact(self.score):
+            if not self.exact(self.score) and not self.pinned:
                 self.try_discrete(default_set_candidates(self.spec), only_if_explains=True)
             if not self.exact(self.score):  # explained but not exact: one polishing round still pays
-                self.descend()
-            for c in schedule_candidates(self.spec) if not self.exact(self.score) else []:
+                self.search_globally()
+            near = self.score[1] in PARITY_TIERS   # NEAR with AI Toolkit's family: no other family to try
+            for c in schedule_candidates(self.spec) if not (self.exact(self.score) or self.pinned or near) else []:
                 self.try_schedule(c)
             if not self.exact(self.score) and self.try_discrete(seeds):
                 self.descend()
         except BudgetExhausted:
             self.result.skipped.append("the rest of the search (render budget spent)")
         self.result.extra_renders = self.session.extra_renders
+
+    def search_globally(self) -> None:
+        """Coarse scan of every knob, the best basins refined (parity.diagnose.scan); the best answer adopted and
+        a rival within NOISE of it kept for the tie-break."""
+        r = global_search(self.spec, self.session, self.score, self.exact, self.done,
+                          min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit],
+                          axes_of=self.axes_of)
+        self._record(r)
+        if r.answers and r.answers[0].score > self.score[0]:
+            self._adopt(r.answers[0].descent)
+            self.rival = rival_of(r.answers, self.exact, NOISE[self.unit], self.done)
+        if r.out_of_budget:
+            raise BudgetExhausted
+
+    def _record(self, r: ScanResult) -> None:
+        """Every probe of the scan and of the basins' descents, as traces (the report's curves) and as tried."""
+        traces = [c.run.trace for c in r.scans if c.run.trace.probes]
+        for a in r.answers:
+            traces += [t for t in a.descent.searches if t not in traces]
+        self._traces(traces)
+
+    def _traces(self, traces: list[AxisSearch]) -> None:
+        self.result.searches += traces
+        for s in traces:
+            self.result.tried += [Tried(s.knob, p.value, p.score, p.tier, p.score - self.base[0],
+                                        knob_text(s.knob, p.value)) for p in s.probes]
 
     def try_discrete(self, candidates: list[Candidate], only_if_explains: bool = False) -> bool:
         """Render each candidate on the current spec (until one reproduces the target); adopt the best if it gains
@@ -303,12 +420,9 @@ class _Search:
 
     def descend(self, spec: RenderSpec | None = None, score: tuple[float, str | None] | None = None, *,
                 max_rounds: int = 4, adopt: bool = True) -> Descent:
-        d = descend(spec or self.spec, self.session, score or self.score, self.exact, self.done, axes_of=axes_for,
+        d = descend(spec or self.spec, self.session, score or self.score, self.exact, self.done, axes_of=self.axes_of,
                     min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit], max_rounds=max_rounds)
-        self.result.searches += d.searches
-        for s in d.searches:
-            self.result.tried += [Tried(s.knob, p.value, p.score, p.tier, p.score - self.base[0],
-                                        knob_text(s.knob, p.value)) for p in s.probes]
+        self._traces(d.searches)
         if adopt and d.score[0] > self.score[0]:
             self._adopt(d)
         if d.out_of_budget:
@@ -340,6 +454,19 @@ def _conclude(result: Suspects, spec: RenderSpec, base: tuple[float, str | None]
     result.explained = state.done(final)
     result.ssim_recorded, result.ssim_best = state.session.ssim(spec), state.session.ssim(state.spec)
     result.verdict = _verdict(result)
+    if state.rival is not None:
+        _ambiguous(result, spec, [(state.spec, final[0]), (state.rival.descent.spec, state.rival.score)], state.unit)
+
+
+def _ambiguous(result: Suspects, spec: RenderSpec, answers: list[tuple[RenderSpec, float]], unit: str) -> None:
+    """Two answers the case's items cannot tell apart: both named, neither claimed."""
+    result.explained = False
+    result.ambiguous = [{"changes": changes_between(spec, s), "score": sc,
+                         "text": " + ".join(_change_text(k, v) for k, v in changes_between(spec, s).items())}
+                        for s, sc in answers]
+    a, b = result.ambiguous[:2]
+    result.verdict = (f"ambiguous: {a['text']} or {b['text']} explain equally "
+                      f"({_score_text(a['score'], unit)} vs {_score_text(b['score'], unit)})")
 
 
 def _score_text(value: float, unit: str) -> str:
@@ -370,6 +497,9 @@ def confirm_changes(preview_path: Any, spec: RenderSpec, found: Suspects, render
     base = session.score(spec, free=True)
     unit = "psnr" if session.ssim(spec) != base[0] else "ssim"
     result = Suspects(baseline=base[0], baseline_tier=base[1], tried=[], confirmed_from=source, metric=unit)
+    if found.ambiguous:  # the search already rendered both answers on this item to separate them
+        result.ambiguous, result.verdict = list(found.ambiguous), f"{found.verdict}; found on {source}" if source else found.verdict
+        return result
     changes = {k: v for k, v in found.changes().items() if k != "seed"}  # seeds are per prompt
     target = apply_changes(spec, changes)
     if not changes or target == spec:

@@ -44,6 +44,13 @@ def verdict_mark(item: dict[str, Any]) -> str:
     return "FAIL"
 
 
+def shown_verdict(suspects: dict[str, Any] | None) -> str | None:
+    """The verdict of a parameter search worth a line: recovered values, two answers that explain the preview
+    equally, or a search the budget did not allow (never a guess)."""
+    s = suspects or {}
+    return s.get("verdict") if (s.get("best") or s.get("ambiguous") or s.get("not_searched")) else None
+
+
 def top_cause(item: dict[str, Any]) -> str | None:
     """What explains an item in one line, the same in the console table, summary.md and the PR comment: its
     error, the explanation of an external render, the top-ranked cause, the settings recovered when every knob
@@ -56,7 +63,7 @@ def top_cause(item: dict[str, Any]) -> str | None:
     if causes:
         c = causes[0]
         return "top cause: " + cause_text(str(c["knob"]), c.get("value_preview"), c.get("value_inference"))
-    if (item.get("suspects") or {}).get("best") and item["suspects"].get("verdict"):
+    if shown_verdict(item.get("suspects")):
         return str(item["suspects"]["verdict"])
     if item.get("mismatches"):
         return "mismatched: " + ", ".join(map(str, item["mismatches"]))

@@ -124,13 +124,20 @@ class ExternalExplanation:
 
     def _explain(self, item: Any, rec: ItemRecord) -> dict[str, Any]:
         from parity.diagnose import suspect_search
+        from parity.diagnose.budget import cost_record, seconds_per_render
 
         target = self._target(rec)
         spec = item.preview.spec
         self.observed.scores = {}
+
+        budget = self.budget if self.budget is not None else item.case.budget
         found = suspect_search(str(target), spec, self._render_fn(item), self._score_fn(item), index=item.index,
-                               budget=self.budget if self.budget is not None else item.case.budget,
-                               cache=self.cache)
+                               budget=budget, cache=self.cache)
+        cost = cost_record(found.extra_renders, budget, seconds_per_render(
+            item.base_model, spec.width, spec.height, spec.sample_steps, self.engines.device))
+        if found.ambiguous or found.not_searched:  # two answers, or no search: said as such, never one guessed
+            return {"verdict": found.verdict, "explained": False, "ambiguous": found.ambiguous, "target": str(target),
+                    "search_verdict": found.verdict, "search": found.to_dict(), "cost": cost}
         best = self.observed.best()
         if best is None:
             return {"error": "the search rendered nothing", "search": found.to_dict()}
@@ -139,7 +146,7 @@ class ExternalExplanation:
         explained = bool(getattr(found, "explained", False)) or tier in ("EXACT", "NEAR")
         return {"verdict": settings_verdict(settings, explained, score), "explained": explained,
                 "settings": settings, "score": score, "tier": tier, "target": str(target),
-                "search_verdict": getattr(found, "verdict", ""), "search": found.to_dict(),
+                "search_verdict": getattr(found, "verdict", ""), "search": found.to_dict(), "cost": cost,
                 "reproduction": str(self._save(item, best_spec))}
 
     def _target(self, rec: ItemRecord) -> Path:

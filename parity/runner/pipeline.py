@@ -152,6 +152,8 @@ class Runner:
                 first_pass.append(item)
         self._first_pass(first_pass, settle, finish)
         deferred.sort(key=follow_up_order)
+        for policy in self.follow_ups:
+            getattr(policy, "prepare", lambda entries: None)(deferred)
         for n, (item, rec, image) in enumerate(deferred, 1):
             self._follow_up(item, rec, image, label=f"[{n}/{len(deferred)}] ")
             finish(rec)

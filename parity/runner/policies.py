@@ -128,7 +128,15 @@ class Attribution:
         self.engines, self.enabled, self.budget = engines, enabled, budget
         self.cache = RenderCache()
         self.spent: dict[str, int] = {}                  # case -> extra renders spent so far
-        self.recovered: dict[str, tuple[str, Any]] = {}  # case -> (item id, Suspects) of its search
+        self.found: dict[tuple, tuple[str, Any]] = {}     # (case, step) -> (item id, Suspects) of its search
+        self.members: dict[str, list[Any]] = {}          # case -> its items awaiting this policy (prepare)
+
+    def prepare(self, entries: list[tuple[Any, ItemRecord, Any]]) -> None:
+        """The items each case hands over, known before the first search: a search may render its answers on the
+        case's other items to separate two that explain its own preview equally."""
+        for item, rec, _ in entries:
+            if self.wants(item, rec) and not rec.mismatches:
+                self.members.setdefault(_case_key(item), []).append(item)
 
     def wants(self, item: Any, rec: ItemRecord) -> bool:
         return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
@@ -160,26 +168,71 @@ class Attribution:
         for d in (rec.attribution, rec.suspects):
             if isinstance(d, dict) and "extra_renders" in d:
                 d["case_renders"] = self.spent.get(_case_key(item), 0)
+                d["cost"] = self._cost(item)
+
+    def _cost(self, item: Any) -> dict[str, Any]:
+        """The case's renders so far of its budget, and their wall time on the real model (doctor's plan)."""
+        from parity.diagnose.budget import cost_record
+
+        total = self.budget if self.budget is not None else item.case.budget
+        return cost_record(self.spent.get(_case_key(item), 0), total, self._per_render(item))
+
+    def _per_render(self, item: Any) -> tuple[float | None, str]:
+        from parity.diagnose.budget import seconds_per_render
+
+        spec = item.inference.spec
+        return seconds_per_render(item.base_model, spec.width, spec.height, spec.sample_steps, self.engines.device)
 
     def _recover(self, item: Any, render: Any, score: Any) -> Any:
-        """Confirm the case's recovered values on this item, or search."""
+        """Confirm an answer found before on this item (its own group's first, then the case's others), or search:
+        the multiplier alone from the step-0 answer when there is one (those previews have no LoRA), else the
+        item on its own, tie-broken among the items of its group (a resumed job's groups may differ)."""
         from parity.diagnose import confirm_changes, suspect_search
 
-        key = _case_key(item)
-        if key in self.recovered:
-            source, found = self.recovered[key]
+        key, group = _case_key(item), _group_key(item)
+        for source, found in self._answers(key, group):
             confirmed = confirm_changes(item.preview_path, item.inference.spec, found, render, score,
                                         budget=self.left(item), cache=self.cache, source=source,
                                         explained_tiers=_meeting(item))
             self._spend(item, confirmed.extra_renders)
-            if confirmed.explained:
+            if confirmed.explained or confirmed.ambiguous:
+                self.found.setdefault(group, (source, found))
                 return confirmed
-        found = suspect_search(item.preview_path, item.inference.spec, render, score, index=item.index,
-                               budget=self.left(item), cache=self.cache, explained_tiers=_meeting(item))
-        self._spend(item, found.extra_renders)
-        if found.explained and found.best and key not in self.recovered:
-            self.recovered[key] = (item.id, found)
+        self._announce(item, key)
+        others = [(o.preview_path, o.inference.spec) for o in self.members.get(key, [])
+                  if o is not item and _group_key(o) == group]
+        found = None
+        for pinned in ([self._pinned(item, key)] if self._pinned(item, key) else []) + [None]:
+            found = suspect_search(item.preview_path, item.inference.spec, render, score, index=item.index,
+                                   budget=self.left(item), cache=self.cache, explained_tiers=_meeting(item),
+                                   others=others, pinned=pinned)
+            self._spend(item, found.extra_renders)
+            if found.explained or found.ambiguous or found.not_searched:
+                break
+        if (found.explained or found.ambiguous) and found.best:
+            self.found.setdefault(group, (item.id, found))
         return found
+
+    def _answers(self, key: str, group: tuple) -> list[tuple[str, Any]]:
+        """Answers found on this case so far: the item's own group's first."""
+        mine = [self.found[group]] if group in self.found else []
+        return mine + [v for g, v in self.found.items() if g[0] == key and g != group]
+
+    def _pinned(self, item: Any, key: str) -> dict[str, Any] | None:
+        """The sampling knobs found on the case's step-0 previews (no LoRA there), for an item with a LoRA."""
+        if item.inference.spec.lora_path is None:
+            return None
+        for (k, _), (_, found) in self.found.items():
+            if k == key and found.explained and not found.ambiguous and found.lora_free:
+                return {kn: v for kn, v in found.changes().items() if kn in ("steps", "guidance", "schedule")}
+        return None
+
+    def _announce(self, item: Any, key: str) -> None:
+        from parity.diagnose.budget import budget_text
+
+        if key not in self.spent:
+            self.engines.progress(f"recovering the settings of case {item.case.name}: "
+                                  + budget_text(self.left(item), self._per_render(item)))
 
     def _spend(self, item: Any, renders: int) -> None:
         key = _case_key(item)
@@ -207,13 +260,20 @@ def _meeting(item: Any) -> tuple[str, ...]:
     return tuple(t for t in ok if t in ("EXACT", "NEAR"))
 
 
+def _group_key(item: Any) -> tuple:
+    """The items of a case at one training step: they share the sampling knobs (a resumed job may not, between
+    steps)."""
+    return _case_key(item), getattr(item, "step", None)
+
+
 def _case_key(item: Any) -> str:
     return str(getattr(item.case, "path", "")) + "::" + str(item.case.name)
 
 
-def follow_up_order(entry: tuple[Any, ItemRecord, Any]) -> tuple[str, float]:
-    """Deferred items in case order, worst first: a case's parameter recovery then searches on its worst item
-    and confirms on the others."""
+def follow_up_order(entry: tuple[Any, ItemRecord, Any]) -> tuple[str, bool, float]:
+    """Deferred items in case order, the step-0 previews (no LoRA: the sampling knobs without the multiplier)
+    first, then worst first: a case's parameter recovery searches there and confirms on the others."""
     item, rec, _ = entry
     ssim = (rec.metrics or {}).get("ssim")
-    return _case_key(item), (ssim if isinstance(ssim, (int, float)) else 0.0)
+    return (_case_key(item), item.inference.spec.lora_path is not None,
+            ssim if isinstance(ssim, (int, float)) else 0.0)

@@ -721,10 +721,17 @@
     s.append(el('p', { text: sp.verdict || '' }));
     var found = {};
     (sp.best || []).forEach(function (b) { found[b.knob] = b.value; });
+    // two answers that explain the preview equally: each knob's curve marks its candidate
+    (sp.ambiguous || []).forEach(function (a) {
+      Object.keys(a.changes || {}).forEach(function (k) { if (!(k in found)) found[k] = a.changes[k]; });
+    });
     var unit = sp.metric === 'psnr' ? 'PSNR dB' : 'score';
     var byKnob = {};
-    // the knob's last search: earlier ones ran at another point (before another knob was adopted)
-    (sp.searches || []).forEach(function (t) { byKnob[t.knob] = { knob: t.knob, recorded: t.recorded, probes: t.probes || [] }; });
+    // per knob the trace with the most renders: its coarse scan and basin (later screens are two renders)
+    (sp.searches || []).forEach(function (t) {
+      var n = (t.probes || []).length;
+      if (!byKnob[t.knob] || n > byKnob[t.knob].probes.length) byKnob[t.knob] = { knob: t.knob, recorded: t.recorded, probes: t.probes || [] };
+    });
     Object.keys(byKnob).forEach(function (k) {
       var pl = knobPlot(byKnob[k], found[k], (sp.recorded || {})[k], unit);
       if (pl) s.append(pl);
@@ -733,6 +740,9 @@
     if (typeof sp.extra_renders === 'number') meta.push(sp.extra_renders + ' extra renders for this item');
     if (typeof sp.case_renders === 'number') meta.push(sp.case_renders + ' for its case so far');
     if (sp.confirmed_from) meta.push('values found on ' + sp.confirmed_from + ', confirmed here');
+    var cost = sp.cost;
+    if (cost && typeof cost.renders === 'number') meta.push(cost.renders + ' of ' + cost.budget + ' budgeted renders for the case; wall time on the real model ' +
+      (typeof cost.estimate_s === 'number' ? 'about ' + Math.round(cost.estimate_s) + ' s (' + cost.estimate_basis + ')' : (cost.estimate_basis || 'unknown')));
     if (meta.length) s.append(el('p', { class: 'muted', text: meta.join(' · ') }));
     return s;
   }

@@ -1,0 +1,242 @@
+"""Global before local: a coarse scan of every knob's whole plausible range, then the best basins refined.
+
+A descent started at the recorded values walks into whichever basin is nearer. Steps and the schedule's shift both
+only change how the sampling ODE is discretised, so a preview rendered at a static shift of 2.5 also looks a bit
+like 14 steps: two basins, and the nearer one is not always the right one. So the search first renders each knob
+at a few values spread over its whole range (the others held at the recorded values), ranks the knobs by the best
+coarse score, and refines the best basins one after the other (a bracketed search on that knob, then coordinate
+descent over all knobs from there). It stops as soon as one reproduces the target exactly; otherwise the best two
+answers are compared, and when they score within the noise of each other the caller asks another item to separate
+them, or reports both ("ambiguous").
+
+Pure: rendering and scoring come in through a `Session`, like parity.diagnose.recover.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from parity.diagnose.cache import BudgetExhausted, Session
+from parity.diagnose.recover import Axis, Descent, Scored, _AxisRun, _golden, axes_for, axis_value, descend
+from parity.spec import RenderSpec
+
+# Coarse values per knob over its plausible range (steps 1-100, guidance 0-15, multiplier 0-2, static shift
+# 0.5-8): spaced so that any value lies inside the basin of one of them or of the recorded value. Values closer
+# to the recorded one than NEAR_RECORDED are left out (the recorded render covers them).
+COARSE: dict[str, tuple[float, ...]] = {
+    "steps": (6, 11, 30, 50, 80),
+    "guidance": (1.5, 5.5, 8.0, 11.5),
+    "lora_scale": (0.25, 0.6, 1.4, 1.9),
+    "schedule": (0.8, 2.3, 3.4, 5.5),
+}
+NEAR_RECORDED = {"steps": 1.3, "guidance": 1.0, "lora_scale": 0.2, "schedule": 1.25}  # ratio, offset, offset, ratio
+RATIO_KNOBS = ("steps", "schedule")
+BASINS = 3            # at most this many basins refined
+MIN_REFINE = 6        # renders a basin needs to be refined at all
+SHARE = 0.6           # of the renders left, the most one basin's descent may spend before the next basin
+BASIN_RANGE = 3.0     # dB: a basin whose coarse score is this far below the best one's is not refined
+
+
+@dataclass
+class Coarse:
+    """One knob's coarse scan: grid index -> score, the recorded start included when it is on the grid."""
+
+    axis: Axis
+    run: _AxisRun
+    best_index: int | None = None
+    best_score: float = -math.inf
+
+
+@dataclass
+class Answer:
+    """One refined basin: where its descent ended."""
+
+    knob: str                         # the knob whose basin it started in
+    descent: Descent
+
+    @property
+    def score(self) -> float:
+        return self.descent.score[0]
+
+    def key(self) -> tuple:
+        return tuple(sorted(self.descent.changes.items()))
+
+
+@dataclass
+class ScanResult:
+    answers: list[Answer] = field(default_factory=list)   # best first
+    scans: list[Coarse] = field(default_factory=list)
+    out_of_budget: bool = False
+
+
+def minimum_renders(spec: RenderSpec) -> int:
+    """The fewest extra renders a search needs not to guess: the coarse scan and a short refinement."""
+    return sum(len(coarse_indices(a)) for a in axes_for(spec)) + MIN_REFINE
+
+
+def close(score: Scored, explained: Callable[[Scored], bool]) -> bool:
+    """Near the answer: NEAR or EXACT (identical but for the JPEG error), or explaining the target."""
+    return score[1] in ("EXACT", "NEAR") or explained(score)
+
+
+def can_render(session: Session) -> bool:
+    return session.budget is None or session.extra_renders < session.budget
+
+
+def coarse_indices(axis: Axis) -> list[int]:
+    """Grid indices of the coarse values of `axis`, without those the recorded value stands for."""
+    out = []
+    near = NEAR_RECORDED[axis.knob]
+    for v in COARSE[axis.knob]:
+        if not axis.lo <= v <= axis.hi:
+            continue
+        close = (max(v, axis.start) / max(min(v, axis.start), 1e-9) < near) if axis.knob in RATIO_KNOBS \
+            else abs(v - axis.start) < near
+        if not close:
+            out.append(axis.index(v))
+    return sorted(set(out) - {axis.index(axis.start)})
+
+
+def coarse_scan(spec: RenderSpec, session: Session, start: Scored, done: Callable[[Scored], bool],
+                min_gain: float, axes: list[Axis] | None = None) -> list[Coarse]:
+    """Every knob at its coarse values; stops early when one reproduces the target (`done`)."""
+    out: list[Coarse] = []
+    for axis in axes if axes is not None else axes_for(spec):
+        c = Coarse(axis, _AxisRun(axis, spec, session, start, done, min_gain))
+        out.append(c)
+        for i in coarse_indices(axis):
+            score = c.run.f(i)
+            if score > c.best_score:
+                c.best_index, c.best_score = i, score
+            if done(c.run.scores[i]):
+                return out
+    return out
+
+
+def basins(scans: list[Coarse], start: Scored) -> list[Coarse]:
+    """Knobs whose coarse best beats the recorded values, best first, within BASIN_RANGE of the best."""
+    gaining = sorted((c for c in scans if c.best_index is not None and c.best_score > start[0]),
+                     key=lambda c: -c.best_score)
+    if not gaining:
+        return []
+    top = gaining[0].best_score
+    return [c for c in gaining[:BASINS] if c.best_score >= top - BASIN_RANGE]
+
+
+def bracket(c: Coarse) -> tuple[int, int]:
+    """The coarse neighbours of the knob's best coarse value (the recorded start counts as one): its basin."""
+    b = c.best_index
+    assert b is not None
+    seen = sorted(set(c.run.scores) | {c.run.i0})
+    lower = [i for i in seen if i < b]
+    upper = [i for i in seen if i > b]
+    return (lower[-1] if lower else 0), (upper[0] if upper else c.axis.n)
+
+
+def refine_basin(c: Coarse) -> None:
+    """Golden-section inside the basin, then a climb to a grid local maximum."""
+    lo, hi = bracket(c)
+    _golden(c.run, lo, c.best_index, hi)
+
+
+def covered(c: Coarse, answers: list[Answer]) -> bool:
+    """An answer found before already moved this knob into its basin (several knobs differ: the first basin's
+    descent adopted this one too), so refining it again would repeat that descent."""
+    lo, hi = bracket(c)
+    for a in answers:
+        v = axis_value(c.axis, a.descent.spec)
+        if v is not None and v != c.axis.start and lo <= c.axis.index(v) <= hi:
+            return True
+    return False
+
+
+def global_search(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
+                  explained: Callable[[Scored], bool], *, min_gain: float, polish_gain: float,
+                  axes_of: Callable[[RenderSpec], list[Axis]] = axes_for) -> ScanResult:
+    """Coarse scan, then each basin refined and descended from, best basin first, until one is exact; the best
+    answer then gets what is left of the budget. A basin's descent may spend at most SHARE of the renders left,
+    so a wrong first basin cannot starve the right one."""
+    result = ScanResult()
+    args = (session, start, exact, explained, min_gain, polish_gain, axes_of)
+    try:
+        result.scans = coarse_scan(spec, session, start, exact, min_gain, axes_of(spec))
+        todo = [c for c in basins(result.scans, start)]
+        for c in todo + [None]:
+            if c is None and any(close(a.descent.score, explained) for a in result.answers):
+                break   # no need for the recorded values' own basin
+            if c is not None and covered(c, result.answers):
+                continue
+            result.answers.append(_shared(session, SHARE, lambda c=c: _descend_from(c, spec, *args) if c is not None
+                                          else _local(spec, *args)))
+            if exact(result.answers[-1].descent.score) or not can_render(session):
+                break
+        _polish(result, *args)
+    except BudgetExhausted:
+        pass
+    result.out_of_budget = not can_render(session)
+    result.answers.sort(key=lambda a: -a.score)
+    return result
+
+
+def _shared(session: Session, share: float, run: Callable[[], Answer]) -> Answer:
+    """`run` with the session's budget cut to `share` of the renders left (at least MIN_REFINE)."""
+    total = session.budget
+    if total is not None:
+        session.budget = min(total, session.extra_renders + max(MIN_REFINE,
+                                                                 int((total - session.extra_renders) * share)))
+    try:
+        return run()
+    finally:
+        session.budget = total
+
+
+def _polish(result: ScanResult, session: Session, start: Scored, exact: Callable[[Scored], bool],
+            explained: Callable[[Scored], bool], min_gain: float, polish_gain: float,
+            axes_of: Callable[[RenderSpec], list[Axis]]) -> None:
+    """The best answer, not exact, continues its descent with every render left (its share may have cut it)."""
+    if not result.answers:
+        return
+    best = max(result.answers, key=lambda a: a.score)
+    if exact(best.descent.score) or not can_render(session):
+        return
+    d = descend(best.descent.spec, session, best.descent.score, exact, explained, axes_of=axes_of, min_gain=min_gain,
+                polish_gain=polish_gain, max_rounds=10, searched=set(best.descent.changes))
+    best.descent.searches += d.searches
+    if d.score[0] > best.score:
+        best.descent.spec, best.descent.score = d.spec, d.score
+        best.descent.changes.update(d.changes)
+
+
+def _local(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
+           explained: Callable[[Scored], bool], min_gain: float, polish_gain: float,
+           axes_of: Callable[[RenderSpec], list[Axis]]) -> Answer:
+    """The basin around the recorded values themselves: between them and the coarse values next to them every
+    coarse render may score lower while the answer lies in between (a shift of 2.3 recorded as 1.9, coarse at
+    0.8 and 3.4). The local descent from the recorded values finds it."""
+    return Answer("recorded", descend(spec, session, start, exact, explained, axes_of=axes_of, min_gain=min_gain,
+                                      polish_gain=polish_gain, max_rounds=10))
+
+
+def _descend_from(c: Coarse, spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
+                  explained: Callable[[Scored], bool], min_gain: float, polish_gain: float,
+                  axes_of: Callable[[RenderSpec], list[Axis]]) -> Answer:
+    """Refine the basin on its knob, adopt the value, and descend over every knob from there."""
+    try:
+        refine_basin(c)
+    except BudgetExhausted:
+        pass
+    i, score = c.run.best()
+    trace = c.run.conclude(complete=True)
+    if i is None:
+        return Answer(c.axis.knob, Descent(spec, start, searches=[trace]))
+    here = c.axis.apply(spec, i)
+    d = descend(here, session, score, exact, explained, axes_of=axes_of, min_gain=min_gain,
+                polish_gain=polish_gain, max_rounds=10, searched={c.axis.knob}) if not exact(score) and can_render(session) \
+        else Descent(here, score)
+    d.changes = {c.axis.knob: c.axis.stored(i), **d.changes}   # a later value of the same knob wins
+    d.searches.insert(0, trace)
+    if not can_render(session):
+        d.out_of_budget = True
+    return Answer(c.axis.knob, d)
