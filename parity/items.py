@@ -35,11 +35,16 @@ class PlannedItem:
         return (self.base_model, self.text_encoder)
 
     @property
-    def switch_key(self) -> tuple:
-        """Sort key that groups items sharing weights state (LoRA file, multiplier, precision) to minimise switches."""
+    def weights_key(self) -> tuple:
+        """The weights state an item renders with (base model, precision, LoRA file, multiplier, application)."""
         s = self.inference.spec
         return (self.engine_key, s.dtype, s.quantize or "", s.quantize_te or "", s.lora_path or "",
-                s.network_multiplier, s.lora_application, self.id)
+                s.network_multiplier, s.lora_application)
+
+    @property
+    def switch_key(self) -> tuple:
+        """Sort key that groups items sharing weights state to minimise switches."""
+        return (*self.weights_key, self.id)
 
 
 @dataclass

@@ -172,3 +172,43 @@ def test_step_flops_matches_torch_flop_counter_on_linear_layers():
         bare_loop(model, embeds, noise, [1.0, 0.5], 4.0)
     linear = step_flops(cfg, 24, 32, attention=False)
     assert linear <= counter.get_total_flops() <= linear * 1.03
+
+
+def test_slow_comparisons_cost_no_extra_lora_switch(two_cases, tiny_model_dir, monkeypatch):
+    """A comparison still running when the next item's LoRA goes on (a loaded CI box) must not make the
+    determinism guard's re-render switch the weights back and forth: each distinct LoRA is applied once."""
+    import time
+    from concurrent.futures import Future
+
+    from parity.run import plan_cases
+    from parity.runner import Runner, pipeline
+
+    real_submit = pipeline.submit_compare
+
+    class Late(Future):
+        """A comparison that reports done only half a second after it was queued (a busy worker thread)."""
+
+        def __init__(self, inner: Future):
+            super().__init__()
+            self.inner, self.started = inner, time.monotonic()
+
+        def done(self):
+            return time.monotonic() - self.started > 0.5 and self.inner.done()
+
+        def result(self, timeout=None):
+            return self.inner.result(timeout)
+
+    def slow_submit(comparer, out_dir, item, image) -> Future:
+        return Late(real_submit(comparer, out_dir, item, image))
+
+    monkeypatch.setattr(pipeline, "submit_compare", slow_submit)
+    tmp, cases = two_cases
+    items, errors = plan_cases(cases, steps="all", base_model=str(tiny_model_dir))
+    assert not errors
+    runner = Runner(tmp / "report-slow", attribution=False)
+    try:
+        records = runner.run(items, on_record=lambda r: None)
+    finally:
+        runner.close()
+    assert all(r.determinism and r.determinism.checked for r in records)   # the guard did re-render each item
+    assert next(iter(runner.engines.values())).stats.lora_applies == 4

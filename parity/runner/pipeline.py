@@ -56,9 +56,8 @@ class Runner:
         self.guard = DeterminismGuard(determinism, self.pool)
         # where each item's image comes from: parity's engine, a folder of external renders, an endpoint
         self.sources = RenderSources(self.pool, self.out_dir, endpoint)
-        # applied in this order once the first pass is done: a lifted tier can make attribution unnecessary.
-        # Policies that re-render to explain a preview apply to engine renders; those marked `external` to
-        # external renders only.
+        # applied in this order after the first pass (a lifted tier can make attribution unnecessary); policies
+        # that re-render to explain a preview apply to engine renders, those marked `external` to external ones.
         self.follow_ups = (NoiseFloor(self.pool, self.out_dir / "noise-floor"),
                            Attribution(self.pool, enabled=attribution, budget=attribution_budget),
                            ExternalExplanation(self.pool, self.out_dir / "reproductions", enabled=attribution,
@@ -165,6 +164,8 @@ class Runner:
         self.sources.prepare(ordered)
         pending: list[_Rendered] = []
         for n, item in enumerate(ordered, 1):
+            if pending and pending[-1].item.weights_key != item.weights_key:
+                _settle_all(pending, settle)  # before the weights switch: settling can re-render (determinism)
             self.progress(f"[{n}/{len(ordered)}] rendering {item.id}")
             out = self._start(item)
             if isinstance(out, ItemRecord):
@@ -173,8 +174,7 @@ class Runner:
                 pending.append(out)
             while pending and pending[0].comparison.done():
                 settle(pending.pop(0))
-        while pending:
-            settle(pending.pop(0))
+        _settle_all(pending, settle)
 
     def _pending_follow_ups(self, item: Any, rec: ItemRecord) -> list[str]:
         return [_NAMES.get(type(p).__name__) or p.name for p in policies_for(self.follow_ups, item, rec)]
@@ -186,6 +186,14 @@ class Runner:
             return None
         image = read_render(rec.paths.get("render"))
         return None if image is None else (item, rec, image)
+
+
+def _settle_all(pending: list[_Rendered], settle: Callable[[_Rendered], None]) -> None:
+    """Settle every pending comparison in order. Before a weights switch too: settling can re-render an item (the
+    determinism guard) with the weights the earlier items used, so a slow comparison would otherwise cost a LoRA
+    switch there and back."""
+    while pending:
+        settle(pending.pop(0))
 
 
 _EXPECTED = (ParityError,)  # errors that name their file and problem: no traceback needed
