@@ -34,7 +34,8 @@ LOG_KNOBS = ("steps", "schedule")
 SCALE = {"steps": 0.15, "guidance": 0.1, "lora_scale": 0.02, "schedule": 0.15}
 RADIUS = (0.5, 3.0, 8.0)      # trust region (scaled units, per coordinate): smallest, first, largest
 MAX_ITERATIONS = 40
-VALLEY = (-1, 1, -2, 2)       # steps tried around a fit that stopped between grid points
+NEIGHBOURS = 4                # grid neighbours tried when the fit stops on the grid
+VALLEY = (-1, 1, -2, 2, -3, 3)     # steps tried around a fit that stopped between grid points
 Point = tuple[float, ...]     # one value per axis, on the grid (or an axis's own off-grid start)
 
 
@@ -155,7 +156,7 @@ class ImageFit:
             seen = q in self.evals
             if q == p or (seen and fresh and lam > 1e3):
                 if fresh:
-                    moved = self.valley(p, here, J)
+                    moved = self.valley(p, here, J) or self.neighbours(p, here, J)
                     if moved is None or self.exact(moved[1].score):
                         return p if moved is None else moved[0]
                     p, here, cost = moved[0], moved[1], float(moved[1].residual @ moved[1].residual)
@@ -186,13 +187,14 @@ class ImageFit:
         return p
 
     def valley(self, p: Point, here: Eval, J: np.ndarray) -> tuple[Point, Eval] | None:
-        """Converged between grid points: the steps one and two either side, every other knob placed where the
+        """Converged between grid points: the steps one to three either side, every other knob placed where the
         Jacobian says it then fits best (steps and the shift trade off along a curved valley that a grid of
-        integer steps cuts across). The first that beats `p`, or None."""
+        integer steps cuts across). Judged by the comparison's score, not the blocks: near the answer the blocks'
+        JPEG error is as large as what separates one step from the next, while the comparison mirrors the
+        preview's encoding. The first valley point that scores better than `p`, or None."""
         k = next((i for i, a in enumerate(self.axes) if a.knob == "steps"), None)
         if k is None:
             return None
-        cost = float(here.residual @ here.residual)
         x = self.coords(p)
         others = [i for i in range(len(self.axes)) if i != k]
         for d in VALLEY:
@@ -208,7 +210,28 @@ class ImageFit:
             if q in self.evals:
                 continue
             ev = self.evaluate(q)
-            if ev is not None and (self.exact(ev.score) or float(ev.residual @ ev.residual) < cost):
+            if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
+                return q, ev
+        return None
+
+    def neighbours(self, p: Point, here: Eval, J: np.ndarray) -> tuple[Point, Eval] | None:
+        """Converged on the grid: the grid points one step away on each knob, most promising first by the
+        Jacobian (NEIGHBOURS of them), judged by the comparison's score like the valley. The fit's steps of a
+        whole scaled unit can leave the answer one grid step away (a shift of 3.45 where 3.5 is exact)."""
+        x = self.coords(p)
+        candidates = []
+        for i, a in enumerate(self.axes):
+            for sign in (-1, 1):
+                j = a.index(p[i]) + sign
+                if 0 <= j <= a.n:
+                    q = p[:i] + (float(a.value(j)),) + p[i + 1:]
+                    predicted = here.residual + J @ (self.coords(q) - x)
+                    candidates.append((float(predicted @ predicted), q))
+        for _, q in sorted(candidates)[:NEIGHBOURS]:
+            if q in self.evals:
+                continue
+            ev = self.evaluate(q)
+            if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
                 return q, ev
         return None
 
@@ -232,12 +255,14 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
 
 def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int) -> list[Descent]:
     """The fit from each start in turn, best start first, until one is exact; each fit may spend at most `share`
-    of the renders left (a wrong start cannot starve the next). Every fit's end is an answer."""
+    of the renders left (a wrong start cannot starve the next). Each fit's answer is the best-scoring point it
+    rendered (the fit climbs the blocks' residual, the verdict the comparison)."""
     session, out, tried = fit.session, [], set()
     for s in starts:
         if s in tried:
             continue
         tried.add(s)
+        before = set(fit.evals)
         total = session.budget
         if total is not None:
             left = total - session.extra_renders
@@ -245,12 +270,15 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
                 break
             session.budget = session.extra_renders + max(min_renders, int(left * share))
         try:
-            end = fit.fit(s)
+            fit.fit(s)
         except BudgetExhausted:
-            end = min(fit.evals, key=lambda q: float(fit.evals[q].residual @ fit.evals[q].residual), default=s)
+            pass
         finally:
             session.budget = total
-        d = fit.descent(end, start_score)
+        mine = [q for q in fit.evals if q not in before or q == s]
+        if not mine:
+            continue
+        d = fit.descent(max(mine, key=lambda q: fit.evals[q].score[0]), start_score)
         out.append(d)
         if fit.exact(d.score):
             break
