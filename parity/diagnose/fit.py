@@ -90,12 +90,15 @@ class ImageFit:
 
     def snap(self, x: np.ndarray) -> Point:
         """The grid point nearest to coordinates `x`; an axis's own start when within half a grid step of it (AI
-        Toolkit's shift, e^mu, lies between grid points)."""
+        Toolkit's shift, e^mu, lies between grid points: it stands for the grid points within one step of it, so
+        a fit ending near it lands on it and not on a static shift next to it)."""
         out = []
         for a, c in zip(self.axes, x):
             v = c * SCALE[a.knob]
             v = math.exp(min(v, 50.0)) if a.knob in LOG_KNOBS else v
-            out.append(float(a.start) if abs(v - a.start) < a.resolution / 2 else float(a.value(a.index(v))))
+            on_grid = a.value(a.index(a.start)) == a.start
+            sticky = a.resolution / 2 if on_grid else a.resolution   # an off-grid start holds its neighbourhood
+            out.append(float(a.start) if abs(v - a.start) < sticky else float(a.value(a.index(v))))
         return tuple(out)
 
     def spec_at(self, p: Point) -> RenderSpec:
@@ -156,10 +159,7 @@ class ImageFit:
             seen = q in self.evals
             if q == p or (seen and fresh and lam > 1e3):
                 if fresh:
-                    moved = self.valley(p, here, J) or self.neighbours(p, here, J)
-                    if moved is None or self.exact(moved[1].score):
-                        return p if moved is None else moved[0]
-                    p, here, cost = moved[0], moved[1], float(moved[1].residual @ moved[1].residual)
+                    return self.walk(p, here, J)
                 J, hit = self.jacobian(p, here)
                 fresh = True
                 if hit is not None:
@@ -186,7 +186,23 @@ class ImageFit:
                         return hit
         return p
 
-    def valley(self, p: Point, here: Eval, J: np.ndarray) -> tuple[Point, Eval] | None:
+    def walk(self, p: Point, here: Eval, J: np.ndarray) -> Point:
+        """The fit has stopped: walk along the steps valley, then to grid neighbours, while the comparison's
+        score rises, the Jacobian updated by each move (no new finite differences: the valley is long)."""
+        direction = 0
+        while True:
+            moved = self.valley(p, here, J, direction) or self.neighbours(p, here, J)
+            if moved is None:
+                return p
+            q, ev = moved
+            if self.exact(ev.score):
+                return q
+            dx = self.coords(q) - self.coords(p)
+            J = J + np.outer(ev.residual - here.residual - J @ dx, dx) / float(dx @ dx)
+            direction = int(np.sign(q[0] - p[0])) if self.axes[0].knob == "steps" else 0
+            p, here = q, ev
+
+    def valley(self, p: Point, here: Eval, J: np.ndarray, direction: int = 0) -> tuple[Point, Eval] | None:
         """Converged between grid points: the steps one to three either side, every other knob placed where the
         Jacobian says it then fits best (steps and the shift trade off along a curved valley that a grid of
         integer steps cuts across). Judged by the comparison's score, not the blocks: near the answer the blocks'
@@ -197,7 +213,7 @@ class ImageFit:
             return None
         x = self.coords(p)
         others = [i for i in range(len(self.axes)) if i != k]
-        for d in VALLEY:
+        for d in sorted(VALLEY, key=lambda d: (abs(d), d * direction < 0)):   # on along the walk's way first
             steps = p[k] + d
             if not self.axes[k].lo <= steps <= self.axes[k].hi:
                 continue
@@ -206,13 +222,30 @@ class ImageFit:
             offset = here.residual + J[:, k] * (x2[k] - x[k])
             if others:
                 x2[others] += np.linalg.lstsq(J[:, others], -offset, rcond=None)[0]
-            q = self.snap(x2)
-            if q in self.evals:
-                continue
-            ev = self.evaluate(q)
-            if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
-                return q, ev
+            for q in self.across(self.snap(x2), here, x, J):
+                ev = self.evaluate(q)
+                if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
+                    return q, ev
         return None
+
+    def across(self, q: Point, here: Eval, x: np.ndarray, J: np.ndarray) -> list[Point]:
+        """A valley point and, on the other knob that moves with the steps (the shift), the grid point next to it
+        that the Jacobian prefers: the valley runs diagonally to the grid, so the rounded point can miss the
+        answer by one shift step. Points already rendered are left out."""
+        out = [q]
+        k = next((i for i, a in enumerate(self.axes) if a.knob == "schedule"), None)
+        if k is not None:
+            a = self.axes[k]
+            sides = []
+            for sign in (-1, 1):
+                j = a.index(q[k]) + sign
+                if 0 <= j <= a.n:
+                    v = float(a.value(j))
+                    side = q[:k] + ((float(a.start) if abs(v - a.start) < a.resolution else v),) + q[k + 1:]
+                    predicted = here.residual + J @ (self.coords(side) - x)
+                    sides.append((float(predicted @ predicted), side))
+            out += [min(sides)[1]] if sides else []
+        return [p for p in dict.fromkeys(out) if p not in self.evals]
 
     def neighbours(self, p: Point, here: Eval, J: np.ndarray) -> tuple[Point, Eval] | None:
         """Converged on the grid: the grid points one step away on each knob, most promising first by the
@@ -253,9 +286,10 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
     return step * (radius / m) if m > radius else step
 
 
-def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int) -> list[Descent]:
+def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int,
+             enough: Callable[[Scored], bool]) -> list[Descent]:
     """The fit from each start in turn, best start first, until one is exact; each fit may spend at most `share`
-    of the renders left (a wrong start cannot starve the next). Each fit's answer is the best-scoring point it
+    of the renders left (a wrong start cannot starve the next); one `enough` ends the starts. Each fit's answer is the best-scoring point it
     rendered (the fit climbs the blocks' residual, the verdict the comparison)."""
     session, out, tried = fit.session, [], set()
     for s in starts:
@@ -280,6 +314,6 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
             continue
         d = fit.descent(max(mine, key=lambda q: fit.evals[q].score[0]), start_score)
         out.append(d)
-        if fit.exact(d.score):
+        if fit.exact(d.score) or enough(d.score):
             break
     return out
