@@ -34,7 +34,7 @@ LOG_KNOBS = ("steps", "schedule")
 SCALE = {"steps": 0.15, "guidance": 0.1, "lora_scale": 0.02, "schedule": 0.15}
 RADIUS = (0.5, 3.0, 8.0)      # trust region (scaled units, per coordinate): smallest, first, largest
 MAX_ITERATIONS = 40
-NEIGHBOURS = 4                # grid neighbours tried when the fit stops on the grid
+NEIGHBOURS = 8                # grid neighbours tried when the fit stops on the grid
 VALLEY = (-1, 1, -2, 2, -3, 3)     # steps tried around a fit that stopped between grid points
 Point = tuple[float, ...]     # one value per axis, on the grid (or an axis's own off-grid start)
 
@@ -96,9 +96,7 @@ class ImageFit:
         for a, c in zip(self.axes, x):
             v = c * SCALE[a.knob]
             v = math.exp(min(v, 50.0)) if a.knob in LOG_KNOBS else v
-            on_grid = a.value(a.index(a.start)) == a.start
-            sticky = a.resolution / 2 if on_grid else a.resolution   # an off-grid start holds its neighbourhood
-            out.append(float(a.start) if abs(v - a.start) < sticky else float(a.value(a.index(v))))
+            out.append(held(a, float(a.value(a.index(v))) if abs(v - a.start) >= a.resolution / 2 else v))
         return tuple(out)
 
     def spec_at(self, p: Point) -> RenderSpec:
@@ -240,8 +238,7 @@ class ImageFit:
             for sign in (-1, 1):
                 j = a.index(q[k]) + sign
                 if 0 <= j <= a.n:
-                    v = float(a.value(j))
-                    side = q[:k] + ((float(a.start) if abs(v - a.start) < a.resolution else v),) + q[k + 1:]
+                    side = q[:k] + (held(a, float(a.value(j))),) + q[k + 1:]
                     predicted = here.residual + J @ (self.coords(side) - x)
                     sides.append((float(predicted @ predicted), side))
             out += [min(sides)[1]] if sides else []
@@ -257,7 +254,7 @@ class ImageFit:
             for sign in (-1, 1):
                 j = a.index(p[i]) + sign
                 if 0 <= j <= a.n:
-                    q = p[:i] + (float(a.value(j)),) + p[i + 1:]
+                    q = p[:i] + (held(a, float(a.value(j))),) + p[i + 1:]
                     predicted = here.residual + J @ (self.coords(q) - x)
                     candidates.append((float(predicted @ predicted), q))
         for _, q in sorted(candidates)[:NEIGHBOURS]:
@@ -274,6 +271,13 @@ class ImageFit:
         spec, score = (ev.spec, ev.score) if ev is not None else (self.spec_at(p), start)
         changes = {a.knob: a.stored(a.index(v)) for a, v in zip(self.axes, p) if v != a.start}
         return Descent(spec, score, changes=changes)
+
+
+def held(axis: Axis, v: float) -> float:
+    """`v`, or the axis's own start when that is off the grid and within one grid step of `v` (it stands for its
+    neighbourhood); an on-grid start only for itself."""
+    on_grid = axis.value(axis.index(axis.start)) == axis.start
+    return float(axis.start) if abs(v - axis.start) < (axis.resolution / 2 if on_grid else axis.resolution) else v
 
 
 def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> np.ndarray:
