@@ -233,14 +233,7 @@ class ImageFit:
         out = [q]
         k = next((i for i, a in enumerate(self.axes) if a.knob == "schedule"), None)
         if k is not None:
-            a = self.axes[k]
-            sides = []
-            for sign in (-1, 1):
-                j = a.index(q[k]) + sign
-                if 0 <= j <= a.n:
-                    side = q[:k] + (held(a, float(a.value(j))),) + q[k + 1:]
-                    predicted = here.residual + J @ (self.coords(side) - x)
-                    sides.append((float(predicted @ predicted), side))
+            sides = self.grid_sides(q, [k], here, x, J)
             out += [min(sides)[1]] if sides else []
         return [p for p in dict.fromkeys(out) if p not in self.evals]
 
@@ -248,15 +241,7 @@ class ImageFit:
         """Converged on the grid: the grid points one step away on each knob, most promising first by the
         Jacobian (NEIGHBOURS of them), judged by the comparison's score like the valley. The fit's steps of a
         whole scaled unit can leave the answer one grid step away (a shift of 3.45 where 3.5 is exact)."""
-        x = self.coords(p)
-        candidates = []
-        for i, a in enumerate(self.axes):
-            for sign in (-1, 1):
-                j = a.index(p[i]) + sign
-                if 0 <= j <= a.n:
-                    q = p[:i] + (held(a, float(a.value(j))),) + p[i + 1:]
-                    predicted = here.residual + J @ (self.coords(q) - x)
-                    candidates.append((float(predicted @ predicted), q))
+        candidates = self.grid_sides(p, range(len(self.axes)), here, self.coords(p), J)
         for _, q in sorted(candidates)[:NEIGHBOURS]:
             if q in self.evals:
                 continue
@@ -264,6 +249,20 @@ class ImageFit:
             if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
                 return q, ev
         return None
+
+    def grid_sides(self, p: Point, knobs: Any, here: Eval, x: np.ndarray, J: np.ndarray) -> list[tuple[float, Point]]:
+        """The grid points one step either side of `p` on each of the axes `knobs` (indices), each with the cost
+        the Jacobian predicts for it."""
+        out = []
+        for i in knobs:
+            a = self.axes[i]
+            for sign in (-1, 1):
+                j = a.index(p[i]) + sign
+                if 0 <= j <= a.n:
+                    q = p[:i] + (held(a, float(a.value(j))),) + p[i + 1:]
+                    predicted = here.residual + J @ (self.coords(q) - x)
+                    out.append((float(predicted @ predicted), q))
+        return out
 
     def descent(self, p: Point, start: Scored) -> Descent:
         """The fit's end as the coordinate search reports its answers (changes in adoption order)."""
