@@ -311,19 +311,11 @@ def junit_properties(record: ItemRecord) -> list[tuple[str, Any]]:
 
 
 def headline(record: ItemRecord) -> str:
-    """The failure in one line (pytest's short summary shows it after the item id): tier, gate and the top cause,
-    the mismatching knobs or the error."""
-    from parity.values import cause_text
+    """The failure in one line (pytest's short summary shows it after the item id): the item's verdict line
+    (parity.report.summary.Verdict.line: tier, gate and the error, top cause or mismatching knobs)."""
+    from parity.report.summary import verdict
 
-    line = f"tier {record.tier} (gate {record.gate})"
-    if record.error:
-        return f"{line}: {record.error.splitlines()[0]}"
-    if record.causes:
-        c = record.causes[0]
-        return f"{line}; top cause: {cause_text(c.knob, c.value_preview, c.value_inference)}"
-    if record.mismatches:
-        return f"{line}; mismatched: {', '.join(record.mismatches)}"
-    return f"{line}; {record.fail_reasons[0]}" if record.fail_reasons else line
+    return verdict(record.to_dict()).line
 
 
 def failure_screen(record: ItemRecord, run_dir: Path) -> str:

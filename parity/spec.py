@@ -1,7 +1,7 @@
-"""Shared vocabulary: knob names, tiers, semantics and the render spec that decides the pixels.
+"""Shared vocabulary: knob names, semantics and the render spec that decides the pixels.
 
-This module is the single place where these names live; results.json, reports and diagnosis all use them.
-It imports nothing heavy (no torch) so the job reader and `parity report` can use it.
+This module is the single place where these names live (the verdict tiers live in parity.tier); results.json,
+reports and diagnosis all use them. It imports nothing heavy (no torch) so the job reader and `parity report` can use it.
 """
 
 from __future__ import annotations
@@ -31,23 +31,6 @@ KNOBS: tuple[str, ...] = (
 )
 # Differences a re-render cannot remove; reported apart from real mismatches.
 IRREDUCIBLE_KNOBS: tuple[str, ...] = ("lora_precision", "merge_history", "hardware")
-
-# Verdict tiers, best to worst. A case's gate is a minimum tier.
-TIERS: tuple[str, ...] = ("EXACT", "NEAR", "DRIFT", "DIFFERENT", "ERROR")
-
-
-def tier_rank(tier: str) -> int:
-    """0 for EXACT ... 4 for ERROR; raises ValueError on an unknown tier name."""
-    try:
-        return TIERS.index(tier.upper())
-    except ValueError:
-        raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}") from None
-
-
-def meets_gate(tier: str, minimum: str) -> bool:
-    """True when `tier` is at least as good as `minimum` (ERROR never meets a gate)."""
-    return tier.upper() != "ERROR" and tier_rank(tier) <= tier_rank(minimum)
-
 
 # Sampling semantics a render can follow.
 SEMANTICS: tuple[str, ...] = ("aitk", "diffusers", "aitk-code")

@@ -10,7 +10,7 @@ from typing import Any
 
 from parity.cases import Case, check_unique_names
 from parity.errors import ParityError
-from parity.spec import TIERS
+from parity.tier import tier_names
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -276,7 +276,7 @@ def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     """The table of items with tier and causes, then the counts and the report path (control codes escaped)."""
     from parity.commands.plan import printable
-    from parity.report.summary import top_cause, verdict_mark
+    from parity.report.summary import verdict
 
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
     width = max([len(printable(it["id"])) for it in rows] + [4])
@@ -284,8 +284,8 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
         ssim_s = f"{ssim:7.4f}" if isinstance(ssim, (int, float)) else "      -"
-        mark, detail = verdict_mark(it), top_cause(it) or ""
-        print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {printable(detail)}")
-    counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
+        v = verdict(it)
+        print(f"{printable(it['id']):<{width}}  {v.tier:<9} {ssim_s}  {v.mark:<8} {printable(v.why or '')}")
+    counts = {t: sum(1 for it in items if it.get("tier") == t) for t in tier_names()}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
     print(f"report: {paths.index}")

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
+from parity.diagnose.cache import BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.diagnose.paramdiff import KNOB_FIELDS, align_many, differing_knobs, knob_value
 from parity.job.sizes import effective_size
 from parity.spec import KNOBS, RenderSpec
+from parity.tier import explains
 
 # Knobs tried first when the budget cannot cover them all: the large effects of aitk-flux2-previews.md section G
 # (wrong checkpoint, seed, size, generator, schedule), then the moderate ones, then the small ones.
@@ -96,7 +97,7 @@ class Attribution:
 
 
 def _restores(score: float, tier: str | None, explained_at: float) -> bool:
-    return tier in PARITY_TIERS if tier is not None else score >= explained_at
+    return explains(tier) if tier is not None else score >= explained_at
 
 
 def attribute(
@@ -129,7 +130,7 @@ def attribute(
             raise ValueError(f"unknown knob(s) {', '.join(unknown)}; expected some of {', '.join(KNOBS)}")
         diff = [k for k in diff if k in knobs]
     result = Attribution(baseline=base_score, baseline_tier=base_tier, knobs=list(diff), causes=[])
-    if base_tier in PARITY_TIERS:
+    if explains(base_tier):
         result.note = f"already at parity ({base_tier}); nothing to attribute"
         result.explained = True
         return result

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from parity.tier import explains
+
 NEAR_ZERO = 0.1          # a recovered multiplier this close to 0 means the LoRA's effect is absent
-MATCHES = ("EXACT", "NEAR")
 
 
 def _recovered_multiplier(explanation: dict) -> float | None:
@@ -48,7 +49,7 @@ def without_lora_matches(engine, cache, spec, target, thresholds) -> bool:
         return False
     ssim0, tier0 = _score(without, target, thresholds)
     ssim1, _ = _score(with_lora, target, thresholds)
-    return tier0 in MATCHES and ssim0 > ssim1
+    return explains(tier0) and ssim0 > ssim1
 
 
 def check_lora_applied(explanation: dict, spec: Any, without_lora) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from parity.errors import ParityError
 from parity.record import ItemRecord
+from parity.tier import ERROR
 
 from .engines import EnginePool
 from .policies import Attribution, DeterminismGuard, NoiseFloor, follow_up_order
@@ -112,7 +113,7 @@ class Runner:
         if isinstance(out, ItemRecord):
             return out
         rec = self._finish(out)
-        if rec.tier != "ERROR":
+        if rec.tier != ERROR.name:
             self._follow_up(item, rec, out.result.image)
         return rec
 
@@ -135,7 +136,7 @@ class Runner:
 
         def settle(r: _Rendered) -> None:
             rec = self._finish(r)
-            pending = self._pending_follow_ups(r.item, rec) if rec.tier != "ERROR" else []
+            pending = self._pending_follow_ups(r.item, rec) if rec.tier != ERROR.name else []
             if not pending:
                 return finish(rec)
             if on_compared is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from parity.errors import ParityError
 from parity.record import Cause, Determinism, ItemRecord
+from parity.tier import DRIFT, ERROR, explaining_tiers, meets_gate
 
 from .engines import EnginePool
 from .records import judge
@@ -41,7 +42,7 @@ class DeterminismGuard:
         self.mode, self.engines = mode, engines
 
     def wants(self, item: Any, rec: ItemRecord) -> bool:
-        if self.mode == "off" or rec.tier == "ERROR":
+        if self.mode == "off" or rec.tier == ERROR.name:
             return False
         # auto: only items below their gate, where a nondeterministic machine would fake a mismatch (saves renders)
         return self.mode == "always" or rec.below_gate
@@ -73,7 +74,7 @@ class NoiseFloor:
     def wants(self, item: Any, rec: ItemRecord) -> bool:
         """DRIFT with every knob matching and some irreducible difference: the only items a measured floor can
         judge fairly (parity.compare.tiers.decide_floor_tier)."""
-        return (item.case.noise_floor and rec.tier == "DRIFT" and not rec.mismatches and bool(rec.irreducible)
+        return (item.case.noise_floor and rec.tier == DRIFT.name and not rec.mismatches and bool(rec.irreducible)
                 and not rec.nondeterministic and item.preview_path is not None and rec.noise_floor is None)
 
     def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
@@ -139,7 +140,7 @@ class Attribution:
                 self.members.setdefault(_case_key(item), []).append(item)
 
     def wants(self, item: Any, rec: ItemRecord) -> bool:
-        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
+        return (self.enabled and item.case.attribution and rec.tier != ERROR.name and rec.below_gate
                 and item.preview_path is not None and not rec.nondeterministic)
 
     def left(self, item: Any) -> int:
@@ -252,12 +253,8 @@ class Attribution:
 
 
 def _meeting(item: Any) -> tuple[str, ...]:
-    """Tiers that explain a preview for this item: those meeting its gate, and never worse than NEAR."""
-    from parity.spec import TIERS
-
-    gate = item.case.expect.min_tier
-    ok = TIERS[: TIERS.index(gate) + 1] if gate in TIERS else TIERS[:2]
-    return tuple(t for t in ok if t in ("EXACT", "NEAR"))
+    """Tiers that explain a preview for this item: those that explain one (parity.tier) and meet its gate."""
+    return tuple(t for t in explaining_tiers() if meets_gate(t, item.case.expect.min_tier))
 
 
 def _group_key(item: Any) -> tuple:
