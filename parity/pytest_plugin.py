@@ -24,6 +24,7 @@ from _pytest._code.code import TerminalRepr  # the base class of pytest's own fa
 
 from parity.errors import ParityError
 from parity.record import ItemRecord
+from parity.tier import gate_names
 
 
 # -- options -----------------------------------------------------------------------------------------------
@@ -37,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--parity-report-dir", default=None, metavar="DIR",
                     help="where results.json and the HTML report go (default: reports/pytest-<time>)")
     group.addoption("--parity-min-tier", default=None,
-                    help="override every case's gate (EXACT, NEAR, DRIFT, DIFFERENT)")
+                    help=f"override every case's gate ({', '.join(gate_names())})")
     group.addoption("--parity-attribution", dest="parity_attribution", action="store_true", default=None,
                     help="re-render one knob at a time for items below their gate (default on)")
     group.addoption("--parity-no-attribution", dest="parity_attribution", action="store_false",

@@ -134,7 +134,8 @@ def test_a_registered_tier_runs_end_to_end(close_tier, small_job, tiny_model_dir
 
     blob = report_json_blob(page)
     assert [t["name"] for t in blob["tiers"]] == ["EXACT", "NEAR", "CLOSE", "DRIFT", "DIFFERENT", "ERROR"]
-    assert blob["items"][0]["texts"]["verdict"] == {"mark": "ok", "line": "tier CLOSE (gate CLOSE); mismatched: lora_scale"}
+    assert blob["items"][0]["texts"]["verdict"] == {"mark": "ok",
+                                                    "line": "tier CLOSE (gate CLOSE); mismatched: lora_scale"}
 
 
 def test_a_removed_tier_is_a_one_line_error_in_a_case_file(small_job, tiny_model_dir, tmp_path, capsys):

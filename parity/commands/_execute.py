@@ -10,7 +10,7 @@ from typing import Any
 
 from parity.cases import Case, check_unique_names
 from parity.errors import ParityError
-from parity.tier import tier_names
+from parity.tier import gate_names, tier_names
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                      help="inference profile: preview (default), reference-server, diffusers")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an inference setting, e.g. --set sample_steps=25 (repeatable)")
-    p.add_argument("--min-tier", default=None, help="gate for every item (EXACT, NEAR, DRIFT, DIFFERENT)")
+    p.add_argument("--min-tier", default=None, help=f"gate for every item ({', '.join(gate_names())})")
     p.add_argument("--no-attribution", action="store_true", help="skip one-knob-at-a-time re-renders")
     p.add_argument("--budget", type=int, default=None, help="extra renders diagnosis may spend per case (default: the case's budget:, else 90; 0: no search)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -411,7 +411,8 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
     worst_bad = [it for it in summary.worst if not it.get("passed")][:12] or summary.worst[:12]
     return env.get_template("index.html.j2").render(
         title=title or f"parity report {results.run.get('id', '')}".strip(),
-        run=results.run, complete=results.complete, warnings=results.warnings, s=summary, tiers=tiers, drift=DRIFT.name, near=NEAR.name,
+        run=results.run, complete=results.complete, warnings=results.warnings, s=summary, tiers=tiers,
+        drift=DRIFT.name, near=NEAR.name,
         worst=[(it, item_score(it, summary.metric)) for it in worst_bad],
         score_plot=score_plot(summary), steps_plot=steps_plot(summary),
         css=_static("report.css"), js=js, script_hash=script_hash(js), data=script_json(blob),
