@@ -91,6 +91,41 @@ def test_a_registered_tier_is_decided_by_its_band(close_tier):
     assert not tier_mod.meets_gate("DRIFT", "CLOSE") and not tier_mod.explains("CLOSE")
 
 
+def _pair(folder: Path) -> tuple[Path, Path]:
+    """A lossless preview and a render with light noise on it: luma SSIM about 0.96, below NEAR's 0.99."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:64, 0:64]
+    preview = np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.float32)
+    render = np.clip(preview + np.random.default_rng(0).normal(0, 3, preview.shape), 0, 255)
+    paths = folder / "preview.png", folder / "render.png"
+    for path, image in zip(paths, (preview, render)):
+        Image.fromarray(image.astype(np.uint8)).save(path)
+    return paths
+
+
+def test_parity_compare_decides_and_gates_a_registered_tier(close_tier, tmp_path, capsys):
+    from parity.cli import main
+
+    preview, render = _pair(tmp_path)
+    assert main(["compare", str(render), str(preview), "--gate", "CLOSE", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tier"] == "CLOSE" and 0.5 <= out["ssim_y"] < 0.99
+    assert main(["compare", str(render), str(preview), "--gate", "NEAR"]) == 1
+
+
+def test_parity_compare_refuses_an_unknown_gate_in_one_line(tmp_path, capsys):
+    from parity.cli import main
+
+    preview, render = _pair(tmp_path)
+    assert main(["compare", str(render), str(preview), "--json"]) == 1  # DRIFT without the registered tier
+    assert json.loads(capsys.readouterr().out)["tier"] == "DRIFT"
+    assert main(["compare", str(render), str(preview), "--gate", "CLOSE"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "parity: error: --gate must be one of EXACT, NEAR, DRIFT, DIFFERENT, got 'CLOSE'"
+
+
 @pytest.fixture(scope="module")
 def small_job(tiny_model_dir, tmp_path_factory) -> Path:
     from parity.demo import demo_config, write_job
