@@ -42,7 +42,7 @@ import torch
 from parity import fileio
 from parity.engine import keymap
 from parity.engine.fullsize import lora_target_shapes
-from parity.family import family
+from parity.family import DEFAULT_ARCH, family
 from parity.jsonio import parse_json
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -229,7 +229,7 @@ _PIPELINE_COMPONENTS: dict = {
     "vae": ["diffusers", "AutoencoderKLFlux2"],
 }
 
-BFL_TRANSFORMER_FILE = family("flux2").single_file  # hub repo root names
+BFL_TRANSFORMER_FILE = family(DEFAULT_ARCH).single_file  # hub repo root names
 BFL_VAE_FILE = "ae.safetensors"
 LORA_FILE = "loras/tiny_lora.safetensors"
 LOKR_FILE = "loras/tiny_lokr.safetensors"
@@ -624,7 +624,7 @@ def _write_configs(root: Path) -> None:
     def diffusers_cfg(class_name: str, cfg: dict) -> dict:
         return {"_class_name": class_name, "_diffusers_version": dv, **cfg}
 
-    _write_json(root / "model_index.json", diffusers_cfg("Flux2Pipeline", _PIPELINE_COMPONENTS))
+    _write_json(root / "model_index.json", diffusers_cfg(family(DEFAULT_ARCH).pipeline_class, _PIPELINE_COMPONENTS))
     _write_json(root / "transformer/config.json", diffusers_cfg("Flux2Transformer2DModel", TRANSFORMER_CONFIG))
     _write_json(root / "vae/config.json", diffusers_cfg("AutoencoderKLFlux2", {**VAE_CONFIG, **_VAE_CLASS_DEFAULTS}))
     _write_json(
