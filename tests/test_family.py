@@ -118,6 +118,20 @@ def test_the_engine_renders_a_registered_member_like_the_member_it_copies(tmp_pa
     assert np.array_equal(got.image, want.image)
 
 
+def test_the_tiny_factory_builds_a_distilled_member_the_engine_finds(tmp_path, monkeypatch):
+    from parity.engine import weights
+    from parity.tiny import build_member
+
+    member = replace(fam_mod.family("flux2"), arch="flux2_small", label="throwaway distilled",
+                     single_file="flux2-small.safetensors")
+    monkeypatch.setitem(fam_mod.FAMILIES, member.arch, member)
+    paths = build_member(member.arch, tmp_path)
+    assert paths.bfl_transformer.name == "flux2-small.safetensors"
+    layout = weights.resolve_base(tmp_path, layout="bfl")
+    assert layout.arch == member.arch and layout.transformer == paths.bfl_transformer
+    assert weights.resolve_base(tmp_path, layout="diffusers").arch == member.arch  # named by its file
+
+
 def test_the_engine_refuses_a_removed_member(tmp_path, monkeypatch, throwaway):
     from parity.engine.render import Engine
     from parity.tiny import build_member

@@ -7,7 +7,8 @@ Layouts (aitk-flux2-previews.md section H):
     flux2_model.py L50-51), with the text encoder + tokenizer from a separate folder
     (AI Toolkit: mistralai/Mistral-Small-3.1-24B-Instruct-2503).
 Configs: a folder's own `transformer/config.json` / `vae/config.json` / `scheduler/scheduler_config.json` win; a
-BFL-only folder falls back to the real FLUX.2-dev values below. Only safetensors are loaded.
+BFL-only folder falls back to its family member's pinned values (parity.engine.fullsize) and the FLUX.2 VAE and
+scheduler values below. Only safetensors are loaded.
 """
 
 from __future__ import annotations

@@ -9,12 +9,9 @@ from parity.tiny.klein import TinyKleinPaths, build_tiny_klein  # noqa: F401,E40
 
 
 def build_member(arch: str, out_dir, *, seed: int = 0):
-    """The tiny checkpoint of a family member (parity.family), in both layouts: a [klein] member gets the tiny
-    [klein] base under its own pipeline class and single-file name; FLUX.2-dev the tiny FLUX.2-dev."""
-    from parity.family import DEFAULT_ARCH, family
+    """The tiny checkpoint of a family member (parity.family), in both layouts, under the member's pipeline class
+    and single-file name: the tiny [klein] base for a [klein] member, else the tiny FLUX.2-dev."""
+    from parity.family import family
 
-    if family(arch).klein:
-        return build_tiny_klein(out_dir, seed=seed, arch=arch)
-    if family(arch) is not family(DEFAULT_ARCH):
-        raise ValueError(f"no tiny model for {arch!r}: only FLUX.2-dev and [klein] members have tiny shapes")
-    return build_tiny(out_dir, seed=seed)  # noqa: F405
+    build = build_tiny_klein if family(arch).klein else build_tiny  # noqa: F405
+    return build(out_dir, seed=seed, arch=arch)

@@ -182,6 +182,8 @@ def _write_configs(root: Path, arch: str) -> None:
 def build_tiny_klein(out_dir: str | Path, *, seed: int = 0, arch: str = ARCH) -> TinyKleinPaths:
     """Write the tiny FLUX.2 [klein] base checkpoint (both layouts + an AI Toolkit LoRA) into `out_dir`, as the
     family member `arch` (a [klein] member: its pipeline class and single-file name; the shapes are these)."""
+    if not family(arch).klein:
+        raise ValueError(f"{arch!r} is no [klein] member: its tiny model is parity.tiny.flux2's")
     t0 = time.perf_counter()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
