@@ -82,6 +82,16 @@ def test_a_removed_member_is_refused_by_job_reader_and_requests(tmp_path, monkey
         parse_request({"model": "flux2_klein_9b", "prompts": [{"prompt": "x"}], "loras": []}, "req.json")
 
 
+def test_other_models_are_refused_with_what_to_do_instead():
+    # the reference server's flux2_diffusers model is diffusers' own pipeline (divisor 32), not AI Toolkit's
+    with pytest.raises(ConfigError, match=r"'flux2_diffusers' is not supported.*resolution_divisor=32"):
+        parse_request({"model": "flux2_diffusers", "prompts": [{"prompt": "x"}], "loras": []}, "req.json")
+    with pytest.raises(ConfigError, match=r"'sdxl' is not supported; parity checks 'flux2', [^(]*$"):
+        parse_request({"model": "sdxl", "prompts": [{"prompt": "x"}], "loras": []}, "req.json")
+    with pytest.raises(ConfigError, match='expected the string "flux2"'):
+        parse_request({"model": 3, "prompts": [{"prompt": "x"}], "loras": []}, "req.json")
+
+
 def test_requests_accept_a_registered_member(throwaway):
     req = parse_request({"model": throwaway.arch, "prompts": [{"prompt": "x"}], "loras": []}, "req.json")
     assert req.model == throwaway.arch
