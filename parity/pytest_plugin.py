@@ -306,7 +306,7 @@ class ParityItem(pytest.Item):
         from parity.session import missing_base_model
 
         # a case with `renders:` compares another stack's images: the base model only explains a difference
-        why = missing_base_model(self.planned) if getattr(self.planned.case, "renders", None) is None else None
+        why = missing_base_model(self.planned) if self.planned.case.renders is None else None
         if why and self.config.stash[_OPTIONS].skip_missing_model:
             pytest.skip(why)
         session = _session(self.config)

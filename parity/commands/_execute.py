@@ -152,7 +152,7 @@ def _endpoint(options: EndpointOptions | None) -> Any:
 
 
 def _renders_of(item: Any) -> Path | None:
-    r = getattr(item.case, "renders", None)
+    r = item.case.renders
     return Path(r) if r is not None else None
 
 
