@@ -61,10 +61,11 @@ def align_many(inference_spec: RenderSpec, preview_spec: RenderSpec, names: Sequ
     return spec
 
 
-def _row_source(resolved: ResolvedSpec, knob: str) -> str:
+def _row_source(resolved: ResolvedSpec, knob: str, extra: Mapping[str, Any] | None) -> str:
+    """Where a row's value came from; a knob outside the spec (the text encoder) says so in `extra`."""
     fields_ = knobs.knob(knob).settings
     if not fields_:
-        return "case"
+        return (extra or {}).get("text_encoder_source", "case")
     srcs = {resolved.source(f) for f in fields_}
     for s in _SOURCE_PRECEDENCE:
         if s in srcs:
@@ -169,9 +170,7 @@ def param_diff(preview: ResolvedSpec, inference: ResolvedSpec, *,
                 iv["requested"] = list(req)
             if preview_requested is not None:
                 pv["requested"] = list(preview_requested)
-        covered = bool(knobs.knob(knob).settings)
-        src_p = _row_source(preview, knob) if covered else (preview_extra or {}).get("text_encoder_source", "case")
-        src_i = _row_source(inference, knob) if covered else (inference_extra or {}).get("text_encoder_source", "case")
+        src_p, src_i = _row_source(preview, knob, preview_extra), _row_source(inference, knob, inference_extra)
         rows.append(KnobRow(
             knob=knob,
             preview={"value": pv, "source": src_p},

@@ -402,8 +402,8 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
     js = _static("report.js")
     view_items = [_view_item(it, out, thumbs, summary.metric, copies or {}) for it in items]
     legends = {"heatmap_diff": diff_legend(), "heatmap_ssim": ssim_legend(), "gradient": css_gradient()}
-    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(registry.knob_names()), "legends": legends,
-            "irreducible": list(registry.irreducible_names()), "metric": summary.metric,
+    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(registry.knob_names()),
+            "legends": legends, "irreducible": list(registry.irreducible_names()), "metric": summary.metric,
             "worst": [it["id"] for it in summary.worst]}
     worst_bad = [it for it in summary.worst if not it.get("passed")][:12] or summary.worst[:12]
     return env.get_template("index.html.j2").render(
