@@ -70,7 +70,7 @@ class PlanColumn:
 @dataclass(frozen=True)
 class Setting:
     key: str                              # canonical key: a RenderSpec field or a registry-only setting
-    coerce: coerce.Coercer | None         # None: a spec value `--set` cannot change
+    coercer: coerce.Coercer | None        # types a value; None: a spec value `--set` cannot change
     value_type: type = str                # what a request file or a job config must give (int, float, str)
     aliases: tuple[str, ...] = ()         # other names --set, inference.set and request files accept
     limit: Range | None = None            # what parity renders (job reader, --set, inference.set)
@@ -83,9 +83,9 @@ class Setting:
 
     def parse(self, value: Any, where: str | None = None) -> Any:
         """A --set / inference.set / job-config value, typed and within the range parity renders."""
-        if self.coerce is None:
+        if self.coercer is None:
             raise ConfigError(f"unknown setting {self.key!r}; valid keys: {', '.join(valid_keys())}", where)
-        v = self.coerce(self.key, value, where)
+        v = self.coercer(self.key, value, where)
         bad = self.limit.problem(self.key, v) if self.limit is not None and v is not None else None
         if bad:
             raise coerce.bad(self.key, value, f"a value parity can render ({bad})", where)

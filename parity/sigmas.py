@@ -17,8 +17,8 @@ def image_tokens(width: int, height: int) -> int:
 
 def empirical_mu(tokens: int, steps: int) -> float:
     """diffusers' / BFL's `compute_empirical_mu` (pipeline_flux2.py L159-174), re-derived here so the parameter
-    table needs neither torch nor diffusers (the engine renders with diffusers' own function): above 4300 tokens the FLUX.1 line
-    (0.00016927 L + 0.45666666); at or below, linear in the step count between the values of two fitted lines at
+    table needs neither torch nor diffusers (the engine renders with diffusers' own function): above 4300 tokens
+    the FLUX.1 line (0.00016927 L + 0.45666666); at or below, linear in the step count between the values of two fitted lines at
     10 and 200 steps."""
     at_200 = 0.00016927 * tokens + 0.45666666
     if tokens > 4300:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 
 from parity.diagnose.checks import check_hashes
-from parity.diagnose.paramdiff import (
-    align, aitk_mu, differing_knobs, empirical_mu, image_tokens, nominal_sigmas, param_diff,
-)
+from parity.diagnose.paramdiff import align, differing_knobs, param_diff
 from parity.diagnose.settings import InferenceSettings, inference_spec
 from parity.knobs import KNOBS_TABLE, SETTINGS, irreducible_names, knob_names
+from parity.sigmas import aitk_mu, empirical_mu, image_tokens, nominal_sigmas
 from parity.spec import SPEC_FIELDS, RenderSpec, ResolvedSpec
 
 

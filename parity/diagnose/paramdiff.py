@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from parity import knobs
-from parity.knobs import uses_negative_prompt  # noqa: F401 - re-exported
-from parity.sigmas import aitk_mu, empirical_mu, image_tokens, nominal_sigmas, schedule_mu  # noqa: F401 - re-exported
 from parity.spec import RenderSpec, ResolvedSpec
 
 # When one knob's row draws on several fields with different sources, show the most specific one.
