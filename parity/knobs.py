@@ -71,10 +71,11 @@ class PlanColumn:
 class Setting:
     key: str                              # canonical key: a RenderSpec field or a registry-only setting
     coercer: coerce.Coercer | None        # types a value; None: a spec value `--set` cannot change
-    value_type: type = str                # what a request file or a job config must give (int, float, str)
-    aliases: tuple[str, ...] = ()         # other names --set, inference.set and request files accept
+    value_type: type = str                # int or float: the number a request file must give
+    aliases: tuple[str, ...] = ()         # other names --set and inference.set accept
     limit: Range | None = None            # what parity renders (job reader, --set, inference.set)
-    request_limit: Range | None = None    # the reference server's schema (request files); None: not a request key
+    request_limit: Range | None = None    # the reference server's schema for this number in a request file (a
+                                          # registry-only setting with one is read from each prompt); None: not read
     config_key: str | None = None         # "sample.width": where AI Toolkit's job config sets it
     default: Any = None                   # AI Toolkit's code default when the config leaves it out
     plan: PlanColumn | None = None        # its column in `parity plan`
@@ -100,8 +101,11 @@ class Setting:
         return block, name
 
 
+SAMPLE = "sample"   # the job config's sample block (and first_sample, a full sample block of its own)
+
+
 def _sample(name: str) -> str:
-    return f"sample.{name}"
+    return f"{SAMPLE}.{name}"
 
 
 _DTYPE_WORDS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "half": "fp16", "float": "fp32"}

@@ -34,7 +34,7 @@ _BLOCK_DEFAULTS: dict[str, Any] = {
 
 def sample_defaults() -> dict[str, Any]:
     """Every key of a sample block with its code default: the block's own and the registry's settings."""
-    return {**_BLOCK_DEFAULTS, **knobs.block_defaults("sample")}
+    return {**_BLOCK_DEFAULTS, **knobs.block_defaults(knobs.SAMPLE)}
 
 
 # Keys a `samples` entry may override (SampleItem, config_modules.py L44-77); others come from the block.
@@ -236,7 +236,7 @@ def _registry_settings(block: SampleBlock, path: str | None) -> tuple[tuple[tupl
     """The registry-only settings (parity.knobs) the block sets, typed and within range, and their sources."""
     spec_extra = {s.key for s in knobs.extra_settings()}
     values, sources = [], {}
-    for s in knobs.config_settings("sample"):
+    for s in knobs.config_settings(knobs.SAMPLE):
         if s.key in spec_extra and s.config_block is not None:
             name = s.config_block[1]
             sources[s.key] = block.sources[name]
