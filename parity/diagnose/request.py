@@ -14,6 +14,7 @@ from parity.family import arches
 
 MAX_REQUEST_BYTES = 8 * 2**20   # a request file is a few KB
 
+
 @dataclass(frozen=True)
 class RequestPrompt:
     prompt: str
