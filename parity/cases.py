@@ -49,7 +49,7 @@ _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "mismatc
 _HIGHER_IS_BETTER = {"ssim", "ssim_y", "psnr"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Expectation:
     """The gate (`min_tier`, metric floors/ceilings) and the differences known in advance.
 
@@ -119,8 +119,11 @@ class Expectation:
         return not reasons or expected is not None, expected, reasons
 
 
-@dataclass
+@dataclass(frozen=True)
 class Case:
+    """One case file as loaded. Frozen: a run's choices (parity.options) reach it as a new value
+    (`dataclasses.replace`), so the loaded case stays what its file says."""
+
     name: str
     path: Path                       # the case file
     job: Path | None = None          # AI Toolkit output folder
