@@ -194,3 +194,21 @@ def test_extra_slot_keeps_existing_specs_unchanged():
     moved = spec.with_(sharpness=1.5)
     assert moved.extra == (("sharpness", 1.5),) and moved.to_dict()["extra"] == {"sharpness": 1.5}
     assert moved != spec and hash(moved.with_(seed=0)) == hash(moved)
+
+
+def test_search_axes_hold_the_numbers_recovery_searches_with():
+    """The registry's search axes state the value spaces parameter recovery uses (recover.axes_for, scan.COARSE,
+    scan.NEAR_RECORDED), so recovery can read them from the registry without a change of behaviour."""
+    from parity.diagnose import recover, scan
+
+    spec = RenderSpec(prompt="a", width=512, height=512, seed=0, sample_steps=60, guidance_scale=9.0,
+                      lora_path="/l.safetensors", network_multiplier=1.4, schedule="static:5")
+    axes = {a.knob: a for a in recover.axes_for(spec)}
+    declared = knobs.searchable()
+    assert set(axes) == set(declared) == set(scan.COARSE)
+    for name, axis in declared.items():
+        got = axes[name]
+        assert (got.lo, got.hi, got.resolution, got.first_step) == pytest.approx(
+            (axis.lo, axis.top(got.start), axis.resolution, axis.first(got.start))), name
+        assert tuple(scan.COARSE[name]) == axis.coarse and scan.NEAR_RECORDED[name] == axis.near, name
+        assert (name in scan.RATIO_KNOBS) == axis.ratio, name
