@@ -201,14 +201,17 @@ def test_search_axes_hold_the_numbers_recovery_searches_with():
     scan.NEAR_RECORDED), so recovery can read them from the registry without a change of behaviour."""
     from parity.diagnose import recover, scan
 
-    spec = RenderSpec(prompt="a", width=512, height=512, seed=0, sample_steps=60, guidance_scale=9.0,
-                      lora_path="/l.safetensors", network_multiplier=1.4, schedule="static:5")
-    axes = {a.knob: a for a in recover.axes_for(spec)}
     declared = knobs.searchable()
-    assert set(axes) == set(declared) == set(scan.COARSE)
+    assert set(declared) == set(scan.COARSE)
+    for steps, guidance, multiplier, shift in ((30, 4.0, 0.5, 2), (60, 9.0, 1.4, 5)):   # below / above each top
+        spec = RenderSpec(prompt="a", width=512, height=512, seed=0, sample_steps=steps, guidance_scale=guidance,
+                          lora_path="/l.safetensors", network_multiplier=multiplier, schedule=f"static:{shift}")
+        axes = {a.knob: a for a in recover.axes_for(spec)}
+        assert set(axes) == set(declared)
+        for name, axis in declared.items():
+            got = axes[name]
+            assert (got.lo, got.hi, got.resolution, got.first_step) == pytest.approx(
+                (axis.lo, axis.top(got.start), axis.resolution, axis.first(got.start))), name
     for name, axis in declared.items():
-        got = axes[name]
-        assert (got.lo, got.hi, got.resolution, got.first_step) == pytest.approx(
-            (axis.lo, axis.top(got.start), axis.resolution, axis.first(got.start))), name
         assert tuple(scan.COARSE[name]) == axis.coarse and scan.NEAR_RECORDED[name] == axis.near, name
         assert (name in scan.RATIO_KNOBS) == axis.ratio, name
