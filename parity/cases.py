@@ -59,7 +59,7 @@ class Expectation:
 
     min_tier: str = DEFAULT_GATE
     thresholds: dict[str, float] = field(default_factory=dict)
-    mismatches: tuple[str, ...] | None = None   # knobs expected to differ (parity.spec.KNOBS)
+    mismatches: tuple[str, ...] | None = None   # knobs expected to differ (parity.knobs)
     tier: str | None = None                     # the worst tier an expected difference may reach
 
     @property
@@ -318,17 +318,18 @@ class _Validator:
             raise self.bad(f"expect.{key}", str(e)) from None
 
     def _knobs(self, raw: dict[str, Any]) -> tuple[str, ...] | None:
-        """expect.mismatches: a list of knob names (parity.spec.KNOBS), or None when absent."""
-        from parity.spec import KNOBS
+        """expect.mismatches: a list of knob names (parity.knobs), or None when absent."""
+        from parity.knobs import knob_names
 
+        names = knob_names()
         if "mismatches" not in raw:
             return None
         value = raw["mismatches"]
         if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
             raise self.bad("expect.mismatches", f"must be a list of knob names, got {value!r}")
-        unknown = [k for k in value if k not in KNOBS]
+        unknown = [k for k in value if k not in names]
         if unknown:
-            raise self.bad("expect.mismatches", f"unknown knob {unknown[0]!r}; knobs are {', '.join(KNOBS)}")
+            raise self.bad("expect.mismatches", f"unknown knob {unknown[0]!r}; knobs are {', '.join(names)}")
         return tuple(value)
 
     def inference(self) -> Any:

@@ -34,8 +34,8 @@ from parity.report.markdown import markdown_summary
 from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, dumps_results, relative_paths,
                                  write_text_atomic)
 from parity.report.summary import Summary, item_score, summarize
+from parity import knobs as registry
 from parity.report.texts import item_texts
-from parity.spec import IRREDUCIBLE_KNOBS, KNOBS
 from parity.tier import DRIFT, NEAR, all_tiers, tier_names
 
 log = logging.getLogger("parity")
@@ -405,8 +405,8 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
     view_items = [_view_item(it, out, thumbs, summary.metric, copies or {}) for it in items]
     tiers = [t.view() for t in all_tiers()]  # order, names and colours: the page's style and script take them
     legends = {"heatmap_diff": diff_legend(), "heatmap_ssim": ssim_legend(), "gradient": css_gradient()}
-    blob = {"run": results.run, "items": view_items, "tiers": tiers, "knobs": list(KNOBS), "legends": legends,
-            "irreducible": list(IRREDUCIBLE_KNOBS), "metric": summary.metric,
+    blob = {"run": results.run, "items": view_items, "tiers": tiers, "knobs": list(registry.knob_names()),
+            "legends": legends, "irreducible": list(registry.irreducible_names()), "metric": summary.metric,
             "worst": [it["id"] for it in summary.worst]}
     worst_bad = [it for it in summary.worst if not it.get("passed")][:12] or summary.worst[:12]
     return env.get_template("index.html.j2").render(
