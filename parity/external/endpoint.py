@@ -43,6 +43,7 @@ from typing import Any, Callable
 from parity import http, limits
 from parity.errors import ConfigError, ParityError
 from parity.http import public_url  # noqa: F401 - shown URLs, importable from here as before
+from parity.items import PlannedItem
 from parity.jsonio import parse_json, short_text
 
 log = logging.getLogger("parity")
@@ -119,7 +120,7 @@ class EndpointClient:
         self.fetched: dict[str, Fetched] = {}
 
     # -- HTTP ----------------------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(self, method: str, path: str, body: Any = None) -> Any:  # JSON in, JSON out (any shape)
         """One JSON exchange, retried with backoff on connection errors, timeouts and 5xx answers while the
         wait lasts (a POST that timed out is not sent again: the server may have queued it, and a second copy
         would render twice)."""
@@ -165,7 +166,7 @@ class EndpointClient:
             raise EndpointError(f"inference server error: GET {self.public_url}/v1/models did not list models")
         return [str(m.get("id")) for m in models if isinstance(m, dict)]
 
-    def fetch_all(self, items: list[Any], out_dir: Path) -> None:
+    def fetch_all(self, items: list[PlannedItem], out_dir: Path) -> None:
         """Every item's render into `out_dir`, or its error; one failing item never stops the others. Ends
         within --endpoint-wait (plus at most one exchange's cleanup)."""
         self.deadline = time.monotonic() + self.wait
@@ -176,7 +177,7 @@ class EndpointClient:
                 self.fetched[it.id] = Fetched(error=str(e), source=self._source())
             return
         log.info("submitting %d request(s) to %s", len(items), self.public_url)
-        pending: dict[str, tuple[Any, str]] = {}
+        pending: dict[str, tuple[PlannedItem, str]] = {}
         for it in items:
             try:
                 pending[it.id] = (it, self._submit(it, models))
@@ -186,7 +187,7 @@ class EndpointClient:
         done = sum(1 for f in self.fetched.values() if f.error is None)
         log.info("%s rendered %d of %d item(s)", self.public_url, done, len(items))
 
-    def _submit(self, item: Any, models: list[str]) -> str:
+    def _submit(self, item: PlannedItem, models: list[str]) -> str:
         from parity.external.export import render_request, request_document
 
         # the settings under test: the preview's own unless --set / --profile / --request say otherwise
@@ -203,7 +204,7 @@ class EndpointClient:
                                 f"request_id ({short_text(repr(rid), 80)})")
         return rid
 
-    def _poll(self, pending: dict[str, tuple[Any, str]], out_dir: Path) -> None:
+    def _poll(self, pending: dict[str, tuple[PlannedItem, str]], out_dir: Path) -> None:
         interval = self.poll
         while pending:
             for iid, (it, rid) in list(pending.items()):
@@ -228,7 +229,7 @@ class EndpointClient:
         doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}/status")
         return str(doc.get("status", "")) if isinstance(doc, dict) else ""
 
-    def _result(self, item: Any, rid: str, out_dir: Path) -> Fetched:
+    def _result(self, item: PlannedItem, rid: str, out_dir: Path) -> Fetched:
         doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}/result")
         doc = doc if isinstance(doc, dict) else {}
         source = self._source(rid)
@@ -245,7 +246,7 @@ class EndpointClient:
                       seed=images[0].get("seed"))
         return Fetched(path=path, source=source)
 
-    def _keep(self, image: dict[str, Any], item: Any, out_dir: Path, rid: str) -> Path:
+    def _keep(self, image: dict[str, Any], item: PlannedItem, out_dir: Path, rid: str) -> Path:
         """The result image kept in the run folder under a name made of the item id only (read from the server's
         path, or downloaded); the server's `format` only has to be one parity reads."""
         from parity.external.sources import keep_render
@@ -264,7 +265,7 @@ class EndpointClient:
                             f"{short_text(str(file_path))} on the server's machine, which is not readable here (run "
                             "parity where the server's OUTPUT_BASE_PATH is visible)")
 
-    def _download(self, url: str, item: Any, out_dir: Path) -> Path:
+    def _download(self, url: str, item: PlannedItem, out_dir: Path) -> Path:
         """The image at `url` (the credential only if it is the endpoint's origin), checked as an image, kept."""
         from parity.external.sources import keep_render
 
@@ -286,7 +287,7 @@ class EndpointClient:
     def _source(self, rid: str | None = None) -> dict[str, Any]:
         return {"kind": "endpoint", "location": self.public_url, **({"request_id": rid} if rid else {})}
 
-    def result(self, item: Any) -> tuple[Path, dict[str, Any]]:
+    def result(self, item: PlannedItem) -> tuple[Path, dict[str, Any]]:
         """The item's kept image and source (parity.external.sources); its error as a ParityError."""
         got = self.fetched.get(item.id)
         if got is None:

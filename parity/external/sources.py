@@ -19,12 +19,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from parity.errors import ConfigError, InputFileError, ParityError
+from parity.items import PlannedItem
 from parity.jsonio import short_text
+
+if TYPE_CHECKING:
+    from parity.compare.load import LoadedImage
+    from parity.engine.render import RenderResult
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 KEPT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}   # Pillow's format -> the kept file's suffix
@@ -131,14 +136,14 @@ def read_render(path: Path) -> np.ndarray:
     return load_render(path).rgb
 
 
-def load_render(path: Path) -> Any:
+def load_render(path: Path) -> LoadedImage:
     """An external render as parity.compare.load.LoadedImage (pixels and the file's real format)."""
     from parity.compare.load import load_image
 
     return load_image(path)
 
 
-def keep_render(src: Path, item_id: str, out_dir: Path, loaded: Any = None) -> Path:
+def keep_render(src: Path, item_id: str, out_dir: Path, loaded: LoadedImage | None = None) -> Path:
     """A copy of an external render in the run folder (the report and a resumed run read it there), named
     `<item id's file name><suffix of its real format>`: nothing the stack or a server chose is in the name. A PNG,
     JPEG or WebP within limits.MAX_IMAGE_BYTES is copied byte for byte; anything else (a TIFF named .png, a PNG
@@ -155,19 +160,38 @@ def keep_render(src: Path, item_id: str, out_dir: Path, loaded: Any = None) -> P
 
 
 # ----------------------------------------------------------------------------------------------- the router
+class EngineRenders(Protocol):
+    """What the router asks of parity's engines (parity.runner.engines.EnginePool, which imports this module)."""
+
+    def render(self, item: PlannedItem) -> RenderResult: ...
+
+    def prepare_embeddings(self, items: list[PlannedItem]) -> None: ...
+
+
+class EndpointRenders(Protocol):
+    """What the router asks of a reference inference server (parity.external.endpoint.EndpointClient, which
+    imports this module)."""
+
+    public_url: str
+
+    def fetch_all(self, items: list[PlannedItem], out_dir: Path) -> None: ...
+
+    def result(self, item: PlannedItem) -> tuple[Path, dict[str, Any]]: ...
+
+
 class RenderSources:
     """Per item: the endpoint when one is given, else the item's case `renders` folder, else parity's engine."""
 
-    def __init__(self, pool: Any, out_dir: Path, endpoint: Any = None):
+    def __init__(self, pool: EngineRenders, out_dir: Path, endpoint: EndpointRenders | None = None):
         self.pool, self.out_dir, self.endpoint = pool, Path(out_dir), endpoint
         self.folders: dict[Path, FolderIndex] = {}
 
-    def kind(self, item: Any) -> str:
+    def kind(self, item: PlannedItem) -> str:
         if self.endpoint is not None:
             return "endpoint"
         return "folder" if getattr(item.case, "renders", None) is not None else "engine"
 
-    def describe(self, item: Any) -> dict[str, Any]:
+    def describe(self, item: PlannedItem) -> dict[str, Any]:
         """The record's `source` before anything was fetched (error records get it too)."""
         kind = self.kind(item)
         if kind == "engine":
@@ -176,7 +200,7 @@ class RenderSources:
             return {"kind": "endpoint", "location": self.endpoint.public_url}
         return {"kind": self._folder(item).kind, "location": str(self._folder(item).location)}
 
-    def prepare(self, items: list[Any]) -> None:
+    def prepare(self, items: list[PlannedItem]) -> None:
         """Before the first render: index the folders, fetch every endpoint render, encode engine prompts."""
         engine_items = [it for it in items if self.kind(it) == "engine"]
         if engine_items:
@@ -184,7 +208,7 @@ class RenderSources:
         if self.endpoint is not None:
             self.endpoint.fetch_all([it for it in items if not it.problem], self.out_dir / "external")
 
-    def render(self, item: Any):
+    def render(self, item: PlannedItem) -> RenderResult | ExternalRender:
         kind = self.kind(item)
         if kind == "engine":
             return self.pool.render(item)
@@ -198,7 +222,7 @@ class RenderSources:
             image, path = loaded.rgb, keep_render(original, item.id, self.out_dir / "external", loaded)
         return ExternalRender(image, source, path, {"load_s": time.perf_counter() - started})
 
-    def _folder(self, item: Any) -> FolderIndex:
+    def _folder(self, item: PlannedItem) -> FolderIndex:
         location = Path(item.case.renders)
         if location not in self.folders:  # one item on its own (the pytest plugin): matched alone
             return index_folder(location, [item.id])
@@ -208,7 +232,7 @@ class RenderSources:
         self.folders[Path(location)] = idx = index_folder(location, ids)
         return idx
 
-    def _folder_file(self, item: Any) -> tuple[Path, dict[str, Any]]:
+    def _folder_file(self, item: PlannedItem) -> tuple[Path, dict[str, Any]]:
         idx = self._folder(item)
         path = idx.files.get(item.id)
         if path is None:
