@@ -31,12 +31,13 @@ downloads, retries included) within `wait` seconds of its start; what is not don
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ from parity.errors import ConfigError, ParityError
 from parity.http import public_url  # noqa: F401 - shown URLs, importable from here as before
 from parity.items import PlannedItem
 from parity.jsonio import parse_json, short_text
+from parity.record import RenderSource
 
 log = logging.getLogger("parity")
 
@@ -100,8 +102,8 @@ def endpoint_credential(base: str, value: str | None, allow_insecure: bool) -> h
 class Fetched:
     """One item's outcome: the image file kept in the run folder and where it came from, or the error."""
 
+    source: RenderSource
     path: Path | None = None
-    source: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -242,8 +244,8 @@ class EndpointClient:
             return Fetched(error=f"inference server error: request {rid} succeeded without an image", source=source)
         path = self._keep(images[0], item, out_dir, rid)
         where = images[0].get("url") if isinstance(images[0].get("url"), str) else images[0].get("file_path")
-        source.update(file=public_url(where) if images[0].get("url") else short_text(str(where)),
-                      seed=images[0].get("seed"))
+        source.file = public_url(where) if images[0].get("url") else short_text(str(where))
+        source.extra["seed"] = images[0].get("seed")   # as the server reported it
         return Fetched(path=path, source=source)
 
     def _keep(self, image: dict[str, Any], item: PlannedItem, out_dir: Path, rid: str) -> Path:
@@ -284,17 +286,17 @@ class EndpointClient:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _source(self, rid: str | None = None) -> dict[str, Any]:
-        return {"kind": "endpoint", "location": self.public_url, **({"request_id": rid} if rid else {})}
+    def _source(self, rid: str | None = None) -> RenderSource:
+        return RenderSource(kind="endpoint", location=self.public_url, request_id=rid or None)
 
-    def result(self, item: PlannedItem) -> tuple[Path, dict[str, Any]]:
+    def result(self, item: PlannedItem) -> tuple[Path, RenderSource]:
         """The item's kept image and source (parity.external.sources); its error as a ParityError."""
         got = self.fetched.get(item.id)
         if got is None:
             raise ParityError(f"missing render: {item.id} was not requested from {self.public_url}")
         if got.error:
             raise ParityError(got.error)
-        return got.path, dict(got.source)
+        return got.path, dataclasses.replace(got.source, extra=dict(got.source.extra))
 
 
 def _is_file(path: str) -> bool:

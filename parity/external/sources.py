@@ -26,6 +26,7 @@ import numpy as np
 from parity.errors import ConfigError, InputFileError, ParityError
 from parity.items import PlannedItem
 from parity.jsonio import short_text
+from parity.record import RenderSource
 
 if TYPE_CHECKING:
     from parity.compare.load import LoadedImage
@@ -41,7 +42,7 @@ class ExternalRender:
     """An image an external stack rendered for one item, in the place of parity.engine.RenderResult."""
 
     image: np.ndarray                  # (H, W, 3) uint8, as a viewer shows the file
-    source: dict[str, Any]             # kind, location, file (+ request_id for an endpoint)
+    source: RenderSource               # kind, location, file (+ request_id for an endpoint)
     kept: Path | None = None           # the file as the stack wrote it, copied into the run folder
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -176,7 +177,7 @@ class EndpointRenders(Protocol):
 
     def fetch_all(self, items: list[PlannedItem], out_dir: Path) -> None: ...
 
-    def result(self, item: PlannedItem) -> tuple[Path, dict[str, Any]]: ...
+    def result(self, item: PlannedItem) -> tuple[Path, RenderSource]: ...
 
 
 class RenderSources:
@@ -191,14 +192,14 @@ class RenderSources:
             return "endpoint"
         return "folder" if getattr(item.case, "renders", None) is not None else "engine"
 
-    def describe(self, item: PlannedItem) -> dict[str, Any]:
+    def describe(self, item: PlannedItem) -> RenderSource:
         """The record's `source` before anything was fetched (error records get it too)."""
         kind = self.kind(item)
         if kind == "engine":
-            return {"kind": "engine"}
-        if kind == "endpoint":
-            return {"kind": "endpoint", "location": self.endpoint.public_url}
-        return {"kind": self._folder(item).kind, "location": str(self._folder(item).location)}
+            return RenderSource()
+        if self.endpoint is not None:
+            return RenderSource(kind="endpoint", location=self.endpoint.public_url)
+        return RenderSource(kind=self._folder(item).kind, location=str(self._folder(item).location))
 
     def prepare(self, items: list[PlannedItem]) -> None:
         """Before the first render: index the folders, fetch every endpoint render, encode engine prompts."""
@@ -232,7 +233,7 @@ class RenderSources:
         self.folders[Path(location)] = idx = index_folder(location, ids)
         return idx
 
-    def _folder_file(self, item: PlannedItem) -> tuple[Path, dict[str, Any]]:
+    def _folder_file(self, item: PlannedItem) -> tuple[Path, RenderSource]:
         idx = self._folder(item)
         path = idx.files.get(item.id)
         if path is None:
@@ -244,4 +245,4 @@ class RenderSources:
                                  short_text(str(path))) from None
         if not there:
             raise InputFileError("missing render: the manifest names a file that is not there", path)
-        return path, {"kind": idx.kind, "location": str(idx.location), "file": str(path.resolve())}
+        return path, RenderSource(kind=idx.kind, location=str(idx.location), file=str(path.resolve()))

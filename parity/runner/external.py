@@ -157,8 +157,7 @@ class ExternalExplanation:
                 "reproduction": str(self._save(item, best_spec))}
 
     def _target(self, rec: ItemRecord) -> Path:
-        p = Path(rec.paths["external"])
-        return p if p.is_absolute() else (self.work_dir.parent / p)
+        return Path(rec.paths["external"])   # absolute, as every path of a record in memory
 
     def _save(self, item: PlannedItem, spec: RenderSpec) -> Path:
         from parity import fileio

@@ -98,7 +98,7 @@ class Runner:
         try:
             rec = with_source(self.sources, r.item, rendered_record(r.item, r.result, r.render_path, r.comparison.result(),
                                                         r.started, self.hardware))
-            if rec.source.get("kind") == "engine" and self.guard.wants(r.item, rec):
+            if rec.source is not None and not rec.external_render and self.guard.wants(r.item, rec):
                 self.guard.apply(r.item, rec, r.result.image)
             return rec
         except Exception as e:  # noqa: BLE001
@@ -212,17 +212,16 @@ _DOING = {"NoiseFloor": "measuring the noise floor of", "Attribution": "attribut
 
 def policies_for(follow_ups: tuple[FollowUp, ...], item: PlannedItem, rec: ItemRecord) -> list[FollowUp]:
     """The follow-ups `rec` calls for: engine-side ones for engine renders, `external` ones for the others."""
-    external = (rec.source or {}).get("kind", "engine") != "engine"
-    return [p for p in follow_ups if getattr(p, "external", False) == external and p.wants(item, rec)]
+    return [p for p in follow_ups if getattr(p, "external", False) == rec.external_render and p.wants(item, rec)]
 
 
 def with_source(sources: RenderSources, item: PlannedItem, rec: ItemRecord) -> ItemRecord:
     """The record with where its render came from (the source's own facts when it rendered)."""
     try:
-        rec.source = dict(sources.describe(item), **(rec.source or {}))
+        rec.source = rec.source or sources.describe(item)  # a render's own source says more
     except Exception:  # noqa: BLE001 - describing a source never costs the item
         log.debug("no source for %s", item.id, exc_info=True)
-    if (rec.source or {}).get("kind", "engine") != "engine":
+    if rec.external_render:
         # lora_precision, merge_history, hardware compare the preview with parity's engine, not another stack
         rec.irreducible, rec.irreducible_details = [], []
     return rec

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from parity.errors import ParityError
 from parity.items import PlannedItem
-from parity.record import Cause, Determinism, ItemRecord
+from parity.record import Cause, Determinism, ItemRecord, NoiseFloorRecord, SuspectsRecord
 from parity.spec import RenderSpec
 
 from .engines import EnginePool
@@ -103,15 +103,15 @@ class NoiseFloor:
             tier, reason, floor = self._measure(item, rec, image)
         except Exception as e:  # noqa: BLE001 - never lose the item for it
             log.debug("noise floor of %s failed", item.id, exc_info=True)
-            rec.noise_floor = {"knobs": [], "tier_before": before, "tier": before, "applied": False,
-                               "error": f"{type(e).__name__}: {e}"}
+            rec.noise_floor = NoiseFloorRecord(knobs=[], tier_before=before, tier=before, applied=False,
+                                               error=f"{type(e).__name__}: {e}")
             return
         rec.noise_floor = floor
         if tier != before:
             rec.tier, rec.reason = tier, reason
             judge(rec, item)
 
-    def _measure(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> tuple[str, str, dict[str, Any]]:
+    def _measure(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> tuple[str, str, NoiseFloorRecord]:
         from parity.compare import decide_floor_tier, twin_metrics
         from parity.diagnose.floor import TWINS, floor_record, noise_twin, worst_twin
 
@@ -181,14 +181,15 @@ class Attribution:
                 rec.causes = [Cause(**c) for c in causes_list(found)]
                 rec.attribution = found.to_dict()
             else:
-                rec.suspects = self._recover(item, render, score).to_dict()
+                rec.suspects = SuspectsRecord.from_dict(self._recover(item, render, score).to_dict())
         except Exception as e:  # noqa: BLE001
             log.debug("attribution of %s failed", item.id, exc_info=True)
             rec.attribution = {"error": f"{type(e).__name__}: {e}"}
-        for d in (rec.attribution, rec.suspects):
-            if isinstance(d, dict) and "extra_renders" in d:
-                d["case_renders"] = self.spent.get(_case_key(item), 0)
-                d["cost"] = self._cost(item)
+        case_renders = self.spent.get(_case_key(item), 0)
+        if isinstance(rec.attribution, dict) and "extra_renders" in rec.attribution:
+            rec.attribution.update(case_renders=case_renders, cost=self._cost(item))
+        if rec.suspects is not None:
+            rec.suspects.case_renders, rec.suspects.cost = case_renders, self._cost(item)
 
     def _cost(self, item: PlannedItem) -> dict[str, Any]:
         """The case's renders so far of its budget, and their wall time on the real model (doctor's plan)."""

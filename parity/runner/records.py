@@ -28,8 +28,8 @@ def failure_message(e: BaseException) -> str:
 
 
 def _abs(path: str | Path | None) -> str | None:
-    """An absolute path (the store makes it relative to the results folder): a relative `--out` must not leave
-    paths relative to whatever the working directory was."""
+    """An absolute path, as every path of a record in memory (the results store makes it relative only when it
+    writes the record): a relative `--out` must not leave paths relative to whatever the working directory was."""
     return os.path.abspath(path) if path else None
 
 
@@ -75,7 +75,7 @@ def rendered_record(item: PlannedItem, result: RenderResult | ExternalRender, re
     rec.metrics, rec.metric_variants = c.get("metrics", {}), c.get("variants", {})
     rec.jpeg, rec.ceiling, rec.size_mismatch = c.get("jpeg"), c.get("ceiling"), c.get("size_mismatch")
     rec.render = render_facts(result)
-    rec.source = dict(getattr(result, "source", None) or {})
+    rec.source = getattr(result, "source", None)  # an external render's; the engine's is set by the runner
     if getattr(result, "kept", None) is not None:  # an external render: the file as the user's stack wrote it
         rec.paths["external"] = _abs(result.kept)
     rec.timings = dict(result.timings, total_s=time.perf_counter() - started)
