@@ -126,9 +126,9 @@ class NoiseFloorRecord:
     """The noise floor measured for an irreducible-only DRIFT item (parity.diagnose.floor): render vs noise twin,
     worst of `draws`, and whether it lifted the tier; or the `error` when the measurement failed."""
 
+    tier_before: str                                            # the item's tier before the measurement
+    tier: str                                                   # ... and after it
     knobs: list[str] = field(default_factory=list)              # the irreducible knobs sampled
-    tier_before: str = "DRIFT"
-    tier: str = "DRIFT"
     applied: bool = False                                       # the tier was lifted (NEAR: within the floor)
     reason: str = ""
     draws: list[float] = field(default_factory=list)            # SSIM-Y of each twin

@@ -66,11 +66,12 @@ def render_stem(item_id: str) -> str:
 def render_request(item_id: str, it: PreviewItem | PlannedItem, spec: RenderSpec | None = None) -> RenderRequest:
     """The request of one parity.job PreviewItem (or a parity.items.PlannedItem), for the preview's own spec or
     `spec` (e.g. the settings under test)."""
-    from parity.items import PlannedItem
+    from parity.job.job import PreviewItem
 
-    planned = isinstance(it, PlannedItem)
-    s = spec if spec is not None else it.preview.spec if planned else it.resolved.spec
-    preview = it.preview_path if planned else it.preview
+    if isinstance(it, PreviewItem):
+        s, preview = spec if spec is not None else it.resolved.spec, it.preview
+    else:
+        s, preview = spec if spec is not None else it.preview.spec, it.preview_path
     return RenderRequest(
         id=item_id, step=it.step, index=it.index, prompt=s.prompt, width=s.width, height=s.height, seed=s.seed,
         sample_steps=s.sample_steps, guidance_scale=float(s.guidance_scale),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from parity.fileio import write_text_atomic  # noqa: F401 - its first home; every writer is parity.fileio now
 from parity.jsonio import dumps
@@ -36,9 +36,9 @@ def dumps_results(doc: dict[str, Any], folder: str | Path) -> str:
     return head[:-1] + (sep + '"items": [\n' + body + "\n]}\n" if items else sep + '"items": []}\n')
 
 
-def _map_paths(item: dict[str, Any], fix: Any) -> dict[str, Any]:
+def _map_paths(item: dict[str, Any], fix: Callable[[str], str]) -> dict[str, Any]:
     """A copy of `item` whose `paths` values (strings, lists and dicts of them) went through `fix`."""
-    def walk(p: Any) -> Any:
+    def walk(p: Any) -> Any:  # a path, or lists and dicts of paths (JSON as the item holds it)
         if isinstance(p, list):
             return [walk(x) for x in p]
         if isinstance(p, dict):
