@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from parity.errors import ConfigError
-from parity.family import arches
+from parity.family import DEFAULT_ARCH, arches, is_member, other_hint
 
 MAX_REQUEST_BYTES = 8 * 2**20   # a request file is a few KB
 
@@ -102,9 +102,9 @@ def _model(data: Mapping, path: str) -> str:
     """The request's `model`: one the server runs with AI Toolkit's FLUX.2 semantics."""
     model = data.get("model")
     if not isinstance(model, str):
-        raise ConfigError("model: required, expected the string \"flux2\"", path)
-    if model not in arches():
-        hint = " (flux2_diffusers wraps diffusers' pipeline with divisor 32: use the diffusers profile with --set resolution_divisor=32)" if model == "flux2_diffusers" else ""
+        raise ConfigError(f"model: required, expected the string \"{DEFAULT_ARCH}\"", path)
+    if not is_member(model):
+        hint = f" ({other_hint(model)})" if other_hint(model) else ""
         raise ConfigError(f"model: {model!r} is not supported; parity checks "
                           f"{', '.join(repr(m) for m in arches())}{hint}", path)
     return model
