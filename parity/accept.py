@@ -21,7 +21,8 @@ from typing import Any
 
 from parity.cases import Expectation, case_file_sha256, load_case
 from parity.errors import ConfigError, ParityError
-from parity.spec import KNOBS, tier_rank
+from parity import knobs
+from parity.spec import tier_rank
 
 
 @dataclass
@@ -101,7 +102,7 @@ def widened_expectation(old: Expectation, accepted: list[dict[str, Any]], alread
     """(expect.mismatches, expect.tier, what widened in words) covering `accepted` and the items the case
     already expects (`already`), so none of them fails after the edit."""
     listed = list(old.mismatches or ())
-    new_knobs = [k for k in KNOBS if any(k in it.get("mismatches", []) for it in accepted) and k not in listed]
+    new_knobs = [k for k in knobs.knob_names() if any(k in it.get("mismatches", []) for it in accepted) and k not in listed]
     mismatches = listed + new_knobs
     widened = [f"expect.mismatches + {k} ({', '.join(it['id'] for it in accepted if k in it.get('mismatches', []))})"
                for k in new_knobs]

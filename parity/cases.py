@@ -49,7 +49,7 @@ _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "mismatc
 _HIGHER_IS_BETTER = {"ssim", "ssim_y", "psnr"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Expectation:
     """The gate (`min_tier`, metric floors/ceilings) and the differences known in advance.
 
@@ -59,7 +59,7 @@ class Expectation:
 
     min_tier: str = "NEAR"
     thresholds: dict[str, float] = field(default_factory=dict)
-    mismatches: tuple[str, ...] | None = None   # knobs expected to differ (parity.spec.KNOBS)
+    mismatches: tuple[str, ...] | None = None   # knobs expected to differ (parity.knobs)
     tier: str | None = None                     # the worst tier an expected difference may reach
 
     @property
@@ -119,8 +119,11 @@ class Expectation:
         return not reasons or expected is not None, expected, reasons
 
 
-@dataclass
+@dataclass(frozen=True)
 class Case:
+    """One case file as loaded. Frozen: a run's choices (parity.options) reach it as a new value
+    (`dataclasses.replace`), so the loaded case stays what its file says."""
+
     name: str
     path: Path                       # the case file
     job: Path | None = None          # AI Toolkit output folder
@@ -319,17 +322,18 @@ class _Validator:
         return tier
 
     def _knobs(self, raw: dict[str, Any]) -> tuple[str, ...] | None:
-        """expect.mismatches: a list of knob names (parity.spec.KNOBS), or None when absent."""
-        from parity.spec import KNOBS
+        """expect.mismatches: a list of knob names (parity.knobs), or None when absent."""
+        from parity.knobs import knob_names
 
+        names = knob_names()
         if "mismatches" not in raw:
             return None
         value = raw["mismatches"]
         if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
             raise self.bad("expect.mismatches", f"must be a list of knob names, got {value!r}")
-        unknown = [k for k in value if k not in KNOBS]
+        unknown = [k for k in value if k not in names]
         if unknown:
-            raise self.bad("expect.mismatches", f"unknown knob {unknown[0]!r}; knobs are {', '.join(KNOBS)}")
+            raise self.bad("expect.mismatches", f"unknown knob {unknown[0]!r}; knobs are {', '.join(names)}")
         return tuple(value)
 
     def inference(self) -> Any:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from parity.knobs import unset_text
+
 _SCHEDULE_NAMES = {"aitk": "AI Toolkit", "empirical": "diffusers empirical"}
-# What an unset value means, per knob (None is never shown as "None").
-_UNSET = {"text_encoder": "the base model's", "negative_prompt": "none", "checkpoint": "none (base model only)",
-          "lora_scale": "none"}
 
 
 def size_text(wh: Any) -> str:
@@ -60,7 +59,7 @@ def schedule_text(v: dict[str, Any]) -> str:
 def knob_text(knob: str, v: Any) -> str:
     """One knob's value as people read it."""
     if v is None or v == [] or v == "":
-        return _UNSET.get(knob, "none")
+        return unset_text(knob)  # what no value means, per knob (never "None")
     if knob == "resolution" and isinstance(v, dict) and "effective" in v:
         eff, req = v.get("effective"), v.get("requested")
         return size_text(eff) + (f" (requested {size_text(req)})" if req and list(req) != list(eff) else "")

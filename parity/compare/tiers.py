@@ -16,8 +16,8 @@ Order of the decision (docs/metrics.md has the calibration behind each default):
 A resampled comparison (sizes differed) is never better than DRIFT.
 
 Noise floor (`decide_floor_tier`): an item whose settings all match and whose only differences are irreducible
-(parity.spec.IRREDUCIBLE_KNOBS: LoRA file precision, merge history, hardware) cannot be pushed below their noise by
-any re-render. The runner measures that noise on the item itself (the render against a twin render that differs
+(parity.knobs' irreducible knobs: LoRA file precision, merge history, hardware) cannot be pushed below their noise
+by any re-render. The runner measures that noise on the item itself (the render against a twin render that differs
 by a sample of the irreducible difference) and a DRIFT within `noise_floor_ratio` times it becomes NEAR, labelled.
 """
 

@@ -1,4 +1,4 @@
-"""Noise floor of an item whose only differences are irreducible (parity.spec.IRREDUCIBLE_KNOBS).
+"""Noise floor of an item whose only differences are irreducible (parity.knobs: the irreducible knobs).
 
 No re-render can remove a LoRA file's rounding, the drift of merge rounds whose checkpoints are gone, or another
 device's kernels. What it can do is measure how much such a difference moves this very image: render a *twin*

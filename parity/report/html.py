@@ -33,7 +33,8 @@ from parity.report.junit import junit_xml
 from parity.report.markdown import markdown_summary
 from parity.report.store import SNAPSHOT_NAME, Results, dumps, dumps_results, write_text_atomic
 from parity.report.summary import Summary, item_score, summarize
-from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS
+from parity import knobs as registry
+from parity.spec import TIERS
 
 log = logging.getLogger("parity")
 
@@ -400,8 +401,8 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
     js = _static("report.js")
     view_items = [_view_item(it, out, thumbs, summary.metric, copies or {}) for it in items]
     legends = {"heatmap_diff": diff_legend(), "heatmap_ssim": ssim_legend(), "gradient": css_gradient()}
-    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(KNOBS), "legends": legends,
-            "irreducible": list(IRREDUCIBLE_KNOBS), "metric": summary.metric,
+    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(registry.knob_names()),
+            "legends": legends, "irreducible": list(registry.irreducible_names()), "metric": summary.metric,
             "worst": [it["id"] for it in summary.worst]}
     worst_bad = [it for it in summary.worst if not it.get("passed")][:12] or summary.worst[:12]
     return env.get_template("index.html.j2").render(

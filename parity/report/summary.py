@@ -8,7 +8,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS, tier_rank
+from parity import knobs as registry
+from parity.spec import TIERS, tier_rank
 from parity.values import cause_text
 
 SCORE_METRICS: tuple[str, ...] = ("ssim", "ssim_y")
@@ -119,7 +120,7 @@ def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
             if i == 0:
                 knobs[str(cause["knob"])]["top_cause"] += 1
         irreducible.update(list(dict.fromkeys(str(k) for k in it.get("irreducible", []))))
-    order = {k: i for i, k in enumerate(KNOBS + IRREDUCIBLE_KNOBS)}
+    order = {k: i for i, k in enumerate(registry.knob_names() + registry.irreducible_names())}
     knobs_sorted = dict(sorted(knobs.items(), key=lambda kv: (-kv[1]["mismatch"], -kv[1]["top_cause"],
                                                                order.get(kv[0], 99), kv[0])))
     steps = {case: sorted((st, sum(v) / len(v), min(v)) for st, v in per.items()) for case, per in by_step.items()}

@@ -11,7 +11,8 @@ from typing import Any
 
 from parity import fileio
 from parity.report.store import ResultsStore
-from parity.spec import IRREDUCIBLE_KNOBS, TIERS
+from parity import knobs as registry
+from parity.spec import TIERS
 
 HOSTILE_PROMPT = "<img src=x onerror=alert(1)>"
 HOSTILE_TEXTS = (
@@ -231,5 +232,5 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
         # judged against a measured noise floor (parity.compare.tiers.decide_floor_tier); no rnd draws, so the
         # sequence of the other items is unchanged
         item["noise_floor"] = _noise_floor(irreducible, metrics["ssim_y"])
-    assert item["tier"] in TIERS and all(k in IRREDUCIBLE_KNOBS for k in irreducible)
+    assert item["tier"] in TIERS and all(k in registry.irreducible_names() for k in irreducible)
     return item

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from parity import knobs
 from parity.items import PlannedItem
 from parity.record import ItemRecord
 from parity.spec import RenderSpec
@@ -32,12 +33,6 @@ if TYPE_CHECKING:
     from parity.compare.engine import Comparison
 
 log = logging.getLogger("parity")
-
-# knob -> RenderSpec fields, in the order a verdict names them (the knobs an inference stack's settings set)
-SETTING_KNOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("steps", ("sample_steps",)), ("guidance", ("guidance_scale",)), ("schedule", ("schedule",)),
-    ("resolution", ("width", "height")), ("seed", ("seed",)), ("lora_scale", ("network_multiplier",)),
-)
 
 
 @dataclass
@@ -57,16 +52,18 @@ class Observed:
 
 
 def setting_value(spec: RenderSpec, knob: str) -> Any:  # a knob's value, as JSON holds it
-    fields = dict(SETTING_KNOBS)[knob]
-    if knob == "resolution":
-        return f"{spec.width}x{spec.height}"
-    return getattr(spec, fields[0])
+    """The knob's value as an inference stack sets it: one setting's value, or several joined ("1024x768")."""
+    fields = knobs.knob(knob).stack.settings
+    if len(fields) > 1:
+        return "x".join(str(spec.value(f)) for f in fields)
+    return spec.value(fields[0])
 
 
 def recovered_settings(best: RenderSpec, preview: RenderSpec) -> dict[str, dict[str, Any]]:
-    """{knob: {"value": best's, "preview": preview's}} for each setting in which the reproduction differs."""
-    return {k: {"value": setting_value(best, k), "preview": setting_value(preview, k)}
-            for k, fields in SETTING_KNOBS if any(getattr(best, f) != getattr(preview, f) for f in fields)}
+    """{knob: {"value": best's, "preview": preview's}} for each setting in which the reproduction differs (the
+    registry's stack knobs, in the order a verdict names them)."""
+    return {k.name: {"value": setting_value(best, k.name), "preview": setting_value(preview, k.name)}
+            for k in knobs.stack_knobs() if any(best.value(f) != preview.value(f) for f in k.stack.settings)}
 
 
 def settings_verdict(settings: dict[str, dict[str, Any]], explained: bool, score: float) -> str:
