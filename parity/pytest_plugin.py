@@ -376,18 +376,17 @@ def failure_screen(record: ItemRecord, run_dir: Path) -> str:
     lines += [_knob_line(record, knob) for knob in record.mismatches]
     if record.irreducible:
         lines.append(f"  irreducible: {', '.join(record.irreducible)}")
-    floor = record.noise_floor or {}
-    if floor.get("reason") or floor.get("error"):
-        lines.append(f"  noise floor: {floor.get('reason') or 'not measured: ' + str(floor.get('error'))}")
+    floor = record.noise_floor
+    if floor is not None and (floor.reason or floor.error):
+        lines.append(f"  noise floor: {floor.reason or 'not measured: ' + str(floor.error)}")
     if record.causes:
         c = record.causes[0]
         lines.append(f"  top cause: {cause_text(c.knob, c.value_preview, c.value_inference, c.ssim_aligned)}")
-    src = record.source or {}
-    if src.get("kind", "engine") != "engine":  # a render from the user's own stack (docs/your-own-stack.md)
-        lines.append(f"  rendered by: {src.get('kind')} {src.get('file') or src.get('location') or ''}".rstrip())
-    sus = record.suspects or {}
-    if sus.get("verdict"):  # every knob agrees: what the search recovered (docs/parameter-recovery.md)
-        lines.append(f"  recovered: {sus['verdict']}")
+    src = record.source
+    if src is not None and src.external:  # a render from the user's own stack (docs/your-own-stack.md)
+        lines.append(f"  rendered by: {src.kind} {src.file or src.location or ''}".rstrip())
+    if record.suspects is not None and record.suspects.verdict:  # every knob agrees: what the search recovered
+        lines.append(f"  recovered: {record.suspects.verdict}")
     ex = record.explanation or {}
     if ex.get("verdict") or ex.get("error"):
         lines.append(f"  explanation: {ex.get('verdict') or 'failed: ' + str(ex.get('error'))}")

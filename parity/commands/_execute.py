@@ -194,11 +194,10 @@ def _public_argv() -> list[str]:
 def _write_json_copy(results: Any, path: Path) -> None:
     """`--json FILE`: the results, item paths rebased to FILE's folder (relative inside it, else absolute)."""
     from parity.jsonio import dumps
-    from parity.report.store import absolute_paths, relative_paths
+    from parity.report.store import item_on_disk
 
     doc = results.to_dict()
-    doc["items"] = [relative_paths(absolute_paths(it, results.base_dir), path.resolve().parent)
-                    for it in results.items]
+    doc["items"] = [item_on_disk(it, path.resolve().parent) for it in results.items]
     from parity import fileio
 
     path.parent.mkdir(parents=True, exist_ok=True)

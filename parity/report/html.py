@@ -31,8 +31,7 @@ from parity.jsonio import parse_json
 from parity.record import VIEW_FIELDS
 from parity.report.junit import junit_xml
 from parity.report.markdown import markdown_summary
-from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, dumps_results, relative_paths,
-                                 write_text_atomic)
+from parity.report.store import SNAPSHOT_NAME, Results, dumps, dumps_results, write_text_atomic
 from parity.report.summary import Summary, item_score, summarize
 from parity import knobs as registry
 from parity.report.texts import item_texts
@@ -606,7 +605,7 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
                         junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
                         thumbs=out / THUMB_DIR)
-    items = [absolute_paths(it, results.base_dir) for it in results.items]
+    items = list(results.items)
     copies: dict[str, str] = {}
     plan = _plan_copies(out, results.own_dirs, copies) if copy_images else None
     if plan is not None:
@@ -637,9 +636,8 @@ def _write_data_files(results: Results, items: list[dict[str, Any]], paths: Repo
     copies (`rewrite_own`)."""
     own = results.source is not None and paths.results.exists() and _same_file(paths.results, results.source)
     if not own or rewrite_own:
-        doc = {"schema": results.schema, "run": results.run,
-               "items": [relative_paths(it, paths.dir) for it in items]}
-        write_text_atomic(paths.results, dumps_results(doc))
+        doc = {"schema": results.schema, "run": results.run, "items": items}
+        write_text_atomic(paths.results, dumps_results(doc, paths.dir))
     rel_results = Results(run=results.run, items=items, base_dir=None, source=results.source,
                           warnings=results.warnings)
     write_text_atomic(paths.junit, junit_xml(rel_results, report_href=href))
