@@ -27,6 +27,7 @@ from _pytest._code.code import TerminalRepr  # the base class of pytest's own fa
 from parity.errors import ParityError
 from parity.options import PlanOptions, ReportOptions, RunOptions, SessionOptions
 from parity.record import ItemRecord
+from parity.tier import gate_names
 
 
 # -- options -----------------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--parity-report-dir", default=None, metavar="DIR",
                     help="where results.json and the HTML report go (default: reports/pytest-<time>)")
     group.addoption("--parity-min-tier", default=None,
-                    help="override every case's gate (EXACT, NEAR, DRIFT, DIFFERENT)")
+                    help=f"override every case's gate ({', '.join(gate_names())})")
     group.addoption("--parity-attribution", dest="parity_attribution", action="store_true", default=None,
                     help="re-render one knob at a time for items below their gate (default on)")
     group.addoption("--parity-no-attribution", dest="parity_attribution", action="store_false",
@@ -350,19 +351,11 @@ def junit_properties(record: ItemRecord) -> list[tuple[str, Any]]:
 
 
 def headline(record: ItemRecord) -> str:
-    """The failure in one line (pytest's short summary shows it after the item id): tier, gate and the top cause,
-    the mismatching knobs or the error."""
-    from parity.values import cause_text
+    """The failure in one line (pytest's short summary shows it after the item id): the item's verdict line
+    (parity.report.summary.Verdict.line: tier, gate and the error, top cause or mismatching knobs)."""
+    from parity.report.summary import verdict
 
-    line = f"tier {record.tier} (gate {record.gate})"
-    if record.error:
-        return f"{line}: {record.error.splitlines()[0]}"
-    if record.causes:
-        c = record.causes[0]
-        return f"{line}; top cause: {cause_text(c.knob, c.value_preview, c.value_inference)}"
-    if record.mismatches:
-        return f"{line}; mismatched: {', '.join(record.mismatches)}"
-    return f"{line}; {record.fail_reasons[0]}" if record.fail_reasons else line
+    return verdict(record.to_dict()).line
 
 
 def failure_screen(record: ItemRecord, run_dir: Path) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from parity.errors import InputFileError
 from parity.jsonio import number
-from parity.spec import TIERS, meets_gate
+from parity.tier import ERROR, meets_gate, tier_names
 
 
 @dataclass
@@ -220,7 +220,7 @@ class ItemRecord:
     step: int | None = None
     index: int | None = None
     prompt: str = ""                          # the preview's processed prompt
-    tier: str = "ERROR"
+    tier: str = ERROR.name
     gate: str | None = None
     passed: bool = False
     expected: str | None = None               # below the gate through differences the case expects (passes)
@@ -294,7 +294,7 @@ class ItemRecord:
         gate = _gate(item.get("gate") or default_gate, label, where)
         passed = item.get("passed")
         if not isinstance(passed, bool):
-            passed = meets_gate(tier, gate) if gate else tier != "ERROR"
+            passed = meets_gate(tier, gate) if gate else tier != ERROR.name
         return cls(id=iid, tier=tier, gate=gate, passed=passed, **values,
                    extra={k: v for k, v in item.items() if k not in _KNOWN})
 
@@ -363,17 +363,17 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
 def _tier(item: dict[str, Any], label: str, where: str | Path | None) -> str:
     tier = item.get("tier")
     if tier is None and item.get("error"):
-        tier = "ERROR"
-    if not isinstance(tier, str) or tier.upper() not in TIERS:
-        raise InputFileError(f"{label}: tier {tier!r} is not one of {', '.join(TIERS)}", where)
+        tier = ERROR.name
+    if not isinstance(tier, str) or tier.upper() not in tier_names():
+        raise InputFileError(f"{label}: tier {tier!r} is not one of {', '.join(tier_names())}", where)
     return tier.upper()
 
 
 def _gate(gate: Any, label: str, where: str | Path | None) -> str | None:
     if gate is None:
         return None
-    if not isinstance(gate, str) or gate.upper() not in TIERS:
-        raise InputFileError(f"{label}: gate {gate!r} is not one of {', '.join(TIERS)}", where)
+    if not isinstance(gate, str) or gate.upper() not in tier_names():
+        raise InputFileError(f"{label}: gate {gate!r} is not one of {', '.join(tier_names())}", where)
     return gate.upper()
 
 

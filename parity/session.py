@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 from parity.device import default_device
 from parity.errors import ParityError
 from parity.options import SessionOptions
-from parity.spec import TIERS
+from parity.tier import parse_gate
 
 
 def embedding_cache_dir() -> Path:
@@ -56,10 +56,10 @@ def run_metadata(device: str) -> dict[str, Any]:
 
 def gate_tier(text: str, option: str) -> str:
     """A gate given on the command line (`option` names where), checked: EXACT, NEAR, DRIFT or DIFFERENT."""
-    tier = str(text).upper()
-    if tier not in TIERS[:-1]:
-        raise ParityError(f"{option} must be one of {', '.join(TIERS[:-1])}, got {text!r}")
-    return tier
+    try:
+        return parse_gate(text)
+    except ValueError as e:
+        raise ParityError(f"{option} {e}") from None
 
 
 def missing_base_model(item: Any) -> str | None:

@@ -1,5 +1,5 @@
-"""Shared vocabulary: tiers, semantics and the render spec that decides the pixels (the knobs and settings are
-declared in parity.knobs).
+"""Shared vocabulary: semantics and the render spec that decides the pixels (the knobs and settings are
+declared in parity.knobs, the verdict tiers in parity.tier).
 
 This module is the single place where these names live; results.json, reports and diagnosis all use them.
 It imports nothing heavy (no torch) so the job reader and `parity report` can use it.
@@ -11,23 +11,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from parity.family import DEFAULT_ARCH
-
-# Verdict tiers, best to worst. A case's gate is a minimum tier.
-TIERS: tuple[str, ...] = ("EXACT", "NEAR", "DRIFT", "DIFFERENT", "ERROR")
-
-
-def tier_rank(tier: str) -> int:
-    """0 for EXACT ... 4 for ERROR; raises ValueError on an unknown tier name."""
-    try:
-        return TIERS.index(tier.upper())
-    except ValueError:
-        raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}") from None
-
-
-def meets_gate(tier: str, minimum: str) -> bool:
-    """True when `tier` is at least as good as `minimum` (ERROR never meets a gate)."""
-    return tier.upper() != "ERROR" and tier_rank(tier) <= tier_rank(minimum)
-
 
 # Sampling semantics a render can follow.
 SEMANTICS: tuple[str, ...] = ("aitk", "diffusers", "aitk-code")

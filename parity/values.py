@@ -1,7 +1,7 @@
 """Knob values as people read them: `96x64 (requested 100x64)`, `AI Toolkit mu 0.461`, `none`, never raw JSON.
 
 One formatter for every place a person reads a value (the pytest failure screen, the CLI table, JUnit, markdown);
-the HTML report's static/report.js mirrors `knob_text` for its parameter table. Torch-free.
+the HTML report gets its values formatted here too (parity.report.texts), in its page data. Torch-free.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any
 from parity.cases import Case, check_unique_names
 from parity.errors import ParityError
 from parity.options import EndpointOptions, PlanOptions, RunOptions, SessionOptions
-from parity.spec import TIERS
+from parity.tier import gate_names, tier_names
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                      help="inference profile: preview (default), reference-server, diffusers")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an inference setting, e.g. --set sample_steps=25 (repeatable)")
-    p.add_argument("--min-tier", default=None, help="gate for every item (EXACT, NEAR, DRIFT, DIFFERENT)")
+    p.add_argument("--min-tier", default=None, help=f"gate for every item ({', '.join(gate_names())})")
     p.add_argument("--no-attribution", action="store_true", help="skip one-knob-at-a-time re-renders")
     p.add_argument("--budget", type=int, default=None, help="extra renders diagnosis may spend per case (default: the case's budget:, else 90; 0: no search)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -272,7 +272,7 @@ def _plan(cases: list[Case], options: PlanOptions) -> tuple[list[Any], list[Any]
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     """The table of items with tier and causes, then the counts and the report path (control codes escaped)."""
     from parity.commands.plan import printable
-    from parity.report.summary import top_cause, verdict_mark
+    from parity.report.summary import verdict
 
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
     width = max([len(printable(it["id"])) for it in rows] + [4])
@@ -280,8 +280,8 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
         ssim_s = f"{ssim:7.4f}" if isinstance(ssim, (int, float)) else "      -"
-        mark, detail = verdict_mark(it), top_cause(it) or ""
-        print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {printable(detail)}")
-    counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
+        v = verdict(it)
+        print(f"{printable(it['id']):<{width}}  {v.tier:<9} {ssim_s}  {v.mark:<8} {printable(v.why or '')}")
+    counts = {t: sum(1 for it in items if it.get("tier") == t) for t in tier_names()}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
     print(f"report: {paths.index}")

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from parity import knobs as registry
-from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
+from parity.diagnose.cache import BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.diagnose.paramdiff import align_many, differing_knobs
 from parity.spec import RenderSpec
+from parity.tier import explains
 
 
 def compact_value(spec: RenderSpec, knob: str) -> Any:
@@ -80,7 +81,7 @@ class Attribution:
 
 
 def _restores(score: float, tier: str | None, explained_at: float) -> bool:
-    return tier in PARITY_TIERS if tier is not None else score >= explained_at
+    return explains(tier) if tier is not None else score >= explained_at
 
 
 def attribute(
@@ -114,7 +115,7 @@ def attribute(
             raise ValueError(f"unknown knob(s) {', '.join(unknown)}; expected some of {', '.join(names)}")
         diff = [k for k in diff if k in knobs]
     result = Attribution(baseline=base_score, baseline_tier=base_tier, knobs=list(diff), causes=[])
-    if base_tier in PARITY_TIERS:
+    if explains(base_tier):
         result.note = f"already at parity ({base_tier}); nothing to attribute"
         result.explained = True
         return result

@@ -11,6 +11,7 @@ from typing import Any
 from parity.errors import ParityError
 from parity.jsonio import dumps, to_jsonable
 from parity.record import ItemRecord
+from parity.tier import ERROR
 
 from .jsonfile import (JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME, absolute_paths, dumps_results, item_on_disk, now_iso,
                        write_text_atomic)
@@ -150,7 +151,7 @@ class ResultsStore:
     # -- queries
     def done_ids(self, *, include_errors: bool = True) -> set[str]:
         """Ids already recorded (for --resume); `include_errors=False` leaves ERROR items out so they are retried."""
-        return {i for i, it in self._items.items() if include_errors or it["tier"] != "ERROR"}
+        return {i for i, it in self._items.items() if include_errors or it["tier"] != ERROR.name}
 
     def compared_records(self) -> dict[str, ItemRecord]:
         """First-pass records of an interrupted run (compared, follow-ups not done), by id, for --resume."""

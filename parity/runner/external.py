@@ -23,6 +23,7 @@ from parity import knobs
 from parity.items import PlannedItem
 from parity.record import ItemRecord
 from parity.spec import RenderSpec
+from parity.tier import ERROR, explains
 
 from .engines import EnginePool
 from .policies import thresholds_of
@@ -99,7 +100,7 @@ class ExternalExplanation:
         self.observed = Observed()
 
     def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
-        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
+        return (self.enabled and item.case.attribution and rec.tier != ERROR.name and rec.below_gate
                 and item.preview_path is not None and bool(rec.paths.get("external"))
                 and rec.explanation is None)
 
@@ -147,7 +148,7 @@ class ExternalExplanation:
             return {"error": "the search rendered nothing", "search": found.to_dict()}
         best_spec, score, tier = best
         settings = recovered_settings(best_spec, spec)
-        explained = bool(getattr(found, "explained", False)) or tier in ("EXACT", "NEAR")
+        explained = bool(getattr(found, "explained", False)) or explains(tier)
         return {"verdict": settings_verdict(settings, explained, score), "explained": explained,
                 "settings": settings, "score": score, "tier": tier, "target": str(target),
                 "search_verdict": getattr(found, "verdict", ""), "search": found.to_dict(), "cost": cost,

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from parity.diagnose.cache import RenderCache
     from parity.engine.render import Engine
 
+from parity.tier import explains
+
 NEAR_ZERO = 0.1          # a recovered multiplier this close to 0 means the LoRA's effect is absent
-MATCHES = ("EXACT", "NEAR")
 
 
 def _recovered_multiplier(explanation: dict) -> float | None:
@@ -59,7 +60,7 @@ def without_lora_matches(engine: Engine, cache: RenderCache, spec: RenderSpec, t
         return False
     ssim0, tier0 = _score(without, target, thresholds)
     ssim1, _ = _score(with_lora, target, thresholds)
-    return tier0 in MATCHES and ssim0 > ssim1
+    return explains(tier0) and ssim0 > ssim1
 
 
 def check_lora_applied(explanation: dict[str, Any], spec: RenderSpec, without_lora: Callable[[], bool]) -> None:

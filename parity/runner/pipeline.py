@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from parity.errors import ParityError
 from parity.items import PlannedItem
 from parity.record import ItemRecord
+from parity.tier import ERROR
 
 from .engines import EnginePool
 from .policies import Attribution, Deferred, DeterminismGuard, FollowUp, NoiseFloor, follow_up_order
@@ -121,7 +122,7 @@ class Runner:
         if isinstance(out, ItemRecord):
             return out
         rec = self._finish(out)
-        if rec.tier != "ERROR":
+        if rec.tier != ERROR.name:
             self._follow_up(item, rec, out.result.image)
         return rec
 
@@ -144,7 +145,7 @@ class Runner:
 
         def settle(r: _Rendered) -> None:
             rec = self._finish(r)
-            pending = self._pending_follow_ups(r.item, rec) if rec.tier != "ERROR" else []
+            pending = self._pending_follow_ups(r.item, rec) if rec.tier != ERROR.name else []
             if not pending:
                 return finish(rec)
             if on_compared is not None:

@@ -16,6 +16,7 @@ from parity.errors import ParityError
 from parity.items import PlannedItem
 from parity.record import Cause, Determinism, ItemRecord, NoiseFloorRecord, SuspectsRecord
 from parity.spec import RenderSpec
+from parity.tier import DRIFT, ERROR, explaining_tiers, meets_gate
 
 from .engines import EnginePool
 from .records import judge
@@ -61,7 +62,7 @@ class DeterminismGuard:
         self.mode, self.engines = mode, engines
 
     def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
-        if self.mode == "off" or rec.tier == "ERROR":
+        if self.mode == "off" or rec.tier == ERROR.name:
             return False
         # auto: only items below their gate, where a nondeterministic machine would fake a mismatch (saves renders)
         return self.mode == "always" or rec.below_gate
@@ -93,7 +94,7 @@ class NoiseFloor:
     def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
         """DRIFT with every knob matching and some irreducible difference: the only items a measured floor can
         judge fairly (parity.compare.tiers.decide_floor_tier)."""
-        return (item.case.noise_floor and rec.tier == "DRIFT" and not rec.mismatches and bool(rec.irreducible)
+        return (item.case.noise_floor and rec.tier == DRIFT.name and not rec.mismatches and bool(rec.irreducible)
                 and not rec.nondeterministic and item.preview_path is not None and rec.noise_floor is None)
 
     def apply(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> None:
@@ -159,7 +160,7 @@ class Attribution:
                 self.members.setdefault(_case_key(item), []).append(item)
 
     def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
-        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
+        return (self.enabled and item.case.attribution and rec.tier != ERROR.name and rec.below_gate
                 and item.preview_path is not None and not rec.nondeterministic)
 
     def left(self, item: PlannedItem) -> int:
@@ -274,12 +275,8 @@ class Attribution:
 
 
 def _meeting(item: PlannedItem) -> tuple[str, ...]:
-    """Tiers that explain a preview for this item: those meeting its gate, and never worse than NEAR."""
-    from parity.spec import TIERS
-
-    gate = item.case.expect.min_tier
-    ok = TIERS[: TIERS.index(gate) + 1] if gate in TIERS else TIERS[:2]
-    return tuple(t for t in ok if t in ("EXACT", "NEAR"))
+    """Tiers that explain a preview for this item: those that explain one (parity.tier) and meet its gate."""
+    return tuple(t for t in explaining_tiers() if meets_gate(t, item.case.expect.min_tier))
 
 
 def _group_key(item: PlannedItem) -> tuple:

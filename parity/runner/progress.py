@@ -35,10 +35,10 @@ def eta_seconds(done: int, total: int, elapsed: float) -> float | None:
 
 
 def verdict_text(rec: ItemRecord) -> str:
-    """The tier with the verdict: "NEAR", "DRIFT (expected)", "DRIFT FAIL", "ERROR FAIL"."""
-    if rec.passed:
-        return f"{rec.tier} (expected)" if rec.expected else rec.tier
-    return f"{rec.tier} FAIL"
+    """The tier with the verdict: "NEAR", "DRIFT (expected)", "DRIFT FAIL", "ERROR FAIL" (parity.report.summary)."""
+    from parity.report.summary import verdict
+
+    return verdict({"tier": rec.tier, "passed": rec.passed, "expected": rec.expected}).status
 
 
 def counts_text(done: int, total: int, elapsed: float) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from parity.errors import ParityError
 from parity.items import CaseError, PlannedItem
 from parity.record import ItemRecord, Schedule
+from parity.tier import ERROR
 
 if TYPE_CHECKING:
     from parity.compare.engine import Comparison
@@ -85,7 +86,7 @@ def rendered_record(item: PlannedItem, result: RenderResult | ExternalRender, re
         rec.irreducible = [k for k in rec.irreducible if k != "merge_history"]
         rec.irreducible_details = [d for d in rec.irreducible_details if d.get("knob") != "merge_history"]
     if getattr(result, "nan_step", None) is not None:
-        rec.tier, rec.error = "ERROR", f"render produced NaN/inf at step {result.nan_step}"
+        rec.tier, rec.error = ERROR.name, f"render produced NaN/inf at step {result.nan_step}"
     judge(rec, item)
     return rec
 
@@ -118,7 +119,7 @@ def error_record(item: PlannedItem, message: str, started: float, hardware: str,
     except Exception:  # noqa: BLE001 - a broken plan still gets its error recorded
         rec = ItemRecord(id=item.id, case=item.case.name, step=item.step, index=item.index,
                          prompt=item.preview.spec.prompt)
-    rec.tier, rec.passed, rec.metrics, rec.error, rec.fail_reasons = "ERROR", False, {}, message, [message]
+    rec.tier, rec.passed, rec.metrics, rec.error, rec.fail_reasons = ERROR.name, False, {}, message, [message]
     rec.timings = {"total_s": time.perf_counter() - started}
     rec.traceback = tb
     return rec
@@ -126,6 +127,6 @@ def error_record(item: PlannedItem, message: str, started: float, hardware: str,
 
 def case_error_record(err: CaseError) -> ItemRecord:
     """The one ERROR record of a case that could not be planned (a parity.items.CaseError)."""
-    return ItemRecord(id=err.id, case=err.case_name, case_file=str(err.case_path), tier="ERROR", passed=False,
+    return ItemRecord(id=err.id, case=err.case_name, case_file=str(err.case_path), tier=ERROR.name, passed=False,
                       error=err.message, fail_reasons=[err.message])
 
