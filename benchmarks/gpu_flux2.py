@@ -122,11 +122,12 @@ def setup(a) -> dict:
         return dict(cfg=cfg, device=device, dtype=dtype, size=a.size or 64, steps=a.steps or 2,
                     text_len=a.text_len or 32, mm_n=256, mm_iters=5)
     from parity.engine.fullsize import TRANSFORMER_CONFIGS
+    from parity.family import DEFAULT_ARCH, family
 
     device = torch.device(a.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --tiny on a CPU")
-    return dict(cfg=TRANSFORMER_CONFIGS["flux2-dev"], device=device, dtype=torch.bfloat16, size=a.size or 1024,
+    return dict(cfg=TRANSFORMER_CONFIGS[family(DEFAULT_ARCH).transformer_config], device=device, dtype=torch.bfloat16, size=a.size or 1024,
                 steps=a.steps or 4, text_len=a.text_len or 512, mm_n=8192, mm_iters=20)
 
 

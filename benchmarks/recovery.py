@@ -35,9 +35,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from parity import knobs  # noqa: E402 - torch-free; after the environment above
+
 PROMPTS = ["a red cube on a table", "a portrait of a woman, studio light", "sks dog on the beach"]
 RECORDED = {"sample_steps": 20, "guidance_scale": 4.0, "network_multiplier": 1.0}
-TOLERANCE = {"steps": 0.0, "guidance": 0.25, "lora_scale": 0.05, "schedule": 0.25}
+TOLERANCE = {k: axis.tolerance for k, axis in knobs.searchable().items()}   # the registry's "right" per knob
 KNOBS = ("steps", "guidance", "lora_scale", "schedule")
 PER_KNOB = 30            # the bound: extra renders per knob that differs
 

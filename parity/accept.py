@@ -21,7 +21,8 @@ from typing import Any
 
 from parity.cases import Expectation, case_file_sha256, load_case
 from parity.errors import ConfigError, ParityError
-from parity.spec import KNOBS, tier_rank
+from parity import knobs
+from parity.tier import DIFFERENT, ERROR, worst_tier
 
 
 @dataclass
@@ -89,10 +90,10 @@ def locate_case(name: str, items: list[dict[str, Any]], search: list[Path]) -> t
 
 def refusal(item: dict[str, Any], allow_different: bool) -> str | None:
     """Why this failing item cannot become a known difference, or None."""
-    if item.get("tier") == "ERROR":
+    if item.get("tier") == ERROR.name:
         return "an ERROR is never accepted: fix what failed (" + str(item.get("error") or "error").splitlines()[0] + ")"
-    if item.get("tier") == "DIFFERENT" and not allow_different:
-        return "tier DIFFERENT: a different picture is accepted only with --allow-different"
+    if item.get("tier") == DIFFERENT.name and not allow_different:
+        return f"tier {DIFFERENT.name}: a different picture is accepted only with --allow-different"
     return None
 
 
@@ -101,14 +102,14 @@ def widened_expectation(old: Expectation, accepted: list[dict[str, Any]], alread
     """(expect.mismatches, expect.tier, what widened in words) covering `accepted` and the items the case
     already expects (`already`), so none of them fails after the edit."""
     listed = list(old.mismatches or ())
-    new_knobs = [k for k in KNOBS if any(k in it.get("mismatches", []) for it in accepted) and k not in listed]
+    new_knobs = [k for k in knobs.knob_names() if any(k in it.get("mismatches", []) for it in accepted) and k not in listed]
     mismatches = listed + new_knobs
     widened = [f"expect.mismatches + {k} ({', '.join(it['id'] for it in accepted if k in it.get('mismatches', []))})"
                for k in new_knobs]
     if old.tier is None and old.mismatches is not None and all(it.get("mismatches") for it in accepted):
         return mismatches, None, widened  # no ceiling was set: any tier of a listed difference already passes
     tiers = [it["tier"] for it in accepted + already] + ([old.tier] if old.tier else [])
-    tier = max(tiers, key=tier_rank)
+    tier = worst_tier(tiers)
     if tier != old.tier:
         widened.append(f"expect.tier: {old.tier or 'none'} -> {tier}")
     if old.mismatches is None:

@@ -35,7 +35,7 @@ import yaml
 
 from parity import yamlsafe
 from parity.errors import ConfigError
-from parity.spec import TIERS
+from parity.tier import DEFAULT_GATE, ERROR, meets_gate, parse_gate
 
 _TOP_KEYS = {
     "name", "job", "config", "lora", "steps", "base_model", "text_encoder", "inference", "expect",
@@ -49,7 +49,7 @@ _EXPECT_KEYS = {"min_tier", "ssim", "ssim_y", "psnr", "mae", "max_abs", "mismatc
 _HIGHER_IS_BETTER = {"ssim", "ssim_y", "psnr"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Expectation:
     """The gate (`min_tier`, metric floors/ceilings) and the differences known in advance.
 
@@ -57,9 +57,9 @@ class Expectation:
     listed in `mismatches` and (if given) its tier is no worse than `tier`; a mismatch not listed, a worse tier
     or an ERROR fails it."""
 
-    min_tier: str = "NEAR"
+    min_tier: str = DEFAULT_GATE
     thresholds: dict[str, float] = field(default_factory=dict)
-    mismatches: tuple[str, ...] | None = None   # knobs expected to differ (parity.spec.KNOBS)
+    mismatches: tuple[str, ...] | None = None   # knobs expected to differ (parity.knobs)
     tier: str | None = None                     # the worst tier an expected difference may reach
 
     @property
@@ -68,8 +68,6 @@ class Expectation:
 
     def check(self, tier: str, metrics: dict[str, float]) -> list[str]:
         """Reasons this result fails the expectation (empty list = passes)."""
-        from parity.spec import meets_gate
-
         reasons = []
         if not meets_gate(tier, self.min_tier):
             reasons.append(f"tier {tier} is below the gate {self.min_tier}")
@@ -86,11 +84,9 @@ class Expectation:
     def expected(self, tier: str, mismatches: list[str]) -> tuple[str | None, list[str]]:
         """For an item that fails `check`: (why its failure is expected, None) or (None, what is not expected).
         The second list names what makes it a real failure (an unlisted knob, a worse tier, an ERROR)."""
-        from parity.spec import meets_gate
-
         if not self.states_expected:
             return None, []
-        if tier == "ERROR":
+        if tier == ERROR.name:
             return None, ["an ERROR is never an expected difference"]
         new: list[str] = []
         if self.mismatches is not None:
@@ -119,8 +115,11 @@ class Expectation:
         return not reasons or expected is not None, expected, reasons
 
 
-@dataclass
+@dataclass(frozen=True)
 class Case:
+    """One case file as loaded. Frozen: a run's choices (parity.options) reach it as a new value
+    (`dataclasses.replace`), so the loaded case stays what its file says."""
+
     name: str
     path: Path                       # the case file
     job: Path | None = None          # AI Toolkit output folder
@@ -301,7 +300,7 @@ class _Validator:
         for key in raw:
             if key not in _EXPECT_KEYS:
                 raise self.bad(f"expect.{key}", f"unknown key; valid keys are {', '.join(sorted(_EXPECT_KEYS))}")
-        min_tier = self._tier("min_tier", raw.get("min_tier", "NEAR"))
+        min_tier = self._tier("min_tier", raw.get("min_tier", DEFAULT_GATE))
         tier = self._tier("tier", raw["tier"]) if raw.get("tier") is not None else None
         thresholds = {}
         for key, value in raw.items():
@@ -313,23 +312,24 @@ class _Validator:
         return Expectation(min_tier, thresholds, mismatches=self._knobs(raw), tier=tier)
 
     def _tier(self, key: str, value: Any) -> str:
-        tier = str(value).upper()
-        if tier not in TIERS or tier == "ERROR":
-            raise self.bad(f"expect.{key}", f"must be one of {', '.join(TIERS[:-1])}, got {value!r}")
-        return tier
+        try:
+            return parse_gate(value)
+        except ValueError as e:
+            raise self.bad(f"expect.{key}", str(e)) from None
 
     def _knobs(self, raw: dict[str, Any]) -> tuple[str, ...] | None:
-        """expect.mismatches: a list of knob names (parity.spec.KNOBS), or None when absent."""
-        from parity.spec import KNOBS
+        """expect.mismatches: a list of knob names (parity.knobs), or None when absent."""
+        from parity.knobs import knob_names
 
+        names = knob_names()
         if "mismatches" not in raw:
             return None
         value = raw["mismatches"]
         if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
             raise self.bad("expect.mismatches", f"must be a list of knob names, got {value!r}")
-        unknown = [k for k in value if k not in KNOBS]
+        unknown = [k for k in value if k not in names]
         if unknown:
-            raise self.bad("expect.mismatches", f"unknown knob {unknown[0]!r}; knobs are {', '.join(KNOBS)}")
+            raise self.bad("expect.mismatches", f"unknown knob {unknown[0]!r}; knobs are {', '.join(names)}")
         return tuple(value)
 
     def inference(self) -> Any:

@@ -6,6 +6,10 @@ A command module provides:
     EXAMPLES: str                  shown at the end of `parity <cmd> --help`
     add_arguments(parser) -> None
     run(args) -> int               exit code: 0 ok, 1 some items below their gate, 2 bad input or usage
+A command that runs cases (run, diff, demo) instead provides
+    options(args) -> RunOptions    its flags read and checked, once (parity.options)
+    run(args, options) -> int      `args` then only for what is not a run option (case paths, the job folder)
+and enters the CPU numerics mode its options name before anything else runs.
 
 Exit codes (docs/errors.md): 0 every item meets its gate, 1 some item does not, 2 bad input, usage or
 environment (disk full, permissions), 3 an internal error (a bug: the message says so), 130 interrupted.
@@ -109,15 +113,18 @@ def _setup_logging(verbose: bool, quiet: bool, debug: bool = False) -> None:
     quiet_third_party(debug)
 
 
-def _enter_cpu_numerics(args: argparse.Namespace, argv: list[str]) -> None:
-    """A rendering command (one with --cpu-numerics) enters its CPU numerics mode before torch loads; only the
-    program's own command line may restart itself with the pins (never a library call of `main`)."""
-    if not hasattr(args, "cpu_numerics"):
-        return
+def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the command; one that runs cases gets its options, built once, and enters their CPU numerics mode before
+    torch loads. Only the program's own command line may restart itself with the pins (never a library call of
+    `main`)."""
+    module = args._module
+    if not hasattr(module, "options"):
+        return int(module.run(args) or 0)
     from parity import cpu_numerics
 
-    cpu_numerics.enter(cpu_numerics.requested(args.cpu_numerics), device=getattr(args, "device", None),
-                       may_restart=argv == sys.argv[1:])
+    options = module.options(args)
+    cpu_numerics.enter(options.cpu_numerics, device=options.session.device, may_restart=argv == sys.argv[1:])
+    return int(module.run(args, options) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,14 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     only = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only if only in COMMANDS else None)
     args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
+    if not args.command:
         parser.print_help()
         return 2
-    args.verbose = args.verbose or getattr(args, "debug", False)
-    _setup_logging(args.verbose, args.quiet, getattr(args, "debug", False))
+    args.verbose = args.verbose or args.debug
+    _setup_logging(args.verbose, args.quiet, args.debug)
     try:
-        _enter_cpu_numerics(args, argv)
-        return int(args._module.run(args) or 0)
+        return _run_command(args, argv)
     except ParityError as err:
         if args.verbose:
             raise

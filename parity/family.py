@@ -15,7 +15,9 @@ Sources (ostris/ai-toolkit 27a03a91, extensions_built_in/diffusion_models/flux2/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Family:
     label: str                    # what a person calls it
     true_cfg: bool                # True: real CFG with the negative prompt (two forwards a step); False: guidance-distilled
     single_file: str              # the BFL transformer file AI Toolkit loads from a folder
+    pipeline_class: str           # a diffusers folder's model_index.json `_class_name`
     text_encoder_repo: str        # the text encoder AI Toolkit loads (hub id; parity never downloads it)
     text_encoder: str             # "mistral" | "qwen3": which prompt formatting and encoder class
     hidden_layers: tuple[int, ...]  # the text encoder's hidden states stacked into the context
@@ -40,18 +43,32 @@ class Family:
         return 2 if self.true_cfg else 1
 
     @property
+    def guidance_embeds(self) -> bool:
+        """The transformer config's `guidance_embeds`: a guidance-distilled model embeds the guidance scale."""
+        return not self.true_cfg
+
+    def runs_cfg(self, guidance_scale: float) -> bool:
+        """Whether a render reads the negative prompt: true CFG only above scale 1 (src/pipeline.py L298-302)."""
+        return self.true_cfg and guidance_scale > 1.0
+
+    def renders_like(self, other: "Family") -> bool:
+        """Whether a job of this member renders on a base model of `other`: the same prompt encoding and guidance
+        (transformer sizes are not compared: a tiny test model stands in for any member of its kind)."""
+        return (self.text_encoder, self.true_cfg) == (other.text_encoder, other.true_cfg)
+
+    @property
     def klein(self) -> bool:
         """Runs the [klein] pipeline (Flux2KleinPipeline layout, Qwen3 text encoder)."""
         return self.text_encoder == "qwen3"
 
 
-_KLEIN = dict(true_cfg=True, text_encoder="qwen3", hidden_layers=(9, 18, 27), te_qtype_key="qtype_te",
-              te_cast_always=False)
+_KLEIN = dict(true_cfg=True, pipeline_class="Flux2KleinPipeline", text_encoder="qwen3", hidden_layers=(9, 18, 27),
+              te_qtype_key="qtype_te", te_cast_always=False)
 
 FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("flux2", "FLUX.2-dev", true_cfg=False, single_file="flux2-dev.safetensors",
-           text_encoder_repo="mistralai/Mistral-Small-3.1-24B-Instruct-2503", text_encoder="mistral",
-           hidden_layers=(10, 20, 30), context_dim=15360, transformer_config="flux2-dev",
+           pipeline_class="Flux2Pipeline", text_encoder_repo="mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+           text_encoder="mistral", hidden_layers=(10, 20, 30), context_dim=15360, transformer_config="flux2-dev",
            text_encoder_config="mistral-small-3.1-24b", te_qtype_key="qtype", te_cast_always=True),
     Family("flux2_klein_4b", "FLUX.2 [klein] base 4B", single_file="flux-2-klein-base-4b.safetensors",
            text_encoder_repo="Qwen/Qwen3-4B", context_dim=7680, transformer_config="flux2-klein-4b",
@@ -85,8 +102,58 @@ def by_single_file(name: str) -> Family | None:
     return next((f for f in FAMILIES.values() if f.single_file == name), None)
 
 
-def klein_by_context(context_dim: int | None) -> Family:
-    """The [klein] member a diffusers transformer config belongs to, by its context width; the first [klein]
-    member when the width is no real one (tiny test models are named by their single file instead)."""
-    kleins = [f for f in FAMILIES.values() if f.klein]
-    return next((f for f in kleins if f.context_dim == context_dim), kleins[0])
+def guess_member(pipeline_class: str | None, guidance_embeds: bool | None, context_dim: int | None,
+                 named: str | None = None) -> Family:
+    """Which member a diffusers base folder holds: among the members of its pipeline class (else those whose
+    guidance embedding its transformer config has, else all), the one its single file names, else the one of its
+    context width, else the first (tiny test models have no real width)."""
+    members = list(FAMILIES.values())
+    pool = ([f for f in members if f.pipeline_class == pipeline_class]
+            or [f for f in members if guidance_embeds is not None and f.guidance_embeds == guidance_embeds]
+            or members)
+    return (next((f for f in pool if f.arch == named), None)
+            or next((f for f in pool if f.context_dim == context_dim), pool[0]))
+
+
+# -- AI Toolkit's other model families: named when a job or request asks for one, never rendered ---------------
+
+# config_modules.py L766-771: `flex1` is loaded as FLUX.1.
+ARCH_ALIASES = {"flex1": "flux"}
+# config_modules.py L800-822: with no `arch`, ModelConfig derives one from the legacy is_* flags, else sd1.
+LEGACY_ARCH_FLAGS = (("is_v2", "sd2"), ("is_v3", "sd3"), ("is_xl", "sdxl"), ("is_pixart", "pixart"),
+                     ("is_pixart_sigma", "pixart_sigma"), ("is_auraflow", "auraflow"), ("is_flux", "flux"),
+                     ("is_lumina2", "lumina2"), ("is_vega", "vega"), ("is_ssd", "ssd"))
+LEGACY_DEFAULT_ARCH = "sd1"
+# What the refusal calls a known non-FLUX.2 name (others are quoted as written), and what to do instead.
+OTHER_LABELS = {"flux": "FLUX.1"}
+OTHER_HINTS = {
+    # the reference server's model ids beside AI Toolkit's archs (src/schemas/models.py ModelType)
+    "flux2_diffusers": "flux2_diffusers wraps diffusers' pipeline with divisor 32: use the diffusers profile "
+                       "with --set resolution_divisor=32",
+}
+
+
+def aitk_arch(model: Mapping) -> Any:
+    """The arch AI Toolkit's ModelConfig gives a job's `model` section: `:tag` stripped, aliases resolved, legacy
+    is_* flags read when there is no `arch`. Not necessarily a FLUX.2 member (see `is_member`)."""
+    arch = model.get("arch")
+    if isinstance(arch, str) and ":" in arch:
+        arch = arch.split(":")[0]
+    arch = ARCH_ALIASES.get(arch, arch) if isinstance(arch, str) else arch
+    if arch is None:
+        arch = next((name for flag, name in LEGACY_ARCH_FLAGS if model.get(flag)), LEGACY_DEFAULT_ARCH)
+    return arch
+
+
+def is_member(name: Any) -> bool:
+    return isinstance(name, str) and name in FAMILIES
+
+
+def other_label(name: Any) -> str:
+    """How a refusal names a non-member: AI Toolkit's label for a known other family, else the name quoted."""
+    return OTHER_LABELS.get(name, repr(name)) if isinstance(name, str) else repr(name)
+
+
+def other_hint(name: Any) -> str:
+    """What to do instead for a known non-member ("" when there is nothing to say)."""
+    return OTHER_HINTS.get(name, "") if isinstance(name, str) else ""

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import os
 import time
+from argparse import Namespace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from _pytest._code.code import TerminalRepr  # the base class of pytest's own failure output
 
 from parity.errors import ParityError
+from parity.options import PlanOptions, ReportOptions, RunOptions, SessionOptions
 from parity.record import ItemRecord
+from parity.tier import gate_names
 
 
 # -- options -----------------------------------------------------------------------------------------------
@@ -37,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--parity-report-dir", default=None, metavar="DIR",
                     help="where results.json and the HTML report go (default: reports/pytest-<time>)")
     group.addoption("--parity-min-tier", default=None,
-                    help="override every case's gate (EXACT, NEAR, DRIFT, DIFFERENT)")
+                    help=f"override every case's gate ({', '.join(gate_names())})")
     group.addoption("--parity-attribution", dest="parity_attribution", action="store_true", default=None,
                     help="re-render one knob at a time for items below their gate (default on)")
     group.addoption("--parity-no-attribution", dest="parity_attribution", action="store_false",
@@ -66,42 +70,83 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   type="bool", default=False)
 
 
+@dataclass(frozen=True)
+class PluginOptions:
+    """The plugin's options: the run's (parity.options) and what only pytest has."""
+
+    run: RunOptions
+    cases: tuple[str, ...]          # case files or folders collected by `pytest parity`
+    skip_missing_model: bool        # skip, instead of fail, items whose base model is not here
+
+
 _INI_KEYS = ("cases", "base_model", "device", "report_dir", "min_tier")
 
 
-def _opt(config: pytest.Config, name: str) -> Any:
-    """Precedence: command line > ini > default."""
-    value = config.getoption(f"parity_{name}", default=None)
-    if (value is None or value == []) and name in _INI_KEYS:
-        value = config.getini(f"parity_{name}")
-    return value if value not in ("", []) else None
+def plugin_options(given: Namespace, ini: Callable[[str], Any]) -> PluginOptions:
+    """The one place the plugin reads its options: the command line (`given`), else the ini file, else the
+    default. Checked: a bad value is pytest's one-line usage error."""
+    from parity import cpu_numerics
+    from parity.session import gate_tier
+
+    def value(name: str) -> Any:
+        v = vars(given).get(f"parity_{name}")
+        if (v is None or v == []) and name in _INI_KEYS:
+            v = ini(f"parity_{name}")
+        return v if v not in ("", []) else None
+
+    def flag(name: str) -> bool:
+        v = vars(given).get(f"parity_{name}")
+        return bool(ini(f"parity_{name}") if v is None else v)
+
+    gate = value("min_tier")
+    report_dir = value("report_dir")
+    run = RunOptions(
+        plan=PlanOptions(base_model=value("base_model"), shard=value("shard"),
+                         min_tier=gate_tier(gate, "--parity-min-tier") if gate else None),
+        # a pytest run owns its report folder: a rerun into the same --parity-report-dir starts afresh
+        session=SessionOptions(device=value("device"), attribution=flag("attribution"), overwrite=True),
+        report=ReportOptions(report_url=value("report_url"), github=bool(value("github"))),
+        cpu_numerics=cpu_numerics.requested(value("cpu_numerics"), where="--parity-cpu-numerics"),
+        out=Path(report_dir) if report_dir else None)
+    return PluginOptions(run=run, cases=tuple(value("cases") or ("cases",)),
+                         skip_missing_model=flag("skip_missing_model"))
 
 
 def _case_paths(config: pytest.Config) -> list[Path]:
-    given = _opt(config, "cases") or ["cases"]
+    given = config.stash[_OPTIONS].cases
     return [(config.rootpath / p).resolve() if not Path(p).is_absolute() else Path(p) for p in given]
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]):
-    """Before output capture starts and before any conftest imports torch: enter the CPU numerics mode (a restart
-    of pytest itself with the pins, docs/numerics.md), then rewrite `pytest parity` (see _rewrite_parity_word)."""
-    _enter_cpu_numerics(early_config)
+    """Before output capture starts and before any conftest imports torch: read the options (once; xdist workers
+    read the same command line), enter their CPU numerics mode (a restart of pytest itself with the pins,
+    docs/numerics.md), then rewrite `pytest parity` (see _rewrite_parity_word)."""
+    try:
+        _enter_cpu_numerics(_read_options(early_config, early_config.known_args_namespace).run)
+    except ParityError as err:
+        raise pytest.UsageError(str(err)) from None
     _rewrite_parity_word(args)
     return (yield)
 
 
-def _enter_cpu_numerics(config: pytest.Config) -> None:
-    """--parity-cpu-numerics, else $PARITY_CPU_NUMERICS. xdist workers inherit the controller's pins and never
-    restart (their channel to the controller would break); a refusal is pytest's one-line usage error."""
+def _read_options(config: pytest.Config, given: Namespace) -> PluginOptions:
+    """The options, read once per process into the config's stash (a bad value: pytest's usage error)."""
+    if _OPTIONS not in config.stash:
+        try:
+            config.stash[_OPTIONS] = plugin_options(given, config.getini)
+        except ParityError as err:
+            raise pytest.UsageError(str(err)) from None
+    return config.stash[_OPTIONS]
+
+
+def _enter_cpu_numerics(options: RunOptions) -> None:
+    """xdist workers inherit the controller's pins and never restart (their channel to the controller would
+    break)."""
     from parity import cpu_numerics
 
-    known = config.known_args_namespace
-    try:
-        mode = cpu_numerics.requested(getattr(known, "parity_cpu_numerics", None), where="--parity-cpu-numerics")
-        cpu_numerics.enter(mode, device=getattr(known, "parity_device", None), may_restart="PYTEST_XDIST_WORKER" not in os.environ)
-    except ParityError as err:
-        raise pytest.UsageError(str(err)) from None
+    cpu_numerics.enter(options.cpu_numerics, device=options.session.device,
+                       may_restart="PYTEST_XDIST_WORKER" not in os.environ)
 
 
 def _rewrite_parity_word(args: list[str]) -> None:
@@ -129,22 +174,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # Third-party logs and loading bars stay out of the test output unless pytest logs at DEBUG.
     quiet_third_party(debug=str(config.getoption("log_level", default=None) or "").upper() == "DEBUG")
+    options = _read_options(config, config.option)  # read early unless the plugin came in late (a conftest)
     if hasattr(config, "workerinput"):  # an xdist worker: the controller chose the run folder
         run_dir = Path(config.workerinput["parity_run_dir"])
     else:
-        given = _opt(config, "report_dir")
-        run_dir = Path(given) if given else config.rootpath / "reports" / time.strftime("pytest-%Y%m%d-%H%M%S")
+        run_dir = options.run.out or config.rootpath / "reports" / time.strftime("pytest-%Y%m%d-%H%M%S")
     config.stash[_RUN_DIR] = run_dir.resolve()
     config.stash[_STATE] = _SessionState()
-    if config.getoption("parity_report_url", default=None):
+    report_url = options.run.report.report_url
+    if report_url:
         from parity.report.html import report_href
 
         try:  # a bad address is a usage error now, not a failure after every item has run
-            report_href(config.getoption("parity_report_url"))
+            report_href(report_url)
         except ParityError as e:
             raise pytest.UsageError(str(e).replace("--report-url", "--parity-report-url")) from None
 
 
+_OPTIONS = pytest.StashKey[PluginOptions]()
 _RUN_DIR = pytest.StashKey[Path]()
 _STATE = pytest.StashKey["_SessionState"]()
 
@@ -182,15 +229,13 @@ class CaseFile(pytest.File):
     def collect(self):
         from parity.cases import load_case
         from parity.run import plan_case
-        from parity.session import gate_tier
 
         config = self.config
+        plan = config.stash[_OPTIONS].run.plan
         try:
             case = load_case(self.path)
             _claim_name(config, case)
-            if _opt(config, "min_tier"):
-                case.expect.min_tier = gate_tier(_opt(config, "min_tier"), "--parity-min-tier")
-            planned = plan_case(case, base_model=_opt(config, "base_model"))
+            planned = plan_case(plan.applied_to(case), base_model=plan.base_model)
         except ParityError as e:
             yield CaseErrorItem.from_parent(self, name=f"{self.path.stem}[load]", message=str(e))
             return
@@ -262,8 +307,8 @@ class ParityItem(pytest.Item):
         from parity.session import missing_base_model
 
         # a case with `renders:` compares another stack's images: the base model only explains a difference
-        why = missing_base_model(self.planned) if getattr(self.planned.case, "renders", None) is None else None
-        if why and _skip_missing_model(self.config):
+        why = missing_base_model(self.planned) if self.planned.case.renders is None else None
+        if why and self.config.stash[_OPTIONS].skip_missing_model:
             pytest.skip(why)
         session = _session(self.config)
         if why:  # fails by default: a CI runner with a wrong model path must not go green
@@ -290,11 +335,6 @@ class ParityItem(pytest.Item):
         return self.path, 0, f"parity {self.name}"
 
 
-def _skip_missing_model(config: pytest.Config) -> bool:
-    flag = config.getoption("parity_skip_missing_model", default=None)
-    return bool(config.getini("parity_skip_missing_model") if flag is None else flag)
-
-
 def junit_properties(record: ItemRecord) -> list[tuple[str, Any]]:
     """Tier, verdict, numeric metrics, mismatches and the top cause as JUnit `user_properties` (unset metrics
     are left out, never written as "None")."""
@@ -311,19 +351,11 @@ def junit_properties(record: ItemRecord) -> list[tuple[str, Any]]:
 
 
 def headline(record: ItemRecord) -> str:
-    """The failure in one line (pytest's short summary shows it after the item id): tier, gate and the top cause,
-    the mismatching knobs or the error."""
-    from parity.values import cause_text
+    """The failure in one line (pytest's short summary shows it after the item id): the item's verdict line
+    (parity.report.summary.Verdict.line: tier, gate and the error, top cause or mismatching knobs)."""
+    from parity.report.summary import verdict
 
-    line = f"tier {record.tier} (gate {record.gate})"
-    if record.error:
-        return f"{line}: {record.error.splitlines()[0]}"
-    if record.causes:
-        c = record.causes[0]
-        return f"{line}; top cause: {cause_text(c.knob, c.value_preview, c.value_inference)}"
-    if record.mismatches:
-        return f"{line}; mismatched: {', '.join(record.mismatches)}"
-    return f"{line}; {record.fail_reasons[0]}" if record.fail_reasons else line
+    return verdict(record.to_dict()).line
 
 
 def failure_screen(record: ItemRecord, run_dir: Path) -> str:
@@ -344,18 +376,17 @@ def failure_screen(record: ItemRecord, run_dir: Path) -> str:
     lines += [_knob_line(record, knob) for knob in record.mismatches]
     if record.irreducible:
         lines.append(f"  irreducible: {', '.join(record.irreducible)}")
-    floor = record.noise_floor or {}
-    if floor.get("reason") or floor.get("error"):
-        lines.append(f"  noise floor: {floor.get('reason') or 'not measured: ' + str(floor.get('error'))}")
+    floor = record.noise_floor
+    if floor is not None and (floor.reason or floor.error):
+        lines.append(f"  noise floor: {floor.reason or 'not measured: ' + str(floor.error)}")
     if record.causes:
         c = record.causes[0]
         lines.append(f"  top cause: {cause_text(c.knob, c.value_preview, c.value_inference, c.ssim_aligned)}")
-    src = record.source or {}
-    if src.get("kind", "engine") != "engine":  # a render from the user's own stack (docs/your-own-stack.md)
-        lines.append(f"  rendered by: {src.get('kind')} {src.get('file') or src.get('location') or ''}".rstrip())
-    sus = record.suspects or {}
-    if sus.get("verdict"):  # every knob agrees: what the search recovered (docs/parameter-recovery.md)
-        lines.append(f"  recovered: {sus['verdict']}")
+    src = record.source
+    if src is not None and src.external:  # a render from the user's own stack (docs/your-own-stack.md)
+        lines.append(f"  rendered by: {src.kind} {src.file or src.location or ''}".rstrip())
+    if record.suspects is not None and record.suspects.verdict:  # every knob agrees: what the search recovered
+        lines.append(f"  recovered: {record.suspects.verdict}")
     ex = record.explanation or {}
     if ex.get("verdict") or ex.get("error"):
         lines.append(f"  explanation: {ex.get('verdict') or 'failed: ' + str(ex.get('error'))}")
@@ -379,17 +410,13 @@ def _session(config: pytest.Config):
         from parity.session import Session, default_device
 
         run_dir = config.stash[_RUN_DIR]
-        device = _opt(config, "device") or default_device()
+        options = config.stash[_OPTIONS].run.session
+        device = options.device or default_device()
         worker = getattr(config, "workerinput", {}).get("workerid")
         if worker and device.startswith("cuda"):
             device = _worker_device(worker, device)
-        attribution = config.getoption("parity_attribution")
-        if attribution is None:
-            attribution = config.getini("parity_attribution")
-        # A pytest run owns its report folder: a rerun into the same --parity-report-dir starts afresh.
-        state.session = Session.open(run_dir, dict(entry="pytest", worker=worker), device=device,
-                                     store_dir=run_dir / "workers" / worker if worker else run_dir,
-                                     attribution=bool(attribution), overwrite=True)
+        state.session = Session.open(run_dir, dict(entry="pytest", worker=worker), replace(options, device=device),
+                                     store_dir=run_dir / "workers" / worker if worker else run_dir)
     return state.session
 
 
@@ -406,9 +433,9 @@ def _worker_device(worker: str, device: str) -> str:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]):
     from parity.ids import parse_shard, shard_of
 
-    shard = _opt(config, "shard")
+    shard = config.stash[_OPTIONS].run.plan.shard
     if shard:
-        k, n = parse_shard(str(shard))
+        k, n = parse_shard(shard)
         keep, drop = [], []
         for it in items:
             (drop if isinstance(it, ParityItem) and shard_of(it.planned.id, n) != k else keep).append(it)
@@ -444,12 +471,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         results = load(run_dir)
     else:
         return  # no parity item ran in this session
-    report_url = config.getoption("parity_report_url", default=None)
-    config.stash[_REPORT] = write_report(results, run_dir, report_url=report_url)
-    if config.getoption("parity_github", default=False):
+    report = config.stash[_OPTIONS].run.report
+    config.stash[_REPORT] = write_report(results, run_dir, report_url=report.report_url)
+    if report.github:
         from parity.report.github import write_github_outputs
 
-        write_github_outputs(results, run_dir, report_url=report_url)
+        write_github_outputs(results, run_dir, report_url=report.report_url)
 
 
 _REPORT = pytest.StashKey[Any]()

@@ -18,7 +18,7 @@ from typing import Any
 
 from parity.errors import InputFileError
 from parity.jsonio import number
-from parity.spec import TIERS, meets_gate
+from parity.tier import ERROR, meets_gate, tier_names
 
 
 @dataclass
@@ -88,6 +88,128 @@ class Determinism:
 
 
 @dataclass
+class RenderSource:
+    """Where the compared render came from: parity's reference engine (`engine`), a folder or manifest of the
+    user's renders (`folder` | `manifest`: `location` the folder or manifest, `file` the image), or a reference
+    inference server (`endpoint`: `location` its URL without credentials, `request_id`, `file`)."""
+
+    kind: str = "engine"
+    location: str | None = None
+    request_id: str | None = None
+    file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the server's `seed` (JSON as it gave it), later keys
+
+    @property
+    def external(self) -> bool:
+        """A render from the user's own stack (docs/your-own-stack.md), not parity's engine."""
+        return self.kind != "engine"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind}
+        d.update({k: v for k, v in (("location", self.location), ("request_id", self.request_id),
+                                    ("file", self.file)) if v is not None})
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Any, label: str, where: str | Path | None) -> "RenderSource":
+        check_type(d, dict, f"{label}: 'source'", where)
+        known = ("location", "request_id", "file")
+        for key in ("kind", *known):
+            if d.get(key) is not None:
+                check_type(d[key], str, f"{label}: source.{key}", where)
+        return cls(kind=d.get("kind") or "engine", **{k: d.get(k) for k in known},
+                   extra={k: v for k, v in d.items() if k not in ("kind", *known)})
+
+
+@dataclass
+class NoiseFloorRecord:
+    """The noise floor measured for an irreducible-only DRIFT item (parity.diagnose.floor): render vs noise twin,
+    worst of `draws`, and whether it lifted the tier; or the `error` when the measurement failed."""
+
+    tier_before: str                                            # the item's tier before the measurement
+    tier: str                                                   # ... and after it
+    knobs: list[str] = field(default_factory=list)              # the irreducible knobs sampled
+    applied: bool = False                                       # the tier was lifted (NEAR: within the floor)
+    reason: str = ""
+    draws: list[float] = field(default_factory=list)            # SSIM-Y of each twin
+    twin: list[dict[str, Any]] = field(default_factory=list)    # [{"knob", "how"}]
+    unmeasured: list[dict[str, Any]] = field(default_factory=list)  # [{"knob", "why"}]
+    metrics: dict[str, float] | None = None                     # render vs twin: ssim_y, window_density, max_abs, mae
+    ratio: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)         # keys written by later tools
+    # read from a file: its keys in its order, written back as they were (a file written before `draws` existed)
+    read_keys: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:   # the measurement failed: what is known, and why
+            d = {"knobs": list(self.knobs), "tier_before": self.tier_before, "tier": self.tier,
+                 "applied": self.applied, "error": self.error}
+        else:
+            d = {"draws": list(self.draws), "knobs": list(self.knobs), "twin": list(self.twin),
+                 "unmeasured": list(self.unmeasured), "metrics": self.metrics, "ratio": self.ratio,
+                 "tier_before": self.tier_before, "tier": self.tier, "applied": self.applied, "reason": self.reason}
+        if self.read_keys is not None:
+            d = {k: d[k] for k in self.read_keys if k in d}
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Any, label: str, where: str | Path | None) -> "NoiseFloorRecord":
+        check_type(d, dict, f"{label}: 'noise_floor'", where)
+        for key in ("knobs", "draws", "twin", "unmeasured"):
+            check_type(d.get(key) or [], list, f"{label}: noise_floor.{key}", where)
+        err = d.get("error")
+        return cls(knobs=list(d.get("knobs") or []), tier_before=str(d.get("tier_before") or ""),
+                   tier=str(d.get("tier") or ""), applied=bool(d.get("applied")), reason=str(d.get("reason") or ""),
+                   draws=list(d.get("draws") or []), twin=list(d.get("twin") or []),
+                   unmeasured=list(d.get("unmeasured") or []), metrics=d.get("metrics"), ratio=d.get("ratio"),
+                   error=None if err is None else str(err), extra={k: v for k, v in d.items() if k not in _FLOOR_KEYS},
+                   read_keys=tuple(k for k in d if k in _FLOOR_KEYS))
+
+
+_FLOOR_KEYS = frozenset(("knobs", "tier_before", "tier", "applied", "reason", "draws", "twin", "unmeasured",
+                         "metrics", "ratio", "error"))
+
+
+@dataclass
+class SuspectsRecord:
+    """The settings the parameter search recovered for an item whose knobs all agree (parity.diagnose.suspects,
+    docs/parameter-recovery.md), with its case's spend. What parity reads is typed; the search's trace (`tried`,
+    `searches`, `recorded`, scores...) is kept as the search wrote it, in its order, for the report to draw."""
+
+    verdict: str = ""
+    explained: bool = False
+    best: list[dict[str, Any]] = field(default_factory=list)       # [{"knob", "value", "label", "score", ...}]
+    ambiguous: list[dict[str, Any]] = field(default_factory=list)  # two answers that explain equally
+    not_searched: bool = False                                     # the budget left was too small to search
+    extra_renders: int = 0                                         # renders this item's search cost
+    case_renders: int | None = None                                # its case's renders so far
+    cost: dict[str, Any] | None = None                             # parity.diagnose.budget.cost_record
+    trace: dict[str, Any] = field(default_factory=dict)            # the whole finding as written (key order kept)
+
+    def to_dict(self) -> dict[str, Any]:
+        typed = {"verdict": self.verdict, "explained": self.explained, "best": list(self.best),
+                 "ambiguous": list(self.ambiguous), "not_searched": self.not_searched,
+                 "extra_renders": self.extra_renders}
+        d = dict(self.trace)   # the finding's keys as written (an earlier version's file has fewer), then the spend
+        d.update({k: v for k, v in typed.items() if k in self.trace or not self.trace})
+        d.update({k: v for k, v in (("case_renders", self.case_renders), ("cost", self.cost))
+                  if v is not None or k in self.trace})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, label: str = "an item", where: str | Path | None = None) -> "SuspectsRecord":
+        check_type(d, dict, f"{label}: 'suspects'", where)
+        for key in ("best", "ambiguous"):
+            check_type(d.get(key) or [], list, f"{label}: suspects.{key}", where)
+        renders = d.get("extra_renders")
+        return cls(verdict=str(d.get("verdict") or ""), explained=bool(d.get("explained")),
+                   best=list(d.get("best") or []), ambiguous=list(d.get("ambiguous") or []),
+                   not_searched=bool(d.get("not_searched")), extra_renders=renders if isinstance(renders, int) else 0,
+                   case_renders=d.get("case_renders"), cost=d.get("cost"), trace=dict(d))
+
+
+@dataclass
 class ItemRecord:
     """One item of results.json. Open-ended sub-objects (metrics by name, params by knob, the comparison's JPEG
     facts, the engine's render facts, the noise-floor and attribution findings) stay plain dicts; their shapes
@@ -98,7 +220,7 @@ class ItemRecord:
     step: int | None = None
     index: int | None = None
     prompt: str = ""                          # the preview's processed prompt
-    tier: str = "ERROR"
+    tier: str = ERROR.name
     gate: str | None = None
     passed: bool = False
     expected: str | None = None               # below the gate through differences the case expects (passes)
@@ -125,15 +247,20 @@ class ItemRecord:
     render: dict[str, Any] | None = None      # what the engine did: size, sigmas, mu, hashes, LoRA, merge history
     determinism: Determinism | None = None
     nondeterministic: bool | None = None
-    noise_floor: dict[str, Any] | None = None
+    noise_floor: NoiseFloorRecord | None = None
     attribution: dict[str, Any] | None = None
-    suspects: dict[str, Any] | None = None
-    source: dict[str, Any] | None = None      # where the render came from: engine, folder/manifest, endpoint
+    suspects: SuspectsRecord | None = None
+    source: RenderSource | None = None        # where the render came from: engine, folder/manifest, endpoint
     explanation: dict[str, Any] | None = None  # an external render: the engine settings that reproduce it
     original_paths: dict[str, Any] | None = None  # a report's copies: where each copied image came from
     notes: list[str] = field(default_factory=list)
     traceback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields of a loaded file, kept as they were
+
+    @property
+    def external_render(self) -> bool:
+        """The compared render came from the user's own stack (a folder, manifest or endpoint), not parity's engine."""
+        return self.source is not None and self.source.external
 
     @property
     def below_gate(self) -> bool:
@@ -167,7 +294,7 @@ class ItemRecord:
         gate = _gate(item.get("gate") or default_gate, label, where)
         passed = item.get("passed")
         if not isinstance(passed, bool):
-            passed = meets_gate(tier, gate) if gate else tier != "ERROR"
+            passed = meets_gate(tier, gate) if gate else tier != ERROR.name
         return cls(id=iid, tier=tier, gate=gate, passed=passed, **values,
                    extra={k: v for k, v in item.items() if k not in _KNOWN})
 
@@ -222,10 +349,11 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
         v = item.get(key)
         out[key] = v if v is None or isinstance(v, str) else str(v)
     out["reason"] = out["reason"] or ""
-    for key in ("jpeg", "ceiling", "size_mismatch", "render", "nondeterministic", "noise_floor", "attribution",
-                "suspects"):
+    for key in ("jpeg", "ceiling", "size_mismatch", "render", "nondeterministic", "attribution"):
         out[key] = item.get(key)
-    for key in ("source", "explanation", "original_paths"):
+    for key, part in (("noise_floor", NoiseFloorRecord), ("suspects", SuspectsRecord), ("source", RenderSource)):
+        out[key] = part.from_dict(item[key], label, where) if item.get(key) is not None else None
+    for key in ("explanation", "original_paths"):
         if item.get(key) is not None:
             check_type(item[key], dict, f"{label}: '{key}'", where)
         out[key] = item.get(key)
@@ -235,17 +363,17 @@ def _typed_fields(item: dict[str, Any], label: str, where: str | Path | None) ->
 def _tier(item: dict[str, Any], label: str, where: str | Path | None) -> str:
     tier = item.get("tier")
     if tier is None and item.get("error"):
-        tier = "ERROR"
-    if not isinstance(tier, str) or tier.upper() not in TIERS:
-        raise InputFileError(f"{label}: tier {tier!r} is not one of {', '.join(TIERS)}", where)
+        tier = ERROR.name
+    if not isinstance(tier, str) or tier.upper() not in tier_names():
+        raise InputFileError(f"{label}: tier {tier!r} is not one of {', '.join(tier_names())}", where)
     return tier.upper()
 
 
 def _gate(gate: Any, label: str, where: str | Path | None) -> str | None:
     if gate is None:
         return None
-    if not isinstance(gate, str) or gate.upper() not in TIERS:
-        raise InputFileError(f"{label}: gate {gate!r} is not one of {', '.join(TIERS)}", where)
+    if not isinstance(gate, str) or gate.upper() not in tier_names():
+        raise InputFileError(f"{label}: gate {gate!r} is not one of {', '.join(tier_names())}", where)
     return gate.upper()
 
 
@@ -277,7 +405,7 @@ def check_type(value: Any, types: type | tuple[type, ...], what: str, where: str
 
 
 def _plain(v: Any) -> Any:
-    """Typed record parts (Cause, Schedule, Determinism) as plain dicts; other values as they are (the writers
+    """Typed record parts (Cause, Schedule, Determinism, the noise floor, suspects, source) as plain dicts; other values as they are (the writers
     serialise them at once, so the shallow result never outlives a later change to the record)."""
     if hasattr(v, "to_dict"):
         return v.to_dict()

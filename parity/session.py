@@ -1,6 +1,7 @@
 """Setting up a run, shared by the CLI (`parity run` / `parity diff`) and the pytest plugin: the device, the
-embedding cache folder, the results store with the run's metadata, the gate override, and the records of items
-that cannot run here (a missing base model). Neither entry point reaches into the other's helpers."""
+embedding cache folder, the results store with the run's metadata (parity.options.SessionOptions says how), the
+gate check, and the records of items that cannot run here (a missing base model). Neither entry point reaches
+into the other's helpers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Callable, Iterable
 
 from parity.device import default_device
 from parity.errors import ParityError
-from parity.spec import TIERS
+from parity.options import SessionOptions
+from parity.tier import parse_gate
 
 
 def embedding_cache_dir() -> Path:
@@ -54,10 +56,10 @@ def run_metadata(device: str) -> dict[str, Any]:
 
 def gate_tier(text: str, option: str) -> str:
     """A gate given on the command line (`option` names where), checked: EXACT, NEAR, DRIFT or DIFFERENT."""
-    tier = str(text).upper()
-    if tier not in TIERS[:-1]:
-        raise ParityError(f"{option} must be one of {', '.join(TIERS[:-1])}, got {text!r}")
-    return tier
+    try:
+        return parse_gate(text)
+    except ValueError as e:
+        raise ParityError(f"{option} {e}") from None
 
 
 def missing_base_model(item: Any) -> str | None:
@@ -78,21 +80,20 @@ class Session:
     device: str
 
     @classmethod
-    def open(cls, out_dir: Path, meta: dict[str, Any], *, device: str | None = None, store_dir: Path | None = None,
-             attribution: bool = True, budget: int | None = None, determinism: str = "auto",
-             progress: Callable[[str], None] | None = None, resume: bool = False,
-             overwrite: bool = False, force_resume: bool = False, endpoint: Any = None) -> "Session":
+    def open(cls, out_dir: Path, meta: dict[str, Any], options: SessionOptions, *, store_dir: Path | None = None,
+             progress: Callable[[str], None] | None = None, endpoint: Any = None) -> "Session":
         """Renders go under `out_dir`; results under `store_dir` (default `out_dir`; xdist workers write their
         own). `meta` adds to run_metadata (entry point, shard, ...). `endpoint`: a
         parity.external.endpoint.EndpointClient that renders every item instead of parity's engine."""
         from parity.report.store import ResultsStore
         from parity.runner import Runner
 
-        device = device or default_device()
+        device = options.device or default_device()
         store = ResultsStore(store_dir or out_dir)
-        store.start(dict(run_metadata(device), **meta), resume=resume, overwrite=overwrite, force=force_resume)
-        runner = Runner(out_dir, device=device, attribution=attribution, attribution_budget=budget,
-                        progress=progress, determinism=determinism, cache_dir=embedding_cache_dir(),
+        store.start(dict(run_metadata(device), **meta), resume=options.resume, overwrite=options.overwrite,
+                    force=options.force_resume)
+        runner = Runner(out_dir, device=device, attribution=options.attribution, attribution_budget=options.budget,
+                        progress=progress, determinism=options.determinism_check, cache_dir=embedding_cache_dir(),
                         endpoint=endpoint)
         return cls(runner=runner, store=store, device=device)
 

@@ -1,4 +1,5 @@
-"""Shared vocabulary: knob names, tiers, semantics and the render spec that decides the pixels.
+"""Shared vocabulary: semantics and the render spec that decides the pixels (the knobs and settings are
+declared in parity.knobs, the verdict tiers in parity.tier).
 
 This module is the single place where these names live; results.json, reports and diagnosis all use them.
 It imports nothing heavy (no torch) so the job reader and `parity report` can use it.
@@ -10,44 +11,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from parity.family import DEFAULT_ARCH
-
-# Knobs a parameter diff is computed over (fixed names, used in results.json and reports).
-KNOBS: tuple[str, ...] = (
-    "steps",             # sample_steps
-    "schedule",          # sigma schedule: AI Toolkit's linear mu vs diffusers' empirical mu (or a static shift)
-    "guidance",          # guidance_scale fed to the guidance embedding
-    "resolution",        # effective width x height after the floors
-    "seed",
-    "generator",         # device of the generator that draws the initial noise
-    "prompt",            # processed prompt (trigger substituted, flags removed, stripped)
-    "lora_scale",        # network_multiplier
-    "lora_application",  # merged | live
-    "checkpoint",        # which LoRA file
-    "quantization",      # transformer / text-encoder weight quantization
-    "dtype",             # compute dtype
-    "text_encoder",      # text-encoder identity
-    "reference_images",  # FLUX.2 reference images (ctrl_img*), in the order they are appended
-    "negative_prompt",   # the unconditional prompt of true CFG ([klein] base); FLUX.2-dev never reads it
-)
-# Differences a re-render cannot remove; reported apart from real mismatches.
-IRREDUCIBLE_KNOBS: tuple[str, ...] = ("lora_precision", "merge_history", "hardware")
-
-# Verdict tiers, best to worst. A case's gate is a minimum tier.
-TIERS: tuple[str, ...] = ("EXACT", "NEAR", "DRIFT", "DIFFERENT", "ERROR")
-
-
-def tier_rank(tier: str) -> int:
-    """0 for EXACT ... 4 for ERROR; raises ValueError on an unknown tier name."""
-    try:
-        return TIERS.index(tier.upper())
-    except ValueError:
-        raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}") from None
-
-
-def meets_gate(tier: str, minimum: str) -> bool:
-    """True when `tier` is at least as good as `minimum` (ERROR never meets a gate)."""
-    return tier.upper() != "ERROR" and tier_rank(tier) <= tier_rank(minimum)
-
 
 # Sampling semantics a render can follow.
 SEMANTICS: tuple[str, ...] = ("aitk", "diffusers", "aitk-code")
@@ -88,15 +51,38 @@ class RenderSpec:
     # The FLUX.2 family member the job trains (model.arch): "flux2" (FLUX.2-dev), "flux2_klein_4b",
     # "flux2_klein_9b". The engine refuses a base model of another family rather than render something else.
     arch: str = DEFAULT_ARCH
+    # Settings declared in the knob registry (parity.knobs) that are not fields above: (key, value) pairs sorted by
+    # key, so a new setting flows from the job reader to the report before the engine consumes it. Empty for every
+    # spec made of fields only, which therefore hashes, compares and serialises as before.
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["numerics"] = dict(self.numerics)
         d["control_images"] = list(self.control_images)
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        else:
+            del d["extra"]
         return d
 
+    def value(self, name: str, default: Any = None) -> Any:
+        """The value of setting `name`: a field, else its entry in `extra` (`default` when it has none)."""
+        if name in SPEC_FIELDS:
+            return getattr(self, name)
+        return dict(self.extra).get(name, default)
+
     def with_(self, **changes: Any) -> "RenderSpec":
-        return replace(self, **changes)
+        """A copy with `changes` applied: field names replace fields, any other name goes into `extra`."""
+        others = {k: v for k, v in changes.items() if k not in SPEC_FIELDS}
+        fields_ = {k: v for k, v in changes.items() if k in SPEC_FIELDS}
+        if others:
+            fields_["extra"] = tuple(sorted({**dict(self.extra), **others}.items()))
+        return replace(self, **fields_)
+
+
+# The RenderSpec fields that hold settings (every field but the `extra` slot).
+SPEC_FIELDS: tuple[str, ...] = tuple(f for f in RenderSpec.__dataclass_fields__ if f != "extra")
 
 
 # Where a resolved value came from, shown next to it in plans and reports.

@@ -1,17 +1,16 @@
 """Knob values as people read them: `96x64 (requested 100x64)`, `AI Toolkit mu 0.461`, `none`, never raw JSON.
 
 One formatter for every place a person reads a value (the pytest failure screen, the CLI table, JUnit, markdown);
-the HTML report's static/report.js mirrors `knob_text` for its parameter table. Torch-free.
+the HTML report gets its values formatted here too (parity.report.texts), in its page data. Torch-free.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from parity.knobs import unset_text
+
 _SCHEDULE_NAMES = {"aitk": "AI Toolkit", "empirical": "diffusers empirical"}
-# What an unset value means, per knob (None is never shown as "None").
-_UNSET = {"text_encoder": "the base model's", "negative_prompt": "none", "checkpoint": "none (base model only)",
-          "lora_scale": "none"}
 
 
 def size_text(wh: Any) -> str:
@@ -60,7 +59,7 @@ def schedule_text(v: dict[str, Any]) -> str:
 def knob_text(knob: str, v: Any) -> str:
     """One knob's value as people read it."""
     if v is None or v == [] or v == "":
-        return _UNSET.get(knob, "none")
+        return unset_text(knob)  # what no value means, per knob (never "None")
     if knob == "resolution" and isinstance(v, dict) and "effective" in v:
         eff, req = v.get("effective"), v.get("requested")
         return size_text(eff) + (f" (requested {size_text(req)})" if req and list(req) != list(eff) else "")

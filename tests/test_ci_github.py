@@ -27,7 +27,7 @@ import yaml
 
 from parity.report import load
 from parity.report.github import COMMENT_MARKER, comment_body, commit_status
-from parity.spec import TIERS
+from parity.tier import tier_names
 
 pytest_plugins = ["pytester"]
 
@@ -260,7 +260,7 @@ def test_workflows_keep_write_tokens_out_of_the_pull_request_run():
 
 # -- the comment, the summary, the status ----------------------------------------------------------------------
 def _counts(items: list[dict[str, Any]]) -> list[int]:
-    return [sum(1 for it in items if it["tier"] == t) for t in TIERS]
+    return [sum(1 for it in items if it["tier"] == t) for t in tier_names()]
 
 
 @pytest.mark.slow
@@ -269,7 +269,7 @@ def test_demo_comment_has_marker_counts_links_and_folded_expected_items(ci):
     body = (ci["merged"] / "pr-comment.md").read_text()
     assert body.splitlines()[0] == COMMENT_MARKER
     row = "| " + " | ".join(map(str, _counts(results.items))) + " |"
-    assert "| " + " | ".join(TIERS) + " |" in body and row in body
+    assert "| " + " | ".join(tier_names()) + " |" in body and row in body
     expected = [it for it in results.items if it.get("expected")]
     assert expected, "the demo's reference-server case passes through expected differences"
     details = body[body.index("<details>"):body.index("</details>")]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from parity.diagnose.checks import check_hashes
-from parity.diagnose.paramdiff import (
-    KNOB_FIELDS, align, aitk_mu, differing_knobs, empirical_mu, image_tokens, nominal_sigmas, param_diff,
-)
+from parity.diagnose.paramdiff import align, differing_knobs, param_diff
 from parity.diagnose.settings import InferenceSettings, inference_spec
-from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, RenderSpec, ResolvedSpec
+from parity.knobs import KNOBS_TABLE, SETTINGS, irreducible_names, knob_names
+from parity.sigmas import aitk_mu, empirical_mu, image_tokens, nominal_sigmas
+from parity.spec import SPEC_FIELDS, RenderSpec, ResolvedSpec
 
 
 def spec(**kw) -> RenderSpec:
@@ -65,7 +65,9 @@ def test_sigma_tables_match_the_published_first_and_last_values():
 
 
 def test_knob_fields_cover_the_vocabulary_and_align_sets_only_that_knob():
-    assert tuple(KNOB_FIELDS) == KNOBS
+    # every RenderSpec field is a registered setting, and every knob covers registered settings
+    assert set(SPEC_FIELDS) <= set(SETTINGS)
+    assert all(f in SETTINGS for k in KNOBS_TABLE.values() for f in k.settings)
     prev = spec()
     inf = spec(sample_steps=25, guidance_scale=4.0, seed=44, width=1024, height=1024, schedule="empirical",
                semantics="diffusers", network_multiplier=0.5)
@@ -107,7 +109,7 @@ def test_param_diff_against_the_reference_server():
     # preview: 20 steps, guidance 7, 512^2, seed 3; server: 25, 4.0, 1024^2, 42 + 2 = 44
     assert d.mismatches == ["steps", "guidance", "resolution", "seed"]
     out = d.to_dict()
-    assert [r["knob"] for r in out["table"]] == list(KNOBS)
+    assert [r["knob"] for r in out["table"]] == list(knob_names())
     row = {r["knob"]: r for r in out["table"]}
     assert row["steps"]["preview"] == {"value": 20, "source": "default"}
     assert row["steps"]["inference"] == {"value": 25, "source": "profile"}
@@ -120,7 +122,7 @@ def test_param_diff_against_the_reference_server():
     assert row["prompt"]["differs"] is False
     assert out["params"]["preview"]["guidance"] == 7.0 and out["params"]["inference"]["guidance"] == 4.0
     irr = {r["knob"] for r in out["irreducible"]}
-    assert irr == {"lora_precision", "merge_history", "hardware"} and irr <= set(IRREDUCIBLE_KNOBS)
+    assert irr == {"lora_precision", "merge_history", "hardware"} and irr <= set(irreducible_names())
 
 
 def test_requested_size_shown_when_the_divisor_floors():

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from parity.diagnose.settings import (
-    VALID_KEYS, InferenceSettings, inference_spec, parse_override_mapping, parse_overrides,
+    InferenceSettings, inference_spec, parse_override_mapping, parse_overrides,
 )
 from parity.errors import ConfigError, ParityError
+from parity.knobs import valid_keys
 from parity.spec import RenderSpec, ResolvedSpec
 
 
@@ -274,7 +275,7 @@ def test_hyp_float_overrides_round_trip(key, x):
 @given(key=st.text(alphabet=string.ascii_letters + "_-", min_size=1, max_size=20))
 def test_hyp_unknown_keys_are_config_errors(key):
     canon = key.strip().lower().replace("-", "_")
-    if canon in VALID_KEYS:
+    if canon in valid_keys():
         return
     with pytest.raises(ConfigError, match="valid keys"):
         parse_overrides([f"{key}=1"])
@@ -289,7 +290,7 @@ def test_hyp_any_string_parses_or_raises_a_parity_error(text):
         return
     assert len(out) == 1
     (k, v), = out.items()
-    assert k in VALID_KEYS
+    assert k in valid_keys()
 
 
 @pytest.mark.parametrize("pair,fragment", [

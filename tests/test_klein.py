@@ -100,7 +100,7 @@ def test_other_arches_are_still_refused(tmp_path):
 def test_tiny_klein_is_detected_in_both_layouts_and_renders_the_same(klein_dir, engine):
     from parity.engine.render import Engine
 
-    assert engine.layout.arch == "flux2_klein_4b" and not engine.guidance_distilled
+    assert engine.layout.arch == "flux2_klein_4b" and engine.layout.transformer_config["guidance_embeds"] is False
     bfl = Engine(klein_dir, layout="bfl")
     assert bfl.layout.kind == "bfl" and bfl.layout.transformer.name == "flux-2-klein-base-4b.safetensors"
     assert np.array_equal(engine.render(_spec()).image, bfl.render(_spec()).image)

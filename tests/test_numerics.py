@@ -168,15 +168,17 @@ def test_text_encoder_cast_rounds_rotary_buffer(eng):
     from transformers import Mistral3ForConditionalGeneration
 
     from parity.engine.text import encode
+    from parity.family import family
 
+    member = family(eng.layout.arch)
     te = Mistral3ForConditionalGeneration.from_pretrained(str(eng.layout.text_encoder), dtype=torch.bfloat16,
                                                           local_files_only=True)
     inv = [b for n, b in te.named_buffers() if n.endswith("inv_freq")]
     assert inv and all(b.dtype == torch.float32 for b in inv)  # from_pretrained keeps it fp32
-    plain = encode(te, weights.load_tokenizer(eng.layout), SPEC.prompt, max_length=TE_LEN)
+    plain = encode(te, weights.load_tokenizer(eng.layout), SPEC.prompt, member, max_length=TE_LEN)
     te = te.to(torch.bfloat16)  # AI Toolkit's extra cast
     assert all(b.dtype == torch.bfloat16 for n, b in te.named_buffers() if n.endswith("inv_freq"))
-    cast = encode(te, weights.load_tokenizer(eng.layout), SPEC.prompt, max_length=TE_LEN)
+    cast = encode(te, weights.load_tokenizer(eng.layout), SPEC.prompt, member, max_length=TE_LEN)
     a = eng.embeddings(SPEC.prompt, "bf16", None, "aitk")
     d = eng.embeddings(SPEC.prompt, "bf16", None, "diffusers")
     assert torch.equal(a, cast) and torch.equal(d, plain) and not torch.equal(a, d)

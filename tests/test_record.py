@@ -58,7 +58,7 @@ def test_schema_doc_example_items_are_records_without_unknown_fields():
 def test_report_js_reads_only_record_fields_the_view_carries():
     js = REPORT_JS.read_text()
     read = set(re.findall(r"\bit\.([a-z][a-z_]*)", js))  # _group, _text...: computed by report.js itself
-    computed = {"u", "t", "dims", "score"}  # added by parity.report.html._view_item
+    computed = {"u", "t", "dims", "score", "texts"}  # added by parity.report.html._view_item (texts: report/texts.py)
     fields = set(record_fields())
     assert read - computed - fields == set(), "report.js reads fields no item record has"
     assert (read & fields) - set(VIEW_FIELDS) == set(), "report.js reads record fields the HTML view leaves out"

@@ -233,10 +233,10 @@ def test_hostile_prompt_is_text_and_nothing_fires(driver, report):
     assert driver.execute_script("return window.__alerts") == []
     assert driver.execute_script(
         "return document.querySelectorAll('img[src=\"x\"], img[src=\"y\"], svg[onload], [onerror]').length") == 0
-    # the parameter table shows the prompt knob as text too
+    # the parameter table shows the prompt knob as text too, quoted as parity.values.knob_text writes a prompt
     cells = driver.execute_script(
         "return [...document.querySelectorAll('.card.open table.kv td .val')].map(v => v.textContent)")
-    assert HOSTILE_PROMPT in cells
+    assert repr(HOSTILE_PROMPT) in cells
 
 
 def test_screenshots_of_a_demo_report(driver, report):

@@ -10,7 +10,8 @@ from typing import Any
 
 from parity.cases import Case, check_unique_names
 from parity.errors import ParityError
-from parity.spec import TIERS
+from parity.options import EndpointOptions, PlanOptions, RunOptions, SessionOptions
+from parity.tier import gate_names, tier_names
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                      help="inference profile: preview (default), reference-server, diffusers")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an inference setting, e.g. --set sample_steps=25 (repeatable)")
-    p.add_argument("--min-tier", default=None, help="gate for every item (EXACT, NEAR, DRIFT, DIFFERENT)")
+    p.add_argument("--min-tier", default=None, help=f"gate for every item ({', '.join(gate_names())})")
     p.add_argument("--no-attribution", action="store_true", help="skip one-knob-at-a-time re-renders")
     p.add_argument("--budget", type=int, default=None, help="extra renders diagnosis may spend per case (default: the case's budget:, else 90; 0: no search)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -47,16 +48,35 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_report_arguments(p)
 
 
-def _steps_value(text: str | None) -> Any:
-    if text is None:
-        return None
-    if text in ("latest", "all"):
-        return text
-    try:
-        parts = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise ParityError(f"--step must be latest, all, N or N,M,..., got {text!r}") from None
-    return parts[0] if len(parts) == 1 else parts
+def run_options(args: argparse.Namespace, *, lora: Path | None = None, renders: Path | None = None,
+                endpoint: EndpointOptions | None = None) -> RunOptions:
+    """The one place `parity run` and `parity diff` read the flags of add_run_arguments, each checked (a bad one
+    is a usage error before anything loads); `lora`, `renders` and `endpoint` are `parity diff`'s own."""
+    from parity.commands.report import report_options
+    from parity.cpu_numerics import requested
+
+    cpu_numerics = requested(args.cpu_numerics)   # first: the mode is entered before anything else is read
+    if args.budget is not None and args.budget < 0:
+        raise ParityError(f"--budget must be 0 or more, got {args.budget}")
+    for flag, value in (("--out", args.out), ("--json", args.json_out)):
+        if value and Path(value).exists() and Path(value).is_dir() != (flag == "--out"):
+            raise ParityError(f"{flag} {'is not a folder' if flag == '--out' else 'is a folder'}", value)
+    plan = PlanOptions(steps=args.steps, inference=_inference_value(args), overrides=tuple(args.overrides),
+                       min_tier=_gate(args.min_tier), base_model=args.base_model, text_encoder=args.text_encoder,
+                       lora=lora, renders=renders, shard=args.shard)
+    plan.step_selection()  # a bad --step is a usage error now
+    session = SessionOptions(device=args.device, attribution=not args.no_attribution, budget=args.budget,
+                             determinism_check=args.determinism_check, resume=args.resume,
+                             force_resume=args.force_resume)
+    return RunOptions(plan=plan, session=session, report=report_options(args), endpoint=endpoint,
+                      cpu_numerics=cpu_numerics, out=Path(args.out) if args.out else None,
+                      json_out=Path(args.json_out) if args.json_out else None, quiet=args.quiet)
+
+
+def _gate(text: str | None) -> str | None:
+    from parity.session import gate_tier
+
+    return gate_tier(text, "--min-tier") if text else None
 
 
 def _inference_value(args: argparse.Namespace) -> Any:
@@ -70,7 +90,7 @@ def _inference_value(args: argparse.Namespace) -> Any:
     return None
 
 
-def execute(cases: list[Case], args: argparse.Namespace, *, entry: str, load_errors: list[Any] = ()) -> int:
+def execute(cases: list[Case], options: RunOptions, *, entry: str, load_errors: list[Any] = ()) -> int:
     """`load_errors`: parity.items.CaseError of case files that could not be read (one ERROR record each)."""
     from parity.commands.report import write_github
     from parity.report import write_report
@@ -80,25 +100,23 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str, load_err
 
     from parity.report.html import report_href
 
-    report_url, link_images = getattr(args, "report_url", None), getattr(args, "link_images", False)  # demo: none
-    report_href(report_url)  # a bad --report-url is a usage error before any rendering
-    check_run_arguments(args)
+    report_href(options.report.report_url)  # a bad --report-url is a usage error before any rendering
+    if options.session.device:
+        _check_device(options.session.device)
     check_unique_names(cases)
-    endpoint = _endpoint(args)
-    planned, case_errors = _plan(cases, args)
+    endpoint = _endpoint(options.endpoint)
+    planned, case_errors = _plan(cases, options.plan)
     case_errors = [*load_errors, *case_errors]
-    out = Path(args.out) if args.out else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
-    device = args.device or default_device()
+    out = options.out or Path("reports") / time.strftime("%Y%m%d-%H%M%S")
+    device = options.session.device or default_device()
     folders = _index_renders(planned)
-    meta = dict(entry=entry, shard=args.shard, cases=[str(c.path) for c in cases], argv=_public_argv(),
-                inputs=run_inputs(cases, args, device))
+    meta = dict(entry=entry, shard=options.plan.shard, cases=[str(c.path) for c in cases], argv=_public_argv(),
+                inputs=run_inputs(cases, options, device))
     renders = _renders_meta(planned, folders, endpoint)
     if renders:
         meta["renders"] = renders
-    session = Session.open(out, meta, device=device, attribution=not args.no_attribution, budget=args.budget,
-                           determinism=getattr(args, "determinism_check", "auto"),
-                           progress=(progress := Progress.for_stderr(args.quiet)).note, resume=args.resume,
-                           force_resume=getattr(args, "force_resume", False), endpoint=endpoint)
+    session = Session.open(out, meta, options.session, progress=(progress := Progress.for_stderr(options.quiet)).note,
+                           endpoint=endpoint)
     session.runner.sources.folders.update(folders)
     done = session.store.done_ids(include_errors=False)
     for err in case_errors:
@@ -114,30 +132,27 @@ def execute(cases: list[Case], args: argparse.Namespace, *, entry: str, load_err
         progress.close()
         session.close()
     results = session.store.finish(timings={"total_s": time.perf_counter() - started})
-    paths = write_report(results, out, copy_images=not link_images, report_url=report_url)
-    if args.json_out:
-        _write_json_copy(results, Path(args.json_out))
+    paths = write_report(results, out, copy_images=not options.report.link_images,
+                         report_url=options.report.report_url)
+    if options.json_out:
+        _write_json_copy(results, options.json_out)
     print_summary(results.items, paths)
-    write_github(args, results, paths.dir)
+    write_github(options.report, results, paths.dir)
     return 0 if all(it.get("passed") for it in results.items) and results.items else 1
 
 
-def _endpoint(args: argparse.Namespace) -> Any:
-    """`--endpoint URL`: the reference server's client (a bad URL or limit is a usage error, exit 2)."""
-    url = getattr(args, "endpoint", None)
-    if not url:
+def _endpoint(options: EndpointOptions | None) -> Any:
+    """`--endpoint URL`: the reference server's client (a bad URL is a usage error, exit 2)."""
+    if options is None:
         return None
     from parity.external.endpoint import EndpointClient
 
-    for flag, v in (("--endpoint-timeout", args.endpoint_timeout), ("--endpoint-wait", args.endpoint_wait)):
-        if not v > 0:
-            raise ParityError(f"{flag} must be more than 0 seconds, got {v:g}")
-    return EndpointClient(url, timeout=args.endpoint_timeout, wait=args.endpoint_wait,
-                          allow_insecure_token=getattr(args, "endpoint_allow_insecure_token", False))
+    return EndpointClient(options.url, timeout=options.timeout_s, wait=options.wait_s,
+                          allow_insecure_token=options.allow_insecure_token)
 
 
 def _renders_of(item: Any) -> Path | None:
-    r = getattr(item.case, "renders", None)
+    r = item.case.renders
     return Path(r) if r is not None else None
 
 
@@ -179,26 +194,14 @@ def _public_argv() -> list[str]:
 def _write_json_copy(results: Any, path: Path) -> None:
     """`--json FILE`: the results, item paths rebased to FILE's folder (relative inside it, else absolute)."""
     from parity.jsonio import dumps
-    from parity.report.store import absolute_paths, relative_paths
+    from parity.report.store import item_on_disk
 
     doc = results.to_dict()
-    doc["items"] = [relative_paths(absolute_paths(it, results.base_dir), path.resolve().parent)
-                    for it in results.items]
+    doc["items"] = [item_on_disk(it, path.resolve().parent) for it in results.items]
     from parity import fileio
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fileio.write_text(path, dumps(doc, indent=1) + "\n")
-
-
-def check_run_arguments(args: argparse.Namespace) -> None:
-    """Flags that cannot work are a usage error (exit 2) before any model loads, not one ERROR per item."""
-    if args.budget is not None and args.budget < 0:
-        raise ParityError(f"--budget must be 0 or more, got {args.budget}")
-    if args.device:
-        _check_device(args.device)
-    for flag, value in (("--out", args.out), ("--json", args.json_out)):
-        if value and Path(value).exists() and Path(value).is_dir() != (flag == "--out"):
-            raise ParityError(f"{flag} {'is not a folder' if flag == '--out' else 'is a folder'}", value)
 
 
 def _check_device(name: str) -> None:
@@ -218,17 +221,20 @@ def _check_device(name: str) -> None:
         raise ParityError(f"--device {name}: parity renders on cpu, cuda or mps")
 
 
-def run_inputs(cases: list[Case], args: argparse.Namespace, device: str) -> dict[str, Any]:
+def run_inputs(cases: list[Case], options: RunOptions, device: str) -> dict[str, Any]:
     """What decides a run's results, recorded in the run block: `--resume` refuses to continue a run whose
     inputs differ (parity.report.journal.input_differences), so one report never mixes two settings."""
-    lora = getattr(args, "lora", None)
-    return {"cases": sorted(str(c.path) for c in cases), "steps": args.steps, "base_model": args.base_model,
-            "text_encoder": args.text_encoder, "request": _inference_value(args), "overrides": sorted(args.overrides),
-            "min_tier": args.min_tier, "lora": str(Path(lora).resolve()) if lora else None, "shard": args.shard,
-            "device": device, "attribution": not args.no_attribution, "budget": args.budget,
-            "determinism_check": getattr(args, "determinism_check", "auto"),
-            "renders": str(Path(args.renders).resolve()) if getattr(args, "renders", None) else None,
-            "endpoint": _public(getattr(args, "endpoint", None)), **_numerics_input()}
+    plan, session = options.plan, options.session
+    return {"cases": sorted(str(c.path) for c in cases), "steps": plan.steps, "base_model": plan.base_model,
+            "text_encoder": plan.text_encoder, "request": plan.inference, "overrides": sorted(plan.overrides),
+            "min_tier": plan.min_tier, "lora": _text(plan.lora), "shard": plan.shard, "device": device,
+            "attribution": session.attribution, "budget": session.budget,
+            "determinism_check": session.determinism_check, "renders": _text(plan.renders),
+            "endpoint": _public(options.endpoint.url) if options.endpoint else None, **_numerics_input()}
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _numerics_input() -> dict[str, str]:
@@ -239,36 +245,26 @@ def _numerics_input() -> dict[str, str]:
     return {} if active_mode() == "native" else {"cpu_numerics": active_mode()}
 
 
-def _public(url: str | None) -> str | None:
+def _public(url: str) -> str:
     from parity.external.endpoint import public_url
 
-    return public_url(url) if url else None
+    return public_url(url)
 
 
-def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
-    """The command line's overrides applied to the cases, then planned (and sharded)."""
+def _plan(cases: list[Case], options: PlanOptions) -> tuple[list[Any], list[Any]]:
+    """The cases under the run's options (new values: the loaded cases stay as read), planned and sharded."""
     from parity.ids import parse_shard, shard_of
     from parity.run import plan_cases
-    from parity.session import gate_tier
 
-    if args.min_tier:
-        tier = gate_tier(args.min_tier, "--min-tier")
-        for c in cases:
-            c.expect.min_tier = tier
-    if args.text_encoder:
-        for c in cases:
-            c.text_encoder = args.text_encoder
-    if getattr(args, "renders", None):
-        for c in cases:
-            c.renders = Path(args.renders).resolve()
+    cases = [options.applied_to(c) for c in cases]
     planned, case_errors = plan_cases(
-        cases, steps=_steps_value(args.steps), inference=_inference_value(args), overrides=args.overrides,
-        lora=Path(args.lora).resolve() if getattr(args, "lora", None) else None, base_model=args.base_model,
+        cases, steps=options.step_selection(), inference=options.inference, overrides=list(options.overrides),
+        lora=options.lora, base_model=options.base_model,
     )
     if len(cases) == 1 and case_errors and not planned:
         raise case_errors[0].error or ParityError(case_errors[0].message)  # a single bad input: exit 2
-    if args.shard:
-        k, n = parse_shard(args.shard)
+    if options.shard:
+        k, n = parse_shard(options.shard)
         planned = [p for p in planned if shard_of(p.id, n) == k]
     return planned, case_errors
 
@@ -276,7 +272,7 @@ def _plan(cases: list[Case], args: argparse.Namespace) -> tuple[list[Any], list[
 def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     """The table of items with tier and causes, then the counts and the report path (control codes escaped)."""
     from parity.commands.plan import printable
-    from parity.report.summary import top_cause, verdict_mark
+    from parity.report.summary import verdict
 
     rows = sorted(items, key=lambda it: (it.get("case") or "", it.get("step") or 0, it.get("index") or 0))
     width = max([len(printable(it["id"])) for it in rows] + [4])
@@ -284,8 +280,8 @@ def print_summary(items: list[dict[str, Any]], paths: Any) -> None:
     for it in rows:
         ssim = (it.get("metrics") or {}).get("ssim")
         ssim_s = f"{ssim:7.4f}" if isinstance(ssim, (int, float)) else "      -"
-        mark, detail = verdict_mark(it), top_cause(it) or ""
-        print(f"{printable(it['id']):<{width}}  {it.get('tier', '?'):<9} {ssim_s}  {mark:<8} {printable(detail)}")
-    counts = {t: sum(1 for it in items if it.get("tier") == t) for t in TIERS}
+        v = verdict(it)
+        print(f"{printable(it['id']):<{width}}  {v.tier:<9} {ssim_s}  {v.mark:<8} {printable(v.why or '')}")
+    counts = {t: sum(1 for it in items if it.get("tier") == t) for t in tier_names()}
     print(" ".join(f"{t}={n}" for t, n in counts.items() if n) or "no items")
     print(f"report: {paths.index}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from parity.tier import DEFAULT_GATE
 
 HELP = "compare one render with one preview (JPEG-matched SSIM, pixel diffs, tier)"
 EXAMPLES = """
@@ -24,15 +25,19 @@ def add_arguments(p) -> None:
     p.add_argument("--window", type=int, metavar="N", help="size of the worst-window density window (default 32)")
     p.add_argument("--resample", action="store_true",
                    help="when sizes differ, also score the render resampled to the preview size (labelled)")
-    p.add_argument("--gate", default="NEAR", help="minimum tier for exit code 0 (default NEAR)")
+    p.add_argument("--gate", default=DEFAULT_GATE, help=f"minimum tier for exit code 0 (default {DEFAULT_GATE})")
 
 
 def run(args) -> int:
     from parity.compare import Thresholds, compare, load_image
     from parity.jsonio import dumps
-    from parity.spec import meets_gate, tier_rank
+    from parity.errors import ParityError
+    from parity.tier import ERROR, meets_gate, parse_gate
 
-    tier_rank(args.gate)  # validates the name early
+    try:
+        gate = parse_gate(args.gate)  # checked before any image is read
+    except ValueError as e:
+        raise ParityError(f"--gate {e}") from None
     overrides = {k: v for k, v in (("tolerance", args.tolerance), ("window", args.window)) if v is not None}
     thresholds = Thresholds.from_mapping(overrides, source="--tolerance/--window")
     render = load_image(args.render).rgb  # InputFileError (exit 2) when the render itself is unreadable
@@ -44,9 +49,9 @@ def run(args) -> int:
         print(dumps(flat, indent=2))  # strict JSON: an infinite PSNR is "inf" (parity.jsonio)
     else:
         print(_text(c))
-    if c.tier == "ERROR":
+    if c.tier == ERROR.name:
         return 2
-    return 0 if meets_gate(c.tier, args.gate) else 1
+    return 0 if meets_gate(c.tier, gate) else 1
 
 
 def _fmt(v: float) -> str:

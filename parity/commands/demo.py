@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from parity.options import RunOptions, SessionOptions
+
 HELP = "build tiny FLUX.2 and [klein] models + AI Toolkit jobs, run passing cases and a drifting one, write the report"
 EXAMPLES = """
   parity demo                   # build demo/ (once), run cases/demo-*.yaml, print the report path
@@ -24,7 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_cpu_numerics_argument(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def options(args: argparse.Namespace) -> RunOptions:
+    """The demo renders on the CPU into reports/demo (or --out), every other option at its default."""
+    from parity.cpu_numerics import requested
+
+    return RunOptions(session=SessionOptions(device="cpu"), cpu_numerics=requested(args.cpu_numerics),
+                      out=Path(args.out or "reports/demo"), quiet=args.quiet)
+
+
+def run(args: argparse.Namespace, options: RunOptions) -> int:
     from parity.cases import load_case
     from parity.commands._execute import execute
     from parity.demo import build_demo
@@ -39,15 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if args.prepare:
         return 0
     cases = [load_case(f) for f in case_files]
-    run_args = argparse.Namespace(
-        steps=None, base_model=None, text_encoder=None, request=None, profile=None, overrides=[], min_tier=None,
-        no_attribution=False, budget=None, device="cpu", out=args.out or "reports/demo", json_out=None,
-        shard=None, resume=False, quiet=getattr(args, "quiet", False), lora=None,
-    )
     import shutil
 
-    shutil.rmtree(run_args.out, ignore_errors=True)  # the demo report is rebuilt each time
-    code = execute(cases, run_args, entry="demo")
+    shutil.rmtree(options.out, ignore_errors=True)  # the demo report is rebuilt each time
+    code = execute(cases, options, entry="demo")
     # demo-reference-server lists its differences under expect.mismatches: it passes as "expected" while the
     # report shows the drift, so any exit code 1 here is a real failure and is returned as such.
     print("demo: demo-parity and demo-klein pass; demo-reference-server drifts as expected and names its causes"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from parity.commands._execute import add_run_arguments, execute
+from parity.commands._execute import add_run_arguments, execute, run_options
+from parity.errors import ParityError
 from parity.external.endpoint import TOKEN_ENV as _TOKEN_ENV  # no HTTP library imported: --help stays light
+from parity.options import EndpointOptions, RunOptions
 
 HELP = "diff a LoRA against its AI Toolkit training previews (table, report, exit 0/1/2)"
 EXAMPLES = """
@@ -42,7 +44,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def options(args: argparse.Namespace) -> RunOptions:
+    """The run's options: the shared flags, this command's --lora, --renders and --endpoint*."""
+    return run_options(args, lora=Path(args.lora).resolve() if args.lora else None,
+                       renders=Path(args.renders).resolve() if args.renders else None,
+                       endpoint=_endpoint_options(args))
+
+
+def _endpoint_options(args: argparse.Namespace) -> EndpointOptions | None:
+    """--endpoint and its limits (a limit of 0 or less is a usage error, exit 2)."""
+    if not args.endpoint:
+        return None
+    for flag, v in (("--endpoint-timeout", args.endpoint_timeout), ("--endpoint-wait", args.endpoint_wait)):
+        if not v > 0:
+            raise ParityError(f"{flag} must be more than 0 seconds, got {v:g}")
+    return EndpointOptions(args.endpoint, timeout_s=args.endpoint_timeout, wait_s=args.endpoint_wait,
+                           allow_insecure_token=args.endpoint_allow_insecure_token)
+
+
+def run(args: argparse.Namespace, options: RunOptions) -> int:
     from parity.cases import Case
     from parity.errors import ConfigError
     from parity.ids import job_case_name
@@ -50,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
     job = Path(args.job).resolve()
     if not job.exists():
         raise ConfigError("no such job folder or config file", args.job)
-    if args.lora:
+    if options.plan.lora is not None:
         check_lora_file(Path(args.lora))
-    if args.renders and not Path(args.renders).exists():
+    if options.plan.renders is not None and not options.plan.renders.exists():
         raise ConfigError("--renders: no such folder or manifest file", args.renders)
     name = job_case_name(job)
     case = Case(name=name, path=(job / "parity-diff.yaml") if job.is_dir() else job,
                 job=job if job.is_dir() else None, config=None if job.is_dir() else job)
-    return execute([case], args, entry="diff")
+    return execute([case], options, entry="diff")
 
 
 def check_lora_file(path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 HELP = "check the runner and the inputs without rendering; plan memory, offload and time per case (exit 0/1/2)"
@@ -53,9 +54,8 @@ def load_targets(targets: list[str], text_encoder: str | None):
     if not cases:
         raise ConfigError("no case files found", ", ".join(targets))
     check_unique_names(cases)
-    if text_encoder:
-        for c in cases:
-            c.text_encoder = text_encoder
+    if text_encoder:  # new cases: a loaded Case is never changed
+        cases = [replace(c, text_encoder=text_encoder) for c in cases]
     return cases
 
 

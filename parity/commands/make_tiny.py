@@ -29,7 +29,7 @@ def run(args) -> int:
     out = Path(args.dir)
     if out.exists() and not out.is_dir():
         raise InputFileError("exists and is not a folder", out)
-    if getattr(args, "klein", False):
+    if args.klein:
         from parity.tiny import build_tiny_klein
 
         k = build_tiny_klein(out, seed=args.seed)
@@ -38,9 +38,8 @@ def run(args) -> int:
         return 0
     from parity.tiny import build_tiny
 
-    paths = build_tiny(out, seed=args.seed, smooth=getattr(args, "smooth", False))
-    quiet = getattr(args, "quiet", False)
-    if not quiet:
+    paths = build_tiny(out, seed=args.seed, smooth=args.smooth)
+    if not args.quiet:
         for f in paths.files:
             print(f"  {f.relative_to(paths.root)}  ({f.stat().st_size:,} bytes)")
     print(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from parity import knobs
 from parity.family import family
 
 HELP = "list the previews of an AI Toolkit job and the exact settings that reproduce each one"
@@ -18,9 +19,6 @@ EXAMPLES = """
   parity plan output/my_lora --export-requests to-render/   # one JSON per item + reference-server requests
 """
 
-_COLS = ("step", "index", "prompt", "width", "height", "seed", "sample_steps", "guidance_scale",
-         "network_multiplier", "checkpoint", "preview")
-_SRC_KEYS = ("prompt", "width", "height", "seed", "sample_steps", "guidance_scale", "network_multiplier")
 _ABBREV = {"default": "D", "block": "B", "item": "I", "flag": "F", "walk": "W", "carry": "C", "floor": "L",
            "job": "J"}
 
@@ -39,7 +37,7 @@ def item_record(item, case_name: str) -> dict:
 
     spec = item.resolved.spec
     s = item.sample
-    return {
+    record = {
         "id": item_id(case_name, item.step, item.index),   # == results.json's item id under `parity diff JOB`
         "step": item.step,
         "index": item.index,
@@ -69,8 +67,11 @@ def item_record(item, case_name: str) -> dict:
         "superseded": [str(p) for p in item.superseded],
         "missing": list(item.missing),
         "notes": list(item.notes),
-        "sources": {k: item.resolved.source(k) for k in (*_SRC_KEYS, "lora_application", "dtype", "quantize")},
+        "sources": {k.key: item.resolved.source(k.key) for k in knobs.SETTINGS.values() if k.plan_source},
     }
+    # registry-only settings (parity.knobs) have no field of their own above: their value under their key
+    record.update({k.key: spec.value(k.key, k.default) for k in knobs.extra_settings()})
+    return record
 
 
 def _export(out: Path, items: list, records: list[dict]) -> None:
@@ -89,6 +90,17 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
+def _cell(r: dict, key: str, col: knobs.PlanColumn) -> str:
+    """One setting's cell: its value (shortened, or "random" for a seed AI Toolkit drew) and its source letter."""
+    text = "random" if col.random_unless and not r[col.random_unless] else _fmt(r[key])
+    if col.max_chars is not None and len(text) > col.max_chars:
+        text = text[:col.max_chars - 3] + "..."
+    if not col.sourced:
+        return text
+    source = r["sources"].get(key, "default")
+    return f"{text} [{_ABBREV.get(source, source[:1].upper())}]"
+
+
 def _table(job, records: list[dict]) -> str:
     f = job.facts
     lines = [
@@ -97,25 +109,17 @@ def _table(job, records: list[dict]) -> str:
         f"quantize_te {f.qtype_te or 'no'}  network {f.network_type}  train.steps {f.steps}  "
         f"trigger {f.trigger_word!r}",
     ]
-    head = ["step", "idx", "prompt", "width", "height", "seed", "steps", "guid", "mult", "lora", "checkpoint",
-            "preview"]
+    columns = [(k.key, k.plan) for k in knobs.SETTINGS.values() if k.plan is not None]
+    head = ["step", "idx", *(c.header for _, c in columns), "checkpoint", "preview"]
     rows = []
     for r in records:
-        src = {k: _ABBREV.get(v, v[:1].upper()) for k, v in r["sources"].items()}
-        prompt = r["prompt"] if len(r["prompt"]) <= 40 else r["prompt"][:37] + "..."
-        seed = _fmt(r["seed"]) if r["seed_reproducible"] else "random"
         todo = "(to come)" if r.get("expected") else "MISSING"
         ck = "(baseline)" if r["baseline"] else (r["checkpoint"].rsplit("/", 1)[-1] if r["checkpoint"] else todo)
         pv = r["preview"].rsplit("/", 1)[-1] if r["preview"] else todo
         if r["preview_format"] and r["preview_format"]["format"] == "JPEG":
             pv += f" (q{r['preview_format']['quality']} {r['preview_format']['subsampling']})"
-        rows.append([
-            str(r["step"]) + ("*" if r["group"] == "first_sample" else ""), str(r["index"]),
-            f"{prompt} [{src['prompt']}]",
-            f"{r['width']} [{src['width']}]", f"{r['height']} [{src['height']}]", f"{seed} [{src['seed']}]",
-            f"{r['sample_steps']} [{src['sample_steps']}]", f"{_fmt(r['guidance_scale'])} [{src['guidance_scale']}]",
-            f"{_fmt(r['network_multiplier'])} [{src['network_multiplier']}]", r["lora_application"], ck, pv,
-        ])
+        rows.append([str(r["step"]) + ("*" if r["group"] == "first_sample" else ""), str(r["index"]),
+                     *(_cell(r, key, col) for key, col in columns), ck, pv])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.errors import ParityError
+from parity.options import ReportOptions
 
 HELP = "build the HTML report, JUnit XML and markdown summary from results.json (or merge shards)"
 EXAMPLES = """
@@ -60,13 +61,18 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                         "set; parity posts nothing itself (docs/ci.md)")
 
 
-def write_github(args: argparse.Namespace, results: Any, out: Path) -> None:
+def report_options(args: argparse.Namespace) -> ReportOptions:
+    """The flags of add_report_arguments as the report's options."""
+    return ReportOptions(link_images=args.link_images, report_url=args.report_url, github=args.github)
+
+
+def write_github(options: ReportOptions, results: Any, out: Path) -> None:
     """`--github`: the PR comment, commit status and step summary beside the report (docs/ci.md)."""
-    if not getattr(args, "github", False):
+    if not options.github:
         return
     from parity.report.github import write_github_outputs
 
-    gh = write_github_outputs(results, out, report_url=getattr(args, "report_url", None))
+    gh = write_github_outputs(results, out, report_url=options.report_url)
     lines = [gh.comment, gh.status] + ([f"appended to {gh.step_summary}"] if gh.step_summary else [])
     print("\n".join(f"  {line}" for line in lines))
 
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from parity.report import load, merge, write_report
 
     t0 = time.perf_counter()
+    options = report_options(args)
     inputs = list(args.inputs)
     merging = inputs[0] == "merge" and not Path("merge").exists()
     if merging:
@@ -97,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s", w)
     paths = write_report(results, out, thumbnails=not args.no_thumbnails, thumb_size=args.thumb_size,
                          thumb_budget_s=args.thumb_budget or None, title=args.title,
-                         copy_images=not args.link_images, report_url=args.report_url)
+                         copy_images=not options.link_images, report_url=options.report_url)
     n = len(results.items)
     failed = sum(1 for it in results.items if not it.get("passed"))
     state = "" if results.complete else " (run incomplete)"
     print(f"{n - failed}/{n} items meet their gate{state}; report in {time.perf_counter() - t0:.1f} s")
     print(f"  {paths.index}\n  {paths.junit}\n  {paths.markdown}")
-    write_github(args, results, paths.dir)
+    write_github(options, results, paths.dir)
     if args.strict and (failed or not results.complete):
         return 1
     if merging and failed:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from parity.commands._execute import add_run_arguments, execute
+from parity.commands._execute import add_run_arguments, execute, run_options
 from parity.errors import ParityError
+from parity.options import RunOptions
 
 HELP = "run case files: render every item, compare with its preview, diagnose, write the report"
 EXAMPLES = """
@@ -21,7 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def options(args: argparse.Namespace) -> RunOptions:
+    return run_options(args)
+
+
+def run(args: argparse.Namespace, options: RunOptions) -> int:
     import sys
 
     from parity.cases import find_cases, load_case
@@ -42,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         from parity.errors import ConfigError
 
         raise ConfigError("no case files found", ", ".join(args.cases))
-    code = execute(cases, args, entry="run", load_errors=errors)  # each also an ERROR in results and JUnit
+    code = execute(cases, options, entry="run", load_errors=errors)  # each also an ERROR in results and JUnit
     return max(code, 1) if errors else code

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from parity.errors import ParityError
+from parity.tier import ERROR
 
 from . import metrics as M
 from .jpeg import can_reencode, reencode
@@ -134,7 +135,7 @@ def compare(
     """
     t = thresholds or Thresholds()
     render = _check_render(render)
-    out = Comparison(tier="ERROR", name=name, preview=str(preview_path), thresholds=t.to_dict())
+    out = Comparison(tier=ERROR.name, name=name, preview=str(preview_path), thresholds=t.to_dict())
     try:
         pv = load_image(preview_path)
     except ParityError as e:

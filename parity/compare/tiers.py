@@ -1,4 +1,4 @@
-"""Verdict tiers (names from parity.spec.TIERS) and their thresholds.
+"""How a comparison is put in a verdict tier (the tiers themselves: parity.tier) and the thresholds it uses.
 
 Order of the decision (docs/metrics.md has the calibration behind each default):
 1. ERROR      could not compare (unreadable file, size mismatch without --resample, image below 11x11).
@@ -12,12 +12,14 @@ Order of the decision (docs/metrics.md has the calibration behind each default):
               - lossless preview: luma SSIM >= `near_ssim_y`;
               and the worst `window` x `window` window has at most `near_window_density` of its pixels over
               `tolerance` levels (catches a broken face in an otherwise matching image).
-5. DRIFT      everything else: same composition, visibly different.
+5. a graded tier between NEAR and DRIFT (none is built in): the first whose `band` (parity.tier.Band) admits the
+   metrics.
+6. DRIFT      everything else: same composition, visibly different.
 A resampled comparison (sizes differed) is never better than DRIFT.
 
 Noise floor (`decide_floor_tier`): an item whose settings all match and whose only differences are irreducible
-(parity.spec.IRREDUCIBLE_KNOBS: LoRA file precision, merge history, hardware) cannot be pushed below their noise by
-any re-render. The runner measures that noise on the item itself (the render against a twin render that differs
+(parity.knobs' irreducible knobs: LoRA file precision, merge history, hardware) cannot be pushed below their noise
+by any re-render. The runner measures that noise on the item itself (the render against a twin render that differs
 by a sample of the irreducible difference) and a DRIFT within `noise_floor_ratio` times it becomes NEAR, labelled.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from parity.errors import ConfigError
+from parity.tier import DIFFERENT, DRIFT, EXACT, NEAR, graded_between
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,13 @@ def decide_tier(m: Mapping[str, float], t: Thresholds, *, ceiling_ssim_y: float 
     ceiling_ssim_y: luma SSIM of the render against its own re-encode (JPEG previews), else None."""
     sy, ph = m["ssim_y"], m["phash_distance"]
     if not resampled and m["max_abs"] <= t.exact_max_abs:
-        return "EXACT", f"max |diff| {m['max_abs']:.0f} <= {t.exact_max_abs}"
+        return EXACT.name, f"max |diff| {m['max_abs']:.0f} <= {t.exact_max_abs}"
     if ph >= t.different_phash and sy < t.different_phash_ssim_y:
-        return "DIFFERENT", f"pHash distance {ph:.0f} >= {t.different_phash} and SSIM-Y {sy:.4f} < {t.different_phash_ssim_y}"
+        return DIFFERENT.name, f"pHash distance {ph:.0f} >= {t.different_phash} and SSIM-Y {sy:.4f} < {t.different_phash_ssim_y}"
     if sy < t.different_ssim_y:
-        return "DIFFERENT", f"SSIM-Y {sy:.4f} < {t.different_ssim_y}"
+        return DIFFERENT.name, f"SSIM-Y {sy:.4f} < {t.different_ssim_y}"
     if resampled:
-        return "DRIFT", "sizes differ (a resampled comparison is at best DRIFT)"
+        return DRIFT.name, f"sizes differ (a resampled comparison is at best {DRIFT.name})"
     if ceiling_ssim_y is not None:
         floor = 1.0 - t.near_ceiling_ratio * (1.0 - ceiling_ssim_y)
         floor_txt = f"{floor:.4f} (= 1 - {t.near_ceiling_ratio:g} x JPEG loss {1.0 - ceiling_ssim_y:.4f})"
@@ -97,13 +100,21 @@ def decide_tier(m: Mapping[str, float], t: Thresholds, *, ceiling_ssim_y: float 
         floor, floor_txt = t.near_ssim_y, f"{t.near_ssim_y}"
     win = f"worst {t.window}px window {m['window_density']:.3f}"
     if sy >= floor and m["window_density"] <= t.near_window_density:
-        return "NEAR", f"SSIM-Y {sy:.4f} >= floor {floor_txt}, {win} <= {t.near_window_density}"
+        return NEAR.name, f"SSIM-Y {sy:.4f} >= floor {floor_txt}, {win} <= {t.near_window_density}"
     why = []
     if sy < floor:
         why.append(f"SSIM-Y {sy:.4f} < floor {floor_txt}")
     if m["window_density"] > t.near_window_density:
         why.append(f"{win} > {t.near_window_density} (pixels over {t.tolerance} levels)")
-    return "DRIFT", "; ".join(why)
+    return graded_tier(m, "; ".join(why))
+
+
+def graded_tier(m: Mapping[str, float], why: str) -> tuple[str, str]:
+    """(tier, reason) of a comparison that missed NEAR: the best graded tier whose band admits it, else DRIFT."""
+    for tier in graded_between(NEAR, DRIFT):
+        if tier.band is not None and tier.band.admits(m):
+            return tier.name, f"{why}; {tier.band.reason(m)}"
+    return DRIFT.name, why
 
 
 def decide_floor_tier(tier: str, m: Mapping[str, float], floor: Mapping[str, float], t: Thresholds, *,
@@ -116,15 +127,15 @@ def decide_floor_tier(tier: str, m: Mapping[str, float], floor: Mapping[str, flo
     the twin's loss and the worst window is at most that ratio x the twin's (or within `near_window_density`).
     A twin identical to the render (zero loss) measures no noise and lifts nothing."""
     names = ", ".join(knobs) or "irreducible differences"
-    if tier != "DRIFT" or resampled:
+    if tier != DRIFT.name or resampled:
         return tier, ""
     loss, floor_loss = 1.0 - float(m["ssim_y"]), 1.0 - float(floor["ssim_y"])
     if floor_loss <= 0.0:
-        return "DRIFT", f"noise floor of {names}: the twin render equals this render, so no noise was measured"
+        return DRIFT.name, f"noise floor of {names}: the twin render equals this render, so no noise was measured"
     allowed = t.noise_floor_ratio * floor_loss
     win_allowed = max(t.near_window_density, t.noise_floor_ratio * float(floor["window_density"]))
     head = (f"noise floor of {names}: SSIM-Y loss {loss:.5f} vs {t.noise_floor_ratio:g} x measured {floor_loss:.5f}"
             f"; worst window {float(m['window_density']):.3f} vs {win_allowed:.3f}")
     if loss <= allowed and float(m["window_density"]) <= win_allowed:
-        return "NEAR", f"within the {head}"
-    return "DRIFT", f"above the {head}"
+        return NEAR.name, f"within the {head}"
+    return DRIFT.name, f"above the {head}"

@@ -16,11 +16,9 @@ from typing import Any
 from parity.diagnose.attribution import Attribution, Cause, attribute, causes_list
 from parity.diagnose.cache import RenderCache
 from parity.diagnose.checks import HashCheck, check_hashes
-from parity.diagnose.paramdiff import (
-    KNOB_FIELDS, RENDERABLE_KNOBS, ParamDiff, align, align_many, differing_knobs, param_diff,
-)
+from parity.diagnose.paramdiff import ParamDiff, align, align_many, differing_knobs, param_diff
 from parity.diagnose.settings import (
-    PROFILES, VALID_KEYS, InferenceResolved, InferenceSettings, inference_spec, load_request, parse_overrides,
+    PROFILES, InferenceResolved, InferenceSettings, inference_spec, load_request, parse_overrides,
 )
 from parity.diagnose.suspects import Suspects, confirm_changes, suspect_search
 
@@ -52,8 +50,8 @@ def item_diff(item: Any, job: Any, settings: InferenceSettings, *, inference_har
 
 
 __all__ = [
-    "Attribution", "Cause", "HashCheck", "InferenceResolved", "InferenceSettings", "KNOB_FIELDS", "PROFILES",
-    "ParamDiff", "RENDERABLE_KNOBS", "RenderCache", "Suspects", "VALID_KEYS", "align", "align_many", "attribute",
+    "Attribution", "Cause", "HashCheck", "InferenceResolved", "InferenceSettings", "PROFILES",
+    "ParamDiff", "RenderCache", "Suspects", "align", "align_many", "attribute",
     "causes_list", "check_hashes", "differing_knobs", "inference_spec", "item_diff", "load_request",
     "confirm_changes", "param_diff", "parse_overrides", "suspect_search",
 ]

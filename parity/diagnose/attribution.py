@@ -12,32 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
-from parity.diagnose.paramdiff import KNOB_FIELDS, align_many, differing_knobs, knob_value
-from parity.job.sizes import effective_size
-from parity.spec import KNOBS, RenderSpec
-
-# Knobs tried first when the budget cannot cover them all: the large effects of aitk-flux2-previews.md section G
-# (wrong checkpoint, seed, size, generator, schedule), then the moderate ones, then the small ones.
-PRIOR_ORDER: tuple[str, ...] = ("checkpoint", "seed", "resolution", "generator", "schedule", "steps", "guidance",
-                                "lora_scale", "prompt", "reference_images", "negative_prompt", "quantization", "dtype",
-                                "lora_application")
-assert set(PRIOR_ORDER) == {k for k in KNOBS if KNOB_FIELDS[k]}
+from parity import knobs as registry
+from parity.diagnose.cache import BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
+from parity.diagnose.paramdiff import align_many, differing_knobs
+from parity.spec import RenderSpec
+from parity.tier import explains
 
 
 def compact_value(spec: RenderSpec, knob: str) -> Any:
-    """A short JSON value for a knob: the schedule and resolution condensed, the rest as in the parameter table."""
-    if knob == "schedule":
-        text = spec.schedule if spec.semantics == "aitk" else f"{spec.schedule} ({spec.semantics})"
-        if spec.numerics:
-            text += " [" + ",".join(f"{k}:{v}" for k, v in spec.numerics) + "]"
-        return text
-    if knob == "resolution":
-        w, h = effective_size(spec.width, spec.height)
-        return f"{w}x{h}"
-    if knob == "text_encoder":
-        raise KeyError(knob)  # not a RenderSpec field: never attributed by re-rendering
-    return knob_value(spec, knob)
+    """A short JSON value for a knob (the registry's: the schedule and resolution condensed, the rest as in the
+    parameter table); KeyError for a knob that is not part of a render spec."""
+    return registry.knob(knob).short(spec)
 
 
 @dataclass
@@ -96,7 +81,7 @@ class Attribution:
 
 
 def _restores(score: float, tier: str | None, explained_at: float) -> bool:
-    return tier in PARITY_TIERS if tier is not None else score >= explained_at
+    return explains(tier) if tier is not None else score >= explained_at
 
 
 def attribute(
@@ -124,12 +109,13 @@ def attribute(
     base_score, base_tier = session.score(inference_spec, free=True)
     diff = differing_knobs(preview_spec, inference_spec)
     if knobs is not None:
-        unknown = [k for k in knobs if k not in KNOB_FIELDS]
+        names = registry.knob_names()
+        unknown = [k for k in knobs if k not in names]
         if unknown:
-            raise ValueError(f"unknown knob(s) {', '.join(unknown)}; expected some of {', '.join(KNOBS)}")
+            raise ValueError(f"unknown knob(s) {', '.join(unknown)}; expected some of {', '.join(names)}")
         diff = [k for k in diff if k in knobs]
     result = Attribution(baseline=base_score, baseline_tier=base_tier, knobs=list(diff), causes=[])
-    if base_tier in PARITY_TIERS:
+    if explains(base_tier):
         result.note = f"already at parity ({base_tier}); nothing to attribute"
         result.explained = True
         return result
@@ -140,7 +126,7 @@ def attribute(
         result.explained = False
         return result
 
-    order = [k for k in PRIOR_ORDER if k in diff]
+    order = [k for k in registry.attribution_order() if k in diff]
     causes: dict[str, Cause] = {k: Cause(k, compact_value(preview_spec, k), compact_value(inference_spec, k),
                                          ssim_aligned=None) for k in order}
     aligned = _Aligner(session, inference_spec, preview_spec)
@@ -200,7 +186,7 @@ def _leave_one_out(aligned: _Aligner, order: list[str], causes: dict[str, Cause]
 
 def _ranked(causes: dict[str, Cause]) -> list[Cause]:
     """Tried knobs by weight (ties in prior order), then the untried ones."""
-    prior = {k: i for i, k in enumerate(PRIOR_ORDER)}
+    prior = {k: i for i, k in enumerate(registry.attribution_order())}
     tried = [c for c in causes.values() if c.ssim_aligned is not None or c.ssim_without is not None]
     untried = [c for c in causes.values() if c not in tried]
     tried.sort(key=lambda c: (-c.weight, prior[c.knob]))

@@ -21,8 +21,6 @@ RenderFn = Callable[[RenderSpec], np.ndarray]
 # `.metrics["ssim"]` and `.tier` (parity.compare's result); the tier, when present, decides "restored parity".
 ScoreFn = Callable[[np.ndarray, Any], Any]
 
-PARITY_TIERS = ("EXACT", "NEAR")
-
 
 PSNR_EXACT = 1000.0   # identical images (infinite PSNR) as a finite, orderable score
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# The initial noise is `randn((1, 128, H/16, W/16), generator=seed, dtype)`: seed, generator device, effective
-# size and noise dtype decide it (aitk-flux2-previews.md section C step 7).
-NOISE_KNOBS: tuple[str, ...] = ("seed", "generator", "resolution", "dtype")
-# The embedding is the text encoder's hidden states for the processed prompt, cast to the model dtype (C step 5).
-EMBEDDING_KNOBS: tuple[str, ...] = ("prompt", "text_encoder")
+from parity import knobs
+
+# Which knobs decide the initial noise and the prompt embedding is declared per knob in the registry
+# (`Knob.feeds`; `Knob.arithmetic` for those that also change the transformer's arithmetic).
+
+
+def _proven_equal(engine_input: str) -> list[str]:
+    """Knobs an equal hash of `engine_input` rules out: those feeding it that no arithmetic change hides behind."""
+    return [k for k in knobs.feeding(engine_input) if not knobs.knob(k).arithmetic]
 
 
 @dataclass
@@ -42,14 +46,14 @@ def check_hashes(preview_noise: str | None, inference_noise: str | None,
     noise_same = preview_noise is not None and preview_noise == inference_noise
     emb_same = preview_embedding is not None and preview_embedding == inference_embedding
     if noise_same:
-        out.ruled_out += ["seed", "generator", "resolution"]
+        out.ruled_out += _proven_equal(knobs.NOISE)
     elif preview_noise is not None and inference_noise is not None:
-        out.suspects += [k for k in ("seed", "generator", "resolution", "dtype")]
+        out.suspects += list(knobs.feeding(knobs.NOISE))
         out.notes.append("the initial noise differs: seed, generator device, size or noise dtype differ")
     if emb_same:
-        out.ruled_out += ["prompt", "text_encoder"]
+        out.ruled_out += _proven_equal(knobs.EMBEDDING)
     elif preview_embedding is not None and inference_embedding is not None:
-        out.suspects += [k for k in ("prompt", "text_encoder", "dtype", "quantization") if k not in out.suspects]
+        out.suspects += [k for k in knobs.feeding(knobs.EMBEDDING) if k not in out.suspects]
         out.notes.append("the prompt embedding differs: prompt text, text encoder, its quantization or dtype differ")
     for k in out.ruled_out:
         if k in mism:

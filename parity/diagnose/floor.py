@@ -1,4 +1,4 @@
-"""Noise floor of an item whose only differences are irreducible (parity.spec.IRREDUCIBLE_KNOBS).
+"""Noise floor of an item whose only differences are irreducible (parity.knobs: the irreducible knobs).
 
 No re-render can remove a LoRA file's rounding, the drift of merge rounds whose checkpoints are gone, or another
 device's kernels. What it can do is measure how much such a difference moves this very image: render a *twin*
@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
+from parity.record import NoiseFloorRecord
 from parity.spec import RenderSpec
 
 # Rounding-only numerics switches (same math, other kernel or precision): the hardware proxy flips these.
@@ -117,18 +118,11 @@ def worst_twin(per_twin: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def floor_record(twin: NoiseTwin, metrics: dict[str, float] | None, *, tier_before: str, tier: str, reason: str,
-                 ratio: float, draws: Sequence[float] = ()) -> dict[str, Any]:
-    """The `noise_floor` field of an item in results.json (docs/results-schema.md). `draws`: SSIM-Y of each twin."""
-    return {
-        "draws": [float(d) for d in draws],
-        "knobs": twin.knobs,
-        "twin": list(twin.measured),
-        "unmeasured": list(twin.unmeasured),
-        "metrics": None if metrics is None else {k: metrics[k] for k in ("ssim_y", "window_density", "max_abs",
-                                                                          "mae") if k in metrics},
-        "ratio": ratio,
-        "tier_before": tier_before,
-        "tier": tier,
-        "applied": tier != tier_before,
-        "reason": reason,
-    }
+                 ratio: float, draws: Sequence[float] = ()) -> NoiseFloorRecord:
+    """The `noise_floor` part of an item's record (docs/results-schema.md). `draws`: SSIM-Y of each twin."""
+    return NoiseFloorRecord(
+        draws=[float(d) for d in draws], knobs=twin.knobs, twin=list(twin.measured),
+        unmeasured=list(twin.unmeasured),
+        metrics=None if metrics is None else {k: metrics[k] for k in ("ssim_y", "window_density", "max_abs", "mae")
+                                              if k in metrics},
+        ratio=ratio, tier_before=tier_before, tier=tier, applied=tier != tier_before, reason=reason)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from parity.spec import RenderSpec, ResolvedSpec
+from parity.spec import SPEC_FIELDS, RenderSpec, ResolvedSpec
 
 from .request import RequestPrompt
 
@@ -78,7 +78,6 @@ PROFILE_SPECS: dict[str, ProfileSpec] = {"reference-server": _reference_server, 
 PROFILES: tuple[str, ...] = tuple(PROFILE_SPECS)
 # the resolution divisor each profile floors sizes to (diffusers floors to 16, section G)
 PROFILE_DIVISORS: dict[str, int] = {"reference-server": SERVER_RESOLUTION_DIVISOR, "diffusers": 16}
-SPEC_FIELDS: tuple[str, ...] = tuple(RenderSpec.__dataclass_fields__)
 
 
 def server_spec(prompt: str, p: RequestPrompt | None, index: int, lora_path: str | None,

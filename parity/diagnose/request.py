@@ -8,19 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from parity import knobs
 from parity.errors import ConfigError
-from parity.family import arches
+from parity.family import DEFAULT_ARCH, arches, is_member, other_hint
 
 MAX_REQUEST_BYTES = 8 * 2**20   # a request file is a few KB
-
-# Request schema limits (src/schemas/request.py, section D.4).
-_LIMITS = {
-    "width": (64, 4096),
-    "height": (64, 4096),
-    "guidance_scale": (0.0, 20.0),
-    "sample_steps": (1, 150),
-    "network_multiplier": (-2.0, 2.0),
-}
 
 
 @dataclass(frozen=True)
@@ -33,6 +25,8 @@ class RequestPrompt:
     guidance_scale: float | None = None
     neg: str | None = None
     trigger_word: str | None = None
+    # registry-only settings the request sets (parity.knobs `Setting.request_limit`), as (key, value) pairs
+    extra: tuple[tuple[str, Any], ...] = ()
 
 
 # The reference server's FLUX.2-family model ids (src/schemas/models.py ModelType; src/pipelines/flux2_klein.py:
@@ -50,27 +44,18 @@ class Request:
     network_multiplier: float | None = None
 
 
-def _req_int(obj: Mapping, key: str, where: str, path: str, lo: int | None, hi: int | None) -> int | None:
+def _req_number(obj: Mapping, key: str, where: str, path: str) -> int | float | None:
+    """A number of the request, typed and within the server's schema limit (the registry's `request_limit`)."""
     if key not in obj or obj[key] is None:
         return None
-    v = obj[key]
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{where}.{key}: expected an integer, got {v!r}", path)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"{lo}..{hi}"
-        raise ConfigError(f"{where}.{key}: {v} is outside the allowed range {rng}", path)
-    return v
-
-
-def _req_float(obj: Mapping, key: str, where: str, path: str, lo: float, hi: float) -> float | None:
-    if key not in obj or obj[key] is None:
-        return None
-    v = obj[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{where}.{key}: expected a number, got {v!r}", path)
-    if v < lo or v > hi:
-        raise ConfigError(f"{where}.{key}: {v} is outside the allowed range {lo:g}..{hi:g}", path)
-    return float(v)
+    s, v = knobs.setting(key), obj[key]
+    kind = "an integer" if s.value_type is int else "a number"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (s.value_type is int and not isinstance(v, int)) \
+            or not math.isfinite(v):
+        raise ConfigError(f"{where}.{key}: expected {kind}, got {v!r}", path)
+    if s.request_limit is not None and not s.request_limit.holds(v):
+        raise ConfigError(f"{where}.{key}: {v} is outside the allowed range {s.request_limit.text()}", path)
+    return s.value_type(v)
 
 
 def _req_str(obj: Mapping, key: str, where: str, path: str) -> str | None:
@@ -102,9 +87,9 @@ def _model(data: Mapping, path: str) -> str:
     """The request's `model`: one the server runs with AI Toolkit's FLUX.2 semantics."""
     model = data.get("model")
     if not isinstance(model, str):
-        raise ConfigError("model: required, expected the string \"flux2\"", path)
-    if model not in arches():
-        hint = " (flux2_diffusers wraps diffusers' pipeline with divisor 32: use the diffusers profile with --set resolution_divisor=32)" if model == "flux2_diffusers" else ""
+        raise ConfigError(f"model: required, expected the string \"{DEFAULT_ARCH}\"", path)
+    if not is_member(model):
+        hint = f" ({other_hint(model)})" if other_hint(model) else ""
         raise ConfigError(f"model: {model!r} is not supported; parity checks "
                           f"{', '.join(repr(m) for m in arches())}{hint}", path)
     return model
@@ -121,19 +106,21 @@ def _prompt(p: Any, where: str, path: str) -> RequestPrompt:
     if given:
         # how the server turns these into reference images is not modelled: refuse rather than drop them
         raise ConfigError(f"{where}.{given[0]}: reference images in requests are not supported by parity yet", path)
-    seed = _req_int(p, "seed", where, path, -1, None)
+    seed = _req_number(p, "seed", where, path)
     if seed == -1:
         # base.py L812-814: -1 draws a random seed; such a render can never be compared with a preview.
         raise ConfigError(f"{where}.seed: -1 asks the server for a random seed, which cannot reproduce a preview", path)
     return RequestPrompt(
         prompt=text,
-        width=_req_int(p, "width", where, path, *_LIMITS["width"]),
-        height=_req_int(p, "height", where, path, *_LIMITS["height"]),
+        width=_req_number(p, "width", where, path),
+        height=_req_number(p, "height", where, path),
         seed=seed,
-        sample_steps=_req_int(p, "sample_steps", where, path, *_LIMITS["sample_steps"]),
-        guidance_scale=_req_float(p, "guidance_scale", where, path, *_LIMITS["guidance_scale"]),
+        sample_steps=_req_number(p, "sample_steps", where, path),
+        guidance_scale=_req_number(p, "guidance_scale", where, path),
         neg=_req_str(p, "neg", where, path),
         trigger_word=_req_str(p, "trigger_word", where, path),
+        extra=tuple((s.key, v) for s in knobs.extra_settings() if s.request_limit is not None
+                    and (v := _req_number(p, s.key, where, path)) is not None),
     )
 
 
@@ -155,7 +142,7 @@ def _lora(loras: Any, base: Path, path: str) -> tuple[str | None, float | None]:
     if "://" in lp:
         raise ConfigError("loras[0].path: URLs are not fetched; download the LoRA and give its local path", path)
     lora_path = str(Path(lp) if Path(lp).is_absolute() else (base / lp))
-    return lora_path, _req_float(lo, "network_multiplier", "loras[0]", path, *_LIMITS["network_multiplier"])
+    return lora_path, _req_number(lo, "network_multiplier", "loras[0]", path)
 
 
 def load_request(path: str | Path, base_dir: str | Path | None = None) -> Request:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from parity.diagnose.cache import BudgetExhausted, Session
 from parity.diagnose.recover import Axis, Descent, Scored, _AxisRun, _golden, axes_for, axis_value, descend
 from parity.spec import RenderSpec
+from parity.tier import explains
 
 # Coarse values per knob over its plausible range (steps 1-100, guidance 0-15, multiplier 0-2, static shift
 # 0.5-8): spaced so that any value lies inside the basin of one of them or of the recorded value. Values closer
@@ -78,7 +79,7 @@ def minimum_renders(spec: RenderSpec) -> int:
 
 def close(score: Scored, explained: Callable[[Scored], bool]) -> bool:
     """Near the answer: NEAR or EXACT (identical but for the JPEG error), or explaining the target."""
-    return score[1] in ("EXACT", "NEAR") or explained(score)
+    return explains(score[1]) or explained(score)
 
 
 def can_render(session: Session) -> bool:

@@ -27,7 +27,7 @@ from parity.errors import ConfigError
 from parity.spec import RenderSpec, ResolvedSpec
 
 from .overrides import (  # noqa: F401 - re-exported
-    ALIASES, EXTRA_SETTINGS, QTYPES, VALID_KEYS, canonical_key, coerce_value, parse_override_mapping, parse_overrides,
+    QTYPES, canonical_key, coerce_value, parse_override_mapping, parse_overrides,
 )
 from .profiles import (  # noqa: F401 - re-exported
     DIFFUSERS_GUIDANCE, DIFFUSERS_STEPS, PROFILE_DIVISORS, PROFILE_SPECS, PROFILES, SERVER_GUIDANCE,
@@ -185,12 +185,13 @@ def _request_spec(req: Request, index: int) -> tuple[RenderSpec, dict[str, str]]
     p = req.prompts[index]
     prompt = replace_trigger_server(p.prompt, p.trigger_word or req.trigger_word)
     spec = server_spec(prompt, p, index, req.lora_path, req.network_multiplier).with_(
-        arch=req.model, negative_prompt=p.neg or "")
+        arch=req.model, negative_prompt=p.neg or "", **dict(p.extra))
     sources = {k: "profile" for k in SPEC_FIELDS}
     sources["prompt"] = "request"
     for k in ("width", "height", "sample_steps", "guidance_scale"):
         if getattr(p, k) is not None:
             sources[k] = "request"
+    sources.update({k: "request" for k, _ in p.extra})
     sources["seed"] = "request" if p.seed is not None else "walk"
     sources["lora_path"] = "request"
     if req.network_multiplier is not None:

@@ -17,13 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from parity.diagnose.cache import PARITY_TIERS, BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
+from parity.diagnose.cache import BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.diagnose.recover import AxisSearch, Descent, axes_for, descend
 from parity.diagnose.fit import ImageFit, fit_from, target_blocks
 from parity.diagnose.scan import (MIN_REFINE, SHARE, Answer, ScanResult, can_render, close, coarse_scan,
                                   coarse_starts, global_search, minimum_renders)
 from parity.job.sizes import effective_size
 from parity.spec import RenderSpec
+from parity.tier import DIFFERENT, EXACT, explaining_tiers, explains
 from parity.values import knob_text
 
 # A change must beat the recorded settings' score by this much to count as evidence; the search climbs PSNR (dB)
@@ -215,7 +216,7 @@ def suspect_search(
     cache: RenderCache | None = None,
     preview_size: tuple[int, int] | None = None,
     explained_at: float = 0.98,
-    explained_tiers: tuple[str, ...] = PARITY_TIERS,
+    explained_tiers: tuple[str, ...] = explaining_tiers(),
     others: list[tuple[Any, RenderSpec]] = (),
     pinned: dict[str, Any] | None = None,
 ) -> Suspects:
@@ -237,7 +238,7 @@ def suspect_search(
         return sc[1] in explained_tiers if sc[1] is not None else sc[0] >= explained_at
 
     def exact(sc: tuple[float, str | None]) -> bool:
-        return sc[1] == "EXACT" if sc[1] is not None else sc[0] >= 1.0
+        return sc[1] == EXACT.name if sc[1] is not None else sc[0] >= 1.0
 
     result = Suspects(baseline=base[0], baseline_tier=base[1], tried=[], metric=unit, lora_free=spec.lora_path is None)
     if _no_search(result, spec, base, done, budget):
@@ -342,14 +343,14 @@ class _Search:
             res = resolution_candidate(self.spec, preview_size)
             self.try_discrete([res] if res else [])
             seeds = seed_candidates(self.spec, index)
-            if self.score[1] == "DIFFERENT" and not self.done(self.score):
+            if self.score[1] == DIFFERENT.name and not self.done(self.score):
                 self.try_discrete(seeds)
                 seeds = []
             if not self.exact(self.score) and not self.pinned:
                 self.try_discrete(default_set_candidates(self.spec), only_if_explains=True)
             if not self.exact(self.score):  # explained but not exact: one polishing round still pays
                 self.search_globally(self.fit_image())
-            near = self.score[1] in PARITY_TIERS   # NEAR with AI Toolkit's family: no other family to try
+            near = explains(self.score[1])   # NEAR with AI Toolkit's family: no other family to try
             for c in schedule_candidates(self.spec) if not (self.exact(self.score) or self.pinned or near) else []:
                 self.try_schedule(c)
             if not self.exact(self.score) and self.try_discrete(seeds):
@@ -362,8 +363,8 @@ class _Search:
         """The image fit (parity.diagnose.fit) from the recorded values or the best points of the coarse scan:
         every knob at once, one render informing all of them. Only where the gate asks for EXACT; empty when the
         target or the renders are no images (the score search then does it all)."""
-        if self.done((0.0, "NEAR")):
-            # a gate that passes NEAR claims a near answer, and the fit moves every knob at once: within the JPEG
+        if any(self.done((0.0, t)) for t in explaining_tiers() if t != EXACT.name):
+            # a gate that passes NEAR (any explaining tier short of EXACT) claims a near answer, and the fit moves every knob at once: within the JPEG
             # error steps and the shift trade off, so a near fit can carry knobs that never changed (measured:
             # 25 steps + guidance 3 + multiplier 1.01 + shift 1.75 claimed for 24 steps + guidance 3). There the
             # score search, knob by knob, decides alone.
@@ -543,7 +544,7 @@ def _verdict(result: Suspects, source: str | None = None) -> str:
 
 def confirm_changes(preview_path: Any, spec: RenderSpec, found: Suspects, render: RenderFn, score: ScoreFn, *,
                     budget: int | None = None, cache: RenderCache | None = None, source: str | None = None,
-                    explained_at: float = 0.98, explained_tiers: tuple[str, ...] = PARITY_TIERS) -> Suspects:
+                    explained_at: float = 0.98, explained_tiers: tuple[str, ...] = explaining_tiers()) -> Suspects:
     """One render: the values `found` on another item of the case, applied to this item's `spec`. Explained when
     the render reproduces this item's preview; otherwise the caller searches this item on its own."""
     session = Session(render, score, preview_path, budget=budget, cache=cache, metric="psnr")

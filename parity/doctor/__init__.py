@@ -61,7 +61,7 @@ def architecture_check(tcfg: dict, arch: str, base_arch: str | None = None) -> C
     pinned config of the job's `model.arch`."""
     from parity.engine import fullsize
 
-    if base_arch is not None and family(base_arch).klein != family(arch).klein:
+    if base_arch is not None and not family(arch).renders_like(family(base_arch)):
         return Check("architecture", "fail", f"the base model is {base_arch!r} but the job trained {arch!r} "
                      "(model.arch): parity would render another model")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from parity.doctor.environment import Device
 from parity.engine import offload, resources
 from parity.engine.resources import CARDS
+from parity.family import family
 
 
 @dataclass
@@ -40,9 +41,9 @@ class CasePlan:
         }
 
 
-def render_shape(items, lora_params: int, tcfg: dict) -> offload.RenderShape:
+def render_shape(items, lora_params: int) -> offload.RenderShape:
     """The heaviest render of a case's items (largest image; their shared precision is the first item's).
-    A model without a guidance embedding (klein) runs real CFG: counted as a batch of two."""
+    A member that runs true CFG ([klein]) makes two forwards a step: counted as a batch of two."""
     specs = [it.inference.spec for it in items]
     s = specs[0]
     width = max(sp.width for sp in specs)
@@ -50,7 +51,7 @@ def render_shape(items, lora_params: int, tcfg: dict) -> offload.RenderShape:
     return offload.RenderShape(dtype=s.dtype, quantize=s.quantize, quantize_te=s.quantize_te, width=width,
                                height=height, lora_params=lora_params if any(sp.lora_path for sp in specs) else 0,
                                lora_application=s.lora_application,
-                               cfg_batch=1 if tcfg.get("guidance_embeds", True) else 2)
+                               cfg_batch=family(s.arch).forwards_per_step)
 
 
 def alternatives(tcfg: dict, te_cfg, vae_cfg: dict, shape: offload.RenderShape, qtypes=(None, "qfloat8")) -> list[dict]:
@@ -99,7 +100,7 @@ def diagnosis_renders(items) -> int:
 def time_estimate(tcfg: dict, shape: offload.RenderShape, items, device: Device, needs: offload.Needs,
                   plan: offload.OffloadPlan) -> dict:
     """Seconds per item and per run from the transformer's FLOPs, the device's peak and the stated assumptions."""
-    cfg_forwards = 1 if tcfg.get("guidance_embeds", True) else 2
+    cfg_forwards = shape.cfg_batch
     flops = resources.step_flops(tcfg, resources.image_tokens(shape.width, shape.height), shape.max_length)
     peak = device.peak_tflops
     peak_source = f"datasheet dense bf16 of {device.card.key}" if device.card else "datasheet dense bf16"
@@ -126,7 +127,7 @@ def time_estimate(tcfg: dict, shape: offload.RenderShape, items, device: Device,
 def case_plan(name: str, base: str, layout, te_cfg, items, device: Device, lora_params: int, *,
               estimate_time: bool = True) -> CasePlan:
     tcfg, vcfg = layout.transformer_config, layout.vae_config
-    shape = render_shape(items, lora_params, tcfg)
+    shape = render_shape(items, lora_params)
     needs = offload.render_needs(tcfg, te_cfg, vcfg, shape)
     plan = offload.plan_offload(needs, device.memory_bytes) if device.kind == "cuda" else \
         offload.plan_offload(needs, device.memory_bytes, mode="none")

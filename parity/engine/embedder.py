@@ -8,7 +8,8 @@ import torch
 
 from parity.engine import weights
 from parity.engine.components import Components
-from parity.engine.text import CacheKey, EmbeddingCache, encode, hidden_layers
+from parity.engine.text import CacheKey, EmbeddingCache, encode
+from parity.family import family
 
 
 class Embedder:
@@ -18,12 +19,13 @@ class Embedder:
         self.parts, self.cache, self.max_length = parts, cache, max_length
         self.memory: dict[tuple, torch.Tensor] = {}  # in-process cache: cache-key digest -> embedding
         layout = parts.layout
+        self.member = family(layout.arch)  # the prompt formatting and hidden layers of the base model's pipeline
         self.te_identity = json.dumps(weights.file_identity(layout.text_encoder))
         self.tok_identity = weights.tokenizer_identity(layout.tokenizer)
 
     def key(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str) -> CacheKey:
         return CacheKey(text_encoder=self.te_identity, tokenizer=self.tok_identity, prompt=prompt,
-                        max_length=self.max_length, layers=hidden_layers(self.parts.layout.klein), dtype=dtype_name,
+                        max_length=self.max_length, layers=self.member.hidden_layers, dtype=dtype_name,
                         quantize_te=quantize_te, te_cast=te_cast)
 
     def get(self, prompt: str, dtype_name: str, quantize_te: str | None, te_cast: str):
@@ -37,9 +39,7 @@ class Embedder:
         if emb is None:
             stats.embedding_cache_misses += 1
             te, tok = self.parts.text_encoder(dtype_name, quantize_te, te_cast)
-            layout = self.parts.layout
-            emb = encode(te, tok, prompt, max_length=self.max_length, device=self.parts.device,
-                         layers=hidden_layers(layout.klein), klein=layout.klein)
+            emb = encode(te, tok, prompt, self.member, max_length=self.max_length, device=self.parts.device)
             self.cache.put(key, emb)
         else:
             stats.embedding_cache_hits += 1

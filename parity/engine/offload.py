@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from parity.engine.resources import GIB, gib
+from parity.family import family
 
 RESERVE_BYTES = int(1.5 * GIB)   # CUDA context, cuBLAS workspace, kernels
 RESERVE_FRACTION = 0.05          # allocator fragmentation
@@ -215,7 +216,7 @@ def check_engine(engine, spec) -> None:
     shape = RenderShape(dtype=spec.dtype, quantize=spec.quantize, quantize_te=spec.quantize_te, width=spec.width,
                         height=spec.height, max_length=engine.max_length, lora_params=lora_file_params(spec.lora_path),
                         lora_application=spec.lora_application,
-                        cfg_batch=1 if engine.layout.transformer_config.get("guidance_embeds", True) else 2)
+                        cfg_batch=family(spec.arch).forwards_per_step)
     needs = render_needs(engine.layout.transformer_config, te_cfg, engine.layout.vae_config, shape)
     total = torch.cuda.get_device_properties(engine.device).total_memory
     check_fits(plan_offload(needs, total, mode=engine.offload), str(engine.layout.root))

@@ -29,7 +29,7 @@ from parity.engine.refs import encode_references
 from parity.engine.sampling import Guidance, aitk_decode, aitk_denoise, any_nonfinite, diffusers_render, make_noise
 from parity.engine.text import MAX_LENGTH, CacheKey, EmbeddingCache
 from parity.errors import ConfigError, ModelError
-from parity.family import family
+from parity.family import Family, family
 from parity.job.sizes import effective_size
 from parity.spec import SEMANTICS, RenderSpec
 
@@ -64,7 +64,15 @@ class RenderResult:
         return {k: v for k, v in self.__dict__.items() if k not in ("image", "image_float")}
 
 
-def refuse_unsupported(spec: RenderSpec, layout: weights.BaseLayout, guidance_distilled: bool) -> None:
+def job_member(spec: RenderSpec) -> Family:
+    """The family member the spec's job trains (RenderSpec.arch); ConfigError for an arch no member has."""
+    try:
+        return family(spec.arch)
+    except KeyError as exc:
+        raise ConfigError(f"RenderSpec.arch: {exc.args[0]}") from None
+
+
+def refuse_unsupported(spec: RenderSpec, layout: weights.BaseLayout) -> None:
     """A clear error, before anything is loaded, for a spec this engine cannot render as asked."""
     if spec.semantics not in SEMANTICS:
         raise ConfigError(f"unknown semantics {spec.semantics!r}; expected one of {', '.join(SEMANTICS)}")
@@ -73,10 +81,11 @@ def refuse_unsupported(spec: RenderSpec, layout: weights.BaseLayout, guidance_di
             raise ConfigError("semantics aitk-code needs AI_TOOLKIT_PATH (a checkout of ostris/ai-toolkit); unset")
         raise ConfigError("semantics aitk-code is not implemented yet; use aitk (the same loop on diffusers "
                           "components)")
-    if family(spec.arch).klein != layout.klein:
+    job = job_member(spec)
+    if not job.renders_like(family(layout.arch)):
         raise ModelError(f"the job is {spec.arch!r} but the base model is {layout.arch!r}: parity would "
                          "render another model; point base_model at the matching checkpoint", layout.root)
-    if spec.semantics == "diffusers" and (spec.control_images or not guidance_distilled):
+    if spec.semantics == "diffusers" and (spec.control_images or job.true_cfg):
         raise ConfigError("semantics diffusers renders plain FLUX.2-dev text-to-image only; reference images "
                           "and [klein] CFG need semantics aitk")
     if spec.generator != "cpu":
@@ -146,7 +155,7 @@ class Engine:
         for s in specs:
             sw = numerics.resolve_switches(s.numerics, s.semantics)
             self.embeddings(s.prompt, s.dtype, s.quantize_te, sw["te_cast"])
-            if not self.guidance_distilled and s.guidance_scale > 1.0:
+            if job_member(s).runs_cfg(s.guidance_scale):
                 self.embeddings(s.negative_prompt, s.dtype, s.quantize_te, sw["te_cast"])
         if self.offload != "none":
             self.free_text_encoder()
@@ -154,16 +163,12 @@ class Engine:
     plan_merge_history = staticmethod(plan_merge_history)
 
     # ------------------------------------------------------------------ guidance
-    @property
-    def guidance_distilled(self) -> bool:
-        """FLUX.2-dev has a guidance embedding and no CFG; [klein] base has none and runs true CFG
-        (flux2_model.py L61 vs flux2_klein_model.py L15; transformer config `guidance_embeds`)."""
-        return bool(self.layout.transformer_config.get("guidance_embeds", True))
-
     def guidance(self, spec: RenderSpec, switches: dict[str, str]) -> Guidance:
-        """CFG only when the model is not guidance-distilled and guidance_scale > 1 (src/pipeline.py L298-302);
-        the negative prompt is then encoded like the prompt (base_model.py L603-608)."""
-        if self.guidance_distilled or not spec.guidance_scale > 1.0:
+        """True CFG when the job's family member runs it (FLUX.2-dev is guidance-distilled, [klein] base is not:
+        flux2_model.py L61 vs flux2_klein_model.py L15) and guidance_scale > 1 (src/pipeline.py L298-302); the
+        negative prompt is then encoded like the prompt (base_model.py L603-608). The base model's transformer
+        config agrees (weights.check_config_agrees) and so does its member (refuse_unsupported)."""
+        if not job_member(spec).runs_cfg(spec.guidance_scale):
             return Guidance(spec.guidance_scale)
         neg = self.embeddings(spec.negative_prompt, spec.dtype, spec.quantize_te, switches["te_cast"])
         return Guidance(spec.guidance_scale, cfg=True, negative=neg)
@@ -174,7 +179,7 @@ class Engine:
         rounds AI Toolkit ran before this preview, oldest first (None = the zero LoRA of step 0); their
         merge/un-merge drift is replayed on the base weights first (see `parity.job.history.history_from_job`)."""
         t0 = time.perf_counter()
-        refuse_unsupported(spec, self.layout, self.guidance_distilled)
+        refuse_unsupported(spec, self.layout)
         switches, width, height, sigmas, mu = self._geometry(spec)
         offload_policy.check_engine(self, spec)  # a clear error before any weight is loaded (no-op off CUDA)
         timings: dict[str, float] = {}

@@ -4,7 +4,9 @@ Encoding (aitk-flux2-previews.md section C step 5; AI Toolkit src/pipeline.py L9
 Flux2Pipeline._get_mistral_3_small_prompt_embeds): `[IMG]` removed, BFL system message, chat template with
 `add_generation_prompt=False, padding="max_length", truncation=True, max_length=512`, Mistral3 forward with
 `output_hidden_states=True, use_cache=False`, hidden states 10/20/30 stacked per token (layer10 || layer20 ||
-layer30). The attention mask is not passed to the DiT; all 512 positions are.
+layer30). FLUX.2 [klein] formats the prompt for Qwen3 instead (`tokenize_qwen`) and stacks 9/18/27. Which
+formatting and layers a base model uses is its family member's (parity.family: `text_encoder`, `hidden_layers`).
+The attention mask is not passed to the DiT; all 512 positions are.
 
 The cache stores the embedding as the text encoder produced it (its dtype) in safetensors, keyed by
 text-encoder identity, tokenizer identity, processed prompt, max length, layers, dtype and TE quantization; when
@@ -22,15 +24,11 @@ from pathlib import Path
 
 import torch
 
+from parity.family import Family
+
 log = logging.getLogger("parity")
 
-HIDDEN_LAYERS = (10, 20, 30)
-QWEN3_HIDDEN_LAYERS = (9, 18, 27)  # FLUX.2 [klein]: OUTPUT_LAYERS_QWEN3 (src/pipeline.py L39)
 MAX_LENGTH = 512
-
-
-def hidden_layers(klein: bool) -> tuple[int, ...]:
-    return QWEN3_HIDDEN_LAYERS if klein else HIDDEN_LAYERS
 
 
 def system_message() -> str:
@@ -67,13 +65,14 @@ def tokenize_qwen(tokenizer, prompt: str, max_length: int = MAX_LENGTH) -> dict:
 
 
 @torch.no_grad()
-def encode(text_encoder, tokenizer, prompt: str, *, max_length: int = MAX_LENGTH,
-           layers: tuple[int, ...] = HIDDEN_LAYERS, device="cpu", klein: bool = False) -> torch.Tensor:
-    """(1, max_length, len(layers)*hidden) in the text encoder's dtype. klein: Qwen3 template and layers."""
-    inputs = tokenize_qwen(tokenizer, prompt, max_length) if klein else tokenize(tokenizer, prompt, max_length)
+def encode(text_encoder, tokenizer, prompt: str, member: Family, *, max_length: int = MAX_LENGTH,
+           device="cpu") -> torch.Tensor:
+    """(1, max_length, len(layers)*hidden) in the text encoder's dtype, formatted and stacked as `member`'s
+    pipeline does ([klein]: the Qwen3 template)."""
+    inputs = tokenize_qwen(tokenizer, prompt, max_length) if member.klein else tokenize(tokenizer, prompt, max_length)
     out = text_encoder(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device),
                        output_hidden_states=True, use_cache=False)
-    hs = torch.stack([out.hidden_states[k] for k in layers], dim=1)  # (B, 3, L, D)
+    hs = torch.stack([out.hidden_states[k] for k in member.hidden_layers], dim=1)  # (B, 3, L, D)
     b, c, l, d = hs.shape
     return hs.permute(0, 2, 1, 3).reshape(b, l, c * d).cpu()
 

@@ -7,7 +7,8 @@ Layouts (aitk-flux2-previews.md section H):
     flux2_model.py L50-51), with the text encoder + tokenizer from a separate folder
     (AI Toolkit: mistralai/Mistral-Small-3.1-24B-Instruct-2503).
 Configs: a folder's own `transformer/config.json` / `vae/config.json` / `scheduler/scheduler_config.json` win; a
-BFL-only folder falls back to the real FLUX.2-dev values below. Only safetensors are loaded.
+BFL-only folder falls back to its family member's pinned values (parity.engine.fullsize) and the FLUX.2 VAE and
+scheduler values below. Only safetensors are loaded.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parity import fileio
-from parity.engine.fullsize import TRANSFORMER_CONFIGS
+from parity.engine.fullsize import TEXT_ENCODER_CONFIGS, TRANSFORMER_CONFIGS, text_encoder_class
 from parity.errors import ConfigError, InputFileError, ModelError
-from parity.family import DEFAULT_ARCH, FAMILIES, family, klein_by_context
+from parity.family import DEFAULT_ARCH, FAMILIES, family, guess_member
 from parity.jsonio import read_json
 
 
@@ -52,7 +53,6 @@ FLUX2_DEV_VAE_CONFIG: dict = {
     "patch_size": [2, 2],
 }
 
-BFL_TRANSFORMER_FILE = family(DEFAULT_ARCH).single_file
 BFL_VAE_FILE = "ae.safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -155,6 +155,10 @@ def _text_folders(root: Path | None) -> tuple[Path | None, Path | None]:
     return te, tok
 
 
+def _single_files() -> str:
+    return ", ".join(f.single_file for f in FAMILIES.values())
+
+
 def _bfl_file(root: Path) -> tuple[str | None, Path | None]:
     """(arch, path) of the first BFL single file present at the root, FLUX.2-dev first."""
     for fam in FAMILIES.values():
@@ -164,18 +168,25 @@ def _bfl_file(root: Path) -> tuple[str | None, Path | None]:
 
 
 def detect_arch(root: Path, tcfg: dict | None, bfl_arch: str | None) -> str:
-    """Which FLUX.2 family member a base folder holds: the BFL file name, else the diffusers pipeline class
-    (`Flux2KleinPipeline`) or a transformer without guidance embedding ([klein] base); the 4B/9B split by the
-    context width when it is a real one (tiny test models are named by their file or default to 4B)."""
+    """Which FLUX.2 family member a base folder holds: the BFL file name when there is no diffusers transformer,
+    else parity.family.guess_member from the pipeline class, the guidance embedding, the file name and the
+    context width."""
     if bfl_arch is not None and not (root / "transformer").is_dir():
         return bfl_arch
     index = _read_json(root / "model_index.json") or {}
-    klein = "Klein" in str(index.get("_class_name", "")) or (tcfg is not None and not tcfg.get("guidance_embeds", True))
-    if not klein:
-        return bfl_arch if bfl_arch is not None else DEFAULT_ARCH
-    if bfl_arch is not None and family(bfl_arch).klein:
-        return bfl_arch
-    return klein_by_context((tcfg or {}).get("joint_attention_dim")).arch
+    return guess_member(index.get("_class_name"), None if tcfg is None else bool(tcfg.get("guidance_embeds", True)),
+                        (tcfg or {}).get("joint_attention_dim"), named=bfl_arch).arch
+
+
+def check_config_agrees(arch: str, tcfg: dict, config_file: Path) -> None:
+    """A transformer config whose guidance embedding contradicts the member the folder holds (a [klein] file or
+    pipeline with a guidance-embedding config, or the reverse) would render another model: ModelError."""
+    member = family(arch)
+    has = bool(tcfg.get("guidance_embeds", True))
+    if has != member.guidance_embeds:
+        raise ModelError(f"guidance_embeds is {str(has).lower()} but the base model is {member.label} ({arch}), "
+                         f"which {'runs true CFG without' if member.true_cfg else 'is guidance-distilled with'} a "
+                         "guidance embedding: a config of another model", config_file)
 
 
 def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = None,
@@ -200,10 +211,12 @@ def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = No
             raise InputFileError("only pickle weights (.ckpt/.pt/.bin) found; they are refused because loading them "
                                  "can run code: convert to safetensors", root)
         raise ModelError(f"no FLUX.2 transformer: expected transformer/*.safetensors (diffusers layout) or "
-                         f"one of {', '.join(f.single_file for f in FAMILIES.values())} + {BFL_VAE_FILE} (BFL layout)", root)
+                         f"one of {_single_files()} + {BFL_VAE_FILE} (BFL layout)", root)
 
     own_tcfg = _read_json(root / "transformer" / "config.json")
     arch = detect_arch(root, own_tcfg, bfl_arch)
+    if own_tcfg is not None:
+        check_config_agrees(arch, own_tcfg, root / "transformer" / "config.json")
     tcfg = own_tcfg or published_transformer_config(arch)
     vcfg = _read_json(root / "vae" / "config.json") or dict(FLUX2_DEV_VAE_CONFIG)
     from parity.engine.schedule import FLUX2_SCHEDULER_CONFIG
@@ -218,10 +231,9 @@ def resolve_base(base_model: str | Path, *, text_encoder: str | Path | None = No
         if not _has_weights(vae):
             raise ModelError("missing vae/*.safetensors", root)
     else:
-        transformer = bfl_path if bfl_path is not None else root / BFL_TRANSFORMER_FILE
-        vae = root / BFL_VAE_FILE
-        if not transformer.is_file():
-            raise ModelError(f"missing {BFL_TRANSFORMER_FILE} (or a FLUX.2 [klein] base file)", root)
+        if bfl_path is None:
+            raise ModelError(f"missing the BFL transformer: one of {_single_files()}", root)
+        transformer, vae = bfl_path, root / BFL_VAE_FILE
         if not vae.is_file():
             raise ModelError(f"missing {BFL_VAE_FILE} (the BFL-format VAE next to {transformer.name})", root)
 
@@ -308,17 +320,17 @@ def _cast_all(model, dtype):
     return model
 
 
-def _text_encoder_class(folder: Path, klein: bool):
-    """Qwen3ForCausalLM for [klein] (flux2_klein_model.py L41-44), Mistral3ForConditionalGeneration for FLUX.2-dev;
-    a folder whose config names the other family is a ModelError (it would encode something else)."""
-    from transformers import Mistral3ForConditionalGeneration, Qwen3ForCausalLM
-
+def _text_encoder_class(folder: Path, arch: str):
+    """The transformers class of the member's text encoder (its pinned config's `architectures`:
+    Mistral3ForConditionalGeneration for FLUX.2-dev, Qwen3ForCausalLM for [klein], flux2_klein_model.py L41-44);
+    a folder whose config names another model type is a ModelError (it would encode something else)."""
+    member = family(arch)
+    pinned = TEXT_ENCODER_CONFIGS[member.text_encoder_config]
     mtype = (_read_json(folder / "config.json") or {}).get("model_type")
-    want = "qwen3" if klein else "mistral3"
-    if mtype is not None and mtype != want:
-        raise ModelError(f"text encoder is {mtype!r} but this base model needs {want!r} "
-                         f"({'Qwen3 for FLUX.2 [klein]' if klein else 'Mistral Small 3.1 for FLUX.2-dev'})", folder)
-    return Qwen3ForCausalLM if klein else Mistral3ForConditionalGeneration
+    if mtype is not None and mtype != pinned["model_type"]:
+        raise ModelError(f"text encoder is {mtype!r} but this base model needs {pinned['model_type']!r} "
+                         f"({member.text_encoder_repo} for {member.label})", folder)
+    return text_encoder_class(pinned)
 
 
 def load_text_encoder(layout: BaseLayout, dtype, cast_path: str = "aitk"):
@@ -334,7 +346,7 @@ def load_text_encoder(layout: BaseLayout, dtype, cast_path: str = "aitk"):
         if _pickles_only(folder):
             raise InputFileError("text encoder has only pickle weights; refused (can run code)", folder)
         raise ModelError("text encoder folder has no .safetensors weights", folder)
-    cls = _text_encoder_class(folder, layout.klein)
+    cls = _text_encoder_class(folder, layout.arch)
     try:
         te = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

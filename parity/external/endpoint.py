@@ -31,19 +31,22 @@ downloads, retries included) within `wait` seconds of its start; what is not don
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from parity import http, limits
 from parity.errors import ConfigError, ParityError
 from parity.http import public_url  # noqa: F401 - shown URLs, importable from here as before
+from parity.items import PlannedItem
 from parity.jsonio import parse_json, short_text
+from parity.record import RenderSource
 
 log = logging.getLogger("parity")
 
@@ -99,8 +102,8 @@ def endpoint_credential(base: str, value: str | None, allow_insecure: bool) -> h
 class Fetched:
     """One item's outcome: the image file kept in the run folder and where it came from, or the error."""
 
+    source: RenderSource
     path: Path | None = None
-    source: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -119,7 +122,7 @@ class EndpointClient:
         self.fetched: dict[str, Fetched] = {}
 
     # -- HTTP ----------------------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(self, method: str, path: str, body: Any = None) -> Any:  # JSON in, JSON out (any shape)
         """One JSON exchange, retried with backoff on connection errors, timeouts and 5xx answers while the
         wait lasts (a POST that timed out is not sent again: the server may have queued it, and a second copy
         would render twice)."""
@@ -165,7 +168,7 @@ class EndpointClient:
             raise EndpointError(f"inference server error: GET {self.public_url}/v1/models did not list models")
         return [str(m.get("id")) for m in models if isinstance(m, dict)]
 
-    def fetch_all(self, items: list[Any], out_dir: Path) -> None:
+    def fetch_all(self, items: list[PlannedItem], out_dir: Path) -> None:
         """Every item's render into `out_dir`, or its error; one failing item never stops the others. Ends
         within --endpoint-wait (plus at most one exchange's cleanup)."""
         self.deadline = time.monotonic() + self.wait
@@ -176,7 +179,7 @@ class EndpointClient:
                 self.fetched[it.id] = Fetched(error=str(e), source=self._source())
             return
         log.info("submitting %d request(s) to %s", len(items), self.public_url)
-        pending: dict[str, tuple[Any, str]] = {}
+        pending: dict[str, tuple[PlannedItem, str]] = {}
         for it in items:
             try:
                 pending[it.id] = (it, self._submit(it, models))
@@ -186,7 +189,7 @@ class EndpointClient:
         done = sum(1 for f in self.fetched.values() if f.error is None)
         log.info("%s rendered %d of %d item(s)", self.public_url, done, len(items))
 
-    def _submit(self, item: Any, models: list[str]) -> str:
+    def _submit(self, item: PlannedItem, models: list[str]) -> str:
         from parity.external.export import render_request, request_document
 
         # the settings under test: the preview's own unless --set / --profile / --request say otherwise
@@ -203,7 +206,7 @@ class EndpointClient:
                                 f"request_id ({short_text(repr(rid), 80)})")
         return rid
 
-    def _poll(self, pending: dict[str, tuple[Any, str]], out_dir: Path) -> None:
+    def _poll(self, pending: dict[str, tuple[PlannedItem, str]], out_dir: Path) -> None:
         interval = self.poll
         while pending:
             for iid, (it, rid) in list(pending.items()):
@@ -228,7 +231,7 @@ class EndpointClient:
         doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}/status")
         return str(doc.get("status", "")) if isinstance(doc, dict) else ""
 
-    def _result(self, item: Any, rid: str, out_dir: Path) -> Fetched:
+    def _result(self, item: PlannedItem, rid: str, out_dir: Path) -> Fetched:
         doc = self._call("GET", f"/v1/requests/{urllib.parse.quote(rid, safe='')}/result")
         doc = doc if isinstance(doc, dict) else {}
         source = self._source(rid)
@@ -241,11 +244,11 @@ class EndpointClient:
             return Fetched(error=f"inference server error: request {rid} succeeded without an image", source=source)
         path = self._keep(images[0], item, out_dir, rid)
         where = images[0].get("url") if isinstance(images[0].get("url"), str) else images[0].get("file_path")
-        source.update(file=public_url(where) if images[0].get("url") else short_text(str(where)),
-                      seed=images[0].get("seed"))
+        source.file = public_url(where) if images[0].get("url") else short_text(str(where))
+        source.extra["seed"] = images[0].get("seed")   # as the server reported it
         return Fetched(path=path, source=source)
 
-    def _keep(self, image: dict[str, Any], item: Any, out_dir: Path, rid: str) -> Path:
+    def _keep(self, image: dict[str, Any], item: PlannedItem, out_dir: Path, rid: str) -> Path:
         """The result image kept in the run folder under a name made of the item id only (read from the server's
         path, or downloaded); the server's `format` only has to be one parity reads."""
         from parity.external.sources import keep_render
@@ -264,7 +267,7 @@ class EndpointClient:
                             f"{short_text(str(file_path))} on the server's machine, which is not readable here (run "
                             "parity where the server's OUTPUT_BASE_PATH is visible)")
 
-    def _download(self, url: str, item: Any, out_dir: Path) -> Path:
+    def _download(self, url: str, item: PlannedItem, out_dir: Path) -> Path:
         """The image at `url` (the credential only if it is the endpoint's origin), checked as an image, kept."""
         from parity.external.sources import keep_render
 
@@ -283,17 +286,17 @@ class EndpointClient:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _source(self, rid: str | None = None) -> dict[str, Any]:
-        return {"kind": "endpoint", "location": self.public_url, **({"request_id": rid} if rid else {})}
+    def _source(self, rid: str | None = None) -> RenderSource:
+        return RenderSource(kind="endpoint", location=self.public_url, request_id=rid or None)
 
-    def result(self, item: Any) -> tuple[Path, dict[str, Any]]:
+    def result(self, item: PlannedItem) -> tuple[Path, RenderSource]:
         """The item's kept image and source (parity.external.sources); its error as a ParityError."""
         got = self.fetched.get(item.id)
         if got is None:
             raise ParityError(f"missing render: {item.id} was not requested from {self.public_url}")
         if got.error:
             raise ParityError(got.error)
-        return got.path, dict(got.source)
+        return got.path, dataclasses.replace(got.source, extra=dict(got.source.extra))
 
 
 def _is_file(path: str) -> bool:

@@ -12,10 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parity.errors import ConfigError
 from parity.family import family
+from parity.spec import RenderSpec
+
+if TYPE_CHECKING:
+    from parity.items import PlannedItem
+    from parity.job.job import PreviewItem
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,15 @@ def render_stem(item_id: str) -> str:
     return safe_name(item_id)
 
 
-def render_request(item_id: str, it: Any, spec: Any = None) -> RenderRequest:
+def render_request(item_id: str, it: PreviewItem | PlannedItem, spec: RenderSpec | None = None) -> RenderRequest:
     """The request of one parity.job PreviewItem (or a parity.items.PlannedItem), for the preview's own spec or
     `spec` (e.g. the settings under test)."""
-    s = spec if spec is not None else it.resolved.spec if hasattr(it, "resolved") else it.preview.spec
-    preview = it.preview if hasattr(it, "resolved") else it.preview_path
+    from parity.job.job import PreviewItem
+
+    if isinstance(it, PreviewItem):
+        s, preview = spec if spec is not None else it.resolved.spec, it.preview
+    else:
+        s, preview = spec if spec is not None else it.preview.spec, it.preview_path
     return RenderRequest(
         id=item_id, step=it.step, index=it.index, prompt=s.prompt, width=s.width, height=s.height, seed=s.seed,
         sample_steps=s.sample_steps, guidance_scale=float(s.guidance_scale),
@@ -117,7 +126,7 @@ def export_requests(out: Path, requests: list[RenderRequest]) -> list[str]:
     return notes
 
 
-def _write(path: Path, doc: Any) -> None:
+def _write(path: Path, doc: dict[str, Any]) -> None:
     """Temporary file + rename: a symlink planted at DIR/<id>.json is replaced, never followed (issue 35)."""
     from parity import fileio
 

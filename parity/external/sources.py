@@ -19,12 +19,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from parity.errors import ConfigError, InputFileError, ParityError
+from parity.items import PlannedItem
 from parity.jsonio import short_text
+from parity.record import RenderSource
+
+if TYPE_CHECKING:
+    from parity.compare.load import LoadedImage
+    from parity.engine.render import RenderResult
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 KEPT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}   # Pillow's format -> the kept file's suffix
@@ -36,7 +42,7 @@ class ExternalRender:
     """An image an external stack rendered for one item, in the place of parity.engine.RenderResult."""
 
     image: np.ndarray                  # (H, W, 3) uint8, as a viewer shows the file
-    source: dict[str, Any]             # kind, location, file (+ request_id for an endpoint)
+    source: RenderSource               # kind, location, file (+ request_id for an endpoint)
     kept: Path | None = None           # the file as the stack wrote it, copied into the run folder
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -131,14 +137,14 @@ def read_render(path: Path) -> np.ndarray:
     return load_render(path).rgb
 
 
-def load_render(path: Path) -> Any:
+def load_render(path: Path) -> LoadedImage:
     """An external render as parity.compare.load.LoadedImage (pixels and the file's real format)."""
     from parity.compare.load import load_image
 
     return load_image(path)
 
 
-def keep_render(src: Path, item_id: str, out_dir: Path, loaded: Any = None) -> Path:
+def keep_render(src: Path, item_id: str, out_dir: Path, loaded: LoadedImage | None = None) -> Path:
     """A copy of an external render in the run folder (the report and a resumed run read it there), named
     `<item id's file name><suffix of its real format>`: nothing the stack or a server chose is in the name. A PNG,
     JPEG or WebP within limits.MAX_IMAGE_BYTES is copied byte for byte; anything else (a TIFF named .png, a PNG
@@ -155,28 +161,47 @@ def keep_render(src: Path, item_id: str, out_dir: Path, loaded: Any = None) -> P
 
 
 # ----------------------------------------------------------------------------------------------- the router
+class EngineRenders(Protocol):
+    """What the router asks of parity's engines (parity.runner.engines.EnginePool, which imports this module)."""
+
+    def render(self, item: PlannedItem) -> RenderResult: ...
+
+    def prepare_embeddings(self, items: list[PlannedItem]) -> None: ...
+
+
+class EndpointRenders(Protocol):
+    """What the router asks of a reference inference server (parity.external.endpoint.EndpointClient, which
+    imports this module)."""
+
+    public_url: str
+
+    def fetch_all(self, items: list[PlannedItem], out_dir: Path) -> None: ...
+
+    def result(self, item: PlannedItem) -> tuple[Path, RenderSource]: ...
+
+
 class RenderSources:
     """Per item: the endpoint when one is given, else the item's case `renders` folder, else parity's engine."""
 
-    def __init__(self, pool: Any, out_dir: Path, endpoint: Any = None):
+    def __init__(self, pool: EngineRenders, out_dir: Path, endpoint: EndpointRenders | None = None):
         self.pool, self.out_dir, self.endpoint = pool, Path(out_dir), endpoint
         self.folders: dict[Path, FolderIndex] = {}
 
-    def kind(self, item: Any) -> str:
+    def kind(self, item: PlannedItem) -> str:
         if self.endpoint is not None:
             return "endpoint"
         return "folder" if getattr(item.case, "renders", None) is not None else "engine"
 
-    def describe(self, item: Any) -> dict[str, Any]:
+    def describe(self, item: PlannedItem) -> RenderSource:
         """The record's `source` before anything was fetched (error records get it too)."""
         kind = self.kind(item)
         if kind == "engine":
-            return {"kind": "engine"}
-        if kind == "endpoint":
-            return {"kind": "endpoint", "location": self.endpoint.public_url}
-        return {"kind": self._folder(item).kind, "location": str(self._folder(item).location)}
+            return RenderSource()
+        if self.endpoint is not None:
+            return RenderSource(kind="endpoint", location=self.endpoint.public_url)
+        return RenderSource(kind=self._folder(item).kind, location=str(self._folder(item).location))
 
-    def prepare(self, items: list[Any]) -> None:
+    def prepare(self, items: list[PlannedItem]) -> None:
         """Before the first render: index the folders, fetch every endpoint render, encode engine prompts."""
         engine_items = [it for it in items if self.kind(it) == "engine"]
         if engine_items:
@@ -184,7 +209,7 @@ class RenderSources:
         if self.endpoint is not None:
             self.endpoint.fetch_all([it for it in items if not it.problem], self.out_dir / "external")
 
-    def render(self, item: Any):
+    def render(self, item: PlannedItem) -> RenderResult | ExternalRender:
         kind = self.kind(item)
         if kind == "engine":
             return self.pool.render(item)
@@ -198,7 +223,7 @@ class RenderSources:
             image, path = loaded.rgb, keep_render(original, item.id, self.out_dir / "external", loaded)
         return ExternalRender(image, source, path, {"load_s": time.perf_counter() - started})
 
-    def _folder(self, item: Any) -> FolderIndex:
+    def _folder(self, item: PlannedItem) -> FolderIndex:
         location = Path(item.case.renders)
         if location not in self.folders:  # one item on its own (the pytest plugin): matched alone
             return index_folder(location, [item.id])
@@ -208,7 +233,7 @@ class RenderSources:
         self.folders[Path(location)] = idx = index_folder(location, ids)
         return idx
 
-    def _folder_file(self, item: Any) -> tuple[Path, dict[str, Any]]:
+    def _folder_file(self, item: PlannedItem) -> tuple[Path, RenderSource]:
         idx = self._folder(item)
         path = idx.files.get(item.id)
         if path is None:
@@ -220,4 +245,4 @@ class RenderSources:
                                  short_text(str(path))) from None
         if not there:
             raise InputFileError("missing render: the manifest names a file that is not there", path)
-        return path, {"kind": idx.kind, "location": str(idx.location), "file": str(path.resolve())}
+        return path, RenderSource(kind=idx.kind, location=str(idx.location), file=str(path.resolve()))

@@ -16,7 +16,7 @@ import yaml
 
 from parity import yamlsafe
 from parity.errors import ConfigError
-from parity.family import arches, family
+from parity.family import aitk_arch, arches, family, is_member, other_label
 from parity.jsonio import parse_json
 
 
@@ -206,27 +206,12 @@ def _section(proc: dict, key: str, path: Path) -> dict:
 
 
 def check_arch(model: dict, path: Path) -> str:
-    """Only the FLUX.2 family (parity.family) is supported. A `:tag` suffix is stripped and `flex1` means FLUX.1
-    (config_modules.py L766-771); with no arch, AI Toolkit derives one from legacy is_* flags, else sd1
-    (L800-822)."""
-    arch = model.get("arch")
-    if isinstance(arch, str) and ":" in arch:
-        arch = arch.split(":")[0]
-    if arch == "flex1":
-        arch = "flux"
-    if arch is None:
-        for flag, name in (("is_v2", "sd2"), ("is_v3", "sd3"), ("is_xl", "sdxl"), ("is_pixart", "pixart"),
-                           ("is_pixart_sigma", "pixart_sigma"), ("is_auraflow", "auraflow"), ("is_flux", "flux"),
-                           ("is_lumina2", "lumina2"), ("is_vega", "vega"), ("is_ssd", "ssd")):
-            if model.get(flag):
-                arch = name
-                break
-        else:
-            arch = "sd1"
-    if arch not in arches():
-        what = "FLUX.1" if arch == "flux" else repr(arch)
+    """Only the FLUX.2 family (parity.family) is supported; the arch is read as AI Toolkit reads it
+    (parity.family.aitk_arch: `:tag` stripped, `flex1` is FLUX.1, legacy is_* flags, else sd1)."""
+    arch = aitk_arch(model)
+    if not is_member(arch):
         raise ConfigError(
-            f"not a FLUX.2 job: model.arch is {what} (found {model.get('arch')!r}); parity supports "
+            f"not a FLUX.2 job: model.arch is {other_label(arch)} (found {model.get('arch')!r}); parity supports "
             f"{', '.join(repr(a) for a in arches())}",
             path,
         )

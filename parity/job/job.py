@@ -103,7 +103,7 @@ class Job:
     def never_rendered(self) -> str | None:
         """Why AI Toolkit will write none of the planned previews (a FLUX.2-dev prompt whose negative prompt is
         not text: sample() fails on it, and the first failing sample() ends the run), or None."""
-        if family(self.facts.arch).text_encoder != "mistral":  # the Mistral prompt formatter is what fails
+        if family(self.facts.arch).klein:  # the Mistral prompt formatter is what fails, not [klein]'s Qwen3 one
             return None
         groups = {"sample" if g == "final" else g for s in self.expected_steps() for g in self.groups_at(s)}
         for g in sorted(groups):

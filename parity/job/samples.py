@@ -11,30 +11,32 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity import limits
+from parity import knobs
 from parity.errors import ConfigError
 from parity.job.flags import ParsedPrompt, inject_trigger, parse_prompt_flags
 from parity.job.sizes import FLUX2_DIVISOR
 
-# SampleConfig code defaults (config_modules.py L80-95). These differ from the UI defaults
+# SampleConfig code defaults (config_modules.py L80-95) of the keys that are no render setting; the settings' own
+# (width, height, seed, guidance_scale, sample_steps, network_multiplier, neg) are declared in the knob registry
+# (parity.knobs, `Setting.config_key` / `default`). These differ from the UI defaults
 # (ui/src/helpers/defaultSamples.ts: 1024 px, seed 42, walk_seed true, guidance 4, 30 steps).
-SAMPLE_DEFAULTS: dict[str, Any] = {
+_BLOCK_DEFAULTS: dict[str, Any] = {
     "sampler": "ddpm",          # ignored by FLUX.2 (reference §A.2)
     "sample_every": 100,
     "sample_start_step": 0,
-    "width": 512,
-    "height": 512,
-    "neg": False,               # FLUX.2 encodes and discards the negative prompt
-    "seed": 0,
     "walk_seed": False,
-    "guidance_scale": 7,
-    "sample_steps": 20,
-    "network_multiplier": 1,
     "guidance_rescale": 0.0,
     "format": "jpg",
     "num_frames": 1,
     "fps": 16,
 }
+
+
+def sample_defaults() -> dict[str, Any]:
+    """Every key of a sample block with its code default: the block's own and the registry's settings."""
+    return {**_BLOCK_DEFAULTS, **knobs.block_defaults(knobs.SAMPLE)}
+
+
 # Keys a `samples` entry may override (SampleItem, config_modules.py L44-77); others come from the block.
 ITEM_KEYS = ("width", "height", "neg", "guidance_scale", "sample_steps", "network_multiplier", "num_frames", "fps")
 
@@ -79,6 +81,8 @@ class ResolvedSample:
     # reference images as written (paths not yet resolved), in the order AI Toolkit passes them:
     # ctrl_img (else ctrl_img_1), ctrl_img_2, ctrl_img_3 (flux2_model.py L302-319)
     control_images: tuple[str, ...] = ()
+    # registry-only settings (parity.knobs) the block sets, as (key, value) pairs: RenderSpec.extra
+    extra: tuple[tuple[str, Any], ...] = ()
     flags: tuple[tuple[str, str], ...] = ()
     ignored_flags: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
@@ -116,7 +120,7 @@ def parse_sample_block(raw: Any, *, block_name: str = "sample", path: str | None
         raise ConfigError(f"process[0].{block_name} must be a mapping, got {type(raw).__name__}", path)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for key, default in SAMPLE_DEFAULTS.items():
+    for key, default in sample_defaults().items():
         if key in raw:
             values[key], sources[key] = raw[key], "block"
         else:
@@ -200,6 +204,7 @@ def resolve_samples(
     prompts = [it.get("prompt") for it in items if it.get("prompt") is not None]
     misaligned = len(prompts) != len(items)
     seeds = _SeedWalk(block, f"{where_block}.", path)
+    extra, extra_sources = _registry_settings(block, path)
     out: list[ResolvedSample] = []
     for i, raw_prompt in enumerate(prompts):
         where = f"{where_block}.samples[{i}]: "
@@ -220,8 +225,23 @@ def resolve_samples(
         if "network_multiplier" in parsed.values:
             nm = parsed.values["network_multiplier"]
         draft = _Draft(i, raw_prompt, item, parsed, values, sources, seed, seed_src, nm, notes, where)
-        out.append(_resolved(draft, group, block.items_from, path))
+        resolved = _resolved(draft, group, block.items_from, path)
+        resolved.extra = extra
+        resolved.sources.update(extra_sources)
+        out.append(resolved)
     return out
+
+
+def _registry_settings(block: SampleBlock, path: str | None) -> tuple[tuple[tuple[str, Any], ...], dict[str, str]]:
+    """The registry-only settings (parity.knobs) the block sets, typed and within range, and their sources."""
+    spec_extra = {s.key for s in knobs.extra_settings()}
+    values, sources = [], {}
+    for s in knobs.config_settings(knobs.SAMPLE):
+        if s.key in spec_extra and s.config_block is not None:
+            name = s.config_block[1]
+            sources[s.key] = block.sources[name]
+            values.append((s.key, s.parse(block.values[name], path) if sources[s.key] == "block" else s.default))
+    return tuple(sorted(values)), sources
 
 
 @dataclass
@@ -305,7 +325,8 @@ def _resolved(d: _Draft, group: str, items_from: str, path: str | None) -> Resol
         raise ConfigError(f"{where}seed {d.seed} is outside torch.manual_seed's range", path)
     width, w_notes = floor_size(req_w)
     height, h_notes = floor_size(req_h)
-    bad = limits.problem(width=width, height=height, steps=steps, guidance=guidance, multiplier=nm)
+    bad = knobs.range_problem({"width": width, "height": height, "sample_steps": steps, "guidance_scale": guidance,
+                               "network_multiplier": nm})
     if bad:
         raise ConfigError(f"{where}{bad}", path)
     sources["width"] = "floor" if w_notes else sources["width"]

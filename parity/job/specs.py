@@ -57,6 +57,7 @@ def render_spec(facts: JobFacts, s: ResolvedSample, lora_path: Path | None, appl
         numerics=te_numerics(f),
         negative_prompt=s.neg if isinstance(s.neg, str) else "",
         arch=f.arch,
+        extra=s.extra,
     )
     sources = dict(s.sources)
     sources.update(

@@ -68,5 +68,5 @@ def transformer_config(f: AdapterFile, arch: str | None) -> tuple[str, dict]:
     cfg = {**tiny.TRANSFORMER_CONFIG, "num_layers": max(_block_count(f, "double"), 1),
            "num_single_layers": max(_block_count(f, "single"), 1), "attention_head_dim": head,
            "num_attention_heads": d // head, "axes_dims_rope": (head // 4,) * 4, "mlp_ratio": _mlp_ratio(f, d),
-           "guidance_embeds": not member.true_cfg}
+           "guidance_embeds": member.guidance_embeds}
     return member.arch if arch else "custom", cfg

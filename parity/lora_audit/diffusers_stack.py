@@ -25,10 +25,13 @@ def version() -> str:
 
 
 def _pipeline(cfg: dict, transformer):
-    from diffusers import Flux2KleinPipeline, Flux2Pipeline
+    import diffusers
 
-    # A transformer without guidance embedding is the [klein] pipeline's (true CFG), as the engine decides it.
-    cls = Flux2Pipeline if cfg.get("guidance_embeds", True) else Flux2KleinPipeline
+    from parity.family import guess_member
+
+    # The pipeline of the member this config is (a transformer without guidance embedding: [klein], true CFG).
+    member = guess_member(None, bool(cfg.get("guidance_embeds", True)), cfg.get("joint_attention_dim"))
+    cls = getattr(diffusers, member.pipeline_class)
     return cls(scheduler=None, vae=None, text_encoder=None, tokenizer=None, transformer=transformer)
 
 

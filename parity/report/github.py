@@ -22,7 +22,8 @@ from parity.report.html import report_href, safe_out_dir, safe_target
 from parity import fileio
 from parity.report.markdown import headline_lines, item_href, md_text, tier_table
 from parity.report.store import Results
-from parity.report.summary import Summary, summarize, top_cause
+from parity.report.summary import Summary, summarize, verdict
+from parity.tier import ERROR
 
 COMMENT_MARKER = "<!-- parity-report -->"
 COMMENT_NAME = "pr-comment.md"
@@ -46,7 +47,8 @@ def _hosted_href(report_url: str | None) -> str | None:
 
 
 def _why(it: dict[str, Any]) -> str:
-    return f"{it.get('gate') or 'none'} | {md_text(top_cause(it) or 'not attributed', 160)}"
+    v = verdict(it)
+    return f"{v.gate or 'none'} | {md_text(v.why or 'not attributed', 160)}"
 
 
 def _why_expected(it: dict[str, Any]) -> str:
@@ -94,7 +96,7 @@ def commit_status(results: Results, *, report_url: str | None = None, summary: S
     """The commit status: `error` when parity could not judge (the run is incomplete or has no item),
     `failure` when an item is below its gate, else `success`; the description says how many, in 140 characters."""
     s = summary or summarize(results.items, results.run)
-    errors = s.tiers.get("ERROR", 0)
+    errors = s.tiers.get(ERROR.name, 0)
     expected = sum(1 for it in results.items if it.get("passed") and it.get("expected"))
     if not results.complete or not s.total:
         state = "error"
@@ -102,7 +104,7 @@ def commit_status(results: Results, *, report_url: str | None = None, summary: S
     else:
         state = "failure" if s.failed else "success"
         desc = f"{s.passed}/{s.total} items meet their gate"
-        desc += f", {s.failed} failing" + (f" ({errors} ERROR)" if errors else "") if s.failed else ""
+        desc += f", {s.failed} failing" + (f" ({errors} {ERROR.name})" if errors else "") if s.failed else ""
         desc += f", {expected} expected difference(s)" if expected else ""
     if len(desc) > MAX_DESCRIPTION:
         desc = desc[: MAX_DESCRIPTION - 1] + "…"

@@ -31,10 +31,11 @@ from parity.jsonio import parse_json
 from parity.record import VIEW_FIELDS
 from parity.report.junit import junit_xml
 from parity.report.markdown import markdown_summary
-from parity.report.store import (SNAPSHOT_NAME, Results, absolute_paths, dumps, dumps_results, relative_paths,
-                                 write_text_atomic)
+from parity.report.store import SNAPSHOT_NAME, Results, dumps, dumps_results, write_text_atomic
 from parity.report.summary import Summary, item_score, summarize
-from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS
+from parity import knobs as registry
+from parity.report.texts import item_texts
+from parity.tier import DRIFT, NEAR, all_tiers, tier_names
 
 log = logging.getLogger("parity")
 
@@ -292,7 +293,7 @@ def score_plot(s: Summary, width: int = 520, height: int = 170, pad: int = 18) -
             continue
         x = 40 + i / n * (width - 50)
         by_tier.setdefault(it["tier"], []).append(f"M{x:.1f} {y(v):.1f}h0")
-    series = [{"label": t, "cls": f"t-{t}", "path": "".join(by_tier[t])} for t in TIERS if t in by_tier]
+    series = [{"label": t, "cls": f"t-{t}", "path": "".join(by_tier[t])} for t in tier_names() if t in by_tier]
     ticks = [(y(v), f"{v:.2f}") for v in (lo, (lo + 1) / 2, 1.0)]
     return Plot(width, height, series, ticks, [(40, "worst"), (width - 10, "best")], s.metric)
 
@@ -374,6 +375,7 @@ def _view_item(it: dict[str, Any], out: Path, thumbs: dict[str, Any], metric: st
         urls["refs"] = ref_urls
     v["u"], v["t"], v["dims"] = urls, th, dims
     v["score"] = item_score(it, metric)
+    v["texts"] = item_texts(it, metric)  # the words the page shows, formatted once (parity.report.texts)
     return {k: x for k, x in v.items() if x is not None and x != {} and x != []} | {"id": it["id"], "tier": it["tier"]}
 
 
@@ -400,14 +402,16 @@ def render_html(results: Results, items: list[dict[str, Any]], out: Path, thumbs
     )
     js = _static("report.js")
     view_items = [_view_item(it, out, thumbs, summary.metric, copies or {}) for it in items]
+    tiers = [t.view() for t in all_tiers()]  # order, names and colours: the page's style and script take them
     legends = {"heatmap_diff": diff_legend(), "heatmap_ssim": ssim_legend(), "gradient": css_gradient()}
-    blob = {"run": results.run, "items": view_items, "tiers": list(TIERS), "knobs": list(KNOBS), "legends": legends,
-            "irreducible": list(IRREDUCIBLE_KNOBS), "metric": summary.metric,
+    blob = {"run": results.run, "items": view_items, "tiers": tiers, "knobs": list(registry.knob_names()),
+            "legends": legends, "irreducible": list(registry.irreducible_names()), "metric": summary.metric,
             "worst": [it["id"] for it in summary.worst]}
     worst_bad = [it for it in summary.worst if not it.get("passed")][:12] or summary.worst[:12]
     return env.get_template("index.html.j2").render(
         title=title or f"parity report {results.run.get('id', '')}".strip(),
-        run=results.run, complete=results.complete, warnings=results.warnings, s=summary, tiers=TIERS,
+        run=results.run, complete=results.complete, warnings=results.warnings, s=summary, tiers=tiers,
+        drift=DRIFT.name, near=NEAR.name,
         worst=[(it, item_score(it, summary.metric)) for it in worst_bad],
         score_plot=score_plot(summary), steps_plot=steps_plot(summary),
         css=_static("report.css"), js=js, script_hash=script_hash(js), data=script_json(blob),
@@ -601,7 +605,7 @@ def write_report(results: Results, out_dir: str | Path, *, thumbnails: bool = Tr
     paths = ReportPaths(dir=out, index=safe_target(out, "index.html"), results=safe_target(out, SNAPSHOT_NAME),
                         junit=safe_target(out, "junit.xml"), markdown=safe_target(out, "summary.md"),
                         thumbs=out / THUMB_DIR)
-    items = [absolute_paths(it, results.base_dir) for it in results.items]
+    items = list(results.items)
     copies: dict[str, str] = {}
     plan = _plan_copies(out, results.own_dirs, copies) if copy_images else None
     if plan is not None:
@@ -632,9 +636,8 @@ def _write_data_files(results: Results, items: list[dict[str, Any]], paths: Repo
     copies (`rewrite_own`)."""
     own = results.source is not None and paths.results.exists() and _same_file(paths.results, results.source)
     if not own or rewrite_own:
-        doc = {"schema": results.schema, "run": results.run,
-               "items": [relative_paths(it, paths.dir) for it in items]}
-        write_text_atomic(paths.results, dumps_results(doc))
+        doc = {"schema": results.schema, "run": results.run, "items": items}
+        write_text_atomic(paths.results, dumps_results(doc, paths.dir))
     rel_results = Results(run=results.run, items=items, base_dir=None, source=results.source,
                           warnings=results.warnings)
     write_text_atomic(paths.junit, junit_xml(rel_results, report_href=href))

@@ -11,10 +11,11 @@ from typing import Any
 from parity.errors import ParityError
 from parity.jsonio import dumps, to_jsonable
 from parity.record import ItemRecord
+from parity.tier import ERROR
 
-from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME, dumps_results, now_iso, write_text_atomic
+from .jsonfile import (JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME, absolute_paths, dumps_results, item_on_disk, now_iso,
+                       write_text_atomic)
 from .lock import RunLock
-from .merging import absolute_paths, relative_paths
 from .results import Results, _parse_journal, normalize_item
 
 def input_differences(old: Any, new: Any) -> list[str]:
@@ -99,18 +100,16 @@ class ResultsStore:
         return self
 
     def add(self, item: ItemRecord | dict[str, Any], pending: list[str] | None = None) -> dict[str, Any]:
-        """Record one finished item durably (fsync'd before returning). Returns the normalised item. `pending`
-        names follow-ups still to run (a first-pass record: compared, not yet attributed); a later record of the
-        same id replaces it."""
+        """Record one finished item durably (fsync'd before returning). Returns the normalised item (paths
+        absolute, as in memory; a relative path given here is relative to this folder). `pending` names
+        follow-ups still to run (a first-pass record: compared, not yet attributed); a later record of the same id
+        replaces it."""
         if self._fd is None:
             raise RuntimeError("ResultsStore.add() before start()")
-        clean = to_jsonable(item.to_dict() if isinstance(item, ItemRecord) else item)
-        # On disk a path is relative to this folder, or absolute where it leaves it (docs/results-schema.md): the
-        # runner hands absolute paths (a relative --out must not leave them relative to the working directory);
-        # a relative path given here is already relative to this folder.
-        clean = relative_paths(absolute_paths(clean, self.run_dir), self.run_dir)
+        clean = absolute_paths(to_jsonable(item.to_dict() if isinstance(item, ItemRecord) else item), self.run_dir)
         norm = normalize_item(clean, self.run, where=self.journal)
-        self._append({"type": "item", "item": clean, **({"pending": list(pending)} if pending else {})})
+        line = item_on_disk(clean, self.run_dir)
+        self._append({"type": "item", "item": line, **({"pending": list(pending)} if pending else {})})
         if pending:
             self._pending.add(norm["id"])
         else:
@@ -152,12 +151,11 @@ class ResultsStore:
     # -- queries
     def done_ids(self, *, include_errors: bool = True) -> set[str]:
         """Ids already recorded (for --resume); `include_errors=False` leaves ERROR items out so they are retried."""
-        return {i for i, it in self._items.items() if include_errors or it["tier"] != "ERROR"}
+        return {i for i, it in self._items.items() if include_errors or it["tier"] != ERROR.name}
 
     def compared_records(self) -> dict[str, ItemRecord]:
         """First-pass records of an interrupted run (compared, follow-ups not done), by id, for --resume."""
-        # paths on disk are relative to this folder; the runner reads the saved render back by them
-        return {i: ItemRecord.from_dict(absolute_paths(self._items[i], self.run_dir)) for i in self._pending}
+        return {i: ItemRecord.from_dict(self._items[i]) for i in self._pending}
 
     def results(self) -> Results:
         return Results(run=dict(self.run), items=list(self._items.values()), base_dir=self.run_dir,
@@ -165,18 +163,17 @@ class ResultsStore:
 
     def write_snapshot(self) -> None:
         res = self.results()
-        write_text_atomic(self.snapshot, dumps_results(res.to_dict()))
+        write_text_atomic(self.snapshot, dumps_results(res.to_dict(), self.run_dir))
         self._last_snapshot = time.monotonic()
 
     @staticmethod
     def write_merged(run_dir: str | Path, results: Results) -> Path:
-        """Write merged results (e.g. xdist workers' or shards') as `run_dir`/results.json, paths made relative
-        to `run_dir`. Returns the file's path."""
+        """Write merged results (e.g. xdist workers' or shards') as `run_dir`/results.json. Returns the file's
+        path."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        items = [relative_paths(absolute_paths(it, results.base_dir), run_dir) for it in results.items]
         path = run_dir / SNAPSHOT_NAME
-        write_text_atomic(path, dumps_results({"schema": results.schema, "run": results.run, "items": items}))
+        write_text_atomic(path, dumps_results(results.to_dict(), run_dir))
         return path
 
     # -- internals

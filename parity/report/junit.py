@@ -11,7 +11,8 @@ from typing import Any
 
 from parity.report.markdown import item_href
 from parity.report.store import Results, dumps
-from parity.report.summary import item_score, score_metric
+from parity.report.summary import Verdict, score_metric, verdict
+from parity.tier import ERROR
 from parity.values import cause_text
 
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
@@ -33,17 +34,12 @@ def _seconds(item: dict[str, Any]) -> float:
     return float(sum(vals)) if vals else 0.0
 
 
-def _describe(item: dict[str, Any], metric: str) -> str:
-    s = item_score(item, metric)
-    msg = f"tier {item['tier']} below gate {item.get('gate')}" if item.get("gate") else f"tier {item['tier']}"
-    if s is not None:
-        msg += f" ({metric} {s:.4f})"
-    if item.get("mismatches"):
-        msg += "; mismatched: " + ", ".join(map(str, item["mismatches"]))
-    if item.get("causes"):
-        c = item["causes"][0]
-        msg += f"; top cause: {cause_text(str(c.get('knob')), c.get('value_preview'), c.get('value_inference'))}"
-    return msg
+def _failure_lines(it: dict[str, Any], v: Verdict, metric: str) -> list[str]:
+    """The failure's text: the verdict line, then the score, the mismatching knobs and the prompt."""
+    lines = [v.line] + ([f"{metric} {v.score:.4f}"] if v.score is not None else [])
+    if it.get("mismatches"):
+        lines.append("mismatched: " + ", ".join(map(str, it["mismatches"])))
+    return lines + (["prompt: " + it["prompt"]] if it.get("prompt") else [])
 
 
 def _testcase(suite: ET.Element, case: str, it: dict[str, Any], metric: str,
@@ -53,16 +49,15 @@ def _testcase(suite: ET.Element, case: str, it: dict[str, Any], metric: str,
     secs = _seconds(it)
     tc.set("time", f"{secs:.3f}")
     _properties(ET.SubElement(tc, "properties"), it, report_href)
-    if it["tier"] == "ERROR":
-        err = ET.SubElement(tc, "error", message=xml_text((it.get("error") or "ERROR").splitlines()[0]
-                                                           if it.get("error") else "ERROR"),
+    if it["tier"] == ERROR.name:
+        err = ET.SubElement(tc, "error", message=xml_text(str(it.get("error") or ERROR.name).splitlines()[0]),
                             type="ParityError")
         err.text = xml_text(it.get("error") or "")
         return secs, "errors"
     if not it.get("passed"):
-        msg = _describe(it, metric)
-        fail = ET.SubElement(tc, "failure", message=xml_text(msg), type="ParityMismatch")
-        fail.text = xml_text(msg + ("\nprompt: " + it["prompt"] if it.get("prompt") else ""))
+        v = verdict(it, metric)
+        fail = ET.SubElement(tc, "failure", message=xml_text(v.line), type="ParityMismatch")
+        fail.text = xml_text("\n".join(_failure_lines(it, v, metric)))
         return secs, "failures"
     return secs, None
 

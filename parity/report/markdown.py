@@ -9,8 +9,8 @@ from typing import Any
 from urllib.parse import quote
 
 from parity.report.store import Results
-from parity.report.summary import Summary, item_score, summarize, top_cause
-from parity.spec import TIERS
+from parity.report.summary import Summary, summarize, verdict
+from parity.tier import DRIFT, NEAR, tier_names
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")  # emphasis, code, links, table cells; <>& become entities
 
@@ -44,8 +44,9 @@ def headline_lines(s: Summary, results: Results) -> list[str]:
 
 def tier_table(s: Summary) -> list[str]:
     """Items per tier as a one-row markdown table."""
-    return ["| " + " | ".join(TIERS) + " |", "|" + "---:|" * len(TIERS),
-            "| " + " | ".join(str(s.tiers[t]) for t in TIERS) + " |", ""]
+    names = tier_names()
+    return ["| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
+            "| " + " | ".join(str(s.tiers[t]) for t in names) + " |", ""]
 
 
 def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None) -> list[str]:
@@ -57,9 +58,9 @@ def _worst_table(bad: list[dict[str, Any]], metric: str, report_href: str | None
         name = md_text(it["id"], 80)
         if report_href:
             name = f"[{name}]({item_href(report_href, it['id'])})"
-        cause_s = md_text(top_cause(it) or "not attributed", 160)
-        tier = it["tier"] + (" (expected)" if it.get("expected") and it.get("passed") else "")
-        lines.append(f"| {name} | {tier} | {it.get('gate') or 'none'} | {_fmt(item_score(it, metric))} | "
+        v = verdict(it, metric)
+        cause_s = md_text(v.why or "not attributed", 160)
+        lines.append(f"| {name} | {v.tier_text} | {v.gate or 'none'} | {_fmt(v.score)} | "
                      f"{md_text(', '.join(map(str, it.get('mismatches', []))) or 'none', 80)} | {cause_s} |")
     return lines + [""]
 
@@ -79,11 +80,12 @@ def markdown_summary(results: Results, *, report_href: str | None = "index.html"
         lines += [" · ".join(meta), ""]
     lines += tier_table(s)
     if len(s.cases) > 1:
-        lines += ["| case | items | pass | fail | " + " | ".join(TIERS) + f" | min {md_text(s.metric)} |",
-                  "|---|---:|---:|---:|" + "---:|" * len(TIERS) + "---:|"]
+        names = tier_names()
+        lines += ["| case | items | pass | fail | " + " | ".join(names) + f" | min {md_text(s.metric)} |",
+                  "|---|---:|---:|---:|" + "---:|" * len(names) + "---:|"]
         for case, c in s.cases.items():
             lines.append(f"| {md_text(case or '–', 60)} | {c['n']} | {c['passed']} | {c['failed']} | "
-                         + " | ".join(str(c["tiers"][t]) for t in TIERS) + f" | {_fmt(c['min_score'])} |")
+                         + " | ".join(str(c["tiers"][t]) for t in names) + f" | {_fmt(c['min_score'])} |")
         lines.append("")
     bad = [it for it in s.worst if not it.get("passed")][:worst] or s.worst[:worst]
     if bad:
@@ -99,8 +101,8 @@ def markdown_summary(results: Results, *, report_href: str | None = "index.html"
                      + ", ".join(f"{md_text(k, 40)} ({n})" for k, n in s.irreducible.items()))
         lines.append("")
     if s.noise_floor.get("measured"):
-        lines.append(f"Noise floor: {s.noise_floor['measured']} DRIFT item(s) differing only irreducibly were judged "
-                     f"against a measured noise floor; {s.noise_floor['lifted']} lay within it (NEAR).")
+        lines.append(f"Noise floor: {s.noise_floor['measured']} {DRIFT.name} item(s) differing only irreducibly were "
+                     f"judged against a measured noise floor; {s.noise_floor['lifted']} lay within it ({NEAR.name}).")
         lines.append("")
     if report_href:
         lines += [f"Full report: [{md_text(report_href)}]({quote(report_href, safe='/:%#?=&~')})", ""]

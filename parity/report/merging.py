@@ -1,57 +1,13 @@
-"""Merging shard (or xdist worker) results into one run, and moving item paths between run folders."""
+"""Merging shard (or xdist worker) results into one run."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Iterable
 
 from parity.errors import ParityError
 from parity.jsonio import dumps
 
 from .results import Results
-
-def absolute_paths(item: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    """A copy of `item` whose relative paths are resolved against `base_dir` (absolute paths kept)."""
-    if base_dir is None:
-        return item
-    out = dict(item)
-
-    def fix(p: Any) -> Any:
-        if isinstance(p, str) and p and not os.path.isabs(p):
-            return os.path.normpath(os.path.join(os.path.abspath(base_dir), p))
-        if isinstance(p, list):
-            return [fix(x) for x in p]
-        if isinstance(p, dict):
-            return {k: fix(v) for k, v in p.items()}
-        return p
-
-    out["paths"] = {k: fix(v) for k, v in item.get("paths", {}).items()}
-    return out
-
-
-def _inside(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
-
-
-def relative_paths(item: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """A copy of `item` whose absolute paths inside `base_dir` are made relative to it (with / separators);
-    paths outside it stay absolute, so the folder can move without its links turning into wrong `../..` paths."""
-    base = os.path.abspath(base_dir)
-
-    def fix(p: Any) -> Any:
-        if isinstance(p, str) and p and os.path.isabs(p):
-            p = os.path.normpath(p)
-            return os.path.relpath(p, base).replace(os.sep, "/") if _inside(p, base) else p
-        if isinstance(p, list):
-            return [fix(x) for x in p]
-        if isinstance(p, dict):
-            return {k: fix(v) for k, v in p.items()}
-        return p
-
-    out = dict(item)
-    out["paths"] = {k: fix(v) for k, v in item.get("paths", {}).items()}
-    return out
 
 
 def _comparable(item: dict[str, Any]) -> str:
@@ -60,8 +16,8 @@ def _comparable(item: dict[str, Any]) -> str:
 
 
 def merge(results_list: Iterable[Results]) -> Results:
-    """Merge shard results into one run: every item exactly once (paths made absolute so they survive the move
-    to a new report directory). The same id with different content in two shards is a ParityError naming both."""
+    """Merge shard results into one run: every item exactly once (their paths are absolute, as loaded). The same
+    id with different content in two shards is a ParityError naming both."""
     results_list = list(results_list)
     if not results_list:
         raise ParityError("nothing to merge")
@@ -71,7 +27,6 @@ def merge(results_list: Iterable[Results]) -> Results:
     for res in results_list:
         src = str(res.source or res.base_dir or "?")
         for it in res.items:
-            it = absolute_paths(it, res.base_dir)
             prev = items.get(it["id"])
             if prev is not None:
                 if _comparable(prev) != _comparable(it):

@@ -15,13 +15,14 @@ from parity.errors import InputFileError, ParityError
 from parity.jsonio import parse_json
 from parity.record import ItemRecord, check_type
 
-from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME
+from .jsonfile import JOURNAL_NAME, SCHEMA, SNAPSHOT_NAME, absolute_paths
 
 @dataclass
 class Results:
-    """A run and its items as plain dicts (the results.json shape). `base_dir` is the directory item paths are
-    relative to (None when they are absolute, e.g. after a merge). `warnings` lists what loading skipped.
-    Relative item paths are always relative to the results file's folder; paths leaving it are absolute."""
+    """A run and its items as plain dicts (the results.json shape), item paths absolute (a file's relative ones
+    are resolved when it is read, and made relative again only when written: parity.report.jsonfile). `base_dir`
+    is the folder the results were read from or are written to (None after a merge). `warnings` lists what
+    loading skipped."""
 
     run: dict[str, Any]
     items: list[dict[str, Any]]
@@ -127,7 +128,7 @@ def _parse_journal(path: Path) -> Results:
     norm = []
     for it in state.items.values():  # a journal is read tolerantly: one bad record must not hide the others
         try:
-            norm.append(normalize_item(it, run, where=path))
+            norm.append(absolute_paths(normalize_item(it, run, where=path), path.parent))
         except InputFileError as e:
             warnings.append(f"skipped an item: {e.message}")
     return Results(run=run, items=norm, base_dir=path.parent, source=path, warnings=warnings,
@@ -214,7 +215,7 @@ def _parse_snapshot(path: Path) -> Results:
         raise InputFileError(f"unsupported schema {doc.get('schema')!r} (expected {SCHEMA!r})", path)
     run = _normalize_run(doc.get("run"), path)
     check_type(doc["items"], list, "'items'", path)
-    items = [normalize_item(it, run, where=path) for it in doc["items"]]
+    items = [absolute_paths(normalize_item(it, run, where=path), path.parent) for it in doc["items"]]
     seen: set[str] = set()
     for it in items:
         if it["id"] in seen:

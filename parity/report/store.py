@@ -24,9 +24,10 @@ from __future__ import annotations
 from parity.jsonio import dumps, to_jsonable  # noqa: F401
 from parity.report.journal import ResultsStore  # noqa: F401
 from parity.report.jsonfile import (  # noqa: F401
-    JOURNAL_NAME, PATH_KEYS, SCHEMA, SNAPSHOT_NAME, dumps_results, now_iso, write_text_atomic,
+    JOURNAL_NAME, PATH_KEYS, SCHEMA, SNAPSHOT_NAME, absolute_paths, dumps_results, item_on_disk, now_iso,
+    write_text_atomic,
 )
-from parity.report.merging import absolute_paths, merge, relative_paths  # noqa: F401
+from parity.report.merging import merge  # noqa: F401
 from parity.report.results import Results, load, normalize_item  # noqa: F401
 
 # Names other modules use (pytest plugin).

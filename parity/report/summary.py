@@ -1,5 +1,7 @@
-"""Numbers every report output shares (HTML, markdown, JUnit): item score, worst-first order, counts per tier,
-per case and per knob, and score-by-step series. Plain functions over the results dicts."""
+"""What every output says of a run and of one item (the CLI table, the pytest failure screen, progress lines,
+HTML, markdown, JUnit, the PR comment): item score, worst-first order, counts per tier, per case and per knob,
+score-by-step series, and each item's verdict (`verdict`: one function, every output formats its fields). Plain
+functions over the results dicts."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity.spec import IRREDUCIBLE_KNOBS, KNOBS, TIERS, tier_rank
+from parity import knobs as registry
+from parity.tier import tier_names, tier_rank
 from parity.values import cause_text
 
 SCORE_METRICS: tuple[str, ...] = ("ssim", "ssim_y")
@@ -70,6 +73,46 @@ def top_cause(item: dict[str, Any]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One item's verdict as every output states it: its tier against its gate, how it stands (`mark`: ok,
+    expected or FAIL), its score and what explains it (`why`: `top_cause`)."""
+
+    tier: str
+    gate: str | None
+    mark: str
+    why: str | None
+    score: float | None
+    error: bool = False          # `why` is the item's error
+    reason: str | None = None    # the first reason it fails (said when nothing else explains it)
+
+    @property
+    def tier_text(self) -> str:
+        """The tier, marked when the item passes as an expected difference: "DRIFT (expected)"."""
+        return f"{self.tier} (expected)" if self.mark == "expected" else self.tier
+
+    @property
+    def status(self) -> str:
+        """The tier with how it stands: "NEAR", "DRIFT (expected)", "DRIFT FAIL", "ERROR FAIL"."""
+        return f"{self.tier} FAIL" if self.mark == "FAIL" else self.tier_text
+
+    @property
+    def line(self) -> str:
+        """The verdict line: "tier DRIFT (gate NEAR); top cause: steps 20 -> 28", "tier ERROR (gate NEAR): <error>"
+        (pytest's short summary, the failure screen's first line, JUnit's failure message, the HTML card)."""
+        head = f"tier {self.tier} ({f'gate {self.gate}' if self.gate else 'no gate'})"
+        why = self.why or (self.reason if self.mark == "FAIL" else None)
+        return f"{head}{':' if self.error else ';'} {why}" if why else head
+
+
+def verdict(item: dict[str, Any], metric: str = SCORE_METRICS[0]) -> Verdict:
+    """The verdict of one results item (a record's `to_dict()`)."""
+    reasons = [str(r) for r in item.get("fail_reasons") or [] if r]
+    return Verdict(tier=item["tier"], gate=item.get("gate") or None, mark=verdict_mark(item), why=top_cause(item),
+                   score=item_score(item, metric), error=bool(str(item.get("error") or "").strip()),
+                   reason=reasons[0] if reasons else None)
+
+
 @dataclass
 class Summary:
     total: int
@@ -87,7 +130,7 @@ class Summary:
 
 def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
     metric = score_metric(run)
-    tiers = {t: 0 for t in TIERS}
+    tiers = {t: 0 for t in tier_names()}
     cases: dict[str, dict[str, Any]] = {}
     knobs: dict[str, dict[str, int]] = defaultdict(lambda: {"mismatch": 0, "top_cause": 0, "cause": 0})
     irreducible: Counter[str] = Counter()
@@ -102,7 +145,7 @@ def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
         tiers[it["tier"]] += 1
         passed += bool(it.get("passed"))
         c = cases.setdefault(it.get("case") or "", {"n": 0, "passed": 0, "failed": 0,
-                                                      "tiers": {t: 0 for t in TIERS}, "min_score": None})
+                                                      "tiers": {t: 0 for t in tier_names()}, "min_score": None})
         c["n"] += 1
         c["passed" if it.get("passed") else "failed"] += 1
         c["tiers"][it["tier"]] += 1
@@ -119,7 +162,7 @@ def summarize(items: list[dict[str, Any]], run: dict[str, Any]) -> Summary:
             if i == 0:
                 knobs[str(cause["knob"])]["top_cause"] += 1
         irreducible.update(list(dict.fromkeys(str(k) for k in it.get("irreducible", []))))
-    order = {k: i for i, k in enumerate(KNOBS + IRREDUCIBLE_KNOBS)}
+    order = {k: i for i, k in enumerate(registry.knob_names() + registry.irreducible_names())}
     knobs_sorted = dict(sorted(knobs.items(), key=lambda kv: (-kv[1]["mismatch"], -kv[1]["top_cause"],
                                                                order.get(kv[0], 99), kv[0])))
     steps = {case: sorted((st, sum(v) / len(v), min(v)) for st, v in per.items()) for case, per in by_step.items()}

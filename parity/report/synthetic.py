@@ -11,7 +11,8 @@ from typing import Any
 
 from parity import fileio
 from parity.report.store import ResultsStore
-from parity.spec import IRREDUCIBLE_KNOBS, TIERS
+from parity import knobs as registry
+from parity.tier import DEFAULT_GATE, DIFFERENT, DRIFT, ERROR, EXACT, NEAR, tier_names
 
 HOSTILE_PROMPT = "<img src=x onerror=alert(1)>"
 HOSTILE_TEXTS = (
@@ -25,7 +26,7 @@ _CASES = ("demo-parity", "style-lora", "faces", "product-shots", "landscapes")
 _PROMPTS = ("a red fox in the snow, photo", "portrait of an old sailor, oil painting", "a glass teapot on a wooden table",
             "neon city street at night, rain", "isometric tiny house, 3d render", "a bowl of ramen, top view",
             "mountain lake at sunrise", "a robot reading a book in a library")
-_WEIGHTS = {"EXACT": 0.3, "NEAR": 0.35, "DRIFT": 0.2, "DIFFERENT": 0.1, "ERROR": 0.05}
+_WEIGHTS = {EXACT.name: 0.3, NEAR.name: 0.35, DRIFT.name: 0.2, DIFFERENT.name: 0.1, ERROR.name: 0.05}
 
 
 def _sigmas(n: int, mu: float) -> list[float]:
@@ -82,7 +83,7 @@ def _params(step: int, index: int, prompt: str, mismatches: list[str], irreducib
 
 
 def synthetic_results(n: int, out_dir: str | Path, *, image_size: int = 96, seed: int = 0, hostile: bool = False,
-                      complete: bool = True, cases: int | None = None, gate: str = "NEAR",
+                      complete: bool = True, cases: int | None = None, gate: str = DEFAULT_GATE,
                       prompts: int | None = None) -> Path:
     """Write a run of `n` fake items into `out_dir` through ResultsStore (images under out_dir/images/) and
     return the path of its results.json. `hostile=True` puts markup in prompts, ids, a case name and a file
@@ -118,13 +119,13 @@ def synthetic_results(n: int, out_dir: str | Path, *, image_size: int = 96, seed
                 if made >= n:
                     break
                 tier = rnd.choices(tiers, weights=[_WEIGHTS[t] for t in tiers])[0]
-                if step == 0 and tier in ("DIFFERENT", "ERROR"):
-                    tier = "NEAR"
+                if step == 0 and tier in (DIFFERENT.name, ERROR.name):
+                    tier = NEAR.name
                 prompt = _PROMPTS[(ci * 3 + pi) % len(_PROMPTS)]
                 iid = f"{case}[step{step}-p{pi}]"
                 if hostile and made < len(HOSTILE_TEXTS):
                     prompt = HOSTILE_TEXTS[made]
-                    tier = "DIFFERENT" if made == 0 else tier
+                    tier = DIFFERENT.name if made == 0 else tier
                     if made == 1:
                         iid = f"{case}[step{step}-p{pi}]\"><svg onload=alert(6)>"
                 made += 1
@@ -159,11 +160,11 @@ def _render_and_score(preview: Any, tier: str, drift: float, nrng: Any, rnd: ran
     hm = colorize(diff / DIFF_FULL_SCALE)
     fileio.save_image(img_dir / f"{stem}_diff.png", hm, compress_level=1)
     paths.update(render=f"images/{stem}_render.png", heatmap_diff=f"images/{stem}_diff.png")
-    ssim = {"EXACT": 1.0, "NEAR": rnd.uniform(0.965, 0.995), "DRIFT": rnd.uniform(0.8, 0.94),
-            "DIFFERENT": rnd.uniform(0.25, 0.6)}[tier]
+    ssim = {EXACT.name: 1.0, NEAR.name: rnd.uniform(0.965, 0.995), DRIFT.name: rnd.uniform(0.8, 0.94),
+            DIFFERENT.name: rnd.uniform(0.25, 0.6)}[tier]
     mae = float(diff.mean())
     metrics = {"ssim": round(ssim, 5), "ssim_y": round(min(1.0, ssim + 0.01), 5),
-               "psnr": math.inf if tier == "EXACT" else round(20 * math.log10(255 / max(mae, 1e-3)), 3),
+               "psnr": math.inf if tier == EXACT.name else round(20 * math.log10(255 / max(mae, 1e-3)), 3),
                "mae": round(mae, 4), "max_abs": int(diff.max())}
     return metrics
 
@@ -175,7 +176,7 @@ def _noise_floor(irreducible: list[str], ssim_y: float) -> dict[str, Any]:
         "knobs": list(irreducible), "twin": [{"knob": k, "how": "LoRA values moved within their bfloat16 "
                                                                 "rounding cells"} for k in irreducible],
         "unmeasured": [], "metrics": {"ssim_y": round(1.0 - loss / 1.5, 5), "window_density": 0.0},
-        "ratio": 2.0, "tier_before": "DRIFT", "tier": "NEAR", "applied": True,
+        "ratio": 2.0, "tier_before": DRIFT.name, "tier": NEAR.name, "applied": True,
         "reason": f"within the noise floor of {', '.join(irreducible)}: SSIM-Y loss {loss:.5f} vs 2 x measured "
                   f"{loss / 1.5:.5f}; worst window 0.000 vs 0.150"}
 
@@ -187,7 +188,7 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
     key = (ci, pi)
     if key not in bases:
         bases[key] = _base_image(size, 1000 * ci + pi)
-    drift = {"EXACT": 0.0, "NEAR": 2.0, "DRIFT": 9.0, "DIFFERENT": 40.0, "ERROR": 0.0}[tier]
+    drift = {EXACT.name: 0.0, NEAR.name: 2.0, DRIFT.name: 9.0, DIFFERENT.name: 40.0, ERROR.name: 0.0}[tier]
     nrng = np.random.default_rng(zlib.crc32(iid.encode()))
     preview = np.clip(bases[key] + step / 250 * 4.0, 0, 255)
     stem = f"c{ci}_s{step}_p{pi}"
@@ -197,16 +198,16 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
     paths: dict[str, str] = {"preview": f"images/{pv_name}"}
     metrics: dict[str, Any] = {}
     error = None
-    if tier == "ERROR":
+    if tier == ERROR.name:
         error = rnd.choice(["render produced NaN at denoising step 7 of 20",
                             f"images/{stem}.safetensors: truncated file (expected 19.2 MB, found 4.1 MB)"])
     else:
         metrics = _render_and_score(preview, tier, drift, nrng, rnd, img_dir, stem, paths)
     mismatches: list[str] = []
-    if tier in ("DRIFT", "DIFFERENT"):
+    if tier in (DRIFT.name, DIFFERENT.name):
         pool = ["schedule", "guidance", "steps", "seed", "lora_scale", "resolution", "generator", "dtype"]
-        mismatches = rnd.sample(pool, 1 if tier == "DRIFT" else rnd.randint(2, 3))
-    irreducible = ["lora_precision"] if tier in ("NEAR", "DRIFT") and rnd.random() < 0.5 else []
+        mismatches = rnd.sample(pool, 1 if tier == DRIFT.name else rnd.randint(2, 3))
+    irreducible = ["lora_precision"] if tier in (NEAR.name, DRIFT.name) and rnd.random() < 0.5 else []
     params = _params(step, pi, prompt, mismatches, irreducible, size)
     base = metrics.get("ssim", 0.0)
     causes = [{"knob": k, "value_preview": params["preview"][k]["value"],
@@ -216,7 +217,7 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
     sched = None
     if "schedule" in mismatches or "steps" in mismatches:
         sched = {"preview": _sigmas(8, 0.4675), "inference": _sigmas(8, 1.83), "mu_preview": 0.4675, "mu_inference": 1.83}
-    elif tier != "ERROR":
+    elif tier != ERROR.name:
         sched = {"preview": _sigmas(8, 0.4675), "inference": _sigmas(8, 0.4675)}
     item = {
         "id": iid, "case": case, "step": step, "index": pi, "prompt": prompt, "paths": paths, "tier": tier,
@@ -227,9 +228,9 @@ def _item(iid: str, case: str, step: int, pi: int, prompt: str, tier: str, rnd: 
         "params": params, "mismatches": mismatches, "irreducible": irreducible, "causes": causes,
         "schedule": sched, "timings": {"render": round(rnd.uniform(0.5, 3.0), 3), "compare": 0.01}, "error": error,
     }
-    if tier == "NEAR" and irreducible and not mismatches and pi % 2 == 0:
+    if tier == NEAR.name and irreducible and not mismatches and pi % 2 == 0:
         # judged against a measured noise floor (parity.compare.tiers.decide_floor_tier); no rnd draws, so the
         # sequence of the other items is unchanged
         item["noise_floor"] = _noise_floor(irreducible, metrics["ssim_y"])
-    assert item["tier"] in TIERS and all(k in IRREDUCIBLE_KNOBS for k in irreducible)
+    assert item["tier"] in tier_names() and all(k in registry.irreducible_names() for k in irreducible)
     return item

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from parity.items import PlannedItem
+from parity.spec import RenderSpec
+
+if TYPE_CHECKING:  # torch: the engine is loaded on first use only
+    from parity.engine.render import Engine, RenderResult
 
 log = logging.getLogger("parity")
 
@@ -12,13 +19,13 @@ class EnginePool:
     """The engines of a run. On a GPU the text encoder, transformer and VAE take turns on the device (a 64 GB
     bf16 transformer fits one 80 GB card only alone); on the CPU everything stays loaded."""
 
-    def __init__(self, device: str, cache_dir: Any, progress: Callable[[str], None]):
+    def __init__(self, device: str, cache_dir: Path | None, progress: Callable[[str], None]):
         self.device = device
         self.cache_dir = cache_dir
         self.progress = progress
-        self.engines: dict[tuple, Any] = {}  # engine_key -> parity.engine.Engine
+        self.engines: dict[tuple, Engine] = {}  # PlannedItem.engine_key -> its engine
 
-    def engine_for(self, item: Any):
+    def engine_for(self, item: PlannedItem) -> Engine:
         """The engine that renders `item` (a PlannedItem), loading its base model the first time."""
         key = item.engine_key
         if key not in self.engines:
@@ -30,7 +37,8 @@ class EnginePool:
                                        cache_dir=self.cache_dir, offload=offload)
         return self.engines[key]
 
-    def render(self, item: Any, spec: Any = None, merge_history: Any = "item"):
+    def render(self, item: PlannedItem, spec: RenderSpec | None = None,
+               merge_history: list | None | str = "item") -> RenderResult:
         """Render `spec` (default: the item's settings under test, with the item's merge history) with the
         item's engine."""
         if spec is None:
@@ -38,10 +46,10 @@ class EnginePool:
         history = item.merge_history if merge_history == "item" else merge_history
         return self.engine_for(item).render(spec, merge_history=history)
 
-    def prepare_embeddings(self, items: list[Any]) -> None:
+    def prepare_embeddings(self, items: list[PlannedItem]) -> None:
         """With offloading, encode every prompt of the run first so the text encoder is loaded once, not once per
         new prompt (attribution re-renders reuse the same embeddings through the cache)."""
-        groups: dict[tuple, list[Any]] = {}
+        groups: dict[tuple, list[PlannedItem]] = {}
         for it in items:
             if not it.problem:
                 groups.setdefault(it.engine_key, []).append(it)

@@ -17,20 +17,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from parity import knobs
+from parity.items import PlannedItem
 from parity.record import ItemRecord
+from parity.spec import RenderSpec
+from parity.tier import ERROR, explains
 
 from .engines import EnginePool
 from .policies import thresholds_of
 
-log = logging.getLogger("parity")
+if TYPE_CHECKING:
+    import numpy as np
 
-# knob -> RenderSpec fields, in the order a verdict names them (the knobs an inference stack's settings set)
-SETTING_KNOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("steps", ("sample_steps",)), ("guidance", ("guidance_scale",)), ("schedule", ("schedule",)),
-    ("resolution", ("width", "height")), ("seed", ("seed",)), ("lora_scale", ("network_multiplier",)),
-)
+    from parity.compare.engine import Comparison
+
+log = logging.getLogger("parity")
 
 
 @dataclass
@@ -38,10 +41,10 @@ class Observed:
     """Every spec the search rendered, and how each scored during the current explanation (filled by the
     callables handed to the search; scores are per call, whatever form the search gives the target in)."""
 
-    specs: dict[int, tuple[Any, Any]] = field(default_factory=dict)    # id(image) -> (image, spec)
-    scores: dict[Any, tuple[float, str | None]] = field(default_factory=dict)  # spec -> (ssim, tier), this call
+    specs: dict[int, tuple[np.ndarray, RenderSpec]] = field(default_factory=dict)    # id(image) -> (image, spec)
+    scores: dict[RenderSpec, tuple[float, str | None]] = field(default_factory=dict)  # spec -> (ssim, tier), this call
 
-    def best(self) -> tuple[Any, float, str | None] | None:
+    def best(self) -> tuple[RenderSpec, float, str | None] | None:
         """The best-scoring spec of the current explanation: (spec, ssim, tier)."""
         if not self.scores:
             return None
@@ -49,17 +52,19 @@ class Observed:
         return spec, s, t
 
 
-def setting_value(spec: Any, knob: str) -> Any:
-    fields = dict(SETTING_KNOBS)[knob]
-    if knob == "resolution":
-        return f"{spec.width}x{spec.height}"
-    return getattr(spec, fields[0])
+def setting_value(spec: RenderSpec, knob: str) -> Any:  # a knob's value, as JSON holds it
+    """The knob's value as an inference stack sets it: one setting's value, or several joined ("1024x768")."""
+    fields = knobs.knob(knob).stack.settings
+    if len(fields) > 1:
+        return "x".join(str(spec.value(f)) for f in fields)
+    return spec.value(fields[0])
 
 
-def recovered_settings(best: Any, preview: Any) -> dict[str, dict[str, Any]]:
-    """{knob: {"value": best's, "preview": preview's}} for each setting in which the reproduction differs."""
-    return {k: {"value": setting_value(best, k), "preview": setting_value(preview, k)}
-            for k, fields in SETTING_KNOBS if any(getattr(best, f) != getattr(preview, f) for f in fields)}
+def recovered_settings(best: RenderSpec, preview: RenderSpec) -> dict[str, dict[str, Any]]:
+    """{knob: {"value": best's, "preview": preview's}} for each setting in which the reproduction differs (the
+    registry's stack knobs, in the order a verdict names them)."""
+    return {k.name: {"value": setting_value(best, k.name), "preview": setting_value(preview, k.name)}
+            for k in knobs.stack_knobs() if any(best.value(f) != preview.value(f) for f in k.stack.settings)}
 
 
 def settings_verdict(settings: dict[str, dict[str, Any]], explained: bool, score: float) -> str:
@@ -94,12 +99,12 @@ class ExternalExplanation:
         self.cache = RenderCache()
         self.observed = Observed()
 
-    def wants(self, item: Any, rec: ItemRecord) -> bool:
-        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
+    def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
+        return (self.enabled and item.case.attribution and rec.tier != ERROR.name and rec.below_gate
                 and item.preview_path is not None and bool(rec.paths.get("external"))
                 and rec.explanation is None)
 
-    def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
+    def apply(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> None:
         """A failure (no base model here, a render error) is recorded; the comparison stands."""
         try:
             rec.explanation = self._explain(item, rec)
@@ -111,7 +116,7 @@ class ExternalExplanation:
             rec.paths["reproduction"] = rec.explanation.pop("reproduction")
         self._check_lora(item, rec)
 
-    def _check_lora(self, item: Any, rec: ItemRecord) -> None:
+    def _check_lora(self, item: PlannedItem, rec: ItemRecord) -> None:
         """"your stack did not apply the LoRA" with the LoRA audit line, when the evidence says so (lora_applied)."""
         from .lora_applied import check_lora_applied, without_lora_matches
 
@@ -122,7 +127,7 @@ class ExternalExplanation:
         except Exception:  # noqa: BLE001 - the explanation stands without it
             log.debug("LoRA check of %s failed", item.id, exc_info=True)
 
-    def _explain(self, item: Any, rec: ItemRecord) -> dict[str, Any]:
+    def _explain(self, item: PlannedItem, rec: ItemRecord) -> dict[str, Any]:
         from parity.diagnose import suspect_search
         from parity.diagnose.budget import cost_record, seconds_per_render
 
@@ -143,17 +148,16 @@ class ExternalExplanation:
             return {"error": "the search rendered nothing", "search": found.to_dict()}
         best_spec, score, tier = best
         settings = recovered_settings(best_spec, spec)
-        explained = bool(getattr(found, "explained", False)) or tier in ("EXACT", "NEAR")
+        explained = bool(getattr(found, "explained", False)) or explains(tier)
         return {"verdict": settings_verdict(settings, explained, score), "explained": explained,
                 "settings": settings, "score": score, "tier": tier, "target": str(target),
                 "search_verdict": getattr(found, "verdict", ""), "search": found.to_dict(), "cost": cost,
                 "reproduction": str(self._save(item, best_spec))}
 
     def _target(self, rec: ItemRecord) -> Path:
-        p = Path(rec.paths["external"])
-        return p if p.is_absolute() else (self.work_dir.parent / p)
+        return Path(rec.paths["external"])   # absolute, as every path of a record in memory
 
-    def _save(self, item: Any, spec: Any) -> Path:
+    def _save(self, item: PlannedItem, spec: RenderSpec) -> Path:
         from parity import fileio
         from parity.ids import item_file_name
 
@@ -163,10 +167,10 @@ class ExternalExplanation:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         return fileio.save_image(self.work_dir / f"{item_file_name(item.id)}.png", image)
 
-    def _render_fn(self, item: Any):
+    def _render_fn(self, item: PlannedItem) -> Callable[[RenderSpec], np.ndarray]:
         engine, seen = self.engines.engine_for(item), self.observed.specs
 
-        def render(spec: Any) -> Any:
+        def render(spec: RenderSpec) -> np.ndarray:
             import numpy as np
 
             image = np.asarray(engine.render(spec).image)
@@ -174,12 +178,12 @@ class ExternalExplanation:
             return image
         return render
 
-    def _score_fn(self, item: Any):
+    def _score_fn(self, item: PlannedItem) -> Callable[[np.ndarray, str | Path], Comparison]:
         from parity.compare import compare
 
         thresholds, observed = thresholds_of(item), self.observed
 
-        def score(image: Any, target: Any) -> Any:
+        def score(image: np.ndarray, target: str | Path) -> Comparison:
             c = compare(image, target, resample=True, thresholds=thresholds)
             hit = observed.specs.get(id(image))
             if hit is not None and hit[0] is image:

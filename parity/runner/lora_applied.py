@@ -6,10 +6,21 @@ with it), the explanation says "your stack did not apply the LoRA", with the LoR
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from parity.spec import RenderSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from parity.compare.tiers import Thresholds
+    from parity.diagnose.cache import RenderCache
+    from parity.engine.render import Engine
+
+from parity.tier import explains
 
 NEAR_ZERO = 0.1          # a recovered multiplier this close to 0 means the LoRA's effect is absent
-MATCHES = ("EXACT", "NEAR")
 
 
 def _recovered_multiplier(explanation: dict) -> float | None:
@@ -20,14 +31,14 @@ def _recovered_multiplier(explanation: dict) -> float | None:
         return None
 
 
-def _score(render_image, target, thresholds) -> tuple[float, str | None]:
+def _score(render_image: np.ndarray, target: str | Path, thresholds: Thresholds | None) -> tuple[float, str | None]:
     from parity.compare import compare
 
     c = compare(render_image, target, resample=True, thresholds=thresholds)
     return float(c.metrics.get("ssim") or 0.0), c.tier
 
 
-def _alike(a, b, thresholds) -> bool:
+def _alike(a: np.ndarray, b: np.ndarray, thresholds: Thresholds | None) -> bool:
     """Two renders of the same size as alike as a NEAR match (luma SSIM at the NEAR threshold)."""
     from parity.compare.metrics import ssim
     from parity.compare.tiers import Thresholds
@@ -36,10 +47,11 @@ def _alike(a, b, thresholds) -> bool:
     return a.shape == b.shape and float(ssim(a, b).ssim_y) >= t.near_ssim_y
 
 
-def without_lora_matches(engine, cache, spec, target, thresholds) -> bool:
+def without_lora_matches(engine: Engine, cache: RenderCache, spec: RenderSpec, target: str | Path,
+                         thresholds: Thresholds | None) -> bool:
     """The external render is reproduced by the render without the LoRA, and better than by the one with it; never
     for a LoRA whose renders with and without it are alike (nothing would tell the two apart)."""
-    def image(s):
+    def image(s: RenderSpec) -> np.ndarray:
         hit = cache.images.get(s)
         return hit if hit is not None else engine.render(s).image
 
@@ -48,10 +60,10 @@ def without_lora_matches(engine, cache, spec, target, thresholds) -> bool:
         return False
     ssim0, tier0 = _score(without, target, thresholds)
     ssim1, _ = _score(with_lora, target, thresholds)
-    return tier0 in MATCHES and ssim0 > ssim1
+    return explains(tier0) and ssim0 > ssim1
 
 
-def check_lora_applied(explanation: dict, spec: Any, without_lora) -> None:
+def check_lora_applied(explanation: dict[str, Any], spec: RenderSpec, without_lora: Callable[[], bool]) -> None:
     """Add `explanation["lora"]` and lead the verdict with "your stack did not apply the LoRA" when the evidence
     says so. `without_lora()` -> bool is asked only when the recovered multiplier does not already say it."""
     if not getattr(spec, "lora_path", None) or float(spec.network_multiplier) == 0.0 or "verdict" not in explanation:

@@ -13,15 +13,25 @@ import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from parity.errors import ParityError
+from parity.items import PlannedItem
 from parity.record import ItemRecord
+from parity.tier import ERROR
 
 from .engines import EnginePool
-from .policies import Attribution, DeterminismGuard, NoiseFloor, follow_up_order
+from .policies import Attribution, Deferred, DeterminismGuard, FollowUp, NoiseFloor, follow_up_order
 from .records import error_record, failure_message, rendered_record
 from .renders import read_render, save_render, submit_compare
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from parity.compare.engine import Comparison
+    from parity.engine.render import RenderResult
+    from parity.external.endpoint import EndpointClient
+    from parity.external.sources import ExternalRender, RenderSources
 
 log = logging.getLogger("parity")
 
@@ -30,19 +40,19 @@ log = logging.getLogger("parity")
 class _Rendered:
     """An item rendered, its comparison submitted to the worker thread."""
 
-    item: Any                  # PlannedItem
-    result: Any                # parity.engine.RenderResult
+    item: PlannedItem
+    result: RenderResult | ExternalRender
     render_path: Path
-    comparison: Future
+    comparison: Future[Comparison]
     started: float
 
 
 class Runner:
     """Renders planned items (parity.items.PlannedItem) into item records (parity.record.ItemRecord)."""
 
-    def __init__(self, out_dir: Path, *, device: str = "cpu", attribution: bool = True,
+    def __init__(self, out_dir: Path, *, device: str = "cpu", attribution: bool = True, determinism: str = "auto",
                  attribution_budget: int | None = None, cache_dir: Path | None = None,
-                 progress: Callable[[str], None] | None = None, determinism: str = "auto", endpoint: Any = None):
+                 progress: Callable[[str], None] | None = None, endpoint: EndpointClient | None = None):
         from parity.compare import Comparer
         from parity.external.sources import RenderSources
         from parity.device import hardware_name
@@ -58,7 +68,7 @@ class Runner:
         self.sources = RenderSources(self.pool, self.out_dir, endpoint)
         # applied in this order after the first pass (a lifted tier can make attribution unnecessary); policies
         # that re-render to explain a preview apply to engine renders, those marked `external` to external ones.
-        self.follow_ups = (NoiseFloor(self.pool, self.out_dir / "noise-floor"),
+        self.follow_ups: tuple[FollowUp, ...] = (NoiseFloor(self.pool, self.out_dir / "noise-floor"),
                            Attribution(self.pool, enabled=attribution, budget=attribution_budget),
                            ExternalExplanation(self.pool, self.out_dir / "reproductions", enabled=attribution,
                                                budget=attribution_budget))
@@ -71,7 +81,7 @@ class Runner:
         self.comparer.close()
 
     # -- the per-item stages -------------------------------------------------------------------------------
-    def _start(self, item: Any) -> _Rendered | ItemRecord:
+    def _start(self, item: PlannedItem) -> _Rendered | ItemRecord:
         """Render, save the PNG, submit the comparison; an ERROR record when the item cannot be rendered."""
         started = time.perf_counter()
         if item.problem:  # a missing preview or checkpoint: nothing to render or compare
@@ -89,34 +99,34 @@ class Runner:
         try:
             rec = with_source(self.sources, r.item, rendered_record(r.item, r.result, r.render_path, r.comparison.result(),
                                                         r.started, self.hardware))
-            if rec.source.get("kind") == "engine" and self.guard.wants(r.item, rec):
+            if rec.source is not None and not rec.external_render and self.guard.wants(r.item, rec):
                 self.guard.apply(r.item, rec, r.result.image)
             return rec
         except Exception as e:  # noqa: BLE001
             return self._failed(r.item, e, r.started)
 
-    def _follow_up(self, item: Any, rec: ItemRecord, image: Any, label: str = "") -> None:
+    def _follow_up(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray, label: str = "") -> None:
         for policy in policies_for(self.follow_ups, item, rec):
             self.progress(f"{label}{_DOING.get(type(policy).__name__) or policy.doing} {item.id}")
             policy.apply(item, rec, image)
 
-    def _failed(self, item: Any, e: Exception, started: float) -> ItemRecord:
+    def _failed(self, item: PlannedItem, e: Exception, started: float) -> ItemRecord:
         log.debug("item %s failed", item.id, exc_info=True)
         tb = None if isinstance(e, _EXPECTED) else traceback.format_exc()
         return with_source(self.sources, item, error_record(item, failure_message(e), started, self.hardware, tb=tb))
 
     # -- entry points ----------------------------------------------------------------------------------------
-    def run_item(self, item: Any) -> ItemRecord:
+    def run_item(self, item: PlannedItem) -> ItemRecord:
         """Render, compare and follow up one item; never raises for item-level problems."""
         out = self._start(item)
         if isinstance(out, ItemRecord):
             return out
         rec = self._finish(out)
-        if rec.tier != "ERROR":
+        if rec.tier != ERROR.name:
             self._follow_up(item, rec, out.result.image)
         return rec
 
-    def run(self, items: list[Any], on_record: Callable[[ItemRecord], None],
+    def run(self, items: list[PlannedItem], on_record: Callable[[ItemRecord], None],
             on_compared: Callable[[ItemRecord, list[str]], None] | None = None,
             compared: dict[str, ItemRecord] | None = None) -> list[ItemRecord]:
         """Render all items; compare on a worker thread while the next renders; follow-ups once all have
@@ -127,7 +137,7 @@ class Runner:
         (an item whose render cannot be read is rendered again)."""
         ordered = sorted(items, key=lambda it: it.switch_key)
         done: list[ItemRecord] = []
-        deferred: list[tuple[Any, ItemRecord, Any]] = []  # (item, record, image) awaiting follow-ups
+        deferred: list[Deferred] = []  # (item, record, image) awaiting follow-ups
 
         def finish(rec: ItemRecord) -> None:
             done.append(rec)
@@ -135,7 +145,7 @@ class Runner:
 
         def settle(r: _Rendered) -> None:
             rec = self._finish(r)
-            pending = self._pending_follow_ups(r.item, rec) if rec.tier != "ERROR" else []
+            pending = self._pending_follow_ups(r.item, rec) if rec.tier != ERROR.name else []
             if not pending:
                 return finish(rec)
             if on_compared is not None:
@@ -158,7 +168,7 @@ class Runner:
             finish(rec)
         return done
 
-    def _first_pass(self, ordered: list[Any], settle: Callable[[_Rendered], None],
+    def _first_pass(self, ordered: list[PlannedItem], settle: Callable[[_Rendered], None],
                     finish: Callable[[ItemRecord], None]) -> None:
         """Render each item in order, settling comparisons as they complete (the worker overlaps the renders)."""
         self.sources.prepare(ordered)
@@ -176,10 +186,10 @@ class Runner:
                 settle(pending.pop(0))
         _settle_all(pending, settle)
 
-    def _pending_follow_ups(self, item: Any, rec: ItemRecord) -> list[str]:
+    def _pending_follow_ups(self, item: PlannedItem, rec: ItemRecord) -> list[str]:
         return [_NAMES.get(type(p).__name__) or p.name for p in policies_for(self.follow_ups, item, rec)]
 
-    def _resumed(self, item: Any, rec: ItemRecord | None) -> tuple[Any, ItemRecord, Any] | None:
+    def _resumed(self, item: PlannedItem, rec: ItemRecord | None) -> Deferred | None:
         """(item, first-pass record, its saved render) when an interrupted run compared the item and its
         follow-ups are still wanted; None when the item must be rendered again."""
         if rec is None or not self._pending_follow_ups(item, rec):
@@ -201,19 +211,18 @@ _NAMES = {"NoiseFloor": "noise_floor", "Attribution": "attribution"}
 _DOING = {"NoiseFloor": "measuring the noise floor of", "Attribution": "attributing"}
 
 
-def policies_for(follow_ups: tuple, item: Any, rec: ItemRecord) -> list[Any]:
+def policies_for(follow_ups: tuple[FollowUp, ...], item: PlannedItem, rec: ItemRecord) -> list[FollowUp]:
     """The follow-ups `rec` calls for: engine-side ones for engine renders, `external` ones for the others."""
-    external = (rec.source or {}).get("kind", "engine") != "engine"
-    return [p for p in follow_ups if getattr(p, "external", False) == external and p.wants(item, rec)]
+    return [p for p in follow_ups if getattr(p, "external", False) == rec.external_render and p.wants(item, rec)]
 
 
-def with_source(sources: Any, item: Any, rec: ItemRecord) -> ItemRecord:
+def with_source(sources: RenderSources, item: PlannedItem, rec: ItemRecord) -> ItemRecord:
     """The record with where its render came from (the source's own facts when it rendered)."""
     try:
-        rec.source = dict(sources.describe(item), **(rec.source or {}))
+        rec.source = rec.source or sources.describe(item)  # a render's own source says more
     except Exception:  # noqa: BLE001 - describing a source never costs the item
         log.debug("no source for %s", item.id, exc_info=True)
-    if (rec.source or {}).get("kind", "engine") != "engine":
+    if rec.external_render:
         # lora_precision, merge_history, hardware compare the preview with parity's engine, not another stack
         rec.irreducible, rec.irreducible_details = [], []
     return rec

@@ -10,20 +10,41 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from parity.errors import ParityError
-from parity.record import Cause, Determinism, ItemRecord
+from parity.items import PlannedItem
+from parity.record import Cause, Determinism, ItemRecord, NoiseFloorRecord, SuspectsRecord
+from parity.spec import RenderSpec
+from parity.tier import DRIFT, ERROR, explaining_tiers, meets_gate
 
 from .engines import EnginePool
 from .records import judge
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from parity.compare.engine import Comparison
+    from parity.compare.tiers import Thresholds
+    from parity.diagnose.suspects import Suspects
+
+# An item awaiting its follow-ups: the planned item, its first-pass record and its render.
+Deferred = tuple[PlannedItem, ItemRecord, "np.ndarray"]
 
 log = logging.getLogger("parity")
 
 DETERMINISM_MODES = ("auto", "always", "off")
 
 
-def thresholds_of(item: Any):
+class FollowUp(Protocol):
+    """What the runner asks of a follow-up policy (the classes below, and runner.external's)."""
+
+    def wants(self, item: PlannedItem, rec: ItemRecord) -> bool: ...
+
+    def apply(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> None: ...
+
+
+def thresholds_of(item: PlannedItem) -> Thresholds:
     """Tier thresholds of the item's case (its `tiers:` overrides on the defaults)."""
     from parity.compare import Thresholds
 
@@ -40,13 +61,13 @@ class DeterminismGuard:
             raise ParityError(f"determinism check must be one of {', '.join(DETERMINISM_MODES)}, got {mode!r}")
         self.mode, self.engines = mode, engines
 
-    def wants(self, item: Any, rec: ItemRecord) -> bool:
-        if self.mode == "off" or rec.tier == "ERROR":
+    def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
+        if self.mode == "off" or rec.tier == ERROR.name:
             return False
         # auto: only items below their gate, where a nondeterministic machine would fake a mismatch (saves renders)
         return self.mode == "always" or rec.below_gate
 
-    def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
+    def apply(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> None:
         import numpy as np
 
         a, b = np.asarray(image), np.asarray(self.engines.render(item).image)
@@ -70,28 +91,28 @@ class NoiseFloor:
     def __init__(self, engines: EnginePool, work_dir: Path):
         self.engines, self.work_dir = engines, work_dir
 
-    def wants(self, item: Any, rec: ItemRecord) -> bool:
+    def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
         """DRIFT with every knob matching and some irreducible difference: the only items a measured floor can
         judge fairly (parity.compare.tiers.decide_floor_tier)."""
-        return (item.case.noise_floor and rec.tier == "DRIFT" and not rec.mismatches and bool(rec.irreducible)
+        return (item.case.noise_floor and rec.tier == DRIFT.name and not rec.mismatches and bool(rec.irreducible)
                 and not rec.nondeterministic and item.preview_path is not None and rec.noise_floor is None)
 
-    def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
+    def apply(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> None:
         """A failure is recorded and leaves the tier as it was (the measurement is extra evidence)."""
         before = rec.tier
         try:
             tier, reason, floor = self._measure(item, rec, image)
         except Exception as e:  # noqa: BLE001 - never lose the item for it
             log.debug("noise floor of %s failed", item.id, exc_info=True)
-            rec.noise_floor = {"knobs": [], "tier_before": before, "tier": before, "applied": False,
-                               "error": f"{type(e).__name__}: {e}"}
+            rec.noise_floor = NoiseFloorRecord(knobs=[], tier_before=before, tier=before, applied=False,
+                                               error=f"{type(e).__name__}: {e}")
             return
         rec.noise_floor = floor
         if tier != before:
             rec.tier, rec.reason = tier, reason
             judge(rec, item)
 
-    def _measure(self, item: Any, rec: ItemRecord, image: Any) -> tuple[str, str, dict[str, Any]]:
+    def _measure(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> tuple[str, str, NoiseFloorRecord]:
         from parity.compare import decide_floor_tier, twin_metrics
         from parity.diagnose.floor import TWINS, floor_record, noise_twin, worst_twin
 
@@ -128,26 +149,26 @@ class Attribution:
         self.engines, self.enabled, self.budget = engines, enabled, budget
         self.cache = RenderCache()
         self.spent: dict[str, int] = {}                  # case -> extra renders spent so far
-        self.found: dict[tuple, tuple[str, Any]] = {}     # (case, step) -> (item id, Suspects) of its search
-        self.members: dict[str, list[Any]] = {}          # case -> its items awaiting this policy (prepare)
+        self.found: dict[tuple, tuple[str, Suspects]] = {}  # (case, step) -> (item id, the search's finding)
+        self.members: dict[str, list[PlannedItem]] = {}  # case -> its items awaiting this policy (prepare)
 
-    def prepare(self, entries: list[tuple[Any, ItemRecord, Any]]) -> None:
+    def prepare(self, entries: list[Deferred]) -> None:
         """The items each case hands over, known before the first search: a search may render its answers on the
         case's other items to separate two that explain its own preview equally."""
         for item, rec, _ in entries:
             if self.wants(item, rec) and not rec.mismatches:
                 self.members.setdefault(_case_key(item), []).append(item)
 
-    def wants(self, item: Any, rec: ItemRecord) -> bool:
-        return (self.enabled and item.case.attribution and rec.tier != "ERROR" and rec.below_gate
+    def wants(self, item: PlannedItem, rec: ItemRecord) -> bool:
+        return (self.enabled and item.case.attribution and rec.tier != ERROR.name and rec.below_gate
                 and item.preview_path is not None and not rec.nondeterministic)
 
-    def left(self, item: Any) -> int:
+    def left(self, item: PlannedItem) -> int:
         """Extra renders this item's case may still spend."""
         total = self.budget if self.budget is not None else item.case.budget
         return max(0, total - self.spent.get(_case_key(item), 0))
 
-    def apply(self, item: Any, rec: ItemRecord, image: Any) -> None:
+    def apply(self, item: PlannedItem, rec: ItemRecord, image: np.ndarray) -> None:
         """An attribution failure is recorded; the item's result is kept."""
         from parity.diagnose import attribute, causes_list
 
@@ -161,29 +182,31 @@ class Attribution:
                 rec.causes = [Cause(**c) for c in causes_list(found)]
                 rec.attribution = found.to_dict()
             else:
-                rec.suspects = self._recover(item, render, score).to_dict()
+                rec.suspects = SuspectsRecord.from_dict(self._recover(item, render, score).to_dict())
         except Exception as e:  # noqa: BLE001
             log.debug("attribution of %s failed", item.id, exc_info=True)
             rec.attribution = {"error": f"{type(e).__name__}: {e}"}
-        for d in (rec.attribution, rec.suspects):
-            if isinstance(d, dict) and "extra_renders" in d:
-                d["case_renders"] = self.spent.get(_case_key(item), 0)
-                d["cost"] = self._cost(item)
+        case_renders = self.spent.get(_case_key(item), 0)
+        if isinstance(rec.attribution, dict) and "extra_renders" in rec.attribution:
+            rec.attribution.update(case_renders=case_renders, cost=self._cost(item))
+        if rec.suspects is not None:
+            rec.suspects.case_renders, rec.suspects.cost = case_renders, self._cost(item)
 
-    def _cost(self, item: Any) -> dict[str, Any]:
+    def _cost(self, item: PlannedItem) -> dict[str, Any]:
         """The case's renders so far of its budget, and their wall time on the real model (doctor's plan)."""
         from parity.diagnose.budget import cost_record
 
         total = self.budget if self.budget is not None else item.case.budget
         return cost_record(self.spent.get(_case_key(item), 0), total, self._per_render(item))
 
-    def _per_render(self, item: Any) -> tuple[float | None, str]:
+    def _per_render(self, item: PlannedItem) -> tuple[float | None, str]:
         from parity.diagnose.budget import seconds_per_render
 
         spec = item.inference.spec
         return seconds_per_render(item.base_model, spec.width, spec.height, spec.sample_steps, self.engines.device)
 
-    def _recover(self, item: Any, render: Any, score: Any) -> Any:
+    def _recover(self, item: PlannedItem, render: Callable[[RenderSpec], np.ndarray],
+                 score: Callable[[np.ndarray, str | Path], Comparison]) -> Suspects:
         """Confirm an answer found before on this item (its own group's first, then the case's others), or search:
         the multiplier alone from the step-0 answer when there is one (those previews have no LoRA), else the
         item on its own, tie-broken among the items of its group (a resumed job's groups may differ)."""
@@ -213,12 +236,12 @@ class Attribution:
             self.found.setdefault(group, (item.id, found))
         return found
 
-    def _answers(self, key: str, group: tuple) -> list[tuple[str, Any]]:
+    def _answers(self, key: str, group: tuple) -> list[tuple[str, Suspects]]:
         """Answers found on this case so far: the item's own group's first."""
         mine = [self.found[group]] if group in self.found else []
         return mine + [v for g, v in self.found.items() if g[0] == key and g != group]
 
-    def _pinned(self, item: Any, key: str) -> dict[str, Any] | None:
+    def _pinned(self, item: PlannedItem, key: str) -> dict[str, Any] | None:
         """The sampling knobs found on the case's step-0 previews (no LoRA there), for an item with a LoRA."""
         if item.inference.spec.lora_path is None:
             return None
@@ -227,23 +250,23 @@ class Attribution:
                 return {kn: v for kn, v in found.changes().items() if kn in ("steps", "guidance", "schedule")}
         return None
 
-    def _announce(self, item: Any, key: str) -> None:
+    def _announce(self, item: PlannedItem, key: str) -> None:
         from parity.diagnose.budget import budget_text
 
         if key not in self.spent:
             self.engines.progress(f"recovering the settings of case {item.case.name}: "
                                   + budget_text(self.left(item), self._per_render(item)))
 
-    def _spend(self, item: Any, renders: int) -> None:
+    def _spend(self, item: PlannedItem, renders: int) -> None:
         key = _case_key(item)
         self.spent[key] = self.spent.get(key, 0) + renders
 
-    def _render_fn(self, item: Any):
+    def _render_fn(self, item: PlannedItem) -> Callable[[RenderSpec], np.ndarray]:
         engine = self.engines.engine_for(item)
         return lambda spec: engine.render(spec).image
 
     @staticmethod
-    def _score_fn(item: Any):
+    def _score_fn(item: PlannedItem) -> Callable[[np.ndarray, str | Path], Comparison]:
         from parity.compare import compare
 
         thresholds = thresholds_of(item)
@@ -251,26 +274,22 @@ class Attribution:
         return lambda image, preview_path: compare(image, preview_path, resample=True, thresholds=thresholds)
 
 
-def _meeting(item: Any) -> tuple[str, ...]:
-    """Tiers that explain a preview for this item: those meeting its gate, and never worse than NEAR."""
-    from parity.spec import TIERS
-
-    gate = item.case.expect.min_tier
-    ok = TIERS[: TIERS.index(gate) + 1] if gate in TIERS else TIERS[:2]
-    return tuple(t for t in ok if t in ("EXACT", "NEAR"))
+def _meeting(item: PlannedItem) -> tuple[str, ...]:
+    """Tiers that explain a preview for this item: those that explain one (parity.tier) and meet its gate."""
+    return tuple(t for t in explaining_tiers() if meets_gate(t, item.case.expect.min_tier))
 
 
-def _group_key(item: Any) -> tuple:
+def _group_key(item: PlannedItem) -> tuple:
     """The items of a case at one training step: they share the sampling knobs (a resumed job may not, between
     steps)."""
     return _case_key(item), getattr(item, "step", None)
 
 
-def _case_key(item: Any) -> str:
+def _case_key(item: PlannedItem) -> str:
     return str(getattr(item.case, "path", "")) + "::" + str(item.case.name)
 
 
-def follow_up_order(entry: tuple[Any, ItemRecord, Any]) -> tuple[str, bool, float]:
+def follow_up_order(entry: Deferred) -> tuple[str, bool, float]:
     """Deferred items in case order, the step-0 previews (no LoRA: the sampling knobs without the multiplier)
     first, then worst first: a case's parameter recovery searches there and confirms on the others."""
     item, rec, _ = entry

@@ -12,7 +12,9 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
+
+from parity.record import ItemRecord
 
 
 def duration_text(seconds: float) -> str:
@@ -32,11 +34,11 @@ def eta_seconds(done: int, total: int, elapsed: float) -> float | None:
     return elapsed / done * max(total - done, 0)
 
 
-def verdict_text(rec: Any) -> str:
-    """The tier with the verdict: "NEAR", "DRIFT (expected)", "DRIFT FAIL", "ERROR FAIL"."""
-    if rec.passed:
-        return f"{rec.tier} (expected)" if getattr(rec, "expected", None) else rec.tier
-    return f"{rec.tier} FAIL"
+def verdict_text(rec: ItemRecord) -> str:
+    """The tier with the verdict: "NEAR", "DRIFT (expected)", "DRIFT FAIL", "ERROR FAIL" (parity.report.summary)."""
+    from parity.report.summary import verdict
+
+    return verdict({"tier": rec.tier, "passed": rec.passed, "expected": rec.expected}).status
 
 
 def counts_text(done: int, total: int, elapsed: float) -> str:
@@ -75,7 +77,7 @@ class Progress:
         else:
             self._write(f"parity: {text}")
 
-    def finished(self, rec: Any) -> None:
+    def finished(self, rec: ItemRecord) -> None:
         self.done += 1
         if self.quiet:
             return

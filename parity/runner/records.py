@@ -10,10 +10,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parity.errors import ParityError
+from parity.items import CaseError, PlannedItem
 from parity.record import ItemRecord, Schedule
+from parity.tier import ERROR
+
+if TYPE_CHECKING:
+    from parity.compare.engine import Comparison
+    from parity.engine.render import RenderResult
+    from parity.external.sources import ExternalRender
 
 
 def failure_message(e: BaseException) -> str:
@@ -21,13 +28,13 @@ def failure_message(e: BaseException) -> str:
     return str(e) if isinstance(e, ParityError) else f"{type(e).__name__}: {e}"
 
 
-def _abs(path: Any) -> str | None:
-    """An absolute path (the store makes it relative to the results folder): a relative `--out` must not leave
-    paths relative to whatever the working directory was."""
+def _abs(path: str | Path | None) -> str | None:
+    """An absolute path, as every path of a record in memory (the results store makes it relative only when it
+    writes the record): a relative `--out` must not leave paths relative to whatever the working directory was."""
     return os.path.abspath(path) if path else None
 
 
-def base_record(item: Any, hardware: str) -> ItemRecord:
+def base_record(item: PlannedItem, hardware: str) -> ItemRecord:
     """What is known before rendering: identity, gate, paths, both sides' knobs, mismatches, irreducibles."""
     from parity.diagnose.paramdiff import hardware_row
 
@@ -58,8 +65,8 @@ def schedule_of(params: dict[str, dict[str, Any]]) -> Schedule | None:
                     mu_preview=values[0].get("mu"), mu_inference=values[1].get("mu"))
 
 
-def rendered_record(item: Any, result: Any, render_path: Path, comparison: Any, started: float,
-                    hardware: str) -> ItemRecord:
+def rendered_record(item: PlannedItem, result: RenderResult | ExternalRender, render_path: Path,
+                    comparison: Comparison, started: float, hardware: str) -> ItemRecord:
     """The record of a rendered and compared item, judged against its case's gate."""
     rec = base_record(item, hardware)
     c = comparison.to_dict()
@@ -69,7 +76,7 @@ def rendered_record(item: Any, result: Any, render_path: Path, comparison: Any, 
     rec.metrics, rec.metric_variants = c.get("metrics", {}), c.get("variants", {})
     rec.jpeg, rec.ceiling, rec.size_mismatch = c.get("jpeg"), c.get("ceiling"), c.get("size_mismatch")
     rec.render = render_facts(result)
-    rec.source = dict(getattr(result, "source", None) or {})
+    rec.source = getattr(result, "source", None)  # an external render's; the engine's is set by the runner
     if getattr(result, "kept", None) is not None:  # an external render: the file as the user's stack wrote it
         rec.paths["external"] = _abs(result.kept)
     rec.timings = dict(result.timings, total_s=time.perf_counter() - started)
@@ -79,12 +86,12 @@ def rendered_record(item: Any, result: Any, render_path: Path, comparison: Any, 
         rec.irreducible = [k for k in rec.irreducible if k != "merge_history"]
         rec.irreducible_details = [d for d in rec.irreducible_details if d.get("knob") != "merge_history"]
     if getattr(result, "nan_step", None) is not None:
-        rec.tier, rec.error = "ERROR", f"render produced NaN/inf at step {result.nan_step}"
+        rec.tier, rec.error = ERROR.name, f"render produced NaN/inf at step {result.nan_step}"
     judge(rec, item)
     return rec
 
 
-def render_facts(result: Any) -> dict[str, Any]:
+def render_facts(result: RenderResult | ExternalRender) -> dict[str, Any]:
     """What the engine did (parity.engine.RenderResult), as the record's `render` object; an external render
     (parity.external.sources.ExternalRender) says what is known of it."""
     if hasattr(result, "facts"):
@@ -99,27 +106,27 @@ def render_facts(result: Any) -> dict[str, Any]:
     return facts
 
 
-def judge(rec: ItemRecord, item: Any) -> None:
+def judge(rec: ItemRecord, item: PlannedItem) -> None:
     """`passed`, `expected` and `fail_reasons` from the record's tier, metrics and mismatches against the case's
     expectations. An expected difference passes and keeps its fail reasons (what the gate alone would say)."""
     rec.passed, rec.expected, rec.fail_reasons = item.case.expect.judge(rec.tier, rec.metrics, rec.mismatches)
 
 
-def error_record(item: Any, message: str, started: float, hardware: str, tb: str | None = None) -> ItemRecord:
+def error_record(item: PlannedItem, message: str, started: float, hardware: str, tb: str | None = None) -> ItemRecord:
     """An ERROR record: what is known of the item, and why it could not be rendered or compared."""
     try:
         rec = base_record(item, hardware)
     except Exception:  # noqa: BLE001 - a broken plan still gets its error recorded
         rec = ItemRecord(id=item.id, case=item.case.name, step=item.step, index=item.index,
                          prompt=item.preview.spec.prompt)
-    rec.tier, rec.passed, rec.metrics, rec.error, rec.fail_reasons = "ERROR", False, {}, message, [message]
+    rec.tier, rec.passed, rec.metrics, rec.error, rec.fail_reasons = ERROR.name, False, {}, message, [message]
     rec.timings = {"total_s": time.perf_counter() - started}
     rec.traceback = tb
     return rec
 
 
-def case_error_record(err: Any) -> ItemRecord:
+def case_error_record(err: CaseError) -> ItemRecord:
     """The one ERROR record of a case that could not be planned (a parity.items.CaseError)."""
-    return ItemRecord(id=err.id, case=err.case_name, case_file=str(err.case_path), tier="ERROR", passed=False,
+    return ItemRecord(id=err.id, case=err.case_name, case_file=str(err.case_path), tier=ERROR.name, passed=False,
                       error=err.message, fail_reasons=[err.message])
 

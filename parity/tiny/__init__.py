@@ -6,3 +6,12 @@ from parity.tiny.flux2 import (  # noqa: F401  (names tests and benchmarks use t
     _TOKENIZER_CORPUS, CHAT_TEMPLATE, SPECIAL_TOKENS, TOKENIZER_VOCAB,
 )
 from parity.tiny.klein import TinyKleinPaths, build_tiny_klein  # noqa: F401,E402
+
+
+def build_member(arch: str, out_dir, *, seed: int = 0):
+    """The tiny checkpoint of a family member (parity.family), in both layouts, under the member's pipeline class
+    and single-file name: the tiny [klein] base for a [klein] member, else the tiny FLUX.2-dev."""
+    from parity.family import family
+
+    build = build_tiny_klein if family(arch).klein else build_tiny  # noqa: F405
+    return build(out_dir, seed=seed, arch=arch)

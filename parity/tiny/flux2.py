@@ -42,7 +42,7 @@ import torch
 from parity import fileio
 from parity.engine import keymap
 from parity.engine.fullsize import lora_target_shapes
-from parity.family import family
+from parity.family import DEFAULT_ARCH, family
 from parity.jsonio import parse_json
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -229,7 +229,7 @@ _PIPELINE_COMPONENTS: dict = {
     "vae": ["diffusers", "AutoencoderKLFlux2"],
 }
 
-BFL_TRANSFORMER_FILE = family("flux2").single_file  # hub repo root names
+BFL_TRANSFORMER_FILE = family(DEFAULT_ARCH).single_file  # hub repo root names
 BFL_VAE_FILE = "ae.safetensors"
 LORA_FILE = "loras/tiny_lora.safetensors"
 LOKR_FILE = "loras/tiny_lokr.safetensors"
@@ -618,13 +618,13 @@ def _write_json(path: Path, obj: dict) -> None:
     fileio.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _write_configs(root: Path) -> None:
+def _write_configs(root: Path, arch: str) -> None:
     dv, tv = version("diffusers"), version("transformers")  # metadata only: neither package is imported
 
     def diffusers_cfg(class_name: str, cfg: dict) -> dict:
         return {"_class_name": class_name, "_diffusers_version": dv, **cfg}
 
-    _write_json(root / "model_index.json", diffusers_cfg("Flux2Pipeline", _PIPELINE_COMPONENTS))
+    _write_json(root / "model_index.json", diffusers_cfg(family(arch).pipeline_class, _PIPELINE_COMPONENTS))
     _write_json(root / "transformer/config.json", diffusers_cfg("Flux2Transformer2DModel", TRANSFORMER_CONFIG))
     _write_json(root / "vae/config.json", diffusers_cfg("AutoencoderKLFlux2", {**VAE_CONFIG, **_VAE_CLASS_DEFAULTS}))
     _write_json(
@@ -642,15 +642,18 @@ def _write_tokenizer(folder: Path) -> None:
     fileio.write_text(folder / "chat_template.jinja", CHAT_TEMPLATE)
 
 
-def build_tiny(out_dir: str | Path, *, seed: int = 0, smooth: bool = False) -> TinyPaths:
+def build_tiny(out_dir: str | Path, *, seed: int = 0, smooth: bool = False, arch: str = DEFAULT_ARCH) -> TinyPaths:
     """Write the tiny FLUX.2-dev checkpoint (both layouts + LoRA files) into `out_dir`. Deterministic.
     `smooth`: the transformer responds smoothly to steps, schedule, guidance and multiplier like a trained model
-    (the parameter-recovery tests and benchmark; see `_smooth_transformer`)."""
+    (the parameter-recovery tests and benchmark; see `_smooth_transformer`). `arch`: the guidance-distilled family
+    member it stands for (its pipeline class and single-file name; the shapes are these)."""
+    if family(arch).true_cfg:
+        raise ValueError(f"{arch!r} runs true CFG: its tiny model is parity.tiny.klein's")
     t0 = time.perf_counter()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
 
-    _write_configs(root)
+    _write_configs(root, arch)
     _write_tokenizer(root / "tokenizer")
     transformer, vae = transformer_state_dict(seed, smooth=smooth), vae_state_dict(seed)
     _save_safetensors(root / "transformer/diffusion_pytorch_model.safetensors", transformer)
@@ -658,16 +661,16 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0, smooth: bool = False) -> T
     _save_safetensors(root / "text_encoder/model.safetensors", text_encoder_state_dict(seed))
 
     # Root single files as in the hub repo (AI Toolkit loads these: flux2_model.py L50-51).
-    _save_safetensors(root / BFL_TRANSFORMER_FILE, keymap.diffusers_to_bfl_transformer(transformer))
+    _save_safetensors(root / family(arch).single_file, keymap.diffusers_to_bfl_transformer(transformer))
     _save_safetensors(root / BFL_VAE_FILE, keymap.diffusers_to_bfl_vae(vae))
 
     shapes = bfl_lora_target_shapes(TRANSFORMER_CONFIG)
     save_aitk_lora(root / LORA_FILE, make_lora(shapes, seed=seed + 1, rank=4), step=100, name="tiny_lora")
     save_aitk_lora(root / LOKR_FILE, make_lora(shapes, seed=seed + 2, kind="lokr"), step=100, name="tiny_lokr")
-    return tiny_paths(root, seconds=time.perf_counter() - t0)
+    return tiny_paths(root, seconds=time.perf_counter() - t0, arch=arch)
 
 
-def tiny_paths(root: str | Path, *, seconds: float = 0.0) -> TinyPaths:
+def tiny_paths(root: str | Path, *, seconds: float = 0.0, arch: str = DEFAULT_ARCH) -> TinyPaths:
     """The paths of a tiny checkpoint written by `build_tiny` into `root` (files: every file found there)."""
     root = Path(root)
     return TinyPaths(
@@ -678,7 +681,7 @@ def tiny_paths(root: str | Path, *, seconds: float = 0.0) -> TinyPaths:
         text_encoder_dir=root / "text_encoder",
         tokenizer_dir=root / "tokenizer",
         scheduler_dir=root / "scheduler",
-        bfl_transformer=root / BFL_TRANSFORMER_FILE,
+        bfl_transformer=root / family(arch).single_file,
         bfl_vae=root / BFL_VAE_FILE,
         lora=root / LORA_FILE,
         lokr=root / LOKR_FILE,

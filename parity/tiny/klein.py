@@ -97,7 +97,8 @@ _PIPELINE_COMPONENTS: dict = {
     "transformer": ["diffusers", "Flux2Transformer2DModel"],
     "vae": ["diffusers", "AutoencoderKLFlux2"],
 }
-BFL_TRANSFORMER_FILE = family("flux2_klein_4b").single_file
+ARCH = "flux2_klein_4b"  # the member whose shapes these are (scaled down); build_tiny_klein(arch=...) renames it
+BFL_TRANSFORMER_FILE = family(ARCH).single_file
 LORA_FILE = "loras/tiny_klein_lora.safetensors"
 
 
@@ -157,13 +158,13 @@ def train_tokenizer():
     return tok
 
 
-def _write_configs(root: Path) -> None:
+def _write_configs(root: Path, arch: str) -> None:
     dv, tv = version("diffusers"), version("transformers")
 
     def dcfg(class_name: str, cfg: dict) -> dict:
         return {"_class_name": class_name, "_diffusers_version": dv, **cfg}
 
-    base._write_json(root / "model_index.json", dcfg("Flux2KleinPipeline", _PIPELINE_COMPONENTS))
+    base._write_json(root / "model_index.json", dcfg(family(arch).pipeline_class, _PIPELINE_COMPONENTS))
     base._write_json(root / "transformer/config.json", dcfg("Flux2Transformer2DModel", TRANSFORMER_CONFIG))
     base._write_json(root / "vae/config.json",
                      dcfg("AutoencoderKLFlux2", {**base.VAE_CONFIG, **base._VAE_CLASS_DEFAULTS}))
@@ -178,22 +179,26 @@ def _write_configs(root: Path) -> None:
     fileio.write_text(tok / "chat_template.jinja", CHAT_TEMPLATE)
 
 
-def build_tiny_klein(out_dir: str | Path, *, seed: int = 0) -> TinyKleinPaths:
-    """Write the tiny FLUX.2 [klein] base checkpoint (both layouts + an AI Toolkit LoRA) into `out_dir`."""
+def build_tiny_klein(out_dir: str | Path, *, seed: int = 0, arch: str = ARCH) -> TinyKleinPaths:
+    """Write the tiny FLUX.2 [klein] base checkpoint (both layouts + an AI Toolkit LoRA) into `out_dir`, as the
+    family member `arch` (a [klein] member: its pipeline class and single-file name; the shapes are these)."""
+    if not family(arch).klein:
+        raise ValueError(f"{arch!r} is no [klein] member: its tiny model is parity.tiny.flux2's")
     t0 = time.perf_counter()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _write_configs(root)
+    single_file = family(arch).single_file
+    _write_configs(root, arch)
     transformer, vae = transformer_state_dict(seed), base.vae_state_dict(seed)
     base._save_safetensors(root / "transformer/diffusion_pytorch_model.safetensors", transformer)
     base._save_safetensors(root / "vae/diffusion_pytorch_model.safetensors", vae)
     base._save_safetensors(root / "text_encoder/model.safetensors", text_encoder_state_dict(seed))
-    base._save_safetensors(root / BFL_TRANSFORMER_FILE, keymap.diffusers_to_bfl_transformer(transformer))
+    base._save_safetensors(root / single_file, keymap.diffusers_to_bfl_transformer(transformer))
     base._save_safetensors(root / base.BFL_VAE_FILE, keymap.diffusers_to_bfl_vae(vae))
     shapes = base.bfl_lora_target_shapes(TRANSFORMER_CONFIG)
     base.save_aitk_lora(root / LORA_FILE, base.make_lora(shapes, seed=seed + 1, rank=4), step=100,
                         name="tiny_klein_lora")
-    return TinyKleinPaths(root=root, bfl_transformer=root / BFL_TRANSFORMER_FILE, bfl_vae=root / base.BFL_VAE_FILE,
+    return TinyKleinPaths(root=root, bfl_transformer=root / single_file, bfl_vae=root / base.BFL_VAE_FILE,
                           lora=root / LORA_FILE, seconds=time.perf_counter() - t0)
 
 

@@ -4,7 +4,7 @@
   'use strict';
   var DATA = JSON.parse(document.getElementById('parity-data').textContent);
   var ITEMS = DATA.items;
-  var TIERS = DATA.tiers;
+  var TIERS = DATA.tiers.map(function (t) { return t.name; });  // best to worst (parity/tier.py)
   var MODES = ['side', 'slider', 'blend', 'blink', 'diff'];
   var MODE_LABEL = { side: 'side by side', slider: 'slider', blend: 'blend', blink: 'blink', diff: 'difference' };
   var PAGE = 30;
@@ -52,49 +52,9 @@
     if (typeof v === 'object') return JSON.stringify(v);
     return String(v);
   }
-  // Knob values as people read them (mirrors parity/values.py knob_text): sizes as 96x64 (requested 100x64),
-  // schedules as "AI Toolkit mu 0.461", unset values in words, never raw JSON.
-  var UNSET = { text_encoder: "the base model's", negative_prompt: 'none', checkpoint: 'none (base model only)' };
-  var SCHED = { aitk: 'AI Toolkit', empirical: 'diffusers empirical' };
-  function numText(v) { return Number.isInteger(v) ? String(v) : String(+v.toPrecision(4)); }
-  function plainText(v) {
-    if (v === null || v === undefined) return 'none';
-    if (typeof v === 'number') return numText(v);
-    if (Array.isArray(v)) return v.length ? v.map(plainText).join(', ') : 'none';
-    if (typeof v === 'object') {
-      var ks = Object.keys(v);
-      return ks.length ? ks.map(function (k) { return k.replace(/_/g, ' ') + ' ' + plainText(v[k]); }).join(', ') : 'none';
-    }
-    return String(v);
-  }
-  function sizeText(wh) { return Array.isArray(wh) && wh.length === 2 ? wh[0] + 'x' + wh[1] : plainText(wh); }
-  function scheduleText(v) {
-    var name = String(v.name || ''), t;
-    if (name.indexOf('static:') === 0) t = 'static shift ' + name.slice(7);
-    else {
-      t = SCHED[name] || name || 'schedule';
-      if (typeof v.mu === 'number') t += ' mu ' + numText(Math.round(v.mu * 1000) / 1000);
-    }
-    var nk = Object.keys(v.numerics || {});
-    if (nk.length) t += ' (numerics ' + nk.map(function (k) { return k + ':' + v.numerics[k]; }).join(', ') + ')';
-    return t;
-  }
-  function knobText(knob, v) {
-    if (v === null || v === undefined || v === '' || (Array.isArray(v) && !v.length)) return UNSET[knob] || 'none';
-    if (knob === 'resolution' && v && typeof v === 'object' && !Array.isArray(v) && v.effective) {
-      var req = v.requested, eff = v.effective;
-      return sizeText(eff) + (req && String(req) !== String(eff) ? ' (requested ' + sizeText(req) + ')' : '');
-    }
-    if (knob === 'resolution' && Array.isArray(v)) return sizeText(v);
-    if (knob === 'schedule' && v && typeof v === 'object' && !Array.isArray(v)) return scheduleText(v);
-    if (knob === 'schedule' && typeof v === 'string') return scheduleText({ name: v });
-    if (knob === 'quantization' && v && typeof v === 'object' && !Array.isArray(v)) {
-      var q = Object.keys(v).filter(function (k) { return v[k]; }).map(function (k) { return k.replace(/_/g, ' ') + ' ' + v[k]; });
-      return q.join(', ') || 'none';
-    }
-    return plainText(v);
-  }
-  function verdict(it) { return it.passed ? (it.expected ? 'expected' : 'pass') : 'fail'; }
+  // Every word shown of an item (its verdict, knob values) comes formatted in its page data (`texts`,
+  // parity/report/texts.py): this script formats numbers of metrics and plots only.
+  function texts(it) { return it.texts || {}; }
   function score(it) { return typeof it.score === 'number' ? it.score : null; }
   function tierRank(t) { return TIERS.indexOf(t); }
   function badge(t) { return el('span', { class: 'badge t-' + t, text: t }); }
@@ -103,8 +63,9 @@
   var byId = {};
   var groups = {};
   var errGroups = {};  // error text -> indices of the ERROR items that share it
-  ITEMS.forEach(function (it, i) { if (it.tier === 'ERROR' && it.error) (errGroups[it.error] = errGroups[it.error] || []).push(i); });
-  function errorGroup(it) { return it.tier === 'ERROR' && it.error ? errGroups[it.error] || [] : []; }
+  // an item with an error is one that could not be compared (tier ERROR): grouped by its error text
+  ITEMS.forEach(function (it, i) { if (it.error) (errGroups[it.error] = errGroups[it.error] || []).push(i); });
+  function errorGroup(it) { return it.error ? errGroups[it.error] || [] : []; }
   ITEMS.forEach(function (it, i) {
     byId[it.id] = i;
     it._text = [it.id, it.case || '', it.prompt || '', it.error || '', (it.mismatches || []).join(' ')]
@@ -236,8 +197,8 @@
     var head = el('header', { class: 'card-head' },
       badge(it.tier),
       el('button', { type: 'button', class: 'card-title', text: it.id, title: 'open (Enter)' }),
-      el('span', { class: 'gate ' + (it.passed ? 'pass' : 'fail') + (it.expected ? ' expected' : ''), text: verdict(it),
-        title: (it.gate ? 'gate ' + it.gate : 'no gate') + (it.expected ? ' · ' + it.expected : '') }),
+      el('span', { class: 'gate ' + (it.passed ? 'pass' : 'fail') + (it.expected ? ' expected' : ''), text: (texts(it).verdict || {}).mark,
+        title: (texts(it).verdict || {}).line + (it.expected ? ' · ' + it.expected : '') }),
       el('span', { class: 'num', text: sc === null ? 'no score' : sc.toFixed(4), title: DATA.metric }),
       el('span', { class: 'meta', text: [it.case, it.step !== undefined ? 'step ' + it.step : null,
         it.index !== undefined ? 'prompt ' + it.index : null].filter(function (x) { return x !== null && x !== undefined && x !== ''; }).join(' · ') }),
@@ -259,11 +220,10 @@
     (it.irreducible || []).forEach(function (k) { chips.append(el('span', { class: 'chip irr', text: k, title: 'irreducible difference' })); });
     if (it.noise_floor && it.noise_floor.applied) chips.append(el('span', { class: 'chip irr', text: 'within noise floor', title: it.noise_floor.reason || '' }));
     if (it.causes && it.causes.length) {
-      var c0 = it.causes[0];
-      chips.append(el('span', { class: 'cause', text: 'top cause: ' + c0.knob + ' ' + knobText(c0.knob, c0.value_preview) + ' → ' + knobText(c0.knob, c0.value_inference) }));
+      var c0 = texts(it).causes[0];
+      chips.append(el('span', { class: 'cause', text: 'top cause: ' + it.causes[0].knob + ' ' + c0[0] + ' → ' + c0[1] }));
     }
-    if (it.size_mismatch) chips.append(el('span', { class: 'chip mis', text: 'size mismatch' + (typeof it.size_mismatch === 'object'
-      ? ': ' + Object.keys(it.size_mismatch).map(function (k) { return k + ' ' + sizeText(it.size_mismatch[k]); }).join(', ') : '') }));
+    if (it.size_mismatch) chips.append(el('span', { class: 'chip mis', text: 'size mismatch' + (texts(it).size_mismatch ? ': ' + texts(it).size_mismatch : '') }));
     var same = errorGroup(it);
     if (same.length > 1 && !state.openErrors.has(it.error)) {
       chips.append(el('button', { type: 'button', class: 'chip errgroup', text: '+ ' + (same.length - 1) + ' more item(s) with this error',
@@ -550,12 +510,11 @@
 
   // ------------------------------------------------------------------ info sections
   function section(title, cls) { return el('section', { class: 'sec ' + (cls || '') }, el('h3', { text: title })); }
-  function valueCell(side, knob) {
-    var e = (side || {})[knob];
+  function valueCell(it, side, knob) {
+    var e = ((it.params || {})[side] || {})[knob];
     if (e === undefined) return el('td', { class: 'muted', text: 'not recorded' });
-    var val = (e && typeof e === 'object' && 'value' in e) ? e.value : e;
     var src = (e && typeof e === 'object') ? e.source : null;
-    return el('td', null, el('span', { class: 'val', text: knobText(knob, val) }), src ? el('span', { class: 'src', text: src }) : null);
+    return el('td', null, el('span', { class: 'val', text: texts(it).params[side][knob] }), src ? el('span', { class: 'src', text: src }) : null);
   }
   function paramsSection(it) {
     var s = section(isExternal(it) ? 'Parameters: preview vs what your stack was asked to render' : 'Parameters: preview vs inference', 'params');
@@ -572,7 +531,7 @@
     if (!keys.length) { s.append(el('p', { class: 'muted', text: 'no parameters recorded' })); return s; }
     var tb = el('tbody');
     keys.forEach(function (k) {
-      tb.append(el('tr', { class: mis.has(k) ? 'mismatch' : '' }, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k),
+      tb.append(el('tr', { class: mis.has(k) ? 'mismatch' : '' }, el('th', { text: k }), valueCell(it, 'preview', k), valueCell(it, 'inference', k),
         el('td', { class: 'flag', text: mis.has(k) ? '≠' : '' })));
     });
     s.append(el('table', { class: 'kv' }, el('thead', null, el('tr', null, el('th', { text: 'knob' }),
@@ -584,14 +543,14 @@
     if (!list.length) return null;
     var s = section('Irreducible differences', 'irreducible');
     s.append(el('p', { class: 'muted', text: 'A re-render cannot remove these; they are not counted as mismatches.' }));
-    var pv = (it.params || {}).preview || {}, inf = (it.params || {}).inference || {};
     var det = {};  // knob -> {preview, inference, note}: the runner's words for each side
     (it.irreducible_details || []).forEach(function (d) { if (d && d.knob) det[d.knob] = d; });
+    var words = texts(it).irreducible || {};
     var tb = el('tbody');
     list.forEach(function (k) {
       var d = det[k];
-      tb.append(d ? el('tr', { title: d.note || '' }, el('th', { text: k }), el('td', { text: plainText(d.preview) }), el('td', { text: plainText(d.inference) }))
-        : el('tr', null, el('th', { text: k }), valueCell(pv, k), valueCell(inf, k)));
+      tb.append(d ? el('tr', { title: d.note || '' }, el('th', { text: k }), el('td', { text: words[k][0] }), el('td', { text: words[k][1] }))
+        : el('tr', null, el('th', { text: k }), valueCell(it, 'preview', k), valueCell(it, 'inference', k)));
     });
     s.append(el('table', { class: 'kv' }, tb));
     return s;
@@ -622,10 +581,6 @@
     if (src.request_id) t += ' · request ' + src.request_id;
     return t;
   }
-  function settingText(knob, v) {
-    if (knob === 'schedule') return v === 'aitk' ? 'AI Toolkit' : v === 'empirical' ? 'diffusers empirical' : String(v);
-    return typeof v === 'number' ? numText(v) : String(v);
-  }
   function externalSection(it) {
     if (!isExternal(it)) return null;
     var s = section('Your stack', 'external');
@@ -649,7 +604,7 @@
       var tb = el('tbody');
       keys.forEach(function (k) {
         tb.append(el('tr', { 'data-knob': k }, el('th', { text: k.replace(/_/g, ' ') }),
-          el('td', { text: settingText(k, ex.settings[k].value) }), el('td', { text: settingText(k, ex.settings[k].preview) })));
+          el('td', { text: texts(it).settings[k][0] }), el('td', { text: texts(it).settings[k][1] })));
       });
       s.append(el('table', { class: 'kv recovered' },
         el('thead', null, el('tr', null, el('th', { text: 'setting' }), el('th', { text: 'your stack (recovered)' }), el('th', { text: 'previews' }))), tb));
@@ -664,9 +619,10 @@
     if (!cs.length) { s.append(el('p', { class: 'muted', text: it.passed ? 'none needed' : 'no cause found' })); return s; }
     var base = score(it);
     var ol = el('ol');
-    cs.forEach(function (c) {
+    cs.forEach(function (c, n) {
       var a = typeof c.ssim_aligned === 'number' ? c.ssim_aligned : null;
-      var li = el('li', null, el('b', { text: String(c.knob) }), ' ', knobText(c.knob, c.value_preview), ' → ', knobText(c.knob, c.value_inference));
+      var words = texts(it).causes[n];
+      var li = el('li', null, el('b', { text: String(c.knob) }), ' ', words[0], ' → ', words[1]);
       if (a !== null) {
         li.append(el('span', { class: 'num', text: '  score if aligned ' + a.toFixed(4) + (base !== null ? ' (' + (a - base >= 0 ? '+' : '') + (a - base).toFixed(4) + ')' : '') }));
         var bar = el('span', { class: 'bar' }, el('span', { style: 'width:' + Math.max(0, Math.min(100, a * 100)).toFixed(1) + '%' }));
@@ -684,8 +640,8 @@
     Object.keys(it.metrics || {}).forEach(function (k) {
       tb.append(el('tr', null, el('th', { text: k }), el('td', { class: 'num', text: fmt(it.metrics[k]) }), el('td', { class: 'muted', text: vars[k] ? fmt(vars[k]) : '' })));
     });
-    [['tier', it.tier], ['gate', it.gate], ['expected', it.expected], ['JPEG', it.jpeg], ['JPEG ceiling', it.ceiling], ['timings (s)', it.timings]].forEach(function (r) {
-      if (r[1] !== undefined && r[1] !== null) tb.append(el('tr', null, el('th', { text: r[0] }), el('td', { colspan: 2, text: plainText(r[1]) })));
+    (texts(it).facts || []).forEach(function (r) {
+      tb.append(el('tr', null, el('th', { text: r[0] }), el('td', { colspan: 2, text: r[1] })));
     });
     s.append(el('table', { class: 'kv' }, tb));
     return s;
@@ -696,9 +652,9 @@
     var a = sc.preview, b = sc.inference, n = Math.max(a.length, b.length), differs = a.length !== b.length;
     for (var i = 0; i < n && !differs; i++) if (Math.abs(a[i] - b[i]) > 1e-6) differs = true;
     var s = section('Schedule', 'schedule');
-    var pv = (((it.params || {}).preview || {}).schedule || {}).value, iv = (((it.params || {}).inference || {}).schedule || {}).value;
-    var said = function (v, mu, len) { return (v && typeof v === 'object' ? scheduleText(v) : typeof mu === 'number' ? 'mu ' + numText(Math.round(mu * 1000) / 1000) : 'schedule') + ', ' + (len - 1) + ' steps'; };
-    var line = 'preview ' + said(pv, sc.mu_preview, a.length) + (differs ? ' · inference ' + said(iv, sc.mu_inference, b.length) : ' · inference identical');
+    var words = texts(it).schedule || {};
+    var said = function (side, len) { return words[side] + ', ' + (len - 1) + ' steps'; };
+    var line = 'preview ' + said('preview', a.length) + (differs ? ' · inference ' + said('inference', b.length) : ' · inference identical');
     s.append(el('p', { text: line }));
     if (!differs) return s;
     var tb = el('tbody');
@@ -719,6 +675,7 @@
     if (!sp || typeof sp !== 'object') return null;
     var s = section('Recovered settings', 'recovery');
     s.append(el('p', { text: sp.verdict || '' }));
+    var words = texts(it).recovery || { searches: [], recovered: {} };
     var found = {};
     (sp.best || []).forEach(function (b) { found[b.knob] = b.value; });
     // two answers that explain the preview equally: each knob's curve marks its candidate
@@ -728,12 +685,12 @@
     var unit = sp.metric === 'psnr' ? 'PSNR dB' : 'score';
     var byKnob = {};
     // per knob the trace with the most renders: its coarse scan and basin (later screens are two renders)
-    (sp.searches || []).forEach(function (t) {
-      var n = (t.probes || []).length;
-      if (!byKnob[t.knob] || n > byKnob[t.knob].probes.length) byKnob[t.knob] = { knob: t.knob, recorded: t.recorded, probes: t.probes || [] };
+    (sp.searches || []).forEach(function (t, n) {
+      var probes = t.probes || [];
+      if (!byKnob[t.knob] || probes.length > byKnob[t.knob].probes.length) byKnob[t.knob] = { knob: t.knob, recorded: t.recorded, probes: probes, words: words.searches[n] };
     });
     Object.keys(byKnob).forEach(function (k) {
-      var pl = knobPlot(byKnob[k], found[k], (sp.recorded || {})[k], unit);
+      var pl = knobPlot(byKnob[k], found[k], (sp.recorded || {})[k], unit, words.recovered[k]);
       if (pl) s.append(pl);
     });
     var meta = [];
@@ -751,8 +708,8 @@
     if (typeof v === 'string' && v.indexOf('static:') === 0) return parseFloat(v.slice(7));
     return null;
   }
-  function knobPlot(trace, recovered, recorded, unit) {
-    var pts = trace.probes.map(function (p) { return [numOf(p.value), p.score, p.tier]; })
+  function knobPlot(trace, recovered, recorded, unit, recoveredText) {
+    var pts = trace.probes.map(function (p, n) { return [numOf(p.value), p.score, p.tier, trace.words.probes[n]]; })
       .filter(function (p) { return p[0] !== null && typeof p[1] === 'number'; })
       .sort(function (a, b) { return a[0] - b[0]; });
     if (pts.length < 2) return null;
@@ -779,16 +736,16 @@
     svg.append(node('path', { class: 'spark-line', d: pts.map(function (p, i) {
       return (i ? 'L' : 'M') + X(p[0]).toFixed(1) + ' ' + Y(p[1]).toFixed(1); }).join('') }));
     pts.forEach(function (p) {
-      var c = node('circle', { cx: X(p[0]).toFixed(1), cy: Y(p[1]).toFixed(1), r: 3, class: 'dot t-' + (p[2] || 'DRIFT') });
-      var tip = node('title', {}); tip.textContent = knobText(trace.knob, p[0]) + ': ' + (p[1] >= 999 ? 'identical' : p[1].toFixed(3));
+      var c = node('circle', { cx: X(p[0]).toFixed(1), cy: Y(p[1]).toFixed(1), r: 3, class: p[2] ? 'dot t-' + p[2] : 'dot' });
+      var tip = node('title', {}); tip.textContent = p[3] + ': ' + (p[1] >= 999 ? 'identical' : p[1].toFixed(3));
       c.append(tip); svg.append(c);
     });
     [[xlo, 'start'], [xhi, 'end']].forEach(function (xe) {
-      var t = node('text', { x: X(xe[0]), y: H - 5, class: 'tick', 'text-anchor': xe[1] }); t.textContent = numText(xe[0]); svg.append(t);
+      var t = node('text', { x: X(xe[0]), y: H - 5, class: 'tick', 'text-anchor': xe[1] }); t.textContent = String(+xe[0].toPrecision(4)); svg.append(t);
     });
     var yl = node('text', { x: 2, y: T + 8, class: 'tick' }); yl.textContent = unit; svg.append(yl);
-    var cap = el('figcaption', null, el('b', { text: trace.knob }), ' recorded ' + knobText(trace.knob, recorded === undefined ? trace.recorded : recorded) +
-      (recovered !== undefined ? ' · recovered ' + knobText(trace.knob, recovered) : ' · not changed') + ' · ' + trace.probes.length + ' renders');
+    var cap = el('figcaption', null, el('b', { text: trace.knob }), ' recorded ' + trace.words.recorded +
+      (recovered !== undefined ? ' · recovered ' + recoveredText : ' · not changed') + ' · ' + trace.probes.length + ' renders');
     return el('figure', { class: 'knobplot' }, svg, cap);
   }
   function timelineSection(it) {
