@@ -116,6 +116,19 @@ def coarse_scan(spec: RenderSpec, session: Session, start: Scored, done: Callabl
     return out
 
 
+def coarse_starts(scans: list[Coarse], here: tuple[float, ...], score: Scored) -> list[tuple[float, ...]]:
+    """Every point of the coarse scan and the recorded one itself, best score first: where a local fit starts.
+    `here` holds the recorded value of each scanned axis, in the scans' order."""
+    points = [(score[0], here)]
+    for n, c in enumerate(scans):
+        for i, sc in c.run.scores.items():
+            p = list(here)
+            p[n] = float(c.axis.value(i))
+            points.append((sc[0], tuple(p)))
+    points.sort(key=lambda t: -t[0])
+    return [p for _, p in points]
+
+
 def basins(scans: list[Coarse], start: Scored) -> list[Coarse]:
     """Knobs whose coarse best beats the recorded values, best first, within BASIN_RANGE of the best."""
     gaining = sorted((c for c in scans if c.best_index is not None and c.best_score > start[0]),

@@ -1,0 +1,322 @@
+"""Parameter recovery by fitting the image: Levenberg-Marquardt on the residual between a render and the target.
+
+A score climbs one number per render; the residual image says how every knob moved the picture. A render at a
+point near the answer, and one per knob a little away from it (a finite-difference Jacobian), predict where all
+knobs lie together; each new render updates the Jacobian (Broyden's rank-1 update) and is the next point's
+evidence. Knobs that trade off (steps and the schedule's shift; guidance and the LoRA multiplier) are moved
+together, which coordinate descent cannot do without many renders.
+
+The residual is taken after a low-pass that the JPEG error of a preview barely touches: the luminance averaged
+over blocks (16 x 16 of them: JPEG q75 keeps a block's mean to about a grey level, while its chroma is
+subsampled and its fine detail quantised). Coordinates are log steps, guidance, multiplier and log shift, each
+over its typical change (`SCALE`); every point rendered lies on the knobs' grid (parity.diagnose.recover.Axis),
+so the fit ends on values users type, and the comparison's EXACT tier says when it is the answer.
+
+The fit is local. Its starts come from the coarse scan of every knob's whole range (parity.diagnose.scan): the
+best coarse points, best first. Pure: rendering and scoring come in through a `Session`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from parity.diagnose.cache import BudgetExhausted, Session
+from parity.diagnose.recover import Axis, Descent, Scored, axis_value
+from parity.spec import RenderSpec
+
+SIDE = 16                     # the residual's blocks per side
+LOG_KNOBS = ("steps", "schedule")
+# A knob's typical change in its coordinate: the finite-difference step and the unit the trust region counts in
+SCALE = {"steps": 0.15, "guidance": 0.1, "lora_scale": 0.02, "schedule": 0.15}
+RADIUS = (0.5, 3.0, 8.0)      # trust region (scaled units, per coordinate): smallest, first, largest
+MAX_ITERATIONS = 40
+NEIGHBOURS = 8                # grid neighbours tried when the fit stops on the grid
+VALLEY = (-1, 1, -2, 2, -3, 3)     # steps tried around a fit that stopped between grid points
+Point = tuple[float, ...]     # one value per axis, on the grid (or an axis's own off-grid start)
+
+
+def luminance_blocks(rgb: Any, side: int = SIDE) -> np.ndarray | None:
+    """The image's luminance averaged over side x side blocks, in [0, 1]; None when it is not an image."""
+    from PIL import Image
+
+    a = np.asarray(rgb, dtype=np.float64)
+    if a.ndim == 3 and a.shape[2] >= 3:
+        a = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+    if a.ndim != 2 or min(a.shape) < side:
+        return None
+    im = Image.fromarray(a.astype(np.float32)).resize((side, side), Image.Resampling.BOX)
+    return np.asarray(im, dtype=np.float64).ravel() / 255.0
+
+
+def target_blocks(target: Any) -> np.ndarray | None:
+    """The target's blocks: an image array, or a file loaded as the comparison loads it; None if unreadable."""
+    if hasattr(target, "shape"):
+        return luminance_blocks(target)
+    try:
+        from parity.compare.load import load_image
+
+        return luminance_blocks(load_image(target).rgb)
+    except Exception:  # noqa: BLE001 - no image to fit: the caller searches by score alone
+        return None
+
+
+@dataclass
+class Eval:
+    residual: np.ndarray
+    score: Scored
+    spec: RenderSpec
+
+
+class ImageFit:
+    """The residual of `axes` around the recorded `spec` against the target's blocks, memoised per grid point."""
+
+    def __init__(self, spec: RenderSpec, session: Session, target: np.ndarray, axes: list[Axis],
+                 exact: Callable[[Scored], bool]):
+        self.spec, self.session, self.target, self.axes, self.exact = spec, session, target, axes, exact
+        self.evals: dict[Point, Eval] = {}
+
+    # ------------------------------------------------------------------ points, coordinates, grid
+
+    def point_of(self, spec: RenderSpec) -> Point | None:
+        values = [axis_value(a, spec) for a in self.axes]
+        return None if None in values else tuple(float(v) for v in values)
+
+    def coords(self, p: Point) -> np.ndarray:
+        return np.array([(math.log(v) if a.knob in LOG_KNOBS else v) / SCALE[a.knob] for a, v in zip(self.axes, p)])
+
+    def snap(self, x: np.ndarray) -> Point:
+        """The grid point nearest to coordinates `x`; an axis's own start when within half a grid step of it (AI
+        Toolkit's shift, e^mu, lies between grid points: it stands for the grid points within one step of it, so
+        a fit ending near it lands on it and not on a static shift next to it)."""
+        out = []
+        for a, c in zip(self.axes, x):
+            v = c * SCALE[a.knob]
+            v = math.exp(min(v, 50.0)) if a.knob in LOG_KNOBS else v
+            out.append(held(a, float(a.value(a.index(v))) if abs(v - a.start) >= a.resolution / 2 else v))
+        return tuple(out)
+
+    def spec_at(self, p: Point) -> RenderSpec:
+        spec = self.spec
+        for a, v in zip(self.axes, p):
+            if v != a.start:
+                spec = a.apply(spec, a.index(v))
+        return spec
+
+    def evaluate(self, p: Point) -> Eval | None:
+        """Render and score point `p` (cached); None when the render is not an image. May raise BudgetExhausted."""
+        if p not in self.evals:
+            spec = self.spec_at(p)
+            score = self.session.score(spec)
+            blocks = luminance_blocks(self.session.cache.images[spec])
+            if blocks is None or blocks.shape != self.target.shape:
+                return None
+            self.evals[p] = Eval(blocks - self.target, score, spec)
+        return self.evals[p]
+
+    # ------------------------------------------------------------------ the fit
+
+    def jacobian(self, p: Point, here: Eval) -> tuple[np.ndarray, Point | None]:
+        """Finite differences, one render per knob (one scaled unit away, or back at the range's end). Returns
+        the Jacobian and a point that reproduced the target exactly on the way (None if none did)."""
+        x = self.coords(p)
+        J = np.zeros((len(here.residual), len(self.axes)))
+        for i in range(len(self.axes)):
+            q = p
+            for sign in (1.0, -1.0):
+                x2 = x.copy()
+                x2[i] += sign
+                q = self.snap(x2)
+                if q[i] != p[i]:
+                    break
+            ev = self.evaluate(q)
+            if ev is None:
+                continue
+            if self.exact(ev.score):
+                return J, q
+            J[:, i] = (ev.residual - here.residual) / (self.coords(q)[i] - x[i])
+        return J, None
+
+    def fit(self, start: Point) -> Point:
+        """Levenberg-Marquardt with Broyden updates from `start`; the best point reached (exact when found)."""
+        here = self.evaluate(start)
+        if here is None or self.exact(here.score):
+            return start
+        p, cost, lam, radius = start, float(here.residual @ here.residual), 1e-2, RADIUS[1]
+        J, hit = self.jacobian(p, here)
+        if hit is not None:
+            return hit
+        fresh = True
+        for _ in range(MAX_ITERATIONS):
+            x = self.coords(p)
+            step = _lm_step(J, here.residual, lam, radius)
+            q = self.snap(x + step)
+            seen = q in self.evals
+            if q == p or (seen and fresh and lam > 1e3):
+                if fresh:
+                    return self.walk(p, here, J)
+                J, hit = self.jacobian(p, here)
+                fresh = True
+                if hit is not None:
+                    return hit
+                continue
+            ev = self.evaluate(q)
+            if ev is None:
+                break
+            if self.exact(ev.score):
+                return q
+            dx = self.coords(q) - x
+            if not seen:
+                J += np.outer(ev.residual - here.residual - J @ dx, dx) / float(dx @ dx)
+            new_cost = float(ev.residual @ ev.residual)
+            if new_cost < cost:
+                p, here, cost, fresh = q, ev, new_cost, False
+                lam, radius = max(lam / 3, 1e-7), min(RADIUS[2], radius * 2)
+            else:
+                lam, radius = lam * 4, max(RADIUS[0], radius / 2)
+                if seen and not fresh:   # the model keeps proposing a point it knows is worse: measure again
+                    J, hit = self.jacobian(p, here)
+                    fresh = True
+                    if hit is not None:
+                        return hit
+        return p
+
+    def walk(self, p: Point, here: Eval, J: np.ndarray) -> Point:
+        """The fit has stopped: walk along the steps valley, then to grid neighbours, while the comparison's
+        score rises, the Jacobian updated by each move (no new finite differences: the valley is long)."""
+        direction = 0
+        while True:
+            moved = self.valley(p, here, J, direction) or self.neighbours(p, here, J)
+            if moved is None:
+                return p
+            q, ev = moved
+            if self.exact(ev.score):
+                return q
+            dx = self.coords(q) - self.coords(p)
+            J = J + np.outer(ev.residual - here.residual - J @ dx, dx) / float(dx @ dx)
+            direction = int(np.sign(q[0] - p[0])) if self.axes[0].knob == "steps" else 0
+            p, here = q, ev
+
+    def valley(self, p: Point, here: Eval, J: np.ndarray, direction: int = 0) -> tuple[Point, Eval] | None:
+        """Converged between grid points: the steps one to three either side, every other knob placed where the
+        Jacobian says it then fits best (steps and the shift trade off along a curved valley that a grid of
+        integer steps cuts across). Judged by the comparison's score, not the blocks: near the answer the blocks'
+        JPEG error is as large as what separates one step from the next, while the comparison mirrors the
+        preview's encoding. The first valley point that scores better than `p`, or None."""
+        k = next((i for i, a in enumerate(self.axes) if a.knob == "steps"), None)
+        if k is None:
+            return None
+        x = self.coords(p)
+        others = [i for i in range(len(self.axes)) if i != k]
+        for d in sorted(VALLEY, key=lambda d: (abs(d), d * direction < 0)):   # on along the walk's way first
+            steps = p[k] + d
+            if not self.axes[k].lo <= steps <= self.axes[k].hi:
+                continue
+            x2 = x.copy()
+            x2[k] = math.log(steps) / SCALE["steps"]
+            offset = here.residual + J[:, k] * (x2[k] - x[k])
+            if others:
+                x2[others] += np.linalg.lstsq(J[:, others], -offset, rcond=None)[0]
+            for q in self.across(self.snap(x2), here, x, J):
+                ev = self.evaluate(q)
+                if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
+                    return q, ev
+        return None
+
+    def across(self, q: Point, here: Eval, x: np.ndarray, J: np.ndarray) -> list[Point]:
+        """A valley point and, on the other knob that moves with the steps (the shift), the grid point next to it
+        that the Jacobian prefers: the valley runs diagonally to the grid, so the rounded point can miss the
+        answer by one shift step. Points already rendered are left out."""
+        out = [q]
+        k = next((i for i, a in enumerate(self.axes) if a.knob == "schedule"), None)
+        if k is not None:
+            sides = self.grid_sides(q, [k], here, x, J)
+            out += [min(sides)[1]] if sides else []
+        return [p for p in dict.fromkeys(out) if p not in self.evals]
+
+    def neighbours(self, p: Point, here: Eval, J: np.ndarray) -> tuple[Point, Eval] | None:
+        """Converged on the grid: the grid points one step away on each knob, most promising first by the
+        Jacobian (NEIGHBOURS of them), judged by the comparison's score like the valley. The fit's steps of a
+        whole scaled unit can leave the answer one grid step away (a shift of 3.45 where 3.5 is exact)."""
+        candidates = self.grid_sides(p, range(len(self.axes)), here, self.coords(p), J)
+        for _, q in sorted(candidates)[:NEIGHBOURS]:
+            if q in self.evals:
+                continue
+            ev = self.evaluate(q)
+            if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
+                return q, ev
+        return None
+
+    def grid_sides(self, p: Point, knobs: Any, here: Eval, x: np.ndarray, J: np.ndarray) -> list[tuple[float, Point]]:
+        """The grid points one step either side of `p` on each of the axes `knobs` (indices), each with the cost
+        the Jacobian predicts for it."""
+        out = []
+        for i in knobs:
+            a = self.axes[i]
+            for sign in (-1, 1):
+                j = a.index(p[i]) + sign
+                if 0 <= j <= a.n:
+                    q = p[:i] + (held(a, float(a.value(j))),) + p[i + 1:]
+                    predicted = here.residual + J @ (self.coords(q) - x)
+                    out.append((float(predicted @ predicted), q))
+        return out
+
+    def descent(self, p: Point, start: Scored) -> Descent:
+        """The fit's end as the coordinate search reports its answers (changes in adoption order)."""
+        ev = self.evals.get(p)
+        spec, score = (ev.spec, ev.score) if ev is not None else (self.spec_at(p), start)
+        changes = {a.knob: a.stored(a.index(v)) for a, v in zip(self.axes, p) if v != a.start}
+        return Descent(spec, score, changes=changes)
+
+
+def held(axis: Axis, v: float) -> float:
+    """`v`, or the axis's own start when that is off the grid and within one grid step of `v` (it stands for its
+    neighbourhood); an on-grid start only for itself."""
+    on_grid = axis.value(axis.index(axis.start)) == axis.start
+    return float(axis.start) if abs(v - axis.start) < (axis.resolution / 2 if on_grid else axis.resolution) else v
+
+
+def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> np.ndarray:
+    """The damped Gauss-Newton step (Marquardt's diagonal scaling), clipped to the trust region."""
+    A = J.T @ J
+    g = J.T @ residual
+    n = len(g)
+    step = -np.linalg.solve(A + lam * np.diag(np.diag(A)) + 1e-9 * np.eye(n), g)
+    m = float(np.abs(step).max()) if n else 0.0
+    return step * (radius / m) if m > radius else step
+
+
+def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int,
+             enough: Callable[[Scored], bool]) -> list[Descent]:
+    """The fit from each start in turn, best start first, until one is exact; each fit may spend at most `share`
+    of the renders left (a wrong start cannot starve the next); one `enough` ends the starts. Each fit's answer is the best-scoring point it
+    rendered (the fit climbs the blocks' residual, the verdict the comparison)."""
+    session, out, tried = fit.session, [], set()
+    for s in starts:
+        if s in tried:
+            continue
+        tried.add(s)
+        before = set(fit.evals)
+        total = session.budget
+        if total is not None:
+            left = total - session.extra_renders
+            if left < min_renders:
+                break
+            session.budget = session.extra_renders + max(min_renders, int(left * share))
+        try:
+            fit.fit(s)
+        except BudgetExhausted:
+            pass
+        finally:
+            session.budget = total
+        mine = [q for q in fit.evals if q not in before or q == s]
+        if not mine:
+            continue
+        d = fit.descent(max(mine, key=lambda q: fit.evals[q].score[0]), start_score)
+        out.append(d)
+        if fit.exact(d.score) or enough(d.score):
+            break
+    return out
