@@ -211,7 +211,14 @@ class SearchAxis:
     near: float
     ratio: bool
     tolerance: float
+    fit_scale: float          # the image fit's unit (parity.diagnose.fit): a typical change, in log units when `ratio`
+    rank: int                 # the order the search takes the knobs in (screening, the fit's coordinates)
     first_share: float = 0.0
+
+    @property
+    def integer(self) -> bool:
+        """Values are whole numbers (steps)."""
+        return float(self.lo).is_integer() and float(self.resolution).is_integer()
 
     def top(self, recorded: float) -> float:
         return max(self.hi, 2 * abs(recorded))
@@ -380,12 +387,12 @@ _LORA_SCALE, _LORA_APPLICATION = _with_lora("network_multiplier"), _with_lora("l
 # integers, guidance 0-15 at 0.1, multiplier 0-2 at 0.01, static shift 0.5-8 at 0.05 (docs/parameter-recovery.md).
 KNOBS_TABLE: dict[str, Knob] = {k.name: k for k in (
     Knob("steps", ("sample_steps",), prior=5, stack=StackSetting(0, ("sample_steps",)),
-         axis=SearchAxis(1, 100, 1, 2, (6, 11, 30, 50, 80), 1.3, True, 0.0, first_share=0.25)),
+         axis=SearchAxis(1, 100, 1, 2, (6, 11, 30, 50, 80), 1.3, True, 0.0, 0.15, 0, first_share=0.25)),
     Knob("schedule", ("schedule", "semantics", "numerics"), show=_schedule_shown, compact=_schedule_compact,
          prior=4, stack=StackSetting(2, ("schedule",)),
-         axis=SearchAxis(0.5, 8.0, 0.05, 0.5, (0.8, 2.3, 3.4, 5.5), 1.25, True, 0.25)),
+         axis=SearchAxis(0.5, 8.0, 0.05, 0.5, (0.8, 2.3, 3.4, 5.5), 1.25, True, 0.25, 0.15, 3)),
     Knob("guidance", ("guidance_scale",), prior=6, stack=StackSetting(1, ("guidance_scale",)),
-         axis=SearchAxis(0.0, 15.0, 0.1, 1.0, (1.5, 5.5, 8.0, 11.5), 1.0, False, 0.25)),
+         axis=SearchAxis(0.0, 15.0, 0.1, 1.0, (1.5, 5.5, 8.0, 11.5), 1.0, False, 0.25, 0.1, 1)),
     Knob("resolution", ("width", "height"), show=_resolution_shown, compact=_resolution_compact,
          differs=_resolution_differs, prior=2, feeds=(NOISE,), stack=StackSetting(3, ("width", "height"))),
     Knob("seed", ("seed",), prior=1, feeds=(NOISE,), stack=StackSetting(4, ("seed",))),
@@ -393,7 +400,7 @@ KNOBS_TABLE: dict[str, Knob] = {k.name: k for k in (
     Knob("prompt", ("prompt",), prior=8, feeds=(EMBEDDING,)),
     Knob("lora_scale", ("network_multiplier",), show=_LORA_SCALE[0], differs=_LORA_SCALE[1], prior=7,
          stack=StackSetting(5, ("network_multiplier",)),
-         axis=SearchAxis(0.0, 2.0, 0.01, 0.25, (0.25, 0.6, 1.4, 1.9), 0.2, False, 0.05)),
+         axis=SearchAxis(0.0, 2.0, 0.01, 0.25, (0.25, 0.6, 1.4, 1.9), 0.2, False, 0.05, 0.02, 2)),
     Knob("lora_application", ("lora_application",), show=_LORA_APPLICATION[0], differs=_LORA_APPLICATION[1],
          prior=13),
     Knob("checkpoint", ("lora_path",), differs=_checkpoint_differs, prior=0, unset="none (base model only)"),
@@ -445,8 +452,9 @@ def stack_knobs() -> list[Knob]:
 
 
 def searchable() -> dict[str, SearchAxis]:
-    """knob -> the value space parameter recovery searches."""
-    return {k.name: k.axis for k in KNOBS_TABLE.values() if k.axis is not None}
+    """knob -> the value space parameter recovery searches, in the order it takes them (`SearchAxis.rank`)."""
+    axes = [(k.name, k.axis) for k in KNOBS_TABLE.values() if k.axis is not None]
+    return dict(sorted(axes, key=lambda pair: pair[1].rank))
 
 
 def unset_text(name: str) -> str:

@@ -196,22 +196,29 @@ def test_extra_slot_keeps_existing_specs_unchanged():
     assert moved != spec and hash(moved.with_(seed=0)) == hash(moved)
 
 
-def test_search_axes_hold_the_numbers_recovery_searches_with():
-    """The registry's search axes state the value spaces parameter recovery uses (recover.axes_for, scan.COARSE,
-    scan.NEAR_RECORDED), so recovery can read them from the registry without a change of behaviour."""
+def test_recovery_searches_the_axes_the_registry_declares(sharpness, monkeypatch):
+    """Parameter recovery takes its knobs and value spaces from the registry: a throwaway knob given a search axis
+    is searched (its probes set RenderSpec.extra), a changed axis changes the grid, the coarse values and the
+    screening step, and a knob whose axis is taken out is not searched."""
     from parity.diagnose import recover, scan
 
-    declared = knobs.searchable()
-    assert set(declared) == set(scan.COARSE)
-    for steps, guidance, multiplier, shift in ((30, 4.0, 0.5, 2), (60, 9.0, 1.4, 5)):   # below / above each top
-        spec = RenderSpec(prompt="a", width=512, height=512, seed=0, sample_steps=steps, guidance_scale=guidance,
-                          lora_path="/l.safetensors", network_multiplier=multiplier, schedule=f"static:{shift}")
-        axes = {a.knob: a for a in recover.axes_for(spec)}
-        assert set(axes) == set(declared)
-        for name, axis in declared.items():
-            got = axes[name]
-            assert (got.lo, got.hi, got.resolution, got.first_step) == pytest.approx(
-                (axis.lo, axis.top(got.start), axis.resolution, axis.first(got.start))), name
-    for name, axis in declared.items():
-        assert tuple(scan.COARSE[name]) == axis.coarse and scan.NEAR_RECORDED[name] == axis.near, name
-        assert (name in scan.RATIO_KNOBS) == axis.ratio, name
+    axis = knobs.SearchAxis(0.0, 2.0, 0.1, 0.3, (0.2, 1.8), 0.25, False, 0.1, 0.1, rank=9)
+    monkeypatch.setitem(knobs.KNOBS_TABLE, "sharpness", knobs.Knob("sharpness", ("sharpness",), prior=6, axis=axis))
+    spec = RenderSpec(prompt="a", width=64, height=64, seed=0, sample_steps=20, guidance_scale=4.0,
+                      lora_path="/l.safetensors", extra=(("sharpness", 1.0),))
+    axes = {a.knob: a for a in recover.axes_for(spec)}
+    assert list(axes)[-1] == "sharpness"                       # rank 9: after the four built-in knobs
+    sharp = axes["sharpness"]
+    assert (sharp.lo, sharp.hi, sharp.resolution, sharp.first_step, sharp.start) == (0.0, 2.0, 0.1, 0.3, 1.0)
+    assert [sharp.value(i) for i in scan.coarse_indices(sharp)] == [0.2, 1.8]
+    assert sharp.apply(spec, sharp.index(1.5)).value("sharpness") == 1.5
+
+    guidance = knobs.KNOBS_TABLE["guidance"]
+    wider = replace(guidance.axis, hi=30.0, coarse=(2.0, 20.0), first_step=3.0)
+    monkeypatch.setitem(knobs.KNOBS_TABLE, "guidance", replace(guidance, axis=wider))
+    g = {a.knob: a for a in recover.axes_for(spec)}["guidance"]
+    assert (g.hi, g.first_step) == (30.0, 3.0)
+    assert [g.value(i) for i in scan.coarse_indices(g)] == [2.0, 20.0]
+
+    monkeypatch.setitem(knobs.KNOBS_TABLE, "guidance", replace(guidance, axis=None))
+    assert "guidance" not in {a.knob for a in recover.axes_for(spec)}

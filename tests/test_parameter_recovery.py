@@ -232,3 +232,21 @@ def test_the_verdict_reaches_the_console_table_and_the_markdown_summary(tmp_path
     assert "recovering the settings of case" in captured.err
     assert "budget 90 extra renders, fixed before the search (wall time on the real model unknown" in captured.err
     assert "previews look like 12 steps, not 20" in (out / "summary.md").read_text()
+
+
+def test_cost_estimate_counts_two_forwards_a_step_for_a_true_cfg_member(tmp_path):
+    """The wall-time estimate asks the family registry whether the member runs true CFG (two transformer passes a
+    step, parity.family), not the transformer config: the same config costs twice as much as a [klein] job."""
+    from parity.diagnose.budget import seconds_per_render
+    from parity.spec import RenderSpec
+
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({
+        "num_layers": 2, "num_single_layers": 4, "attention_head_dim": 128, "num_attention_heads": 4,
+        "joint_attention_dim": 512, "in_channels": 128, "guidance_embeds": True}))
+    dev = RenderSpec(prompt="a", width=512, height=512, seed=0, sample_steps=10, guidance_scale=4.0)
+    klein = dev.with_(arch="flux2_klein_4b")
+    s_dev, basis = seconds_per_render(tmp_path, dev, "cpu", card="h100")
+    s_klein, _ = seconds_per_render(tmp_path, klein, "cpu", card="h100")
+    assert s_dev and s_dev > 0 and "H100" in basis
+    assert s_klein == pytest.approx(2 * s_dev)

@@ -11,14 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from parity.family import family
 from parity.jsonio import read_json
+from parity.spec import RenderSpec
 
 TEXT_TOKENS = 512   # FLUX.2's prompt length (the text stream every step attends to)
 
 
-def seconds_per_render(base_model: str | Path, width: int, height: int, steps: int, device: str,
+def seconds_per_render(base_model: str | Path, spec: RenderSpec, device: str,
                        card: str | None = None) -> tuple[float | None, str]:
-    """(seconds, what they rest on) for one render at this size and step count; (None, why) when unknown."""
+    """(seconds, what they rest on) for one render of `spec` (its size, steps and family member: true CFG runs the
+    transformer twice a step); (None, why) when unknown."""
     from parity.doctor.environment import resolve_device
     from parity.engine import resources
 
@@ -29,10 +32,10 @@ def seconds_per_render(base_model: str | Path, width: int, height: int, steps: i
         return None, f"unknown ({type(e).__name__})"
     if not dev.peak_tflops:
         return None, f"unknown (no card to plan for on {dev.name})"
-    forwards = 1 if tcfg.get("guidance_embeds", True) else 2
-    flops = resources.step_flops(tcfg, resources.image_tokens(width, height), TEXT_TOKENS) * forwards
+    forwards = family(spec.arch).forwards_per_step
+    flops = resources.step_flops(tcfg, resources.image_tokens(spec.width, spec.height), TEXT_TOKENS) * forwards
     step_s = flops / (dev.peak_tflops * 1e12 * resources.ASSUMED_MFU)
-    return steps * step_s, f"parity doctor's plan for {dev.name}"
+    return spec.sample_steps * step_s, f"parity doctor's plan for {dev.name}"
 
 
 def cost_record(renders: int, budget: int, per_render: tuple[float | None, str]) -> dict[str, Any]:

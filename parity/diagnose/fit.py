@@ -9,7 +9,8 @@ together, which coordinate descent cannot do without many renders.
 The residual is taken after a low-pass that the JPEG error of a preview barely touches: the luminance averaged
 over blocks (16 x 16 of them: JPEG q75 keeps a block's mean to about a grey level, while its chroma is
 subsampled and its fine detail quantised). Coordinates are log steps, guidance, multiplier and log shift, each
-over its typical change (`SCALE`); every point rendered lies on the knobs' grid (parity.diagnose.recover.Axis),
+over its typical change (`fit_scale` of the knob's SearchAxis in parity.knobs: the finite-difference step and
+the unit the trust region counts in; log units for the ratio knobs); every point rendered lies on the knobs' grid (parity.diagnose.recover.Axis),
 so the fit ends on values users type, and the comparison's EXACT tier says when it is the answer.
 
 The fit is local. Its starts come from the coarse scan of every knob's whole range (parity.diagnose.scan): the
@@ -29,9 +30,6 @@ from parity.diagnose.recover import Axis, Descent, Scored, axis_value
 from parity.spec import RenderSpec
 
 SIDE = 16                     # the residual's blocks per side
-LOG_KNOBS = ("steps", "schedule")
-# A knob's typical change in its coordinate: the finite-difference step and the unit the trust region counts in
-SCALE = {"steps": 0.15, "guidance": 0.1, "lora_scale": 0.02, "schedule": 0.15}
 RADIUS = (0.5, 3.0, 8.0)      # trust region (scaled units, per coordinate): smallest, first, largest
 MAX_ITERATIONS = 40
 NEIGHBOURS = 8                # grid neighbours tried when the fit stops on the grid
@@ -86,7 +84,7 @@ class ImageFit:
         return None if None in values else tuple(float(v) for v in values)
 
     def coords(self, p: Point) -> np.ndarray:
-        return np.array([(math.log(v) if a.knob in LOG_KNOBS else v) / SCALE[a.knob] for a, v in zip(self.axes, p)])
+        return np.array([(math.log(v) if a.declared.ratio else v) / a.declared.fit_scale for a, v in zip(self.axes, p)])
 
     def snap(self, x: np.ndarray) -> Point:
         """The grid point nearest to coordinates `x`; an axis's own start when within half a grid step of it (AI
@@ -94,8 +92,8 @@ class ImageFit:
         a fit ending near it lands on it and not on a static shift next to it)."""
         out = []
         for a, c in zip(self.axes, x):
-            v = c * SCALE[a.knob]
-            v = math.exp(min(v, 50.0)) if a.knob in LOG_KNOBS else v
+            v = c * a.declared.fit_scale
+            v = math.exp(min(v, 50.0)) if a.declared.ratio else v
             out.append(held(a, float(a.value(a.index(v))) if abs(v - a.start) >= a.resolution / 2 else v))
         return tuple(out)
 
@@ -216,7 +214,7 @@ class ImageFit:
             if not self.axes[k].lo <= steps <= self.axes[k].hi:
                 continue
             x2 = x.copy()
-            x2[k] = math.log(steps) / SCALE["steps"]
+            x2[k] = math.log(steps) / self.axes[k].declared.fit_scale
             offset = here.residual + J[:, k] * (x2[k] - x[k])
             if others:
                 x2[others] += np.linalg.lstsq(J[:, others], -offset, rcond=None)[0]

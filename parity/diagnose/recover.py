@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from parity.diagnose.cache import BudgetExhausted, Session
+from parity.diagnose.paramdiff import knob_value
+from parity import knobs
+from parity.knobs import SearchAxis
 from parity.spec import RenderSpec
 
 GOLDEN = (math.sqrt(5) - 1) / 2      # 0.618...
@@ -32,7 +35,7 @@ SCREEN_SCALES = (1.0, 0.4)             # screening distances, as fractions of ea
 POLISH_GAIN = 0.005                   # once explained (NEAR), another round only while a round gains this much
 LARGE_GAIN = 40                       # x the direction gain: a screen this good is searched without screening the rest
 REVISIT = 3                           # large gains of the score after which a settled knob is screened again
-STEPS_MAX = 100                       # steps are searched in 1..max(STEPS_MAX, 2 x recorded)
+SCHEDULE = "schedule"                 # the knob whose axis value (a static shift) is not its setting's value
 
 Scored = tuple[float, "str | None"]   # (SSIM-like score, tier or None)
 
@@ -42,14 +45,28 @@ Scored = tuple[float, "str | None"]   # (SSIM-like score, tier or None)
 
 @dataclass(frozen=True)
 class Axis:
-    """One searchable knob: values lo + i * resolution for i in 0..n."""
+    """One searchable knob: values lo + i * resolution for i in 0..n, as the knob registry declares its space."""
 
-    knob: str                 # KNOBS name
-    lo: float
-    hi: float
-    resolution: float
-    first_step: float         # distance of the two screening probes from the current value
+    knob: str                 # parity.knobs name
+    declared: SearchAxis      # the knob's value space (parity.knobs)
     start: float              # the current (recorded) value on this axis, maybe between grid points
+
+    @property
+    def lo(self) -> float:
+        return self.declared.lo
+
+    @property
+    def hi(self) -> float:
+        return self.declared.top(self.start)
+
+    @property
+    def resolution(self) -> float:
+        return self.declared.resolution
+
+    @property
+    def first_step(self) -> float:
+        """Distance of the two screening probes from the current value."""
+        return self.declared.first(self.start)
 
     @property
     def n(self) -> int:
@@ -60,23 +77,17 @@ class Axis:
 
     def value(self, i: int) -> float:
         v = self.lo + i * self.resolution
-        return int(round(v)) if self.knob == "steps" else round(v, 6)
+        return int(round(v)) if self.declared.integer else round(v, 6)
 
     def apply(self, spec: RenderSpec, i: int) -> RenderSpec:
         v = self.value(i)
-        if self.knob == "steps":
-            return spec.with_(sample_steps=int(v))
-        if self.knob == "guidance":
-            return spec.with_(guidance_scale=float(v))
-        if self.knob == "lora_scale":
-            return spec.with_(network_multiplier=float(v))
-        if self.knob == "schedule":
+        if self.knob == SCHEDULE:
             return spec.with_(schedule=static_name(v), semantics="aitk")
-        raise KeyError(self.knob)
+        return spec.with_(**{knobs.knob(self.knob).settings[0]: v if self.declared.integer else float(v)})
 
     def stored(self, i: int) -> Any:
         """The value as results store it: a number, or the schedule's name ("static:2.5")."""
-        return static_name(self.value(i)) if self.knob == "schedule" else self.value(i)
+        return static_name(self.value(i)) if self.knob == SCHEDULE else self.value(i)
 
 
 def static_name(shift: float) -> str:
@@ -99,17 +110,22 @@ def equivalent_shift(spec: RenderSpec) -> float | None:
 
 
 def axes_for(spec: RenderSpec) -> list[Axis]:
-    """The continuous knobs of `spec`, each over the value space it really has (docs/parameter-recovery.md)."""
-    steps_hi = max(STEPS_MAX, 2 * spec.sample_steps)
-    out = [Axis("steps", 1, steps_hi, 1, max(2, round(spec.sample_steps / 4)), spec.sample_steps),
-           Axis("guidance", 0.0, max(15.0, 2 * spec.guidance_scale), 0.1, 1.0, spec.guidance_scale)]
-    if spec.lora_path is not None:
-        m = spec.network_multiplier
-        out.append(Axis("lora_scale", 0.0, max(2.0, 2 * abs(m)), 0.01, 0.25, m))
-    shift = equivalent_shift(spec)
-    if shift is not None and spec.semantics == "aitk":
-        out.append(Axis("schedule", 0.5, max(8.0, 2 * shift), 0.05, 0.5, shift))
+    """The continuous knobs of `spec`, each over the value space the knob registry declares for it
+    (docs/parameter-recovery.md); a knob without a value on this spec (the multiplier without a LoRA, diffusers'
+    step-dependent empirical mu) is not searched."""
+    out = []
+    for name, declared in knobs.searchable().items():
+        start = recorded_on_axis(spec, name)
+        if start is not None:
+            out.append(Axis(name, declared, start))
     return out
+
+
+def recorded_on_axis(spec: RenderSpec, name: str) -> float | None:
+    """The recorded value of a searchable knob on its axis: the schedule as its equivalent static shift."""
+    if name == SCHEDULE:
+        return equivalent_shift(spec) if spec.semantics == "aitk" else None
+    return knob_value(spec, name)
 
 
 # ---------------------------------------------------------------------------------------------- one axis

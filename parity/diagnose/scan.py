@@ -23,17 +23,6 @@ from parity.diagnose.recover import Axis, Descent, Scored, _AxisRun, _golden, ax
 from parity.spec import RenderSpec
 from parity.tier import explains
 
-# Coarse values per knob over its plausible range (steps 1-100, guidance 0-15, multiplier 0-2, static shift
-# 0.5-8): spaced so that any value lies inside the basin of one of them or of the recorded value. Values closer
-# to the recorded one than NEAR_RECORDED are left out (the recorded render covers them).
-COARSE: dict[str, tuple[float, ...]] = {
-    "steps": (6, 11, 30, 50, 80),
-    "guidance": (1.5, 5.5, 8.0, 11.5),
-    "lora_scale": (0.25, 0.6, 1.4, 1.9),
-    "schedule": (0.8, 2.3, 3.4, 5.5),
-}
-NEAR_RECORDED = {"steps": 1.3, "guidance": 1.0, "lora_scale": 0.2, "schedule": 1.25}  # ratio, offset, offset, ratio
-RATIO_KNOBS = ("steps", "schedule")
 BASINS = 3            # at most this many basins refined
 MIN_REFINE = 6        # renders a basin needs to be refined at all
 SHARE = 0.6           # of the renders left, the most one basin's descent may spend before the next basin
@@ -89,11 +78,12 @@ def can_render(session: Session) -> bool:
 def coarse_indices(axis: Axis) -> list[int]:
     """Grid indices of the coarse values of `axis`, without those the recorded value stands for."""
     out = []
-    near = NEAR_RECORDED[axis.knob]
-    for v in COARSE[axis.knob]:
+    declared = axis.declared   # coarse values over the plausible range (parity.knobs): any value lies in the basin
+    near = declared.near       # of one of them or of the recorded value, which stands for those within `near`
+    for v in declared.coarse:
         if not axis.lo <= v <= axis.hi:
             continue
-        close = (max(v, axis.start) / max(min(v, axis.start), 1e-9) < near) if axis.knob in RATIO_KNOBS \
+        close = (max(v, axis.start) / max(min(v, axis.start), 1e-9) < near) if declared.ratio \
             else abs(v - axis.start) < near
         if not close:
             out.append(axis.index(v))

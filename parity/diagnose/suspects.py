@@ -23,6 +23,7 @@ from parity.diagnose.fit import ImageFit, fit_from, target_blocks
 from parity.diagnose.scan import (MIN_REFINE, SHARE, Answer, ScanResult, can_render, close, coarse_scan,
                                   coarse_starts, global_search, minimum_renders)
 from parity.job.sizes import effective_size
+from parity import knobs
 from parity.spec import RenderSpec
 from parity.tier import DIFFERENT, EXACT, explaining_tiers, explains
 from parity.values import knob_text
@@ -176,15 +177,16 @@ class Suspects:
         return {b.knob: b.value for b in self.best}
 
 
-KNOB_FIELD = {"steps": "sample_steps", "guidance": "guidance_scale", "lora_scale": "network_multiplier",
-              "seed": "seed", "schedule": "schedule"}
+def knob_setting(name: str) -> str:
+    """The RenderSpec setting a recovered value of a knob goes into: the knob's first (parity.knobs)."""
+    return knobs.knob(name).settings[0]
 
 
 def recorded_value(spec: RenderSpec, knob: str) -> Any:
     if knob == "resolution":
         w, h = effective_size(spec.width, spec.height)
         return f"{w}x{h}"
-    return getattr(spec, KNOB_FIELD[knob])
+    return spec.value(knob_setting(knob))
 
 
 def apply_changes(spec: RenderSpec, changes: dict[str, Any]) -> RenderSpec:
@@ -197,8 +199,8 @@ def apply_changes(spec: RenderSpec, changes: dict[str, Any]) -> RenderSpec:
             out = out.with_(width=w, height=h)
         elif knob == "schedule":
             out = out.with_(schedule=value, semantics="aitk")
-        elif knob in KNOB_FIELD and knob != "seed":
-            out = out.with_(**{KNOB_FIELD[knob]: value})
+        elif knob in knobs.searchable():   # a recovered seed is per prompt: never carried over
+            out = out.with_(**{knob_setting(knob): value})
     return out
 
 
@@ -216,7 +218,7 @@ def suspect_search(
     cache: RenderCache | None = None,
     preview_size: tuple[int, int] | None = None,
     explained_at: float = 0.98,
-    explained_tiers: tuple[str, ...] = explaining_tiers(),
+    explained_tiers: tuple[str, ...] | None = None,
     others: list[tuple[Any, RenderSpec]] = (),
     pinned: dict[str, Any] | None = None,
 ) -> Suspects:
@@ -224,7 +226,7 @@ def suspect_search(
     recorded `spec`. `index` is the prompt index (seed-walk patterns); `preview_size` the target's pixel size (read
     from the file when None). `budget` caps the extra renders (the recorded spec's own render is free). Without
     tiers, a change "explains" the target when its score reaches `explained_at`; with tiers, when its tier is one of
-    `explained_tiers` (the tiers that meet the item's gate: EXACT alone for a case that asks for EXACT). `others`:
+    `explained_tiers` (default: every tier that explains a preview, parity.tier; the tiers that meet the item's gate: EXACT alone for a case that asks for EXACT). `others`:
     the case's other items as (target, recorded spec), rendered only to separate two answers that explain this
     target equally. `pinned`: knob -> value found elsewhere (the step-0 previews, rendered without the LoRA): the
     search starts there and searches only the other knobs."""
@@ -234,8 +236,10 @@ def suspect_search(
     if preview_size is None and not hasattr(preview_path, "shape"):
         preview_size = _image_size(preview_path)
 
+    tiers = explaining_tiers() if explained_tiers is None else explained_tiers   # asked now: a registered tier counts
+
     def done(sc: tuple[float, str | None]) -> bool:
-        return sc[1] in explained_tiers if sc[1] is not None else sc[0] >= explained_at
+        return sc[1] in tiers if sc[1] is not None else sc[0] >= explained_at
 
     def exact(sc: tuple[float, str | None]) -> bool:
         return sc[1] == EXACT.name if sc[1] is not None else sc[0] >= 1.0
@@ -544,7 +548,7 @@ def _verdict(result: Suspects, source: str | None = None) -> str:
 
 def confirm_changes(preview_path: Any, spec: RenderSpec, found: Suspects, render: RenderFn, score: ScoreFn, *,
                     budget: int | None = None, cache: RenderCache | None = None, source: str | None = None,
-                    explained_at: float = 0.98, explained_tiers: tuple[str, ...] = explaining_tiers()) -> Suspects:
+                    explained_at: float = 0.98, explained_tiers: tuple[str, ...] | None = None) -> Suspects:
     """One render: the values `found` on another item of the case, applied to this item's `spec`. Explained when
     the render reproduces this item's preview; otherwise the caller searches this item on its own."""
     session = Session(render, score, preview_path, budget=budget, cache=cache, metric="psnr")
@@ -569,7 +573,8 @@ def confirm_changes(preview_path: Any, spec: RenderSpec, found: Suspects, render
     result.best_score, result.best_tier = final
     result.recorded = {t.knob: recorded_value(spec, t.knob) for t in result.best}
     result.extra_renders = session.extra_renders
-    result.explained = (final[1] in explained_tiers) if final[1] is not None else final[0] >= explained_at
+    tiers = explaining_tiers() if explained_tiers is None else explained_tiers
+    result.explained = (final[1] in tiers) if final[1] is not None else final[0] >= explained_at
     result.ssim_recorded, result.ssim_best = session.ssim(spec), session.ssim(target)
     result.verdict = _verdict(result, source)
     return result

@@ -138,8 +138,7 @@ class ExternalExplanation:
         budget = self.budget if self.budget is not None else item.case.budget
         found = suspect_search(str(target), spec, self._render_fn(item), self._score_fn(item), index=item.index,
                                budget=budget, cache=self.cache)
-        cost = cost_record(found.extra_renders, budget, seconds_per_render(
-            item.base_model, spec.width, spec.height, spec.sample_steps, self.engines.device))
+        cost = cost_record(found.extra_renders, budget, seconds_per_render(item.base_model, spec, self.engines.device))
         if found.ambiguous or found.not_searched:  # two answers, or no search: said as such, never one guessed
             return {"verdict": found.verdict, "explained": False, "ambiguous": found.ambiguous, "target": str(target),
                     "search_verdict": found.verdict, "search": found.to_dict(), "cost": cost}

@@ -202,8 +202,7 @@ class Attribution:
     def _per_render(self, item: PlannedItem) -> tuple[float | None, str]:
         from parity.diagnose.budget import seconds_per_render
 
-        spec = item.inference.spec
-        return seconds_per_render(item.base_model, spec.width, spec.height, spec.sample_steps, self.engines.device)
+        return seconds_per_render(item.base_model, item.inference.spec, self.engines.device)
 
     def _recover(self, item: PlannedItem, render: Callable[[RenderSpec], np.ndarray],
                  score: Callable[[np.ndarray, str | Path], Comparison]) -> Suspects:
