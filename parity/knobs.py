@@ -257,6 +257,7 @@ class Knob:
     arithmetic: bool = False              # also changes the transformer's arithmetic: an input hash never rules it out
     irreducible: bool = False             # a difference no re-render removes; reported apart
     unset: str = "none"                   # what no value means, in words
+    text: str = "plain"                   # how people read a value: a format of parity.values.TEXT_FORMATS
     stack: StackSetting | None = None     # named by the explanation of an external render
     axis: SearchAxis | None = None        # searched by parameter recovery
 
@@ -389,15 +390,15 @@ KNOBS_TABLE: dict[str, Knob] = {k.name: k for k in (
     Knob("steps", ("sample_steps",), prior=5, stack=StackSetting(0, ("sample_steps",)),
          axis=SearchAxis(1, 100, 1, 2, (6, 11, 30, 50, 80), 1.3, True, 0.0, 0.15, 0, first_share=0.25)),
     Knob("schedule", ("schedule", "semantics", "numerics"), show=_schedule_shown, compact=_schedule_compact,
-         prior=4, stack=StackSetting(2, ("schedule",)),
+         prior=4, text="schedule", stack=StackSetting(2, ("schedule",)),
          axis=SearchAxis(0.5, 8.0, 0.05, 0.5, (0.8, 2.3, 3.4, 5.5), 1.25, True, 0.25, 0.15, 3)),
     Knob("guidance", ("guidance_scale",), prior=6, stack=StackSetting(1, ("guidance_scale",)),
          axis=SearchAxis(0.0, 15.0, 0.1, 1.0, (1.5, 5.5, 8.0, 11.5), 1.0, False, 0.25, 0.1, 1)),
     Knob("resolution", ("width", "height"), show=_resolution_shown, compact=_resolution_compact,
-         differs=_resolution_differs, prior=2, feeds=(NOISE,), stack=StackSetting(3, ("width", "height"))),
+         differs=_resolution_differs, prior=2, feeds=(NOISE,), text="size", stack=StackSetting(3, ("width", "height"))),
     Knob("seed", ("seed",), prior=1, feeds=(NOISE,), stack=StackSetting(4, ("seed",))),
     Knob("generator", ("generator",), prior=3, feeds=(NOISE,)),
-    Knob("prompt", ("prompt",), prior=8, feeds=(EMBEDDING,)),
+    Knob("prompt", ("prompt",), prior=8, feeds=(EMBEDDING,), text="quoted"),
     Knob("lora_scale", ("network_multiplier",), show=_LORA_SCALE[0], differs=_LORA_SCALE[1], prior=7,
          stack=StackSetting(5, ("network_multiplier",)),
          axis=SearchAxis(0.0, 2.0, 0.01, 0.25, (0.25, 0.6, 1.4, 1.9), 0.2, False, 0.05, 0.02, 2)),
@@ -405,7 +406,7 @@ KNOBS_TABLE: dict[str, Knob] = {k.name: k for k in (
          prior=13),
     Knob("checkpoint", ("lora_path",), differs=_checkpoint_differs, prior=0, unset="none (base model only)"),
     Knob("quantization", ("quantize", "quantize_te"), show=_quantization_shown, prior=11, feeds=(EMBEDDING,),
-         arithmetic=True),
+         arithmetic=True, text="parts"),
     Knob("dtype", ("dtype",), prior=12, feeds=(NOISE, EMBEDDING), arithmetic=True),
     Knob("text_encoder", (), show=_text_encoder_shown, differs=_text_encoder_differs, feeds=(EMBEDDING,),
          unset="the base model's"),
@@ -455,6 +456,12 @@ def searchable() -> dict[str, SearchAxis]:
     """knob -> the value space parameter recovery searches, in the order it takes them (`SearchAxis.rank`)."""
     axes = [(k.name, k.axis) for k in KNOBS_TABLE.values() if k.axis is not None]
     return dict(sorted(axes, key=lambda pair: pair[1].rank))
+
+
+def text_format(name: str) -> str:
+    """How a knob's value reads (parity.values.TEXT_FORMATS); "plain" for a name the registry does not know."""
+    k = KNOBS_TABLE.get(name)
+    return k.text if k is not None else "plain"
 
 
 def unset_text(name: str) -> str:

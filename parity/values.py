@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from parity.knobs import unset_text
+from parity.knobs import text_format, unset_text
 
 _SCHEDULE_NAMES = {"aitk": "AI Toolkit", "empirical": "diffusers empirical"}
 
@@ -56,25 +56,43 @@ def schedule_text(v: dict[str, Any]) -> str:
     return text
 
 
-def knob_text(knob: str, v: Any) -> str:
-    """One knob's value as people read it."""
-    if v is None or v == [] or v == "":
-        return unset_text(knob)  # what no value means, per knob (never "None")
-    if knob == "resolution" and isinstance(v, dict) and "effective" in v:
+def _size_value_text(v: Any) -> str:
+    """A resolution knob's value: {"effective", "requested"} or [w, h]."""
+    if isinstance(v, dict) and "effective" in v:
         eff, req = v.get("effective"), v.get("requested")
         return size_text(eff) + (f" (requested {size_text(req)})" if req and list(req) != list(eff) else "")
-    if knob == "resolution" and isinstance(v, (list, tuple)):
-        return size_text(v)
-    if knob == "schedule" and isinstance(v, dict):
+    return size_text(v) if isinstance(v, (list, tuple)) else plain_text(v)
+
+
+def _schedule_value_text(v: Any) -> str:
+    """A schedule knob's value: the parameter table's dict, or a schedule name ("static:2.5")."""
+    if isinstance(v, dict):
         return schedule_text(v)
-    if knob == "schedule" and isinstance(v, str):
-        return schedule_text({"name": v})
-    if knob == "quantization" and isinstance(v, dict):
-        parts = [f"{k.replace('_', ' ')} {x}" for k, x in v.items() if x]
-        return ", ".join(parts) or "none"
-    if knob == "prompt" and isinstance(v, str):
-        return repr(v)  # quotes show leading/trailing spaces and flags
+    return schedule_text({"name": v}) if isinstance(v, str) else plain_text(v)
+
+
+def _parts_text(v: Any) -> str:
+    """A knob of several named parts ({"transformer": "qfloat8", "text_encoder": None}), the set ones."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {x}" for k, x in v.items() if x) or "none"
     return plain_text(v)
+
+
+def _quoted_text(v: Any) -> str:
+    """Text whose edges matter (a prompt): quotes show leading/trailing spaces and flags."""
+    return repr(v) if isinstance(v, str) else plain_text(v)
+
+
+# The formats a knob's `text` (parity.knobs) names.
+TEXT_FORMATS = {"plain": plain_text, "size": _size_value_text, "schedule": _schedule_value_text,
+                "parts": _parts_text, "quoted": _quoted_text}
+
+
+def knob_text(knob: str, v: Any) -> str:
+    """One knob's value as people read it, in the format its registry entry names."""
+    if v is None or v == [] or v == "":
+        return unset_text(knob)  # what no value means, per knob (never "None")
+    return TEXT_FORMATS[text_format(knob)](v)
 
 
 def size_mismatch_text(sm: Any) -> str:

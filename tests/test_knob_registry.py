@@ -222,3 +222,14 @@ def test_recovery_searches_the_axes_the_registry_declares(sharpness, monkeypatch
 
     monkeypatch.setitem(knobs.KNOBS_TABLE, "guidance", replace(guidance, axis=None))
     assert "guidance" not in {a.knob for a in recover.axes_for(spec)}
+
+def test_a_knobs_value_reads_in_the_format_its_entry_names(sharpness, monkeypatch):
+    """How a value reads is part of the knob's entry (`text`): the throwaway reads plain, then as a size once its
+    entry says so; every format an entry names exists."""
+    from parity.values import TEXT_FORMATS, knob_text
+
+    assert knob_text("sharpness", [96, 64]) == "96, 64"
+    monkeypatch.setitem(knobs.KNOBS_TABLE, "sharpness", knobs.Knob("sharpness", ("sharpness",), text="size"))
+    assert knob_text("sharpness", [96, 64]) == "96x64"
+    assert knob_text("prompt", " zk9 ") == "' zk9 '"          # the built-in prompt knob: quoted
+    assert {k.text for k in knobs.KNOBS_TABLE.values()} <= set(TEXT_FORMATS)
