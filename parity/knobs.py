@@ -167,6 +167,17 @@ def canonical_key(key: str, where: str | None = None) -> str:
     raise ConfigError(f"unknown setting {key!r}; valid keys: {', '.join(valid_keys())}", where)
 
 
+def with_settings(spec: RenderSpec, **changes: Any) -> RenderSpec:
+    """`spec` with settings changed: RenderSpec fields directly, settings only the registry declares into its
+    `extra` slot. A name that is neither is a KeyError, never a silent extra entry."""
+    unknown = [k for k in changes if k not in SPEC_FIELDS and k not in SETTINGS]
+    if unknown:
+        raise KeyError(f"not a setting: {', '.join(unknown)}")
+    spec = spec.with_(**{k: v for k, v in changes.items() if k in SPEC_FIELDS})
+    extra = {k: v for k, v in changes.items() if k not in SPEC_FIELDS}
+    return spec.with_extra(**extra) if extra else spec
+
+
 def extra_settings() -> list[Setting]:
     """Registry-only settings a RenderSpec carries in `extra` (not fields, not floors)."""
     return [s for s in SETTINGS.values() if s.in_spec and s.key not in SPEC_FIELDS]

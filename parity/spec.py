@@ -73,12 +73,13 @@ class RenderSpec:
         return dict(self.extra).get(name, default)
 
     def with_(self, **changes: Any) -> "RenderSpec":
-        """A copy with `changes` applied: field names replace fields, any other name goes into `extra`."""
-        others = {k: v for k, v in changes.items() if k not in SPEC_FIELDS}
-        fields_ = {k: v for k, v in changes.items() if k in SPEC_FIELDS}
-        if others:
-            fields_["extra"] = tuple(sorted({**dict(self.extra), **others}.items()))
-        return replace(self, **fields_)
+        """A copy with fields replaced (a name that is no field is a TypeError: a typo never rides along). Settings
+        only the knob registry declares go through `parity.knobs.with_settings`."""
+        return replace(self, **changes)
+
+    def with_extra(self, **values: Any) -> "RenderSpec":
+        """A copy with registry-only settings set in `extra` (parity.knobs.with_settings checks the names)."""
+        return replace(self, extra=tuple(sorted({**dict(self.extra), **values}.items())))
 
 
 # The RenderSpec fields that hold settings (every field but the `extra` slot).

@@ -133,7 +133,7 @@ def _score(image: np.ndarray, target: float) -> float:
 
 def test_attribution_aligns_the_setting(sharpness):
     preview = RenderSpec(prompt="a", width=64, height=64, seed=0, sample_steps=8, guidance_scale=4.0)
-    inference = preview.with_(sharpness=1.5)
+    inference = knobs.with_settings(preview, sharpness=1.5)
     a = attribute(1.0, preview, inference, _render, _score)
     assert a.knobs == ["sharpness"]
     cause = a.causes[0]
@@ -186,14 +186,26 @@ def test_removing_a_knob_takes_it_out_of_the_diff(monkeypatch):
         align(inference, preview, "guidance")
 
 
-def test_extra_slot_keeps_existing_specs_unchanged():
+def test_extra_slot_keeps_existing_specs_unchanged(sharpness):
     spec = RenderSpec(prompt="a", width=64, height=64, seed=0, sample_steps=8, guidance_scale=4.0)
     assert "extra" not in spec.to_dict()
     assert spec.with_(seed=1) == RenderSpec(prompt="a", width=64, height=64, seed=1, sample_steps=8,
                                             guidance_scale=4.0)
-    moved = spec.with_(sharpness=1.5)
+    moved = knobs.with_settings(spec, sharpness=1.5)
     assert moved.extra == (("sharpness", 1.5),) and moved.to_dict()["extra"] == {"sharpness": 1.5}
     assert moved != spec and hash(moved.with_(seed=0)) == hash(moved)
+
+
+def test_a_name_no_setting_has_is_refused_not_carried_in_extra(sharpness, monkeypatch):
+    """A typo (or a setting taken out of the registry) never rides along silently in the extra slot."""
+    spec = RenderSpec(prompt="a", width=64, height=64, seed=0, sample_steps=8, guidance_scale=4.0)
+    with pytest.raises(TypeError):
+        spec.with_(sample_step=3)
+    with pytest.raises(KeyError, match="sample_step"):
+        knobs.with_settings(spec, sample_step=3)
+    monkeypatch.delitem(knobs.SETTINGS, "sharpness")
+    with pytest.raises(KeyError, match="sharpness"):
+        knobs.with_settings(spec, sharpness=1.5)
 
 
 def test_recovery_searches_the_axes_the_registry_declares(sharpness, monkeypatch):

@@ -49,7 +49,7 @@ def align(inference_spec: RenderSpec, preview_spec: RenderSpec, knob: str) -> Re
         raise KeyError(f"unknown knob {knob!r}; expected one of {', '.join(knobs.knob_names())}")
     if not k.settings:
         raise ValueError(f"knob {knob!r} is not part of a render spec and cannot be aligned by re-rendering")
-    return inference_spec.with_(**{f: preview_spec.value(f, knobs.setting(f).default) for f in k.settings})
+    return knobs.with_settings(inference_spec, **{f: preview_spec.value(f, knobs.setting(f).default) for f in k.settings})
 
 
 def align_many(inference_spec: RenderSpec, preview_spec: RenderSpec, names: Sequence[str]) -> RenderSpec:

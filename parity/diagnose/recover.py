@@ -83,7 +83,7 @@ class Axis:
         v = self.value(i)
         if self.knob == SCHEDULE:
             return spec.with_(schedule=static_name(v), semantics="aitk")
-        return spec.with_(**{knobs.knob(self.knob).settings[0]: v if self.declared.integer else float(v)})
+        return knobs.with_settings(spec, **{knobs.knob(self.knob).settings[0]: v if self.declared.integer else float(v)})
 
     def stored(self, i: int) -> Any:
         """The value as results store it: a number, or the schedule's name ("static:2.5")."""

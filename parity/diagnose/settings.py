@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from parity import knobs
 from parity.errors import ConfigError
 from parity.spec import RenderSpec, ResolvedSpec
 
@@ -171,7 +172,7 @@ def inference_spec(
     # Overrides last (source "override").
     ov = settings.override_dict
     if ov:
-        spec = spec.with_(**ov)
+        spec = knobs.with_settings(spec, **ov)
         sources.update({k: "override" for k in ov})
     return _floored(spec, sources, settings.resolution_divisor)
 
@@ -184,8 +185,8 @@ def _request_spec(req: Request, index: int) -> tuple[RenderSpec, dict[str, str]]
             f"at index {index} (prompt i of the request pairs with sample i of the job)", req.path)
     p = req.prompts[index]
     prompt = replace_trigger_server(p.prompt, p.trigger_word or req.trigger_word)
-    spec = server_spec(prompt, p, index, req.lora_path, req.network_multiplier).with_(
-        arch=req.model, negative_prompt=p.neg or "", **dict(p.extra))
+    spec = knobs.with_settings(server_spec(prompt, p, index, req.lora_path, req.network_multiplier),
+                               arch=req.model, negative_prompt=p.neg or "", **dict(p.extra))
     sources = {k: "profile" for k in SPEC_FIELDS}
     sources["prompt"] = "request"
     for k in ("width", "height", "sample_steps", "guidance_scale"):

@@ -200,7 +200,7 @@ def apply_changes(spec: RenderSpec, changes: dict[str, Any]) -> RenderSpec:
         elif knob == "schedule":
             out = out.with_(schedule=value, semantics="aitk")
         elif knob in knobs.searchable():   # a recovered seed is per prompt: never carried over
-            out = out.with_(**{knob_setting(knob): value})
+            out = knobs.with_settings(out, **{knob_setting(knob): value})
     return out
 
 
