@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=90, help="extra renders per case (the default case budget)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--smoke", action="store_true", help="one single-knob case at 32 px: seconds")
+    ap.add_argument("--part", default=None, metavar="K/N",
+                    help="only the cases whose number modulo N is K (run N processes, one per core, same --seed)")
     args = ap.parse_args(argv)
     import torch
 
@@ -201,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
           f"recorded 20 steps, guidance 4, multiplier 1, shift {shift:.2f}", flush=True)
     print(f"{'case':44s} {'model':>5s} {'verdict':>9s} {'renders':>7s} {'limit':>5s} {'s':>6s}")
     counts: dict[str, int] = {}
-    for case in cases:
+    part_k, part_n = (int(x) for x in args.part.split("/")) if args.part else (0, 1)
+    for n, case in enumerate(cases):
+        if n % part_n != part_k:
+            continue
         out = benches[case.model_seed].run(case, args.budget)
         counts[out.verdict] = counts.get(out.verdict, 0) + 1
         limit = PER_KNOB * len(case.truth)
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.verdict != "right":
             for line in dict.fromkeys(out.said):
                 print(f"    {line}")
-    print("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" of {len(cases)}")
+    print("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" of {sum(counts.values())}")
     return 1 if counts.get("wrong") else 0
 
 
