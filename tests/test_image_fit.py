@@ -13,7 +13,7 @@ import pytest
 
 from parity.diagnose import suspect_search
 from parity.diagnose.cache import RenderCache, Session
-from parity.diagnose.fit import ImageFit, luminance_blocks, target_blocks
+from parity.diagnose.fit import ImageFit, grow, luminance_blocks, target_blocks
 from parity.diagnose.recover import axes_for, equivalent_shift
 from parity.spec import RenderSpec
 
@@ -71,7 +71,7 @@ def test_forward_selection_moves_only_the_knobs_that_changed():
     session.score(RECORDED, free=True)
     fit = ImageFit(RECORDED, session, target_blocks(target), axes_for(RECORDED), lambda s: s[1] == "EXACT")
     start = fit.point_of(RECORDED)
-    end = fit.grow(start, [])
+    end = grow(fit, start, [])
     assert fit.evals[end].score[1] == "EXACT"
     assert [v != s for v, s in zip(end, start)] == [False, True, False, False]
     assert end[1] == 5.3

@@ -140,49 +140,6 @@ class ImageFit:
             J[:, i] = (ev.residual - here.residual) / (self.coords(q)[i] - x[i])
         return J, None
 
-    def grow(self, start: Point, active: list[int]) -> Point:
-        """The fit over the fewest knobs that explain the target (forward selection). Most previews differ from
-        their record in one or two knobs, and a knob the evidence does not need trades off against those that
-        changed (steps against the shift, guidance against the multiplier) and carries the fit off its answer:
-        measured, a static shift of 3.1 at the recorded 20 steps is fitted as 13 steps at a shift of 1.8 (39.6 dB,
-        not exact) when the steps move first. So from the recorded values each knob is fitted alone first (the
-        most promising by its Jacobian column first, until one is exact); the best of them, or the knobs `active`
-        that a coarse start moved, then grow by the knob whose column (measured where the fit stopped) predicts
-        the largest drop of the residual, until the fit is exact or every knob moves. The best point reached."""
-        p, J, active = start, None, list(active)
-        if not active:
-            p, J, active = self.alone(start)
-        while True:
-            if active:
-                p, J = self.fit(p, active, J)
-            here = self.evals.get(p) or self.evaluate(p)
-            rest = [i for i in range(len(self.axes)) if i not in active]
-            if here is None or self.exact(here.score) or not rest:
-                return p
-            J, hit = self.jacobian(p, here, rest + [i for i in active if J is None], J)
-            if hit is not None:
-                return hit
-            active.append(min(rest, key=lambda k: _predicted_cost(J[:, active + [k]], here.residual)))
-
-    def alone(self, start: Point) -> tuple[Point, np.ndarray | None, list[int]]:
-        """Each knob fitted alone from `start`, the one whose Jacobian column predicts the largest drop first,
-        until one is exact: that point, the Jacobian and the knob; else the lowest residual's."""
-        here = self.evaluate(start)
-        if here is None or self.exact(here.score):
-            return start, None, []
-        J, hit = self.jacobian(start, here, list(range(len(self.axes))))
-        if hit is not None:
-            return hit, J, []
-        ends = []
-        for k in sorted(range(len(self.axes)), key=lambda k: _predicted_cost(J[:, [k]], here.residual)):
-            q, Jk = self.fit(start, [k], J)
-            ev = self.evals.get(q)
-            if ev is not None and self.exact(ev.score):
-                return q, Jk, [k]
-            ends.append((float(ev.residual @ ev.residual) if ev is not None else math.inf, k, q, Jk))
-        _, k, q, Jk = min(ends, key=lambda e: e[0])
-        return q, Jk, [k]
-
     def fit(self, start: Point, active: list[int] | None = None, J: np.ndarray | None = None
             ) -> tuple[Point, np.ndarray]:
         """Levenberg-Marquardt with Broyden updates from `start` over the axes `active` (all when None), the
@@ -282,7 +239,7 @@ class ImageFit:
         out = [q]
         k = next((i for i in active if self.axes[i].knob == "schedule"), None)
         if k is not None:
-            sides = self.grid_sides(q, [k], here, x, J)
+            sides = grid_sides(self, q, [k], here, x, J)
             out += [min(sides)[1]] if sides else []
         return [p for p in dict.fromkeys(out) if p not in self.evals]
 
@@ -290,7 +247,7 @@ class ImageFit:
         """Converged on the grid: the grid points one step away on each knob, most promising first by the
         Jacobian (NEIGHBOURS of them), judged by the comparison's score like the valley. The fit's steps of a
         whole scaled unit can leave the answer one grid step away (a shift of 3.45 where 3.5 is exact)."""
-        candidates = self.grid_sides(p, active, here, self.coords(p), J)
+        candidates = grid_sides(self, p, active, here, self.coords(p), J)
         for _, q in sorted(candidates)[:NEIGHBOURS]:
             if q in self.evals:
                 continue
@@ -299,26 +256,71 @@ class ImageFit:
                 return q, ev
         return None
 
-    def grid_sides(self, p: Point, knobs: Any, here: Eval, x: np.ndarray, J: np.ndarray) -> list[tuple[float, Point]]:
-        """The grid points one step either side of `p` on each of the axes `knobs` (indices), each with the cost
-        the Jacobian predicts for it."""
-        out = []
-        for i in knobs:
-            a = self.axes[i]
-            for sign in (-1, 1):
-                j = a.index(p[i]) + sign
-                if 0 <= j <= a.n:
-                    q = p[:i] + (held(a, float(a.value(j))),) + p[i + 1:]
-                    predicted = here.residual + J @ (self.coords(q) - x)
-                    out.append((float(predicted @ predicted), q))
-        return out
-
     def descent(self, p: Point, start: Scored) -> Descent:
         """The fit's end as the coordinate search reports its answers (changes in adoption order)."""
         ev = self.evals.get(p)
         spec, score = (ev.spec, ev.score) if ev is not None else (self.spec_at(p), start)
         changes = {a.knob: a.stored(a.index(v)) for a, v in zip(self.axes, p) if v != a.start}
         return Descent(spec, score, changes=changes)
+
+
+def grid_sides(fit: ImageFit, p: Point, knobs: Any, here: Eval, x: np.ndarray, J: np.ndarray) -> list[tuple[float, Point]]:
+    """The grid points one step either side of `p` on each of the axes `knobs` (indices), each with the cost
+    the Jacobian predicts for it."""
+    out = []
+    for i in knobs:
+        a = fit.axes[i]
+        for sign in (-1, 1):
+            j = a.index(p[i]) + sign
+            if 0 <= j <= a.n:
+                q = p[:i] + (held(a, float(a.value(j))),) + p[i + 1:]
+                predicted = here.residual + J @ (fit.coords(q) - x)
+                out.append((float(predicted @ predicted), q))
+    return out
+
+
+def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
+    """The fit over the fewest knobs that explain the target (forward selection). Most previews differ from
+    their record in one or two knobs, and a knob the evidence does not need trades off against those that
+    changed (steps against the shift, guidance against the multiplier) and carries the fit off its answer:
+    measured, a static shift of 3.1 at the recorded 20 steps is fitted as 13 steps at a shift of 1.8 (39.6 dB,
+    not exact) when the steps move first. So from the recorded values each knob is fitted alone first (the
+    most promising by its Jacobian column first, until one is exact); the best of them, or the knobs `active`
+    that a coarse start moved, then grow by the knob whose column (measured where the fit stopped) predicts
+    the largest drop of the residual, until the fit is exact or every knob moves. The best point reached."""
+    p, J, active = start, None, list(active)
+    if not active:
+        p, J, active = alone(fit, start)
+    while True:
+        if active:
+            p, J = fit.fit(p, active, J)
+        here = fit.evals.get(p) or fit.evaluate(p)
+        rest = [i for i in range(len(fit.axes)) if i not in active]
+        if here is None or fit.exact(here.score) or not rest:
+            return p
+        J, hit = fit.jacobian(p, here, rest + [i for i in active if J is None], J)
+        if hit is not None:
+            return hit
+        active.append(min(rest, key=lambda k: _predicted_cost(J[:, active + [k]], here.residual)))
+
+def alone(fit: ImageFit, start: Point) -> tuple[Point, np.ndarray | None, list[int]]:
+    """Each knob fitted alone from `start`, the one whose Jacobian column predicts the largest drop first,
+    until one is exact: that point, the Jacobian and the knob; else the lowest residual's."""
+    here = fit.evaluate(start)
+    if here is None or fit.exact(here.score):
+        return start, None, []
+    J, hit = fit.jacobian(start, here, list(range(len(fit.axes))))
+    if hit is not None:
+        return hit, J, []
+    ends = []
+    for k in sorted(range(len(fit.axes)), key=lambda k: _predicted_cost(J[:, [k]], here.residual)):
+        q, Jk = fit.fit(start, [k], J)
+        ev = fit.evals.get(q)
+        if ev is not None and fit.exact(ev.score):
+            return q, Jk, [k]
+        ends.append((float(ev.residual @ ev.residual) if ev is not None else math.inf, k, q, Jk))
+    _, k, q, Jk = min(ends, key=lambda e: e[0])
+    return q, Jk, [k]
 
 
 def held(axis: Axis, v: float) -> float:
@@ -365,7 +367,7 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
                 break
             session.budget = session.extra_renders + max(min_renders, int(left * share))
         try:
-            fit.grow(s, [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start])
+            grow(fit, s, [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start])
         except BudgetExhausted:
             pass
         finally:
