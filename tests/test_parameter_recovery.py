@@ -124,16 +124,10 @@ def test_recovers_the_changed_knobs(name, tmp_path, smooth_model, engine):
     _run_case(name, tmp_path, smooth_model, engine)
 
 
-# 17 steps at 64 px is named right but costs 39 renders since the global scan (17 coarse renders) came in: none of
-# the coarse steps values lies near 17, so the answer is found last, by the recorded values' own basin. Over the
-# issue's 30: shown as an expected failure until the scan is cheaper for answers near the recorded value.
-OVER_BUDGET = {"steps-17"}
-
-
+# Every case within the issue's 30 renders per changed knob. (17 steps at 64 px cost 39 renders until the image
+# fit started from the coarse scan's points with the steps alone: now within 30.)
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="right, but 39 extra renders > 30")) if n in OVER_BUDGET else n
-    for n in CASES if n not in QUICK])
+@pytest.mark.parametrize("name", [n for n in CASES if n not in QUICK])
 def test_recovers_the_changed_knob_slow(name, tmp_path, smooth_model, engine):
     _run_case(name, tmp_path, smooth_model, engine)
 
@@ -162,11 +156,14 @@ def test_the_case_budget_caps_every_items_diagnosis(tmp_path, smooth_model, engi
     assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--budget", str(budget),
                  "-q"]) == 1
     items = json.loads((out / "results.json").read_text())["items"]
-    assert sum(it["suspects"]["extra_renders"] for it in items) == budget
-    assert max(it["suspects"]["case_renders"] for it in items) == budget
+    spent = sum(it["suspects"]["extra_renders"] for it in items)
+    # the first item's search keeps one render per other item for confirming its answer there; unexplained, the
+    # others are left "not searched" (too few renders), so those may stay unspent
+    assert budget - (len(items) - 1) <= spent <= budget
+    assert max(it["suspects"]["case_renders"] for it in items) == spent
     assert any("budget" in " ".join(it["suspects"]["skipped"]) for it in items)
     cost = items[-1]["suspects"]["cost"]
-    assert cost["renders"] == budget and cost["budget"] == budget
+    assert cost["renders"] == spent and cost["budget"] == budget
     assert cost["estimate_s"] is None and cost["estimate_basis"].startswith("unknown")  # a CPU: no card planned
 
 
