@@ -118,3 +118,63 @@ def test_a_seed_that_scores_a_little_better_by_chance_is_not_adopted():
     s = suspect_search(object(), RECORDED, render, psnr_of, index=1, budget=90, explained_tiers=("EXACT",))
     assert "seed" not in s.changes(), s.verdict
     assert s.explained and s.changes() == {"guidance": 6.5}, s.verdict
+
+
+def _fit_at(truth: RenderSpec, render=picture):
+    target = render(truth)
+    session = Session(render, score, target, budget=90, cache=RenderCache(), metric="psnr")
+    session.score(RECORDED, free=True)
+    return ImageFit(RECORDED, session, target_blocks(target), axes_for(RECORDED), lambda s: s[1] == "EXACT")
+
+
+def test_a_knob_the_evidence_does_not_need_is_put_back():
+    """Backward elimination: a fit that ended with the steps moved along with the changed guidance is exact once
+    the steps are back at their recorded value."""
+    from parity.diagnose.fit import prune
+
+    fit = _fit_at(RECORDED.with_(guidance_scale=5.3))
+    start = fit.point_of(RECORDED)
+    p = (26.0, 5.3) + start[2:]
+    fit.evaluate(p)
+    back = prune(fit, p, [0, 1])
+    assert back is not None and back[1] == 0
+    assert back[0] == (20.0, 5.3) + start[2:] and fit.evals[back[0]].score[1] == "EXACT"
+
+
+def test_a_one_knob_fit_that_stopped_in_a_dip_scans_its_neighbourhood():
+    from parity.diagnose.fit import scan_near
+
+    fit = _fit_at(RECORDED.with_(guidance_scale=5.3))
+    start = fit.point_of(RECORDED)
+    p = (start[0], 5.0) + start[2:]
+    fit.evaluate(p)
+    q = scan_near(fit, p, 1)   # the first point SCAN_GAIN better; the fit goes on from there
+    assert q is not None and abs(q[1] - 5.3) < abs(p[1] - 5.3)
+    assert fit.evals[q].score[0] >= fit.evals[p].score[0] + 3.0
+    end, _ = fit.fit(q, [1])
+    assert end == (start[0], 5.3) + start[2:] and fit.evals[end].score[1] == "EXACT"
+
+
+def valley_picture(spec: RenderSpec) -> np.ndarray:
+    """Steps and the shift act through one combination (log shift - 0.8 log steps): a valley along which only a
+    small term of the steps alone separates the points, visible in 8 bits."""
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    c = np.log(equivalent_shift(spec) or 1.0) - 0.8 * np.log(spec.sample_steps / 20.0)
+    lum = 128 + 70 * np.sin(3.0 * x + 2.0 * y + 4.0 * c) + 1.5 * np.sin(7.0 * x * y) * spec.sample_steps / 10.0
+    lum = np.clip(lum, 0, 255)
+    return np.stack([lum, lum * 0.9, 255 - lum], axis=-1).astype(np.uint8)
+
+
+def test_the_steps_shift_valley_is_followed_to_the_exact_point():
+    """From a point on the valley four steps away, the traced valley reaches the exact 15 steps + shift 1.3."""
+    from parity.diagnose.fit import trace_valley
+
+    truth = RECORDED.with_(sample_steps=15, schedule="static:1.3", semantics="aitk")
+    fit = _fit_at(truth, valley_picture)
+    start = fit.point_of(RECORDED)
+    shift_on_valley = round(1.3 * (19 / 15) ** 0.8 * 20) / 20   # the same combination at 19 steps, on the grid
+    p = (19.0,) + start[1:3] + (shift_on_valley,)
+    here = fit.evaluate(p)
+    J, _ = fit.jacobian(p, here, [0, 3])
+    q = trace_valley(fit, p, J)
+    assert q is not None and q[0] == 15 and q[3] == 1.3 and fit.evals[q].score[1] == "EXACT"

@@ -106,17 +106,24 @@ def coarse_scan(spec: RenderSpec, session: Session, start: Scored, done: Callabl
     return out
 
 
-def coarse_starts(scans: list[Coarse], here: tuple[float, ...], score: Scored) -> list[tuple[float, ...]]:
-    """Every point of the coarse scan and the recorded one itself, best score first: where a local fit starts.
-    `here` holds the recorded value of each scanned axis, in the scans' order."""
-    points = [(score[0], here)]
+def coarse_starts(scans: list[Coarse], here: tuple[float, ...], score: Scored, ahead_by: float
+                  ) -> list[tuple[float, ...]]:
+    """Where the local fits start: the recorded point `here` (the recorded value of each scanned axis, in the
+    scans' order), after the coarse points that beat its `score` by `ahead_by` and before the others, each group
+    best score first. Most knobs keep their recorded values, and an answer between a recorded value and its coarse
+    neighbours can score below both (guidance 3.2 recorded as 4, coarse 1.5 and 5.5); a coarse point goes first
+    only on clear evidence, since the steps move a picture least and a coarse steps value often scores a little
+    better by chance (measured: 11 steps, +0.7 dB, for a true guidance 3.2)."""
+    points = []
     for n, c in enumerate(scans):
         for i, sc in c.run.scores.items():
             p = list(here)
             p[n] = float(c.axis.value(i))
-            points.append((sc[0], tuple(p)))
+            if tuple(p) != here:
+                points.append((sc[0], tuple(p)))
     points.sort(key=lambda t: -t[0])
-    return [p for _, p in points]
+    ahead = [p for sc, p in points if sc >= score[0] + ahead_by]
+    return ahead + [here] + [p for sc, p in points if sc < score[0] + ahead_by]
 
 
 def basins(scans: list[Coarse], start: Scored) -> list[Coarse]:
