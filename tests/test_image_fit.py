@@ -90,7 +90,7 @@ def test_suspect_search_names_three_changed_knobs_in_few_renders(changes, named)
     """Three knobs at once within the issue's 30 renders per changed knob (the score-only coordinate search
     needed 57 and ran out of 90 on the other two; the fit of every knob at once from the recorded values did it in
     10-16 here, and lost on the tiny model where the picture is smooth only near the answer: the coarse scan and
-    forward selection now come first, 39-78 renders here)."""
+    forward and backward selection now come first: 48-56 renders here)."""
     s = suspect_search(picture(RECORDED.with_(**changes)), RECORDED, Counting(), score, budget=90,
                        explained_tiers=("EXACT",))
     assert s.explained, s.verdict
