@@ -278,7 +278,7 @@ def grid_sides(fit: ImageFit, p: Point, knobs: Any, here: Eval, x: np.ndarray, J
         for sign in (-1, 1):
             j = a.index(p[i]) + sign
             if 0 <= j <= a.n:
-                q = p[:i] + (held(a, float(a.value(j))),) + p[i + 1:]
+                q = replaced(p, i, held(a, float(a.value(j))))
                 predicted = here.residual + J @ (fit.coords(q) - x)
                 out.append((float(predicted @ predicted), q))
     return out
@@ -366,8 +366,8 @@ def trace_valley(fit: ImageFit, p: Point, J: np.ndarray) -> Point | None:
                 shift_c = x[s] + slope * (math.log(n) / ak.declared.fit_scale - x[k])
             v = math.exp(shift_c * ax.declared.fit_scale)
             j = ax.index(v)
-            points = [last[:k] + (float(n),) + last[k + 1:]]
-            points = [q[:s] + (held(ax, float(ax.value(i))),) + q[s + 1:] for q in points for i in (j, j - 1, j + 1, j - 2, j + 2)
+            on_n = replaced(last, k, float(n))
+            points = [replaced(on_n, s, held(ax, float(ax.value(i)))) for i in (j, j - 1, j + 1, j - 2, j + 2)
                       if 0 <= i <= ax.n]
             scored = [(q, fit.evaluate(q)) for q in dict.fromkeys(points)]
             scored = [(q, ev) for q, ev in scored if ev is not None]
@@ -397,7 +397,7 @@ def scan_near(fit: ImageFit, p: Point, k: int) -> Point | None:
         j = base + d
         if not 0 <= j <= a.n:
             continue
-        q = p[:k] + (held(a, float(a.value(j))),) + p[k + 1:]
+        q = replaced(p, k, held(a, float(a.value(j))))
         if q in fit.evals:
             continue
         ev = fit.evaluate(q)
@@ -417,7 +417,7 @@ def prune(fit: ImageFit, p: Point, active: list[int]) -> tuple[Point, int] | Non
     here = fit.evals[p]
     best = None
     for i in active:
-        q = p[:i] + (float(fit.axes[i].start),) + p[i + 1:]
+        q = replaced(p, i, float(fit.axes[i].start))
         ev = fit.evaluate(q)
         if ev is None:
             continue
@@ -447,6 +447,11 @@ def alone(fit: ImageFit, start: Point) -> tuple[Point, np.ndarray | None, list[i
         ends.append((float(ev.residual @ ev.residual) if ev is not None else math.inf, k, q, Jk))
     _, k, q, Jk = min(ends, key=lambda e: e[0])
     return q, Jk, [k]
+
+
+def replaced(p: Point, i: int, v: float) -> Point:
+    """`p` with axis `i` at `v`."""
+    return p[:i] + (v,) + p[i + 1:]
 
 
 def held(axis: Axis, v: float) -> float:
