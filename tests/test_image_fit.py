@@ -13,7 +13,7 @@ import pytest
 
 from parity.diagnose import suspect_search
 from parity.diagnose.cache import RenderCache, Session
-from parity.diagnose.fit import ImageFit, grow, luminance_blocks, target_blocks
+from parity.diagnose.fit import ImageFit, climb, grow, residual_blocks, target_blocks
 from parity.diagnose.recover import axes_for, equivalent_shift
 from parity.spec import RenderSpec
 
@@ -41,12 +41,12 @@ def score(image: np.ndarray, target: np.ndarray) -> dict:
 
 
 class Counting:
-    def __init__(self):
-        self.renders = 0
+    def __init__(self, draw=picture):
+        self.renders, self.draw = 0, draw
 
     def __call__(self, spec: RenderSpec) -> np.ndarray:
         self.renders += 1
-        return picture(spec)
+        return self.draw(spec)
 
 
 def test_three_knobs_fitted_together_from_the_recorded_values():
@@ -178,3 +178,86 @@ def test_the_steps_shift_valley_is_followed_to_the_exact_point():
     J, _ = fit.jacobian(p, here, [0, 3])
     q = trace_valley(fit, p, J)
     assert q is not None and q[0] == 15 and q[3] == 1.3 and fit.evals[q].score[1] == "EXACT"
+
+
+def test_the_residual_sees_colour_and_weighs_each_pixel_once():
+    """A change of colour at equal luminance moves the residual (on the smooth tiny model the knobs move the
+    chroma smoothly while the luminance blocks rise and fall), and a uniform change of d in Cb weighs what the
+    same change in Y does: every pixel counts once whatever its plane's resolution."""
+    grey = np.full((64, 64, 3), 128.0)
+    d = 10.0
+    luma = grey + d                                                # Y + d; Cb, Cr unchanged
+    blue = grey + np.array([0.0, -0.344136, 1.772]) * d            # Cb + d; Y, Cr unchanged (JFIF's inverse)
+    r0 = residual_blocks(grey)
+    dy, db = residual_blocks(luma) - r0, residual_blocks(blue) - r0
+    luminance = slice(0, 16 * 16)
+    assert float(db[luminance] @ db[luminance]) == pytest.approx(0.0, abs=1e-9)
+    assert float(dy @ dy) == pytest.approx(16 * 16 * (d / 255) ** 2)
+    assert float(db @ db) == pytest.approx(float(dy @ dy), rel=1e-4)
+
+
+def test_a_near_fit_one_grid_step_off_climbs_to_the_exact_point():
+    """A fit that ends near the answer with one knob a grid step off (its last step was a whole scaled unit, or
+    its share of the budget ran out) reaches the answer through the grid neighbours of the knobs it moved."""
+    truth = RECORDED.with_(guidance_scale=4.6, network_multiplier=0.83, schedule="static:2.5", semantics="aitk")
+    fit = _fit_at(truth)
+    p = (20.0, 4.6, 0.83, 2.45)
+    assert fit.evaluate(p).score[1] != "EXACT"
+    before = fit.session.extra_renders
+    end = climb(fit, p)
+    assert end == (20.0, 4.6, 0.83, 2.5) and fit.evals[end].score[1] == "EXACT"
+    assert fit.session.extra_renders - before <= 6    # one grid step either side of the three moved knobs
+
+
+def rippled_picture(spec: RenderSpec) -> np.ndarray:
+    """`picture` with a ripple over the shift that vanishes at 3.85 only: 4.0 is a local best 3 grid steps away
+    (44 dB, its neighbours 37 and 35 dB), as the tiny model is rough at the grid's scale near its answers."""
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    ripple = 6.0 * np.sin(40.0 * ((equivalent_shift(spec) or 1.0) - 3.85)) * np.sin(5.0 * x + 1.0)
+    return np.clip(picture(spec).astype(float) + ripple[..., None], 0, 255).astype(np.uint8)
+
+
+def test_a_fit_of_two_knobs_that_stopped_near_scans_each_knobs_neighbourhood():
+    """Once per set of moving knobs: the ripple's local best is where the one-knob scan found nothing to do
+    (until then only a one-knob fit scanned; this case then spent all 90 renders)."""
+    truth = RECORDED.with_(guidance_scale=5.7, schedule="static:3.85", semantics="aitk")
+    target = rippled_picture(truth)
+    render = Counting(rippled_picture)
+    session = Session(render, score, target, budget=90, cache=RenderCache(), metric="psnr")
+    session.score(RECORDED, free=True)
+    fit = ImageFit(RECORDED, session, target_blocks(target), axes_for(RECORDED), lambda s: s[1] == "EXACT",
+                   near=lambda s: s[1] in ("NEAR", "EXACT"))
+    p = (20.0, 5.7, 1.0, 4.0)
+    assert fit.evaluate(p).score[1] == "NEAR"
+    end = grow(fit, p, [1, 3])
+    assert end == (20.0, 5.7, 1.0, 3.85) and fit.evals[end].score[1] == "EXACT"
+    assert render.renders <= 30
+
+
+def noisy_picture(spec: RenderSpec) -> np.ndarray:
+    """`picture` below guidance 9; above it a picture that changes at random with every knob (a region of no
+    basin, as the tiny models' pictures are far from their answers)."""
+    if spec.guidance_scale < 9:
+        return picture(spec)
+    key = round(spec.guidance_scale * 10) * 1000 + spec.sample_steps * 7 + round(spec.network_multiplier * 100)
+    noise = np.random.default_rng(key).normal(0, 40, (64, 64, 1))
+    return np.clip(picture(spec.with_(guidance_scale=5.5)).astype(float) + noise, 0, 255).astype(np.uint8)
+
+
+def test_a_start_in_no_basin_yields_to_the_next_within_the_stall_renders():
+    from parity.diagnose.fit import STALL, fit_from
+
+    target = noisy_picture(RECORDED.with_(guidance_scale=6.1))
+    render = Counting(noisy_picture)
+    session = Session(render, score, target, budget=90, cache=RenderCache(), metric="psnr")
+    start_score = session.score(RECORDED, free=True)
+    fit = ImageFit(RECORDED, session, target_blocks(target), axes_for(RECORDED), lambda s: s[1] == "EXACT",
+                   near=lambda s: s[1] in ("NEAR", "EXACT"))
+    here = fit.point_of(RECORDED)
+    starts = [(20.0, 11.5) + here[2:], (20.0, 5.5) + here[2:]]   # as the coarse scan ranked them on model 1482
+    for s in starts:
+        fit.evaluate(s)
+    before = render.renders
+    out = fit_from(fit, starts, start_score, 0.6, 6)
+    assert out[-1].changes == {"guidance": 6.1} and out[-1].score[1] == "EXACT"
+    assert render.renders - before <= STALL + 6     # without the rule: 55 renders, the first start its share

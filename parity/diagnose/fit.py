@@ -7,8 +7,9 @@ evidence. Knobs that trade off (steps and the schedule's shift; guidance and the
 together, which coordinate descent cannot do without many renders.
 
 The residual is taken after a low-pass that the JPEG error of a preview barely touches: the luminance averaged
-over blocks (16 x 16 of them: JPEG q75 keeps a block's mean to about a grey level, while its chroma is
-subsampled and its fine detail quantised). Coordinates are log steps, guidance, multiplier and log shift, each
+over 16 x 16 blocks and the chroma over 8 x 8 (JPEG q75 keeps a block's mean to about a grey level and the
+chroma at half resolution, while it quantises the fine detail). The colour is kept: on the smooth tiny model
+the chroma moves smoothly with every knob where the luminance blocks rise and fall (`residual_blocks`). Coordinates are log steps, guidance, multiplier and log shift, each
 over its typical change (`fit_scale` of the knob's SearchAxis in parity.knobs: the finite-difference step and
 the unit the trust region counts in; log units for the ratio knobs); every point rendered lies on the knobs' grid (parity.diagnose.recover.Axis),
 so the fit ends on values users type, and the comparison's EXACT tier says when it is the answer.
@@ -29,7 +30,11 @@ from parity.diagnose.cache import BudgetExhausted, Session
 from parity.diagnose.recover import Axis, Descent, Scored, axis_value
 from parity.spec import RenderSpec
 
-SIDE = 16                     # the residual's blocks per side
+SIDE = 16                     # the residual's luminance blocks per side (its chroma blocks: half as many)
+YCBCR = np.array([[0.299, 0.587, 0.114],            # JPEG's (JFIF) colour transform: rows Y, Cb, Cr
+                  [-0.168736, -0.331264, 0.5],
+                  [0.5, -0.418688, -0.081312]])
+CHROMA_WEIGHT = 2.0           # a chroma block covers 4 luminance blocks: sqrt(4), so every pixel weighs the same
 RADIUS = (0.5, 3.0, 8.0)      # trust region (scaled units, per coordinate): smallest, first, largest
 MAX_ITERATIONS = 40
 NEIGHBOURS = 8                # grid neighbours tried when the fit stops on the grid
@@ -38,32 +43,44 @@ SCAN_OFFSETS = (2, -2, 3, -3, 4, -4, 6, -6)   # grid steps tried around a one-kn
 ALONE = 2                     # knobs fitted alone from the recorded values, the most promising first (alone)
 VALLEY_DROP = {"psnr": 3.0, "ssim": 0.03}   # the traced valley ends where its score falls this far below its start
 SCAN_GAIN = {"psnr": 3.0, "ssim": 0.03}     # a scanned point this much better than the fit's end moves the fit there
+STALL = 12                    # renders within which a fit's start must gain STALL_GAIN, or the next start goes
+STALL_GAIN = {"psnr": 1.0, "ssim": 0.02}
 Point = tuple[float, ...]     # one value per axis, on the grid (or an axis's own off-grid start)
 
 
-def luminance_blocks(rgb: Any, side: int = SIDE) -> np.ndarray | None:
-    """The image's luminance averaged over side x side blocks, in [0, 1]; None when it is not an image."""
+def residual_blocks(rgb: Any) -> np.ndarray | None:
+    """What the fit compares: luminance over SIDE x SIDE blocks and both chroma planes over blocks twice as wide
+    (JPEG keeps chroma at half resolution), the chroma weighted by 2 so that each pixel's colour counts as much as
+    its luminance; in [0, 1] units. None when it is not a colour image as large as the blocks."""
+    a = np.asarray(rgb, dtype=np.float64)
+    if a.ndim != 3 or a.shape[2] < 3 or min(a.shape[:2]) < SIDE:
+        return None
+    ycc = a[..., :3] @ YCBCR.T
+    return np.concatenate([_block_means(ycc[..., 0], SIDE)]
+                          + [CHROMA_WEIGHT * _block_means(ycc[..., c], SIDE // 2) for c in (1, 2)])
+
+
+def _block_means(plane: np.ndarray, side: int) -> np.ndarray:
     from PIL import Image
 
-    a = np.asarray(rgb, dtype=np.float64)
-    if a.ndim == 3 and a.shape[2] >= 3:
-        a = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
-    if a.ndim != 2 or min(a.shape) < side:
-        return None
-    im = Image.fromarray(a.astype(np.float32)).resize((side, side), Image.Resampling.BOX)
+    im = Image.fromarray(plane.astype(np.float32)).resize((side, side), Image.Resampling.BOX)
     return np.asarray(im, dtype=np.float64).ravel() / 255.0
 
 
 def target_blocks(target: Any) -> np.ndarray | None:
     """The target's blocks: an image array, or a file loaded as the comparison loads it; None if unreadable."""
     if hasattr(target, "shape"):
-        return luminance_blocks(target)
+        return residual_blocks(target)
     try:
         from parity.compare.load import load_image
 
-        return luminance_blocks(load_image(target).rgb)
+        return residual_blocks(load_image(target).rgb)
     except Exception:  # noqa: BLE001 - no image to fit: the caller searches by score alone
         return None
+
+
+class Stalled(BudgetExhausted):
+    """A fit's start gained less than STALL_GAIN in its first STALL renders: it lies in no basin (fit_from)."""
 
 
 @dataclass
@@ -77,8 +94,11 @@ class ImageFit:
     """The residual of `axes` around the recorded `spec` against the target's blocks, memoised per grid point."""
 
     def __init__(self, spec: RenderSpec, session: Session, target: np.ndarray, axes: list[Axis],
-                 exact: Callable[[Scored], bool], unit: str = "psnr"):
+                 exact: Callable[[Scored], bool], unit: str = "psnr", near: Callable[[Scored], bool] | None = None):
         self.spec, self.session, self.target, self.axes, self.exact = spec, session, target, axes, exact
+        self.near = near or exact   # close to the answer (NEAR): the neighbourhood is scanned, the starts end
+        self.watch: tuple[int, float] | None = None   # (renders, score): a start must reach the score by then
+        self.best_since = -math.inf                  # the best score rendered since the watch was set
         self.unit = unit   # what scores are in: "psnr" (dB), or "ssim" when the comparison gives no PSNR
         self.evals: dict[Point, Eval] = {}
 
@@ -114,10 +134,15 @@ class ImageFit:
         if p not in self.evals:
             spec = self.spec_at(p)
             score = self.session.score(spec)
-            blocks = luminance_blocks(self.session.cache.images[spec])
+            blocks = residual_blocks(self.session.cache.images[spec])
             if blocks is None or blocks.shape != self.target.shape:
                 return None
             self.evals[p] = Eval(blocks - self.target, score, spec)
+            self.best_since = max(self.best_since, score[0])
+            if self.watch is not None and self.session.extra_renders >= self.watch[0]:
+                needed, self.watch = self.watch[1], None
+                if self.best_since < needed:
+                    raise Stalled
         return self.evals[p]
 
     # ------------------------------------------------------------------ the fit
@@ -261,12 +286,13 @@ class ImageFit:
                 return q, ev
         return None
 
-    def descent(self, p: Point, start: Scored) -> Descent:
-        """The fit's end as the coordinate search reports its answers (changes in adoption order)."""
-        ev = self.evals.get(p)
-        spec, score = (ev.spec, ev.score) if ev is not None else (self.spec_at(p), start)
-        changes = {a.knob: a.stored(a.index(v)) for a, v in zip(self.axes, p) if v != a.start}
-        return Descent(spec, score, changes=changes)
+
+def descent_of(fit: ImageFit, p: Point, start: Scored) -> Descent:
+    """The fit's end `p` as the coordinate search reports its answers (changes in adoption order)."""
+    ev = fit.evals.get(p)
+    spec, score = (ev.spec, ev.score) if ev is not None else (fit.spec_at(p), start)
+    changes = {a.knob: a.stored(a.index(v)) for a, v in zip(fit.axes, p) if v != a.start}
+    return Descent(spec, score, changes=changes)
 
 
 def grid_sides(fit: ImageFit, p: Point, knobs: Any, here: Eval, x: np.ndarray, J: np.ndarray) -> list[tuple[float, Point]]:
@@ -293,7 +319,7 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
     most promising by its Jacobian column first, until one is exact); the best of them, or the knobs `active`
     that a coarse start moved, then grow by the knob whose column (measured where the fit stopped) predicts
     the largest drop of the residual, until the fit is exact or every knob moves. The best point reached."""
-    p, J, active, dropped, readmitted, scanned, traced = start, None, list(active), set(), False, False, False
+    p, J, active, dropped, readmitted, scanned, traced = start, None, list(active), set(), False, set(), False
     if not active:
         p, J, active = alone(fit, start)
     while True:
@@ -302,9 +328,10 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
         here = fit.evals.get(p) or fit.evaluate(p)
         if here is None or fit.exact(here.score):
             return p
-        if len(active) == 1 and not scanned:
-            scanned = True
-            q = scan_near(fit, p, active[0])
+        if tuple(sorted(active)) not in scanned and (len(active) == 1 or fit.near(here.score)):
+            scanned.add(tuple(sorted(active)))   # once per set of moving knobs
+            offsets = SCAN_OFFSETS if len(active) == 1 else SCAN_OFFSETS[:4]
+            q = next((q for k in active for q in [scan_near(fit, p, k, offsets)] if q is not None), None)
             if q is not None:
                 p = q
                 if fit.exact(fit.evals[p].score):
@@ -384,7 +411,7 @@ def trace_valley(fit: ImageFit, p: Point, J: np.ndarray) -> Point | None:
     return best if best != p else None
 
 
-def scan_near(fit: ImageFit, p: Point, k: int) -> Point | None:
+def scan_near(fit: ImageFit, p: Point, k: int, offsets: tuple[int, ...] = SCAN_OFFSETS) -> Point | None:
     """A fit of one knob that stopped short of exact: the knob's grid points at SCAN_OFFSETS around it, nearest
     first, until one scores SCAN_GAIN better (then the fit goes on from there) or reproduces the target. Near the
     answer the picture is not smooth at the grid's scale (measured on held-out model 1482, multiplier 1.46:
@@ -393,7 +420,7 @@ def scan_near(fit: ImageFit, p: Point, k: int) -> Point | None:
     here = fit.evals[p]
     a = fit.axes[k]
     base = a.index(p[k])
-    for d in SCAN_OFFSETS:
+    for d in offsets:
         j = base + d
         if not 0 <= j <= a.n:
             continue
@@ -449,6 +476,42 @@ def alone(fit: ImageFit, start: Point) -> tuple[Point, np.ndarray | None, list[i
     return q, Jk, [k]
 
 
+def climb(fit: ImageFit, p: Point) -> Point:
+    """A near point's grid neighbours, one grid step either side on every knob (the knobs the fit moved first),
+    judged by the comparison's score: the first that scores better is the next point, until one reproduces the
+    target or none is better. Every render left may go here, past the start's share: the fit is near, and its
+    last step of a scaled unit or its share can leave the answer one grid step away (held-out model 8453: a
+    static shift of 3.45 at 45 dB where 3.5 was exact; the score's coordinate descent then screened a whole
+    unit away on every knob and never rendered it). The best point reached."""
+    try:
+        while True:
+            here = fit.evals[p]
+            order = sorted(range(len(fit.axes)), key=lambda i: p[i] == fit.axes[i].start)
+            moved = None
+            for i in order:
+                a = fit.axes[i]
+                for sign in (1, -1):
+                    j = a.index(p[i]) + sign
+                    if not 0 <= j <= a.n:
+                        continue
+                    q = replaced(p, i, held(a, float(a.value(j))))
+                    if q == p or q in fit.evals:
+                        continue
+                    ev = fit.evaluate(q)
+                    if ev is not None and (fit.exact(ev.score) or ev.score[0] > here.score[0]):
+                        moved = q
+                        break
+                if moved is not None:
+                    break
+            if moved is None:
+                return p
+            p = moved
+            if fit.exact(fit.evals[p].score):
+                return p
+    except BudgetExhausted:
+        return max((q for q in fit.evals), key=lambda q: fit.evals[q].score[0])
+
+
 def replaced(p: Point, i: int, v: float) -> Point:
     """`p` with axis `i` at `v`."""
     return p[:i] + (v,) + p[i + 1:]
@@ -478,10 +541,10 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
     return step * (radius / m) if m > radius else step
 
 
-def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int,
-             enough: Callable[[Scored], bool]) -> list[Descent]:
+def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int
+             ) -> list[Descent]:
     """The fit from each start in turn, best start first, until one is exact; each fit may spend at most `share`
-    of the renders left (a wrong start cannot starve the next); one `enough` ends the starts. Each fit's answer is
+    of the renders left (a wrong start cannot starve the next); a near one (`ImageFit.near`) ends the starts. Each fit's answer is
     the best-scoring point it rendered (the fit climbs the blocks' residual, the verdict the comparison). (Tried
     and dropped: every start probed with 8 renders first, the best continued; on held-out draws it lost three
     cases for the one it won.)"""
@@ -497,17 +560,25 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
             if left < min_renders:
                 break
             session.budget = session.extra_renders + max(min_renders, int(left * share))
+        moved = [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start]
         try:
-            grow(fit, s, [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start])
+            here = fit.evaluate(s)   # a coarse point or the recorded values: rendered already
+            if here is not None and moved:   # a coarse point is a guess at a basin; the recorded values are not
+                fit.best_since = here.score[0]
+                fit.watch = (session.extra_renders + STALL, here.score[0] + STALL_GAIN[fit.unit])
+            grow(fit, s, moved)
         except BudgetExhausted:
             pass
         finally:
-            session.budget = total
+            session.budget, fit.watch = total, None
         mine = [q for q in fit.evals if q not in before or q == s]
         if not mine:
             continue
-        d = fit.descent(max(mine, key=lambda q: fit.evals[q].score[0]), start_score)
+        best = max(mine, key=lambda q: fit.evals[q].score[0])
+        if fit.near(fit.evals[best].score) and not fit.exact(fit.evals[best].score):
+            best = climb(fit, best)
+        d = descent_of(fit, best, start_score)
         out.append(d)
-        if fit.exact(d.score) or enough(d.score):
+        if fit.exact(d.score) or fit.near(d.score):
             break
     return out

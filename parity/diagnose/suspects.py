@@ -34,8 +34,8 @@ MIN_GAIN = {"psnr": 0.5, "ssim": 0.01}
 DIRECTION_GAIN = {"psnr": 0.05, "ssim": 0.002}   # a probe better by this sets a search direction
 POLISH_GAIN = {"psnr": 0.25, "ssim": 0.005}      # once explained, one more round only while it gains this
 NOISE = {"psnr": 0.5, "ssim": 0.01}              # two answers closer than this explain the target equally
-SEED_GAIN = {"psnr": 2.0, "ssim": 0.1}
-START_GAIN = {"psnr": 1.0, "ssim": 0.02}          # a coarse point this much better starts a fit before the recorded values           # a seed pattern must gain this to be adopted (seed_evidence)
+SEED_GAIN = {"psnr": 2.0, "ssim": 0.1}            # a seed pattern must gain this to be adopted (seed_evidence)
+START_GAIN = {"psnr": 1.0, "ssim": 0.02}          # a coarse point this much better starts a fit before the recorded values
 FIT_STARTS = 3                                   # the image fit starts from this many of the coarse scan's best points
                                                  # and from the recorded values (parity.diagnose.scan.coarse_starts)
 
@@ -379,11 +379,12 @@ class _Search:
         axes = self.axes_of(self.spec)
         if target is None or not axes:
             return []
-        fit = ImageFit(self.spec, self.session, target, axes, self.exact, self.unit)
+        # a fit this close (NEAR) scans its neighbourhood and ends the starts: the polish follows
+        fit = ImageFit(self.spec, self.session, target, axes, self.exact, self.unit,
+                       near=lambda sc: close(sc, self.done))
         here = fit.point_of(self.spec)
         if here is None or fit.evaluate(here) is None:
             return []
-        near = lambda sc: close(sc, self.done)  # noqa: E731 - a fit this close ends the starts: the polish follows
         # the coarse scan first, whatever the recorded render scores: a knob's picture is smooth only near the
         # answer (measured on the smooth tiny model, a static shift of 3.1 recorded as AI Toolkit's 1.58: the
         # blocks' error falls smoothly only from 2.9 to 3.4; from 1.6 to 2.8 it rises and falls, so a fit from the
@@ -391,7 +392,7 @@ class _Search:
         scans = coarse_scan(self.spec, self.session, self.score, self.exact, DIRECTION_GAIN[self.unit], axes)
         self._traces([c.run.trace for c in scans if c.run.trace.probes])
         starts = coarse_starts(scans, here, self.score, START_GAIN[self.unit])[:FIT_STARTS + 1]
-        return [Answer("fit", d) for d in fit_from(fit, starts, self.score, SHARE, MIN_REFINE, near)]
+        return [Answer("fit", d) for d in fit_from(fit, starts, self.score, SHARE, MIN_REFINE)]
 
     def search_globally(self, fitted: list[Answer] = ()) -> None:
         """Coarse scan of every knob, the best basins refined (parity.diagnose.scan), unless the image fit already
