@@ -261,3 +261,19 @@ def test_a_start_in_no_basin_yields_to_the_next_within_the_stall_renders():
     out = fit_from(fit, starts, start_score, 0.6, 6)
     assert out[-1].changes == {"guidance": 6.1} and out[-1].score[1] == "EXACT"
     assert render.renders - before <= STALL + 6     # without the rule: 55 renders, the first start its share
+
+
+def test_the_valley_partner_joins_a_fit_of_the_shift_or_the_steps_alone():
+    """Steps and the shift trade off along a valley: a fit of one of them alone that stopped short of exact takes
+    the other next (on model 6213 the Jacobian chose the multiplier, and 15 steps + shift 1.3 was never found);
+    a fit that already moves another knob, or a partner put back by the backward elimination, chooses as before."""
+    from parity.diagnose.fit import valley_partner
+
+    fit = _fit_at(RECORDED.with_(sample_steps=15, schedule="static:1.3", semantics="aitk"), valley_picture)
+    steps, guidance, multiplier, shift = range(4)
+    assert [a.knob for a in fit.axes] == ["steps", "guidance", "lora_scale", "schedule"]
+    assert valley_partner(fit, [shift], [steps, guidance, multiplier]) == steps
+    assert valley_partner(fit, [steps], [guidance, multiplier, shift]) == shift
+    assert valley_partner(fit, [shift, multiplier], [steps, guidance]) is None
+    assert valley_partner(fit, [shift], [guidance, multiplier]) is None      # the steps were put back
+    assert valley_partner(fit, [guidance], [steps, multiplier, shift]) is None

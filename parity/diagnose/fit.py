@@ -357,10 +357,28 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
             rest, readmitted = sorted(dropped - set(active)), True
         if not rest:
             return p
+        partner = valley_partner(fit, active, rest)
+        if partner is not None:   # its Jacobian column is measured where the fit goes on
+            active.append(partner)
+            continue
         J, hit = fit.jacobian(p, here, rest + [i for i in active if J is None], J)
         if hit is not None:
             return hit
         active.append(min(rest, key=lambda k: _predicted_cost(J[:, active + [k]], here.residual)))
+
+
+def valley_partner(fit: ImageFit, active: list[int], rest: list[int]) -> int | None:
+    """The steps when the shift moves alone, the shift when the steps do (either among `rest`), or None. The two
+    trade off along a valley, so a fit of one that stops short of exact has usually met the valley, and the
+    Jacobian's choice of the next knob is then noise (measured on held-out model 6213, 15 steps at a shift of
+    1.3: the shift fitted alone to 1.9 at 20 steps, 40 dB, on the valley; the multiplier joined, +0.4 dB, and
+    the steps never did)."""
+    knobs = {fit.axes[i].knob: i for i in range(len(fit.axes))}
+    moving = {fit.axes[i].knob for i in active}
+    for mine, other in (("schedule", "steps"), ("steps", "schedule")):
+        if moving == {mine} and knobs.get(other) in rest:
+            return knobs[other]
+    return None
 
 
 def trace_valley(fit: ImageFit, p: Point, J: np.ndarray) -> Point | None:
