@@ -6,13 +6,14 @@ knobs lie together; each new render updates the Jacobian (Broyden's rank-1 updat
 evidence. Knobs that trade off (steps and the schedule's shift; guidance and the LoRA multiplier) are moved
 together, which coordinate descent cannot do without many renders.
 
-The residual is taken after a low-pass that the JPEG error of a preview barely touches: the luminance averaged
-over 16 x 16 blocks and the chroma over 8 x 8 (JPEG q75 keeps a block's mean to about a grey level and the
-chroma at half resolution, while it quantises the fine detail). The colour is kept: on the smooth tiny model
-the chroma moves smoothly with every knob where the luminance blocks rise and fall (`residual_blocks`). Coordinates are log steps, guidance, multiplier and log shift, each
-over its typical change (`fit_scale` of the knob's SearchAxis in parity.knobs: the finite-difference step and
-the unit the trust region counts in; log units for the ratio knobs); every point rendered lies on the knobs' grid (parity.diagnose.recover.Axis),
-so the fit ends on values users type, and the comparison's EXACT tier says when it is the answer.
+The residual is taken after a low-pass that the JPEG error of a preview barely touches: the luminance averaged over
+16 x 16 blocks and the chroma over 8 x 8 (JPEG q75 keeps a block's mean to about a grey level and the chroma at half
+resolution, while it quantises the fine detail). The colour is kept: on the smooth tiny model the chroma moves
+smoothly with every knob where the luminance blocks rise and fall (`residual_blocks`). Coordinates are log steps,
+guidance, multiplier and log shift, each over its typical change (`fit_scale` of the knob's SearchAxis in
+parity.knobs: the finite-difference step and the unit the trust region counts in; log units for the ratio knobs);
+every point rendered lies on the knobs' grid (parity.diagnose.recover.Axis), so the fit ends on values users type,
+and the comparison's EXACT tier says when it is the answer.
 
 The fit is local. Its starts come from the coarse scan of every knob's whole range (parity.diagnose.scan): the
 best coarse points, best first. Pure: rendering and scoring come in through a `Session`.
@@ -318,7 +319,10 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
     not exact) when the steps move first. So from the recorded values each knob is fitted alone first (the
     most promising by its Jacobian column first, until one is exact); the best of them, or the knobs `active`
     that a coarse start moved, then grow by the knob whose column (measured where the fit stopped) predicts
-    the largest drop of the residual, until the fit is exact or every knob moves. The best point reached."""
+    the largest drop of the residual, until the fit is exact or every knob moves. On the way: a one-knob fit, or
+    a fit near the answer, scans its knobs' neighbourhoods once per set of moving knobs (`scan_near`); steps and
+    shift moving together follow their valley (`trace_valley`); the shift or the steps alone take the other
+    next (`valley_partner`); each moved knob is put back once (`prune`). The best point reached."""
     p, J, active, dropped, readmitted, scanned, traced = start, None, list(active), set(), False, set(), False
     if not active:
         p, J, active = alone(fit, start)
