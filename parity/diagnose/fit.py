@@ -301,14 +301,17 @@ def grid_sides(fit: ImageFit, p: Point, knobs: Any, here: Eval, x: np.ndarray, J
     the Jacobian predicts for it."""
     out = []
     for i in knobs:
-        a = fit.axes[i]
-        for sign in (-1, 1):
-            j = a.index(p[i]) + sign
-            if 0 <= j <= a.n:
-                q = replaced(p, i, held(a, float(a.value(j))))
-                predicted = here.residual + J @ (fit.coords(q) - x)
-                out.append((float(predicted @ predicted), q))
+        for q in grid_steps(fit, p, i, (-1, 1)):
+            predicted = here.residual + J @ (fit.coords(q) - x)
+            out.append((float(predicted @ predicted), q))
     return out
+
+
+def grid_steps(fit: ImageFit, p: Point, i: int, offsets: tuple[int, ...]) -> list[Point]:
+    """`p` moved by each of `offsets` grid steps on axis `i`, in that order, those inside the axis's range."""
+    a = fit.axes[i]
+    base = a.index(p[i])
+    return [replaced(p, i, held(a, float(a.value(base + d)))) for d in offsets if 0 <= base + d <= a.n]
 
 
 def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
@@ -440,13 +443,7 @@ def scan_near(fit: ImageFit, p: Point, k: int, offsets: tuple[int, ...] = SCAN_O
     blocks' error 864 at 1.39, 2043 at 1.40, 2099 at 1.42, 182 at 1.44, 10 at 1.46; guidance 6.1: 14547 at 5.8,
     19295 at 5.9, 5117 at 6.0), so a fit can stop in a dip a few grid steps from its answer."""
     here = fit.evals[p]
-    a = fit.axes[k]
-    base = a.index(p[k])
-    for d in offsets:
-        j = base + d
-        if not 0 <= j <= a.n:
-            continue
-        q = replaced(p, k, held(a, float(a.value(j))))
+    for q in grid_steps(fit, p, k, offsets):
         if q in fit.evals:
             continue
         ev = fit.evaluate(q)
@@ -506,32 +503,22 @@ def climb(fit: ImageFit, p: Point) -> Point:
     static shift of 3.45 at 45 dB where 3.5 was exact; the score's coordinate descent then screened a whole
     unit away on every knob and never rendered it). The best point reached."""
     try:
-        while True:
+        while not fit.exact(fit.evals[p].score):
             here = fit.evals[p]
             order = sorted(range(len(fit.axes)), key=lambda i: p[i] == fit.axes[i].start)
-            moved = None
-            for i in order:
-                a = fit.axes[i]
-                for sign in (1, -1):
-                    j = a.index(p[i]) + sign
-                    if not 0 <= j <= a.n:
-                        continue
-                    q = replaced(p, i, held(a, float(a.value(j))))
-                    if q == p or q in fit.evals:
-                        continue
-                    ev = fit.evaluate(q)
-                    if ev is not None and (fit.exact(ev.score) or ev.score[0] > here.score[0]):
-                        moved = q
-                        break
-                if moved is not None:
-                    break
+            candidates = (q for i in order for q in grid_steps(fit, p, i, (1, -1)) if q != p and q not in fit.evals)
+            better = (q for q in candidates if _better(fit, fit.evaluate(q), here))
+            moved = next(better, None)
             if moved is None:
                 return p
             p = moved
-            if fit.exact(fit.evals[p].score):
-                return p
     except BudgetExhausted:
-        return max((q for q in fit.evals), key=lambda q: fit.evals[q].score[0])
+        pass
+    return p   # only better points are adopted: the best reached
+
+
+def _better(fit: ImageFit, ev: Eval | None, here: Eval) -> bool:
+    return ev is not None and (fit.exact(ev.score) or ev.score[0] > here.score[0])
 
 
 def replaced(p: Point, i: int, v: float) -> Point:
