@@ -17,7 +17,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 DEMO_STAMP := demo/.built
 
-.PHONY: demo test test-quick quick mutation install bench clean
+.PHONY: demo test test-nightly test-quick quick mutation install bench clean
 
 install: $(STAMP)
 
@@ -35,8 +35,13 @@ $(STAMP): pyproject.toml .ci/install-torch
 demo: $(STAMP)
 	$(VENV)/bin/parity demo
 
+# Tests marked nightly (the parameter-recovery cases beyond the two quick ones, 12-18 s each) are left out: the suite
+# reached its 10-minute budget on a 2-core box (10 m 03 s on a clean clone). `make test-nightly` runs them.
 test: $(STAMP) $(DEMO_STAMP)
-	$(PY) -m pytest -q -n $(WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) -m "not nightly" $(PYTEST_ARGS)
+
+test-nightly: $(STAMP) $(DEMO_STAMP)
+	$(PY) -m pytest -q -n $(WORKERS) -m nightly $(PYTEST_ARGS)
 
 # The quick local run: leaves out the tests marked slow (they start other Python processes).
 test-quick: $(STAMP) $(DEMO_STAMP)

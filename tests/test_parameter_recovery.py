@@ -125,8 +125,10 @@ def test_recovers_the_changed_knobs(name, tmp_path, smooth_model, engine):
 
 
 # Every case within the 30 renders per changed knob. (17 steps at 64 px cost 39 renders until the image
-# fit started from the coarse scan's points with the steps alone: now within 30.)
+# fit started from the coarse scan's points with the steps alone: now within 30.) Nightly: 12-18 s each, over the
+# suite's 10-minute budget on 2 cores; `make test-nightly` runs them.
 @pytest.mark.slow
+@pytest.mark.nightly
 @pytest.mark.parametrize("name", [n for n in CASES if n not in QUICK])
 def test_recovers_the_changed_knob_slow(name, tmp_path, smooth_model, engine):
     _run_case(name, tmp_path, smooth_model, engine)
