@@ -1,0 +1,46 @@
+"""benchmarks/landscape.py's measures of a score landscape (how many local maxima, the answer's basin), on grids
+small enough to work out by hand. The benchmark itself runs in tests/test_benchmarks_smoke.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def landscape(request):
+    sys.path.insert(0, str(BENCHMARKS))   # it imports _common and recovery, as when run as a script
+    request.addfinalizer(lambda: sys.path.remove(str(BENCHMARKS)))
+    spec = importlib.util.spec_from_file_location("landscape_benchmark", BENCHMARKS / "landscape.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_one_smooth_hill_is_one_basin(landscape):
+    grid = np.array([[1.0, 2.0, 1.0],
+                     [2.0, 9.0, 2.0],
+                     [1.0, 2.0, 1.0]])
+    assert landscape.local_maxima(grid) == [(1, 1)]
+    assert landscape.basin_size(grid, (1, 1)) == 9
+
+
+def test_a_rival_summit_takes_the_points_that_climb_to_it(landscape):
+    # the answer (0, 0) and a false summit (2, 3); ascent from (1, 2) goes to its best neighbour (2, 3) at 7,
+    # from (1, 1) to (0, 0) at 9 (diagonal neighbours count)
+    grid = np.array([[9.0, 3.0, 2.0, 1.0],
+                     [4.0, 5.0, 6.0, 2.0],
+                     [1.0, 2.0, 3.0, 7.0]])
+    assert sorted(landscape.local_maxima(grid)) == [(0, 0), (2, 3)]
+    assert landscape.ascent_end(grid, 1, 2) == (2, 3)
+    assert landscape.ascent_end(grid, 1, 1) == (0, 0)
+    # to (0, 0): itself, (0, 1), (1, 0), (1, 1) and (2, 0) (via (1, 1)); (2, 1)'s best neighbour is (1, 2) at 6,
+    # which climbs to (2, 3), as do (0, 2), (0, 3), (1, 3) and (2, 2)
+    assert landscape.basin_size(grid, (0, 0)) == 5
+    assert landscape.basin_size(grid, (2, 3)) == 7
