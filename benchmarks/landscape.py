@@ -12,6 +12,8 @@ preview (PSNR after re-encoding the render like the preview; identical = 1000 dB
     rival      the best score in the window but the answer's
     nbr        the best score among the answer's 8 neighbours
     near       points whose comparison is NEAR or better
+    bf<B>      of the local maxima that are not the answer, from how many a best-first expansion (the rule of
+               parity.diagnose.fit.expand, on this grid) renders the answer within B renders
 
 Cases are drawn as benchmarks/recovery.py draws them (models of seeds 1000-9999, steps 8-50, shift 1-4), or given:
 
@@ -34,8 +36,10 @@ import numpy as np
 from _common import pin_threads, smoke, smoke_option
 from recovery import Bench, draw_value
 
+BEST_FIRST_BUDGET = 30   # renders: the issue's bound per changed knob
 EXACT_DB = 1000.0   # the score of an identical image (the search's convention)
 NEIGHBOURS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
+EXPANSION = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]   # fit.expand's order
 
 
 def _neighbours(grid: np.ndarray, i: int, j: int):
@@ -64,6 +68,30 @@ def basin_size(grid: np.ndarray, peak: tuple[int, int]) -> int:
     return sum(ascent_end(grid, i, j) == peak for i in range(grid.shape[0]) for j in range(grid.shape[1]))
 
 
+def best_first_renders(grid: np.ndarray, start: tuple[int, int], budget: int) -> int | None:
+    """How many renders after `start` a best-first expansion needs to render the answer (the grid's maximum):
+    the best rendered point with a neighbour not rendered yet has its neighbours rendered in EXPANSION order
+    until one scores better than it; None when `budget` renders do not reach it."""
+    answer = tuple(int(x) for x in np.unravel_index(np.argmax(grid), grid.shape))
+    seen = {start}
+    while answer not in seen:
+        todo = []
+        for p in sorted(seen, key=lambda q: -grid[q]):
+            todo = [q for q in ((p[0] + a, p[1] + b) for a, b in EXPANSION)
+                    if 0 <= q[0] < grid.shape[0] and 0 <= q[1] < grid.shape[1] and q not in seen]
+            if todo:
+                break
+        if not todo:
+            return None
+        for q in todo:
+            if len(seen) > budget:
+                return None
+            seen.add(q)
+            if q == answer or grid[q] > grid[p]:
+                break
+    return len(seen) - 1 if len(seen) - 1 <= budget else None
+
+
 def landscape(bench: Bench, item: int, steps: int, shift: float, steps_window: int, shift_window: float,
               work: Path) -> dict:
     """Scores of every (steps, shift) grid point within the window around the truth, against its JPEG preview."""
@@ -86,7 +114,10 @@ def landscape(bench: Bench, item: int, steps: int, shift: float, steps_window: i
     truth = (steps_axis.index(steps), shift_axis.index(round(shift, 2)))
     others = grid.copy()
     others[truth] = -np.inf
+    summits = [m for m in local_maxima(grid) if m != truth]
+    reached = sum(best_first_renders(grid, m, BEST_FIRST_BUDGET) is not None for m in summits)
     return {"steps": steps_axis, "shift": shift_axis, "grid": grid, "truth": truth, "near": near,
+            "best_first": f"{reached}/{len(summits)}",
             "maxima": len(local_maxima(grid)), "basin": basin_size(grid, truth), "rival": float(others.max()),
             "nbr": max(float(grid[p]) for p in _neighbours(grid, *truth))}
 
@@ -109,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift-window", type=float, default=0.3, help="shift either side of the truth")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--table", action="store_true", help="print every case's grid of scores")
-    ap.add_argument("--json", default=None, metavar="PATH", help="write every case's grid there")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="write every case's grid there (truth: its index in the grid; values: steps, shift)")
     smoke_option(ap)
     args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, steps_window=1, shift_window=0.05, table=True)
     pin_threads()
@@ -124,17 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seed {seed}; {args.size} px; window +-{args.steps_window} steps x +-{args.shift_window:g} shift; "
           f"guidance 4, multiplier 1; item {args.item}", flush=True)
     print(f"{'model':>5s} {'truth':>12s} {'points':>6s} {'maxima':>6s} {'basin':>5s} {'rival':>6s} {'nbr':>6s} "
-          f"{'near':>5s}")
+          f"{'near':>5s} {f'bf{BEST_FIRST_BUDGET}':>6s}")
     saved = []
     for model, steps, shift in cases:
         land = landscape(Bench(work, model, args.size), args.item, int(steps), float(shift), args.steps_window,
                          args.shift_window, work)
         print(f"{model:5d} {f'{int(steps)} + {shift:g}':>12s} {land['grid'].size:6d} {land['maxima']:6d} "
-              f"{land['basin']:5d} {land['rival']:6.1f} {land['nbr']:6.1f} {land['near']:5d}", flush=True)
+              f"{land['basin']:5d} {land['rival']:6.1f} {land['nbr']:6.1f} {land['near']:5d} {land['best_first']:>6s}",
+              flush=True)
         if args.table:
             print_table(land)
         if args.json:
-            saved.append({"model": model, "truth": [int(steps), float(shift)], "size": args.size, "item": args.item,
+            saved.append({"model": model, "values": [int(steps), float(shift)], "size": args.size, "item": args.item,
                           **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in land.items()}})
             Path(args.json).write_text(json.dumps(saved))
         if land["grid"][land["truth"]] < EXACT_DB:

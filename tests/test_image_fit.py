@@ -13,7 +13,7 @@ import pytest
 
 from parity.diagnose import suspect_search
 from parity.diagnose.cache import RenderCache, Session
-from parity.diagnose.fit import ImageFit, climb, grow, residual_blocks, target_blocks
+from parity.diagnose.fit import ImageFit, climb, expand, grow, residual_blocks, target_blocks
 from parity.diagnose.recover import axes_for, equivalent_shift
 from parity.spec import RenderSpec
 
@@ -277,3 +277,31 @@ def test_the_valley_partner_joins_a_fit_of_the_shift_or_the_steps_alone():
     assert valley_partner(fit, [shift, multiplier], [steps, guidance]) is None
     assert valley_partner(fit, [shift], [guidance, multiplier]) is None      # the steps were put back
     assert valley_partner(fit, [guidance], [steps, multiplier, shift]) is None
+
+
+def two_summit_picture(spec: RenderSpec) -> np.ndarray:
+    """The picture of 30 steps at a static shift of 3.2, plus a pattern whose strength grows with the distance
+    (in grid steps) from that answer, or from a false summit 2 steps and 2 shift grid steps away, whichever is
+    less: a landscape with two local maxima as around the tiny models' answers (benchmarks/landscape.py)."""
+    dn = spec.sample_steps - 30
+    ds = round(((equivalent_shift(spec) or 1.0) - 3.2) / 0.05)
+    strength = min(dn ** 2 + ds ** 2, 0.5 + (dn - 2) ** 2 + (ds + 2) ** 2)
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    pattern = 3.0 * np.sqrt(strength) * np.sin(5.0 * x + 1.0) * np.cos(3.0 * y)
+    truth = spec.with_(sample_steps=30, schedule="static:3.2")
+    return np.clip(picture(truth).astype(float) + pattern[..., None], 0, 255).astype(np.uint8)
+
+
+def test_a_near_point_on_a_false_summit_expands_best_first_to_the_answer():
+    """climb stops on the false summit (no neighbour is better); the best-first expansion renders the next best
+    points' neighbourhoods and reaches the answer two grid steps away on both knobs."""
+    truth = RECORDED.with_(sample_steps=30, schedule="static:3.2", semantics="aitk")
+    render = Counting(two_summit_picture)
+    fit = _fit_at(truth, render=render)
+    summit = (32.0, 4.0, 1.0, 3.1)
+    assert fit.evaluate(summit).score[1] != "EXACT"
+    assert climb(fit, summit) == summit
+    before = render.renders
+    end = expand(fit, summit)
+    assert end == (30.0, 4.0, 1.0, 3.2) and fit.evals[end].score[1] == "EXACT"
+    assert render.renders - before <= 24

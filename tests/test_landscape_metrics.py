@@ -44,3 +44,14 @@ def test_a_rival_summit_takes_the_points_that_climb_to_it(landscape):
     # which climbs to (2, 3), as do (0, 2), (0, 3), (1, 3) and (2, 2)
     assert landscape.basin_size(grid, (0, 0)) == 5
     assert landscape.basin_size(grid, (2, 3)) == 7
+
+
+def test_best_first_from_the_false_summit_renders_the_answer_on_its_tenth_render(landscape):
+    # the grid above, from (2, 3): its neighbours (1, 3), (2, 2), (1, 2): none beats 7 (3 renders); then (1, 2),
+    # the best with neighbours left: (0, 2), (1, 1), (0, 1), (0, 3), (2, 1), none beats 6 (8); then (1, 1): (1, 0),
+    # then its diagonal (0, 0), the answer (10)
+    grid = np.array([[9.0, 3.0, 2.0, 1.0],
+                     [4.0, 5.0, 6.0, 2.0],
+                     [1.0, 2.0, 3.0, 7.0]])
+    assert landscape.best_first_renders(grid, (2, 3), 30) == 10
+    assert landscape.best_first_renders(grid, (2, 3), 9) is None
