@@ -598,6 +598,15 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
     return step * (radius / m) if m > radius else step
 
 
+def capped(session: Session, share: float, floor: int = 0) -> int | None:
+    """Cap the session's budget at `share` of the renders left (at least `floor`); returns the budget to restore
+    (None: the session has none, nothing capped)."""
+    total = session.budget
+    if total is not None:
+        session.budget = session.extra_renders + max(floor, int((total - session.extra_renders) * share))
+    return total
+
+
 def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int
              ) -> list[Descent]:
     """The fit from each start in turn, best start first, until one is exact; each fit may spend at most `share`
@@ -611,12 +620,9 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
             continue
         tried.add(s)
         before = set(fit.evals)
-        total = session.budget
-        if total is not None:
-            left = total - session.extra_renders
-            if left < min_renders:
-                break
-            session.budget = session.extra_renders + max(min_renders, int(left * share))
+        if session.budget is not None and session.budget - session.extra_renders < min_renders:
+            break
+        total = capped(session, share, min_renders)
         moved = [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start]
         try:
             here = fit.evaluate(s)   # a coarse point or the recorded values: rendered already
@@ -635,9 +641,7 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
         if fit.near(fit.evals[best].score) and not fit.exact(fit.evals[best].score):
             best = climb(fit, best)
             if not fit.exact(fit.evals[best].score):
-                total = session.budget
-                if total is not None:
-                    session.budget = session.extra_renders + int((total - session.extra_renders) * EXPAND_SHARE)
+                total = capped(session, EXPAND_SHARE)
                 try:
                     best = expand(fit, best)
                 finally:
