@@ -249,3 +249,36 @@ def test_cost_estimate_counts_two_forwards_a_step_for_a_true_cfg_member(tmp_path
     s_klein, _ = seconds_per_render(tmp_path, klein, "cpu", card="h100")
     assert s_dev and s_dev > 0 and "H100" in basis
     assert s_klein == pytest.approx(2 * s_dev)
+
+
+def test_step0_previews_pin_the_sampling_knobs_and_the_lora_items_search_the_multiplier(tmp_path, smooth_model,
+                                                                                         engine):
+    """A job whose previews were all rendered at 12 steps (recorded 20) and whose trained previews also at a
+    multiplier of 0.6 (recorded 1): the step-0 previews (no LoRA, AI Toolkit samples the base model before training)
+    are searched first and name the steps alone; the trained previews are then searched with the steps pinned
+    (never searched again), and every item names its true values, within the two-knob bound of 60 renders
+    (measured: 16 + 8 renders of search, one confirming render per other item)."""
+    from parity.cli import main
+
+    job = _job_with_previews_at(tmp_path, smooth_model, engine, {"sample_steps": 12, "network_multiplier": 0.6},
+                                base_changes={"sample_steps": 12})
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--step", "all",
+                 "--min-tier", "EXACT", "-q"]) == 1
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert len(items) == 2 * len(PROMPTS)
+    for item in items:
+        s = item["suspects"]
+        assert s and s["explained"], f"{item['id']}: {s and s['verdict']}"
+        found = {b["knob"]: b["value"] for b in s["best"]}
+        trained = item["step"] == FINAL
+        assert found.get("steps") == 12, f"{item['id']}: {s['verdict']}"
+        if trained:
+            assert abs(found["lora_scale"] - 0.6) <= 0.05, f"{item['id']}: {s['verdict']}"
+        else:
+            assert "lora_scale" not in found, f"{item['id']}: {s['verdict']}"
+        if trained and not s["confirmed_from"]:   # the trained item searched: the steps came from step 0
+            assert "steps" not in {t["knob"] for t in s["searches"]}, s["searches"]
+    searched = [it for it in items if not it["suspects"]["confirmed_from"]]
+    assert sorted(it["step"] for it in searched) == [0, FINAL]   # one search per group, the rest confirmed
+    assert sum(it["suspects"]["extra_renders"] for it in items) <= 60   # the issue's bound for two knobs
