@@ -20,6 +20,7 @@ pytest.importorskip("torch")
 RECORDED = {"sample_steps": 20, "guidance_scale": 4.0, "network_multiplier": 1.0}
 PROMPTS = ["a red cube on a table", "a portrait of a woman, studio light", "sks dog on the beach"]
 FINAL = 200
+EARLIER = 100   # a checkpoint before the final one (save_every 100)
 
 # case -> (RenderSpec changes the previews were rendered with, {knob: (value, tolerance)}, gate).
 # At 64 px, 17 steps or a static shift of 2.5-3 instead of AI Toolkit's mu (a shift of 1.58 at this size) change the
@@ -50,9 +51,11 @@ def engine(smooth_model):
     return Engine(smooth_model, device="cpu")
 
 
-def _job_with_previews_at(root, model, engine, changes: dict, base_changes: dict | None = None):
+def _job_with_previews_at(root, model, engine, changes: dict, base_changes: dict | None = None,
+                          earlier_changes: dict | None = None):
     """An AI Toolkit job whose config records RECORDED while its previews were rendered with `changes`. With
-    `base_changes`, step-0 previews too, rendered as AI Toolkit does before training (no LoRA) with those."""
+    `base_changes`, step-0 previews too, rendered as AI Toolkit does before training (no LoRA) with those; with
+    `earlier_changes`, previews at step EARLIER too (its own checkpoint) rendered with those."""
     from PIL import Image
 
     from parity.demo import demo_config, write_job
@@ -62,7 +65,8 @@ def _job_with_previews_at(root, model, engine, changes: dict, base_changes: dict
     cfg = demo_config(root)
     sample = cfg["config"]["process"][0]["sample"]
     sample.update(width=64, height=64, prompts=PROMPTS, seed=3, walk_seed=True, **RECORDED)
-    job_dir = write_job(root / "job", model, config=cfg, checkpoints={FINAL: 1.0}, preview_steps=(), engine=engine)
+    checkpoints = {FINAL: 1.0} if earlier_changes is None else {EARLIER: 0.5, FINAL: 1.0}
+    job_dir = write_job(root / "job", model, config=cfg, checkpoints=checkpoints, preview_steps=(), engine=engine)
     job = load_job(job_dir)
     samples = job.resolved_samples()
     application = job.lora_application(samples)
@@ -70,6 +74,11 @@ def _job_with_previews_at(root, model, engine, changes: dict, base_changes: dict
         spec = job.render_spec(s, job.checkpoint_for(FINAL), application).spec
         image = engine.render(spec.with_(**changes)).image
         write_preview(job.samples_dir, Image.fromarray(image), ms=1764100000000 + s.index, step=FINAL, index=s.index)
+        if earlier_changes is not None:
+            spec = job.render_spec(s, job.checkpoint_for(EARLIER), application).spec
+            image = engine.render(spec.with_(**earlier_changes)).image
+            write_preview(job.samples_dir, Image.fromarray(image), ms=1764050000000 + s.index, step=EARLIER,
+                          index=s.index)
         if base_changes is not None:
             base = job.render_spec(s, None, application).spec
             assert base.lora_path is None
@@ -282,3 +291,27 @@ def test_step0_previews_pin_the_sampling_knobs_and_the_lora_items_search_the_mul
     searched = [it for it in items if not it["suspects"]["confirmed_from"]]
     assert sorted(it["step"] for it in searched) == [0, FINAL]   # one search per group, the rest confirmed
     assert sum(it["suspects"]["extra_renders"] for it in items) <= 60   # the issue's bound for two knobs
+
+
+def test_a_group_of_steps_that_disagrees_with_the_other_is_searched_on_its_own(tmp_path, smooth_model, engine):
+    """A job whose config was edited between runs (a resume): its step-100 previews were rendered at 12 steps, its
+    final ones at 30, both recorded as 20. The first group's answer does not explain the other's items (one render
+    each tells), so that group is searched on its own; no item carries the other group's values."""
+    from parity.cli import main
+
+    job = _job_with_previews_at(tmp_path, smooth_model, engine, {"sample_steps": 30},
+                                earlier_changes={"sample_steps": 12})
+    out = tmp_path / "out"
+    assert main(["diff", str(job), "--base-model", str(smooth_model), "--out", str(out), "--step", "all",
+                 "--min-tier", "EXACT", "-q"]) == 1
+    items = json.loads((out / "results.json").read_text())["items"]
+    assert sorted({it["step"] for it in items}) == [EARLIER, FINAL]
+    truth = {EARLIER: 12, FINAL: 30}
+    for item in items:
+        s = item["suspects"]
+        assert s and s["explained"], f"{item['id']}: {s and s['verdict']}"
+        assert {b["knob"]: b["value"] for b in s["best"]} == {"steps": truth[item["step"]]}, s["verdict"]
+        source = s["confirmed_from"]
+        assert source is None or f"step{item['step']}-" in source, f"{item['id']} confirmed from {source}"
+    searched = sorted(it["step"] for it in items if not it["suspects"]["confirmed_from"])
+    assert searched == [EARLIER, FINAL]
