@@ -36,10 +36,13 @@ import numpy as np
 from _common import pin_threads, smoke, smoke_option
 from recovery import Bench, draw_value
 
+from parity import knobs
+
 BEST_FIRST_BUDGET = 30   # renders: the issue's bound per changed knob
 EXACT_DB = 1000.0   # the score of an identical image (the search's convention)
-NEIGHBOURS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
-EXPANSION = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]   # fit.expand's order
+# a grid point's 8 neighbours, in the order parity.diagnose.fit.expand renders them (orthogonal first)
+NEIGHBOURS = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
+SHIFT_GRID = knobs.searchable()["schedule"].resolution   # the search's grid of the static shift
 
 
 def _neighbours(grid: np.ndarray, i: int, j: int):
@@ -70,15 +73,14 @@ def basin_size(grid: np.ndarray, peak: tuple[int, int]) -> int:
 
 def best_first_renders(grid: np.ndarray, start: tuple[int, int], budget: int) -> int | None:
     """How many renders after `start` a best-first expansion needs to render the answer (the grid's maximum):
-    the best rendered point with a neighbour not rendered yet has its neighbours rendered in EXPANSION order
+    the best rendered point with a neighbour not rendered yet has its neighbours rendered in NEIGHBOURS order
     until one scores better than it; None when `budget` renders do not reach it."""
     answer = tuple(int(x) for x in np.unravel_index(np.argmax(grid), grid.shape))
     seen = {start}
     while answer not in seen:
         todo = []
         for p in sorted(seen, key=lambda q: -grid[q]):
-            todo = [q for q in ((p[0] + a, p[1] + b) for a, b in EXPANSION)
-                    if 0 <= q[0] < grid.shape[0] and 0 <= q[1] < grid.shape[1] and q not in seen]
+            todo = [q for q in _neighbours(grid, *p) if q not in seen]
             if todo:
                 break
         if not todo:
@@ -100,9 +102,9 @@ def landscape(bench: Bench, item: int, steps: int, shift: float, steps_window: i
     spec = bench.recorded[item]
     preview = work / f"preview-{steps}-{shift:g}-{item}.jpg"
     Image.fromarray(bench.render(spec.with_(sample_steps=steps, schedule=f"static:{shift:g}"))).save(preview)
-    n_shift = round(shift_window / 0.05)
+    n_shift = round(shift_window / SHIFT_GRID)
     steps_axis = [n for n in range(steps - steps_window, steps + steps_window + 1) if n >= 1]
-    shift_axis = [round(shift + 0.05 * k, 2) for k in range(-n_shift, n_shift + 1)]
+    shift_axis = [round(shift + SHIFT_GRID * k, 2) for k in range(-n_shift, n_shift + 1)]
     grid = np.zeros((len(steps_axis), len(shift_axis)))
     near = 0
     for a, n in enumerate(steps_axis):
@@ -114,11 +116,11 @@ def landscape(bench: Bench, item: int, steps: int, shift: float, steps_window: i
     truth = (steps_axis.index(steps), shift_axis.index(round(shift, 2)))
     others = grid.copy()
     others[truth] = -np.inf
-    summits = [m for m in local_maxima(grid) if m != truth]
+    maxima = local_maxima(grid)
+    summits = [m for m in maxima if m != truth]
     reached = sum(best_first_renders(grid, m, BEST_FIRST_BUDGET) is not None for m in summits)
     return {"steps": steps_axis, "shift": shift_axis, "grid": grid, "truth": truth, "near": near,
-            "best_first": f"{reached}/{len(summits)}",
-            "maxima": len(local_maxima(grid)), "basin": basin_size(grid, truth), "rival": float(others.max()),
+            "best_first": f"{reached}/{len(summits)}", "maxima": len(maxima), "basin": basin_size(grid, truth), "rival": float(others.max()),
             "nbr": max(float(grid[p]) for p in _neighbours(grid, *truth))}
 
 
