@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="write every case's grid there (truth: its index in the grid; values: steps, shift)")
     smoke_option(ap)
     args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, steps_window=1, shift_window=0.05, table=True)
+    if args.steps < 1 or args.shift <= 0 or args.steps_window < 0 or args.shift_window < 0:
+        ap.error("--steps must be >= 1, --shift > 0, and the windows >= 0")
     pin_threads()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
     rng = random.Random(seed)
