@@ -305,3 +305,120 @@ def test_a_near_point_on_a_false_summit_expands_best_first_to_the_answer():
     end = expand(fit, summit)
     assert end == (30.0, 4.0, 1.0, 3.2) and fit.evals[end].score[1] == "EXACT"
     assert render.renders - before <= 24
+
+
+def swap_picture(spec: RenderSpec) -> np.ndarray:
+    """The valley of `valley_picture` (steps and the shift act through one combination) plus a guidance term: a
+    preview whose shift changed is also fitted, a little worse, by other steps at the recorded shift."""
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    c = np.log(equivalent_shift(spec) or 1.0) - 0.8 * np.log(spec.sample_steps / 20.0)
+    lum = (128 + 50 * np.sin(3.0 * x + 2.0 * y + 4.0 * c) + 40 * np.sin(2.0 * spec.guidance_scale * x + 1.5 * y)
+           + 1.5 * np.sin(7.0 * x * y) * spec.sample_steps / 10.0)
+    lum = np.clip(lum, 0, 255)
+    return np.stack([lum, lum * 0.9, 255 - lum], axis=-1).astype(np.uint8)
+
+
+def test_a_near_fit_that_moved_the_steps_for_the_shift_swaps_them():
+    """Guidance 5.3 + shift 2.5 fitted as guidance 5.3 + 11 steps at the recorded shift (NEAR, on the valley):
+    with the steps back at 20, the shift fitted alone reaches 2.5, and the knobs moving are guidance and shift."""
+    from parity.diagnose.fit import swap
+
+    render = Counting(swap_picture)
+    fit = _fit_at(RECORDED.with_(guidance_scale=5.3, schedule="static:2.5", semantics="aitk"), render)
+    start = fit.point_of(RECORDED)
+    p = (11.0, 5.3) + start[2:]
+    assert fit.evaluate(p).score[1] == "NEAR"
+    before = render.renders
+    out = swap(fit, p, [0, 1])
+    assert out is not None
+    q, moving = out
+    assert q == (20.0, 5.3, 1.0, 2.5) and fit.evals[q].score[1] == "EXACT" and sorted(moving) == [1, 3]
+    assert render.renders - before <= 12
+    assert swap(fit, (20.0, 5.3) + start[2:], [1]) is None      # neither the steps nor the shift moved
+
+
+def narrow_picture(spec: RenderSpec) -> np.ndarray:
+    """`picture` at a static shift of 1.95, plus a pattern that fades only within a grid step of that shift: as on
+    the tiny models,
+    the shift's change is seen only near its answer, so the Jacobian one unit away from the recorded shift sees
+    nothing while the picture is NEAR."""
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    shift = equivalent_shift(spec) or 1.0
+    strength = 1.0 - np.exp(-(((shift - 1.95) / 0.06) ** 4))
+    pattern = 4.0 * strength * np.sin(5.0 * x + 1.0) * np.cos(3.0 * y)
+    base = picture(spec.with_(schedule="static:1.95", semantics="aitk"))   # the shift acts through the pattern only
+    return np.clip(base.astype(float) + pattern[..., None], 0, 255).astype(np.uint8)
+
+
+def test_a_near_fit_scans_the_knobs_it_has_not_moved():
+    """Guidance and multiplier found (NEAR), the shift still recorded: `climb` (one grid step) and the expansion
+    over the moved knobs cannot reach a shift of 1.95; the scan of the unmoved knobs renders 1.9 (3 dB better) and
+    the climb from there reaches it exactly."""
+    from parity.diagnose.fit import polish
+
+    render = Counting(narrow_picture)
+    fit = _fit_at(RECORDED.with_(guidance_scale=5.3, network_multiplier=0.83, schedule="static:1.95",
+                                 semantics="aitk"), render)
+    start = fit.point_of(RECORDED)
+    p = (20.0, 5.3, 0.83, start[3])
+    assert fit.evaluate(p).score[1] == "NEAR"
+    before = render.renders
+    end = polish(fit, p)
+    assert end == (20.0, 5.3, 0.83, 1.95) and fit.evals[end].score[1] == "EXACT"
+    assert render.renders - before <= 30
+
+
+def _flat(level_of):
+    """A renderer of flat grey pictures, the level a function of the guidance: against a black target, PSNR
+    20 log10(255 / level)."""
+    def draw(spec: RenderSpec) -> np.ndarray:
+        return np.full((64, 64, 3), level_of(spec.guidance_scale), dtype=np.uint8)
+    return draw
+
+
+@pytest.mark.parametrize("near_on_the_way", [False, True])
+def test_a_start_must_go_on_gaining_until_a_render_is_near(near_on_the_way):
+    """The stall watch, once passed, is set again: a coarse start must gain STALL_GAIN in every STALL renders, until
+    a render is near (then it is the polish's to finish)."""
+    from parity.diagnose.fit import STALL, Stalled
+
+    def level(g: float) -> int:   # 40 grey levels at 5.0, 20 (+6 dB) by 6.0, then flat; or 2 (NEAR) at 5.5
+        return 2 if near_on_the_way and g == 5.5 else max(20, 40 - round((g - 5.0) * 20))
+
+    target = np.zeros((64, 64, 3), dtype=np.uint8)
+    session = Session(Counting(_flat(level)), score, target, budget=None, cache=RenderCache(), metric="psnr")
+    fit = ImageFit(RECORDED, session, target_blocks(target), axes_for(RECORDED), lambda s: s[1] == "EXACT",
+                   near=lambda s: s[1] in ("NEAR", "EXACT"))
+    start = fit.point_of(RECORDED)
+    point = [start[:1] + (round(5.0 + 0.1 * i, 1),) + start[2:] for i in range(3 * STALL)]
+    fit.best_since = fit.evaluate(point[0]).score[0]
+    fit.watch = (session.extra_renders + STALL, fit.best_since + 1.0)
+    for p in point[1:2 * STALL - 1]:   # the first STALL renders gain: the watch passes (set again unless near)
+        fit.evaluate(p)
+    if near_on_the_way:
+        for p in point[2 * STALL - 1:]:
+            fit.evaluate(p)
+    else:
+        with pytest.raises(Stalled):
+            for p in point[2 * STALL - 1:]:
+                fit.evaluate(p)
+        assert session.extra_renders == 2 * STALL + 1
+
+
+def test_a_fit_far_ahead_of_its_start_ends_the_starts():
+    """A fit 6 dB (FIT_LEAD) above its own start ends the starts even when it is not near: the next starts are
+    coarse points no better than that start, and the score's descent goes on from the fit instead."""
+    from parity.diagnose.fit import FIT_LEAD, fit_from
+
+    target = picture(RECORDED.with_(guidance_scale=5.3, network_multiplier=0.83, schedule="static:2.5",
+                                    semantics="aitk"))
+    session = Session(Counting(), score, target, budget=90, cache=RenderCache(), metric="psnr")
+    start_score = session.score(RECORDED, free=True)
+    fit = ImageFit(RECORDED, session, target_blocks(target), axes_for(RECORDED), lambda s: s[1] == "EXACT",
+                   near=lambda s: s[1] in ("NEAR", "EXACT"))
+    here = fit.point_of(RECORDED)
+    starts = [(20.0, 4.6) + here[2:], (20.0, 1.5) + here[2:]]
+    first = fit.evaluate(starts[0]).score[0]
+    fit.evaluate(starts[1])
+    out = fit_from(fit, starts, start_score, 0.1, 6)   # a share of 0.1: the first fit stops short of near
+    assert len(out) == 1 and out[0].score[1] == "DRIFT" and out[0].score[0] >= first + FIT_LEAD["psnr"]

@@ -43,11 +43,18 @@ VALLEY = (-1, 1, -2, 2, -3, 3)     # steps tried around a fit that stopped betwe
 SCAN_OFFSETS = (2, -2, 3, -3, 4, -4, 6, -6)   # grid steps tried around a one-knob fit that stopped (scan_near)
 ALONE = 2                     # knobs fitted alone from the recorded values, the most promising first (alone)
 VALLEY_DROP = {"psnr": 3.0, "ssim": 0.03}   # the traced valley ends where its score falls this far below its start
+STILL_OFFSETS = (3, -3, 6, -6, 9, -9)         # grid steps tried on a near fit's unmoved knobs (scan_still)
 SCAN_GAIN = {"psnr": 3.0, "ssim": 0.03}     # a scanned point this much better than the fit's end moves the fit there
-STALL = 12                    # renders within which a fit's start must gain STALL_GAIN, or the next start goes
+WALK_GAIN = {"psnr": 0.1, "ssim": 0.001}    # a stopped fit's walk moves only to a point this much better (or exact):
+                                            # past 60 steps the renders hardly change (held-out model 3895: 22.82-22.86
+                                            # dB from 92 to 100 steps), and a walk taking every 0.01 dB spent 30 renders
+STALL = 12                    # renders within which a fit's start must gain STALL_GAIN (again each STALL renders
+                              # until a render is near), or the next start goes
 STALL_GAIN = {"psnr": 1.0, "ssim": 0.02}
+FIT_LEAD = {"psnr": 6.0, "ssim": 0.1}        # a fit this far above its start ends the starts, near or not
 EXPAND_SHARE = 0.6            # of the renders left: a near fit's best-first expansion (the rest: the score's descent)
 EXPAND_RADIUS = 6             # grid steps from the near point, per knob, that the expansion may go
+SWAP_SHARE = 0.3              # of the renders left: each fit of the other schedule knob in `swap`
 Point = tuple[float, ...]     # one value per axis, on the grid (or an axis's own off-grid start)
 
 
@@ -83,7 +90,8 @@ def target_blocks(target: Any) -> np.ndarray | None:
 
 
 class Stalled(BudgetExhausted):
-    """A fit's start gained less than STALL_GAIN in its first STALL renders: it lies in no basin (fit_from)."""
+    """A fit's start gained less than STALL_GAIN in its first STALL renders, or in any STALL after them before a
+    render was near: it lies in no basin (fit_from)."""
 
 
 @dataclass
@@ -102,6 +110,7 @@ class ImageFit:
         self.near = near or exact   # close to the answer (NEAR): the neighbourhood is scanned, the starts end
         self.watch: tuple[int, float] | None = None   # (renders, score): a start must reach the score by then
         self.best_since = -math.inf                  # the best score rendered since the watch was set
+        self.near_since = False                      # whether a render since then was near (the watch ends)
         self.unit = unit   # what scores are in: "psnr" (dB), or "ssim" when the comparison gives no PSNR
         self.evals: dict[Point, Eval] = {}
 
@@ -142,10 +151,13 @@ class ImageFit:
                 return None
             self.evals[p] = Eval(blocks - self.target, score, spec)
             self.best_since = max(self.best_since, score[0])
+            self.near_since = self.near_since or self.near(score)
             if self.watch is not None and self.session.extra_renders >= self.watch[0]:
                 needed, self.watch = self.watch[1], None
                 if self.best_since < needed:
                     raise Stalled
+                if not self.near_since:   # still a guess: it must go on gaining (`fit_from`)
+                    self.watch = (self.session.extra_renders + STALL, self.best_since + STALL_GAIN[self.unit])
         return self.evals[p]
 
     # ------------------------------------------------------------------ the fit
@@ -261,7 +273,7 @@ class ImageFit:
                 x2[others] += np.linalg.lstsq(J[:, others], -offset, rcond=None)[0]
             for q in self.across(self.snap(x2), here, x, J, active):
                 ev = self.evaluate(q)
-                if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
+                if _better(self, ev, here, WALK_GAIN[self.unit]):
                     return q, ev
         return None
 
@@ -285,7 +297,7 @@ class ImageFit:
             if q in self.evals:
                 continue
             ev = self.evaluate(q)
-            if ev is not None and (self.exact(ev.score) or ev.score[0] > here.score[0]):
+            if _better(self, ev, here, WALK_GAIN[self.unit]):
                 return q, ev
         return None
 
@@ -317,18 +329,12 @@ def grid_steps(fit: ImageFit, p: Point, i: int, offsets: tuple[int, ...]) -> lis
 
 
 def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
-    """The fit over the fewest knobs that explain the target (forward selection). Most previews differ from
-    their record in one or two knobs, and a knob the evidence does not need trades off against those that
-    changed (steps against the shift, guidance against the multiplier) and carries the fit off its answer:
-    measured, a static shift of 3.1 at the recorded 20 steps is fitted as 13 steps at a shift of 1.8 (39.6 dB,
-    not exact) when the steps move first. So from the recorded values each knob is fitted alone first (the
-    most promising by its Jacobian column first, until one is exact); the best of them, or the knobs `active`
-    that a coarse start moved, then grow by the knob whose column (measured where the fit stopped) predicts
-    the largest drop of the residual, until the fit is exact or every knob moves. On the way: a one-knob fit, or
-    a fit near the answer, scans its knobs' neighbourhoods once per set of moving knobs (`scan_near`); steps and
-    shift moving together follow their valley (`trace_valley`); the shift or the steps alone take the other
-    next (`valley_partner`); each moved knob is put back once (`prune`). The best point reached."""
-    p, J, active, dropped, readmitted, scanned, traced = start, None, list(active), set(), False, set(), False
+    """Forward selection: the knobs a coarse start moved, or the best knob fitted alone (`alone`), grow by the knob
+    whose Jacobian column predicts the largest drop of the residual until the fit is exact (a knob the evidence does
+    not need carries the fit off its answer: a shift of 3.1 fitted as 13 steps + shift 1.8 when the steps moved
+    first). Once per set of moving knobs on the way: `scan_near`, `trace_valley`, `swap`; then `prune` and
+    `valley_partner`. The best point reached."""
+    p, J, active, dropped, readmitted, scanned, traced, swapped = start, None, list(active), set(), False, set(), False, set()
     if not active:
         p, J, active = alone(fit, start)
     while True:
@@ -339,8 +345,8 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
             return p
         if tuple(sorted(active)) not in scanned and (len(active) == 1 or fit.near(here.score)):
             scanned.add(tuple(sorted(active)))   # once per set of moving knobs
-            offsets = SCAN_OFFSETS if len(active) == 1 else SCAN_OFFSETS[:4]
-            q = next((q for k in active for q in [scan_near(fit, p, k, offsets)] if q is not None), None)
+            q = next((q for k in active for q in [scan_near(fit, p, k, SCAN_OFFSETS if len(active) == 1
+                                                             else SCAN_OFFSETS[:4])] if q is not None), None)
             if q is not None:
                 p = q
                 if fit.exact(fit.evals[p].score):
@@ -353,6 +359,14 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
                 p = q
                 if fit.exact(fit.evals[p].score):
                     return p
+        if len(active) >= 2 and fit.near(here.score) and tuple(sorted(active)) not in swapped:
+            swapped.add(tuple(sorted(active)))
+            other = swap(fit, p, active)
+            if other is not None:
+                p, active = other
+                if fit.exact(fit.evals[p].score):
+                    return p
+                continue
         back = prune(fit, p, active)
         if back is not None:
             p, i = back
@@ -436,6 +450,57 @@ def trace_valley(fit: ImageFit, p: Point, J: np.ndarray) -> Point | None:
                 break
             trail.append(q)
     return best if best != p else None
+
+
+def scan_still(fit: ImageFit, p: Point, active: list[int]) -> Point | None:
+    """A near fit of several knobs: the knobs it has not moved, each at STILL_OFFSETS grid steps around its value,
+    until one scores SCAN_GAIN better or reproduces the target (that point, the knob then joining), else None. Their
+    Jacobian columns cannot see an answer more than about a grid step or two away: measured on held-out model 5206,
+    guidance 1.9 + multiplier 0.49 + shift 1.95, the fit stopped at guidance 1.9 + multiplier 0.49 (39.3 dB) and the
+    shift's column, one unit away at 1.65, gained nothing; 2.1 scored 43.5 dB and was rendered with the last renders."""
+    for k in range(len(fit.axes)):
+        if k not in active:
+            q = scan_near(fit, p, k, STILL_OFFSETS)
+            if q is not None:
+                return q
+    return None
+
+
+def swap(fit: ImageFit, p: Point, active: list[int]) -> tuple[Point, list[int]] | None:
+    """A near fit of several knobs that moved the steps or the shift may have moved the wrong one of the two: they
+    trade off, so a preview whose shift changed is also fitted, a little worse, by other steps (held-out model
+    3895, guidance 4.4 + shift 3: guidance 4.4 + 25 steps, SSIM 0.987; model 1816, guidance 1.8 + multiplier 1.35 +
+    shift 2.7: 17 steps, guidance 1.8, multiplier 1.33). So each of the two that moved is put back to its recorded
+    value and the other fitted alone from there (with at most SWAP_SHARE of the renders left, then its grid
+    neighbourhood scanned); the first that reproduces the target, else the best that scores better than `p`, with
+    the knobs then moving; None when neither does."""
+    index = {a.knob: i for i, a in enumerate(fit.axes)}
+    if "steps" not in index or "schedule" not in index:
+        return None
+    here, best = fit.evals[p], None
+    for back, other in ((index["steps"], index["schedule"]), (index["schedule"], index["steps"])):
+        if back not in active:
+            continue
+        moving = [i for i in active if i != back] + ([] if other in active else [other])
+        before, total = set(fit.evals), capped(fit.session, SWAP_SHARE)
+        try:
+            q, _ = fit.fit(replaced(p, back, float(fit.axes[back].start)), [other])
+            scan_near(fit, q, other, SCAN_OFFSETS[:4])
+        except Stalled:
+            raise
+        except BudgetExhausted:
+            pass
+        finally:
+            fit.session.budget = total
+        mine = [q for q in fit.evals if q not in before]
+        if not mine:
+            continue
+        q = max(mine, key=lambda q: fit.evals[q].score[0])
+        if fit.exact(fit.evals[q].score):
+            return q, moving
+        if fit.evals[q].score[0] > here.score[0] and (best is None or fit.evals[q].score[0] > fit.evals[best[0]].score[0]):
+            best = (q, moving)
+    return best
 
 
 def scan_near(fit: ImageFit, p: Point, k: int, offsets: tuple[int, ...] = SCAN_OFFSETS) -> Point | None:
@@ -565,8 +630,9 @@ def expand(fit: ImageFit, p: Point) -> Point:
     return best
 
 
-def _better(fit: ImageFit, ev: Eval | None, here: Eval) -> bool:
-    return ev is not None and (fit.exact(ev.score) or ev.score[0] > here.score[0])
+def _better(fit: ImageFit, ev: Eval | None, here: Eval, margin: float = 0.0) -> bool:
+    """`ev` reproduces the target, or scores more than `margin` above `here`."""
+    return ev is not None and (fit.exact(ev.score) or ev.score[0] > here.score[0] + margin)
 
 
 def replaced(p: Point, i: int, v: float) -> Point:
@@ -598,6 +664,28 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
     return step * (radius / m) if m > radius else step
 
 
+def polish(fit: ImageFit, p: Point) -> Point:
+    """A near point that is not exact: `climb`; then the knobs it has not moved scanned (`scan_still`) and, when
+    one gains, `climb` from there; then `expand` with EXPAND_SHARE of the renders left. The best point reached."""
+    session = fit.session
+    p = climb(fit, p)
+    if not fit.exact(fit.evals[p].score):
+        moved = [i for i, (v, a) in enumerate(zip(p, fit.axes)) if v != a.start]
+        try:
+            q = scan_still(fit, p, moved)
+        except BudgetExhausted:
+            q = None
+        if q is not None:
+            p = climb(fit, q)
+    if not fit.exact(fit.evals[p].score):
+        total = capped(session, EXPAND_SHARE)
+        try:
+            p = expand(fit, p)
+        finally:
+            session.budget = total
+    return p
+
+
 def capped(session: Session, share: float, floor: int = 0) -> int | None:
     """Cap the session's budget at `share` of the renders left (at least `floor`); returns the budget to restore
     (None: the session has none, nothing capped)."""
@@ -623,11 +711,11 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
         if session.budget is not None and session.budget - session.extra_renders < min_renders:
             break
         total = capped(session, share, min_renders)
-        moved = [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start]
+        moved, here = [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start], None
         try:
             here = fit.evaluate(s)   # a coarse point or the recorded values: rendered already
             if here is not None and moved:   # a coarse point is a guess at a basin; the recorded values are not
-                fit.best_since = here.score[0]
+                fit.best_since, fit.near_since = here.score[0], False
                 fit.watch = (session.extra_renders + STALL, here.score[0] + STALL_GAIN[fit.unit])
             grow(fit, s, moved)
         except BudgetExhausted:
@@ -639,15 +727,9 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
             continue
         best = max(mine, key=lambda q: fit.evals[q].score[0])
         if fit.near(fit.evals[best].score) and not fit.exact(fit.evals[best].score):
-            best = climb(fit, best)
-            if not fit.exact(fit.evals[best].score):
-                total = capped(session, EXPAND_SHARE)
-                try:
-                    best = expand(fit, best)
-                finally:
-                    session.budget = total
+            best = polish(fit, best)
         d = descent_of(fit, best, start_score)
         out.append(d)
-        if fit.exact(d.score) or fit.near(d.score):
-            break
+        if fit.exact(d.score) or fit.near(d.score) or (here is not None and d.score[0] >= here.score[0] + FIT_LEAD[fit.unit]):
+            break   # far ahead of its own start: the next starts are coarse points no better than that start
     return out
