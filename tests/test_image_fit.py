@@ -422,3 +422,25 @@ def test_a_fit_far_ahead_of_its_start_ends_the_starts():
     fit.evaluate(starts[1])
     out = fit_from(fit, starts, start_score, 0.1, 6)   # a share of 0.1: the first fit stops short of near
     assert len(out) == 1 and out[0].score[1] == "DRIFT" and out[0].score[0] >= first + FIT_LEAD["psnr"]
+
+
+def creeping_picture(spec: RenderSpec) -> np.ndarray:
+    """A picture the steps move only by a fraction of a grey level over their whole range (as renders past 60
+    steps hardly change), guidance moving it a lot."""
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    lum = (128 + 60 * np.sin(3 * x + 2 * y) + 30 * np.sin(2 * spec.guidance_scale * x)
+           + 0.6 * np.sin(9 * x * y) * min(spec.sample_steps, 100) / 100)
+    return np.stack([lum, lum * 0.9, 255 - lum], axis=-1).clip(0, 255).astype(np.uint8)
+
+
+def test_a_stopped_fit_does_not_walk_on_gains_of_hundredths_of_a_db():
+    """From 100 steps on a plateau, every step down scores a hair better: the walk moves only on
+    WALK_GAIN (without it, it walks step by step until the case budget is spent)."""
+    render = Counting(creeping_picture)
+    fit = _fit_at(RECORDED.with_(guidance_scale=5.3), render)
+    p = (100.0,) + fit.point_of(RECORDED)[1:]
+    here = fit.evaluate(p)
+    J, _ = fit.jacobian(p, here, [0])
+    before = render.renders
+    assert fit.walk(p, here, J, [0]) == p
+    assert render.renders - before <= 6
