@@ -596,7 +596,7 @@ def expand(fit: ImageFit, p: Point) -> Point:
     expanded, within EXPAND_RADIUS grid steps of `p`, the other knobs as at `p`. (One knob: its line is what
     `scan_near` scans; expanded, the frontier walked the steps from 37 to 67 on held-out model 6213, all NEAR at
     39-42 dB, and the score's descent that had found 30 steps + shift 1.3 ran out.) The best point reached."""
-    knobs = [i for i, (v, a) in enumerate(zip(p, fit.axes)) if v != a.start]
+    knobs = moved_knobs(fit, p)
     held_still = [i for i in range(len(p)) if i not in knobs]   # the other knobs stay as at `p`
     best, failed = p, set()
 
@@ -635,6 +635,11 @@ def _better(fit: ImageFit, ev: Eval | None, here: Eval, margin: float = 0.0) -> 
     return ev is not None and (fit.exact(ev.score) or ev.score[0] > here.score[0] + margin)
 
 
+def moved_knobs(fit: ImageFit, p: Point) -> list[int]:
+    """The axes (indices) on which `p` is off the recorded values."""
+    return [i for i, (v, a) in enumerate(zip(p, fit.axes)) if v != a.start]
+
+
 def replaced(p: Point, i: int, v: float) -> Point:
     """`p` with axis `i` at `v`."""
     return p[:i] + (v,) + p[i + 1:]
@@ -670,9 +675,8 @@ def polish(fit: ImageFit, p: Point) -> Point:
     session = fit.session
     p = climb(fit, p)
     if not fit.exact(fit.evals[p].score):
-        moved = [i for i, (v, a) in enumerate(zip(p, fit.axes)) if v != a.start]
         try:
-            q = scan_still(fit, p, moved)
+            q = scan_still(fit, p, moved_knobs(fit, p))
         except BudgetExhausted:
             q = None
         if q is not None:
@@ -711,7 +715,7 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
         if session.budget is not None and session.budget - session.extra_renders < min_renders:
             break
         total = capped(session, share, min_renders)
-        moved, here = [i for i, (v, a) in enumerate(zip(s, fit.axes)) if v != a.start], None
+        moved, here = moved_knobs(fit, s), None
         try:
             here = fit.evaluate(s)   # a coarse point or the recorded values: rendered already
             if here is not None and moved:   # a coarse point is a guess at a basin; the recorded values are not

@@ -394,7 +394,8 @@ class _Search:
         scans = coarse_scan(self.spec, self.session, self.score, self.exact, DIRECTION_GAIN[self.unit], axes)
         self._traces([c.run.trace for c in scans if c.run.trace.probes])
         starts = coarse_starts(scans, here, self.score, START_GAIN[self.unit])[:FIT_STARTS + 1]
-        self.starts_best = max(fit.evaluate(s).score[0] for s in starts)   # rendered: the coarse scan's points
+        scored = [fit.evaluate(s) for s in starts]   # rendered already: the coarse scan's points
+        self.starts_best = max((ev.score[0] for ev in scored if ev is not None), default=math.inf)
         return [Answer("fit", d) for d in fit_from(fit, starts, self.score, SHARE, MIN_REFINE)]
 
     def search_globally(self, fitted: list[Answer] = ()) -> None:
@@ -403,7 +404,7 @@ class _Search:
         tie-break."""
         answers = sorted(fitted, key=lambda a: -a.score)
         out_of_budget = False
-        lead = answers and answers[0].score >= self.starts_best + FIT_LEAD[self.unit]
+        lead = bool(answers) and answers[0].score >= self.starts_best + FIT_LEAD[self.unit]
         if answers and (close(answers[0].descent.score, self.done) or lead) and not self.exact(answers[0].descent.score):
             # the fit is near the answer, or far ahead of every start it had (the global search starts from those:
             # measured on held-out model 3895, guidance 4.4 + shift 3, the fit reached guidance 4.4 at 35.9 dB, and
