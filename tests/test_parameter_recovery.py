@@ -208,7 +208,9 @@ def test_the_recovery_benchmark_smoke_mode(capsys, monkeypatch):
     spec.loader.exec_module(mod)
     assert mod.main(["--smoke", "--seed", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("seed 5; models 101;") and "total: right 1 of 1" in out, out
+    assert out.startswith("seed 5; models 101;") and "total: right 1 of 1;" in out, out
+    renders, limit = (int(v) for v in out.splitlines()[2].split()[3:5])   # the case's line
+    assert out.rstrip().endswith(f"right within 30 renders per changed knob: {int(renders <= limit)}"), out
 
 
 def test_budget_case_key(tmp_path):
