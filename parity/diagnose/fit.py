@@ -239,7 +239,9 @@ class ImageFit:
         score rises, the Jacobian updated by each move (no new finite differences: the valley is long)."""
         direction = 0
         while True:
-            moved = self.valley(p, here, J, active, direction) or self.neighbours(p, here, J, active)
+            moved = self.valley(p, here, J, active, direction)
+            if moved is None and (moved := self.neighbours(p, here, J, active)) is not None:
+                moved = run_on(self, p, *moved)
             if moved is None:
                 return p
             q, ev = moved
@@ -300,6 +302,26 @@ class ImageFit:
             if _better(self, ev, here, WALK_GAIN[self.unit]):
                 return q, ev
         return None
+
+
+def run_on(fit: ImageFit, p: Point, q: Point, ev: Eval) -> tuple[Point, Eval]:
+    """A walk's move from `p` to the grid neighbour `q` gained: go on the same way, twice as far each time, while
+    the score rises by WALK_GAIN. A long steady climb then costs the logarithm of its length, not its length
+    (measured on held-out model 5569, guidance 7.2 from a coarse 8.0: the walk rendered 7.7, 7.6, ... 7.2, one grid
+    step and 2-5 dB each); past the answer the score falls and the walk's next neighbours take it back."""
+    moved = [i for i in range(len(p)) if p[i] != q[i]]
+    if len(moved) != 1 or fit.exact(ev.score):
+        return q, ev
+    a = fit.axes[moved[0]]
+    stride = 2 * (a.index(q[moved[0]]) - a.index(p[moved[0]]))
+    while stride and (ahead := grid_steps(fit, q, moved[0], (stride,))):
+        e = fit.evaluate(ahead[0])
+        if not _better(fit, e, ev, WALK_GAIN[fit.unit]):
+            break
+        q, ev, stride = ahead[0], e, stride * 2
+        if fit.exact(ev.score):
+            break
+    return q, ev
 
 
 def descent_of(fit: ImageFit, p: Point, start: Scored) -> Descent:
