@@ -450,16 +450,14 @@ def test_a_walk_that_keeps_gaining_doubles_its_stride():
     """A steady climb of one knob (guidance from 8.5 to the answer 7.2, better at every grid step) costs about the
     logarithm of its length: `run_on` doubles the stride while the score rises, the neighbours take it back past
     the answer. One grid step at a time it is 13 renders."""
-    target = np.zeros((64, 64, 3), dtype=np.uint8)
+    from parity.diagnose.fit import replaced
+
     render = Counting(_flat(lambda g: round(20 * abs(g - 7.2))))
-    session = Session(render, score, target, budget=None, cache=RenderCache(), metric="psnr")
-    axes = axes_for(RECORDED)
-    fit = ImageFit(RECORDED, session, target_blocks(target), axes, lambda s: s[1] == "EXACT")
-    g = next(i for i, a in enumerate(axes) if a.knob == "guidance")
-    start = fit.point_of(RECORDED)
-    p = start[:g] + (8.5,) + start[g + 1:]
+    fit = _fit_at(RECORDED.with_(guidance_scale=7.2), render)   # the target: black
+    g = next(i for i, a in enumerate(fit.axes) if a.knob == "guidance")
+    p = replaced(fit.point_of(RECORDED), g, 8.5)
     here = fit.evaluate(p)
     before = render.renders
-    end = fit.walk(p, here, np.zeros((len(here.residual), len(axes))), [g])
+    end = fit.walk(p, here, np.zeros((len(here.residual), len(fit.axes))), [g])
     assert end[g] == 7.2 and fit.exact(fit.evals[end].score)
     assert render.renders - before <= 9
