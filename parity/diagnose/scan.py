@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from parity.diagnose.cache import BudgetExhausted, Session
-from parity.diagnose.recover import Axis, Descent, Scored, _AxisRun, _golden, axes_for, axis_value, descend
+from parity.diagnose.recover import Axis, Descent, Scored, Valley, _AxisRun, _golden, axes_for, axis_value, descend
 from parity.spec import RenderSpec
 from parity.tier import explains
 
@@ -165,12 +165,12 @@ def covered(c: Coarse, answers: list[Answer]) -> bool:
 
 def global_search(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
                   explained: Callable[[Scored], bool], *, min_gain: float, polish_gain: float,
-                  axes_of: Callable[[RenderSpec], list[Axis]] = axes_for) -> ScanResult:
+                  axes_of: Callable[[RenderSpec], list[Axis]] = axes_for, valley: Valley | None = None) -> ScanResult:
     """Coarse scan, then each basin refined and descended from, best basin first, until one is exact; the best
     answer then gets what is left of the budget. A basin's descent may spend at most SHARE of the renders left,
     so a wrong first basin cannot starve the right one."""
     result = ScanResult()
-    args = (session, start, exact, explained, min_gain, polish_gain, axes_of)
+    args = (session, start, exact, explained, min_gain, polish_gain, axes_of, valley)
     try:
         result.scans = coarse_scan(spec, session, start, exact, min_gain, axes_of(spec))
         todo = [c for c in basins(result.scans, start)]
@@ -205,7 +205,7 @@ def _shared(session: Session, share: float, run: Callable[[], Answer]) -> Answer
 
 def _polish(result: ScanResult, session: Session, start: Scored, exact: Callable[[Scored], bool],
             explained: Callable[[Scored], bool], min_gain: float, polish_gain: float,
-            axes_of: Callable[[RenderSpec], list[Axis]]) -> None:
+            axes_of: Callable[[RenderSpec], list[Axis]], valley: Valley | None) -> None:
     """The best answer, not exact, continues its descent with every render left (its share may have cut it)."""
     if not result.answers:
         return
@@ -213,7 +213,7 @@ def _polish(result: ScanResult, session: Session, start: Scored, exact: Callable
     if exact(best.descent.score) or not can_render(session):
         return
     d = descend(best.descent.spec, session, best.descent.score, exact, explained, axes_of=axes_of, min_gain=min_gain,
-                polish_gain=polish_gain, max_rounds=10, searched=set(best.descent.changes))
+                polish_gain=polish_gain, max_rounds=10, searched=set(best.descent.changes), valley=valley)
     best.descent.searches += d.searches
     if d.score[0] > best.score:
         best.descent.spec, best.descent.score = d.spec, d.score
@@ -222,17 +222,17 @@ def _polish(result: ScanResult, session: Session, start: Scored, exact: Callable
 
 def _local(spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
            explained: Callable[[Scored], bool], min_gain: float, polish_gain: float,
-           axes_of: Callable[[RenderSpec], list[Axis]]) -> Answer:
+           axes_of: Callable[[RenderSpec], list[Axis]], valley: Valley | None) -> Answer:
     """The basin around the recorded values themselves: between them and the coarse values next to them every
     coarse render may score lower while the answer lies in between (a shift of 2.3 recorded as 1.9, coarse at
     0.8 and 3.4). The local descent from the recorded values finds it."""
     return Answer("recorded", descend(spec, session, start, exact, explained, axes_of=axes_of, min_gain=min_gain,
-                                      polish_gain=polish_gain, max_rounds=10))
+                                      polish_gain=polish_gain, max_rounds=10, valley=valley))
 
 
 def _descend_from(c: Coarse, spec: RenderSpec, session: Session, start: Scored, exact: Callable[[Scored], bool],
                   explained: Callable[[Scored], bool], min_gain: float, polish_gain: float,
-                  axes_of: Callable[[RenderSpec], list[Axis]]) -> Answer:
+                  axes_of: Callable[[RenderSpec], list[Axis]], valley: Valley | None) -> Answer:
     """Refine the basin on its knob, adopt the value, and descend over every knob from there."""
     try:
         refine_basin(c)
@@ -244,7 +244,8 @@ def _descend_from(c: Coarse, spec: RenderSpec, session: Session, start: Scored, 
         return Answer(c.axis.knob, Descent(spec, start, searches=[trace]))
     here = c.axis.apply(spec, i)
     d = descend(here, session, score, exact, explained, axes_of=axes_of, min_gain=min_gain,
-                polish_gain=polish_gain, max_rounds=10, searched={c.axis.knob}) if not exact(score) and can_render(session) \
+                polish_gain=polish_gain, max_rounds=10, searched={c.axis.knob}, valley=valley) \
+        if not exact(score) and can_render(session) \
         else Descent(here, score)
     d.changes = {c.axis.knob: c.axis.stored(i), **d.changes}   # a later value of the same knob wins
     d.searches.insert(0, trace)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from parity.diagnose.cache import BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
-from parity.diagnose.recover import AxisSearch, Descent, Scored, axes_for, descend
-from parity.diagnose.fit import FIT_LEAD, ImageFit, fit_from, target_blocks
+from parity.diagnose.recover import AxisSearch, Descent, Scored, Valley, axes_for, descend
+from parity.diagnose.fit import FIT_LEAD, ImageFit, fit_from, moved_knobs, target_blocks, walk_valley
 from parity.diagnose.scan import (MIN_REFINE, SHARE, Answer, ScanResult, can_render, close, coarse_scan,
                                   coarse_starts, global_search, minimum_renders)
 from parity.job.sizes import effective_size
@@ -278,10 +278,12 @@ def _no_search(result: Suspects, spec: RenderSpec, base: tuple[float, str | None
     return False
 
 
+SAMPLING = tuple(knobs.searchable())   # the knobs a search moves: those with a search axis in parity.knobs
+
+
 def changes_between(recorded: RenderSpec, found: RenderSpec) -> dict[str, Any]:
     """knob -> value for the sampling knobs `found` sets otherwise than `recorded`."""
-    return {k: recorded_value(found, k) for k in ("steps", "guidance", "lora_scale", "schedule")
-            if recorded_value(found, k) != recorded_value(recorded, k)}
+    return {k: recorded_value(found, k) for k in SAMPLING if recorded_value(found, k) != recorded_value(recorded, k)}
 
 
 def rival_of(answers: list[Answer], exact: Restores, noise: float, done: Restores) -> Answer | None:
@@ -327,11 +329,12 @@ class _Search:
     def __init__(self, session: Session, spec: RenderSpec, base: tuple[float, str | None], done: Restores,
                  exact: Restores, result: Suspects, unit: str = "ssim"):
         self.session, self.done, self.exact, self.result, self.unit = session, done, exact, result, unit
-        self.spec, self.score, self.base = spec, base, base
+        self.spec, self.score, self.base, self.recorded = spec, base, base, spec
         self.adopted: dict[str, Tried] = {}
         self.rival: Answer | None = None     # another answer within NOISE of the adopted one
         self.pinned: set[str] = set()        # knobs fixed by another group's answer: not searched
         self.starts_best = math.inf          # the best score among the image fit's starts (fit_image)
+        self.valley: Valley | None = None    # the image fit's valley walk, when the target and renders are images
 
     def axes_of(self, spec: RenderSpec) -> list:
         return [a for a in axes_for(spec) if a.knob not in self.pinned]
@@ -387,6 +390,7 @@ class _Search:
         here = fit.point_of(self.spec)
         if here is None or fit.evaluate(here) is None:
             return []
+        self.valley = valley_walk(fit)
         # the coarse scan first, whatever the recorded render scores: a knob's picture is smooth only near the
         # answer (measured on the smooth tiny model, a static shift of 3.1 recorded as AI Toolkit's 1.58: the
         # blocks' error falls smoothly only from 2.9 to 3.4; from 1.6 to 2.8 it rises and falls, so a fit from the
@@ -413,7 +417,7 @@ class _Search:
             # the valley moved a little)
             d = descend(answers[0].descent.spec, self.session, answers[0].descent.score, self.exact, self.exact,
                         axes_of=self.axes_of, min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit],
-                        max_rounds=10)
+                        max_rounds=10, valley=self.valley)
             self._traces(d.searches)
             d.changes, out_of_budget = {**answers[0].descent.changes, **d.changes}, d.out_of_budget
             if d.score[0] >= answers[0].score:   # the polished answer replaces its start: not a rival of it
@@ -421,7 +425,7 @@ class _Search:
         elif not (answers and self.exact(answers[0].descent.score)) and can_render(self.session):
             r = global_search(self.spec, self.session, self.score, self.exact, self.done,
                               min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit],
-                              axes_of=self.axes_of)
+                              axes_of=self.axes_of, valley=self.valley)
             self._record(r)
             answers = sorted(answers + r.answers, key=lambda a: -a.score)
             out_of_budget = r.out_of_budget
@@ -497,7 +501,8 @@ class _Search:
     def descend(self, spec: RenderSpec | None = None, score: tuple[float, str | None] | None = None, *,
                 max_rounds: int = 4, adopt: bool = True) -> Descent:
         d = descend(spec or self.spec, self.session, score or self.score, self.exact, self.done, axes_of=self.axes_of,
-                    min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit], max_rounds=max_rounds)
+                    min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit], max_rounds=max_rounds,
+                    valley=self.valley)
         self._traces(d.searches)
         if adopt and d.score[0] > self.score[0]:
             self._adopt(d)
@@ -506,10 +511,35 @@ class _Search:
         return d
 
     def _adopt(self, d: Descent) -> None:
-        self.spec, self.score = d.spec, d.score
-        for knob, value in d.changes.items():
+        self.spec, self.score, changes = d.spec, d.score, claimed_changes(self.recorded, d)
+        for knob in set(SAMPLING) - set(changes):   # put back to its recorded value: no longer claimed
+            self.adopted.pop(knob, None)
+        for knob, value in changes.items():
             self.adopted[knob] = Tried(knob, value, d.score[0], d.score[1], d.score[0] - self.base[0],
                                        knob_text(knob, value))
+
+
+def claimed_changes(recorded: RenderSpec, d: Descent) -> dict[str, Any]:
+    """What answer `d` claims: its changes, the sampling knobs as its spec sets them against `recorded`, so the
+    claim is always the spec that scored. (A merged answer can carry a value that a later move changed or put
+    back: on held-out model 5569, 16 steps + guidance 7.2 + shift 2.2, the valley walk reached the exact spec
+    while the fit's shift of 1.5 stayed among the changes, and "guidance 7.2, static shift 1.5" was claimed.)"""
+    moved = changes_between(recorded, d.spec)
+    out = {k: (moved.get(k) if k in SAMPLING else v) for k, v in d.changes.items()}
+    return {k: v for k, v in {**out, **moved}.items() if v is not None}
+
+
+def valley_walk(fit: ImageFit) -> Valley:
+    """The score descent's move when no knob gains alone or the steps or the shift were just searched: the image
+    fit's valley walk (parity.diagnose.fit.walk_valley) from a spec where either moved; its diagonals fall off the
+    valley (docs/parameter-recovery.md, held-out model 5569, 16 steps + guidance 7.2 + shift 2.2)."""
+    def walk(spec: RenderSpec, score: Scored) -> tuple[RenderSpec, Scored] | None:
+        p = fit.point_of(spec)
+        if p is None or not {fit.axes[i].knob for i in moved_knobs(fit, p)} & {"steps", "schedule"}:
+            return None   # neither moved: no valley to walk (a guidance case stalled near its answer)
+        q = walk_valley(fit, p) if fit.evaluate(p) is not None else None
+        return (fit.evals[q].spec, fit.evals[q].score) if q is not None else None
+    return walk
 
 
 def _conclude(result: Suspects, spec: RenderSpec, base: tuple[float, str | None], state: _Search) -> None:
