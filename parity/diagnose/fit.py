@@ -43,6 +43,7 @@ VALLEY = (-1, 1, -2, 2, -3, 3)     # steps tried around a fit that stopped betwe
 SCAN_OFFSETS = (2, -2, 3, -3, 4, -4, 5, -5, 6, -6)   # grid steps tried around a one-knob fit that stopped (scan_near)
 ALONE = 2                     # knobs fitted alone from the recorded values, the most promising first (alone)
 VALLEY_POWER = 1.25           # along the steps-shift valley the shift goes as steps^1.25 (measured: `walk_valley`)
+CLIMB = 3                     # grid steps a valley point's shift may climb from where it was predicted
 STILL_OFFSETS = (3, -3, 6, -6, 9, -9)         # grid steps tried on a near fit's unmoved knobs (scan_still)
 SCAN_GAIN = {"psnr": 3.0, "ssim": 0.03}     # a scanned point this much better than the fit's end moves the fit there
 WALK_GAIN = {"psnr": 0.1, "ssim": 0.001}    # a stopped fit's walk moves only to a point this much better (or exact):
@@ -447,14 +448,20 @@ class _Valley(_AxisRun):
 
 def valley_point(fit: ImageFit, known: list[Point], n: float, k: int, s: int) -> Point | None:
     """The best point at `n` steps on the valley through the points `known` (valley points of other steps): the
-    shift predicted from the nearest of them by the power law (VALLEY_POWER), then its grid neighbours, on the way
-    that gains while it gains. (The power measured from two valley points a few steps apart is noise: the shift's
-    grid is 2 % of 2.5; from 21 and 23 steps it came out 0.99 on held-out model 6619, the predicted shift at 27
-    steps 0.2 low, and the climb from there stopped at 3.4, short of the valley's 3.6.) None when nothing there
-    renders."""
+    shift interpolated in log-log between the nearest known on either side, else predicted from the nearest by the
+    power law (VALLEY_POWER); then its grid neighbours, on the way that gains while it gains, at most CLIMB grid
+    steps. (Each valley point's shift is off by a grid step or two, the score being rough at the grid's scale:
+    held-out model 3369, 28 steps + shift 2.45, gave 2.2 at 25 steps, 2.95 at 34; 2.55 predicted from 25 alone,
+    2.45 interpolated. The power measured from two points on one side is noise: 0.99 from 21 and 23 steps on model
+    6619, whose valley goes as 1.25.) None when nothing there renders."""
     ax = fit.axes[s]
+    below = max((q for q in known if q[k] < n), key=lambda q: q[k], default=None)
+    above = min((q for q in known if q[k] > n), key=lambda q: q[k], default=None)
     a = min(known, key=lambda q: abs(math.log(q[k] / n)))
-    j = ax.index(a[s] * (n / a[k]) ** VALLEY_POWER)
+    power = VALLEY_POWER
+    if below is not None and above is not None:
+        a, power = below, math.log(above[s] / below[s]) / math.log(above[k] / below[k])
+    j = ax.index(a[s] * (n / a[k]) ** power)
     on_n = replaced(a, k, float(n))
 
     def at(i: int) -> Point:
@@ -465,7 +472,7 @@ def valley_point(fit: ImageFit, known: list[Point], n: float, k: int, s: int) ->
         return None
     for way in (1, -1):
         i, moved = j + way, False
-        while 0 <= i <= ax.n and not fit.exact(fit.evals[best].score):
+        while 0 <= i <= ax.n and abs(i - j) <= CLIMB and not fit.exact(fit.evals[best].score):
             if not _better(fit, fit.evaluate(at(i)), fit.evals[best]):
                 break
             best, moved, i = at(i), True, i + way
