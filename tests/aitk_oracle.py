@@ -146,6 +146,7 @@ def cpu_vendor() -> str | None:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), None)
 
 
+@lru_cache(maxsize=1)
 def known_different() -> dict[str, int]:
     """KNOWN_DIFFERENT where it holds: on any CPU but one of the oracle's own vendor (`rendered_on` in
     numerics.json), where MKL runs the branch the oracle ran and every preview must be EXACT."""

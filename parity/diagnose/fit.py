@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.diagnose.cache import BudgetExhausted, Session
-from parity.diagnose.recover import Axis, Descent, Scored, _AxisRun, axis_value, screen, search
+from parity.diagnose.recover import PAIRED, Axis, Descent, Scored, _AxisRun, axis_value, screen, search
 from parity.spec import RenderSpec
 
 SIDE = 16                     # the residual's luminance blocks per side (its chroma blocks: half as many)
@@ -388,9 +388,10 @@ def valley_partner(fit: ImageFit, active: list[int], rest: list[int]) -> int | N
 
 
 class _Valley(_AxisRun):
-    """The steps axis as the score's line search (parity.diagnose.recover.search) sees it, along the valley
-    through a point: f(i) is the best score at steps value(i) with the shift placed on the valley (`valley_point`)
-    and the other knobs as at the point; the valley point of each steps value is kept."""
+    """The steps axis as the score's line search (parity.diagnose.recover.screen / search) sees it, along the
+    valley through a point: f(i) is the best score at steps value(i) with the shift placed on the valley
+    (`valley_point`) and the other knobs as at the point; the valley point of each steps value is kept. Only what
+    the line search reads is set (no trace: the walk's renders are the fit's)."""
 
     def __init__(self, fit: ImageFit, p: Point, k: int, s: int):
         self.fit, self.k, self.s, self.axis = fit, k, s, fit.axes[k]
@@ -465,8 +466,13 @@ def walk_valley(fit: ImageFit, p: Point) -> Point | None:
                 break
     except BudgetExhausted:
         pass
-    best = max(run.points.values(), key=lambda q: fit.evals[q].score[0] if q is not None else -math.inf)
-    return best if best != p and best is not None and fit.evals[best].score[0] > fit.evals[p].score[0] else None
+    best = max((q for q in run.points.values() if q is not None), key=lambda q: fit.evals[q].score[0])
+    return best if fit.evals[best].score[0] > fit.evals[p].score[0] else None
+
+
+def moves_valley(fit: ImageFit, p: Point) -> bool:
+    """`p` is off the recorded values in the steps or the shift: there is a valley to walk."""
+    return any(fit.axes[i].knob in PAIRED for i in moved_knobs(fit, p))
 
 
 def scan_still(fit: ImageFit, p: Point, active: list[int]) -> Point | None:
@@ -691,7 +697,7 @@ def polish(fit: ImageFit, p: Point) -> Point:
     `climb`; then the knobs it has not moved scanned (`scan_still`) and, when one gains, `climb` from there; then
     `expand` with EXPAND_SHARE of the renders left. The best point reached."""
     session = fit.session
-    if {fit.axes[i].knob for i in moved_knobs(fit, p)} & {"steps", "schedule"}:
+    if moves_valley(fit, p):
         p = walk_valley(fit, p) or p
     p = climb(fit, p)
     if not fit.exact(fit.evals[p].score):

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from parity.diagnose.cache import BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.diagnose.recover import AxisSearch, Descent, Scored, Valley, axes_for, descend
-from parity.diagnose.fit import FIT_LEAD, ImageFit, fit_from, moved_knobs, target_blocks, walk_valley
+from parity.diagnose.fit import FIT_LEAD, ImageFit, fit_from, moves_valley, target_blocks, walk_valley
 from parity.diagnose.scan import (MIN_REFINE, SHARE, Answer, ScanResult, can_render, close, coarse_scan,
                                   coarse_starts, global_search, minimum_renders)
 from parity.job.sizes import effective_size
@@ -535,7 +535,7 @@ def valley_walk(fit: ImageFit) -> Valley:
     valley (docs/parameter-recovery.md, held-out model 5569, 16 steps + guidance 7.2 + shift 2.2)."""
     def walk(spec: RenderSpec, score: Scored) -> tuple[RenderSpec, Scored] | None:
         p = fit.point_of(spec)
-        if p is None or not {fit.axes[i].knob for i in moved_knobs(fit, p)} & {"steps", "schedule"}:
+        if p is None or not moves_valley(fit, p):
             return None   # neither moved: no valley to walk (a guidance case stalled near its answer)
         q = walk_valley(fit, p) if fit.evaluate(p) is not None else None
         return (fit.evals[q].spec, fit.evals[q].score) if q is not None else None
