@@ -196,6 +196,23 @@ def test_the_steps_shift_valley_is_walked_to_the_exact_point(steps, shift, start
     assert render.renders - before <= renders
 
 
+def test_a_stall_during_the_valley_walk_ends_the_start():
+    """The stall rule (`fit_from`: a coarse start must gain within STALL renders) holds inside the valley walk
+    too: the walk does not swallow it and keep the stalled start going (measured on held-out model 7341, 14
+    steps: the start at a coarse shift of 2.3 stalled at its 12th render, inside the walk, and went on for five
+    more renders before the recorded values had their turn)."""
+    from parity.diagnose.fit import Stalled, walk_valley
+
+    fit = _fit_at(RECORDED.with_(sample_steps=29, schedule="static:3.9", semantics="aitk"), rising_valley_picture)
+    start = fit.point_of(RECORDED)
+    p = (20.0,) + start[1:3] + (2.6,)
+    here = fit.evaluate(p)
+    fit.best_since, fit.near_since = here.score[0], False
+    fit.watch = (fit.session.extra_renders + 1, here.score[0] + 100.0)   # due at the walk's first render
+    with pytest.raises(Stalled):
+        walk_valley(fit, p)
+
+
 def test_the_residual_sees_colour_and_weighs_each_pixel_once():
     """A change of colour at equal luminance moves the residual (on the smooth tiny model the knobs move the
     chroma smoothly while the luminance blocks rise and fall), and a uniform change of d in Cb weighs what the

@@ -463,6 +463,8 @@ def walk_valley(fit: ImageFit, p: Point) -> Point | None:
             if run.best()[0] is not None:
                 search(run)
                 break
+    except Stalled:   # the start's fit stalled (`fit_from`): it yields to the next start, walk or not
+        raise
     except BudgetExhausted:
         pass
     best = max((q for q in run.points.values() if q is not None), key=lambda q: fit.evals[q].score[0])
