@@ -449,11 +449,12 @@ def walk_valley(fit: ImageFit, p: Point) -> Point | None:
     steps: 2.45 / 41.2 dB, 2.80 / 42.9, 3.15 / 43.4, 3.45 / 45.8, 3.75 / 47.9, then exact; model 5569, 40 steps +
     shift 2.2 from 30 steps: 1.55 / 38.4, 2.00 / 41.5 at 36, 2.15 / 45.7 at 39, exact), while off it every knob
     alone scores worse. Not on every model: on held-out model 7341, 14 steps at AI Toolkit's shift, the valley is
-    flat, 35.4-37.0 dB from 12 to 22 steps and 43.3 one grid step from the answer, and no line search sees it coming. So the steps are line-searched along the valley, the score's bracket and golden-section
+    flat, 35.4-37.0 dB from 12 to 22 steps and 43.3 one grid step from the answer, and no line search sees it
+    coming. So the steps are line-searched along the valley, the score's bracket and golden-section
     (parity.diagnose.recover.search) over the steps with the shift placed on the valley at each (`valley_point`),
     screened first at the steps' first step (a quarter of the recorded steps: one step either side gains less than
-    the noise, 0.1 dB, on held-out model 6619 from 20 steps + shift 1.95 for 27 + 2.7), then at one step. A
-    valley nine steps long costs about seven valley points, not nine. The best point found, or None."""
+    the noise, 0.1 dB, on held-out model 6619 from 20 steps + shift 1.95 for 27 + 2.7), then at one step. A valley
+    nine steps long costs about seven valley points, not nine. The best point found, or None."""
     index = {a.knob: i for i, a in enumerate(fit.axes)}
     if "steps" not in index or "schedule" not in index or p not in fit.evals:
         return None
