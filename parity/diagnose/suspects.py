@@ -39,6 +39,7 @@ SEED_GAIN = {"psnr": 2.0, "ssim": 0.1}            # a seed pattern must gain thi
 START_GAIN = {"psnr": 1.0, "ssim": 0.02}          # a coarse point this much better starts a fit before the recorded values
 FIT_STARTS = 3                                   # the image fit starts from this many of the coarse scan's best points
                                                  # and from the recorded values (parity.diagnose.scan.coarse_starts)
+SAMPLING = tuple(knobs.searchable())   # the knobs a search moves: those with a search axis in parity.knobs
 
 
 @dataclass(frozen=True)
@@ -276,9 +277,6 @@ def _no_search(result: Suspects, spec: RenderSpec, base: tuple[float, str | None
                           f"(a search needs at least {minimum_renders(spec)}; raise --budget or budget:)")
         return True
     return False
-
-
-SAMPLING = tuple(knobs.searchable())   # the knobs a search moves: those with a search axis in parity.knobs
 
 
 def changes_between(recorded: RenderSpec, found: RenderSpec) -> dict[str, Any]:
