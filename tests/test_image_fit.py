@@ -155,6 +155,21 @@ def test_a_one_knob_fit_that_stopped_in_a_dip_scans_its_neighbourhood():
     assert end == (start[0], 5.3) + start[2:] and fit.evals[end].score[1] == "EXACT"
 
 
+def test_a_knob_whose_unit_is_under_a_grid_step_still_gets_its_jacobian_column():
+    """A few steps: one unit of the steps (15 %) rounds back to the same integer either way (3 x 1.15 = 3.45, 3 /
+    1.15 = 2.6), and the column was 0 / 0: NaN, then a NaN step and a crash (ValueError converting NaN to an
+    index; held-out model 7507, guidance 5.2 + multiplier 0.33). The column is then measured one grid step away."""
+    fit = _fit_at(RECORDED.with_(guidance_scale=5.3))
+    start = fit.point_of(RECORDED)
+    p = (3.0,) + start[1:]
+    here = fit.evaluate(p)
+    J, hit = fit.jacobian(p, here, [0])
+    assert hit is None and np.isfinite(J).all() and J[:, 0].any()
+    assert (4.0,) + start[1:] in fit.evals or (2.0,) + start[1:] in fit.evals
+    end, _ = fit.fit(p, [0, 1])   # the fit from there runs on finite numbers
+    assert all(np.isfinite(end))
+
+
 def valley_picture(spec: RenderSpec) -> np.ndarray:
     """Steps and the shift act through one combination (log shift - 0.8 log steps): a valley along which only a
     small term of the steps alone separates the points, visible in 8 bits."""

@@ -165,18 +165,17 @@ class ImageFit:
     def jacobian(self, p: Point, here: Eval, columns: list[int], J: np.ndarray | None = None
                  ) -> tuple[np.ndarray, Point | None]:
         """Finite differences of the axes `columns` (indices), one render each (one scaled unit away, or back at
-        the range's end), into `J` (a new one when None; other columns kept). Returns the Jacobian and a point that
+        the range's end; one grid step away where a unit is less than a grid step: 15 % of 3 steps rounds back to
+        3 either way), into `J` (a new one when None; other columns kept). Returns the Jacobian and a point that
         reproduced the target exactly on the way (None if none did)."""
         x = self.coords(p)
         J = np.zeros((len(here.residual), len(self.axes))) if J is None else J.copy()
         for i in columns:
-            q = p
-            for sign in (1.0, -1.0):
-                x2 = x.copy()
-                x2[i] += sign
-                q = self.snap(x2)
-                if q[i] != p[i]:
-                    break
+            unit = np.eye(len(x))[i]
+            q = next((q for q in (self.snap(x + unit), self.snap(x - unit), *grid_steps(self, p, i, (1, -1)))
+                      if q[i] != p[i]), None)
+            if q is None:   # an axis of one value: no column
+                continue
             ev = self.evaluate(q)
             if ev is None:
                 continue
