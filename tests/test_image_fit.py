@@ -311,10 +311,12 @@ def test_a_start_in_no_basin_yields_to_the_next_within_the_stall_renders():
     assert render.renders - before <= STALL + 6     # without the rule: 55 renders, the first start its share
 
 
-def test_the_valley_partner_joins_a_fit_of_the_shift_or_the_steps_alone():
+def test_the_valley_partner_joins_a_fit_of_one_of_a_pair_alone():
     """Steps and the shift trade off along a valley: a fit of one of them alone that stopped short of exact takes
     the other next (on model 6213 the Jacobian chose the multiplier, and 15 steps + shift 1.3 was never found);
-    a fit that already moves another knob, or a partner put back by the backward elimination, chooses as before."""
+    so do the guidance and the multiplier (on model 9086, guidance 6.6 + multiplier 0.47, the multiplier fitted
+    alone and the Jacobian sent the steps to 100); a fit that already moves another knob, or a partner put back
+    by the backward elimination, chooses as before."""
     from parity.diagnose.fit import valley_partner
 
     fit = _fit_at(RECORDED.with_(sample_steps=15, schedule="static:1.3", semantics="aitk"), valley_picture)
@@ -324,7 +326,10 @@ def test_the_valley_partner_joins_a_fit_of_the_shift_or_the_steps_alone():
     assert valley_partner(fit, [steps], [guidance, multiplier, shift]) == shift
     assert valley_partner(fit, [shift, multiplier], [steps, guidance]) is None
     assert valley_partner(fit, [shift], [guidance, multiplier]) is None      # the steps were put back
-    assert valley_partner(fit, [guidance], [steps, multiplier, shift]) is None
+    assert valley_partner(fit, [guidance], [steps, multiplier, shift]) == multiplier
+    assert valley_partner(fit, [multiplier], [steps, guidance, shift]) == guidance
+    assert valley_partner(fit, [guidance], [steps, shift]) is None      # the multiplier was put back
+    assert valley_partner(fit, [guidance, steps], [multiplier, shift]) is None
 
 
 def two_summit_picture(spec: RenderSpec) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.diagnose.cache import BudgetExhausted, Session
-from parity.diagnose.recover import PAIRED, Axis, Descent, Scored, _AxisRun, axis_value, screen, search
+from parity.diagnose.recover import PAIRED, PARTNERS, Axis, Descent, Scored, _AxisRun, axis_value, screen, search
 from parity.spec import RenderSpec
 
 SIDE = 16                     # the residual's luminance blocks per side (its chroma blocks: half as many)
@@ -372,14 +372,15 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
 
 
 def valley_partner(fit: ImageFit, active: list[int], rest: list[int]) -> int | None:
-    """The steps when the shift moves alone, the shift when the steps do (either among `rest`), or None. The two
-    trade off along a valley, so a fit of one that stops short of exact has usually met the valley, and the
-    Jacobian's choice of the next knob is then noise (measured on held-out model 6213, 15 steps at a shift of
-    1.3: the shift fitted alone to 1.9 at 20 steps, 40 dB, on the valley; the multiplier joined, +0.4 dB, and
-    the steps never did)."""
+    """The other knob of a pair that trades off (recover.PARTNERS: the steps and the shift, the guidance and the
+    multiplier) when one of them moves alone and the other is among `rest`, or None. A fit of one that stops short
+    of exact has usually met their valley, and the Jacobian's choice of the next knob is then noise (measured on
+    held-out model 6213, 15 steps at a shift of 1.3: the shift fitted alone to 1.9 at 20 steps, 40 dB, on the
+    valley; the multiplier joined, +0.4 dB, and the steps never did; model 9086, guidance 6.6 + multiplier 0.47:
+    the multiplier fitted alone to 0.42 and the Jacobian sent the steps to 100)."""
     knobs = {fit.axes[i].knob: i for i in range(len(fit.axes))}
     moving = {fit.axes[i].knob for i in active}
-    for mine, other in (("schedule", "steps"), ("steps", "schedule")):
+    for mine, other in [p for pair in PARTNERS for p in (pair, pair[::-1])]:
         if moving == {mine} and knobs.get(other) in rest:
             return knobs[other]
     return None

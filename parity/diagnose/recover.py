@@ -370,6 +370,10 @@ def _screen_all(out: Descent, session: Session, done: Callable[[Scored], bool], 
 
 
 PAIRED = ("steps", "schedule")        # both only set how the sampling ODE is discretised: their effects trade off
+# knobs whose effects trade off, so that a fit of one alone stops where the other would carry it on
+# (parity.diagnose.fit.valley_partner): the steps and the shift; the guidance and the LoRA multiplier, which both
+# set how far the picture moves from the base model's (measured: `valley_partner`)
+PARTNERS = (PAIRED, ("guidance", "lora_scale"))
 DIAGONAL_SCALES = (0.5, 0.25, 0.0)    # diagonal probes, as fractions of each paired axis's first step (0: one grid step)
 
 
