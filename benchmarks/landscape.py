@@ -1,24 +1,32 @@
-"""What a preview can tell apart: the score landscape over (steps, static shift) around the values that rendered it.
+"""What a preview can tell apart: the score landscape over two knobs around, or across, the values that rendered it.
 
 Parameter recovery (docs/parameter-recovery.md) climbs the comparison's score. Whether any search can find the
 answer within a budget depends on the landscape: one basin around the answer, or many local maxima, each a place
-where a local search stops. For each case, a JPEG q75 preview is rendered at the true (steps, shift) on a smooth
-tiny FLUX.2 (guidance 4, multiplier 1), every grid point of a window around it is rendered and scored against the
-preview (PSNR after re-encoding the render like the preview; identical = 1000 dB), and the benchmark prints:
+where a local search stops; or, far from the answer, no slope at all. For each case, a JPEG q75 preview is
+rendered at the two knobs' true values on a smooth tiny FLUX.2 (the other knobs as recorded: 20 steps, guidance 4,
+multiplier 1, AI Toolkit's schedule), every point of a grid is rendered and scored against the preview (PSNR
+after re-encoding the render like the preview; identical = 1000 dB), and the benchmark prints:
 
-    points     grid points in the window (steps integer, shift grid 0.05)
+    points     grid points (the truth's own values are added to each axis)
     maxima     local maxima on the grid (8 neighbours), the answer included
     basin      points from which steepest ascent over the 8 neighbours reaches the answer
-    rival      the best score in the window but the answer's
+    rival      the best score on the grid but the answer's
     nbr        the best score among the answer's 8 neighbours
     near       points whose comparison is NEAR or better
     bf<B>      of the local maxima that are not the answer, from how many a best-first expansion (the rule of
                parity.diagnose.fit.expand, on this grid) renders the answer within B renders
+    lifted     points other than the answer scoring LIFT_DB above the grid's median: where the preview still
+               tells a search that it is close
 
-Cases are drawn as benchmarks/recovery.py draws them (models of seeds 1000-9999, steps 8-50, shift 1-4), or given:
+Two grids (`--knobs`): steps x static shift, a window around the truth on the search's own grid (1 step, 0.05),
+where the two trade off and the answer's neighbourhood is rough; guidance x LoRA multiplier over the whole range
+the recovery benchmark draws true values from (guidance 1.5-8, multiplier 0.3-1.5), at 0.5 x 0.1: how far from
+the answer the preview still says where the answer lies. Cases are drawn as benchmarks/recovery.py draws them
+(models of seeds 1000-9999), or given:
 
     PYTHONPATH=. nice python benchmarks/landscape.py --draws 6 [--seed S]
-    PYTHONPATH=. nice python benchmarks/landscape.py --model 9964 --steps 30 --shift 3.2 --table
+    PYTHONPATH=. nice python benchmarks/landscape.py --model 9964 --truth 30,3.2 --table
+    PYTHONPATH=. nice python benchmarks/landscape.py --knobs guidance,lora_scale --draws 4 --table
     PYTHONPATH=. python benchmarks/landscape.py --smoke
 """
 
@@ -34,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import pin_threads, smoke, smoke_option
-from recovery import Bench, draw_value
+from recovery import RANGES, Bench, Case, draw_value
 
 from parity import knobs
 
@@ -43,6 +51,10 @@ EXACT_DB = 1000.0   # the score of an identical image (the search's convention)
 # a grid point's 8 neighbours, in the order parity.diagnose.fit.expand renders them (orthogonal first)
 NEIGHBOURS = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
 SHIFT_GRID = knobs.searchable()["schedule"].resolution   # the search's grid of the static shift
+LIFT_DB = 3.0   # a point this far above the grid's median still tells a search it is close (`lifted`)
+# the grids the benchmark knows: a window around the truth on the search's grid, or a whole drawn range
+PAIRS = {"steps,schedule": {"truth": "30,3.2", "window": "3,0.3", "spacing": f"1,{SHIFT_GRID:g}"},
+         "guidance,lora_scale": {"truth": "2.7,0.84", "window": None, "spacing": "0.5,0.1"}}
 
 
 def _neighbours(grid: np.ndarray, i: int, j: int):
@@ -94,90 +106,147 @@ def best_first_renders(grid: np.ndarray, start: tuple[int, int], budget: int) ->
     return len(seen) - 1 if len(seen) - 1 <= budget else None
 
 
-def landscape(bench: Bench, item: int, steps: int, shift: float, steps_window: int, shift_window: float,
+def axis_around(knob: str, centre: float, window: float, spacing: float) -> list[float]:
+    """The knob's values `centre` +- `window` at `spacing` (steps at least 1)."""
+    n = round(window / spacing)
+    values = [round(centre + spacing * k, 2) for k in range(-n, n + 1)]
+    return [int(v) for v in values if v >= 1] if knob == "steps" else values
+
+
+def axis_over_range(knob: str, spacing: float) -> list[float]:
+    """The knob's values over the range the recovery benchmark draws true values from (recovery.RANGES)."""
+    low, high = RANGES[knob]
+    values = [round(low + spacing * k, 2) for k in range(round((high - low) / spacing) + 1)]
+    return [int(v) for v in values] if knob == "steps" else values
+
+
+def landscape(bench: Bench, item: int, truth: dict[str, float], axes: list[tuple[str, list[float]]],
               work: Path) -> dict:
-    """Scores of every (steps, shift) grid point within the window around the truth, against its JPEG preview."""
+    """Scores of every grid point of two knobs' `axes` (knob, values; the truth's own value added to each), the
+    other knobs as recorded, against the JPEG preview rendered at `truth` (those two knobs' true values)."""
     from PIL import Image
 
     spec = bench.recorded[item]
-    preview = work / f"preview-{steps}-{shift:g}-{item}.jpg"
-    Image.fromarray(bench.render(spec.with_(sample_steps=steps, schedule=f"static:{shift:g}"))).save(preview)
-    n_shift = round(shift_window / SHIFT_GRID)
-    steps_axis = [n for n in range(steps - steps_window, steps + steps_window + 1) if n >= 1]
-    shift_axis = [round(shift + SHIFT_GRID * k, 2) for k in range(-n_shift, n_shift + 1)]
-    grid = np.zeros((len(steps_axis), len(shift_axis)))
+
+    def at(values: dict[str, float]):
+        return spec.with_(**Case("point", 0, values).spec_changes())   # the model is the bench's
+
+    preview = work / ("preview-" + "-".join(f"{k}{v:g}" for k, v in truth.items()) + f"-{item}.jpg")
+    Image.fromarray(bench.render(at(truth))).save(preview)
+    (ka, va), (kb, vb) = [(k, sorted(set(values) | {truth[k]})) for k, values in axes]
+    grid = np.zeros((len(va), len(vb)))
     near = 0
-    for a, n in enumerate(steps_axis):
-        for b, s in enumerate(shift_axis):
-            c = bench.score(bench.render(spec.with_(sample_steps=n, schedule=f"static:{s:g}")), str(preview))
+    for a, x in enumerate(va):
+        for b, y in enumerate(vb):
+            c = bench.score(bench.render(at({ka: x, kb: y})), str(preview))
             psnr = c.metrics["psnr"]
             grid[a, b] = EXACT_DB if psnr == "inf" else float(psnr)
             near += c.tier in ("EXACT", "NEAR")
-    truth = (steps_axis.index(steps), shift_axis.index(round(shift, 2)))
+    truth_at = (va.index(truth[ka]), vb.index(truth[kb]))
+    others = grid.copy()
+    others[truth_at] = -np.inf
+    maxima = local_maxima(grid)
+    summits = [m for m in maxima if m != truth_at]
+    reached = sum(best_first_renders(grid, m, BEST_FIRST_BUDGET) is not None for m in summits)
+    return {"knobs": [ka, kb], "axes": [va, vb], "grid": grid, "truth": truth_at, "near": near,
+            "best_first": f"{reached}/{len(summits)}", "maxima": len(maxima), "basin": basin_size(grid, truth_at),
+            "rival": float(others.max()), "nbr": max(float(grid[p]) for p in _neighbours(grid, *truth_at)),
+            "lifted": lifted(grid, truth_at)}
+
+
+def lifted(grid: np.ndarray, truth: tuple[int, int]) -> int:
+    """Points other than the answer scoring LIFT_DB above the grid's median: where the preview still tells a
+    search it is close. Elsewhere the score is the level of another picture, and no direction is better."""
     others = grid.copy()
     others[truth] = -np.inf
-    maxima = local_maxima(grid)
-    summits = [m for m in maxima if m != truth]
-    reached = sum(best_first_renders(grid, m, BEST_FIRST_BUDGET) is not None for m in summits)
-    return {"steps": steps_axis, "shift": shift_axis, "grid": grid, "truth": truth, "near": near,
-            "best_first": f"{reached}/{len(summits)}", "maxima": len(maxima), "basin": basin_size(grid, truth), "rival": float(others.max()),
-            "nbr": max(float(grid[p]) for p in _neighbours(grid, *truth))}
+    return int((others >= float(np.median(grid)) + LIFT_DB).sum())
 
 
 def print_table(land: dict) -> None:
-    print("steps\\shift " + " ".join(f"{s:5.2f}" for s in land["shift"]))
-    for n, row in zip(land["steps"], land["grid"]):
-        print(f"{n:11d} " + " ".join("exact" if v >= EXACT_DB else f"{v:5.1f}" for v in row))
+    (ka, kb), (va, vb) = land["knobs"], land["axes"]
+    print(f"{ka}\\{kb} ".rjust(12) + " ".join(f"{y:5g}" for y in vb))
+    for x, row in zip(va, land["grid"]):
+        print(f"{x:11g} " + " ".join("exact" if v >= EXACT_DB else f"{v:5.1f}" for v in row))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--knobs", default="steps,schedule", choices=sorted(PAIRS),
+                    help="the two knobs of the grid (default: steps and the static shift, a window around the truth; "
+                         "guidance,lora_scale: the whole range the recovery benchmark draws from)")
     ap.add_argument("--draws", type=int, default=0, help="cases drawn at random (held-out models)")
     ap.add_argument("--seed", type=int, default=None, help="draws the models and cases (default: random, printed)")
-    ap.add_argument("--model", type=int, default=None, help="one model seed (with --steps and --shift)")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--shift", type=float, default=3.2)
+    ap.add_argument("--model", type=int, default=None, help="one model seed (with --truth)")
+    ap.add_argument("--truth", default=None, metavar="A,B",
+                    help="the two knobs' true values for --model (default: 30,3.2 or 2.7,0.84)")
     ap.add_argument("--item", type=int, default=0, help="which of the three prompts")
-    ap.add_argument("--steps-window", type=int, default=3, help="steps either side of the truth")
-    ap.add_argument("--shift-window", type=float, default=0.3, help="shift either side of the truth")
+    ap.add_argument("--window", default=None, metavar="A,B",
+                    help="steps and shift either side of the truth (default 3,0.3); the whole range for "
+                         "guidance,lora_scale")
+    ap.add_argument("--spacing", default=None, metavar="A,B",
+                    help="the grid's spacing per knob (default: the search's grid, 1,0.05; 0.5,0.1 for "
+                         "guidance,lora_scale)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--table", action="store_true", help="print every case's grid of scores")
     ap.add_argument("--json", default=None, metavar="PATH",
-                    help="write every case's grid there (truth: its index in the grid; values: steps, shift)")
+                    help="write every case's grid there (truth: its index in the grid; axes: the knobs' values)")
     smoke_option(ap)
-    args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, steps_window=1, shift_window=0.05, table=True)
-    if args.steps < 1 or args.shift <= 0 or args.steps_window < 0 or args.shift_window < 0:
-        ap.error("--steps must be >= 1, --shift > 0, and the windows >= 0")
+    args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, window="1,0.05", table=True)
+    pair = PAIRS[args.knobs]
+    try:
+        truth_values = _pair_floats(args.truth or pair["truth"], "--truth")
+        spacing = _pair_floats(args.spacing or pair["spacing"], "--spacing")
+        given = args.window or pair["window"]   # none: the whole drawn range
+        window = _pair_floats(given, "--window") if given else None
+    except ValueError as e:
+        ap.error(str(e))
+    if min(spacing) <= 0 or (window is not None and min(window) < 0) or min(truth_values) <= 0:
+        ap.error("--truth and --spacing must be > 0, --window >= 0")
     pin_threads()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
     rng = random.Random(seed)
+    pair_knobs = args.knobs.split(",")
     if args.draws:
-        cases = [(rng.randrange(1000, 10000), draw_value(rng, "steps", 1.58), draw_value(rng, "schedule", 1.58))
-                 for _ in range(args.draws)]
+        cases = [(rng.randrange(1000, 10000), {k: draw_value(rng, k, 1.58) for k in pair_knobs}) for _ in range(args.draws)]
     else:
-        cases = [(args.model if args.model is not None else 101, args.steps, args.shift)]
+        cases = [(args.model if args.model is not None else 101, dict(zip(pair_knobs, truth_values)))]
     work = Path(tempfile.mkdtemp(prefix="parity-landscape-"))
-    print(f"seed {seed}; {args.size} px; window +-{args.steps_window} steps x +-{args.shift_window:g} shift; "
-          f"guidance 4, multiplier 1; item {args.item}", flush=True)
+    extent = (f"window +-{window[0]:g} x +-{window[1]:g}" if window is not None else "the drawn ranges") \
+        + f", spacing {spacing[0]:g} x {spacing[1]:g}"
+    print(f"seed {seed}; {args.size} px; {args.knobs}: {extent}; the other knobs as recorded; item {args.item}",
+          flush=True)
     print(f"{'model':>5s} {'truth':>12s} {'points':>6s} {'maxima':>6s} {'basin':>5s} {'rival':>6s} {'nbr':>6s} "
-          f"{'near':>5s} {f'bf{BEST_FIRST_BUDGET}':>6s}")
+          f"{'near':>5s} {f'bf{BEST_FIRST_BUDGET}':>6s} {'lifted':>6s}")
     saved = []
-    for model, steps, shift in cases:
-        land = landscape(Bench(work, model, args.size), args.item, int(steps), float(shift), args.steps_window,
-                         args.shift_window, work)
-        print(f"{model:5d} {f'{int(steps)} + {shift:g}':>12s} {land['grid'].size:6d} {land['maxima']:6d} "
-              f"{land['basin']:5d} {land['rival']:6.1f} {land['nbr']:6.1f} {land['near']:5d} {land['best_first']:>6s}",
-              flush=True)
+    for model, truth in cases:
+        axes = [(k, axis_around(k, truth[k], window[n], spacing[n]) if window is not None
+                 else axis_over_range(k, spacing[n])) for n, k in enumerate(pair_knobs)]
+        land = landscape(Bench(work, model, args.size), args.item, truth, axes, work)
+        shown = " + ".join(f"{v:g}" for v in truth.values())
+        print(f"{model:5d} {shown:>12s} {land['grid'].size:6d} {land['maxima']:6d} {land['basin']:5d} "
+              f"{land['rival']:6.1f} {land['nbr']:6.1f} {land['near']:5d} {land['best_first']:>6s} "
+              f"{land['lifted']:6d}", flush=True)
         if args.table:
             print_table(land)
         if args.json:
-            saved.append({"model": model, "values": [int(steps), float(shift)], "size": args.size, "item": args.item,
+            saved.append({"model": model, "values": list(truth.values()), "size": args.size, "item": args.item,
                           **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in land.items()}})
             Path(args.json).write_text(json.dumps(saved))
         if land["grid"][land["truth"]] < EXACT_DB:
-            print(f"error: the truth's own render does not reproduce its preview ({model}, {steps}, {shift:g})")
+            print(f"error: the truth's own render does not reproduce its preview ({model}, {shown})")
             return 1
     return 0
+
+
+def _pair_floats(text: str, option: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        values = tuple(float(x) for x in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise ValueError(f"{option} takes two numbers, A,B (got {text!r})")
+    return values
 
 
 if __name__ == "__main__":

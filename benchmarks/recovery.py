@@ -44,6 +44,7 @@ RECORDED = {"sample_steps": 20, "guidance_scale": 4.0, "network_multiplier": 1.0
 TOLERANCE = {k: axis.tolerance for k, axis in knobs.searchable().items()}   # the registry's "right" per knob
 KNOBS = ("steps", "guidance", "lora_scale", "schedule")
 PER_KNOB = 30            # the issue's bound: extra renders per knob that differs
+RANGES = {"steps": (8, 50), "guidance": (1.5, 8.0), "lora_scale": (0.3, 1.5), "schedule": (1.0, 4.0)}   # true values
 
 
 @dataclass
@@ -69,11 +70,12 @@ class Outcome:
 
 
 def draw_value(rng: random.Random, knob: str, recorded_shift: float) -> float:
-    """A true value from the stated range, at least its tolerance away from the recorded one."""
+    """A true value from the stated range (RANGES), at least its tolerance away from the recorded one."""
+    low, high = RANGES[knob]
     while True:
-        v = {"steps": lambda: rng.randint(8, 50), "guidance": lambda: round(rng.uniform(1.5, 8.0), 1),
-             "lora_scale": lambda: round(rng.uniform(0.3, 1.5), 2),
-             "schedule": lambda: round(rng.uniform(1.0, 4.0) * 20) / 20}[knob]()
+        v = {"steps": lambda: rng.randint(low, high), "guidance": lambda: round(rng.uniform(low, high), 1),
+             "lora_scale": lambda: round(rng.uniform(low, high), 2),
+             "schedule": lambda: round(rng.uniform(low, high) * 20) / 20}[knob]()
         recorded = {"steps": 20, "guidance": 4.0, "lora_scale": 1.0, "schedule": recorded_shift}[knob]
         if abs(v - recorded) > max(TOLERANCE[knob], 0.5 if knob == "steps" else 0.0):
             return v
