@@ -55,3 +55,21 @@ def test_best_first_from_the_false_summit_renders_the_answer_on_its_tenth_render
                      [1.0, 2.0, 3.0, 7.0]])
     assert landscape.best_first_renders(grid, (2, 3), 30) == 10
     assert landscape.best_first_renders(grid, (2, 3), 9) is None
+
+
+def test_lifted_counts_the_points_well_above_the_level_of_another_picture(landscape):
+    # median 13 (the flat level of other pictures); 16 and 17 are 3 dB or more above it, 15.9 is not, and the
+    # answer (1000, identical) is not counted
+    grid = np.array([[13.0, 12.0, 13.0, 14.0],
+                     [12.5, 16.0, 1000.0, 17.0],
+                     [13.0, 15.9, 13.0, 12.0]])
+    assert float(np.median(grid)) == 13.0
+    assert landscape.lifted(grid, (1, 2)) == 2
+
+
+def test_the_axes_of_a_whole_range_grid_and_of_a_window(landscape):
+    assert landscape.axis_over_range("guidance", 0.5) == [1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0,
+                                                          7.5, 8.0]
+    assert landscape.axis_over_range("lora_scale", 0.1)[:3] == [0.3, 0.4, 0.5]
+    assert landscape.axis_around("steps", 2, 3, 1) == [1, 2, 3, 4, 5]        # no steps below 1
+    assert landscape.axis_around("schedule", 3.2, 0.1, 0.05) == [3.1, 3.15, 3.2, 3.25, 3.3]
