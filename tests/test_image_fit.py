@@ -170,6 +170,20 @@ def test_a_knob_whose_unit_is_under_a_grid_step_still_gets_its_jacobian_column()
     assert all(np.isfinite(end))
 
 
+def test_the_polish_of_a_near_point_puts_a_knob_it_did_not_need_back():
+    """Held-out run 18, model 4541: a preview at 21 steps (AI Toolkit's shift) ended at 21 steps + a static shift of
+    1.95, NEAR, the valley walk having moved the shift with the steps; the recorded shift lies 7 grid steps away,
+    beyond `climb` and `expand`. The polish puts each moved knob back once."""
+    from parity.diagnose.fit import polish
+
+    fit = _fit_at(RECORDED.with_(sample_steps=26))
+    start = fit.point_of(RECORDED)
+    p = (26.0,) + start[1:3] + (2.0,)
+    fit.evaluate(p)
+    q = polish(fit, p)
+    assert q == (26.0,) + start[1:] and fit.evals[q].score[1] == "EXACT"
+
+
 def valley_picture(spec: RenderSpec) -> np.ndarray:
     """Steps and the shift act through one combination (log shift - 0.8 log steps): a valley along which only a
     small term of the steps alone separates the points, visible in 8 bits."""
