@@ -703,7 +703,7 @@ def polish(fit: ImageFit, p: Point) -> Point:
     """A near point that is not exact: its steps-shift valley walked when it moved either (`walk_valley`), then
     `climb`; then each knob it moved put back to its recorded value once (`prune`: the valley walk moves the shift
     with the steps, and a preview whose steps alone changed a little is then fitted by both: held-out run 18,
-    model 4541, 21 steps ended at 21 steps + a shift of 1.95, 5 grid steps from AI Toolkit's 1.58, where `climb`
+    model 4541, 21 steps ended at 21 steps + a shift of 1.95, 7 grid steps from AI Toolkit's 1.58, where `climb`
     and `expand` do not reach), `climb` from a better one; then the knobs it has not moved scanned (`scan_still`)
     and, when one gains, `climb` from there; then `expand` with EXPAND_SHARE of the renders left. The best point
     reached."""
@@ -712,17 +712,11 @@ def polish(fit: ImageFit, p: Point) -> Point:
         p = walk_valley(fit, p) or p
     p = climb(fit, p)
     if not fit.exact(fit.evals[p].score):
-        try:
-            back = prune(fit, p, moved_knobs(fit, p))
-        except BudgetExhausted:
-            back = None
+        back = _unless_out_of_budget(prune, fit, p, moved_knobs(fit, p))
         if back is not None:
             p = back[0] if fit.exact(fit.evals[back[0]].score) else climb(fit, back[0])
     if not fit.exact(fit.evals[p].score):
-        try:
-            q = scan_still(fit, p, moved_knobs(fit, p))
-        except BudgetExhausted:
-            q = None
+        q = _unless_out_of_budget(scan_still, fit, p, moved_knobs(fit, p))
         if q is not None:
             p = climb(fit, q)
     if not fit.exact(fit.evals[p].score):
@@ -732,6 +726,14 @@ def polish(fit: ImageFit, p: Point) -> Point:
         finally:
             session.budget = total
     return p
+
+
+def _unless_out_of_budget(step: Callable[..., Any], *args: Any) -> Any:
+    """`step(*args)`, or None when the renders run out during it."""
+    try:
+        return step(*args)
+    except BudgetExhausted:
+        return None
 
 
 def capped(session: Session, share: float, floor: int = 0) -> int | None:
