@@ -431,14 +431,16 @@ def valley_point(fit: ImageFit, known: list[Point], n: float, k: int, s: int) ->
     best = at(j)
     if fit.evaluate(best) is None:
         return None
-    for way in (1, -1):
-        i, moved = j + way, False
-        while 0 <= i <= ax.n and abs(i - j) <= CLIMB and not fit.exact(fit.evals[best].score):
-            if not _better(fit, fit.evaluate(at(i)), fit.evals[best]):
-                break
-            best, moved, i = at(i), True, i + way
-        if moved:
-            break   # the shift climbed this way: the other way is downhill
+    for way in (1, -1):   # both neighbours, whichever gains: near the answer the score is a needle (`walk_valley`)
+        if 0 <= j + way <= ax.n and not fit.exact(fit.evals[best].score) \
+                and _better(fit, fit.evaluate(at(j + way)), fit.evals[best]):
+            best = at(j + way)
+    i = ax.index(best[s])
+    way = i - j
+    while way and 0 <= i + way <= ax.n and abs(i + way - j) <= CLIMB and not fit.exact(fit.evals[best].score):
+        if not _better(fit, fit.evaluate(at(i + way)), fit.evals[best]):
+            break
+        best, i = at(i + way), i + way
     return best
 
 
