@@ -98,6 +98,53 @@ def test_suspect_search_names_three_changed_knobs_in_few_renders(changes, named)
     assert s.extra_renders <= 90
 
 
+def knob_values(spec: RenderSpec) -> np.ndarray:
+    """A score-only fake's "picture": the knobs' values."""
+    return np.array([spec.sample_steps, spec.guidance_scale, spec.network_multiplier,
+                     equivalent_shift(spec) or 1.0, spec.seed], dtype=float)
+
+
+def narrow_peak_psnr(image: np.ndarray, _target, peak: float | None = 7.1) -> dict:
+    """Another picture (13-15 dB, as chance has it) everywhere but within 0.5 of guidance `peak` (None: nowhere),
+    exact at it with the other knobs recorded."""
+    import math
+
+    steps, g, m, shift, seed = image
+    if peak is not None and (steps, round(g, 6), m, seed) == (20, peak, 1.0, RECORDED.seed) and abs(shift - 1.58) < 0.02:
+        psnr = float("inf")
+    elif peak is not None and abs(g - peak) < 0.5 and seed == RECORDED.seed:
+        psnr = 40 - 30 * abs(g - peak) - 5 * abs(m - 1) - abs(steps - 20) - 5 * abs(shift - 1.58)
+    else:
+        psnr = 14 + math.sin(1000 * g + 37 * steps + 91 * m + 13 * shift + 7 * seed)
+    tier = "EXACT" if psnr == float("inf") else "DIFFERENT" if psnr < 20 else "DRIFT"
+    return {"ssim": min(1.0, psnr / 100), "metrics": {"psnr": psnr, "ssim": min(1.0, psnr / 100)}, "tier": tier}
+
+
+def test_a_coarse_scan_that_sees_no_basin_is_made_denser():
+    """Every coarse render is another picture (13-15 dB, by chance), and the guidance's peak at 7.1 is narrower
+    than the coarse spacing (5.5, 8): held-out model 1602, where guidance 6.8 / 7.0 / 7.2 scored 25 / 32 / 28 dB and
+    the coarse values 14-16. The scan halves its spacing until a render stands out, and the search finds 7.1."""
+    s = suspect_search(object(), RECORDED, knob_values, narrow_peak_psnr, budget=90, explained_tiers=("EXACT",))
+    assert s.explained and s.changes() == {"guidance": 7.1}, s.verdict
+
+
+def test_a_denser_scan_that_sees_no_basin_adds_no_starts():
+    """Nothing stands out anywhere: the midpoints are rendered, then left out of the scan, so that none ahead of
+    the recorded render by chance becomes one more start."""
+    from parity.diagnose.scan import coarse_indices, coarse_scan
+
+    session = Session(knob_values, lambda im, t: narrow_peak_psnr(im, t, peak=None), object(), budget=90,
+                      cache=RenderCache(), metric="psnr")
+    start = session.score(RECORDED, free=True)
+    assert start[1] == "DIFFERENT"
+    scans = coarse_scan(RECORDED, session, start, lambda sc: sc[1] == "EXACT", 0.1, axes_for(RECORDED), lift=3.0)
+    coarse = sum(len(coarse_indices(c.axis)) for c in scans)
+    assert session.extra_renders > coarse + 10   # the midpoints were rendered
+    for c in scans:
+        assert set(c.run.scores) - {c.run.i0} == set(coarse_indices(c.axis))
+        assert c.best_index in coarse_indices(c.axis)
+
+
 def test_a_seed_that_scores_a_little_better_by_chance_is_not_adopted():
     """The recorded render is another picture (guidance far off), so the seed patterns are tried first, and one
     of them scores a little better than the recorded render by chance (another picture all the same). Adopting it

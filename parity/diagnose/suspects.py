@@ -21,7 +21,7 @@ from typing import Any, Callable
 from parity.diagnose.cache import BudgetExhausted, RenderCache, RenderFn, ScoreFn, Session
 from parity.diagnose.recover import AxisSearch, Descent, Scored, Valley, axes_for, descend
 from parity.diagnose.fit import FIT_LEAD, ImageFit, fit_from, moves_valley, target_blocks, walk_valley
-from parity.diagnose.scan import (MIN_REFINE, SHARE, Answer, ScanResult, can_render, close, coarse_scan,
+from parity.diagnose.scan import (LIFT, MIN_REFINE, SHARE, Answer, ScanResult, can_render, close, coarse_scan,
                                   coarse_starts, global_search, minimum_renders)
 from parity.job.sizes import effective_size
 from parity import knobs
@@ -393,7 +393,8 @@ class _Search:
         # answer (measured on the smooth tiny model, a static shift of 3.1 recorded as AI Toolkit's 1.58: the
         # blocks' error falls smoothly only from 2.9 to 3.4; from 1.6 to 2.8 it rises and falls, so a fit from the
         # recorded values stops at 13 steps and a shift of 1.8, not exact)
-        scans = coarse_scan(self.spec, self.session, self.score, self.exact, DIRECTION_GAIN[self.unit], axes)
+        scans = coarse_scan(self.spec, self.session, self.score, self.exact, DIRECTION_GAIN[self.unit], axes,
+                            LIFT[self.unit])
         self._traces([c.run.trace for c in scans if c.run.trace.probes])
         starts = coarse_starts(scans, here, self.score, START_GAIN[self.unit])[:FIT_STARTS + 1]
         scored = [fit.evaluate(s) for s in starts]   # rendered already: the coarse scan's points
@@ -423,7 +424,7 @@ class _Search:
         elif not (answers and self.exact(answers[0].descent.score)) and can_render(self.session):
             r = global_search(self.spec, self.session, self.score, self.exact, self.done,
                               min_gain=DIRECTION_GAIN[self.unit], polish_gain=POLISH_GAIN[self.unit],
-                              axes_of=self.axes_of, valley=self.valley)
+                              axes_of=self.axes_of, valley=self.valley, lift=LIFT[self.unit])
             self._record(r)
             answers = sorted(answers + r.answers, key=lambda a: -a.score)
             out_of_budget = r.out_of_budget
