@@ -137,9 +137,8 @@ def densify(scans: list[Coarse], start: Scored, done: Callable[[Scored], bool], 
         if not lifted(scans, start, lift) and not any(done(c.run.scores[i]) for c, i in added):
             for c, i in added:
                 del c.run.scores[i]
-            for c in {id(c): c for c, _ in added}.values():
-                grid = [i for i in c.run.scores if i != c.run.i0 or c.axis.value(i) != c.axis.start]
-                c.best_index = max(grid, key=lambda i: c.run.scores[i][0], default=None)
+            for c in {id(c): c for c, _ in added}.values():   # the best coarse value again, as coarse_scan had it
+                c.best_index = max(coarse_indices(c.axis), key=lambda i: c.run.scores[i][0], default=None)
                 c.best_score = c.run.scores[c.best_index][0] if c.best_index is not None else -math.inf
 
 
