@@ -5,7 +5,9 @@ answer within a budget depends on the landscape: one basin around the answer, or
 where a local search stops; or, far from the answer, no slope at all. For each case, a JPEG q75 preview is
 rendered at the two knobs' true values on a smooth tiny FLUX.2 (the other knobs as recorded: 20 steps, guidance 4,
 multiplier 1, AI Toolkit's schedule), every point of a grid is rendered and scored against the preview (PSNR
-after re-encoding the render like the preview; identical = 1000 dB), and the benchmark prints:
+after re-encoding the render like the preview; identical = 1000 dB; `--score bins`: how closely the render lands in
+the preview's own JPEG bins, which carries no JPEG error; `--item 0,1`: the scores of several prompts averaged),
+and the benchmark prints:
 
     points     grid points (the truth's own values are added to each axis)
     maxima     local maxima on the grid (8 neighbours), the answer included
@@ -120,28 +122,47 @@ def axis_over_range(knob: str, spacing: float) -> list[float]:
     return [int(v) for v in values] if knob == "steps" else values
 
 
-def landscape(bench: Bench, item: int, truth: dict[str, float], axes: list[tuple[str, list[float]]],
-              work: Path) -> dict:
+def bins_db(render: np.ndarray, preview: Path) -> float:
+    """How closely `render` lands in the preview's own JPEG bins (parity.compare.dct): the mean squared distance of
+    its coefficients outside the bins the preview stored, in bin widths, as dB; EXACT_DB when every one is inside
+    (the render encodes to the preview's coefficients)."""
+    from parity.compare import dct
+
+    misses = dct.bin_misses(render, dct.read_coefficients(preview))
+    return EXACT_DB if not misses.any() else -10 * float(np.log10(float(misses @ misses) / len(misses)))
+
+
+def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: list[tuple[str, list[float]]],
+              work: Path, score: str = "psnr") -> dict:
     """Scores of every grid point of two knobs' `axes` (knob, values; the truth's own value added to each), the
-    other knobs as recorded, against the JPEG preview rendered at `truth` (those two knobs' true values)."""
+    other knobs as recorded, against the JPEG previews of `items` rendered at `truth` (those two knobs' true
+    values), averaged over the items. `score`: "psnr" (the comparison's, after re-encoding the render like the
+    preview) or "bins" (`bins_db`). A point is near when every item's comparison is NEAR or EXACT."""
     from PIL import Image
 
-    spec = bench.recorded[item]
+    def at(item: int, values: dict[str, float]):
+        return bench.recorded[item].with_(**Case("point", 0, values).spec_changes())   # the model is the bench's
 
-    def at(values: dict[str, float]):
-        return spec.with_(**Case("point", 0, values).spec_changes())   # the model is the bench's
-
-    preview = work / ("preview-" + "-".join(f"{k}{v:g}" for k, v in truth.items()) + f"-{item}.jpg")
-    Image.fromarray(bench.render(at(truth))).save(preview)
+    previews = {}
+    for item in items:
+        previews[item] = work / ("preview-" + "-".join(f"{k}{v:g}" for k, v in truth.items()) + f"-{item}.jpg")
+        Image.fromarray(bench.render(at(item, truth))).save(previews[item])
     (ka, va), (kb, vb) = [(k, sorted(set(values) | {truth[k]})) for k, values in axes]
     grid = np.zeros((len(va), len(vb)))
     near = 0
     for a, x in enumerate(va):
         for b, y in enumerate(vb):
-            c = bench.score(bench.render(at({ka: x, kb: y})), str(preview))
-            psnr = c.metrics["psnr"]
-            grid[a, b] = EXACT_DB if psnr == "inf" else float(psnr)
-            near += c.tier in ("EXACT", "NEAR")
+            values, tiers = [], []
+            for item in items:
+                render = bench.render(at(item, {ka: x, kb: y}))
+                c = bench.score(render, str(previews[item]))
+                tiers.append(c.tier)
+                if score == "bins":
+                    values.append(bins_db(render, previews[item]))
+                else:
+                    values.append(EXACT_DB if c.metrics["psnr"] == "inf" else float(c.metrics["psnr"]))
+            grid[a, b] = EXACT_DB if min(values) >= EXACT_DB else float(np.mean([min(v, EXACT_DB) for v in values]))
+            near += all(t in ("EXACT", "NEAR") for t in tiers)
     truth_at = (va.index(truth[ka]), vb.index(truth[kb]))
     others = grid.copy()
     others[truth_at] = -np.inf
@@ -179,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=int, default=None, help="one model seed (with --truth)")
     ap.add_argument("--truth", default=None, metavar="A,B",
                     help="the two knobs' true values for --model (default: 30,3.2 or 2.7,0.84)")
-    ap.add_argument("--item", type=int, default=0, help="which of the three prompts")
+    ap.add_argument("--item", default="0", metavar="I[,J..]",
+                    help="which of the three prompts (0-2); several: their scores averaged at every grid point")
+    ap.add_argument("--score", default="psnr", choices=["psnr", "bins"],
+                    help="psnr: the comparison's (default); bins: how closely each render lands in the preview's "
+                         "own JPEG bins (no JPEG error: parity.compare.dct)")
     ap.add_argument("--window", default=None, metavar="A,B",
                     help="steps and shift either side of the truth (default 3,0.3); the whole range for "
                          "guidance,lora_scale")
@@ -191,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="write every case's grid there (truth: its index in the grid; axes: the knobs' values)")
     smoke_option(ap)
-    args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, window="1,0.05", table=True)
+    args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, window="1,0.05", table=True, item="0,1",
+                 score="bins")
     pair = PAIRS[args.knobs]
     try:
         truth_values = _pair_floats(args.truth or pair["truth"], "--truth")
@@ -200,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         window = _pair_floats(given, "--window") if given else None
     except ValueError as e:
         ap.error(str(e))
+    try:
+        items = sorted({int(x) for x in args.item.split(",")})
+    except ValueError:
+        items = []
+    if not items or min(items) < 0 or max(items) > 2:
+        ap.error(f"--item takes prompt numbers 0-2, e.g. 0 or 0,1 (got {args.item!r})")
     if min(spacing) <= 0 or (window is not None and min(window) < 0) or min(truth_values) <= 0:
         ap.error("--truth and --spacing must be > 0, --window >= 0")
     pin_threads()
@@ -213,15 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="parity-landscape-"))
     extent = (f"window +-{window[0]:g} x +-{window[1]:g}" if window is not None else "the drawn ranges") \
         + f", spacing {spacing[0]:g} x {spacing[1]:g}"
-    print(f"seed {seed}; {args.size} px; {args.knobs}: {extent}; the other knobs as recorded; item {args.item}",
-          flush=True)
+    print(f"seed {seed}; {args.size} px; {args.knobs}: {extent}; the other knobs as recorded; "
+          f"item {','.join(map(str, items))}; score {args.score}", flush=True)
     print(f"{'model':>5s} {'truth':>12s} {'points':>6s} {'maxima':>6s} {'basin':>5s} {'rival':>6s} {'nbr':>6s} "
           f"{'near':>5s} {f'bf{BEST_FIRST_BUDGET}':>6s} {'lifted':>6s}")
     saved = []
     for model, truth in cases:
         axes = [(k, axis_around(k, truth[k], window[n], spacing[n]) if window is not None
                  else axis_over_range(k, spacing[n])) for n, k in enumerate(pair_knobs)]
-        land = landscape(Bench(work, model, args.size), args.item, truth, axes, work)
+        land = landscape(Bench(work, model, args.size), items, truth, axes, work, args.score)
         shown = " + ".join(f"{v:g}" for v in truth.values())
         print(f"{model:5d} {shown:>12s} {land['grid'].size:6d} {land['maxima']:6d} {land['basin']:5d} "
               f"{land['rival']:6.1f} {land['nbr']:6.1f} {land['near']:5d} {land['best_first']:>6s} "
@@ -229,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.table:
             print_table(land)
         if args.json:
-            saved.append({"model": model, "values": list(truth.values()), "size": args.size, "item": args.item,
+            saved.append({"model": model, "values": list(truth.values()), "size": args.size, "item": items,
+                          "score": args.score,
                           **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in land.items()}})
             Path(args.json).write_text(json.dumps(saved))
         if land["grid"][land["truth"]] < EXACT_DB:
