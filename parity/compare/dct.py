@@ -7,7 +7,9 @@ like the preview (`jpeg.reencode`) either lands in the same bins (identical) or 
 answer neither moves smoothly. Here a render is carried through libjpeg's own forward path (its integer colour
 conversion, chroma downsampling and ISLOW DCT, exact to the bit) and each coefficient is compared with the bin the
 preview stored: `bin_misses` is how far outside its bin each one lies (0 inside). It is 0 everywhere exactly when
-the render encodes to the preview's bytes, and it shrinks continuously as a render approaches that.
+the render encodes to the preview's coefficients, and it shrinks continuously as a render approaches that.
+`benchmarks/landscape.py --score bins` maps a search's landscape with it (docs/parameter-recovery.md, Limits: near
+the answers of the smooth tiny models it has as many local maxima as the PSNR of the re-encoded render).
 
 `read_coefficients` decodes a baseline (sequential Huffman) JPEG's quantised coefficients; a progressive or
 arithmetic-coded file, a grayscale one or odd sampling factors give None (the caller keeps the pixel score).
@@ -204,6 +206,8 @@ def _scan(frame, header: bytes, data: bytes, qtables, huff, restart: int) -> Coe
                             block[ZIGZAG[k]] = bits.signed(size)
                             k += 1
             mcu += 1
+    if mcu < mcux * mcuy:
+        raise ValueError("fewer MCUs than the frame has (a truncated file)")
     bins, sampling = [], []
     for c, (cid, h, v, tq) in enumerate(comps):
         # the blocks that cover the component's samples; the rest of the last MCU are libjpeg's dummy blocks
