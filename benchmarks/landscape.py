@@ -122,13 +122,13 @@ def axis_over_range(knob: str, spacing: float) -> list[float]:
     return [int(v) for v in values] if knob == "steps" else values
 
 
-def bins_db(render: np.ndarray, preview: Path) -> float:
-    """How closely `render` lands in the preview's own JPEG bins (parity.compare.dct): the mean squared distance of
-    its coefficients outside the bins the preview stored, in bin widths, as dB; EXACT_DB when every one is inside
-    (the render encodes to the preview's coefficients)."""
+def bins_db(render: np.ndarray, stored) -> float:
+    """How closely `render` lands in a preview's own JPEG bins (`stored`: parity.compare.dct.read_coefficients): the
+    mean squared distance of its coefficients outside the bins the preview stored, in bin widths, as dB; EXACT_DB
+    when every one is inside (the render encodes to the preview's coefficients)."""
     from parity.compare import dct
 
-    misses = dct.bin_misses(render, dct.read_coefficients(preview))
+    misses = dct.bin_misses(render, stored)
     return EXACT_DB if not misses.any() else -10 * float(np.log10(float(misses @ misses) / len(misses)))
 
 
@@ -140,6 +140,8 @@ def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: lis
     preview) or "bins" (`bins_db`). A point is near when every item's comparison is NEAR or EXACT."""
     from PIL import Image
 
+    from parity.compare import dct
+
     def at(item: int, values: dict[str, float]):
         return bench.recorded[item].with_(**Case("point", 0, values).spec_changes())   # the model is the bench's
 
@@ -147,6 +149,7 @@ def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: lis
     for item in items:
         previews[item] = work / ("preview-" + "-".join(f"{k}{v:g}" for k, v in truth.items()) + f"-{item}.jpg")
         Image.fromarray(bench.render(at(item, truth))).save(previews[item])
+    stored = {item: dct.read_coefficients(path) for item, path in previews.items()} if score == "bins" else {}
     (ka, va), (kb, vb) = [(k, sorted(set(values) | {truth[k]})) for k, values in axes]
     grid = np.zeros((len(va), len(vb)))
     near = 0
@@ -158,10 +161,10 @@ def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: lis
                 c = bench.score(render, str(previews[item]))
                 tiers.append(c.tier)
                 if score == "bins":
-                    values.append(bins_db(render, previews[item]))
+                    values.append(bins_db(render, stored[item]))
                 else:
                     values.append(EXACT_DB if c.metrics["psnr"] == "inf" else float(c.metrics["psnr"]))
-            grid[a, b] = EXACT_DB if min(values) >= EXACT_DB else float(np.mean([min(v, EXACT_DB) for v in values]))
+            grid[a, b] = float(np.mean(values))   # EXACT_DB only where every item is exact
             near += all(t in ("EXACT", "NEAR") for t in tiers)
     truth_at = (va.index(truth[ka]), vb.index(truth[kb]))
     others = grid.copy()

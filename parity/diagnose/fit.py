@@ -457,10 +457,10 @@ def walk_valley(fit: ImageFit, p: Point) -> Point | None:
     screened first at the steps' first step (a quarter of the recorded steps: one step either side gains less than
     the noise, 0.1 dB, on held-out model 6619 from 20 steps + shift 1.95 for 27 + 2.7), then at one step. A valley
     nine steps long costs about seven valley points, not nine. The best point found, or None."""
-    index = {a.knob: i for i, a in enumerate(fit.axes)}
-    if "steps" not in index or "schedule" not in index or p not in fit.evals:
+    pair = valley_pair(fit)
+    if pair is None or p not in fit.evals:
         return None
-    run = _Valley(fit, p, index["steps"], index["schedule"])
+    run = _Valley(fit, p, *pair)
     try:
         for step in (run.axis.first_step, run.axis.resolution):   # a step or two apart the valley is flat to noise
             screen(run, step)
@@ -473,6 +473,13 @@ def walk_valley(fit: ImageFit, p: Point) -> Point | None:
         pass
     best = max((q for q in run.points.values() if q is not None), key=lambda q: fit.evals[q].score[0])
     return best if fit.evals[best].score[0] > fit.evals[p].score[0] else None
+
+
+def valley_pair(fit: ImageFit) -> tuple[int, int] | None:
+    """The axes (indices) of the steps and the shift, whose effects trade off along a valley (PAIRED); None when the
+    fit lacks either."""
+    index = {a.knob: i for i, a in enumerate(fit.axes)}
+    return (index[PAIRED[0]], index[PAIRED[1]]) if all(k in index for k in PAIRED) else None
 
 
 def moves_valley(fit: ImageFit, p: Point) -> bool:
@@ -490,10 +497,10 @@ def project(fit: ImageFit, p: Point) -> Point | None:
     summits need not: traced on the tiny models, 42 steps at AI Toolkit's shift ended at 47 steps + a shift of
     1.4 with 42 at the recorded shift never rendered; a static shift of 1.1 at 18 steps + 1.2, 20 steps + 1.1 never
     rendered. The first exact point, else None."""
-    index = {a.knob: i for i, a in enumerate(fit.axes)}
-    if "steps" not in index or "schedule" not in index:
+    pair = valley_pair(fit)
+    if pair is None:
         return None
-    k, s = index["steps"], index["schedule"]
+    k, s = pair
     moved = moved_knobs(fit, p)
     if k not in moved or s not in moved:
         return None
@@ -528,11 +535,11 @@ def swap(fit: ImageFit, p: Point, active: list[int]) -> tuple[Point, list[int]] 
     value and the other fitted alone from there (with at most SWAP_SHARE of the renders left, then its grid
     neighbourhood scanned); the first that reproduces the target, else the best that scores better than `p`, with
     the knobs then moving; None when neither does."""
-    index = {a.knob: i for i, a in enumerate(fit.axes)}
-    if "steps" not in index or "schedule" not in index:
+    pair = valley_pair(fit)
+    if pair is None:
         return None
     here, best = fit.evals[p], None
-    for back, other in ((index["steps"], index["schedule"]), (index["schedule"], index["steps"])):
+    for back, other in (pair, pair[::-1]):
         if back not in active:
             continue
         moving = [i for i in active if i != back] + ([] if other in active else [other])
@@ -745,9 +752,7 @@ def polish(fit: ImageFit, p: Point) -> Point:
         if back is not None:
             p = back[0] if fit.exact(fit.evals[back[0]].score) else climb(fit, back[0])
     if not fit.exact(fit.evals[p].score):
-        q = _unless_out_of_budget(project, fit, p)
-        if q is not None:
-            p = q if fit.exact(fit.evals[q].score) else climb(fit, q)
+        p = _unless_out_of_budget(project, fit, p) or p   # exact, or nothing
     if not fit.exact(fit.evals[p].score):
         q = _unless_out_of_budget(scan_still, fit, p, moved_knobs(fit, p))
         if q is not None:
