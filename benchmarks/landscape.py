@@ -19,15 +19,24 @@ and the benchmark prints:
                parity.diagnose.fit.expand, on this grid) renders the answer within B renders
     lifted     points other than the answer scoring LIFT_DB above the grid's median: where the preview still
                tells a search that it is close
+    apart      grey levels (RMS over the pixels, averaged over the items) from the answer's render to the nearest
+               other point's render, and to the farthest: how far wrong answers are from the right picture
+    funnel     rank correlation (Spearman) between a point's distance from the answer on the grid and its render's
+               distance from the answer's render: near 1, the renders close in on the answer; near 0, none of
+               them says where it lies (not even a score that saw the answer's own render)
+    jpeg       grey levels from the answer's render to its JPEG preview: the error the encoding adds
 
 Two grids (`--knobs`): steps x static shift, a window around the truth on the search's own grid (1 step, 0.05),
-where the two trade off and the answer's neighbourhood is rough; guidance x LoRA multiplier over the whole range
+where the two trade off and the answer's neighbourhood is rough (`--valley`: the shift counted from the valley
+through the answer at each steps value, shift x (steps / answer's steps)^VALLEY_POWER of parity.diagnose.fit, so the
+window follows the valley along the steps); guidance x LoRA multiplier over the whole range
 the recovery benchmark draws true values from (guidance 1.5-8, multiplier 0.3-1.5), at 0.5 x 0.1: how far from
 the answer the preview still says where the answer lies. Cases are drawn as benchmarks/recovery.py draws them
 (models of seeds 1000-9999), or given:
 
     PYTHONPATH=. nice python benchmarks/landscape.py --draws 6 [--seed S]
     PYTHONPATH=. nice python benchmarks/landscape.py --model 9964 --truth 30,3.2 --table
+    PYTHONPATH=. nice python benchmarks/landscape.py --valley --window 5,0.1 --draws 8 [--seed S]
     PYTHONPATH=. nice python benchmarks/landscape.py --knobs guidance,lora_scale --draws 4 --table
     PYTHONPATH=. python benchmarks/landscape.py --smoke
 """
@@ -132,12 +141,23 @@ def bins_db(render: np.ndarray, stored) -> float:
     return EXACT_DB if not misses.any() else -10 * float(np.log10(float(misses @ misses) / len(misses)))
 
 
+def valley_shift(truth: dict[str, float], steps: float) -> float:
+    """The static shift at `steps` on the valley through the answer (`truth`: its steps and shift), on the
+    search's grid: the shift goes as steps^VALLEY_POWER along it (parity.diagnose.fit)."""
+    from parity.diagnose.fit import VALLEY_POWER
+
+    shift = truth["schedule"] * (steps / truth["steps"]) ** VALLEY_POWER
+    return round(round(shift / SHIFT_GRID) * SHIFT_GRID, 2)
+
+
 def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: list[tuple[str, list[float]]],
-              work: Path, score: str = "psnr") -> dict:
+              work: Path, score: str = "psnr", valley: bool = False) -> dict:
     """Scores of every grid point of two knobs' `axes` (knob, values; the truth's own value added to each), the
     other knobs as recorded, against the JPEG previews of `items` rendered at `truth` (those two knobs' true
     values), averaged over the items. `score`: "psnr" (the comparison's, after re-encoding the render like the
-    preview) or "bins" (`bins_db`). A point is near when every item's comparison is NEAR or EXACT."""
+    preview) or "bins" (`bins_db`). A point is near when every item's comparison is NEAR or EXACT. `valley`
+    (steps x shift): the second axis is an offset from the valley's shift at each steps value (`valley_shift`),
+    the truth's offset 0."""
     from PIL import Image
 
     from parity.compare import dct
@@ -145,19 +165,25 @@ def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: lis
     def at(item: int, values: dict[str, float]):
         return bench.recorded[item].with_(**Case("point", 0, values).spec_changes())   # the model is the bench's
 
-    previews = {}
+    def placed(x: float, y: float) -> dict[str, float]:
+        return {ka: x, kb: round(valley_shift(truth, x) + y, 2) if valley else y}
+
+    previews, answers = {}, {}
     for item in items:
         previews[item] = work / ("preview-" + "-".join(f"{k}{v:g}" for k, v in truth.items()) + f"-{item}.jpg")
-        Image.fromarray(bench.render(at(item, truth))).save(previews[item])
+        answers[item] = bench.render(at(item, truth))
+        Image.fromarray(answers[item]).save(previews[item])
     stored = {item: dct.read_coefficients(path) for item, path in previews.items()} if score == "bins" else {}
-    (ka, va), (kb, vb) = [(k, sorted(set(values) | {truth[k]})) for k, values in axes]
-    grid = np.zeros((len(va), len(vb)))
+    home = {k: (0.0 if valley and n == 1 else truth[k]) for n, (k, _) in enumerate(axes)}   # the truth on the grid
+    (ka, va), (kb, vb) = [(k, sorted(set(values) | {home[k]})) for k, values in axes]
+    grid, apart = np.zeros((len(va), len(vb))), np.zeros((len(va), len(vb)))
     near = 0
     for a, x in enumerate(va):
         for b, y in enumerate(vb):
-            values, tiers = [], []
+            values, tiers, levels = [], [], []
             for item in items:
-                render = bench.render(at(item, {ka: x, kb: y}))
+                render = bench.render(at(item, placed(x, y)))
+                levels.append(_rms(render, answers[item]))
                 c = bench.score(render, str(previews[item]))
                 tiers.append(c.tier)
                 if score == "bins":
@@ -165,17 +191,37 @@ def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: lis
                 else:
                     values.append(EXACT_DB if c.metrics["psnr"] == "inf" else float(c.metrics["psnr"]))
             grid[a, b] = float(np.mean(values))   # EXACT_DB only where every item is exact
+            apart[a, b] = float(np.mean(levels))
             near += all(t in ("EXACT", "NEAR") for t in tiers)
-    truth_at = (va.index(truth[ka]), vb.index(truth[kb]))
+    truth_at = (va.index(home[ka]), vb.index(home[kb]))
     others = grid.copy()
     others[truth_at] = -np.inf
+    jpeg = float(np.mean([_rms(np.asarray(Image.open(previews[i]).convert("RGB")), answers[i]) for i in items]))
     maxima = local_maxima(grid)
     summits = [m for m in maxima if m != truth_at]
     reached = sum(best_first_renders(grid, m, BEST_FIRST_BUDGET) is not None for m in summits)
     return {"knobs": [ka, kb], "axes": [va, vb], "grid": grid, "truth": truth_at, "near": near,
             "best_first": f"{reached}/{len(summits)}", "maxima": len(maxima), "basin": basin_size(grid, truth_at),
             "rival": float(others.max()), "nbr": max(float(grid[p]) for p in _neighbours(grid, *truth_at)),
-            "lifted": lifted(grid, truth_at)}
+            "lifted": lifted(grid, truth_at), "apart": float(apart[others > -np.inf].min()),
+            "apart_max": float(apart[others > -np.inf].max()), "funnel": funnel(apart, truth_at), "jpeg": jpeg,
+            "apart_grid": apart, "valley": valley}
+
+
+def funnel(apart: np.ndarray, truth: tuple[int, int]) -> float:
+    """Spearman's rank correlation, over the grid's points but the answer, between the grid distance from the
+    answer (in grid steps) and the render distance from the answer's render (`apart`)."""
+    i, j = np.indices(apart.shape)
+    mask = (i != truth[0]) | (j != truth[1])
+    x, y = np.hypot(i - truth[0], j - truth[1])[mask], apart[mask]
+    rx, ry = _ranks(x) - (len(x) - 1) / 2, _ranks(y) - (len(y) - 1) / 2
+    spread = float(np.sqrt((rx @ rx) * (ry @ ry)))
+    return float(rx @ ry) / spread if spread > 0 else 0.0   # every distance alike: nothing to correlate
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS difference of two images, in grey levels."""
+    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
 
 
 def lifted(grid: np.ndarray, truth: tuple[int, int]) -> int:
@@ -186,11 +232,23 @@ def lifted(grid: np.ndarray, truth: tuple[int, int]) -> int:
     return int((others >= float(np.median(grid)) + LIFT_DB).sum())
 
 
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """0-based ranks of `v`, ties sharing their mean rank."""
+    values, inverse = np.unique(v, return_inverse=True)
+    first = np.concatenate([[0], np.cumsum(np.bincount(inverse))[:-1]])
+    return (first + (np.bincount(inverse) - 1) / 2)[inverse].astype(float)
+
+
 def print_table(land: dict) -> None:
     (ka, kb), (va, vb) = land["knobs"], land["axes"]
-    print(f"{ka}\\{kb} ".rjust(12) + " ".join(f"{y:5g}" for y in vb))
-    for x, row in zip(va, land["grid"]):
-        print(f"{x:11g} " + " ".join("exact" if v >= EXACT_DB else f"{v:5.1f}" for v in row))
+    kb = "valley+" if land["valley"] else kb
+    label = f"{ka}\\{kb} "
+    width = max(12, len(label))
+    print(label.rjust(width) + " ".join(f"{y:5g}" for y in vb) + "  | grey levels from the answer's render")
+    for a, (x, row) in enumerate(zip(va, land["grid"])):
+        print(f"{x:{width - 1}g} " + " ".join("exact" if v >= EXACT_DB else f"{v:5.1f}" for v in row) + "  | "
+              + " ".join("    -" if (a, b) == tuple(land["truth"]) else f"{d:5.2f}"
+                         for b, d in enumerate(land["apart_grid"][a])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,13 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spacing", default=None, metavar="A,B",
                     help="the grid's spacing per knob (default: the search's grid, 1,0.05; 0.5,0.1 for "
                          "guidance,lora_scale)")
+    ap.add_argument("--valley", action="store_true",
+                    help="steps,schedule: the shift window follows the valley through the answer (offsets from "
+                         "its shift at each steps value)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--table", action="store_true", help="print every case's grid of scores")
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="write every case's grid there (truth: its index in the grid; axes: the knobs' values)")
     smoke_option(ap)
     args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, window="1,0.05", table=True, item="0,1",
-                 score="bins")
+                 score="bins", valley=True)
     pair = PAIRS[args.knobs]
     try:
         truth_values = _pair_floats(args.truth or pair["truth"], "--truth")
@@ -237,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--item takes prompt numbers 0-2, e.g. 0 or 0,1 (got {args.item!r})")
     if min(spacing) <= 0 or (window is not None and min(window) < 0) or min(truth_values) <= 0:
         ap.error("--truth and --spacing must be > 0, --window >= 0")
+    if args.valley and (args.knobs != "steps,schedule" or window is None):
+        ap.error("--valley needs the steps,schedule window")
     pin_threads()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
     rng = random.Random(seed)
@@ -251,16 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seed {seed}; {args.size} px; {args.knobs}: {extent}; the other knobs as recorded; "
           f"item {','.join(map(str, items))}; score {args.score}", flush=True)
     print(f"{'model':>5s} {'truth':>12s} {'points':>6s} {'maxima':>6s} {'basin':>5s} {'rival':>6s} {'nbr':>6s} "
-          f"{'near':>5s} {f'bf{BEST_FIRST_BUDGET}':>6s} {'lifted':>6s}")
+          f"{'near':>5s} {f'bf{BEST_FIRST_BUDGET}':>6s} {'lifted':>6s} {'apart':>11s} {'funnel':>6s} {'jpeg':>5s}")
     saved = []
     for model, truth in cases:
-        axes = [(k, axis_around(k, truth[k], window[n], spacing[n]) if window is not None
+        centre = {**truth, "schedule": 0.0} if args.valley else truth   # valley: offsets from its shift
+        axes = [(k, axis_around(k, centre[k], window[n], spacing[n]) if window is not None
                  else axis_over_range(k, spacing[n])) for n, k in enumerate(pair_knobs)]
-        land = landscape(Bench(work, model, args.size), items, truth, axes, work, args.score)
+        land = landscape(Bench(work, model, args.size), items, truth, axes, work, args.score, args.valley)
         shown = " + ".join(f"{v:g}" for v in truth.values())
         print(f"{model:5d} {shown:>12s} {land['grid'].size:6d} {land['maxima']:6d} {land['basin']:5d} "
               f"{land['rival']:6.1f} {land['nbr']:6.1f} {land['near']:5d} {land['best_first']:>6s} "
-              f"{land['lifted']:6d}", flush=True)
+              f"{land['lifted']:6d} {land['apart']:5.2f}-{land['apart_max']:<5.2f} {land['funnel']:6.2f} "
+              f"{land['jpeg']:5.2f}", flush=True)
         if args.table:
             print_table(land)
         if args.json:

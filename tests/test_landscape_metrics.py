@@ -73,3 +73,29 @@ def test_the_axes_of_a_whole_range_grid_and_of_a_window(landscape):
     assert landscape.axis_over_range("lora_scale", 0.1)[:3] == [0.3, 0.4, 0.5]
     assert landscape.axis_around("steps", 2, 3, 1) == [1, 2, 3, 4, 5]        # no steps below 1
     assert landscape.axis_around("schedule", 3.2, 0.1, 0.05) == [3.1, 3.15, 3.2, 3.25, 3.3]
+
+
+def test_funnel_is_one_where_renders_close_in_on_the_answer_and_about_zero_where_they_do_not(landscape):
+    # render distances growing with the grid distance from the answer (1, 2): a perfect funnel; the same
+    # distances shuffled over the grid: no funnel (Spearman's rank correlation, worked out below)
+    i, j = np.indices((3, 5))
+    grid_distance = np.hypot(i - 1, j - 2)
+    assert landscape.funnel(0.1 + grid_distance, (1, 2)) == pytest.approx(1.0)
+    assert landscape.funnel(10.0 - grid_distance, (1, 2)) == pytest.approx(-1.0)
+    # one row apart everywhere at the same level, the other rows flat too: every distance tied, no correlation
+    assert landscape.funnel(np.full((3, 5), 0.4), (1, 2)) == pytest.approx(0.0)
+
+
+def test_ranks_share_ties(landscape):
+    ranks = landscape._ranks(np.array([3.0, 1.0, 1.0, 2.0, 5.0, 5.0, 5.0]))
+    assert ranks.tolist() == [3.0, 0.5, 0.5, 2.0, 5.0, 5.0, 5.0]
+
+
+def test_valley_shift_follows_the_power_law_on_the_search_grid(landscape):
+    from parity.diagnose.fit import VALLEY_POWER
+
+    assert VALLEY_POWER == 1.25   # the worked numbers below use it
+    truth = {"steps": 16, "schedule": 1.95}
+    assert landscape.valley_shift(truth, 16) == 1.95
+    assert landscape.valley_shift(truth, 20) == 2.6    # 1.95 x 1.25^1.25 = 2.578 -> 2.6 on the 0.05 grid
+    assert landscape.valley_shift(truth, 12) == 1.35   # 1.95 x 0.75^1.25 = 1.365 -> 1.35
