@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--table", action="store_true", help="print every case's grid of scores")
     ap.add_argument("--json", default=None, metavar="PATH",
-                    help="write every case's grid there (truth: its index in the grid; axes: the knobs' values)")
+                    help="write every case's grid there (truth: its index in the grid; axes: the knobs' values, "
+                         "with --valley the shift's offsets from the valley; apart_grid: grey levels from the "
+                         "answer's render)")
     smoke_option(ap)
     args = smoke(ap.parse_args(argv), model=101, draws=0, size=32, window="1,0.05", table=True, item="0,1",
                  score="bins", valley=True)
