@@ -143,10 +143,10 @@ def bins_db(render: np.ndarray, stored) -> float:
 
 def valley_shift(truth: dict[str, float], steps: float) -> float:
     """The static shift at `steps` on the valley through the answer (`truth`: its steps and shift), on the
-    search's grid: the shift goes as steps^VALLEY_POWER along it (parity.diagnose.fit)."""
-    from parity.diagnose.fit import VALLEY_POWER
+    search's grid (the search's own valley law, parity.diagnose.fit.valley_shift)."""
+    from parity.diagnose import fit
 
-    shift = truth["schedule"] * (steps / truth["steps"]) ** VALLEY_POWER
+    shift = fit.valley_shift(truth["schedule"], truth["steps"], steps)
     return round(round(shift / SHIFT_GRID) * SHIFT_GRID, 2)
 
 
@@ -174,7 +174,8 @@ def landscape(bench: Bench, items: list[int], truth: dict[str, float], axes: lis
         answers[item] = bench.render(at(item, truth))
         Image.fromarray(answers[item]).save(previews[item])
     stored = {item: dct.read_coefficients(path) for item, path in previews.items()} if score == "bins" else {}
-    home = {k: (0.0 if valley and n == 1 else truth[k]) for n, (k, _) in enumerate(axes)}   # the truth on the grid
+    (ka, _), (kb, _) = axes
+    home = {ka: truth[ka], kb: 0.0 if valley else truth[kb]}   # the truth on the grid (valley: offset 0)
     (ka, va), (kb, vb) = [(k, sorted(set(values) | {home[k]})) for k, values in axes]
     grid, apart = np.zeros((len(va), len(vb))), np.zeros((len(va), len(vb)))
     near = 0

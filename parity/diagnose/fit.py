@@ -407,6 +407,12 @@ class _Valley(_AxisRun):
         return self.scores[i][0]
 
 
+def valley_shift(shift: float, steps: float, n: float, power: float = VALLEY_POWER) -> float:
+    """The shift at `n` steps on the valley through `steps` + `shift`: the shift goes as steps^`power` along it
+    (off the grid; benchmarks/landscape.py --valley lays its window along it too)."""
+    return shift * (n / steps) ** power
+
+
 def valley_point(fit: ImageFit, known: list[Point], n: float, k: int, s: int) -> Point | None:
     """The best point at `n` steps on the valley through the points `known` (valley points of other steps): the
     shift interpolated in log-log between the nearest known on either side, else predicted from the nearest by the
@@ -422,7 +428,7 @@ def valley_point(fit: ImageFit, known: list[Point], n: float, k: int, s: int) ->
     power = VALLEY_POWER
     if below is not None and above is not None:
         a, power = below, math.log(above[s] / below[s]) / math.log(above[k] / below[k])
-    j = ax.index(a[s] * (n / a[k]) ** power)
+    j = ax.index(valley_shift(a[s], a[k], n, power))
     on_n = replaced(a, k, float(n))
 
     def at(i: int) -> Point:
