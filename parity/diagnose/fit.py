@@ -123,6 +123,12 @@ class ImageFit:
     def coords(self, p: Point) -> np.ndarray:
         return np.array([(math.log(v) if a.declared.ratio else v) / a.declared.fit_scale for a, v in zip(self.axes, p)])
 
+    def value_at(self, i: int, c: float) -> float:
+        """Axis `i`'s value at coordinate `c` (off the grid)."""
+        a = self.axes[i]
+        v = c * a.declared.fit_scale
+        return math.exp(min(v, 50.0)) if a.declared.ratio else v
+
     def snap(self, x: np.ndarray) -> Point:
         """The grid point nearest to coordinates `x`; an axis's own start when within half a grid step of it (AI
         Toolkit's shift, e^mu, lies between grid points: it stands for the grid points within one step of it, so
@@ -316,7 +322,7 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
     not need carries the fit off its answer: a shift of 3.1 fitted as 13 steps + shift 1.8 when the steps moved
     first). Once per set of moving knobs on the way: `scan_near`, `walk_valley`, `swap`; then `prune` and
     `valley_partner`. The best point reached."""
-    p, J, active, dropped, readmitted, scanned, traced, swapped = start, None, list(active), set(), False, set(), False, set()
+    p, J, active, dropped, readmitted, scanned, traced, swapped = start, None, list(active), set(), False, set(), set(), set()
     if not active:
         p, J, active = alone(fit, start)
     while True:
@@ -333,13 +339,14 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
                 if fit.exact(fit.evals[p].score):
                     return p
                 continue
-        if not traced and {"steps", "schedule"} <= {fit.axes[i].knob for i in active}:
-            traced = True
-            q = walk_valley(fit, p)
-            if q is not None:
-                p = q
-                if fit.exact(fit.evals[p].score):
-                    return p
+        for pair in ridge_pairs(fit):
+            if pair not in traced and set(pair) <= set(active) and pair == valley_pair(fit):
+                traced.add(pair)
+                q = walk_valley(fit, p, pair)
+                if q is not None:
+                    p = q
+                    if fit.exact(fit.evals[p].score):
+                        return p
         if len(active) >= 2 and fit.near(here.score) and tuple(sorted(active)) not in swapped:
             swapped.add(tuple(sorted(active)))
             other = swap(fit, p, active)
@@ -414,22 +421,14 @@ def valley_shift(shift: float, steps: float, n: float, power: float = VALLEY_POW
 
 
 def valley_point(fit: ImageFit, known: list[Point], n: float, k: int, s: int) -> Point | None:
-    """The best point at `n` steps on the valley through the points `known` (valley points of other steps): the
-    shift interpolated in log-log between the nearest known on either side, else predicted from the nearest by the
-    power law (VALLEY_POWER); then its grid neighbours, on the way that gains while it gains, at most CLIMB grid
-    steps. (Each valley point's shift is off by a grid step or two, the score being rough at the grid's scale:
-    held-out model 3369, 28 steps + shift 2.45, gave 2.2 at 25 steps, 2.95 at 34; 2.55 predicted from 25 alone,
-    2.45 interpolated. The power measured from two points on one side is noise: 0.99 from 21 and 23 steps on model
-    6619, whose valley goes as 1.25.) None when nothing there renders."""
+    """The best point at value `n` of axis `k` on the ridge through the points `known` (ridge points of other
+    values of `k`), axis `s` placed on it (`ridge_value`); then its grid neighbours, on the way that gains while it
+    gains, at most CLIMB grid steps. (Each valley point's shift is off by a grid step or two, the score being rough
+    at the grid's scale: held-out model 3369, 28 steps + shift 2.45, gave 2.2 at 25 steps, 2.95 at 34; 2.55
+    predicted from 25 alone, 2.45 interpolated.) None when nothing there renders."""
     ax = fit.axes[s]
-    below = max((q for q in known if q[k] < n), key=lambda q: q[k], default=None)
-    above = min((q for q in known if q[k] > n), key=lambda q: q[k], default=None)
-    a = min(known, key=lambda q: abs(math.log(q[k] / n)))
-    power = VALLEY_POWER
-    if below is not None and above is not None:
-        a, power = below, math.log(above[s] / below[s]) / math.log(above[k] / below[k])
-    j = ax.index(valley_shift(a[s], a[k], n, power))
-    on_n = replaced(a, k, float(n))
+    j = ax.index(ridge_value(fit, known, n, k, s))
+    on_n = replaced(known[0], k, float(n))   # the known points differ only on `k` and `s`
 
     def at(i: int) -> Point:
         return replaced(on_n, s, held(ax, float(ax.value(i))))
@@ -450,7 +449,49 @@ def valley_point(fit: ImageFit, known: list[Point], n: float, k: int, s: int) ->
     return best
 
 
-def walk_valley(fit: ImageFit, p: Point) -> Point | None:
+def ridge_value(fit: ImageFit, known: list[Point], n: float, k: int, s: int) -> float:
+    """Axis `s`'s value on the ridge at value `n` of axis `k`: interpolated in the fit's coordinates between the
+    nearest known ridge points on either side; else from the nearest along the ridge's slope. For the steps and the
+    shift the slope is the power law (VALLEY_POWER: the power measured from two points on one side is noise, 0.99
+    from 21 and 23 steps on model 6619, whose valley goes as 1.25); for another pair it is measured where the
+    nearest point lies (`ridge_slope`), level when it cannot be."""
+    ck = lambda q: fit.coords(q)[k]
+    cn = ck(replaced(known[0], k, float(n)))
+    below = max((q for q in known if ck(q) < cn), key=ck, default=None)
+    above = min((q for q in known if ck(q) > cn), key=ck, default=None)
+    a = min(known, key=lambda q: abs(ck(q) - cn))
+    if below is not None and above is not None:
+        a, slope = below, (fit.coords(above)[s] - fit.coords(below)[s]) / (ck(above) - ck(below))
+    elif (k, s) == valley_pair(fit):
+        return valley_shift(a[s], a[k], n)
+    else:
+        slope = ridge_slope(fit, a, k, s) or 0.0
+    return fit.value_at(s, fit.coords(a)[s] + slope * (cn - ck(a)))
+
+
+RIDGE_RADIUS = 4.0            # scaled units around a point whose renders measure the ridge's slope (`ridge_slope`)
+
+
+def ridge_slope(fit: ImageFit, p: Point, k: int, s: int) -> float | None:
+    """The direction, in the fit's coordinates (d s / d k), along which the residual changes least around `p`: the
+    Jacobian of axes `k` and `s` fitted by least squares to the renders within RIDGE_RADIUS of `p` that differ from
+    it only there. None with fewer than two such renders or columns that do not span the plane."""
+    x0, r0 = fit.coords(p), fit.evals[p].residual
+    dx, dr = [], []
+    for q, ev in fit.evals.items():
+        if q == p or any(q[i] != p[i] for i in range(len(p)) if i not in (k, s)):
+            continue
+        d = fit.coords(q)[[k, s]] - x0[[k, s]]
+        if float(np.abs(d).max()) <= RIDGE_RADIUS:
+            dx.append(d)
+            dr.append(ev.residual - r0)
+    if len(dx) < 2 or np.linalg.matrix_rank(np.array(dx)) < 2:
+        return None
+    J = np.linalg.lstsq(np.array(dx), np.array(dr), rcond=None)[0]   # rows: d residual / d k, d residual / d s
+    return -float(J[0] @ J[1]) / float(J[1] @ J[1]) if float(J[1] @ J[1]) > 0 else None
+
+
+def walk_valley(fit: ImageFit, p: Point, pair: tuple[int, int] | None = None) -> Point | None:
     """Steps and the shift trade off along a valley: a render with other steps matches the preview almost as
     well once the shift moves with them, and along the valley the score rises to the answer (measured on the
     smooth tiny model, held-out model 6619, 29 steps + shift 3.9, the best shift and PSNR at 20, 22, 24, 26, 28
@@ -462,13 +503,20 @@ def walk_valley(fit: ImageFit, p: Point) -> Point | None:
     (parity.diagnose.recover.search) over the steps with the shift placed on the valley at each (`valley_point`),
     screened first at the steps' first step (a quarter of the recorded steps: one step either side gains less than
     the noise, 0.1 dB, on held-out model 6619 from 20 steps + shift 1.95 for 27 + 2.7), then at one step. A valley
-    nine steps long costs about seven valley points, not nine. The best point found, or None."""
-    pair = valley_pair(fit)
+    nine steps long costs about seven valley points, not nine. The best point found, or None.
+
+    The guidance and the multiplier trade off the same way (`pair`: their indices, the guidance stepped, from one
+    grid step): development model 4541, guidance 5.7 + multiplier 1.17, the best multiplier and PSNR at guidance
+    5.9, 5.8, 5.7, 5.6: 1.12 / 33.3 dB, 1.13 / 38.4, exact, 1.19 or above / 36.4 or above, each guidance's
+    multiplier line rising to its ridge point and falling past it; the fit there stopped at 5.8 + 1.14, two
+    multiplier steps off the ridge at 5.7."""
+    pair = valley_pair(fit) if pair is None else pair
     if pair is None or p not in fit.evals:
         return None
     run = _Valley(fit, p, *pair)
+    steps = (run.axis.first_step, run.axis.resolution) if pair == valley_pair(fit) else (run.axis.resolution,)
     try:
-        for step in (run.axis.first_step, run.axis.resolution):   # a step or two apart the valley is flat to noise
+        for step in steps:   # a step or two apart the valley is flat to noise
             screen(run, step)
             if run.best()[0] is not None:
                 search(run)
@@ -486,6 +534,13 @@ def valley_pair(fit: ImageFit) -> tuple[int, int] | None:
     fit lacks either."""
     index = {a.knob: i for i, a in enumerate(fit.axes)}
     return (index[PAIRED[0]], index[PAIRED[1]]) if all(k in index for k in PAIRED) else None
+
+
+def ridge_pairs(fit: ImageFit) -> list[tuple[int, int]]:
+    """The axes (indices) of each pair of knobs that trade off (PARTNERS) the fit has, the one stepped along the
+    ridge first: the steps and the shift, the guidance and the multiplier."""
+    index = {a.knob: i for i, a in enumerate(fit.axes)}
+    return [(index[a], index[b]) for a, b in PARTNERS if a in index and b in index]
 
 
 def moves_valley(fit: ImageFit, p: Point) -> bool:
@@ -750,8 +805,10 @@ def polish(fit: ImageFit, p: Point) -> Point:
     and, when one gains, `climb` from there; then `expand` with EXPAND_SHARE of the renders left. The best point
     reached."""
     session = fit.session
-    if moves_valley(fit, p):
-        p = walk_valley(fit, p) or p
+    for pair in ridge_pairs(fit):   # the steps-shift valley when either moved; another ridge when both did
+        moved = [i in moved_knobs(fit, p) for i in pair]
+        if (all(moved) or (any(moved) and pair == valley_pair(fit))) and not fit.exact(fit.evals[p].score):
+            p = walk_valley(fit, p, pair) or p
     p = climb(fit, p)
     if not fit.exact(fit.evals[p].score):
         back = _unless_out_of_budget(prune, fit, p, moved_knobs(fit, p))
@@ -820,7 +877,8 @@ def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: flo
         if not mine:
             continue
         best = max(mine, key=lambda q: fit.evals[q].score[0])
-        if fit.near(fit.evals[best].score) and not fit.exact(fit.evals[best].score):
+        lead = here is not None and fit.evals[best].score[0] >= here.score[0] + FIT_LEAD[fit.unit]
+        if (fit.near(fit.evals[best].score) or lead) and not fit.exact(fit.evals[best].score):
             best = polish(fit, best)
         d = descent_of(fit, best, start_score)
         out.append(d)
