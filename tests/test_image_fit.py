@@ -299,6 +299,41 @@ def test_a_valley_point_renders_both_neighbours_of_its_predicted_shift():
     assert q == (24.0,) + start[1:3] + (3.05,) and fit.evals[q].score[1] == "EXACT"
 
 
+def ridge_picture(spec: RenderSpec) -> np.ndarray:
+    """A picture the guidance and the multiplier move mostly together, along guidance + 2.5 x multiplier (a ridge
+    whose multiplier falls 0.04 per 0.1 of guidance, as measured on the smooth tiny model), and a little apart."""
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    c = spec.guidance_scale + 2.5 * spec.network_multiplier
+    lum = 128 + 70 * np.sin(3.0 * x + 2.0 * y + 1.5 * c) + 12 * np.sin(5.0 * x * y + 0.8 * spec.guidance_scale)
+    lum = np.clip(lum, 0, 255)
+    return np.stack([lum, lum * 0.9, 255 - lum], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("guidance, multiplier, start_guidance", [(5.7, 1.17, 5.8), (5.7, 1.17, 6.3), (3.2, 0.9, 2.6)])
+def test_the_guidance_multiplier_ridge_is_walked_to_the_exact_point(guidance, multiplier, start_guidance):
+    """From a point on the guidance-multiplier ridge, guidance steps away, the ridge walk (the valley walk of that
+    pair) reaches the exact answer: the multiplier placed on the ridge by the slope that the renders around the
+    start measure (`ridge_slope`), the guidance line-searched, each ridge point three renders or more (its
+    predicted multiplier and both neighbours): at most six per guidance grid step (5 to 6 measured)."""
+    from parity.diagnose.fit import ridge_pairs, ridge_slope, walk_valley
+
+    render = Counting(ridge_picture)
+    fit = _fit_at(RECORDED.with_(guidance_scale=guidance, network_multiplier=multiplier), render)
+    start = fit.point_of(RECORDED)
+    pair = ridge_pairs(fit)[1]
+    assert [fit.axes[i].knob for i in pair] == ["guidance", "lora_scale"]
+    on_ridge = round((multiplier - (start_guidance - guidance) / 2.5) * 100) / 100
+    p = (start[0], start_guidance, on_ridge, start[3])
+    for q in (p, (start[0], start_guidance + 0.1, on_ridge, start[3]), (start[0], start_guidance, on_ridge + 0.02, start[3])):
+        fit.evaluate(q)   # the start and a Jacobian's two columns, as a fit leaves them
+    assert fit.evals[p].score[1] != "EXACT"
+    assert ridge_slope(fit, p, *pair) == pytest.approx(-0.4 * 0.1 / 0.02, rel=0.25)   # in the fit's units
+    before = render.renders
+    q = walk_valley(fit, p, pair)
+    assert q is not None and (q[1], q[2]) == (guidance, multiplier) and fit.evals[q].score[1] == "EXACT"
+    assert render.renders - before <= 6 * round(abs(start_guidance - guidance) * 10)
+
+
 def test_a_stall_during_the_valley_walk_ends_the_start():
     """The stall rule (`fit_from`: a coarse start must gain within STALL renders) holds inside the valley walk
     too: the walk does not swallow it and keep the stalled start going (measured on held-out model 7341, 14

@@ -454,7 +454,7 @@ def ridge_value(fit: ImageFit, known: list[Point], n: float, k: int, s: int) -> 
     nearest known ridge points on either side; else from the nearest along the ridge's slope. For the steps and the
     shift the slope is the power law (VALLEY_POWER: the power measured from two points on one side is noise, 0.99
     from 21 and 23 steps on model 6619, whose valley goes as 1.25); for another pair it is measured where the
-    nearest point lies (`ridge_slope`), level when it cannot be."""
+    nearest point lies (`ridge_slope`), else between the two nearest ridge points, level with only one."""
     ck = lambda q: fit.coords(q)[k]
     cn = ck(replaced(known[0], k, float(n)))
     below = max((q for q in known if ck(q) < cn), key=ck, default=None)
@@ -465,8 +465,11 @@ def ridge_value(fit: ImageFit, known: list[Point], n: float, k: int, s: int) -> 
     elif (k, s) == valley_pair(fit):
         return valley_shift(a[s], a[k], n)
     else:
-        slope = ridge_slope(fit, a, k, s) or 0.0
-    return fit.value_at(s, fit.coords(a)[s] + slope * (cn - ck(a)))
+        slope = ridge_slope(fit, a, k, s)
+        if slope is None and len(known) >= 2:   # the two nearest ridge points, on the same side
+            b = min((q for q in known if q != a), key=lambda q: abs(ck(q) - cn))
+            slope = (fit.coords(a)[s] - fit.coords(b)[s]) / (ck(a) - ck(b))
+    return fit.value_at(s, fit.coords(a)[s] + (slope or 0.0) * (cn - ck(a)))
 
 
 RIDGE_RADIUS = 4.0            # scaled units around a point whose renders measure the ridge's slope (`ridge_slope`)
