@@ -394,10 +394,11 @@ def valley_partner(fit: ImageFit, active: list[int], rest: list[int]) -> int | N
 
 
 class _Valley(_AxisRun):
-    """The steps axis as the score's line search (parity.diagnose.recover.screen / search) sees it, along the
-    valley through a point: f(i) is the best score at steps value(i) with the shift placed on the valley
-    (`valley_point`) and the other knobs as at the point; the valley point of each steps value is kept. Only what
-    the line search reads is set (no trace: the walk's renders are the fit's)."""
+    """Axis `k` (the steps; the guidance) as the score's line search (parity.diagnose.recover.screen / search)
+    sees it, along the ridge of a pair through a point: f(i) is the best score at value(i) of `k` with axis `s`
+    (the shift; the multiplier) placed on the ridge (`valley_point`) and the other knobs as at the point; the ridge
+    point of each value is kept. Only what the line search reads is set (no trace: the walk's renders are the
+    fit's)."""
 
     def __init__(self, fit: ImageFit, p: Point, k: int, s: int):
         self.fit, self.k, self.s, self.axis = fit, k, s, fit.axes[k]
@@ -799,8 +800,9 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
 
 
 def polish(fit: ImageFit, p: Point) -> Point:
-    """A near point that is not exact: its steps-shift valley walked when it moved either (`walk_valley`), then
-    `climb`; then each knob it moved put back to its recorded value once (`prune`: the valley walk moves the shift
+    """A near point that is not exact: its steps-shift valley walked when it moved either (`walk_valley`), the
+    guidance-multiplier ridge when it moved both (only here: walked inside `grow` it cost a three-knob case of the
+    synthetic renderer its answer, tests/test_image_fit.py), then `climb`; then each knob it moved put back to its recorded value once (`prune`: the valley walk moves the shift
     with the steps, and a preview whose steps alone changed a little is then fitted by both: held-out run 18,
     model 4541, 21 steps ended at 21 steps + a shift of 1.95, 7 grid steps from AI Toolkit's 1.58, where `climb`
     and `expand` do not reach), `climb` from a better one; when it moved both the steps and the shift, each put back
@@ -852,8 +854,9 @@ def capped(session: Session, share: float, floor: int = 0) -> int | None:
 def fit_from(fit: ImageFit, starts: list[Point], start_score: Scored, share: float, min_renders: int
              ) -> list[Descent]:
     """The fit from each start in turn, best start first, until one is exact; each fit may spend at most `share`
-    of the renders left (a wrong start cannot starve the next); a near one (`ImageFit.near`) ends the starts. Each fit's answer is
-    the best-scoring point it rendered (the fit climbs the blocks' residual, the verdict the comparison). (Tried
+    of the renders left (a wrong start cannot starve the next); a near one (`ImageFit.near`), or one FIT_LEAD above
+    its start, is polished (`polish`, every render left) and ends the starts. Each fit's answer is the
+    best-scoring point it rendered (the fit climbs the blocks' residual, the verdict the comparison). (Tried
     and dropped: every start probed with 8 renders first, the best continued; on held-out draws it lost three
     cases for the one it won.)"""
     session, out, tried = fit.session, [], set()

@@ -1,0 +1,46 @@
+"""benchmarks/step_response.py's measures of how renders change with the step count, on sequences worked out by
+hand. The benchmark itself runs in tests/test_benchmarks_smoke.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def step_response(request):
+    sys.path.insert(0, str(BENCHMARKS))   # it imports _common, as when run as a script
+    request.addfinalizer(lambda: sys.path.remove(str(BENCHMARKS)))
+    spec = importlib.util.spec_from_file_location("step_response_benchmark", BENCHMARKS / "step_response.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def renders(value, steps: list[int]) -> dict[int, np.ndarray]:
+    field = np.linspace(0.0, 1.0, 48).reshape(4, 4, 3)
+    return {n: 100.0 + value(n) * field for n in steps}
+
+
+def test_a_smooth_one_over_n_convergence(step_response):
+    """r(N) = L + E/N: N and N+2 lie 2(N+1)/(N+2) times as far apart as N and N+1 (1.91 at N = 20, 1.95 at 40),
+    and N x |r(N) - r(F)| / (1 - N/F) = |E| at every N."""
+    images = renders(lambda n: 300.0 / n, [*range(20, 43), 100])
+    r = step_response.response(images, 100)
+    assert 1.91 <= r["ratio"] <= 1.95
+    assert r["conv_spread"] == pytest.approx(0.0, abs=1e-12)
+    assert r["conv_mean"] == pytest.approx(300.0 * np.sqrt((np.linspace(0.0, 1.0, 48) ** 2).mean()))
+
+
+def test_even_and_odd_step_counts_in_two_families(step_response):
+    """A render that jumps between even and odd step counts (as model 4206's do) puts N + 2 nearer than N + 1."""
+    images = renders(lambda n: 300.0 / n + 5.0 * (-1) ** n, [*range(20, 43), 100])
+    r = step_response.response(images, 100)
+    assert r["ratio"] < 0.2
+    assert r["conv_spread"] > 0.3
