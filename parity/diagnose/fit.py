@@ -322,7 +322,7 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
     not need carries the fit off its answer: a shift of 3.1 fitted as 13 steps + shift 1.8 when the steps moved
     first). Once per set of moving knobs on the way: `scan_near`, `walk_valley`, `swap`; then `prune` and
     `valley_partner`. The best point reached."""
-    p, J, active, dropped, readmitted, scanned, traced, swapped = start, None, list(active), set(), False, set(), set(), set()
+    p, J, active, dropped, readmitted, scanned, traced, swapped = start, None, list(active), set(), False, set(), False, set()
     if not active:
         p, J, active = alone(fit, start)
     while True:
@@ -339,14 +339,15 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
                 if fit.exact(fit.evals[p].score):
                     return p
                 continue
-        for pair in ridge_pairs(fit):
-            if pair not in traced and set(pair) <= set(active) and pair == valley_pair(fit):
-                traced.add(pair)
-                q = walk_valley(fit, p, pair)
-                if q is not None:
-                    p = q
-                    if fit.exact(fit.evals[p].score):
-                        return p
+        # the steps-shift valley only: the guidance-multiplier ridge walked here cost a three-knob case of the
+        # synthetic renderer its answer (tests/test_image_fit.py); `polish` walks it
+        if not traced and {"steps", "schedule"} <= {fit.axes[i].knob for i in active}:
+            traced = True
+            q = walk_valley(fit, p)
+            if q is not None:
+                p = q
+                if fit.exact(fit.evals[p].score):
+                    return p
         if len(active) >= 2 and fit.near(here.score) and tuple(sorted(active)) not in swapped:
             swapped.add(tuple(sorted(active)))
             other = swap(fit, p, active)
@@ -456,7 +457,9 @@ def ridge_value(fit: ImageFit, known: list[Point], n: float, k: int, s: int) -> 
     shift the slope is the power law (VALLEY_POWER: the power measured from two points on one side is noise, 0.99
     from 21 and 23 steps on model 6619, whose valley goes as 1.25); for another pair it is measured where the
     nearest point lies (`ridge_slope`), else between the two nearest ridge points, level with only one."""
-    ck = lambda q: fit.coords(q)[k]
+    def ck(q: Point) -> float:
+        return float(fit.coords(q)[k])
+
     cn = ck(replaced(known[0], k, float(n)))
     below = max((q for q in known if ck(q) < cn), key=ck, default=None)
     above = min((q for q in known if ck(q) > cn), key=ck, default=None)
@@ -800,15 +803,14 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
 
 
 def polish(fit: ImageFit, p: Point) -> Point:
-    """A near point that is not exact: its steps-shift valley walked when it moved either (`walk_valley`), the
-    guidance-multiplier ridge when it moved both (only here: walked inside `grow` it cost a three-knob case of the
-    synthetic renderer its answer, tests/test_image_fit.py), then `climb`; then each knob it moved put back to its recorded value once (`prune`: the valley walk moves the shift
-    with the steps, and a preview whose steps alone changed a little is then fitted by both: held-out run 18,
-    model 4541, 21 steps ended at 21 steps + a shift of 1.95, 7 grid steps from AI Toolkit's 1.58, where `climb`
-    and `expand` do not reach), `climb` from a better one; when it moved both the steps and the shift, each put back
-    and the other's line scanned around it (`project`); then the knobs it has not moved scanned (`scan_still`)
-    and, when one gains, `climb` from there; then `expand` with EXPAND_SHARE of the renders left. The best point
-    reached."""
+    """A near point that is not exact: its steps-shift valley walked when it moved either (`walk_valley`), the guidance-
+    multiplier ridge when it moved both (only here, see `grow`), then `climb`; then each knob it moved put back to
+    its recorded value once (`prune`: the valley walk moves the shift with the steps, and a preview whose steps
+    alone changed a little is then fitted by both: held-out run 18, model 4541, 21 steps ended at 21 steps + a shift
+    of 1.95, 7 grid steps from AI Toolkit's 1.58, where `climb` and `expand` do not reach), `climb` from a better
+    one; when it moved both the steps and the shift, each put back and the other's line scanned around it
+    (`project`); then the knobs it has not moved scanned (`scan_still`) and, when one gains, `climb` from there;
+    then `expand` with EXPAND_SHARE of the renders left. The best point reached."""
     session = fit.session
     for pair in ridge_pairs(fit):   # the steps-shift valley when either moved; another ridge when both did
         moved = [i in moved_knobs(fit, p) for i in pair]
