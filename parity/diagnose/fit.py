@@ -339,8 +339,7 @@ def grow(fit: ImageFit, start: Point, active: list[int]) -> Point:
                 if fit.exact(fit.evals[p].score):
                     return p
                 continue
-        # the steps-shift valley only: the guidance-multiplier ridge walked here cost a three-knob case of the
-        # synthetic renderer its answer (tests/test_image_fit.py); `polish` walks it
+        # the valley only: walking the guidance-multiplier ridge here lost a synthetic three-knob case (`polish`)
         if not traced and {"steps", "schedule"} <= {fit.axes[i].knob for i in active}:
             traced = True
             q = walk_valley(fit, p)
@@ -803,14 +802,15 @@ def _lm_step(J: np.ndarray, residual: np.ndarray, lam: float, radius: float) -> 
 
 
 def polish(fit: ImageFit, p: Point) -> Point:
-    """A near point that is not exact: its steps-shift valley walked when it moved either (`walk_valley`), the guidance-
-    multiplier ridge when it moved both (only here, see `grow`), then `climb`; then each knob it moved put back to
-    its recorded value once (`prune`: the valley walk moves the shift with the steps, and a preview whose steps
-    alone changed a little is then fitted by both: held-out run 18, model 4541, 21 steps ended at 21 steps + a shift
-    of 1.95, 7 grid steps from AI Toolkit's 1.58, where `climb` and `expand` do not reach), `climb` from a better
-    one; when it moved both the steps and the shift, each put back and the other's line scanned around it
-    (`project`); then the knobs it has not moved scanned (`scan_still`) and, when one gains, `climb` from there;
-    then `expand` with EXPAND_SHARE of the renders left. The best point reached."""
+    """A near point that is not exact: its steps-shift valley walked when it moved either (`walk_valley`), the
+    guidance-multiplier ridge when it moved both (only here: walked in `grow` it cost the synthetic case of
+    tests/test_image_fit.py with 14 steps + multiplier 0.7 + shift 3 its answer), then `climb`; then each knob it
+    moved put back to its recorded value once (`prune`: the valley walk moves the shift with the steps, and a
+    preview whose steps alone changed a little is then fitted by both: held-out run 18, model 4541, 21 steps ended
+    at 21 steps + a shift of 1.95, 7 grid steps from AI Toolkit's 1.58, where `climb` and `expand` do not reach),
+    `climb` from a better one; when it moved both the steps and the shift, each put back and the other's line
+    scanned around it (`project`); then the knobs it has not moved scanned (`scan_still`) and, when one gains,
+    `climb` from there; then `expand` with EXPAND_SHARE of the renders left. The best point reached."""
     session = fit.session
     for pair in ridge_pairs(fit):   # the steps-shift valley when either moved; another ridge when both did
         moved = [i in moved_knobs(fit, p) for i in pair]
