@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     pin_threads()
     from parity.spec import RenderSpec
 
-    lo, hi = (int(x) for x in args.steps.split(":"))
+    try:
+        lo, hi = (int(x) for x in args.steps.split(":"))
+    except ValueError:
+        ap.error(f"--steps {args.steps!r}: give FROM:TO, two whole numbers (e.g. 20:40)")
+    if not 1 <= lo <= hi or hi + 2 >= args.finest:
+        ap.error(f"--steps {args.steps!r}: need 1 <= FROM <= TO and TO + 2 < --finest ({args.finest})")
     print(f"{'model':>14s} {'prompt':>6s} {'d1':>6s} {'d2':>6s} {'ratio':>6s} {'conv':>8s} {'spread':>6s}   "
           f"(N = {lo}-{hi}, finest {args.finest}, {args.size} px; smooth 1/N: ratio ~2, spread ~0)")
     work = Path(tempfile.mkdtemp(prefix="parity-steps-"))

@@ -44,3 +44,11 @@ def test_even_and_odd_step_counts_in_two_families(step_response):
     r = step_response.response(images, 100)
     assert r["ratio"] < 0.2
     assert r["conv_spread"] > 0.3
+
+
+@pytest.mark.parametrize("steps", ["abc", "40:20", "20:99"])
+def test_bad_steps_are_one_line_and_exit_2(step_response, steps, capsys):
+    with pytest.raises(SystemExit) as e:
+        step_response.main(["--steps", steps])
+    assert e.value.code == 2
+    assert "--steps" in capsys.readouterr().err
