@@ -600,6 +600,31 @@ def test_a_fit_far_ahead_of_its_start_ends_the_starts():
     assert len(out) == 1 and out[0].score[1] == "DRIFT" and out[0].score[0] >= first + FIT_LEAD["psnr"]
 
 
+
+@pytest.mark.parametrize("lead", [True, False])
+def test_a_fit_far_ahead_of_its_start_is_polished_though_not_near(monkeypatch, lead):
+    """A fit that ends FIT_LEAD (6 dB) above its start is polished like a near one (its knobs' neighbourhood
+    scanned, the ridges walked), though the comparison does not call it near; one that gained less is not. The
+    fit itself is replaced by its end point here, so only the rule is under test."""
+    import parity.diagnose.fit as F
+
+    target = picture(RECORDED.with_(guidance_scale=5.3))
+    session = Session(Counting(), score, target, budget=90, cache=RenderCache(), metric="psnr")
+    start_score = session.score(RECORDED, free=True)
+    fit, probe = (ImageFit(RECORDED, session, target_blocks(target), axes_for(RECORDED), lambda s: s[1] == "EXACT",
+                           near=lambda s: s[1] in ("NEAR", "EXACT")) for _ in range(2))
+    here = fit.point_of(RECORDED)
+    start = fit.evaluate(here).score[0]
+    gained = {v: probe.evaluate(F.replaced(here, 1, v)).score for v in (4.1, 4.2, 4.4, 4.6, 4.8, 5.0)}
+    ends = [F.replaced(here, 1, v) for v, (db, tier) in gained.items() if tier == "DRIFT"
+            and (db >= start + F.FIT_LEAD["psnr"]) == lead and db > start]
+    assert ends, gained   # the picture offers a fit's end of each kind
+    end, polished = ends[0], []
+    monkeypatch.setattr(F, "grow", lambda f, s, moved: f.evaluate(end))
+    monkeypatch.setattr(F, "polish", lambda f, p: polished.append(p) or p)
+    F.fit_from(fit, [here], start_score, 1.0, 6)
+    assert polished == ([end] if lead else [])
+
 def creeping_picture(spec: RenderSpec) -> np.ndarray:
     """A picture the steps move only by a fraction of a grey level over their whole range (as renders past 60
     steps hardly change), guidance moving it a lot."""
