@@ -52,3 +52,29 @@ def test_bad_steps_are_one_line_and_exit_2(step_response, steps, capsys):
         step_response.main(["--steps", steps])
     assert e.value.code == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_a_sweep_of_a_smooth_knob_and_of_a_jagged_one(step_response):
+    """Renders moving linearly with the shift lie twice as far apart two grid steps away; renders that jump by
+    a fixed amount up and down with each grid step (the tiny model's schedule response) lie nearer."""
+    field = np.linspace(0.0, 1.0, 48).reshape(4, 4, 3)
+    smooth = step_response.sweep([100.0 + 8.0 * k * field for k in range(11)])
+    assert smooth["ratio"] == pytest.approx(2.0)
+    jagged = step_response.sweep([100.0 + (k + 6.0 * (-1) ** k) * field for k in range(11)])
+    assert jagged["ratio"] < 0.5
+    assert jagged["d1"] > smooth["d1"] / 8.0 * 6.0
+
+
+@pytest.mark.parametrize("shifts", ["x", "1.0:1.05", "0:1", "2:1"])
+def test_bad_shifts_are_one_line_and_exit_2(step_response, shifts, capsys):
+    with pytest.raises(SystemExit) as e:
+        step_response.main(["--shifts", shifts])
+    assert e.value.code == 2
+    assert "--shifts" in capsys.readouterr().err
+
+
+def test_the_shift_sweep_is_one_grid_step_apart(step_response):
+    import argparse
+
+    assert step_response.shift_values(argparse.ArgumentParser(), "1.0:1.2") == [1.0, 1.05, 1.1, 1.15, 1.2]
+    assert step_response.shift_values(argparse.ArgumentParser(), "") == []
