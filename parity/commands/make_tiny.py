@@ -15,8 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("dir", help="output folder (created if missing; existing tiny files are overwritten)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--smooth", action="store_true",
-                        help="a transformer that responds smoothly to steps/schedule/guidance/multiplier like a trained "
-                             "model (what parameter recovery needs; docs/parameter-recovery.md)")
+                        help="a transformer that responds smoothly to guidance and the LoRA multiplier like a trained "
+                             "model (what parameter recovery needs); steps and shift still jump with the LoRA applied "
+                             "(docs/parameter-recovery.md)")
     parser.add_argument("--klein", action="store_true",
                         help="write a tiny FLUX.2 [klein] base 4B (Qwen3 text encoder, no guidance embedding)")
 

@@ -644,8 +644,10 @@ def _write_tokenizer(folder: Path) -> None:
 
 def build_tiny(out_dir: str | Path, *, seed: int = 0, smooth: bool = False, arch: str = DEFAULT_ARCH) -> TinyPaths:
     """Write the tiny FLUX.2-dev checkpoint (both layouts + LoRA files) into `out_dir`. Deterministic.
-    `smooth`: the transformer responds smoothly to steps, schedule, guidance and multiplier like a trained model
-    (the parameter-recovery tests and benchmark; see `_smooth_transformer`). `arch`: the guidance-distilled family
+    `smooth`: the transformer responds smoothly to guidance and multiplier like a trained model (the
+    parameter-recovery tests and benchmark; see `_smooth_transformer`); with the LoRA applied its renders still
+    jump from one step count or shift to the next (docs/parameter-recovery.md, "Why the steps and the shift are
+    rough there"). `arch`: the guidance-distilled family
     member it stands for (its pipeline class and single-file name; the shapes are these)."""
     if family(arch).true_cfg:
         raise ValueError(f"{arch!r} runs true CFG: its tiny model is parity.tiny.klein's")
@@ -742,7 +744,9 @@ def make_lora(
     kind "lora": `lora_A` [rank, in] ~ N(0, 1/in), `lora_B` [out, rank] ~ N(0, 1.5^2) x strength, no alpha
     (AI Toolkit drops it; scale 1). kind "lokr": full-rank `lokr_w1` [out_l, in_m], `lokr_w2` [out_k, in_n]
     with delta W = kron(w1, w2) x strength, and `alpha` as AI Toolkit stores it.
-    The weights are large on purpose (cpu-stack-notes section 8) so the adapter visibly changes the image.
+    The weights are large on purpose (cpu-stack-notes section 8) so the adapter visibly changes the image: B @ A
+    is about five times the base weights, which also makes the tiny transformer's response to t (so to the steps
+    and the shift) jagged (docs/parameter-recovery.md, "Why the steps and the shift are rough there").
     Same seed -> same base factors, so `strength` scales one fixed direction (a checkpoint "training" over steps).
     """
     if kind not in ("lora", "lokr"):
