@@ -34,8 +34,8 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smooth_tiny_model_dir(tmp_path_factory):
-    """The tiny FLUX.2 whose transformer responds smoothly to steps, schedule, guidance and multiplier as a trained
-    model does (`build_tiny(smooth=True)`): what parameter recovery needs."""
+    """The tiny FLUX.2 whose transformer responds smoothly to guidance and multiplier as a trained model does
+    (`build_tiny(smooth=True)`; steps and shift less so, docs/parameter-recovery.md): what parameter recovery needs."""
     from parity.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("tiny-flux2-smooth")
