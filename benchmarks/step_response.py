@@ -27,6 +27,7 @@ For each prompt (the recovery benchmark's three, their seeds 3, 4, 5), at 64 px 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = smoke(ap.parse_args(argv), models="101", steps="4:6", finest=10, size=32, prompts=1, shifts="1.0:1.1",
                  at_steps=4)
     pin_threads()
-    from parity.spec import RenderSpec
+    from parity.errors import ParityError
 
     try:
         lo, hi = (int(x) for x in args.steps.split(":"))
@@ -104,21 +105,33 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; shift {shifts[0]:g}-{shifts[-1]:g} at {args.at_steps} steps" if shifts else "")
           + f", {args.size} px; smooth: ratio ~2, spread ~0)")
     work = Path(tempfile.mkdtemp(prefix="parity-steps-"))
-    for name, engine, lora in engines(args, work):
-        for i, prompt in enumerate(PROMPTS[:args.prompts]):
-            base = RenderSpec(prompt=prompt, width=args.size, height=args.size, seed=3 + i, lora_path=lora,
-                              dtype="fp32", guidance_scale=args.guidance, sample_steps=lo)
-            images = {n: np.asarray(engine.render(base.with_(sample_steps=n)).image)
-                      for n in [*range(lo, hi + 3), args.finest]}
-            r = response(images, args.finest)
-            line = (f"{name:>14s} {i:6d} {r['d1']:6.2f} {r['d2']:6.2f} {r['ratio']:6.2f} {r['conv_mean']:8.1f} "
-                    f"{r['conv_spread']:6.2f}")
-            if shifts:
-                at = base.with_(sample_steps=args.at_steps)
-                s = sweep([np.asarray(engine.render(at.with_(schedule=f"static:{v:g}")).image) for v in shifts])
-                line += f"   {s['d1']:8.2f} {s['d2']:6.2f} {s['ratio']:6.2f}"
-            print(line, flush=True)
+    try:
+        for name, engine, lora in engines(args, work):
+            for i in range(args.prompts):
+                print(measure(engine, args, i, lora, (lo, hi), shifts, name), flush=True)
+    except ParityError as e:   # a missing or unreadable model folder or LoRA: one line, not a traceback
+        print(f"step_response: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def measure(engine, args: argparse.Namespace, i: int, lora: str | None, steps: tuple[int, int], shifts: list[float],
+            name: str) -> str:
+    """One table row: prompt `i`'s step response (and shift response) on `engine`."""
+    from parity.spec import RenderSpec
+
+    lo, hi = steps
+    base = RenderSpec(prompt=PROMPTS[i], width=args.size, height=args.size, seed=3 + i, lora_path=lora,
+                      dtype="fp32", guidance_scale=args.guidance, sample_steps=lo)
+    images = {n: np.asarray(engine.render(base.with_(sample_steps=n)).image) for n in [*range(lo, hi + 3), args.finest]}
+    r = response(images, args.finest)
+    line = (f"{name:>14s} {i:6d} {r['d1']:6.2f} {r['d2']:6.2f} {r['ratio']:6.2f} {r['conv_mean']:8.1f} "
+            f"{r['conv_spread']:6.2f}")
+    if shifts:
+        at = base.with_(sample_steps=args.at_steps)
+        s = sweep([np.asarray(engine.render(at.with_(schedule=f"static:{v:g}")).image) for v in shifts])
+        line += f"   {s['d1']:8.2f} {s['d2']:6.2f} {s['ratio']:6.2f}"
+    return line
 
 
 def shift_values(ap: argparse.ArgumentParser, text: str) -> list[float]:

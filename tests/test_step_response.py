@@ -71,3 +71,10 @@ def test_the_shift_sweep_is_one_grid_step_apart(step_response):
 
     assert step_response.shift_values(argparse.ArgumentParser(), "1.0:1.2") == [1.0, 1.05, 1.1, 1.15, 1.2]
     assert step_response.shift_values(argparse.ArgumentParser(), "") == []
+
+
+def test_a_missing_model_folder_is_one_line_and_exit_2(step_response, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert step_response.main(["--model-dir", str(missing), "--steps", "4:5", "--finest", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(missing) in err and len(err.splitlines()) == 1
