@@ -8,8 +8,8 @@ renders jump from one step count to the next (a ratio far from 2, even and odd s
 1) gives a steps line with no slope to climb: near the answer only exact re-encoding tells the steps apart
 (docs/parameter-recovery.md, "What the smooth tiny model does not do like a trained one"). The same holds for the
 static shift at a fixed step count (`--shifts`): a render that moves smoothly with the shift is twice as far from
-the shift two grid steps away (0.1) as from the next one (0.05, the search's grid); a ratio near 1.4 is a random walk (and the
-ratio of two renders that differ only by 8-bit rounding, about 0.4 grey levels apart).
+the shift two grid steps away (0.1) as from the next one (0.05, the search's grid); a ratio near 1.4 is a random
+walk (and the ratio of two renders that differ only by 8-bit rounding, about 0.4 grey levels apart).
 
 For each prompt (the recovery benchmark's three, their seeds 3, 4, 5), at 64 px by default:
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora", default=None, help="with --model-dir: a LoRA applied at multiplier 1")
     ap.add_argument("--steps", default="20:40", help="N from:to (renders N..to+2)")
     ap.add_argument("--finest", type=int, default=100, help="the step count taken as the converged render")
-    ap.add_argument("--shifts", default="1.0:1.5", help="static shifts from:to, in steps of 0.05 ('' to skip)")
+    ap.add_argument("--shifts", default="1.0:1.5", help="static shifts from:to, one search grid step apart ('' to skip)")
     ap.add_argument("--at-steps", type=int, default=20, help="the step count of the shift sweep")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--guidance", type=float, default=4.0)
@@ -136,11 +136,11 @@ def measure(engine, args: argparse.Namespace, i: int, lora: str | None, steps: t
 
 def shift_values(ap: argparse.ArgumentParser, text: str) -> list[float]:
     """--shifts FROM:TO -> FROM, FROM + one grid step of the shift, ... TO (at least three values); '' -> none."""
+    if not text:
+        return []
     from parity import knobs
 
     step = knobs.searchable()["schedule"].resolution   # parameter recovery's shift grid
-    if not text:
-        return []
     try:
         lo, hi = (float(x) for x in text.split(":"))
     except ValueError:

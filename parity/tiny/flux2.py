@@ -647,8 +647,8 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0, smooth: bool = False, arch
     `smooth`: the transformer responds smoothly to guidance and multiplier like a trained model (the
     parameter-recovery tests and benchmark; see `_smooth_transformer`); with the LoRA applied its renders still
     jump from one step count or shift to the next (docs/parameter-recovery.md, "Why the steps and the shift are
-    rough there"). `arch`: the guidance-distilled family
-    member it stands for (its pipeline class and single-file name; the shapes are these)."""
+    rough there"). `arch`: the guidance-distilled family member it stands for (its pipeline class and single-file
+    name; the shapes are these)."""
     if family(arch).true_cfg:
         raise ValueError(f"{arch!r} runs true CFG: its tiny model is parity.tiny.klein's")
     t0 = time.perf_counter()
