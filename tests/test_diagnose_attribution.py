@@ -232,7 +232,8 @@ def test_suspects_seed_walk_patterns_when_the_picture_is_another_one():
 
     eng = FakeEngine()
     s = suspect_search("p.jpg", PREVIEW.with_(seed=5), eng.render, score, index=2, preview_size=(512, 512))
-    assert _found(s) == {"seed": 3} and "walk off" in s.verdict and s.explained
+    assert _found(s) == {"seed": 3} and s.explained
+    assert "previews look like seed 3 (seed walk off), not 5" in s.verdict, s.verdict   # the knob is named
     assert len(eng.calls) == 2  # the first seed pattern tried, before any continuous search
 
 

@@ -581,8 +581,8 @@ def _score_text(value: float, unit: str) -> str:
 
 
 def _verdict(result: Suspects, source: str | None = None) -> str:
-    pairs = [(t.label if t.knob == "seed" else _change_text(t.knob, t.value), knob_text(t.knob, result.recorded[t.knob]))
-             for t in result.best]
+    pairs = [(f"seed {t.label}" if t.knob == "seed" else _change_text(t.knob, t.value),
+              knob_text(t.knob, result.recorded[t.knob])) for t in result.best]
     looks = (f"{pairs[0][0]}, not {pairs[0][1]}" if len(pairs) == 1
              else ", ".join(f"{now} (not {was})" for now, was in pairs))
     evidence = f"SSIM {result.ssim_best or 0.0:.3f} vs {result.ssim_recorded or 0.0:.3f} with the recorded settings"
