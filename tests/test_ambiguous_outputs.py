@@ -1,0 +1,102 @@
+"""Two answers that explain a preview equally (issue 31): "ambiguous: 11 steps or static shift 3.2 explain
+equally" reaches results.json, the console table, summary.md, JUnit, the PR comment, the pytest failure screen and
+the report, whose recovery section marks each candidate on its own knob's curve.
+
+The suspects are the real search's, on a score with two equal basins written here (11 steps at the recorded
+schedule; a static shift of 3.2 at the recorded 20 steps); the item around them is the failing searched item of
+tests/data/results-before-typed-record (DRIFT against a NEAR gate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from parity.diagnose import suspect_search
+from parity.record import ItemRecord
+from parity.report.store import dumps_results, load
+from parity.spec import RenderSpec
+
+FIXTURE = Path(__file__).parent / "data" / "results-before-typed-record" / "results.json"
+SEARCHED = "demo-parity[step200-p9]"
+RECORDED = RenderSpec(prompt="ohwx a cat", width=512, height=512, seed=3, sample_steps=20, guidance_scale=4.0,
+                      lora_path="/l.safetensors", network_multiplier=1.0)
+STEPS_ANSWER, SHIFT_ANSWER = 11, 3.2
+VERDICT = "ambiguous: 11 steps or static shift 3.2 explain equally (0.970 vs 0.968)"
+
+
+def _as_image(spec: RenderSpec) -> np.ndarray:
+    out = np.empty((), dtype=object)
+    out[()] = spec
+    return out
+
+
+def _two_equal_basins(image, target) -> dict:
+    """Near 11 steps (recorded schedule, e^mu = 1.88 at 512 px) and near a static shift of 3.2 (recorded 20
+    steps) the score peaks at 0.970 and 0.968: both NEAR, within the search's noise of each other."""
+    s: RenderSpec = image[()]
+    shift = float(s.schedule.split(":")[1]) if s.schedule.startswith("static:") else 1.88
+    other = 0.05 * (abs(s.guidance_scale - 4.0) + abs(s.network_multiplier - 1.0))
+    a = 0.970 - 0.01 * abs(s.sample_steps - STEPS_ANSWER) - 0.2 * abs(shift - 1.88)
+    b = 0.968 - 0.01 * abs(s.sample_steps - 20) - 0.2 * abs(shift - SHIFT_ANSWER)
+    v = max(0.0, max(a, b) - other)
+    return {"ssim": v, "tier": "EXACT" if v >= 1.0 else "NEAR" if v >= 0.96 else "DRIFT"}
+
+
+@pytest.fixture(scope="module")
+def results():
+    found = suspect_search("p.jpg", RECORDED, _as_image, _two_equal_basins, preview_size=(512, 512))
+    assert found.verdict == VERDICT and not found.explained   # the search's own words, checked in its tests
+    res = load(FIXTURE)
+    (item,) = [it for it in res.items if it["id"] == SEARCHED]
+    item["suspects"] = found.to_dict()
+    return res
+
+
+def _item(results) -> dict:
+    return next(it for it in results.items if it["id"] == SEARCHED)
+
+
+def test_results_json_keeps_both_answers(results, tmp_path):
+    (tmp_path / "results.json").write_text(dumps_results(results.to_dict(), tmp_path), encoding="utf-8")
+    back = next(it for it in json.loads((tmp_path / "results.json").read_text())["items"] if it["id"] == SEARCHED)
+    assert back["suspects"]["verdict"] == VERDICT
+    assert [a["changes"] for a in back["suspects"]["ambiguous"]] == [{"steps": STEPS_ANSWER},
+                                                                      {"schedule": f"static:{SHIFT_ANSWER:g}"}]
+
+
+def test_console_table_summary_junit_and_pr_comment_state_it(results, capsys):
+    from parity.commands._execute import print_summary
+    from parity.report.github import comment_body
+    from parity.report.junit import junit_xml
+    from parity.report.markdown import markdown_summary
+
+    print_summary(results.items, SimpleNamespace(index="report/index.html"))
+    table_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(SEARCHED))
+    assert VERDICT in table_row
+    assert VERDICT in markdown_summary(results)
+    assert VERDICT in junit_xml(results)
+    assert VERDICT in comment_body(results)
+
+
+def test_the_pytest_failure_screen_states_it(results, tmp_path):
+    from parity.pytest_plugin import failure_screen
+
+    screen = failure_screen(ItemRecord.from_dict(_item(results)), tmp_path)
+    assert f"  recovered: {VERDICT}" in screen.splitlines()
+
+
+def test_the_report_marks_each_candidate_on_its_knobs_curve(results, tmp_path):
+    from parity.report.html import write_report
+    from parity.report.texts import item_texts
+
+    words = item_texts(_item(results), "ssim")["recovery"]
+    assert words["recovered"] == {"steps": str(STEPS_ANSWER), "schedule": f"static shift {SHIFT_ANSWER:g}"}
+    searched = {t["knob"] for t in _item(results)["suspects"]["searches"]}
+    assert {"steps", "schedule"} <= searched   # a curve for each candidate's knob
+    write_report(results, tmp_path / "report")
+    page = "\n".join(p.read_text(encoding="utf-8") for p in (tmp_path / "report").rglob("*.html"))
+    assert VERDICT in page
