@@ -100,3 +100,26 @@ def test_the_report_marks_each_candidate_on_its_knobs_curve(results, tmp_path):
     write_report(results, tmp_path / "report")
     page = "\n".join(p.read_text(encoding="utf-8") for p in (tmp_path / "report").rglob("*.html"))
     assert VERDICT in page
+
+
+def test_in_chromium_each_curve_names_its_candidate_and_none_says_recovered(results, tmp_path):
+    from urllib.parse import quote
+
+    from test_report_browser import chromium_driver, open_report
+
+    from parity.report.html import write_report
+
+    write_report(results, tmp_path / "report")
+    drv = chromium_driver(1400, 1700)
+    try:
+        open_report(drv, SimpleNamespace(index=tmp_path / "report" / "index.html"), "#item=" + quote(SEARCHED, safe=""))
+        sec = drv.find_element("css selector", ".detail section.recovery")
+        captions = drv.execute_script("return [...document.querySelectorAll('.detail section.recovery figcaption')]"
+                                      ".map(c => c.textContent)")
+        assert VERDICT in sec.text
+        assert any(c.startswith("steps recorded 20 · candidate 11 (ambiguous)") for c in captions), captions
+        assert any(c.startswith("schedule recorded AI Toolkit · candidate static shift 3.2 (ambiguous)")
+                   for c in captions), captions
+        assert not any("recovered" in c for c in captions), captions
+    finally:
+        drv.quit()

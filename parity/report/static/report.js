@@ -669,18 +669,18 @@
     return s;
   }
   // Parameter recovery (suspects): the verdict, then per searched knob its curve: score against value, the
-  // recorded value (grey dashed) and the recovered one (green) marked.
+  // recorded value (grey dashed) and the recovered one (green) marked; an ambiguous answer's value is a candidate.
   function recoverySection(it) {
     var sp = it.suspects;
     if (!sp || typeof sp !== 'object') return null;
     var s = section('Recovered settings', 'recovery');
     s.append(el('p', { text: sp.verdict || '' }));
     var words = texts(it).recovery || { searches: [], recovered: {} };
-    var found = {};
+    var found = {}, candidate = {};
     (sp.best || []).forEach(function (b) { found[b.knob] = b.value; });
-    // two answers that explain the preview equally: each knob's curve marks its candidate
+    // two answers that explain the preview equally: each knob's curve marks its candidate, none says "recovered"
     (sp.ambiguous || []).forEach(function (a) {
-      Object.keys(a.changes || {}).forEach(function (k) { if (!(k in found)) found[k] = a.changes[k]; });
+      Object.keys(a.changes || {}).forEach(function (k) { if (!(k in found)) found[k] = a.changes[k]; candidate[k] = true; });
     });
     var unit = sp.metric === 'psnr' ? 'PSNR dB' : 'score';
     var byKnob = {};
@@ -690,7 +690,7 @@
       if (!byKnob[t.knob] || probes.length > byKnob[t.knob].probes.length) byKnob[t.knob] = { knob: t.knob, recorded: t.recorded, probes: probes, words: words.searches[n] };
     });
     Object.keys(byKnob).forEach(function (k) {
-      var pl = knobPlot(byKnob[k], found[k], (sp.recorded || {})[k], unit, words.recovered[k]);
+      var pl = knobPlot(byKnob[k], found[k], (sp.recorded || {})[k], unit, words.recovered[k], candidate[k]);
       if (pl) s.append(pl);
     });
     var meta = [];
@@ -708,7 +708,7 @@
     if (typeof v === 'string' && v.indexOf('static:') === 0) return parseFloat(v.slice(7));
     return null;
   }
-  function knobPlot(trace, recovered, recorded, unit, recoveredText) {
+  function knobPlot(trace, recovered, recorded, unit, recoveredText, isCandidate) {
     var pts = trace.probes.map(function (p, n) { return [numOf(p.value), p.score, p.tier, trace.words.probes[n]]; })
       .filter(function (p) { return p[0] !== null && typeof p[1] === 'number'; })
       .sort(function (a, b) { return a[0] - b[0]; });
@@ -745,7 +745,8 @@
     });
     var yl = node('text', { x: 2, y: T + 8, class: 'tick' }); yl.textContent = unit; svg.append(yl);
     var cap = el('figcaption', null, el('b', { text: trace.knob }), ' recorded ' + trace.words.recorded +
-      (recovered !== undefined ? ' · recovered ' + recoveredText : ' · not changed') + ' · ' + trace.probes.length + ' renders');
+      (recovered === undefined ? ' · not changed' : (isCandidate ? ' · candidate ' + recoveredText + ' (ambiguous)' : ' · recovered ' + recoveredText)) +
+      ' · ' + trace.probes.length + ' renders');
     return el('figure', { class: 'knobplot' }, svg, cap);
   }
   function timelineSection(it) {
