@@ -312,3 +312,25 @@ def test_no_horizontal_scroll_with_a_100_step_timeline(long_run):
     finally:
         drv.quit()
         shutil.rmtree(drv._parity_profile, ignore_errors=True)
+
+
+@pytest.mark.browser
+def test_steps_chart_lane_labels_stay_inside_the_chart(long_run, tmp_path):
+    """A case name as long as the demo's "demo-reference-server" (shortened to 16 characters, then "min 0.36")
+    is drawn whole: no lane label starts left of the chart (it was clipped to "no-reference-…" in the demo)."""
+    from test_report_browser import chromium_driver, open_report
+
+    res, _ = long_run
+    for it in res.items:
+        it["case"] = "demo-reference-server-" + str(it["case"])
+    paths = write_report(res, tmp_path / "report")
+    drv = chromium_driver(1280, 900)
+    try:
+        open_report(drv, paths)
+        boxes = drv.execute_script("return [...document.querySelectorAll('#plot-steps text.lane')]"
+                                   ".map(t => { const b = t.getBBox(); return [t.textContent, b.x, b.x + b.width]; })")
+        assert len(boxes) == 5 and all(label.startswith("demo-reference-") for label, _, _ in boxes), boxes
+        assert all(x0 >= 0 for _, x0, _ in boxes), boxes
+    finally:
+        drv.quit()
+        shutil.rmtree(drv._parity_profile, ignore_errors=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -309,6 +310,16 @@ def _step_ticks(steps: list[float], x_of: dict[float, float], min_gap: float = 4
     return [(x_of[st], f"{st:g}") for st in picked]
 
 
+# The widest character of the lane labels' 10 px sans-serif (digits: 6.4 px in DejaVu Sans, what headless
+# Chromium draws here); an estimate per character, so a label never runs off the chart's left edge.
+LANE_LABEL_CHAR_PX = 6.4
+
+
+def _lane_name(case: str | None) -> str:
+    name = case or "(no case)"
+    return name if len(name) <= 16 else name[:15] + "…"
+
+
 def steps_plot(s: Summary, width: int = 520, lane_h: int = 30, max_series: int = 8) -> Plot | None:
     """Mean score per training step as small multiples: one lane per case (the worst `max_series`), all on one
     score scale and one step axis, so five or fifty cases and any number of steps stay readable (overlaid lines
@@ -319,7 +330,10 @@ def steps_plot(s: Summary, width: int = 520, lane_h: int = 30, max_series: int =
         return None
     cases = sorted(series_src, key=lambda c: min(m for _, m, _ in series_src[c]))[:max_series]
     lo = _lo([m for c in cases for _, m, _ in series_src[c]])
-    left, right, top = 128, width - 24, 4  # right: room for the last step label, centred on its x
+    texts = [f"{_lane_name(c)} min {min(m for _, m, _ in series_src[c]):.2f}" for c in cases]
+    # left: room for the longest lane label, drawn right-aligned 6 px before the axis (a long case name was clipped)
+    left = max(128, math.ceil(LANE_LABEL_CHAR_PX * max(map(len, texts))) + 8)
+    right, top = width - 24, 4  # right: room for the last step label, centred on its x
     x_of = {st: left + i / (len(steps) - 1) * (right - left) for i, st in enumerate(steps)}
     series, bands, labels = [], [], []
     for k, c in enumerate(cases):
@@ -327,13 +341,10 @@ def steps_plot(s: Summary, width: int = 520, lane_h: int = 30, max_series: int =
         y = lambda v, y0=y0: y0 + 3 + (1.0 - (v - lo) / (1.0 - lo if lo < 1 else 1.0)) * (lane_h - 8)  # noqa: E731
         pts = [(x_of[st], y(m)) for st, m, _ in series_src[c]]
         path = "M" + "L".join(f"{x:.1f} {yy:.1f}" for x, yy in pts)
-        worst = min(m for _, m, _ in series_src[c])
-        name = c or "(no case)"
-        name = name if len(name) <= 16 else name[:15] + "…"
         series.append({"label": c or "(no case)", "cls": f"s-{k}", "path": path,
                        "dots": pts if len(steps) <= 40 else []})  # dots only while they do not merge
         bands.append((y0, y0 + lane_h - 2))
-        labels.append((y0 + lane_h / 2 + 3, f"{name} min {worst:.2f}"))
+        labels.append((y0 + lane_h / 2 + 3, texts[k]))
     height = top + len(cases) * lane_h + 14
     return Plot(width, height, series, [], _step_ticks(steps, x_of), f"mean {s.metric}", left=left, bands=bands,
                 lane_labels=labels)
