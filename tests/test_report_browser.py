@@ -256,3 +256,15 @@ def test_screenshots_of_a_demo_report(driver, report):
     finally:
         driver.set_window_size(1400, 1000)
     assert (SCREENSHOTS / "report-overview.png").stat().st_size > 10_000
+
+
+def test_size_mismatch_reads_as_sizes_on_the_card_and_in_its_detail(driver, tmp_path):
+    """The chip and the detail both say "render 64x64, preview 96x64" (the detail printed the raw JSON)."""
+    res = load(synthetic_results(6, tmp_path / "run", image_size=32))
+    res.items[0]["size_mismatch"] = {"render": [64, 64], "preview": [96, 64]}
+    paths = write_report(res, tmp_path / "report")
+    open_report(driver, paths, "#item=" + quote(res.items[0]["id"], safe=""))
+    texts = driver.execute_script("var c = document.querySelector('.card.open');"
+                                  "return [...c.querySelectorAll('.chip.mis, p.warn')].map(e => e.textContent)"
+                                  ".filter(t => t.startsWith('size mismatch'))")
+    assert texts == ["size mismatch: render 64x64, preview 96x64"] * 2, texts

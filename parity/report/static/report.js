@@ -328,7 +328,7 @@
     bar.append(links);
     d.append(bar);
     d.append(el('div', { class: 'viewer' }));
-    if (it.size_mismatch) d.append(el('p', { class: 'warn', text: 'size mismatch: ' + fmt(it.size_mismatch) }));
+    if (it.size_mismatch) d.append(el('p', { class: 'warn', text: 'size mismatch: ' + (texts(it).size_mismatch || fmt(it.size_mismatch)) }));
     buildViewer(it, d);
 
     var info = el('div', { class: 'info' });
