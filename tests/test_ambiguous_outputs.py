@@ -2,53 +2,33 @@
 equally" reaches results.json, the console table, summary.md, JUnit, the PR comment, the pytest failure screen and
 the report, whose recovery section marks each candidate on its own knob's curve.
 
-The suspects are the real search's, on a score with two equal basins written here (11 steps at the recorded
-schedule; a static shift of 3.2 at the recorded 20 steps); the item around them is the failing searched item of
-tests/data/results-before-typed-record (DRIFT against a NEAR gate)."""
+The suspects are the real search's, on the two-basin score of tests/test_diagnose_attribution.py (11 steps at the
+recorded schedule; a static shift of 3.2 at the recorded 20 steps) with peaks 0.970 and 0.968; the item around them
+is the failing searched item of tests/data/results-before-typed-record (DRIFT against a NEAR gate)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
+from test_diagnose_attribution import A_STEPS, B_SHIFT, SCAN_RECORDED, FakeEngine, two_basins
 
 from parity.diagnose import suspect_search
 from parity.record import ItemRecord
 from parity.report.store import dumps_results, load
-from parity.spec import RenderSpec
 
 FIXTURE = Path(__file__).parent / "data" / "results-before-typed-record" / "results.json"
 SEARCHED = "demo-parity[step200-p9]"
-RECORDED = RenderSpec(prompt="ohwx a cat", width=512, height=512, seed=3, sample_steps=20, guidance_scale=4.0,
-                      lora_path="/l.safetensors", network_multiplier=1.0)
-STEPS_ANSWER, SHIFT_ANSWER = 11, 3.2
 VERDICT = "ambiguous: 11 steps or static shift 3.2 explain equally (0.970 vs 0.968)"
-
-
-def _as_image(spec: RenderSpec) -> np.ndarray:
-    out = np.empty((), dtype=object)
-    out[()] = spec
-    return out
-
-
-def _two_equal_basins(image, target) -> dict:
-    """Near 11 steps (recorded schedule, e^mu = 1.88 at 512 px) and near a static shift of 3.2 (recorded 20
-    steps) the score peaks at 0.970 and 0.968: both NEAR, within the search's noise of each other."""
-    s: RenderSpec = image[()]
-    shift = float(s.schedule.split(":")[1]) if s.schedule.startswith("static:") else 1.88
-    other = 0.05 * (abs(s.guidance_scale - 4.0) + abs(s.network_multiplier - 1.0))
-    a = 0.970 - 0.01 * abs(s.sample_steps - STEPS_ANSWER) - 0.2 * abs(shift - 1.88)
-    b = 0.968 - 0.01 * abs(s.sample_steps - 20) - 0.2 * abs(shift - SHIFT_ANSWER)
-    v = max(0.0, max(a, b) - other)
-    return {"ssim": v, "tier": "EXACT" if v >= 1.0 else "NEAR" if v >= 0.96 else "DRIFT"}
 
 
 @pytest.fixture(scope="module")
 def results():
-    found = suspect_search("p.jpg", RECORDED, _as_image, _two_equal_basins, preview_size=(512, 512))
+    found = suspect_search("p.jpg", SCAN_RECORDED, FakeEngine().render, two_basins(0.970, 0.968),
+                           preview_size=(512, 512))
     assert found.verdict == VERDICT and not found.explained   # the search's own words, checked in its tests
     res = load(FIXTURE)
     (item,) = [it for it in res.items if it["id"] == SEARCHED]
@@ -64,8 +44,8 @@ def test_results_json_keeps_both_answers(results, tmp_path):
     (tmp_path / "results.json").write_text(dumps_results(results.to_dict(), tmp_path), encoding="utf-8")
     back = next(it for it in json.loads((tmp_path / "results.json").read_text())["items"] if it["id"] == SEARCHED)
     assert back["suspects"]["verdict"] == VERDICT
-    assert [a["changes"] for a in back["suspects"]["ambiguous"]] == [{"steps": STEPS_ANSWER},
-                                                                      {"schedule": f"static:{SHIFT_ANSWER:g}"}]
+    assert [a["changes"] for a in back["suspects"]["ambiguous"]] == [{"steps": A_STEPS},
+                                                                      {"schedule": f"static:{B_SHIFT:g}"}]
 
 
 def test_console_table_summary_junit_and_pr_comment_state_it(results, capsys):
@@ -94,7 +74,7 @@ def test_the_report_marks_each_candidate_on_its_knobs_curve(results, tmp_path):
     from parity.report.texts import item_texts
 
     words = item_texts(_item(results), "ssim")["recovery"]
-    assert words["recovered"] == {"steps": str(STEPS_ANSWER), "schedule": f"static shift {SHIFT_ANSWER:g}"}
+    assert words["recovered"] == {"steps": str(A_STEPS), "schedule": f"static shift {B_SHIFT:g}"}
     searched = {t["knob"] for t in _item(results)["suspects"]["searches"]}
     assert {"steps", "schedule"} <= searched   # a curve for each candidate's knob
     write_report(results, tmp_path / "report")
@@ -102,6 +82,7 @@ def test_the_report_marks_each_candidate_on_its_knobs_curve(results, tmp_path):
     assert VERDICT in page
 
 
+@pytest.mark.browser
 def test_in_chromium_each_curve_names_its_candidate_and_none_says_recovered(results, tmp_path):
     from urllib.parse import quote
 
@@ -123,3 +104,4 @@ def test_in_chromium_each_curve_names_its_candidate_and_none_says_recovered(resu
         assert not any("recovered" in c for c in captions), captions
     finally:
         drv.quit()
+        shutil.rmtree(drv._parity_profile, ignore_errors=True)

@@ -7,6 +7,7 @@ The browser test runs the real `parity diff` on the built demo (`python -m parit
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -320,7 +321,7 @@ def test_steps_chart_lane_labels_stay_inside_the_chart(long_run, tmp_path):
     is drawn whole: no lane label starts left of the chart (it was clipped to "no-reference-…" in the demo)."""
     from test_report_browser import chromium_driver, open_report
 
-    res, _ = long_run
+    res = copy.deepcopy(long_run[0])   # the module's fixture stays as the other tests see it
     for it in res.items:
         it["case"] = "demo-reference-server-" + str(it["case"])
     paths = write_report(res, tmp_path / "report")
